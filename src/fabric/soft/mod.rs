@@ -1,0 +1,1 @@
+//! Software RNIC (see DESIGN.md, "Soft fabric").
