@@ -484,7 +484,7 @@ impl QpEndpoint {
 }
 
 /// A completion queue.
-pub trait Cq: Send + Sync {
+pub trait Cq: std::any::Any + Send + Sync {
     /// Moves up to `out.len()` completions into `out`; returns how many.
     /// Never blocks.
     fn poll(&self, out: &mut [Wc]) -> usize;

@@ -1,0 +1,90 @@
+//! Soft completion queues: polling drives the attached QPs' progress in the
+//! caller's thread (no extra thread on the initiator side).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use super::qp::QpInner;
+use crate::fabric::{Cq, Wc};
+
+/// A completion queue of the soft NIC.
+pub struct SoftCq {
+    send_qps: RwLock<Vec<Weak<QpInner>>>,
+    recv_qps: RwLock<Vec<Weak<QpInner>>>,
+    depth: u32,
+}
+
+impl SoftCq {
+    pub(crate) fn new(depth: u32) -> SoftCq {
+        SoftCq {
+            send_qps: RwLock::new(Vec::new()),
+            recv_qps: RwLock::new(Vec::new()),
+            depth,
+        }
+    }
+
+    pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: bool, recv: bool) {
+        if send {
+            self.send_qps.write().push(Arc::downgrade(qp));
+        }
+        if recv {
+            self.recv_qps.write().push(Arc::downgrade(qp));
+        }
+    }
+
+    pub(crate) fn detach(&self, qpn: u32) {
+        for l in [&self.send_qps, &self.recv_qps] {
+            l.write()
+                .retain(|w| w.upgrade().map(|q| q.qpn != qpn).unwrap_or(false));
+        }
+    }
+
+    /// Configured depth.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+}
+
+impl Cq for SoftCq {
+    fn poll(&self, out: &mut [Wc]) -> usize {
+        let mut n = 0;
+        {
+            let l = self.send_qps.read();
+            for w in l.iter() {
+                if n == out.len() {
+                    return n;
+                }
+                if let Some(q) = w.upgrade() {
+                    n += q.progress_send(&mut out[n..]);
+                }
+            }
+        }
+        let l = self.recv_qps.read();
+        for w in l.iter() {
+            if n == out.len() {
+                break;
+            }
+            if let Some(q) = w.upgrade() {
+                n += q.progress_recv(&mut out[n..]);
+            }
+        }
+        n
+    }
+
+    fn wait(&self, timeout: Duration) {
+        // Progress happens in poll(); waiting is a bounded backoff.
+        let end = Instant::now() + timeout;
+        let mut spins = 0u32;
+        while Instant::now() < end {
+            if spins < 64 {
+                std::hint::spin_loop();
+                spins += 1;
+                continue;
+            }
+            std::thread::yield_now();
+            return;
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The soft NIC's key table: MRs and MWs, looked up in O(1) by rkey.
+//!
+//! rkey = 24-bit index << 8 | 8-bit key tag. Every bind and invalidate bumps
+//! the tag, so an old rkey never matches again. Entries are read by the
+//! responder without locks through a per-entry sequence lock; writers (bind,
+//! invalidate, register) take the entry exclusively by making its sequence odd.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::fabric::{inc_rkey, Access, FabricError, Result};
+
+/// What an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KeyKind {
+    /// Unused slot.
+    Free = 0,
+    /// A memory region (PD-wide).
+    Mr = 1,
+    /// A memory window (bound to one QP while valid).
+    Mw = 2,
+}
+
+/// A consistent snapshot of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySnapshot {
+    /// Kind of object.
+    pub kind: KeyKind,
+    /// Current key tag.
+    pub tag: u8,
+    /// True while the key grants access (MR registered / MW bound).
+    pub valid: bool,
+    /// Access rights.
+    pub access: Access,
+    /// Protection domain.
+    pub pd: u32,
+    /// QP the window is bound to (0 for MRs: any QP of the PD).
+    pub bound_qpn: u32,
+    /// First byte (virtual address).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+struct Entry {
+    seq: AtomicU32,
+    /// tag (8) | kind (8) << 8 | valid (1) << 16 | access (8) << 24 | pd (32) << 32
+    meta: AtomicU64,
+    bound_qpn: AtomicU32,
+    addr: AtomicU64,
+    len: AtomicU64,
+}
+
+impl Entry {
+    fn new() -> Entry {
+        Entry {
+            seq: AtomicU32::new(0),
+            meta: AtomicU64::new(0),
+            bound_qpn: AtomicU32::new(0),
+            addr: AtomicU64::new(0),
+            len: AtomicU64::new(0),
+        }
+    }
+}
+
+fn pack_meta(s: &KeySnapshot) -> u64 {
+    s.tag as u64
+        | (s.kind as u64) << 8
+        | (s.valid as u64) << 16
+        | ((s.access.0 & 0xff) as u64) << 24
+        | (s.pd as u64) << 32
+}
+
+fn unpack(meta: u64, bound_qpn: u32, addr: u64, len: u64) -> KeySnapshot {
+    KeySnapshot {
+        tag: meta as u8,
+        kind: match (meta >> 8) as u8 {
+            1 => KeyKind::Mr,
+            2 => KeyKind::Mw,
+            _ => KeyKind::Free,
+        },
+        valid: (meta >> 16) & 1 == 1,
+        access: Access(((meta >> 24) & 0xff) as u32),
+        pd: (meta >> 32) as u32,
+        bound_qpn,
+        addr,
+        len,
+    }
+}
+
+/// Why a remote access was refused (for logs and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// Index outside the table or slot free.
+    UnknownKey,
+    /// Tag differs: a stale or forged rkey.
+    StaleTag,
+    /// Window unbound or MR deregistered.
+    NotValid,
+    /// Different protection domain.
+    WrongPd,
+    /// Window bound to another QP.
+    WrongQp,
+    /// Access rights missing.
+    NoAccess,
+    /// Range outside the window/region (or overflowing).
+    OutOfBounds,
+}
+
+/// The key table.
+pub struct KeyTable {
+    entries: Box<[Entry]>,
+    free: Mutex<Vec<u32>>,
+}
+
+impl KeyTable {
+    /// A table with `capacity` slots (index 0 is never used, so rkey 0 is
+    /// always invalid).
+    pub fn new(capacity: u32) -> KeyTable {
+        let capacity = capacity.clamp(2, 1 << 24);
+        let entries: Vec<Entry> = (0..capacity).map(|_| Entry::new()).collect();
+        // Pop from the end: low indices first.
+        let free: Vec<u32> = (1..capacity).rev().collect();
+        KeyTable {
+            entries: entries.into_boxed_slice(),
+            free: Mutex::new(free),
+        }
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> usize {
+        self.entries.len() - 1 - self.free.lock().len()
+    }
+
+    /// Reads an entry consistently.
+    #[inline]
+    pub fn snapshot(&self, index: u32) -> Option<KeySnapshot> {
+        let e = self.entries.get(index as usize)?;
+        loop {
+            let s1 = e.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let meta = e.meta.load(Ordering::Relaxed);
+            let q = e.bound_qpn.load(Ordering::Relaxed);
+            let addr = e.addr.load(Ordering::Relaxed);
+            let len = e.len.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if e.seq.load(Ordering::Relaxed) == s1 {
+                return Some(unpack(meta, q, addr, len));
+            }
+        }
+    }
+
+    /// Runs `f` on the entry with exclusive access and stores its result.
+    fn update<R>(
+        &self,
+        index: u32,
+        f: impl FnOnce(KeySnapshot) -> Result<(KeySnapshot, R)>,
+    ) -> Result<R> {
+        let e = self
+            .entries
+            .get(index as usize)
+            .ok_or_else(|| FabricError::Invalid(format!("key index {index} out of range")))?;
+        // Take the entry: even -> odd.
+        let mut s = e.seq.load(Ordering::Relaxed);
+        loop {
+            if s & 1 == 1 {
+                std::hint::spin_loop();
+                s = e.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match e
+                .seq
+                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(v) => s = v,
+            }
+        }
+        fence(Ordering::Release);
+        let cur = unpack(
+            e.meta.load(Ordering::Relaxed),
+            e.bound_qpn.load(Ordering::Relaxed),
+            e.addr.load(Ordering::Relaxed),
+            e.len.load(Ordering::Relaxed),
+        );
+        let res = f(cur);
+        if let Ok((new, _)) = &res {
+            e.meta.store(pack_meta(new), Ordering::Relaxed);
+            e.bound_qpn.store(new.bound_qpn, Ordering::Relaxed);
+            e.addr.store(new.addr, Ordering::Relaxed);
+            e.len.store(new.len, Ordering::Relaxed);
+        }
+        e.seq.store(s + 2, Ordering::Release);
+        res.map(|(_, r)| r)
+    }
+
+    fn alloc_index(&self) -> Result<u32> {
+        self.free.lock().pop().ok_or_else(|| {
+            FabricError::Exhausted(format!(
+                "key table full ({} MRs and MWs)",
+                self.entries.len() - 1
+            ))
+        })
+    }
+
+    /// Registers an MR; returns its key (lkey = rkey in the soft NIC).
+    pub fn add_mr(&self, pd: u32, addr: u64, len: u64, access: Access) -> Result<u32> {
+        let idx = self.alloc_index()?;
+        self.update(idx, |cur| {
+            let s = KeySnapshot {
+                kind: KeyKind::Mr,
+                tag: cur.tag.wrapping_add(1),
+                valid: true,
+                access,
+                pd,
+                bound_qpn: 0,
+                addr,
+                len,
+            };
+            Ok((s, idx << 8 | s.tag as u32))
+        })
+    }
+
+    /// Gives an MR new access and a new key (rereg); old keys stop working.
+    pub fn rereg_mr(&self, key: u32, access: Access) -> Result<u32> {
+        let idx = key >> 8;
+        self.update(idx, |cur| {
+            if cur.kind != KeyKind::Mr || !cur.valid || cur.tag != key as u8 {
+                return Err(FabricError::Invalid(format!("rereg: {key:#x} is not a live MR")));
+            }
+            let s = KeySnapshot {
+                tag: cur.tag.wrapping_add(1),
+                access,
+                ..cur
+            };
+            Ok((s, idx << 8 | s.tag as u32))
+        })
+    }
+
+    /// Deregisters an MR or frees a window: the key stops working at once and
+    /// the slot is reused later (with a different tag).
+    pub fn remove(&self, key: u32) -> Result<()> {
+        let idx = key >> 8;
+        self.update(idx, |cur| {
+            if cur.kind == KeyKind::Free || cur.tag != key as u8 {
+                return Err(FabricError::Invalid(format!(
+                    "key {key:#x} is not registered (stale or already removed)"
+                )));
+            }
+            let s = KeySnapshot {
+                kind: KeyKind::Free,
+                tag: cur.tag.wrapping_add(1),
+                valid: false,
+                bound_qpn: 0,
+                ..cur
+            };
+            Ok((s, ()))
+        })?;
+        self.free.lock().push(idx);
+        Ok(())
+    }
+
+    /// Allocates an unbound window; returns (handle = index, rkey).
+    pub fn add_mw(&self, pd: u32) -> Result<(u32, u32)> {
+        let idx = self.alloc_index()?;
+        let rkey = self.update(idx, |cur| {
+            let s = KeySnapshot {
+                kind: KeyKind::Mw,
+                tag: cur.tag.wrapping_add(1),
+                valid: false,
+                access: Access::NONE,
+                pd,
+                bound_qpn: 0,
+                addr: 0,
+                len: 0,
+            };
+            Ok((s, idx << 8 | s.tag as u32))
+        })?;
+        Ok((idx, rkey))
+    }
+
+    /// Current rkey of a window handle (0 when the handle is not a window).
+    pub fn mw_rkey(&self, handle: u32) -> u32 {
+        match self.snapshot(handle) {
+            Some(s) if s.kind == KeyKind::Mw => handle << 8 | s.tag as u32,
+            _ => 0,
+        }
+    }
+
+    /// Binds window `handle` over `[addr, addr+len)` inside MR `lkey`,
+    /// reachable only through local QP `qpn` in `pd`. Returns the new rkey.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_mw(
+        &self,
+        handle: u32,
+        pd: u32,
+        qpn: u32,
+        lkey: u32,
+        addr: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<u32> {
+        let mr = self
+            .snapshot(lkey >> 8)
+            .filter(|m| m.kind == KeyKind::Mr && m.valid && m.tag == lkey as u8)
+            .ok_or_else(|| FabricError::Invalid(format!("bind: lkey {lkey:#x} is not a live MR")))?;
+        if mr.pd != pd {
+            return Err(FabricError::Invalid(format!(
+                "bind: MR {lkey:#x} is in PD {}, window in PD {pd}",
+                mr.pd
+            )));
+        }
+        if !mr.access.contains(Access::MW_BIND) {
+            return Err(FabricError::Invalid(format!(
+                "bind: MR {lkey:#x} lacks MW_BIND access"
+            )));
+        }
+        let remote = Access(access.0 & (Access::REMOTE_READ.0 | Access::REMOTE_WRITE.0 | Access::REMOTE_ATOMIC.0));
+        if !mr.access.contains(remote) {
+            return Err(FabricError::Invalid(format!(
+                "bind: window access {:#x} exceeds MR access {:#x}",
+                access.0, mr.access.0
+            )));
+        }
+        let end = addr
+            .checked_add(len)
+            .ok_or_else(|| FabricError::Invalid("bind: window range overflows".into()))?;
+        if addr < mr.addr || end > mr.addr + mr.len {
+            return Err(FabricError::Invalid(format!(
+                "bind: window [{addr:#x}, +{len}) outside MR [{:#x}, +{})",
+                mr.addr, mr.len
+            )));
+        }
+        self.update(handle, |cur| {
+            if cur.kind != KeyKind::Mw {
+                return Err(FabricError::Invalid(format!("bind: handle {handle} is not a window")));
+            }
+            if cur.pd != pd {
+                return Err(FabricError::Invalid(format!(
+                    "bind: window {handle} is in PD {}, QP in PD {pd}",
+                    cur.pd
+                )));
+            }
+            let s = KeySnapshot {
+                tag: cur.tag.wrapping_add(1),
+                valid: true,
+                access: remote,
+                bound_qpn: qpn,
+                addr,
+                len,
+                ..cur
+            };
+            Ok((s, inc_rkey(handle << 8 | cur.tag as u32)))
+        })
+    }
+
+    /// Invalidates window `handle`; returns the new (unusable) rkey.
+    pub fn invalidate_mw(&self, handle: u32) -> Result<u32> {
+        self.update(handle, |cur| {
+            if cur.kind != KeyKind::Mw {
+                return Err(FabricError::Invalid(format!(
+                    "invalidate: handle {handle} is not a window"
+                )));
+            }
+            let s = KeySnapshot {
+                tag: cur.tag.wrapping_add(1),
+                valid: false,
+                access: Access::NONE,
+                bound_qpn: 0,
+                addr: 0,
+                len: 0,
+                ..cur
+            };
+            Ok((s, inc_rkey(handle << 8 | cur.tag as u32)))
+        })
+    }
+
+    /// The responder's check: may a request arriving on local QP `qpn` of PD
+    /// `pd` access `[addr, addr+len)` with `need` rights through `rkey`?
+    /// Returns the address to touch.
+    #[inline]
+    pub fn check(
+        &self,
+        rkey: u32,
+        pd: u32,
+        qpn: u32,
+        addr: u64,
+        len: u64,
+        need: Access,
+    ) -> std::result::Result<u64, Denied> {
+        let s = self.snapshot(rkey >> 8).ok_or(Denied::UnknownKey)?;
+        if s.kind == KeyKind::Free {
+            return Err(Denied::UnknownKey);
+        }
+        if s.tag != rkey as u8 {
+            return Err(Denied::StaleTag);
+        }
+        if !s.valid {
+            return Err(Denied::NotValid);
+        }
+        if s.pd != pd {
+            return Err(Denied::WrongPd);
+        }
+        if s.kind == KeyKind::Mw && s.bound_qpn != qpn {
+            return Err(Denied::WrongQp);
+        }
+        if !s.access.contains(need) {
+            return Err(Denied::NoAccess);
+        }
+        let end = addr.checked_add(len).ok_or(Denied::OutOfBounds)?;
+        let wend = s.addr.checked_add(s.len).ok_or(Denied::OutOfBounds)?;
+        if addr < s.addr || end > wend {
+            return Err(Denied::OutOfBounds);
+        }
+        Ok(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_lifecycle_and_stale_keys() {
+        let t = KeyTable::new(64);
+        let lkey = t.add_mr(1, 0x1000, 0x1000, Access::ALL).unwrap();
+        let (h, r0) = t.add_mw(1).unwrap();
+        assert_eq!(t.check(r0, 1, 7, 0x1000, 8, Access::REMOTE_READ), Err(Denied::NotValid));
+        let r1 = t.bind_mw(h, 1, 7, lkey, 0x1100, 64, Access::READ_WINDOW).unwrap();
+        assert_ne!(r1, r0);
+        assert_eq!(t.mw_rkey(h), r1);
+        assert_eq!(t.check(r1, 1, 7, 0x1100, 64, Access::REMOTE_READ), Ok(0x1100));
+        assert_eq!(t.check(r1, 1, 8, 0x1100, 8, Access::REMOTE_READ), Err(Denied::WrongQp));
+        assert_eq!(t.check(r1, 2, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::WrongPd));
+        assert_eq!(t.check(r1, 1, 7, 0x1100, 65, Access::REMOTE_READ), Err(Denied::OutOfBounds));
+        assert_eq!(t.check(r1, 1, 7, 0x10ff, 1, Access::REMOTE_READ), Err(Denied::OutOfBounds));
+        assert_eq!(t.check(r1, 1, 7, u64::MAX, 2, Access::REMOTE_READ), Err(Denied::OutOfBounds));
+        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_WRITE), Err(Denied::NoAccess));
+        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_ATOMIC), Err(Denied::NoAccess));
+        assert_eq!(t.check(r0, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::StaleTag));
+        let r2 = t.invalidate_mw(h).unwrap();
+        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::StaleTag));
+        assert_eq!(t.check(r2, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::NotValid));
+        // 1000 bind/unbind cycles: no old rkey ever works again (tags cycle
+        // through 256 values, so compare against the immediately older ones).
+        let mut old = vec![r0, r1, r2];
+        for _ in 0..1000 {
+            let r = t.bind_mw(h, 1, 7, lkey, 0x1000, 0x1000, Access::WRITE_WINDOW).unwrap();
+            for o in old.iter().rev().take(200) {
+                assert!(t.check(*o, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+            }
+            assert!(t.check(r, 1, 7, 0x1000, 8, Access::REMOTE_WRITE).is_ok());
+            let u = t.invalidate_mw(h).unwrap();
+            assert!(t.check(r, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+            old.push(r);
+            old.push(u);
+        }
+    }
+
+    #[test]
+    fn bind_validates_against_the_mr() {
+        let t = KeyTable::new(16);
+        let lkey = t.add_mr(1, 0x1000, 0x100, Access::ALL).unwrap();
+        let nobind = t.add_mr(1, 0x1000, 0x100, Access::REMOTE_READ).unwrap();
+        let (h, _) = t.add_mw(1).unwrap();
+        assert!(t.bind_mw(h, 1, 1, lkey, 0x1000, 0x101, Access::READ_WINDOW).is_err());
+        assert!(t.bind_mw(h, 1, 1, lkey, u64::MAX, 2, Access::READ_WINDOW).is_err());
+        assert!(t.bind_mw(h, 2, 1, lkey, 0x1000, 1, Access::READ_WINDOW).is_err());
+        assert!(t.bind_mw(h, 1, 1, nobind, 0x1000, 1, Access::READ_WINDOW).is_err());
+        assert!(t.bind_mw(h, 1, 1, lkey ^ 1, 0x1000, 1, Access::READ_WINDOW).is_err());
+        assert!(t.bind_mw(lkey >> 8, 1, 1, lkey, 0x1000, 1, Access::READ_WINDOW).is_err());
+        t.remove(lkey).unwrap();
+        assert!(t.check(lkey, 1, 1, 0x1000, 1, Access::REMOTE_READ).is_err());
+        assert!(t.remove(lkey).is_err());
+    }
+
+    #[test]
+    fn table_exhaustion_is_an_error() {
+        let t = KeyTable::new(4);
+        t.add_mw(1).unwrap();
+        t.add_mw(1).unwrap();
+        t.add_mw(1).unwrap();
+        assert!(matches!(t.add_mw(1), Err(FabricError::Exhausted(_))));
+    }
+}

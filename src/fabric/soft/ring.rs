@@ -1,0 +1,277 @@
+//! Single-producer single-consumer rings of fixed-size slots in shared memory.
+//!
+//! The peer on the other side of a ring is not trusted: each side keeps its
+//! own index authoritative in private memory, reads the peer's index from the
+//! segment only to learn how far it got, and rejects any value that would put
+//! more than `slots` entries in flight. Slot bytes are copied out before they
+//! are decoded, so a peer rewriting a slot concurrently cannot change what was
+//! validated.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::fabric::mem::MemBlock;
+
+/// Bytes of a ring's control area (head and tail on separate cache lines).
+pub const CTRL: usize = 128;
+
+/// The peer corrupted a ring index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt;
+
+/// Layout of one ring inside a block.
+#[derive(Clone, Copy, Debug)]
+pub struct RingLayout {
+    /// Offset of the control area in the block.
+    pub off: usize,
+    /// Number of slots (power of two).
+    pub slots: u32,
+    /// Slot size in bytes (multiple of 8).
+    pub slot: usize,
+}
+
+impl RingLayout {
+    /// Bytes the ring occupies.
+    pub fn bytes(&self) -> usize {
+        CTRL + self.slots as usize * self.slot
+    }
+}
+
+struct Ring {
+    block: Arc<MemBlock>,
+    l: RingLayout,
+}
+
+impl Ring {
+    fn new(block: Arc<MemBlock>, l: RingLayout) -> Ring {
+        assert!(l.slots.is_power_of_two() && l.slot % 8 == 0);
+        assert!(l.off % 64 == 0 && l.off + l.bytes() <= block.len());
+        Ring { block, l }
+    }
+    #[inline]
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: off is 64-aligned and inside the block (checked in new);
+        // the block outlives self through the Arc.
+        unsafe { &*(self.block.as_ptr().add(self.l.off) as *const AtomicU64) }
+    }
+    #[inline]
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: as for head, 64 bytes further.
+        unsafe { &*(self.block.as_ptr().add(self.l.off + 64) as *const AtomicU64) }
+    }
+    #[inline]
+    fn slot_ptr(&self, idx: u64) -> *mut u8 {
+        let i = (idx & (self.l.slots as u64 - 1)) as usize;
+        // SAFETY: i < slots, so the slot lies inside the ring (checked in new).
+        unsafe { self.block.as_ptr().add(self.l.off + CTRL + i * self.l.slot) }
+    }
+}
+
+/// The producing end.
+pub struct Producer {
+    r: Ring,
+    tail: u64,
+    head_seen: u64,
+}
+
+impl Producer {
+    /// Attaches to a ring; `fresh` zeroes the indices (the creator does so).
+    pub fn new(block: Arc<MemBlock>, l: RingLayout, fresh: bool) -> Producer {
+        let r = Ring::new(block, l);
+        if fresh {
+            r.head().store(0, Ordering::Relaxed);
+            r.tail().store(0, Ordering::Release);
+        }
+        let tail = r.tail().load(Ordering::Acquire);
+        Producer {
+            head_seen: tail,
+            r,
+            tail,
+        }
+    }
+
+    /// Free slots, refreshing the consumer's index.
+    #[inline]
+    pub fn free(&mut self) -> Result<u32, Corrupt> {
+        let n = self.r.l.slots as u64;
+        if self.tail - self.head_seen < n {
+            return Ok((n - (self.tail - self.head_seen)) as u32);
+        }
+        let h = self.r.head().load(Ordering::Acquire);
+        if h > self.tail || self.tail - h > n || h < self.head_seen {
+            return Err(Corrupt);
+        }
+        self.head_seen = h;
+        Ok((n - (self.tail - h)) as u32)
+    }
+
+    /// Writes one slot (without publishing). Call [`Producer::free`] first.
+    /// `fill` gets the slot's bytes (exactly `slot` long).
+    #[inline]
+    pub fn write_with(&mut self, fill: impl FnOnce(&mut [u8])) {
+        let p = self.r.slot_ptr(self.tail);
+        // SAFETY: the slot is owned by the producer until published (the
+        // consumer only reads slots below the published tail); a hostile
+        // consumer writing here only corrupts its own view.
+        let s = unsafe { std::slice::from_raw_parts_mut(p, self.r.l.slot) };
+        fill(s);
+        self.tail += 1;
+    }
+
+    /// Publishes everything written so far.
+    #[inline]
+    pub fn publish(&mut self) {
+        self.r.tail().store(self.tail, Ordering::Release);
+    }
+
+    /// Slots written and not yet consumed, as last seen.
+    pub fn in_flight(&self) -> u64 {
+        self.tail - self.head_seen
+    }
+}
+
+/// The consuming end.
+pub struct Consumer {
+    r: Ring,
+    head: u64,
+    tail_seen: u64,
+    unpublished: u32,
+}
+
+impl Consumer {
+    /// Attaches to a ring (indices as the creator left them).
+    pub fn new(block: Arc<MemBlock>, l: RingLayout) -> Consumer {
+        let r = Ring::new(block, l);
+        let head = r.head().load(Ordering::Acquire);
+        Consumer {
+            head,
+            tail_seen: head,
+            r,
+            unpublished: 0,
+        }
+    }
+
+    /// Entries available, refreshing the producer's index.
+    #[inline]
+    pub fn available(&mut self) -> Result<u64, Corrupt> {
+        if self.tail_seen > self.head {
+            return Ok(self.tail_seen - self.head);
+        }
+        let t = self.r.tail().load(Ordering::Acquire);
+        if t < self.head || t - self.head > self.r.l.slots as u64 {
+            return Err(Corrupt);
+        }
+        self.tail_seen = t;
+        Ok(t - self.head)
+    }
+
+    /// Copies the next slot into `out` (len must equal the slot size or be
+    /// shorter: the prefix is copied) and consumes it. Call `available` first.
+    #[inline]
+    pub fn pop_into(&mut self, out: &mut [u8]) {
+        debug_assert!(self.head < self.tail_seen);
+        let n = out.len().min(self.r.l.slot);
+        let p = self.r.slot_ptr(self.head);
+        // SAFETY: the slot is inside the ring; bytes are copied out before use.
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), n) };
+        self.head += 1;
+        self.unpublished += 1;
+        if self.unpublished >= self.r.l.slots / 4 {
+            self.release();
+        }
+    }
+
+    /// Reads `len` bytes at `at` of the current (not yet consumed) slot.
+    #[inline]
+    pub fn peek_into(&self, at: usize, out: &mut [u8]) -> bool {
+        if self.head >= self.tail_seen || at + out.len() > self.r.l.slot {
+            return false;
+        }
+        let p = self.r.slot_ptr(self.head);
+        // SAFETY: at + len <= slot size, inside the ring.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(at), out.as_mut_ptr(), out.len()) };
+        true
+    }
+
+    /// Returns consumed slots to the producer.
+    #[inline]
+    pub fn release(&mut self) {
+        if self.unpublished > 0 {
+            self.r.head().store(self.head, Ordering::Release);
+            self.unpublished = 0;
+        }
+    }
+}
+
+/// A 32-bit flag word at `off` in a block (sleep flags, closed flags).
+pub fn flag(block: &MemBlock, off: usize) -> &AtomicU32 {
+    assert!(off % 4 == 0 && off + 4 <= block.len());
+    // SAFETY: aligned, in bounds; lives as long as the borrowed block.
+    unsafe { &*(block.as_ptr().add(off) as *const AtomicU32) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spsc_across_threads_in_order() {
+        let b = Arc::new(MemBlock::new(1 << 16, "ring").unwrap());
+        let l = RingLayout {
+            off: 0,
+            slots: 64,
+            slot: 64,
+        };
+        let mut p = Producer::new(b.clone(), l, true);
+        let mut c = Consumer::new(b, l);
+        let n = 100_000u64;
+        let t = std::thread::spawn(move || {
+            let mut next = 0u64;
+            let mut buf = [0u8; 64];
+            while next < n {
+                let a = c.available().unwrap();
+                for _ in 0..a {
+                    c.pop_into(&mut buf);
+                    assert_eq!(u64::from_le_bytes(buf[..8].try_into().unwrap()), next);
+                    next += 1;
+                }
+                c.release();
+            }
+        });
+        let mut i = 0u64;
+        while i < n {
+            let f = p.free().unwrap();
+            for _ in 0..f.min((n - i) as u32) {
+                p.write_with(|s| s[..8].copy_from_slice(&i.to_le_bytes()));
+                i += 1;
+            }
+            p.publish();
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn corrupt_indices_are_detected() {
+        let b = Arc::new(MemBlock::new(1 << 16, "ring").unwrap());
+        let l = RingLayout {
+            off: 0,
+            slots: 8,
+            slot: 64,
+        };
+        let mut p = Producer::new(b.clone(), l, true);
+        let mut c = Consumer::new(b.clone(), l);
+        // A hostile producer claims 1000 entries.
+        let tail = flag(&b, 64);
+        tail.store(1000, Ordering::Release);
+        assert_eq!(c.available(), Err(Corrupt));
+        tail.store(0, Ordering::Release);
+        // A hostile consumer claims to be ahead of the tail.
+        for _ in 0..8 {
+            p.write_with(|_| {});
+        }
+        p.publish();
+        assert_eq!(p.free(), Ok(0));
+        flag(&b, 0).store(9, Ordering::Release);
+        assert_eq!(p.free(), Err(Corrupt));
+    }
+}

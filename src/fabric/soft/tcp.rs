@@ -1,0 +1,255 @@
+//! The tcp link: one TCP connection per (initiator QP → target QP) channel,
+//! carrying framed requests one way and framed responses the other,
+//! pipelined, TCP_NODELAY, many frames per syscall. Frames are validated
+//! (magic, version, kind, header length, payload length against a maximum)
+//! before anything is allocated; a bad frame closes that channel only.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use super::wire::{
+    FrameKind, Prefix, ReqHeader, RespHeader, WireError, FRAME_PREFIX, REQ_LEN, RESP_LEN,
+};
+use crate::fabric::{FabricError, Result};
+
+/// Hello: magic u16, version u8, kind 0x10, dst qpn u32, src qpn u32, pad.
+const HELLO_KIND: u8 = 0x10;
+/// Reply kinds.
+const HELLO_OK: u8 = 0x11;
+const HELLO_ERR: u8 = 0x12;
+
+/// Encodes a hello.
+pub fn hello(dst_qpn: u32, src_qpn: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..2].copy_from_slice(&super::wire::MAGIC.to_le_bytes());
+    b[2] = super::wire::VERSION;
+    b[3] = HELLO_KIND;
+    b[4..8].copy_from_slice(&dst_qpn.to_le_bytes());
+    b[8..12].copy_from_slice(&src_qpn.to_le_bytes());
+    b
+}
+
+/// Parses a hello; returns (dst qpn, src qpn).
+pub fn parse_hello(b: &[u8; 16]) -> std::result::Result<(u32, u32), WireError> {
+    let magic = u16::from_le_bytes([b[0], b[1]]);
+    if magic != super::wire::MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    if b[2] != super::wire::VERSION {
+        return Err(WireError::BadVersion(b[2]));
+    }
+    if b[3] != HELLO_KIND {
+        return Err(WireError::BadKind(b[3]));
+    }
+    Ok((
+        u32::from_le_bytes(b[4..8].try_into().expect("4")),
+        u32::from_le_bytes(b[8..12].try_into().expect("4")),
+    ))
+}
+
+/// Reply to a hello.
+pub fn hello_reply(ok: bool) -> [u8; 16] {
+    let mut b = hello(0, 0);
+    b[3] = if ok { HELLO_OK } else { HELLO_ERR };
+    b
+}
+
+/// A framed, non-blocking byte stream with input and output buffers.
+pub struct Framed {
+    /// The socket (non-blocking after set-up).
+    pub sock: TcpStream,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    /// The peer closed or broke the stream.
+    pub dead: bool,
+}
+
+/// A parsed frame: its prefix, header bytes and payload range inside the
+/// input buffer (valid until the next `read_some`).
+pub struct Frame {
+    /// Frame kind.
+    pub kind: FrameKind,
+    /// Header bytes (64 for requests, 32 for responses; only the prefix used).
+    pub hdr: [u8; REQ_LEN],
+    /// Payload start in the input buffer.
+    pub payload: std::ops::Range<usize>,
+}
+
+impl Framed {
+    /// Wraps a connected stream.
+    pub fn new(sock: TcpStream) -> std::io::Result<Framed> {
+        sock.set_nodelay(true)?;
+        sock.set_nonblocking(true)?;
+        Ok(Framed {
+            sock,
+            wbuf: Vec::with_capacity(64 << 10),
+            wpos: 0,
+            rbuf: vec![0u8; 256 << 10],
+            rstart: 0,
+            rend: 0,
+            dead: false,
+        })
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Appends a request frame.
+    pub fn push_req(&mut self, h: &ReqHeader, payload: &[u8]) {
+        self.wbuf
+            .extend_from_slice(&Prefix::encode(FrameKind::Req, payload.len() as u32));
+        let mut hb = [0u8; REQ_LEN];
+        h.encode(&mut hb);
+        self.wbuf.extend_from_slice(&hb);
+        self.wbuf.extend_from_slice(payload);
+    }
+
+    /// Appends a response frame; returns where its payload goes so the
+    /// caller can fill `len` bytes in place.
+    pub fn push_resp(&mut self, r: &RespHeader, payload_len: usize) -> &mut [u8] {
+        self.wbuf
+            .extend_from_slice(&Prefix::encode(FrameKind::Resp, payload_len as u32));
+        let mut hb = [0u8; RESP_LEN];
+        r.encode(&mut hb);
+        self.wbuf.extend_from_slice(&hb);
+        let at = self.wbuf.len();
+        self.wbuf.resize(at + payload_len, 0);
+        &mut self.wbuf[at..]
+    }
+
+    /// Writes as much pending output as the socket takes.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return Err(ErrorKind::WriteZero.into());
+                }
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.dead = true;
+                    return Err(e);
+                }
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads what is available. Returns bytes read (0: nothing now).
+    pub fn read_some(&mut self) -> std::io::Result<usize> {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+        // Keep room for at least one maximal header + some payload.
+        if self.rbuf.len() - self.rend < 64 << 10 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let mut total = 0;
+        loop {
+            if self.rend == self.rbuf.len() {
+                return Ok(total);
+            }
+            match self.sock.read(&mut self.rbuf[self.rend..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return if total > 0 {
+                        Ok(total)
+                    } else {
+                        Err(ErrorKind::UnexpectedEof.into())
+                    };
+                }
+                Ok(n) => {
+                    self.rend += n;
+                    total += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.dead = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The next complete frame, if buffered. A frame that fails validation
+    /// is an error (the caller closes the channel). Grows the input buffer up
+    /// to the frame size when a large payload is announced.
+    pub fn next_frame(&mut self) -> std::result::Result<Option<Frame>, WireError> {
+        let avail = self.rend - self.rstart;
+        if avail < FRAME_PREFIX {
+            return Ok(None);
+        }
+        let pb: [u8; FRAME_PREFIX] = self.rbuf[self.rstart..self.rstart + FRAME_PREFIX]
+            .try_into()
+            .expect("prefix");
+        let p = Prefix::decode(&pb)?;
+        let hl = p.hdr_len();
+        let total = FRAME_PREFIX + hl + p.payload_len as usize;
+        if avail < total {
+            if self.rbuf.len() < total + (64 << 10) {
+                // payload_len was validated against the maximum above.
+                self.rbuf.resize(total + (64 << 10), 0);
+            }
+            return Ok(None);
+        }
+        let mut hdr = [0u8; REQ_LEN];
+        let h0 = self.rstart + FRAME_PREFIX;
+        hdr[..hl].copy_from_slice(&self.rbuf[h0..h0 + hl]);
+        let payload = h0 + hl..h0 + hl + p.payload_len as usize;
+        self.rstart += total;
+        Ok(Some(Frame {
+            kind: p.kind,
+            hdr,
+            payload,
+        }))
+    }
+
+    /// Payload bytes of a frame returned by `next_frame`.
+    pub fn payload(&self, f: &Frame) -> &[u8] {
+        &self.rbuf[f.payload.clone()]
+    }
+}
+
+/// Connects a channel: hello, wait for the target's answer.
+pub fn connect(addr: &str, src_qpn: u32, dst_qpn: u32) -> Result<Framed> {
+    let sa: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|e| FabricError::io(format!("resolving tcp NIC address {addr}"), e))?
+        .next()
+        .ok_or_else(|| FabricError::Invalid(format!("tcp NIC address {addr} resolves to nothing")))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))
+        .map_err(|e| FabricError::PeerLost(format!("connecting to tcp NIC {addr}: {e}")))?;
+    s.set_nodelay(true)
+        .map_err(|e| FabricError::io("TCP_NODELAY", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| FabricError::io("set_read_timeout", e))?;
+    s.write_all(&hello(dst_qpn, src_qpn))
+        .map_err(|e| FabricError::PeerLost(format!("hello to {addr}: {e}")))?;
+    let mut r = [0u8; 16];
+    s.read_exact(&mut r)
+        .map_err(|e| FabricError::PeerLost(format!("hello reply from {addr}: {e}")))?;
+    if r[3] != HELLO_OK {
+        return Err(FabricError::PeerLost(format!(
+            "tcp NIC {addr} refused the connection to QP {dst_qpn}"
+        )));
+    }
+    s.set_read_timeout(None)
+        .map_err(|e| FabricError::io("set_read_timeout", e))?;
+    Framed::new(s).map_err(|e| FabricError::io("configuring tcp channel", e))
+}
