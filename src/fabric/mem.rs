@@ -44,7 +44,9 @@ impl MemBlock {
         let cname = std::ffi::CString::new(format!("patronus-{name}"))
             .map_err(|_| FabricError::Invalid("block name has a NUL".into()))?;
         // SAFETY: cname is a valid C string; flags are valid.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(FabricError::io(
                 "memfd_create",
@@ -325,9 +327,11 @@ impl Mr {
     /// Atomic compare-and-swap at `off`; returns the old value.
     pub fn cas_u64(&self, off: u64, compare: u64, swap: u64) -> Result<u64> {
         let a = self.atomic_u64(off)?;
-        Ok(match a.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(v) | Err(v) => v,
-        })
+        Ok(
+            match a.compare_exchange(compare, swap, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(v) | Err(v) => v,
+            },
+        )
     }
     /// Atomic fetch-and-add at `off`; returns the old value.
     pub fn faa_u64(&self, off: u64, add: u64) -> Result<u64> {

@@ -27,6 +27,7 @@
 //! Scatter/gather entries name memory by `lkey` + offset, never by raw
 //! pointer, so the layers above the fabric stay safe Rust.
 
+pub mod conformance;
 pub mod mem;
 pub mod soft;
 #[cfg(feature = "verbs")]

@@ -231,7 +231,9 @@ impl KeyTable {
         let idx = key >> 8;
         self.update(idx, |cur| {
             if cur.kind != KeyKind::Mr || !cur.valid || cur.tag != key as u8 {
-                return Err(FabricError::Invalid(format!("rereg: {key:#x} is not a live MR")));
+                return Err(FabricError::Invalid(format!(
+                    "rereg: {key:#x} is not a live MR"
+                )));
             }
             let s = KeySnapshot {
                 tag: cur.tag.wrapping_add(1),
@@ -308,7 +310,9 @@ impl KeyTable {
         let mr = self
             .snapshot(lkey >> 8)
             .filter(|m| m.kind == KeyKind::Mr && m.valid && m.tag == lkey as u8)
-            .ok_or_else(|| FabricError::Invalid(format!("bind: lkey {lkey:#x} is not a live MR")))?;
+            .ok_or_else(|| {
+                FabricError::Invalid(format!("bind: lkey {lkey:#x} is not a live MR"))
+            })?;
         if mr.pd != pd {
             return Err(FabricError::Invalid(format!(
                 "bind: MR {lkey:#x} is in PD {}, window in PD {pd}",
@@ -320,7 +324,9 @@ impl KeyTable {
                 "bind: MR {lkey:#x} lacks MW_BIND access"
             )));
         }
-        let remote = Access(access.0 & (Access::REMOTE_READ.0 | Access::REMOTE_WRITE.0 | Access::REMOTE_ATOMIC.0));
+        let remote = Access(
+            access.0 & (Access::REMOTE_READ.0 | Access::REMOTE_WRITE.0 | Access::REMOTE_ATOMIC.0),
+        );
         if !mr.access.contains(remote) {
             return Err(FabricError::Invalid(format!(
                 "bind: window access {:#x} exceeds MR access {:#x}",
@@ -338,7 +344,9 @@ impl KeyTable {
         }
         self.update(handle, |cur| {
             if cur.kind != KeyKind::Mw {
-                return Err(FabricError::Invalid(format!("bind: handle {handle} is not a window")));
+                return Err(FabricError::Invalid(format!(
+                    "bind: handle {handle} is not a window"
+                )));
             }
             if cur.pd != pd {
                 return Err(FabricError::Invalid(format!(
@@ -430,27 +438,67 @@ mod tests {
         let t = KeyTable::new(64);
         let lkey = t.add_mr(1, 0x1000, 0x1000, Access::ALL).unwrap();
         let (h, r0) = t.add_mw(1).unwrap();
-        assert_eq!(t.check(r0, 1, 7, 0x1000, 8, Access::REMOTE_READ), Err(Denied::NotValid));
-        let r1 = t.bind_mw(h, 1, 7, lkey, 0x1100, 64, Access::READ_WINDOW).unwrap();
+        assert_eq!(
+            t.check(r0, 1, 7, 0x1000, 8, Access::REMOTE_READ),
+            Err(Denied::NotValid)
+        );
+        let r1 = t
+            .bind_mw(h, 1, 7, lkey, 0x1100, 64, Access::READ_WINDOW)
+            .unwrap();
         assert_ne!(r1, r0);
         assert_eq!(t.mw_rkey(h), r1);
-        assert_eq!(t.check(r1, 1, 7, 0x1100, 64, Access::REMOTE_READ), Ok(0x1100));
-        assert_eq!(t.check(r1, 1, 8, 0x1100, 8, Access::REMOTE_READ), Err(Denied::WrongQp));
-        assert_eq!(t.check(r1, 2, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::WrongPd));
-        assert_eq!(t.check(r1, 1, 7, 0x1100, 65, Access::REMOTE_READ), Err(Denied::OutOfBounds));
-        assert_eq!(t.check(r1, 1, 7, 0x10ff, 1, Access::REMOTE_READ), Err(Denied::OutOfBounds));
-        assert_eq!(t.check(r1, 1, 7, u64::MAX, 2, Access::REMOTE_READ), Err(Denied::OutOfBounds));
-        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_WRITE), Err(Denied::NoAccess));
-        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_ATOMIC), Err(Denied::NoAccess));
-        assert_eq!(t.check(r0, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::StaleTag));
+        assert_eq!(
+            t.check(r1, 1, 7, 0x1100, 64, Access::REMOTE_READ),
+            Ok(0x1100)
+        );
+        assert_eq!(
+            t.check(r1, 1, 8, 0x1100, 8, Access::REMOTE_READ),
+            Err(Denied::WrongQp)
+        );
+        assert_eq!(
+            t.check(r1, 2, 7, 0x1100, 8, Access::REMOTE_READ),
+            Err(Denied::WrongPd)
+        );
+        assert_eq!(
+            t.check(r1, 1, 7, 0x1100, 65, Access::REMOTE_READ),
+            Err(Denied::OutOfBounds)
+        );
+        assert_eq!(
+            t.check(r1, 1, 7, 0x10ff, 1, Access::REMOTE_READ),
+            Err(Denied::OutOfBounds)
+        );
+        assert_eq!(
+            t.check(r1, 1, 7, u64::MAX, 2, Access::REMOTE_READ),
+            Err(Denied::OutOfBounds)
+        );
+        assert_eq!(
+            t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_WRITE),
+            Err(Denied::NoAccess)
+        );
+        assert_eq!(
+            t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_ATOMIC),
+            Err(Denied::NoAccess)
+        );
+        assert_eq!(
+            t.check(r0, 1, 7, 0x1100, 8, Access::REMOTE_READ),
+            Err(Denied::StaleTag)
+        );
         let r2 = t.invalidate_mw(h).unwrap();
-        assert_eq!(t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::StaleTag));
-        assert_eq!(t.check(r2, 1, 7, 0x1100, 8, Access::REMOTE_READ), Err(Denied::NotValid));
+        assert_eq!(
+            t.check(r1, 1, 7, 0x1100, 8, Access::REMOTE_READ),
+            Err(Denied::StaleTag)
+        );
+        assert_eq!(
+            t.check(r2, 1, 7, 0x1100, 8, Access::REMOTE_READ),
+            Err(Denied::NotValid)
+        );
         // 1000 bind/unbind cycles: no old rkey ever works again (tags cycle
         // through 256 values, so compare against the immediately older ones).
         let mut old = vec![r0, r1, r2];
         for _ in 0..1000 {
-            let r = t.bind_mw(h, 1, 7, lkey, 0x1000, 0x1000, Access::WRITE_WINDOW).unwrap();
+            let r = t
+                .bind_mw(h, 1, 7, lkey, 0x1000, 0x1000, Access::WRITE_WINDOW)
+                .unwrap();
             for o in old.iter().rev().take(200) {
                 assert!(t.check(*o, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
             }
@@ -468,12 +516,24 @@ mod tests {
         let lkey = t.add_mr(1, 0x1000, 0x100, Access::ALL).unwrap();
         let nobind = t.add_mr(1, 0x1000, 0x100, Access::REMOTE_READ).unwrap();
         let (h, _) = t.add_mw(1).unwrap();
-        assert!(t.bind_mw(h, 1, 1, lkey, 0x1000, 0x101, Access::READ_WINDOW).is_err());
-        assert!(t.bind_mw(h, 1, 1, lkey, u64::MAX, 2, Access::READ_WINDOW).is_err());
-        assert!(t.bind_mw(h, 2, 1, lkey, 0x1000, 1, Access::READ_WINDOW).is_err());
-        assert!(t.bind_mw(h, 1, 1, nobind, 0x1000, 1, Access::READ_WINDOW).is_err());
-        assert!(t.bind_mw(h, 1, 1, lkey ^ 1, 0x1000, 1, Access::READ_WINDOW).is_err());
-        assert!(t.bind_mw(lkey >> 8, 1, 1, lkey, 0x1000, 1, Access::READ_WINDOW).is_err());
+        assert!(t
+            .bind_mw(h, 1, 1, lkey, 0x1000, 0x101, Access::READ_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(h, 1, 1, lkey, u64::MAX, 2, Access::READ_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(h, 2, 1, lkey, 0x1000, 1, Access::READ_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(h, 1, 1, nobind, 0x1000, 1, Access::READ_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(h, 1, 1, lkey ^ 1, 0x1000, 1, Access::READ_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(lkey >> 8, 1, 1, lkey, 0x1000, 1, Access::READ_WINDOW)
+            .is_err());
         t.remove(lkey).unwrap();
         assert!(t.check(lkey, 1, 1, 0x1000, 1, Access::REMOTE_READ).is_err());
         assert!(t.remove(lkey).is_err());

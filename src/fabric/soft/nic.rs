@@ -333,7 +333,10 @@ impl NicInner {
                 _ => 0,
             };
             if plen != expect {
-                tracing::warn!(qpn = t.qpn, "frame payload {plen} B, header says {expect}: closing");
+                tracing::warn!(
+                    qpn = t.qpn,
+                    "frame payload {plen} B, header says {expect}: closing"
+                );
                 ch.kill();
                 return;
             }
@@ -401,7 +404,13 @@ impl NicInner {
             } else {
                 libc::EPOLLIN as u32
             };
-            let _ = epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, ch.fd, ev, ch.token);
+            let _ = epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                ch.fd,
+                ev,
+                ch.token,
+            );
         }
     }
 }
@@ -478,13 +487,22 @@ impl SoftNic {
         // SAFETY: plain syscall; result checked.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if ep < 0 {
-            return Err(FabricError::io("epoll_create1", std::io::Error::last_os_error()));
+            return Err(FabricError::io(
+                "epoll_create1",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: ep was just created and is owned here.
         let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
         let wake = eventfd()?;
-        epoll_ctl(ep, libc::EPOLL_CTL_ADD, wake.as_raw_fd(), libc::EPOLLIN as u32, STOP_TOKEN)
-            .map_err(|e| FabricError::io("epoll_ctl", e))?;
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            wake.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            STOP_TOKEN,
+        )
+        .map_err(|e| FabricError::io("epoll_ctl", e))?;
         let link_name = match cfg.link {
             LinkKind::Shm => "soft-shm",
             LinkKind::Tcp => "soft-tcp",
@@ -675,12 +693,20 @@ fn accept_shm(nic: &Arc<NicInner>, s: UnixStream) {
         shm::reply(&s, ctl::ERR, 1, None);
         return;
     };
-    if !shm::check_sealed(&fd) || len as usize != shm::seg_len() {
+    if !shm::check_sealed(&fd)
+        || (len as usize) < shm::seg_len()
+        || len as usize > shm::seg_len() + 4096
+    {
         shm::reply(&s, ctl::ERR, 2, None);
         return;
     }
-    let ch = MemBlock::from_fd(fd, len as usize, 0)
-        .and_then(|b| InShm::new(Arc::new(b), s.try_clone().map_err(|e| FabricError::io("dup", e))?, Arc::downgrade(&q)));
+    let ch = MemBlock::from_fd(fd, len as usize, 0).and_then(|b| {
+        InShm::new(
+            Arc::new(b),
+            s.try_clone().map_err(|e| FabricError::io("dup", e))?,
+            Arc::downgrade(&q),
+        )
+    });
     match ch {
         Ok(ch) => {
             let ch = Arc::new(ch);
@@ -733,7 +759,13 @@ fn accept_tcp(nic: &Arc<NicInner>, mut s: std::net::TcpStream) {
     });
     q.attach_inbound(Inbound::Tcp(ch.clone()));
     nic.in_tcp.lock().insert(token, ch);
-    if let Err(e) = epoll_ctl(nic.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token) {
+    if let Err(e) = epoll_ctl(
+        nic.epoll.as_raw_fd(),
+        libc::EPOLL_CTL_ADD,
+        fd,
+        libc::EPOLLIN as u32,
+        token,
+    ) {
         tracing::warn!("epoll add: {e}");
     }
 }
@@ -776,7 +808,12 @@ fn shm_loop(nic: Arc<NicInner>) {
         fence(Ordering::SeqCst);
         let pending = list.iter().any(|c| {
             !c.dead.load(Ordering::Relaxed)
-                && c.resp.lock().req.available().map(|a| a > 0).unwrap_or(false)
+                && c.resp
+                    .lock()
+                    .req
+                    .available()
+                    .map(|a| a > 0)
+                    .unwrap_or(false)
         });
         if !pending && nic.in_shm_ver.load(Ordering::Acquire) == ver {
             let mut pfd = libc::pollfd {
@@ -834,7 +871,14 @@ impl Nic for SoftNic {
             .inner
             .keys
             .add_mr(pd.0, block.as_ptr() as u64, len as u64, access)?;
-        let mr = Arc::new(Mr::new(block.clone(), 0, len as u64, (key, key), access, pd.0 as u64));
+        let mr = Arc::new(Mr::new(
+            block.clone(),
+            0,
+            len as u64,
+            (key, key),
+            access,
+            pd.0 as u64,
+        ));
         self.inner.set_mr(key >> 8, Some(mr.clone()));
         self.inner.blocks.lock().push(block);
         Ok(mr)
@@ -913,10 +957,7 @@ impl Nic for SoftNic {
             any.downcast::<SoftCq>()
                 .map_err(|_| FabricError::Invalid("CQ of another backend".into()))
         };
-        if cap.max_send_wr == 0
-            || cap.max_send_wr > shm::REQ_SLOTS
-            || cap.max_recv_wr > 1 << 16
-        {
+        if cap.max_send_wr == 0 || cap.max_send_wr > shm::REQ_SLOTS || cap.max_recv_wr > 1 << 16 {
             return Err(FabricError::Invalid(format!(
                 "QP capacity {cap:?} outside 1..={} send WRs",
                 shm::REQ_SLOTS

@@ -15,8 +15,8 @@ use super::wire::{FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEN
 use super::LinkKind;
 use crate::fabric::mem::Mr;
 use crate::fabric::{
-    Access, FabricError, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result, SendWr, Sge, Wc,
-    WcOpcode, WcStatus, WrOp,
+    Access, FabricError, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result, SendWr, Sge, Wc, WcOpcode,
+    WcStatus, WrOp,
 };
 
 /// The inbound channel attached to a QP by its peer.

@@ -43,7 +43,14 @@ pub fn check(keys: &KeyTable, t: &Target, h: &ReqHeader) -> Result<*mut u8, WcSt
     match keys.check(h.rkey, t.pd, t.qpn, h.raddr, h.len as u64, need) {
         Ok(a) => Ok(a as *mut u8),
         Err(d) => {
-            tracing::debug!(rkey = h.rkey, raddr = h.raddr, len = h.len, qpn = t.qpn, ?d, "remote access denied");
+            tracing::debug!(
+                rkey = h.rkey,
+                raddr = h.raddr,
+                len = h.len,
+                qpn = t.qpn,
+                ?d,
+                "remote access denied"
+            );
             Err(match d {
                 Denied::UnknownKey
                 | Denied::StaleTag
@@ -66,9 +73,11 @@ pub fn atomic(p: *mut u8, h: &ReqHeader) -> u64 {
     // shared only through atomics for 8-byte words.
     let a = unsafe { &*(p as *const AtomicU64) };
     match h.op {
-        ReqOp::Cas => match a.compare_exchange(h.arg0, h.arg1, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(v) | Err(v) => v,
-        },
+        ReqOp::Cas => {
+            match a.compare_exchange(h.arg0, h.arg1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(v) | Err(v) => v,
+            }
+        }
         _ => a.fetch_add(h.arg0, Ordering::SeqCst),
     }
 }

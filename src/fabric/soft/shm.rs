@@ -164,7 +164,8 @@ pub fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<Option
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c);
-                let nfd = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let nfd =
+                    ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..nfd {
                     let f = std::ptr::read_unaligned((data as *const RawFd).add(i));
                     let owned = OwnedFd::from_raw_fd(f);
@@ -201,7 +202,10 @@ pub fn seal(fd: &OwnedFd) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(FabricError::io("sealing memfd", std::io::Error::last_os_error()));
+        return Err(FabricError::io(
+            "sealing memfd",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -387,7 +391,11 @@ impl OutShm {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writing 8 bytes to an eventfd we own a duplicate of.
             unsafe {
-                libc::write(self.doorbell.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8);
+                libc::write(
+                    self.doorbell.as_raw_fd(),
+                    one.as_ptr() as *const libc::c_void,
+                    8,
+                );
             }
         }
     }

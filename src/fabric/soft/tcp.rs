@@ -232,7 +232,9 @@ pub fn connect(addr: &str, src_qpn: u32, dst_qpn: u32) -> Result<Framed> {
         .to_socket_addrs()
         .map_err(|e| FabricError::io(format!("resolving tcp NIC address {addr}"), e))?
         .next()
-        .ok_or_else(|| FabricError::Invalid(format!("tcp NIC address {addr} resolves to nothing")))?;
+        .ok_or_else(|| {
+            FabricError::Invalid(format!("tcp NIC address {addr} resolves to nothing"))
+        })?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))
         .map_err(|e| FabricError::PeerLost(format!("connecting to tcp NIC {addr}: {e}")))?;
     s.set_nodelay(true)

@@ -346,7 +346,10 @@ mod tests {
         let mut h = sample();
         h.raddr = 0x1004;
         h.encode(&mut b);
-        assert!(matches!(ReqHeader::decode(&b), Err((WireError::Misaligned(_), 99, 3))));
+        assert!(matches!(
+            ReqHeader::decode(&b),
+            Err((WireError::Misaligned(_), 99, 3))
+        ));
         h = sample();
         h.op = ReqOp::Read;
         h.len = MAX_RDMA_LEN + 1;
@@ -354,7 +357,10 @@ mod tests {
         assert!(ReqHeader::decode(&b).is_err());
         sample().encode(&mut b);
         b[60] = 1;
-        assert!(matches!(ReqHeader::decode(&b), Err((WireError::Reserved, _, _))));
+        assert!(matches!(
+            ReqHeader::decode(&b),
+            Err((WireError::Reserved, _, _))
+        ));
         let mut p = Prefix::encode(FrameKind::Resp, 1);
         p[8..12].copy_from_slice(&(MAX_RDMA_LEN + 1).to_le_bytes());
         assert!(Prefix::decode(&p).is_err());
