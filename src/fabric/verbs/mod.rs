@@ -1,0 +1,1 @@
+//! Verbs backend (feature `verbs`): placeholder until the backend lands.
