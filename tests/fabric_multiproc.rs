@@ -40,9 +40,18 @@ struct ChildProc {
 impl ChildProc {
     fn spawn(role: &str, link: LinkKind) -> ChildProc {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("PATRONUS_TEST_CHILD", role)
-            .env("PATRONUS_TEST_LINK", if link == LinkKind::Shm { "shm" } else { "tcp" })
+            .env(
+                "PATRONUS_TEST_LINK",
+                if link == LinkKind::Shm { "shm" } else { "tcp" },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -55,7 +64,10 @@ impl ChildProc {
     fn line(&mut self) -> Vec<String> {
         loop {
             let mut l = String::new();
-            assert!(self.out.read_line(&mut l).unwrap() > 0, "child exited early");
+            assert!(
+                self.out.read_line(&mut l).unwrap() > 0,
+                "child exited early"
+            );
             if let Some(i) = l.find("@@ ") {
                 return l[i + 3..].split_whitespace().map(String::from).collect();
             }
@@ -86,7 +98,10 @@ fn child_entry() {
     let Ok(role) = std::env::var("PATRONUS_TEST_CHILD") else {
         return;
     };
-    let link = std::env::var("PATRONUS_TEST_LINK").unwrap().parse().unwrap();
+    let link = std::env::var("PATRONUS_TEST_LINK")
+        .unwrap()
+        .parse()
+        .unwrap();
     let nic = open(link);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -111,11 +126,14 @@ fn child_entry() {
             let v: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
             let (addr, rkey, n) = (v[0], v[1] as u32, v[2]);
             let pd = nic.alloc_pd().unwrap();
-            let sides: Vec<Side> = (0..2).map(|_| Side::new(nic.clone(), pd, 4096).unwrap()).collect();
+            let sides: Vec<Side> = (0..2)
+                .map(|_| Side::new(nic.clone(), pd, 4096).unwrap())
+                .collect();
             for s in &sides {
                 say(format!("EP {}", hex(&s.qp.endpoint().encode())));
                 let l = lines.next().unwrap().unwrap();
-                s.qp.connect(&QpEndpoint::decode(&unhex(l.trim())).unwrap()).unwrap();
+                s.qp.connect(&QpEndpoint::decode(&unhex(l.trim())).unwrap())
+                    .unwrap();
             }
             std::thread::scope(|sc| {
                 for s in &sides {
@@ -163,7 +181,8 @@ fn faa_two_processes(link: LinkKind) {
             let l = k.line();
             assert_eq!(l[0], "EP");
             let s = Side::new(nic.clone(), pd, 4096).unwrap();
-            s.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap()).unwrap();
+            s.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap())
+                .unwrap();
             k.send(&hex(&s.qp.endpoint().encode()));
             sides.push(s);
         }
@@ -171,7 +190,11 @@ fn faa_two_processes(link: LinkKind) {
     for k in &mut kids {
         assert_eq!(k.line(), vec!["DONE"]);
     }
-    assert_eq!(region.load_u64(64).unwrap(), 4 * n, "2 processes x 2 threads x {n} FAA");
+    assert_eq!(
+        region.load_u64(64).unwrap(),
+        4 * n,
+        "2 processes x 2 threads x {n} FAA"
+    );
 }
 
 #[test]
@@ -195,7 +218,8 @@ fn server_killed(link: LinkKind) {
     let c = Side::new(nic.clone(), pd, 1 << 20).unwrap();
     srv.send(&hex(&c.qp.endpoint().encode()));
     let l = srv.line();
-    c.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap()).unwrap();
+    c.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap())
+        .unwrap();
     // Stream until the kill, then wait for the error.
     let start = Instant::now();
     let mut killed_at = None;
@@ -262,19 +286,28 @@ fn client_killed(link: LinkKind) {
     let pd = nic.alloc_pd().unwrap();
     let region = nic.alloc_mr(pd, 4096, Access::ALL).unwrap();
     let mut kid = ChildProc::spawn("faa", link);
-    kid.send(&format!("{} {} {}", region.addr(), region.rkey(), 50_000_000u64));
+    kid.send(&format!(
+        "{} {} {}",
+        region.addr(),
+        region.rkey(),
+        50_000_000u64
+    ));
     let mut keep = Vec::new();
     for _ in 0..2 {
         let l = kid.line();
         let s = Side::new(nic.clone(), pd, 4096).unwrap();
-        s.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap()).unwrap();
+        s.qp.connect(&QpEndpoint::decode(&unhex(&l[1])).unwrap())
+            .unwrap();
         kid.send(&hex(&s.qp.endpoint().encode()));
         keep.push(s);
     }
     // Let it hammer, then kill it.
     let t0 = Instant::now();
     while region.load_u64(0).unwrap() < 10_000 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "child made no progress");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "child made no progress"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     kid.child.kill().unwrap();

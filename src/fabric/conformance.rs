@@ -264,7 +264,7 @@ impl Pair {
 pub struct Rng(pub u64);
 impl Rng {
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -273,7 +273,7 @@ impl Rng {
     /// Fills bytes.
     pub fn fill(&mut self, b: &mut [u8]) {
         for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             c.copy_from_slice(&v[..c.len()]);
         }
     }
@@ -565,11 +565,11 @@ pub fn check_forged_rkeys(p: &Pair, n: u64) -> Result<()> {
     p.client.buf.fill(0, 4096, 0xa5)?;
     let mut refused = 0;
     for i in 0..n {
-        let mut rkey = rng.next() as u32;
+        let mut rkey = rng.next_u64() as u32;
         if rkey == good || rkey == p.region.rkey() {
             rkey ^= 0x100;
         }
-        let off = rng.next() % (p.region.len() - 64) & !7;
+        let off = (rng.next_u64() % (p.region.len() - 64)) & !7;
         let st = match i % 3 {
             0 => p.write(rkey, off, 0, 64)?,
             1 => p.faa(rkey, off, 1)?.0,

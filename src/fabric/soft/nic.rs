@@ -297,7 +297,7 @@ impl NicInner {
             return;
         }
         while st.f.pending_out() < BACKPRESSURE {
-            let fr = match st.f.next_frame() {
+            let fr = match st.f.next_frame(FrameKind::Req) {
                 Ok(Some(fr)) if fr.kind == FrameKind::Req => fr,
                 Ok(None) => break,
                 Ok(Some(_)) | Err(_) => {

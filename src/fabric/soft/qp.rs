@@ -400,13 +400,10 @@ impl QpInner {
                 o.kick();
             }
             Some(Out::Tcp(f)) => {
-                if f.flush().is_err() {
-                    let n = sq.pending.len();
-                    let first_open = sq.pending.iter().position(|p| p.status.is_none());
-                    if let Some(i) = first_open {
-                        self.fail(&mut sq, i, WcStatus::RetryExcErr);
-                    }
-                    let _ = n;
+                let broken = f.flush().is_err();
+                let first_open = sq.pending.iter().position(|p| p.status.is_none());
+                if let (true, Some(i)) = (broken, first_open) {
+                    self.fail(&mut sq, i, WcStatus::RetryExcErr);
                 }
             }
             None => {}
@@ -507,7 +504,7 @@ impl QpInner {
                 let _ = f.flush();
                 let _ = f.read_some();
                 loop {
-                    match f.next_frame() {
+                    match f.next_frame(FrameKind::Resp) {
                         Ok(Some(fr)) if fr.kind == FrameKind::Resp => {
                             let hb: [u8; RESP_LEN] = fr.hdr[..RESP_LEN].try_into().expect("32");
                             let r = RespHeader::decode(&hb);

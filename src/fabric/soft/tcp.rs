@@ -189,8 +189,12 @@ impl Framed {
 
     /// The next complete frame, if buffered. A frame that fails validation
     /// is an error (the caller closes the channel). Grows the input buffer up
-    /// to the frame size when a large payload is announced.
-    pub fn next_frame(&mut self) -> std::result::Result<Option<Frame>, WireError> {
+    /// to the frame size when a large payload is announced. A frame of the
+    /// wrong kind for this direction is rejected as soon as its prefix arrives.
+    pub fn next_frame(
+        &mut self,
+        expect: FrameKind,
+    ) -> std::result::Result<Option<Frame>, WireError> {
         let avail = self.rend - self.rstart;
         if avail < FRAME_PREFIX {
             return Ok(None);
@@ -199,6 +203,9 @@ impl Framed {
             .try_into()
             .expect("prefix");
         let p = Prefix::decode(&pb)?;
+        if p.kind != expect {
+            return Err(WireError::BadKind(p.kind as u8));
+        }
         let hl = p.hdr_len();
         let total = FRAME_PREFIX + hl + p.payload_len as usize;
         if avail < total {
