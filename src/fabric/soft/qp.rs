@@ -49,6 +49,9 @@ struct SendSide {
     out: Option<Out>,
     remote: Option<QpEndpoint>,
     idle_polls: u32,
+    /// Index in `pending` where the search for the next open remote request
+    /// starts (responses arrive in order, so everything before it is done).
+    cursor: usize,
 }
 
 struct RecvSide {
@@ -102,6 +105,7 @@ impl QpInner {
                 out: None,
                 remote: None,
                 idle_polls: 0,
+                cursor: 0,
             }),
             rq: Mutex::new(RecvSide {
                 posted: VecDeque::with_capacity(cap.max_recv_wr as usize),
@@ -413,13 +417,17 @@ impl QpInner {
 
     /// Applies one response to the first open remote request.
     fn apply(&self, sq: &mut SendSide, r: &RespHeader, payload: Option<&[u8]>) {
+        let from = sq.cursor.min(sq.pending.len());
         let Some(i) = sq
             .pending
-            .iter()
+            .range(from..)
             .position(|p| p.remote && p.status.is_none())
+            .map(|k| k + from)
         else {
+            sq.cursor = sq.pending.len();
             return; // late response of a flushed request
         };
+        sq.cursor = i;
         let p = &sq.pending[i];
         if r.seq < p.seq {
             return; // stale (before a reset)
@@ -532,6 +540,7 @@ impl QpInner {
             match sq.pending.front() {
                 Some(p) if p.status.is_some() => {
                     let p = sq.pending.pop_front().expect("front");
+                    sq.cursor = sq.cursor.saturating_sub(1);
                     let st = p.status.expect("done");
                     if p.signaled || !st.is_ok() {
                         out[n] = Wc {
