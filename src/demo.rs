@@ -35,7 +35,9 @@ pub fn run(link: LinkKind, out: &mut dyn Write) -> Result<bool> {
     };
     w(
         out,
-        &format!("Patronus-rs demo: soft RNIC, {link:?} link, memory node and client in this process"),
+        &format!(
+            "Patronus-rs demo: soft RNIC, {link:?} link, memory node and client in this process"
+        ),
     )?;
     let server: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg.clone())?);
     let client: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg)?);
@@ -121,7 +123,11 @@ pub fn run(link: LinkKind, out: &mut dyn Write) -> Result<bool> {
         out,
         &format!(
             "summary: {} (protection enforced by the soft RNIC on every request)",
-            if all { "all steps behaved as expected" } else { "SOME STEPS FAILED" }
+            if all {
+                "all steps behaved as expected"
+            } else {
+                "SOME STEPS FAILED"
+            }
         ),
     )?;
     Ok(all)
@@ -133,7 +139,11 @@ mod tests {
     fn demo_passes_on_both_links() {
         for l in [super::LinkKind::Shm, super::LinkKind::Tcp] {
             let mut out = Vec::new();
-            assert!(super::run(l, &mut out).unwrap(), "{}", String::from_utf8_lossy(&out));
+            assert!(
+                super::run(l, &mut out).unwrap(),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
             let s = String::from_utf8(out).unwrap();
             assert!(s.contains("summary: all steps behaved as expected"));
         }
