@@ -7,5 +7,6 @@
 pub mod demo;
 pub mod error;
 pub mod fabric;
+pub mod lease;
 
 pub use error::{Error, Result};
