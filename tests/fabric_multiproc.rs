@@ -110,7 +110,15 @@ fn child_entry() {
             let pd = nic.alloc_pd().unwrap();
             let region = nic.alloc_mr(pd, 1 << 20, Access::ALL).unwrap();
             region.fill(0, 1 << 20, 0x77).unwrap();
-            say(format!("REGION {} {}", region.addr(), region.rkey()));
+            let ino = {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::MetadataExt;
+                let fd = region.block().fd().as_raw_fd();
+                std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                    .unwrap()
+                    .ino()
+            };
+            say(format!("REGION {} {} {ino}", region.addr(), region.rkey()));
             let mut sides = Vec::new();
             while let Some(Ok(l)) = lines.next() {
                 let ep = QpEndpoint::decode(&unhex(l.trim())).unwrap();

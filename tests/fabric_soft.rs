@@ -70,3 +70,15 @@ both_links!(forged_rkeys, |l| {
     let (p, _) = pair(l);
     conf::check_forged_rkeys(&p, 100_000).unwrap();
 });
+
+both_links!(caps, |l| {
+    let (p, _) = pair(l);
+    conf::check_caps(&p).unwrap();
+});
+
+#[test]
+fn run_all_on_shm() {
+    let (s, c) = nics(LinkKind::Shm);
+    let passed = conf::run_all(s, c, 1000).unwrap();
+    assert_eq!(passed.len(), 7, "{passed:?}");
+}
