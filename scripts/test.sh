@@ -14,6 +14,19 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test (default features)"
 cargo test --all-targets -- --test-threads=2
 
+echo "== hostile-input tests under valgrind memcheck (no invalid reads or writes)"
+if command -v valgrind >/dev/null; then
+  bin=$(cargo test --test fabric_malformed --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="fabric_malformed": print(m["executable"])' | tail -1)
+  valgrind --error-exitcode=9 --quiet "$bin" --test-threads=1
+else
+  echo "valgrind missing: apt-get install valgrind" >&2
+  exit 1
+fi
+
 if pkg-config --exists libibverbs 2>/dev/null || [ -f /usr/include/infiniband/verbs.h ]; then
   echo "== cargo test --features verbs (no RDMA device needed)"
   cargo clippy --all-targets --features verbs -- -D warnings
