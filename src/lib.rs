@@ -4,6 +4,7 @@
 //! backends) at the bottom; `time` and `lease` (pure data); `server`, `client`,
 //! `cluster`; `node` ties them together; `ffi` exports the C ABI.
 
+pub mod bench;
 pub mod demo;
 pub mod error;
 pub mod fabric;

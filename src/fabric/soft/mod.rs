@@ -9,6 +9,7 @@
 //! (framed, versioned, pipelined).
 
 pub mod cq;
+pub mod floor;
 pub mod keys;
 pub mod nic;
 pub mod qp;

@@ -1,0 +1,224 @@
+//! Benchmarks (`patronus bench ...`): every scenario is reported beside a
+//! baseline measured in the same run, as a ratio, because the machines are
+//! shared and noisy. Loops are bounded by an op count and a time budget.
+
+pub mod fabric;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// One result line.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRecord {
+    /// Scenario name ("latency", "pipelined", "floor-shm", ...).
+    pub scenario: String,
+    /// Fabric ("shm", "tcp").
+    pub fabric: String,
+    /// Operation ("read", "write", "cas", "rr").
+    pub op: String,
+    /// Bytes per operation.
+    pub size: u64,
+    /// Median latency (0 for rate-only scenarios).
+    pub p50_ns: u64,
+    /// 99th percentile latency.
+    pub p99_ns: u64,
+    /// Million operations per second.
+    pub mops: f64,
+    /// True for raw floors (the baselines).
+    pub baseline: bool,
+    /// p50 divided by the floor's p50 (latency scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_vs_floor: Option<f64>,
+    /// Rate divided by the floor's rate (pipelined scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mops_vs_floor: Option<f64>,
+    /// Operations measured.
+    pub ops: u64,
+}
+
+/// Latency statistics of a loop.
+pub struct Lat {
+    hist: Histogram<u64>,
+    /// Operations done.
+    pub ops: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Lat {
+    /// Median in ns.
+    pub fn p50(&self) -> u64 {
+        self.hist.value_at_quantile(0.5)
+    }
+    /// 99th percentile in ns.
+    pub fn p99(&self) -> u64 {
+        self.hist.value_at_quantile(0.99)
+    }
+    /// Mops of the whole loop.
+    pub fn mops(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Times `f` once per op, at most `ops` times or until `budget` passes.
+pub fn run_latency(ops: u64, budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Lat> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .map_err(|e| Error::Invalid(format!("histogram: {e}")))?;
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < ops && (n < 100 || t0.elapsed() < budget) {
+        let t = Instant::now();
+        f()?;
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+        n += 1;
+    }
+    Ok(Lat {
+        hist,
+        ops: n,
+        elapsed: t0.elapsed(),
+    })
+}
+
+/// Runs `f(chunk)` (which performs `chunk` pipelined ops and returns how
+/// many completed) until `ops` are done or `budget` passes; returns Mops.
+pub fn run_rate(
+    ops: u64,
+    budget: Duration,
+    chunk: u64,
+    mut f: impl FnMut(u64) -> Result<u64>,
+) -> Result<(f64, u64)> {
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < ops && t0.elapsed() < budget {
+        n += f(chunk.min(ops - n))?;
+    }
+    Ok((n as f64 / t0.elapsed().as_secs_f64().max(1e-9) / 1e6, n))
+}
+
+/// Prints records as an aligned table.
+pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<4} {:<6} {:>6} {:>9} {:>9} {:>8} {:>14}",
+        "scenario", "fab", "op", "size", "p50_ns", "p99_ns", "Mops", "vs floor"
+    )?;
+    for r in recs {
+        let vs = match (r.p50_vs_floor, r.mops_vs_floor) {
+            (Some(x), _) => format!("{x:.2}x p50"),
+            (_, Some(x)) => format!("{x:.2}x rate"),
+            _ => "baseline".into(),
+        };
+        writeln!(
+            out,
+            "{:<12} {:<4} {:<6} {:>6} {:>9} {:>9} {:>8.2} {:>14}",
+            r.scenario, r.fabric, r.op, r.size, r.p50_ns, r.p99_ns, r.mops, vs
+        )?;
+    }
+    Ok(())
+}
+
+/// Prints records as JSON lines.
+pub fn print_json(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result<()> {
+    for r in recs {
+        let s = serde_json::to_string(r).map_err(std::io::Error::other)?;
+        writeln!(out, "{s}")?;
+    }
+    Ok(())
+}
+
+/// A child process speaking a line protocol ("@@ WORDS..." lines on its
+/// stdout), killed and reaped on drop so no orphan survives.
+pub struct ChildProc {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+}
+
+impl ChildProc {
+    /// Spawns `exe args...`.
+    pub fn spawn(exe: &Path, args: &[&str]) -> Result<ChildProc> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("spawning {}", exe.display()), e))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Invalid("child has no stdin".into()))?;
+        let out = BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| Error::Invalid("child has no stdout".into()))?,
+        );
+        Ok(ChildProc { child, stdin, out })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Next protocol line's words.
+    pub fn line(&mut self) -> Result<Vec<String>> {
+        loop {
+            let mut l = String::new();
+            let n = self
+                .out
+                .read_line(&mut l)
+                .map_err(|e| Error::io("reading child output", e))?;
+            if n == 0 {
+                return Err(Error::Invalid("child exited before answering".into()));
+            }
+            if let Some(i) = l.find("@@ ") {
+                return Ok(l[i + 3..].split_whitespace().map(String::from).collect());
+            }
+        }
+    }
+
+    /// Sends one line.
+    pub fn send(&mut self, l: &str) -> Result<()> {
+        writeln!(self.stdin, "{l}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| Error::io("writing to child", e))
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints a protocol line (for child processes).
+pub fn say(l: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "@@ {l}");
+    let _ = o.flush();
+}
+
+/// Hex encoding for endpoints on the line protocol.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hex decoding.
+pub fn unhex(s: &str) -> Result<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return Err(Error::Invalid("odd hex length".into()));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| Error::Invalid("bad hex".into())))
+        .collect()
+}

@@ -1,0 +1,99 @@
+//! The CLI: `patronus demo`, `info`, and a quick `bench fabric --json` run
+//! whose every line must carry the fields the benchmark contract names.
+
+use std::process::Command;
+
+fn patronus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_patronus"))
+}
+
+#[test]
+fn demo_succeeds_on_the_embedded_default() {
+    let out = patronus()
+        .arg("demo")
+        .env_remove("PATRONUS_FABRIC")
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{s}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.contains("summary: all steps behaved as expected"), "{s}");
+    assert!(s.contains("refused"), "{s}");
+}
+
+#[test]
+fn info_and_bad_subcommands() {
+    assert!(patronus().arg("info").status().unwrap().success());
+    assert!(!patronus()
+        .arg("no-such-command")
+        .status()
+        .unwrap()
+        .success());
+    let out = patronus()
+        .arg("demo")
+        .env("PATRONUS_FABRIC", "verbs")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bench_fabric_quick_json() {
+    let out = patronus()
+        .args(["bench", "fabric", "--quick", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    for r in &recs {
+        for k in [
+            "scenario", "fabric", "op", "size", "p50_ns", "p99_ns", "mops", "baseline",
+        ] {
+            assert!(r.get(k).is_some(), "missing {k} in {r}");
+        }
+    }
+    for fab in ["shm", "tcp"] {
+        for size in [8u64, 64, 4096] {
+            let floor = recs
+                .iter()
+                .find(|r| r["fabric"] == fab && r["size"] == size && r["scenario"] == "floor")
+                .unwrap_or_else(|| panic!("no {fab} floor at {size}"));
+            assert_eq!(floor["baseline"], true);
+            assert!(floor["p50_ns"].as_u64().unwrap() > 0);
+            for op in ["read", "write"] {
+                let lat = recs
+                    .iter()
+                    .find(|r| {
+                        r["fabric"] == fab
+                            && r["size"] == size
+                            && r["op"] == op
+                            && r["scenario"] == "latency"
+                    })
+                    .unwrap_or_else(|| panic!("no {fab} {op} {size}"));
+                assert!(lat["p50_ns"].as_u64().unwrap() > 0);
+                assert!(lat["p50_vs_floor"].as_f64().unwrap() > 0.0);
+                let pipe = recs
+                    .iter()
+                    .find(|r| {
+                        r["fabric"] == fab
+                            && r["size"] == size
+                            && r["op"] == op
+                            && r["scenario"] == "pipelined"
+                    })
+                    .unwrap();
+                assert!(pipe["mops"].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+}
