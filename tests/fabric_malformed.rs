@@ -140,7 +140,7 @@ fn shm_malformed_ring_entries() {
         let free = o.req.free().unwrap() as u64;
         for _ in 0..free.min(total - sent).min(256) {
             let b = hostile_req(&mut rng, v.pair.region.addr(), v.pair.region.rkey());
-            o.req.write_with(|s| s.copy_from_slice(&b));
+            o.req.write_with(|s| s.copy_from_slice(&b[..s.len()]));
             sent += 1;
         }
         o.req.publish();
@@ -165,18 +165,39 @@ fn shm_malformed_ring_entries() {
         "the responder answered only {answered} of {total}"
     );
     v.assert_healthy();
-    // A corrupt ring index kills only that channel.
-    let seg = o.seg.clone();
-    patronus::fabric::soft::ring::flag(&seg, 4096 + 64)
+    // A corrupt ring index kills only that channel: claim to have consumed
+    // responses that were never produced, then let the responder fill up.
+    let (_, resp_ring, _) = patronus::fabric::soft::shm::layouts();
+    patronus::fabric::soft::ring::flag(&o.seg, resp_ring.off)
         .store(u32::MAX, std::sync::atomic::Ordering::Release);
-    o.kick();
+    let mut legit = ReqHeader {
+        op: ReqOp::Read,
+        epoch: 77,
+        len: 8,
+        seq: 1,
+        raddr: v.pair.region.addr(),
+        rkey: 0x4242,
+        lblock: 0,
+        loff: 0,
+        arg0: 0,
+        arg1: 0,
+    };
+    let mut hb = [0u8; 64];
     let t0 = std::time::Instant::now();
     while o.alive() {
         assert!(
             t0.elapsed().as_secs() < 10,
             "corrupt index was not detected"
         );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        if o.req.free().unwrap_or(0) > 0 {
+            // A new epoch each time, so every (refused) request is answered.
+            legit.epoch = legit.epoch.wrapping_add(1);
+            legit.encode(&mut hb);
+            o.req.write_with(|s| s.copy_from_slice(&hb[..s.len()]));
+            o.kick();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
     v.assert_healthy();
 }

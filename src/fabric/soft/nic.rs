@@ -19,7 +19,9 @@ use super::responder::{self, Target};
 use super::ring::flag;
 use super::shm::{self, ctl, InShm};
 use super::tcp::{self, Framed};
-use super::wire::{FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, REQ_LEN};
+use super::wire::{
+    FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, REQ_LEN, RESP_LEN,
+};
 use super::LinkKind;
 use crate::fabric::mem::{MemBlock, Mr};
 use crate::fabric::{
@@ -223,6 +225,7 @@ impl NicInner {
         let avail = match st.req.available() {
             Ok(a) => a,
             Err(_) => {
+                tracing::warn!("corrupt request ring index: closing the channel");
                 ch.kill("corrupt request ring index");
                 return 0;
             }
@@ -233,6 +236,7 @@ impl NicInner {
         let free = match st.resp.free() {
             Ok(f) => f as u64,
             Err(_) => {
+                tracing::warn!("corrupt response ring index: closing the channel");
                 ch.kill("corrupt response ring index");
                 return 0;
             }
@@ -268,10 +272,9 @@ impl NicInner {
                 byte_len: if status.is_ok() { len } else { 0 },
                 value,
             };
-            st.resp.write_with(|s| {
-                let s: &mut [u8; 32] = s.try_into().expect("32-byte slot");
-                r.encode(s)
-            });
+            let mut rb = [0u8; RESP_LEN];
+            r.encode(&mut rb);
+            st.resp.write_with(|s| s.copy_from_slice(&rb[..s.len()]));
         }
         st.resp.publish();
         st.req.release();

@@ -311,10 +311,9 @@ impl QpInner {
                     Ok(_) => {}
                     Err(_) => return Some(WcStatus::RetryExcErr),
                 }
-                o.req.write_with(|s| {
-                    let s: &mut [u8; 64] = s.try_into().expect("64-byte slot");
-                    h.encode(s)
-                });
+                let mut hb = [0u8; 64];
+                h.encode(&mut hb);
+                o.req.write_with(|s| s.copy_from_slice(&hb[..s.len()]));
             }
             Some(Out::Tcp(f)) => {
                 if rop == ReqOp::Write {

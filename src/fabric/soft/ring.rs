@@ -1,11 +1,18 @@
 //! Single-producer single-consumer rings of fixed-size slots in shared memory.
 //!
+//! Each slot ends with an 8-byte stamp: the producer fills the payload and
+//! then stores stamp = sequence number + 1 (Release); the consumer polls the
+//! stamp of the next slot (Acquire). A new entry therefore costs the consumer
+//! one cache line, not a tail index plus a slot. The consumer's head index is
+//! published in the control area for the producer's free-space check.
+//!
 //! The peer on the other side of a ring is not trusted: each side keeps its
-//! own index authoritative in private memory, reads the peer's index from the
-//! segment only to learn how far it got, and rejects any value that would put
-//! more than `slots` entries in flight. Slot bytes are copied out before they
-//! are decoded, so a peer rewriting a slot concurrently cannot change what was
-//! validated.
+//! own index authoritative in private memory; a hostile producer can only
+//! write stamps that do not match (nothing is consumed) or payloads that the
+//! decoder rejects; a consumer head that would put more than `slots` entries
+//! in flight is reported as corruption. Slot bytes are copied out before they
+//! are decoded, so a peer rewriting a slot concurrently cannot change what
+//! was validated.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +51,7 @@ struct Ring {
 
 impl Ring {
     fn new(block: Arc<MemBlock>, l: RingLayout) -> Ring {
-        assert!(l.slots.is_power_of_two() && l.slot % 8 == 0);
+        assert!(l.slots.is_power_of_two() && l.slot % 8 == 0 && l.slot >= 16);
         assert!(l.off % 64 == 0 && l.off + l.bytes() <= block.len());
         Ring { block, l }
     }
@@ -58,6 +65,17 @@ impl Ring {
     fn tail(&self) -> &AtomicU64 {
         // SAFETY: as for head, 64 bytes further.
         unsafe { &*(self.block.as_ptr().add(self.l.off + 64) as *const AtomicU64) }
+    }
+    #[inline]
+    fn stamp(&self, idx: u64) -> &AtomicU64 {
+        // SAFETY: the stamp is the last 8 bytes of a slot inside the ring;
+        // slot sizes are multiples of 8 and the ring is 64-aligned.
+        unsafe { &*(self.slot_ptr(idx).add(self.l.slot - 8) as *const AtomicU64) }
+    }
+    /// Payload bytes of a slot.
+    #[inline]
+    fn payload(&self) -> usize {
+        self.l.slot - 8
     }
     #[inline]
     fn slot_ptr(&self, idx: u64) -> *mut u8 {
@@ -105,23 +123,26 @@ impl Producer {
         Ok((n - (self.tail - h)) as u32)
     }
 
-    /// Writes one slot (without publishing). Call [`Producer::free`] first.
-    /// `fill` gets the slot's bytes (exactly `slot` long).
+    /// Writes and publishes one slot. Call [`Producer::free`] first.
+    /// `fill` gets the slot's payload bytes (`slot - 8` long).
     #[inline]
     pub fn write_with(&mut self, fill: impl FnOnce(&mut [u8])) {
         let p = self.r.slot_ptr(self.tail);
-        // SAFETY: the slot is owned by the producer until published (the
-        // consumer only reads slots below the published tail); a hostile
-        // consumer writing here only corrupts its own view.
-        let s = unsafe { std::slice::from_raw_parts_mut(p, self.r.l.slot) };
+        // SAFETY: the slot is owned by the producer until its stamp says
+        // otherwise; a hostile consumer writing here only corrupts its own
+        // view. The payload excludes the stamp.
+        let s = unsafe { std::slice::from_raw_parts_mut(p, self.r.payload()) };
         fill(s);
+        self.r
+            .stamp(self.tail)
+            .store(self.tail + 1, Ordering::Release);
         self.tail += 1;
     }
 
-    /// Publishes everything written so far.
+    /// Publishes the producer index (diagnostics; consumers use stamps).
     #[inline]
     pub fn publish(&mut self) {
-        self.r.tail().store(self.tail, Ordering::Release);
+        self.r.tail().store(self.tail, Ordering::Relaxed);
     }
 
     /// Slots written and not yet consumed, as last seen.
@@ -151,18 +172,19 @@ impl Consumer {
         }
     }
 
-    /// Entries available, refreshing the producer's index.
+    /// Entries available (consecutive stamped slots, up to a quarter ring).
     #[inline]
     pub fn available(&mut self) -> Result<u64, Corrupt> {
         if self.tail_seen > self.head {
             return Ok(self.tail_seen - self.head);
         }
-        let t = self.r.tail().load(Ordering::Acquire);
-        if t < self.head || t - self.head > self.r.l.slots as u64 {
-            return Err(Corrupt);
+        let max = (self.r.l.slots as u64 / 4).max(1);
+        let mut n = 0;
+        while n < max && self.r.stamp(self.head + n).load(Ordering::Acquire) == self.head + n + 1 {
+            n += 1;
         }
-        self.tail_seen = t;
-        Ok(t - self.head)
+        self.tail_seen = self.head + n;
+        Ok(n)
     }
 
     /// Copies the next slot into `out` (len must equal the slot size or be
@@ -170,7 +192,7 @@ impl Consumer {
     #[inline]
     pub fn pop_into(&mut self, out: &mut [u8]) {
         debug_assert!(self.head < self.tail_seen);
-        let n = out.len().min(self.r.l.slot);
+        let n = out.len().min(self.r.payload());
         let p = self.r.slot_ptr(self.head);
         // SAFETY: the slot is inside the ring; bytes are copied out before use.
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), n) };
@@ -184,7 +206,7 @@ impl Consumer {
     /// Reads `len` bytes at `at` of the current (not yet consumed) slot.
     #[inline]
     pub fn peek_into(&self, at: usize, out: &mut [u8]) -> bool {
-        if self.head >= self.tail_seen || at + out.len() > self.r.l.slot {
+        if self.head >= self.tail_seen || at + out.len() > self.r.payload() {
             return false;
         }
         let p = self.r.slot_ptr(self.head);
@@ -260,11 +282,13 @@ mod tests {
         };
         let mut p = Producer::new(b.clone(), l, true);
         let mut c = Consumer::new(b.clone(), l);
-        // A hostile producer claims 1000 entries.
-        let tail = flag(&b, 64);
-        tail.store(1000, Ordering::Release);
-        assert_eq!(c.available(), Err(Corrupt));
-        tail.store(0, Ordering::Release);
+        // A hostile producer claims 1000 entries, or stamps slots out of
+        // order: nothing becomes available.
+        flag(&b, 64).store(1000, Ordering::Release);
+        flag(&b, CTRL + 64 - 8).store(7, Ordering::Release);
+        flag(&b, CTRL + 2 * 64 - 8).store(2, Ordering::Release);
+        assert_eq!(c.available(), Ok(0));
+        flag(&b, CTRL + 2 * 64 - 8).store(0, Ordering::Release);
         // A hostile consumer claims to be ahead of the tail.
         for _ in 0..8 {
             p.write_with(|_| {});

@@ -35,12 +35,14 @@ pub const REQ_SLOTS: u32 = 1024;
 /// Message ring slots.
 pub const MSG_SLOTS: u32 = 64;
 /// Message slot: 16-byte header (len u32) + payload.
-pub const MSG_SLOT: usize = 16 + MAX_SEND as usize;
+pub const MSG_SLOT: usize = 16 + MAX_SEND as usize + 8;
 /// Offset of the nic_sleep flag.
 pub const NIC_SLEEP: usize = 64;
 
 /// Ring layouts inside a segment.
 pub fn layouts() -> (RingLayout, RingLayout, RingLayout) {
+    // Request headers end in 8 reserved bytes and responses in 8 reserved
+    // bytes: those hold the ring stamps.
     let req = RingLayout {
         off: 4096,
         slots: REQ_SLOTS,
@@ -284,7 +286,7 @@ impl InShm {
     /// Marks the channel dead and tells the initiator (EOF on its socket).
     pub fn kill(&self, why: &str) {
         if !self.dead.swap(true, Ordering::AcqRel) {
-            tracing::warn!("shm channel closed: {why}");
+            tracing::debug!("shm channel closed: {why}");
             let _ = self.ctrl.shutdown(std::net::Shutdown::Both);
         }
     }
