@@ -29,6 +29,7 @@
 
 pub mod conformance;
 pub mod mem;
+pub mod msg;
 pub mod soft;
 #[cfg(feature = "verbs")]
 pub mod verbs;

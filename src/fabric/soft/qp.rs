@@ -46,7 +46,7 @@ struct SendSide {
     epoch: u8,
     next_seq: u64,
     pending: VecDeque<Pending>,
-    out: Option<Out>,
+    out: Option<Box<Out>>,
     remote: Option<QpEndpoint>,
     idle_polls: u32,
     /// Index in `pending` where the search for the next open remote request
@@ -298,7 +298,7 @@ impl QpInner {
             arg0: a0,
             arg1: a1,
         };
-        match sq.out.as_mut() {
+        match sq.out.as_deref_mut() {
             Some(Out::Shm(o)) => {
                 if let Err(e) = o.share(mr.block()) {
                     tracing::warn!(qpn = self.qpn, "{e}");
@@ -342,7 +342,7 @@ impl QpInner {
             Ok(m) => m,
             Err(s) => return Some(s),
         };
-        match sq.out.as_mut() {
+        match sq.out.as_deref_mut() {
             Some(Out::Shm(o)) => {
                 match o.msg.free() {
                     Ok(0) => return Some(WcStatus::RnrRetryExcErr),
@@ -397,7 +397,7 @@ impl QpInner {
                 break;
             }
         }
-        match sq.out.as_mut() {
+        match sq.out.as_deref_mut() {
             Some(Out::Shm(o)) => {
                 o.req.publish();
                 o.kick();
@@ -469,8 +469,9 @@ impl QpInner {
         };
         let sq = &mut *sq;
         let mut got = 0usize;
-        match sq.out.take() {
-            Some(Out::Shm(mut o)) => {
+        let mut link = sq.out.take();
+        match link.as_deref_mut() {
+            Some(Out::Shm(o)) => {
                 let mut bad = false;
                 loop {
                     match o.resp.available() {
@@ -490,7 +491,11 @@ impl QpInner {
                     }
                 }
                 o.resp.release();
-                let open = sq.pending.iter().any(|p| p.remote && p.status.is_none());
+                let open = got == 0
+                    && sq
+                        .pending
+                        .range(sq.cursor.min(sq.pending.len())..)
+                        .any(|p| p.remote && p.status.is_none());
                 if bad {
                     if let Some(i) = sq.pending.iter().position(|p| p.status.is_none()) {
                         self.fail(sq, i, WcStatus::BadRespErr);
@@ -505,9 +510,8 @@ impl QpInner {
                 } else {
                     sq.idle_polls = 0;
                 }
-                sq.out = Some(Out::Shm(o));
             }
-            Some(Out::Tcp(mut f)) => {
+            Some(Out::Tcp(f)) => {
                 let _ = f.flush();
                 let _ = f.read_some();
                 loop {
@@ -530,10 +534,10 @@ impl QpInner {
                         self.fail(sq, i, WcStatus::RetryExcErr);
                     }
                 }
-                sq.out = Some(Out::Tcp(f));
             }
             None => {}
         }
+        sq.out = link;
         let mut n = 0;
         while n < out.len() {
             match sq.pending.front() {
@@ -640,7 +644,7 @@ impl QpInner {
     fn connect_impl(&self, remote: &QpEndpoint) -> Result<()> {
         let mut sq = self.sq.lock();
         let same = sq.remote.as_ref() == Some(remote);
-        let alive = match &sq.out {
+        let alive = match sq.out.as_deref() {
             Some(Out::Shm(o)) => o.alive(),
             Some(Out::Tcp(f)) => !f.dead,
             None => false,
@@ -661,7 +665,7 @@ impl QpInner {
                     Out::Tcp(tcp::connect(&a, self.qpn, remote.qpn)?)
                 }
             };
-            sq.out = Some(out);
+            sq.out = Some(Box::new(out));
             sq.remote = Some(remote.clone());
         }
         self.set_state(QpState::Rts);
