@@ -39,6 +39,16 @@ enum Cmd {
     },
     /// Version, compiled-in fabrics, shared-memory space.
     Info,
+    /// Runs the fabric conformance suite (the same checks CI runs on the
+    /// soft NIC) against a fabric: two NICs in this process.
+    Selftest {
+        /// shm, tcp (soft NIC links) or verbs (RDMA hardware).
+        #[arg(long, default_value = "shm")]
+        fabric: String,
+        /// Forged rkeys to try.
+        #[arg(long, default_value_t = 10_000)]
+        forged: u64,
+    },
     #[command(name = "__floor", hide = true)]
     Floor { args: Vec<String> },
     #[command(name = "__bench-node", hide = true)]
@@ -65,6 +75,32 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+}
+
+type Pair = (
+    std::sync::Arc<dyn patronus::fabric::Nic>,
+    std::sync::Arc<dyn patronus::fabric::Nic>,
+);
+
+fn open_pair(fabric: &str) -> Result<Pair, Box<dyn std::error::Error>> {
+    use patronus::fabric::soft::{SoftConfig, SoftNic};
+    match fabric {
+        "shm" | "tcp" => {
+            let cfg = SoftConfig {
+                link: fabric.parse()?,
+                ..SoftConfig::default()
+            };
+            Ok((
+                std::sync::Arc::new(SoftNic::open(cfg.clone())?),
+                std::sync::Arc::new(SoftNic::open(cfg)?),
+            ))
+        }
+        "verbs" => Err(
+            "the verbs backend is not compiled into this build (cargo build --features verbs)"
+                .into(),
+        ),
+        other => Err(format!("unknown fabric {other:?} (shm, tcp, verbs)").into()),
+    }
 }
 
 fn init_logging() {
@@ -134,6 +170,15 @@ fn main() -> ExitCode {
             println!("fabrics: {}", f.join(", "));
             Ok(true)
         }
+        Cmd::Selftest { fabric, forged } => (|| {
+            let (s, c) = open_pair(&fabric)?;
+            let passed = patronus::fabric::conformance::run_all(s, c, forged)?;
+            for p in &passed {
+                println!("ok   {p}");
+            }
+            println!("{} passed, 0 failed", passed.len());
+            Ok(true)
+        })(),
         Cmd::Floor { args } => fabric::floor_main(&args).map(|_| true).map_err(Into::into),
         Cmd::BenchNode { link } => link
             .parse::<LinkKind>()

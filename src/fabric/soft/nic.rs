@@ -312,7 +312,7 @@ impl NicInner {
             let h = match ReqHeader::decode(&fr.hdr) {
                 Ok(h) => h,
                 Err((e, seq, epoch)) => {
-                    tracing::warn!(qpn = t.qpn, "bad request header: {e}");
+                    tracing::debug!(qpn = t.qpn, "bad request header: {e}");
                     let r = RespHeader {
                         seq,
                         status: WcStatus::RemInvReqErr as u8,
