@@ -11,6 +11,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+echo "== cargo build (the cdylib the C tests link against)"
+cargo build --all-targets
+
 echo "== cargo test (default features)"
 cargo test --all-targets -- --test-threads=2
 

@@ -4,10 +4,16 @@
 //! backends) at the bottom; `time` and `lease` (pure data); `server`, `client`,
 //! `cluster`; `node` ties them together; `ffi` exports the C ABI.
 
+/// cbindgen:ignore
 pub mod bench;
+/// cbindgen:ignore
 pub mod demo;
+/// cbindgen:ignore
 pub mod error;
+/// cbindgen:ignore
 pub mod fabric;
+pub mod ffi;
+/// cbindgen:ignore
 pub mod lease;
 
 pub use error::{Error, Result};

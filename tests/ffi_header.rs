@@ -1,0 +1,166 @@
+//! The checked-in C header equals a fresh cbindgen generation, every
+//! exported symbol of the .so is declared in it, it compiles as C11 and
+//! C++17 with warnings as errors, and its constants have API.md's values.
+//! Run with PATRONUS_BLESS=1 to rewrite include/patronus.h.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generate() -> String {
+    let cfg = cbindgen::Config::from_file(root().join("cbindgen.toml")).unwrap();
+    let mut out = Vec::new();
+    cbindgen::Builder::new()
+        .with_crate(root())
+        .with_config(cfg)
+        .generate()
+        .expect("cbindgen")
+        .write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn header_is_fresh() {
+    let fresh = generate();
+    let path = root().join("include/patronus.h");
+    if std::env::var("PATRONUS_BLESS").is_ok() {
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == fresh,
+        "include/patronus.h is stale: run `PATRONUS_BLESS=1 cargo test --test ffi_header`"
+    );
+}
+
+fn cdylib() -> PathBuf {
+    // target/<profile>/deps/ffi_header-xxxx -> target/<profile>/libpatronus.so
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("libpatronus.so")
+}
+
+#[test]
+fn every_exported_symbol_is_declared() {
+    let so = cdylib();
+    assert!(
+        so.exists(),
+        "{} missing (cargo builds the cdylib with the tests)",
+        so.display()
+    );
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let header = std::fs::read_to_string(root().join("include/patronus.h")).unwrap();
+    let syms: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(String::from))
+        .filter(|s| s.starts_with("patronus_"))
+        .collect();
+    assert!(syms.len() >= 8, "too few exported symbols: {syms:?}");
+    for s in &syms {
+        assert!(
+            header.contains(&format!("{s}(")),
+            "{s} exported but not in patronus.h"
+        );
+    }
+    // The soname binds consumers to the ABI major version.
+    let d = Command::new("readelf").arg("-d").arg(&so).output().unwrap();
+    assert!(String::from_utf8_lossy(&d.stdout).contains("libpatronus.so.0"));
+}
+
+/// A lib dir with libpatronus.so and its soname link (as an install lays out).
+fn libdir(tmp: &Path) -> PathBuf {
+    let d = tmp.join("lib");
+    std::fs::create_dir_all(&d).unwrap();
+    for name in ["libpatronus.so", "libpatronus.so.0"] {
+        let _ = std::fs::remove_file(d.join(name));
+        std::os::unix::fs::symlink(cdylib(), d.join(name)).unwrap();
+    }
+    d
+}
+
+fn compile(lang: &str, std: &str, src: &str, tmp: &Path) -> std::process::Output {
+    let lib = libdir(tmp);
+    let (cc, ext) = if lang == "c" {
+        ("gcc", "c")
+    } else {
+        ("g++", "cpp")
+    };
+    let file = tmp.join(format!("t.{ext}"));
+    std::fs::write(&file, src).unwrap();
+    Command::new(cc)
+        .arg(format!("-std={std}"))
+        .args(["-Wall", "-Wextra", "-Werror", "-pedantic"])
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(&file)
+        .arg("-o")
+        .arg(tmp.join(format!("t-{ext}")))
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lpatronus")
+        .output()
+        .unwrap()
+}
+
+const VALUES_C: &str = r#"
+#include <patronus.h>
+#include <stdio.h>
+#include <string.h>
+#define CHECK(x) do { if (!(x)) { printf("FAIL %s\n", #x); return 1; } } while (0)
+int main(void) {
+    CHECK(PATRONUS_RC_OK == 0); CHECK(PATRONUS_RC_NOT_FOUND == 1); CHECK(PATRONUS_RC_NO_MEM == 2);
+    CHECK(PATRONUS_RC_RETRY == 3); CHECK(PATRONUS_RC_CACHE_STALE == 4); CHECK(PATRONUS_RC_INVALID == 5);
+    CHECK(PATRONUS_RC_RDMA_PROTECTION_ERR == 6); CHECK(PATRONUS_RC_RDMA_EXECUTION_ERR == 7);
+    CHECK(PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR == 8); CHECK(PATRONUS_RC_MOCK_CRASHED == 9);
+    CHECK(PATRONUS_RC_RESERVED == 10); CHECK(PATRONUS_RC_INTERNAL == 11);
+    CHECK(sizeof(patronus_gaddr_t) == 8);
+    patronus_gaddr_t g = patronus_gaddr(3, 4096);
+    CHECK(patronus_gaddr_node(g) == 3 && patronus_gaddr_offset(g) == 4096 && !patronus_gaddr_is_null(g));
+    CHECK(g.val == ((uint64_t)3 << 48 | 4096));
+    CHECK(patronus_gaddr_is_null(patronus_gaddr(7, 0)));
+    CHECK(patronus_last_error() == NULL);
+    patronus_gaddr_t bad = patronus_gaddr(1, (uint64_t)1 << 48);
+    CHECK(patronus_gaddr_is_null(bad));
+    CHECK(patronus_last_error() != NULL && strstr(patronus_last_error(), "48 bits") != NULL);
+    g = patronus_gaddr(1, 8); /* success does not clear the last error */
+    CHECK(patronus_last_error() != NULL);
+    patronus_clear_last_error();
+    CHECK(patronus_last_error() == NULL);
+    CHECK(strcmp(patronus_rc_str(PATRONUS_RC_RDMA_PROTECTION_ERR), "RDMA protection error") == 0);
+    CHECK(strcmp(patronus_rc_str(99), "unknown return code") == 0);
+    CHECK(strcmp(patronus_rc_str(-1), "unknown return code") == 0);
+    CHECK(patronus_abi_version() == 1);
+    printf("ok\n");
+    return 0;
+}
+"#;
+
+#[test]
+fn header_compiles_and_values_match() {
+    let tmp = std::env::temp_dir().join(format!("patronus-hdr-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for (lang, std) in [("c", "c11"), ("cpp", "c++17")] {
+        let out = compile(lang, std, VALUES_C, &tmp);
+        assert!(
+            out.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ext = if lang == "c" { "c" } else { "cpp" };
+        let run = Command::new(tmp.join(format!("t-{ext}"))).output().unwrap();
+        assert!(
+            run.status.success(),
+            "{lang}: {}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
