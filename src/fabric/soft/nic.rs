@@ -136,6 +136,8 @@ pub(crate) struct NicInner {
     pub(crate) addr: NicAddr,
     next_pd: AtomicU32,
     mrs: RwLock<Vec<Option<Arc<Mr>>>>,
+    /// Bumped on every MR (de)registration: initiators cache lookups.
+    pub(crate) mr_epoch: AtomicU64,
     blocks: Mutex<Vec<Arc<MemBlock>>>,
     pub(crate) qps: RwLock<HashMap<u32, Arc<QpInner>>>,
     next_qpn: AtomicU32,
@@ -203,6 +205,7 @@ impl NicInner {
             l.resize(idx as usize + 1, None);
         }
         l[idx as usize] = m;
+        self.mr_epoch.fetch_add(1, Ordering::Release);
     }
 
     fn target(&self, q: &QpInner) -> Target {
@@ -242,7 +245,13 @@ impl NicInner {
             }
         };
         let n = avail.min(free).min(256);
-        let blocks = ch.blocks.read();
+        let v = ch.blocks_ver.load(Ordering::Acquire);
+        if v != st.blocks_ver {
+            st.blocks = ch.blocks.read().clone();
+            st.blocks_ver = v;
+        }
+        let st = &mut *st;
+        let blocks = &st.blocks;
         for _ in 0..n {
             let mut b = [0u8; REQ_LEN];
             st.req.pop_into(&mut b);
@@ -256,7 +265,7 @@ impl NicInner {
                     let (s, v) = if reset {
                         (WcStatus::RemInvReqErr, 0)
                     } else {
-                        exec_shm(&self.keys, &t, &h, &blocks)
+                        exec_shm(&self.keys, &t, &h, blocks)
                     };
                     (h.seq, h.epoch, h.op as u8, s, v, h.len)
                 }
@@ -530,6 +539,7 @@ impl SoftNic {
             },
             next_pd: AtomicU32::new(1),
             mrs: RwLock::new(Vec::new()),
+            mr_epoch: AtomicU64::new(0),
             blocks: Mutex::new(Vec::new()),
             qps: RwLock::new(HashMap::new()),
             next_qpn: AtomicU32::new(1),
@@ -676,6 +686,7 @@ fn handle_ctl(c: &InShm) -> std::io::Result<()> {
     match ok {
         Some(b) => {
             c.blocks.write().insert(id, Arc::new(b));
+            c.blocks_ver.fetch_add(1, Ordering::Release);
             shm::reply(&c.ctrl, ctl::OK, 0, None);
         }
         None => shm::reply(&c.ctrl, ctl::ERR, 1, None),

@@ -49,6 +49,8 @@ struct SendSide {
     out: Option<Box<Out>>,
     remote: Option<QpEndpoint>,
     idle_polls: u32,
+    /// Last local MR looked up: (lkey, NIC MR epoch, MR).
+    mr_cache: Option<(u32, u64, Arc<Mr>)>,
     /// Index in `pending` where the search for the next open remote request
     /// starts (responses arrive in order, so everything before it is done).
     cursor: usize,
@@ -106,6 +108,7 @@ impl QpInner {
                 remote: None,
                 idle_polls: 0,
                 cursor: 0,
+                mr_cache: None,
             }),
             rq: Mutex::new(RecvSide {
                 posted: VecDeque::with_capacity(cap.max_recv_wr as usize),
@@ -282,10 +285,21 @@ impl QpInner {
         if local.len > MAX_RDMA_LEN {
             return Some(WcStatus::LocLenErr);
         }
-        let mr = match self.local_mr(&local) {
-            Ok(m) => m,
-            Err(s) => return Some(s),
+        let epoch = self.nic.mr_epoch.load(Ordering::Acquire);
+        let mr = match &sq.mr_cache {
+            Some((k, e, m)) if *k == local.lkey && *e == epoch => m.clone(),
+            _ => match self.nic.mr_by_lkey(local.lkey) {
+                Some(m) => {
+                    sq.mr_cache = Some((local.lkey, epoch, m.clone()));
+                    m
+                }
+                None => return Some(WcStatus::LocProtErr),
+            },
         };
+        match local.offset.checked_add(local.len as u64) {
+            Some(end) if end <= mr.len() => {}
+            _ => return Some(WcStatus::LocProtErr),
+        }
         let mut h = ReqHeader {
             op: rop,
             epoch: sq.epoch,

@@ -229,6 +229,8 @@ pub struct InShm {
     pub msg: Mutex<Consumer>,
     /// Initiator blocks mapped here, by the initiator's block id.
     pub blocks: RwLock<HashMap<u32, Arc<MemBlock>>>,
+    /// Bumped whenever `blocks` changes.
+    pub blocks_ver: std::sync::atomic::AtomicU64,
     /// Set when the initiator died or misbehaved.
     pub dead: AtomicBool,
     /// Control socket (kept for shutdown on corruption).
@@ -245,6 +247,10 @@ pub struct RespState {
     pub resp: Producer,
     /// Epoch whose later requests are discarded after an error.
     pub err_epoch: Option<u8>,
+    /// The responder's copy of the mapped blocks.
+    pub blocks: HashMap<u32, Arc<MemBlock>>,
+    /// Version of that copy.
+    pub blocks_ver: u64,
 }
 
 impl InShm {
@@ -273,10 +279,13 @@ impl InShm {
                 req: Consumer::new(seg.clone(), req),
                 resp: Producer::new(seg.clone(), resp, false),
                 err_epoch: None,
+                blocks: HashMap::new(),
+                blocks_ver: 0,
             }),
             msg: Mutex::new(Consumer::new(seg.clone(), msg)),
             seg,
             blocks: RwLock::new(HashMap::new()),
+            blocks_ver: std::sync::atomic::AtomicU64::new(0),
             dead: AtomicBool::new(false),
             ctrl,
             target,
