@@ -17,6 +17,136 @@
 #define PATRONUS_ABI_VERSION 1
 
 /**
+ * No server GC task; the lease never expires (client deadline infinite).
+ */
+#define PATRONUS_ACQUIRE_NO_GC (1ull << 0)
+
+/**
+ * Exclusive per-key lock held until relinquish or GC.
+ */
+#define PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT (1ull << 1)
+
+/**
+ * No protection region: no one-sided extension.
+ */
+#define PATRONUS_ACQUIRE_NO_BIND_PR (1ull << 2)
+
+/**
+ * No memory window at all (pure RPC cost).
+ */
+#define PATRONUS_ACQUIRE_NO_BIND_ANY (1ull << 3)
+
+/**
+ * Allocate `size` bytes with allocator `alloc_hint`, then lease them.
+ */
+#define PATRONUS_ACQUIRE_WITH_ALLOCATION (1ull << 4)
+
+/**
+ * Allocate only (see patronus_alloc).
+ */
+#define PATRONUS_ACQUIRE_ONLY_ALLOCATION (1ull << 5)
+
+/**
+ * Register a memory region instead of binding a window (baseline).
+ */
+#define PATRONUS_ACQUIRE_USE_MR (1ull << 6)
+
+/**
+ * Client-only lease without any RPC.
+ */
+#define PATRONUS_ACQUIRE_NO_RPC (1ull << 7)
+
+/**
+ * The server replies success without doing anything (debug).
+ */
+#define PATRONUS_ACQUIRE_DEBUG_SERVER_DO_NOTHING (1ull << 8)
+
+/**
+ * Keep both windows bound on relinquish.
+ */
+#define PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_ANY (1ull << 0)
+
+/**
+ * Keep the protection-region window bound on relinquish.
+ */
+#define PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_PR (1ull << 1)
+
+/**
+ * GC ignores client extensions.
+ */
+#define PATRONUS_MODIFY_FORCE_UNBIND (1ull << 2)
+
+/**
+ * Also free the object's memory (allocation leases).
+ */
+#define PATRONUS_MODIFY_WITH_DEALLOCATION (1ull << 3)
+
+/**
+ * Free only (the dealloc path).
+ */
+#define PATRONUS_MODIFY_ONLY_DEALLOCATION (1ull << 4)
+
+/**
+ * The server ignores the request.
+ */
+#define PATRONUS_MODIFY_SERVER_DO_NOTHING (1ull << 5)
+
+/**
+ * Wait until the revocation completed (always true in Patronus-rs).
+ */
+#define PATRONUS_MODIFY_WAIT_UNTIL_SUCCESS (1ull << 6)
+
+/**
+ * The lease was MR-based.
+ */
+#define PATRONUS_MODIFY_USE_MR (1ull << 7)
+
+/**
+ * Client-side invalidation only.
+ */
+#define PATRONUS_MODIFY_NO_RPC (1ull << 8)
+
+/**
+ * rpc_extend: the server skips the update but reports success (debug).
+ */
+#define PATRONUS_MODIFY_DEBUG_EXTEND_DO_NOTHING (1ull << 9)
+
+/**
+ * Skip the client's deadline check.
+ */
+#define PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK (1ull << 0)
+
+/**
+ * Extend the lease before it expires.
+ */
+#define PATRONUS_RW_WITH_AUTO_EXTEND (1ull << 1)
+
+/**
+ * Per-lease client cache.
+ */
+#define PATRONUS_RW_WITH_CACHE (1ull << 2)
+
+/**
+ * Use the directory's whole-region key (unprotected baseline).
+ */
+#define PATRONUS_RW_USE_UNIVERSAL_RKEY (1ull << 3)
+
+/**
+ * Tracing only.
+ */
+#define PATRONUS_RW_ENABLE_TRACE (1ull << 4)
+
+/**
+ * Perform the operation by RPC.
+ */
+#define PATRONUS_RW_USE_TWO_SIDED (1ull << 5)
+
+/**
+ * Allow RPC operations larger than one message.
+ */
+#define PATRONUS_RW_USE_TWO_SIDED_AUTO_PACKING (1ull << 6)
+
+/**
  * Return codes. Values equal the original `RC` (0..=10) plus
  * `PATRONUS_RC_INTERNAL` (a panic or broken invariant inside the library;
  * `patronus_last_error()` says where).
@@ -71,6 +201,52 @@ typedef enum {
    */
   PATRONUS_RC_INTERNAL = 11,
 } patronus_rc_t;
+
+/**
+ * Outcome of an acquisition. Values equal `AcquireRequestStatus`.
+ */
+typedef enum {
+  /**
+   * Granted.
+   */
+  PATRONUS_ACQUIRE_SUCCESS = 0,
+  /**
+   * Magic-MW fault injection hit (retried transparently).
+   */
+  PATRONUS_ACQUIRE_MAGIC_MW_ERR = 1,
+  /**
+   * The conflict lock is held.
+   */
+  PATRONUS_ACQUIRE_LOCKED_ERR = 2,
+  /**
+   * Binding the window failed.
+   */
+  PATRONUS_ACQUIRE_BIND_ERR = 3,
+  /**
+   * Registering the MR failed.
+   */
+  PATRONUS_ACQUIRE_REG_MR_ERR = 4,
+  /**
+   * The range is outside the memory node's buffer.
+   */
+  PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR = 5,
+  /**
+   * The allocator returned nothing.
+   */
+  PATRONUS_ACQUIRE_NO_MEM = 6,
+  /**
+   * No memory window left.
+   */
+  PATRONUS_ACQUIRE_NO_MW = 7,
+  /**
+   * Never valid on the wire.
+   */
+  PATRONUS_ACQUIRE_RESERVED = 8,
+  /**
+   * Never valid on the wire.
+   */
+  PATRONUS_ACQUIRE_RESERVED_NO_RETURN = 9,
+} patronus_acquire_status_t;
 
 /**
  * A global address: low 48 bits offset, high 16 bits node id.

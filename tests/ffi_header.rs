@@ -109,6 +109,87 @@ fn compile(lang: &str, std: &str, src: &str, tmp: &Path) -> std::process::Output
         .unwrap()
 }
 
+/// API.md's constants, name and value.
+const API_VALUES: &[(&str, u64)] = &[
+    ("PATRONUS_ACQUIRE_NO_GC", 1 << 0),
+    ("PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT", 1 << 1),
+    ("PATRONUS_ACQUIRE_NO_BIND_PR", 1 << 2),
+    ("PATRONUS_ACQUIRE_NO_BIND_ANY", 1 << 3),
+    ("PATRONUS_ACQUIRE_WITH_ALLOCATION", 1 << 4),
+    ("PATRONUS_ACQUIRE_ONLY_ALLOCATION", 1 << 5),
+    ("PATRONUS_ACQUIRE_USE_MR", 1 << 6),
+    ("PATRONUS_ACQUIRE_NO_RPC", 1 << 7),
+    ("PATRONUS_ACQUIRE_DEBUG_SERVER_DO_NOTHING", 1 << 8),
+    ("PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_ANY", 1 << 0),
+    ("PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_PR", 1 << 1),
+    ("PATRONUS_MODIFY_FORCE_UNBIND", 1 << 2),
+    ("PATRONUS_MODIFY_WITH_DEALLOCATION", 1 << 3),
+    ("PATRONUS_MODIFY_ONLY_DEALLOCATION", 1 << 4),
+    ("PATRONUS_MODIFY_SERVER_DO_NOTHING", 1 << 5),
+    ("PATRONUS_MODIFY_WAIT_UNTIL_SUCCESS", 1 << 6),
+    ("PATRONUS_MODIFY_USE_MR", 1 << 7),
+    ("PATRONUS_MODIFY_NO_RPC", 1 << 8),
+    ("PATRONUS_MODIFY_DEBUG_EXTEND_DO_NOTHING", 1 << 9),
+    ("PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK", 1 << 0),
+    ("PATRONUS_RW_WITH_AUTO_EXTEND", 1 << 1),
+    ("PATRONUS_RW_WITH_CACHE", 1 << 2),
+    ("PATRONUS_RW_USE_UNIVERSAL_RKEY", 1 << 3),
+    ("PATRONUS_RW_ENABLE_TRACE", 1 << 4),
+    ("PATRONUS_RW_USE_TWO_SIDED", 1 << 5),
+    ("PATRONUS_RW_USE_TWO_SIDED_AUTO_PACKING", 1 << 6),
+    ("PATRONUS_RC_OK", 0),
+    ("PATRONUS_RC_NOT_FOUND", 1),
+    ("PATRONUS_RC_NO_MEM", 2),
+    ("PATRONUS_RC_RETRY", 3),
+    ("PATRONUS_RC_CACHE_STALE", 4),
+    ("PATRONUS_RC_INVALID", 5),
+    ("PATRONUS_RC_RDMA_PROTECTION_ERR", 6),
+    ("PATRONUS_RC_RDMA_EXECUTION_ERR", 7),
+    ("PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR", 8),
+    ("PATRONUS_RC_MOCK_CRASHED", 9),
+    ("PATRONUS_RC_RESERVED", 10),
+    ("PATRONUS_RC_INTERNAL", 11),
+    ("PATRONUS_ACQUIRE_SUCCESS", 0),
+    ("PATRONUS_ACQUIRE_MAGIC_MW_ERR", 1),
+    ("PATRONUS_ACQUIRE_LOCKED_ERR", 2),
+    ("PATRONUS_ACQUIRE_BIND_ERR", 3),
+    ("PATRONUS_ACQUIRE_REG_MR_ERR", 4),
+    ("PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR", 5),
+    ("PATRONUS_ACQUIRE_NO_MEM", 6),
+    ("PATRONUS_ACQUIRE_NO_MW", 7),
+    ("PATRONUS_ACQUIRE_RESERVED", 8),
+    ("PATRONUS_ACQUIRE_RESERVED_NO_RETURN", 9),
+];
+
+#[test]
+fn every_constant_has_the_api_value() {
+    let tmp = std::env::temp_dir().join(format!("patronus-val-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut src = String::from(
+        "#include <patronus.h>\n#include <stdio.h>\nint main(void) {\n  int bad = 0;\n",
+    );
+    for (name, v) in API_VALUES {
+        src.push_str(&format!(
+            "  if ((unsigned long long)({name}) != {v}ull) {{ printf(\"{name}\\n\"); bad = 1; }}\n"
+        ));
+    }
+    src.push_str("  if (sizeof(PATRONUS_ACQUIRE_NO_GC) != 8) { printf(\"flags are not 64-bit\\n\"); bad = 1; }\n");
+    src.push_str("  return bad;\n}\n");
+    let out = compile("c", "c11", &src, &tmp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(tmp.join("t-c")).output().unwrap();
+    assert!(
+        run.status.success(),
+        "wrong values: {}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 const VALUES_C: &str = r#"
 #include <patronus.h>
 #include <stdio.h>

@@ -9,4 +9,5 @@
 
 pub mod boundary;
 pub mod error;
+pub mod flags;
 pub mod gaddr;
