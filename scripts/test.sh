@@ -17,6 +17,9 @@ cargo build --all-targets
 echo "== cargo test (default features)"
 cargo test --all-targets -- --test-threads=2
 
+echo "== Python bindings (pytest against the fresh libpatronus.so)"
+PATRONUS_LIB="$PWD/target/debug/libpatronus.so" python3 -m pytest -q bindings/python/tests
+
 echo "== hostile-input tests under valgrind memcheck (no invalid reads or writes)"
 if command -v valgrind >/dev/null; then
   bin=$(cargo test --test fabric_malformed --no-run --message-format=json 2>/dev/null \

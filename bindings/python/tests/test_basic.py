@@ -1,0 +1,64 @@
+import threading
+
+import pytest
+
+import patronus
+from patronus import _lib
+
+
+def test_loaded_the_right_library():
+    assert _lib.LIB.patronus_abi_version() == patronus.ABI_VERSION
+    assert _lib.LIB_PATH.endswith("libpatronus.so")
+
+
+def test_constants_match_api_md():
+    assert patronus.AcquireFlag.NO_GC == 1 and patronus.AcquireFlag.DEBUG_SERVER_DO_NOTHING == 256
+    assert patronus.ModifyFlag.DEBUG_EXTEND_DO_NOTHING == 512
+    assert patronus.RWFlag.USE_TWO_SIDED_AUTO_PACKING == 64
+    assert patronus.RC.INTERNAL == 11 and patronus.AcquireStatus.NO_MW == 7
+
+
+def test_global_address_round_trip():
+    g = patronus.GlobalAddress(3, 4096)
+    assert (g.node_id, g.offset) == (3, 4096)
+    assert g.val == (3 << 48) | 4096
+    assert not g.is_null()
+    assert patronus.GlobalAddress(7, 0).is_null()
+    assert g == patronus.GlobalAddress(3, 4096)
+
+
+def test_bad_addresses_raise():
+    with pytest.raises(patronus.InvalidArgument):
+        patronus.GlobalAddress(1, 1 << 48)
+    with pytest.raises(patronus.InvalidArgument):
+        patronus.GlobalAddress(1 << 16, 0)
+
+
+def test_last_error_is_per_thread_and_sticky():
+    _lib.LIB.patronus_clear_last_error()
+    assert patronus.last_error() is None
+    g = _lib.LIB.patronus_gaddr(1, 1 << 48)  # refused by the library
+    assert g.val == 0
+    assert "48 bits" in patronus.last_error()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(patronus.last_error()))
+    t.start()
+    t.join()
+    assert seen == [None]  # another thread has its own last error
+    _lib.LIB.patronus_gaddr(1, 8)  # success does not clear it
+    assert patronus.last_error() is not None
+    _lib.LIB.patronus_clear_last_error()
+    assert patronus.last_error() is None
+
+
+def test_check_maps_codes_to_exceptions():
+    with pytest.raises(patronus.ProtectionError) as e:
+        patronus.check(patronus.RC.RDMA_PROTECTION_ERR)
+    assert e.value.rc == patronus.RC.RDMA_PROTECTION_ERR
+    with pytest.raises(patronus.LeaseExpiredError):
+        patronus.check(8)
+    with pytest.raises(patronus.InvalidArgument):
+        patronus.check(5)
+    patronus.check(0)
+    assert patronus.rc_str(6) == "RDMA protection error"
+    assert patronus.rc_str(1234) == "unknown return code"
