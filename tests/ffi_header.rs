@@ -245,3 +245,55 @@ fn header_compiles_and_values_match() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn cpp_header_alone_and_two_translation_units() {
+    let tmp = std::env::temp_dir().join(format!("patronus-cpp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let lib = libdir(&tmp);
+    let inc = [
+        format!("-I{}", root().join("include").display()),
+        format!("-I{}", root().join("bindings/cpp").display()),
+    ];
+    // The header compiles on its own.
+    std::fs::write(tmp.join("alone.cpp"), "#include <patronus.hpp>\n").unwrap();
+    let out = Command::new("g++")
+        .args([
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+        ])
+        .args(&inc)
+        .arg(tmp.join("alone.cpp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = tmp.join("types");
+    let out = Command::new("g++")
+        .args(["-std=c++17", "-Wall", "-Wextra", "-Werror"])
+        .args(&inc)
+        .arg(root().join("tests/cpp/types_a.cpp"))
+        .arg(root().join("tests/cpp/types_b.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lpatronus")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    assert!(run.status.success(), "exit {:?}", run.status.code());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
