@@ -7,6 +7,10 @@
 /// cbindgen:ignore
 pub mod bench;
 /// cbindgen:ignore
+pub mod client;
+/// cbindgen:ignore
+pub mod cluster;
+/// cbindgen:ignore
 pub mod demo;
 /// cbindgen:ignore
 pub mod error;
@@ -15,5 +19,9 @@ pub mod fabric;
 pub mod ffi;
 /// cbindgen:ignore
 pub mod lease;
+/// cbindgen:ignore
+pub mod node;
+/// cbindgen:ignore
+pub mod server;
 
 pub use error::{Error, Result};

@@ -572,6 +572,18 @@ pub fn inc_rkey(rkey: u32) -> u32 {
     (rkey & 0xffff_ff00) | ((rkey as u8).wrapping_add(1) as u32)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the time base all processes of one host
+/// share (the lease layer adds a synchronised offset across hosts).
+pub fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

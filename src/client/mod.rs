@@ -1,0 +1,662 @@
+//! Client threads: leases (acquire, relinquish, one-sided and two-sided
+//! extension), the one-sided data path with local expiry checks, two-sided
+//! memory RPCs checked against the lease, and recovery of the data QP after a
+//! protection fault (same QP, same thread, in microseconds).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::fabric::msg::Messenger;
+use crate::fabric::{Access, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::ffi::error::PatronusRc as Rc;
+use crate::ffi::flags::PatronusAcquireStatus as St;
+use crate::ffi::flags::*;
+use crate::lease::msg::{self, AcquireReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType};
+use crate::node::{ClientSlot, Shared, PR_WORD};
+use crate::server::{pack, unpack, CLOSED};
+use crate::{Error, Result};
+
+/// Bytes of a client thread's registered data buffer.
+pub const DATA_BUF: usize = 1 << 20;
+
+/// A lease held by a client thread.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// Granted?
+    pub status: u8,
+    /// Memory node.
+    pub node: u16,
+    /// Directory.
+    pub dir: u16,
+    /// dsm offset of the object on the memory node.
+    pub base: u64,
+    /// Object bytes.
+    pub size: u64,
+    /// rkey of the object's window (or MR).
+    pub rkey: u32,
+    /// rkey of the protection-region window (0: none).
+    pub pr_rkey: u32,
+    /// dsm offset of the protection region.
+    pub pr_off: u64,
+    /// Server time at grant.
+    pub begin: i64,
+    /// Lease unit (ns).
+    pub unit: i64,
+    /// PR aba at grant.
+    pub aba: u32,
+    /// Units granted so far.
+    pub units: u32,
+    /// Deadline (i64::MAX: never).
+    pub ddl: i64,
+    /// Server slot and generation.
+    pub slot: u32,
+    /// Generation.
+    pub generation: u64,
+    /// Write lease?
+    pub write: bool,
+    /// Auto-extend step.
+    pub auto_step: u32,
+    /// Still held (false after relinquish).
+    pub live: bool,
+}
+
+impl Lease {
+    /// Granted and not relinquished.
+    pub fn success(&self) -> bool {
+        self.status == St::PATRONUS_ACQUIRE_SUCCESS as u8 && self.live
+    }
+    /// Why it was not granted.
+    pub fn ec(&self) -> u8 {
+        self.status
+    }
+    fn failed(status: u8, node: u16, dir: u16) -> Lease {
+        Lease {
+            status,
+            node,
+            dir,
+            base: 0,
+            size: 0,
+            rkey: 0,
+            pr_rkey: 0,
+            pr_off: 0,
+            begin: 0,
+            unit: 0,
+            aba: 0,
+            units: 0,
+            ddl: 0,
+            slot: u32::MAX,
+            generation: 0,
+            write: false,
+            auto_step: 1,
+            live: false,
+        }
+    }
+}
+
+/// A registered client thread.
+pub struct ClientThread {
+    sh: Arc<Shared>,
+    slot: u16,
+    msgr: Messenger,
+    data: Vec<Arc<dyn Qp>>,
+    data_remote: Vec<QpEndpoint>,
+    data_cq: Arc<dyn Cq>,
+    buf: Arc<Mr>,
+    rpc_id: u64,
+    out: Vec<u8>,
+}
+
+impl ClientThread {
+    pub(crate) fn new(sh: Arc<Shared>, slot: u16, s: ClientSlot) -> ClientThread {
+        let buf = sh
+            .nic
+            .alloc_mr(sh.pd, DATA_BUF, Access::LOCAL_WRITE)
+            .expect("client data buffer");
+        ClientThread {
+            slot,
+            msgr: s.msgr,
+            data: s.data,
+            data_remote: s.data_remote,
+            data_cq: s.data_cq,
+            buf,
+            rpc_id: 0,
+            out: Vec::with_capacity(msg::MAX_MSG),
+            sh,
+        }
+    }
+
+    /// This thread's slot id.
+    pub fn get_thread_id(&self) -> u16 {
+        self.slot
+    }
+
+    fn rpc(&mut self, node: u16, dir: u16, ty: MsgType, m: Msg) -> Result<Msg> {
+        if node >= self.sh.cfg.machine_nr || dir >= self.sh.cfg.dir_nr {
+            return Err(Error::Invalid(format!(
+                "node {node} dir {dir} outside the cluster ({} nodes x {} dirs)",
+                self.sh.cfg.machine_nr, self.sh.cfg.dir_nr
+            )));
+        }
+        self.rpc_id += 1;
+        let id = self.rpc_id;
+        let h = Header {
+            ty,
+            rpc_id: id,
+            node: self.sh.node_id,
+            thread: self.slot,
+        };
+        msg::encode(&h, &m, &mut self.out);
+        let peer = self.sh.client_index(node, dir);
+        let out = std::mem::take(&mut self.out);
+        let r = self.msgr.send(peer, &out);
+        self.out = out;
+        r?;
+        let timeout = self.sh.cfg.rpc_timeout;
+        let inc = self
+            .msgr
+            .recv_match(timeout, |i| {
+                i.peer == peer
+                    && i.data.len() >= 16
+                    && u64::from_le_bytes(i.data[8..16].try_into().expect("8")) == id
+            })?
+            .ok_or_else(|| {
+                Error::Timeout(format!(
+                    "no reply from node {node} dir {dir} within {timeout:?}"
+                ))
+            })?;
+        let (_, m) = msg::decode(&inc.data).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(m)
+    }
+
+    /// Acquires a read (`write = false`) or write lease on `[offset,
+    /// offset+size)` of node `node`'s buffer, for `ns` nanoseconds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_lease(
+        &mut self,
+        write: bool,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+    ) -> Result<Lease> {
+        if flag & !((1 << 9) - 1) != 0 {
+            return Err(Error::Invalid(format!(
+                "unknown acquire flag bits {flag:#x}"
+            )));
+        }
+        if flag & PATRONUS_ACQUIRE_NO_RPC != 0 {
+            let mut l = Lease::failed(0, node, dir);
+            l.base = self.sh.layout.internal + offset;
+            l.size = size;
+            l.ddl = i64::MAX;
+            l.write = write;
+            l.live = true;
+            return Ok(l);
+        }
+        let ty = if write {
+            MsgType::AcquireW
+        } else {
+            MsgType::AcquireR
+        };
+        let m = self.rpc(
+            node,
+            dir,
+            ty,
+            Msg::Acquire(AcquireReq {
+                key: offset,
+                size,
+                ns,
+                flag,
+                dir,
+            }),
+        )?;
+        let Msg::AcquireResp(a) = m else {
+            return Err(Error::Invalid(
+                "acquire answered with another message".into(),
+            ));
+        };
+        if a.status != 0 {
+            return Ok(Lease::failed(a.status, node, dir));
+        }
+        let no_gc = flag & PATRONUS_ACQUIRE_NO_GC != 0 || ns == 0;
+        Ok(Lease {
+            status: 0,
+            node,
+            dir,
+            base: a.base,
+            size,
+            rkey: a.rkey,
+            pr_rkey: a.pr_rkey,
+            pr_off: a.pr_off,
+            begin: a.begin_term,
+            unit: a.ns_per_unit,
+            aba: a.aba,
+            units: 1,
+            ddl: if no_gc {
+                i64::MAX
+            } else {
+                a.begin_term.saturating_add(a.ns_per_unit)
+            },
+            slot: a.slot,
+            generation: a.generation,
+            write,
+            auto_step: 1,
+            live: true,
+        })
+    }
+
+    /// Gives a lease back; the memory node revokes its windows before it
+    /// answers.
+    pub fn relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Rc> {
+        if !lease.live {
+            return Ok(Rc::PATRONUS_RC_OK);
+        }
+        lease.live = false;
+        if flag & PATRONUS_MODIFY_NO_RPC != 0 || lease.slot == u32::MAX {
+            return Ok(Rc::PATRONUS_RC_OK);
+        }
+        let m = self.rpc(
+            lease.node,
+            lease.dir,
+            MsgType::Relinquish,
+            Msg::Relinquish(ModifyReq {
+                slot: lease.slot,
+                generation: lease.generation,
+                ns: 0,
+                hint,
+                flag,
+                addr: lease.base,
+                size: lease.size,
+                dir: lease.dir,
+            }),
+        )?;
+        Ok(match m {
+            Msg::RelinquishResp(r) if r.rc == 0 => Rc::PATRONUS_RC_OK,
+            _ => Rc::PATRONUS_RC_INVALID,
+        })
+    }
+
+    fn expired(&self, lease: &Lease) -> bool {
+        lease.ddl != i64::MAX && self.sh.now() + self.sh.cfg.epsilon_ns >= lease.ddl
+    }
+
+    /// Runs one one-sided work request on the data QP to the lease's
+    /// directory; a failed completion recovers the QP before returning.
+    fn one_sided(&mut self, lease: &Lease, op: WrOp) -> Result<Rc> {
+        let i = self.sh.client_index(lease.node, lease.dir);
+        let qp = self.data[i].clone();
+        qp.post_send(&[SendWr {
+            wr_id: 1,
+            op,
+            signaled: true,
+        }])?;
+        let mut wc = [Wc::default(); 1];
+        let t0 = Instant::now();
+        let st = loop {
+            if self.data_cq.poll(&mut wc) == 1 {
+                break wc[0].status;
+            }
+            if t0.elapsed() > self.sh.cfg.rpc_timeout {
+                break WcStatus::RetryExcErr;
+            }
+            self.data_cq.wait(std::time::Duration::from_micros(50));
+        };
+        if st == WcStatus::Success {
+            return Ok(Rc::PATRONUS_RC_OK);
+        }
+        // Recovery: same QP, reset and reconnected in place; the windows
+        // bound to it (this thread's other leases) stay valid.
+        qp.reset()?;
+        while self.data_cq.poll(&mut wc) > 0 {}
+        qp.connect(&self.data_remote[i])?;
+        Ok(Rc::PATRONUS_RC_RDMA_PROTECTION_ERR)
+    }
+
+    fn check_rw(&mut self, lease: &mut Lease, flag: u64) -> Result<Option<Rc>> {
+        if flag & !((1 << 7) - 1) != 0 {
+            return Err(Error::Invalid(format!("unknown RW flag bits {flag:#x}")));
+        }
+        if !lease.live {
+            return Err(Error::Invalid(
+                "the lease was relinquished or never granted".into(),
+            ));
+        }
+        if flag & PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease) {
+            return Ok(Some(Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR));
+        }
+        if flag & PATRONUS_RW_WITH_AUTO_EXTEND != 0 && lease.ddl != i64::MAX {
+            let left = lease.ddl - self.sh.now();
+            let margin = (2 * lease.unit).max(100_000);
+            if left > self.sh.cfg.epsilon_ns + 2_000 && left <= margin {
+                let step = lease.auto_step;
+                let ns = lease.unit as u64 * step as u64;
+                if self.extend(lease, ns, 0)? == Rc::PATRONUS_RC_OK {
+                    lease.auto_step = step.saturating_mul(2).min(1 << 10);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn remote(&self, lease: &Lease, offset: u64, flag: u64) -> (u64, u32) {
+        let p = &self.sh.peers[lease.node as usize];
+        let rkey = if flag & PATRONUS_RW_USE_UNIVERSAL_RKEY != 0 {
+            p.region_rkey
+        } else {
+            lease.rkey
+        };
+        (
+            p.region_addr.wrapping_add(lease.base).wrapping_add(offset),
+            rkey,
+        )
+    }
+
+    /// Reads `dst.len()` bytes at `offset` of the leased object.
+    pub fn read(
+        &mut self,
+        lease: &mut Lease,
+        dst: &mut [u8],
+        offset: u64,
+        flag: u64,
+    ) -> Result<Rc> {
+        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+            return self.rpc_read(lease, dst, offset);
+        }
+        if let Some(rc) = self.check_rw(lease, flag)? {
+            return Ok(rc);
+        }
+        let mut done = 0usize;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(DATA_BUF);
+            let (raddr, rkey) = self.remote(lease, offset + done as u64, flag);
+            let rc = self.one_sided(
+                lease,
+                WrOp::Read {
+                    local: Sge {
+                        lkey: self.buf.lkey(),
+                        offset: 0,
+                        len: n as u32,
+                    },
+                    raddr,
+                    rkey,
+                },
+            )?;
+            if rc != Rc::PATRONUS_RC_OK {
+                return Ok(rc);
+            }
+            self.buf.read(0, &mut dst[done..done + n])?;
+            done += n;
+        }
+        Ok(Rc::PATRONUS_RC_OK)
+    }
+
+    /// Writes `src` at `offset` of the leased object.
+    pub fn write(&mut self, lease: &mut Lease, src: &[u8], offset: u64, flag: u64) -> Result<Rc> {
+        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+            return self.rpc_write(lease, src, offset);
+        }
+        if let Some(rc) = self.check_rw(lease, flag)? {
+            return Ok(rc);
+        }
+        let mut done = 0usize;
+        while done < src.len() {
+            let n = (src.len() - done).min(DATA_BUF);
+            self.buf.write(0, &src[done..done + n])?;
+            let (raddr, rkey) = self.remote(lease, offset + done as u64, flag);
+            let rc = self.one_sided(
+                lease,
+                WrOp::Write {
+                    local: Sge {
+                        lkey: self.buf.lkey(),
+                        offset: 0,
+                        len: n as u32,
+                    },
+                    raddr,
+                    rkey,
+                },
+            )?;
+            if rc != Rc::PATRONUS_RC_OK {
+                return Ok(rc);
+            }
+            done += n;
+        }
+        Ok(Rc::PATRONUS_RC_OK)
+    }
+
+    fn atomic(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        a0: u64,
+        a1: u64,
+        cas: bool,
+        flag: u64,
+    ) -> Result<(Rc, u64)> {
+        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+            let op = if cas { MemOp::Cas } else { MemOp::Faa };
+            return self
+                .rpc_mem(lease, op, offset, 8, a0, a1, vec![])
+                .map(|(rc, old, _)| (rc, old));
+        }
+        if let Some(rc) = self.check_rw(lease, flag)? {
+            return Ok((rc, 0));
+        }
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        let local = Sge {
+            lkey: self.buf.lkey(),
+            offset: 0,
+            len: 8,
+        };
+        let op = if cas {
+            WrOp::Cas {
+                local,
+                raddr,
+                rkey,
+                compare: a0,
+                swap: a1,
+            }
+        } else {
+            WrOp::Faa {
+                local,
+                raddr,
+                rkey,
+                add: a0,
+            }
+        };
+        let rc = self.one_sided(lease, op)?;
+        Ok((rc, self.buf.load_u64(0)?))
+    }
+
+    /// 8-byte compare-and-swap; returns the code and the old value.
+    pub fn cas(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        compare: u64,
+        swap: u64,
+        flag: u64,
+    ) -> Result<(Rc, u64)> {
+        self.atomic(lease, offset, compare, swap, true, flag)
+    }
+
+    /// 8-byte fetch-and-add; returns the code and the old value.
+    pub fn faa(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        add: i64,
+        flag: u64,
+    ) -> Result<(Rc, u64)> {
+        self.atomic(lease, offset, add as u64, 0, false, flag)
+    }
+
+    /// One-sided extension: CAS on the lease's protection region, checked.
+    pub fn extend(&mut self, lease: &mut Lease, ns: u64, _flag: u64) -> Result<Rc> {
+        if !lease.live || lease.pr_rkey == 0 || lease.unit <= 0 {
+            return Ok(Rc::PATRONUS_RC_INVALID);
+        }
+        let units = ns
+            .div_ceil(lease.unit as u64)
+            .min(crate::server::MAX_UNITS as u64) as u32;
+        let new_units = lease.units.saturating_add(units);
+        if new_units > crate::server::MAX_UNITS {
+            return Ok(Rc::PATRONUS_RC_INVALID);
+        }
+        let expect = pack(lease.aba, lease.units);
+        let p = &self.sh.peers[lease.node as usize];
+        let raddr = p.region_addr + lease.pr_off + PR_WORD;
+        let rc = self.one_sided(
+            lease,
+            WrOp::Cas {
+                local: Sge {
+                    lkey: self.buf.lkey(),
+                    offset: 0,
+                    len: 8,
+                },
+                raddr,
+                rkey: lease.pr_rkey,
+                compare: expect,
+                swap: pack(lease.aba, new_units),
+            },
+        )?;
+        if rc != Rc::PATRONUS_RC_OK {
+            return Ok(rc);
+        }
+        let old = self.buf.load_u64(0)?;
+        if old != expect {
+            let (aba, units) = unpack(old);
+            tracing::debug!(aba, units, closed = units == CLOSED, "extension refused");
+            return Ok(Rc::PATRONUS_RC_INVALID);
+        }
+        lease.units = new_units;
+        lease.ddl = lease
+            .begin
+            .saturating_add(lease.unit.saturating_mul(new_units as i64));
+        Ok(Rc::PATRONUS_RC_OK)
+    }
+
+    /// Two-sided extension.
+    pub fn rpc_extend(&mut self, lease: &mut Lease, ns: u64, flag: u64) -> Result<Rc> {
+        if !lease.live {
+            return Ok(Rc::PATRONUS_RC_INVALID);
+        }
+        let m = self.rpc(
+            lease.node,
+            lease.dir,
+            MsgType::Extend,
+            Msg::Extend(ModifyReq {
+                slot: lease.slot,
+                generation: lease.generation,
+                ns,
+                hint: 0,
+                flag,
+                addr: 0,
+                size: 0,
+                dir: lease.dir,
+            }),
+        )?;
+        match m {
+            Msg::ExtendResp(r) if r.rc == 0 => {
+                lease.units = lease.units.saturating_add(r.units as u32);
+                lease.ddl = lease
+                    .begin
+                    .saturating_add(lease.unit.saturating_mul(lease.units as i64));
+                Ok(Rc::PATRONUS_RC_OK)
+            }
+            _ => Ok(Rc::PATRONUS_RC_INVALID),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rpc_mem(
+        &mut self,
+        lease: &Lease,
+        op: MemOp,
+        offset: u64,
+        size: u32,
+        a0: u64,
+        a1: u64,
+        payload: Vec<u8>,
+    ) -> Result<(Rc, u64, Vec<u8>)> {
+        let m = self.rpc(
+            lease.node,
+            lease.dir,
+            MsgType::Memory,
+            Msg::Memory(MemReq {
+                op,
+                slot: lease.slot,
+                generation: lease.generation,
+                offset,
+                size,
+                arg0: a0,
+                arg1: a1,
+                dir: lease.dir,
+                payload,
+            }),
+        )?;
+        match m {
+            Msg::MemoryResp(r) => {
+                let rc = match r.rc {
+                    0 => Rc::PATRONUS_RC_OK,
+                    6 => Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                    8 => Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR,
+                    _ => Rc::PATRONUS_RC_INVALID,
+                };
+                Ok((rc, r.old, r.payload))
+            }
+            _ => Err(Error::Invalid(
+                "memory RPC answered with another message".into(),
+            )),
+        }
+    }
+
+    /// Two-sided read, checked by the memory node against the lease.
+    pub fn rpc_read(&mut self, lease: &mut Lease, dst: &mut [u8], offset: u64) -> Result<Rc> {
+        let mut done = 0;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(msg::MAX_MEM_PAYLOAD);
+            let (rc, _, p) = self.rpc_mem(
+                lease,
+                MemOp::Read,
+                offset + done as u64,
+                n as u32,
+                0,
+                0,
+                vec![],
+            )?;
+            if rc != Rc::PATRONUS_RC_OK {
+                return Ok(rc);
+            }
+            if p.len() != n {
+                return Err(Error::Invalid("short rpc_read reply".into()));
+            }
+            dst[done..done + n].copy_from_slice(&p);
+            done += n;
+        }
+        Ok(Rc::PATRONUS_RC_OK)
+    }
+
+    /// Two-sided write, checked by the memory node against the lease.
+    pub fn rpc_write(&mut self, lease: &mut Lease, src: &[u8], offset: u64) -> Result<Rc> {
+        let mut done = 0;
+        while done < src.len() {
+            let n = (src.len() - done).min(msg::MAX_MEM_PAYLOAD);
+            let (rc, _, _) = self.rpc_mem(
+                lease,
+                MemOp::Write,
+                offset + done as u64,
+                n as u32,
+                0,
+                0,
+                src[done..done + n].to_vec(),
+            )?;
+            if rc != Rc::PATRONUS_RC_OK {
+                return Ok(rc);
+            }
+            done += n;
+        }
+        Ok(Rc::PATRONUS_RC_OK)
+    }
+}

@@ -1,0 +1,490 @@
+//! `Patronus`: one process's membership in a cluster.
+//!
+//! Construction opens the NIC, allocates and registers the node's buffer,
+//! takes a node id from the keeper, creates a full mesh of QPs (for every
+//! peer node, each local client thread slot gets an RPC QP and a data QP
+//! towards every directory; each local directory gets the matching QPs
+//! towards every client thread slot), exchanges endpoints through the keeper
+//! and connects them. `register_client_thread` / `register_server_thread`
+//! then hand those pre-connected resources to the calling thread.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::cluster::{InProcessKeeper, Keeper};
+use crate::fabric::msg::Messenger;
+use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
+use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpCap, QpEndpoint};
+use crate::{Error, Result};
+
+pub use crate::client::{ClientThread, Lease};
+pub use crate::server::Directory;
+
+/// Size of one protection region.
+pub const PR_SIZE: u64 = 40;
+/// Offset of the extension word inside a protection region.
+pub const PR_WORD: u64 = 24;
+
+/// Node configuration (the `patronus_config_t` fields plus runtime shape).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nodes in the cluster; start-up waits for all of them.
+    pub machine_nr: u16,
+    /// Directories (server threads) per node.
+    pub dir_nr: u16,
+    /// Client thread slots per node.
+    pub client_threads: u16,
+    /// Lease buffer bytes.
+    pub lease_buffer_size: u64,
+    /// Allocation buffer bytes.
+    pub alloc_buffer_size: u64,
+    /// Application-reserved bytes.
+    pub reserved_buffer_size: u64,
+    /// Leases (and protection regions, and windows) per directory.
+    pub leases_per_dir: u32,
+    /// Node whose clock is the cluster's.
+    pub time_parent_node_id: u16,
+    /// "shm" or "tcp" (soft NIC links).
+    pub fabric: String,
+    /// None: in-process keeper; "memcached://HOST:PORT" otherwise.
+    pub keeper: Option<String>,
+    /// tcp listener address.
+    pub listen_addr: String,
+    /// Key namespace.
+    pub cluster: String,
+    /// Skip time sync.
+    pub simplify: bool,
+    /// Timeout of every RPC and of start-up rendezvous.
+    pub rpc_timeout: Duration,
+    /// Clock uncertainty added to local expiry checks.
+    pub epsilon_ns: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            machine_nr: 1,
+            dir_nr: 1,
+            client_threads: 4,
+            lease_buffer_size: 16 << 20,
+            alloc_buffer_size: 16 << 20,
+            reserved_buffer_size: 4 << 20,
+            leases_per_dir: 4096,
+            time_parent_node_id: 0,
+            fabric: std::env::var("PATRONUS_FABRIC").unwrap_or_else(|_| "shm".into()),
+            keeper: std::env::var("PATRONUS_KEEPER").ok(),
+            listen_addr: "127.0.0.1:0".into(),
+            cluster: "default".into(),
+            simplify: false,
+            rpc_timeout: Duration::from_secs(2),
+            epsilon_ns: 10_000,
+        }
+    }
+}
+
+/// Memory layout of a node's registered buffer (offsets are dsm offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes before the server buffer (protection regions of all dirs).
+    pub internal: u64,
+    /// Lease buffer bytes.
+    pub lease: u64,
+    /// Allocation buffer bytes.
+    pub alloc: u64,
+    /// Reserved buffer bytes.
+    pub reserved: u64,
+    /// Protection regions per directory.
+    pub prs_per_dir: u64,
+}
+
+impl Layout {
+    fn new(c: &Config) -> Layout {
+        let prs = c.leases_per_dir as u64;
+        let internal = (c.dir_nr as u64 * prs * PR_SIZE)
+            .next_multiple_of(4096)
+            .max(4096);
+        Layout {
+            internal,
+            lease: c.lease_buffer_size,
+            alloc: c.alloc_buffer_size,
+            reserved: c.reserved_buffer_size,
+            prs_per_dir: prs,
+        }
+    }
+    /// Server buffer bytes (lease + alloc + reserved).
+    pub fn buffer(&self) -> u64 {
+        self.lease + self.alloc + self.reserved
+    }
+    /// Whole registered size.
+    pub fn total(&self) -> u64 {
+        self.internal + self.buffer()
+    }
+    /// dsm offset of protection region `i` of directory `d`.
+    pub fn pr(&self, d: u16, i: u64) -> u64 {
+        (d as u64 * self.prs_per_dir + i) * PR_SIZE
+    }
+}
+
+/// What a node publishes about itself.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerInfo {
+    pub region_addr: u64,
+    pub region_rkey: u32,
+}
+
+pub(crate) struct ClientSlot {
+    pub msgr: Messenger,
+    pub data: Vec<Arc<dyn Qp>>,
+    pub data_remote: Vec<QpEndpoint>,
+    pub data_cq: Arc<dyn Cq>,
+}
+
+pub(crate) struct DirSlot {
+    pub msgr: Messenger,
+    pub data: Vec<Arc<dyn Qp>>,
+    pub data_remote: Vec<QpEndpoint>,
+    pub bind_cq: Arc<dyn Cq>,
+}
+
+/// State shared by a node's threads.
+pub(crate) struct Shared {
+    pub cfg: Config,
+    pub node_id: u16,
+    pub nic: Arc<dyn Nic>,
+    pub pd: Pd,
+    pub region: Arc<Mr>,
+    pub layout: Layout,
+    pub peers: Vec<PeerInfo>,
+    pub keeper: Arc<dyn Keeper>,
+    pub clients: Mutex<Vec<Option<ClientSlot>>>,
+    pub dirs: Mutex<Vec<Option<DirSlot>>>,
+    pub locks: Mutex<std::collections::HashSet<u64>>,
+    pub next_gen: AtomicU64,
+}
+
+impl Shared {
+    /// Synchronised ns (single host: CLOCK_MONOTONIC is shared).
+    pub fn now(&self) -> i64 {
+        crate::fabric::monotonic_ns()
+    }
+    /// Index of (node, dir) in a client slot's QP vectors.
+    pub fn client_index(&self, node: u16, dir: u16) -> usize {
+        node as usize * self.cfg.dir_nr as usize + dir as usize
+    }
+    /// Index of (node, thread) in a directory's QP vectors.
+    pub fn dir_index(&self, node: u16, thread: u16) -> usize {
+        node as usize * self.cfg.client_threads as usize + thread as usize
+    }
+}
+
+/// A node of a Patronus cluster.
+pub struct Patronus {
+    pub(crate) sh: Arc<Shared>,
+    _nic: Arc<dyn Nic>,
+}
+
+fn k(c: &Config, key: &str) -> String {
+    format!("patronus/{}/{key}", c.cluster)
+}
+
+impl Patronus {
+    /// Joins (or forms) the cluster described by `cfg`.
+    pub fn new(cfg: Config) -> Result<Patronus> {
+        if cfg.machine_nr == 0 || cfg.dir_nr == 0 || cfg.client_threads == 0 {
+            return Err(Error::Invalid(format!(
+                "machine_nr {}, dir_nr {}, client_threads {} must all be positive",
+                cfg.machine_nr, cfg.dir_nr, cfg.client_threads
+            )));
+        }
+        let keeper: Arc<dyn Keeper> = match &cfg.keeper {
+            None => InProcessKeeper::for_cluster(&cfg.cluster),
+            Some(url) => {
+                return Err(Error::Invalid(format!(
+                    "keeper {url:?}: the memcached keeper is not available in this build yet"
+                )))
+            }
+        };
+        let link: LinkKind = cfg.fabric.parse().map_err(|_| {
+            Error::Invalid(format!(
+                "fabric {:?} is not available (shm, tcp; verbs needs --features verbs)",
+                cfg.fabric
+            ))
+        })?;
+        let t = cfg.rpc_timeout.max(Duration::from_secs(10));
+        let node_id = (keeper.incr(&k(&cfg, "node_ids"))? - 1) as u16;
+        if node_id >= cfg.machine_nr {
+            return Err(Error::Invalid(format!(
+                "cluster {:?} already has {} nodes (machine_nr); use a new cluster name",
+                cfg.cluster, cfg.machine_nr
+            )));
+        }
+        let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
+            link,
+            tcp_listen: cfg.listen_addr.clone(),
+            max_keys: (cfg.dir_nr as u32 * cfg.leases_per_dir * 2 + 4096).max(1 << 14),
+        })?);
+        let pd = nic.alloc_pd()?;
+        let layout = Layout::new(&cfg);
+        let region = nic.alloc_mr(pd, layout.total() as usize, Access::ALL)?;
+        keeper.put(
+            &k(&cfg, &format!("info/{node_id}")),
+            format!("{} {}", region.addr(), region.rkey()).as_bytes(),
+        )?;
+        let (m, dn, tn) = (cfg.machine_nr, cfg.dir_nr, cfg.client_threads);
+        let cap = QpCap {
+            max_send_wr: 512,
+            max_recv_wr: 64,
+        };
+        // Create QPs: client side [slot][(node, dir)] and dir side [dir][(node, thread)].
+        let mut cslots = Vec::new();
+        let mut my_eps: Vec<Vec<QpEndpoint>> = vec![Vec::new(); m as usize];
+        let mut cside = Vec::new();
+        for _t in 0..tn {
+            let rcq = nic.create_cq(1024)?;
+            let dcq = nic.create_cq(1024)?;
+            let mut msgr = Messenger::new(&nic, pd, rcq.clone(), (m * dn) as usize, 8, 16)?;
+            let mut data = Vec::new();
+            let mut rpcs = Vec::new();
+            for _ in 0..m * dn {
+                let r = nic.create_qp(pd, &rcq, &rcq, cap)?;
+                msgr.add_qp(r.clone())?;
+                rpcs.push(r);
+                data.push(nic.create_qp(pd, &dcq, &dcq, cap)?);
+            }
+            cside.push((rpcs, data.clone()));
+            cslots.push((msgr, data, dcq));
+        }
+        let mut dslots = Vec::new();
+        let mut dside = Vec::new();
+        for _d in 0..dn {
+            let rcq = nic.create_cq(4096)?;
+            let bcq = nic.create_cq(1024)?;
+            let mut msgr = Messenger::new(&nic, pd, rcq.clone(), (m * tn) as usize, 8, 64)?;
+            let mut data = Vec::new();
+            let mut rpcs = Vec::new();
+            for _ in 0..m * tn {
+                let r = nic.create_qp(pd, &rcq, &rcq, cap)?;
+                msgr.add_qp(r.clone())?;
+                rpcs.push(r);
+                data.push(nic.create_qp(pd, &bcq, &bcq, cap)?);
+            }
+            dside.push((rpcs, data.clone()));
+            dslots.push((msgr, data, bcq));
+        }
+        // Endpoints for peer n, in a fixed order both sides compute:
+        // client side: for t, for d of n: rpc, data; then dir side: for d, for t of n: rpc, data.
+        for (n, eps) in my_eps.iter_mut().enumerate() {
+            for (rpcs, data) in &cside {
+                for d in 0..dn as usize {
+                    let i = n * dn as usize + d;
+                    eps.push(rpcs[i].endpoint());
+                    eps.push(data[i].endpoint());
+                }
+            }
+            for (rpcs, data) in &dside {
+                for t in 0..tn as usize {
+                    let i = n * tn as usize + t;
+                    eps.push(rpcs[i].endpoint());
+                    eps.push(data[i].endpoint());
+                }
+            }
+            let mut blob = Vec::new();
+            for e in eps.iter() {
+                let b = e.encode();
+                blob.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                blob.extend_from_slice(&b);
+            }
+            keeper.put(&k(&cfg, &format!("ep/{node_id}/{n}")), &blob)?;
+        }
+        // Read every peer's endpoints for us and connect.
+        let mut peers = Vec::new();
+        let mut cremote: Vec<Vec<QpEndpoint>> = vec![vec![]; tn as usize];
+        let mut dremote: Vec<Vec<QpEndpoint>> = vec![vec![]; dn as usize];
+        for n in 0..m {
+            let info = keeper.get_wait(&k(&cfg, &format!("info/{n}")), t)?;
+            let s = String::from_utf8_lossy(&info).to_string();
+            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+            peers.push(PeerInfo {
+                region_addr: it.next().unwrap_or(0),
+                region_rkey: it.next().unwrap_or(0) as u32,
+            });
+            let blob = keeper.get_wait(&k(&cfg, &format!("ep/{n}/{node_id}")), t)?;
+            let eps = decode_eps(&blob)?;
+            let expect = 2 * (tn as usize * dn as usize) * 2;
+            if eps.len() != expect {
+                return Err(Error::Invalid(format!(
+                    "node {n} published {} endpoints, expected {expect}: is the cluster shape the same everywhere?",
+                    eps.len()
+                )));
+            }
+            let (peer_client, peer_dir) = eps.split_at(eps.len() / 2);
+            // Our client slot t, peer's dir d <-> peer's dir side entry (d, t).
+            for (ti, (rpcs, data)) in cside.iter().enumerate() {
+                for d in 0..dn as usize {
+                    let i = n as usize * dn as usize + d;
+                    let j = (d * tn as usize + ti) * 2;
+                    rpcs[i].connect(&peer_dir[j])?;
+                    data[i].connect(&peer_dir[j + 1])?;
+                    cremote[ti].push(peer_dir[j + 1].clone());
+                }
+            }
+            // Our dir d, peer's client slot t <-> peer's client side entry (t, d).
+            for (di, (rpcs, data)) in dside.iter().enumerate() {
+                for ti in 0..tn as usize {
+                    let i = n as usize * tn as usize + ti;
+                    let j = (ti * dn as usize + di) * 2;
+                    rpcs[i].connect(&peer_client[j])?;
+                    data[i].connect(&peer_client[j + 1])?;
+                    dremote[di].push(peer_client[j + 1].clone());
+                }
+            }
+        }
+        keeper.barrier(&k(&cfg, "connected"), m as u64, t)?;
+        let clients = cslots
+            .into_iter()
+            .zip(cremote)
+            .map(|((msgr, data, data_cq), data_remote)| {
+                Some(ClientSlot {
+                    msgr,
+                    data,
+                    data_remote,
+                    data_cq,
+                })
+            })
+            .collect();
+        let dirs = dslots
+            .into_iter()
+            .zip(dremote)
+            .map(|((msgr, data, bind_cq), data_remote)| {
+                Some(DirSlot {
+                    msgr,
+                    data,
+                    data_remote,
+                    bind_cq,
+                })
+            })
+            .collect();
+        let sh = Arc::new(Shared {
+            cfg,
+            node_id,
+            nic: nic.clone(),
+            pd,
+            region,
+            layout,
+            peers,
+            keeper,
+            clients: Mutex::new(clients),
+            dirs: Mutex::new(dirs),
+            locks: Mutex::new(Default::default()),
+            next_gen: AtomicU64::new(1),
+        });
+        Ok(Patronus { sh, _nic: nic })
+    }
+
+    /// This node's id.
+    pub fn get_node_id(&self) -> u16 {
+        self.sh.node_id
+    }
+
+    /// Synchronised time in ns.
+    pub fn now(&self) -> i64 {
+        self.sh.now()
+    }
+
+    /// Takes a client thread slot: its QPs towards every directory.
+    pub fn register_client_thread(&self) -> Result<ClientThread> {
+        let mut l = self.sh.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let (i, slot) = l
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, s)| s.take().map(|s| (i, s)))
+            .ok_or_else(|| {
+                Error::NoMem(format!(
+                    "all {} client thread slots are taken (Config::client_threads)",
+                    self.sh.cfg.client_threads
+                ))
+            })?;
+        Ok(ClientThread::new(self.sh.clone(), i as u16, slot))
+    }
+
+    /// Takes a directory: the server thread that serves its RPCs.
+    pub fn register_server_thread(&self) -> Result<Directory> {
+        let mut l = self.sh.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let (i, slot) = l
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, s)| s.take().map(|s| (i, s)))
+            .ok_or_else(|| {
+                Error::NoMem(format!(
+                    "all {} directories have a server thread (Config::dir_nr)",
+                    self.sh.cfg.dir_nr
+                ))
+            })?;
+        Directory::new(self.sh.clone(), i as u16, slot)
+    }
+
+    /// The lease buffer's first byte offset in buffer-offset terms is 0;
+    /// this returns its size.
+    pub fn lease_buffer_size(&self) -> u64 {
+        self.sh.layout.lease
+    }
+
+    /// Reads `len` bytes of this node's server buffer at buffer offset `off`
+    /// (the memory node's own view of its memory).
+    pub fn buffer_read(&self, off: u64, dst: &mut [u8]) -> Result<()> {
+        self.sh
+            .region
+            .read(self.sh.layout.internal + off, dst)
+            .map_err(Error::from)
+    }
+
+    /// Writes this node's server buffer at buffer offset `off`.
+    pub fn buffer_write(&self, off: u64, src: &[u8]) -> Result<()> {
+        self.sh
+            .region
+            .write(self.sh.layout.internal + off, src)
+            .map_err(Error::from)
+    }
+
+    /// Marks this node finished for `key` and tells every node.
+    pub fn finished(&self, key: u64) -> Result<()> {
+        self.sh
+            .keeper
+            .incr(&k(&self.sh.cfg, &format!("finished/{key}")))?;
+        Ok(())
+    }
+
+    /// True once every node called `finished(key)`.
+    pub fn should_exit(&self, key: u64) -> bool {
+        should_exit(&self.sh, key)
+    }
+}
+
+pub(crate) fn should_exit(sh: &Shared, key: u64) -> bool {
+    sh.keeper
+        .try_get(&k(&sh.cfg, &format!("finished/{key}")))
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|n| n >= sh.cfg.machine_nr as u64)
+        .unwrap_or(false)
+}
+
+fn decode_eps(b: &[u8]) -> Result<Vec<QpEndpoint>> {
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let n = b
+            .get(at..at + 4)
+            .map(|x| u32::from_le_bytes(x.try_into().expect("4")) as usize)
+            .ok_or_else(|| Error::Invalid("truncated endpoint list".into()))?;
+        let e = b
+            .get(at + 4..at + 4 + n)
+            .ok_or_else(|| Error::Invalid("truncated endpoint".into()))?;
+        v.push(QpEndpoint::decode(e)?);
+        at += 4 + n;
+    }
+    Ok(v)
+}

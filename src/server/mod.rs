@@ -1,0 +1,623 @@
+//! Directories: the memory node's server threads. A directory serves
+//! acquire / relinquish / extend / two-sided memory RPCs from every client
+//! thread, binds and revokes memory windows on its data QP towards the
+//! holder (so a window works only for that client thread), keeps lease
+//! contexts with 64-bit generations, and runs the lease GC from a deadline
+//! queue whose revoke decision is atomic with the protection region: the
+//! directory CASes the region's word to CLOSED before it unbinds, so a racing
+//! one-sided extension either lands first (and the GC re-arms) or fails.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fabric::msg::Messenger;
+use crate::fabric::{Access, Mr, Qp, QpEndpoint, SendWr, Wc, WcStatus, WrOp};
+use crate::ffi::error::PatronusRc as Rc;
+use crate::ffi::flags::PatronusAcquireStatus as St;
+use crate::ffi::flags::*;
+use crate::lease::msg::{
+    self, AcquireReq, AcquireResp, Header, MemOp, MemReq, MemResp, ModifyReq, ModifyResp, Msg,
+    MsgType,
+};
+use crate::node::{DirSlot, Shared, PR_SIZE, PR_WORD};
+use crate::{Error, Result};
+
+/// Unit count that closes a protection region (no extension possible).
+pub const CLOSED: u32 = u32::MAX;
+/// Most units a lease may be extended to (caps client extensions).
+pub const MAX_UNITS: u32 = 1 << 20;
+
+/// Packs a protection-region word: low 32 bits aba, high 32 bits units.
+pub fn pack(aba: u32, units: u32) -> u64 {
+    aba as u64 | (units as u64) << 32
+}
+/// Unpacks a protection-region word into (aba, units).
+pub fn unpack(w: u64) -> (u32, u32) {
+    (w as u32, (w >> 32) as u32)
+}
+
+const ALL_ACQUIRE: u64 = (1 << 9) - 1;
+const ALL_MODIFY: u64 = (1 << 10) - 1;
+
+#[derive(Default)]
+struct Ctx {
+    gen: u64,
+    valid: bool,
+    peer: usize,
+    write: bool,
+    base: u64,
+    size: u64,
+    mw_buf: Option<u32>,
+    mw_pr: Option<u32>,
+    mr_buf: Option<Arc<Mr>>,
+    pr: Option<u32>,
+    lock: Option<u64>,
+    no_gc: bool,
+    begin: i64,
+    unit: i64,
+    expect_units: u32,
+}
+
+/// One server thread's directory.
+pub struct Directory {
+    sh: Arc<Shared>,
+    id: u16,
+    msgr: Messenger,
+    data: Vec<Arc<dyn Qp>>,
+    data_remote: Vec<QpEndpoint>,
+    bind_cq: Arc<dyn crate::fabric::Cq>,
+    mws: Vec<u32>,
+    ctxs: Vec<Ctx>,
+    free_ctx: Vec<u32>,
+    free_pr: Vec<u32>,
+    ddl: BinaryHeap<Reverse<(i64, u64, u32, u64)>>,
+    seq: u64,
+    out: Vec<u8>,
+}
+
+impl Directory {
+    pub(crate) fn new(sh: Arc<Shared>, id: u16, slot: DirSlot) -> Result<Directory> {
+        let n = sh.cfg.leases_per_dir;
+        let mut mws = Vec::with_capacity(2 * n as usize);
+        for _ in 0..2 * n {
+            mws.push(sh.nic.alloc_mw(sh.pd)?.handle);
+        }
+        Ok(Directory {
+            id,
+            msgr: slot.msgr,
+            data: slot.data,
+            data_remote: slot.data_remote,
+            bind_cq: slot.bind_cq,
+            mws,
+            ctxs: (0..n).map(|_| Ctx::default()).collect(),
+            free_ctx: (0..n).rev().collect(),
+            free_pr: (0..n).rev().collect(),
+            ddl: BinaryHeap::new(),
+            seq: 0,
+            out: Vec::with_capacity(msg::MAX_MSG),
+            sh,
+        })
+    }
+
+    /// Directory id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Serves until every node called `finished(key)` and no lease is left to
+    /// collect.
+    pub fn server_serve(&mut self, key: u64) -> Result<()> {
+        let mut idle = 0u32;
+        let mut last_check = Instant::now();
+        loop {
+            let did = self.serve_once()?;
+            if did > 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if last_check.elapsed() > Duration::from_millis(20) {
+                last_check = Instant::now();
+                if crate::node::should_exit(&self.sh, key) && self.ddl.is_empty() {
+                    return Ok(());
+                }
+            }
+            if idle > 20_000 {
+                std::thread::sleep(Duration::from_micros(50));
+            } else if idle > 2_000 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Handles what is pending now; returns the work done.
+    pub fn serve_once(&mut self) -> Result<usize> {
+        let mut n = self.run_gc(self.sh.now())?;
+        while let Some(inc) = self.msgr.try_recv()? {
+            n += 1;
+            let (h, m) = match msg::decode(&inc.data) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(dir = self.id, peer = inc.peer, "{e}");
+                    continue;
+                }
+            };
+            // The sender must be who the QP belongs to.
+            if self.sh.dir_index(h.node, h.thread) != inc.peer {
+                tracing::debug!(dir = self.id, "message claims another sender");
+                continue;
+            }
+            let reply = self.handle(inc.peer, &h, m);
+            if let Some((ty, r)) = reply {
+                let rh = Header {
+                    ty,
+                    rpc_id: h.rpc_id,
+                    node: self.sh.node_id,
+                    thread: self.id,
+                };
+                msg::encode(&rh, &r, &mut self.out);
+                let out = std::mem::take(&mut self.out);
+                let res = self.msgr.send(inc.peer, &out);
+                self.out = out;
+                if let Err(e) = res {
+                    tracing::debug!(dir = self.id, "reply lost: {e}");
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn handle(&mut self, peer: usize, h: &Header, m: Msg) -> Option<(MsgType, Msg)> {
+        match m {
+            Msg::Acquire(a) => Some((
+                MsgType::AcquireResp,
+                Msg::AcquireResp(self.acquire(peer, &a, h.ty == MsgType::AcquireW)),
+            )),
+            Msg::Relinquish(r) => Some((
+                MsgType::RelinquishResp,
+                Msg::RelinquishResp(ModifyResp {
+                    rc: self.relinquish(peer, &r) as u8,
+                    units: 0,
+                }),
+            )),
+            Msg::Extend(r) => {
+                let (rc, units) = self.rpc_extend(peer, &r);
+                Some((
+                    MsgType::ExtendResp,
+                    Msg::ExtendResp(ModifyResp {
+                        rc: rc as u8,
+                        units,
+                    }),
+                ))
+            }
+            Msg::Memory(r) => Some((MsgType::MemoryResp, Msg::MemoryResp(self.memory(peer, &r)))),
+            _ => None,
+        }
+    }
+
+    fn bind(&mut self, peer: usize, mw: u32, off: u64, len: u64, access: Access) -> Result<u32> {
+        let wr = SendWr {
+            wr_id: mw as u64,
+            op: WrOp::Bind {
+                mw,
+                lkey: self.sh.region.lkey(),
+                offset: off,
+                len,
+                access,
+            },
+            signaled: true,
+        };
+        self.post_local(peer, wr)?;
+        Ok(self.sh.nic.mw_rkey(mw))
+    }
+
+    fn unbind(&mut self, peer: usize, mw: u32) -> Result<()> {
+        self.post_local(
+            peer,
+            SendWr {
+                wr_id: mw as u64,
+                op: WrOp::Invalidate { mw },
+                signaled: true,
+            },
+        )
+    }
+
+    /// Posts a bind/invalidate on the data QP towards `peer` and waits for
+    /// its completion (the QP is reset first if it is in error).
+    fn post_local(&mut self, peer: usize, wr: SendWr) -> Result<()> {
+        let qp = self.data[peer].clone();
+        if qp.state() != crate::fabric::QpState::Rts {
+            qp.reset()?;
+            qp.connect(&self.data_remote[peer])?;
+        }
+        qp.post_send(&[wr])?;
+        let mut wc = [Wc::default(); 4];
+        let t0 = Instant::now();
+        loop {
+            let n = self.bind_cq.poll(&mut wc);
+            for w in &wc[..n] {
+                if w.wr_id == wr.wr_id {
+                    return if w.status == WcStatus::Success {
+                        Ok(())
+                    } else {
+                        Err(Error::Invalid(format!("window operation failed: {w:?}")))
+                    };
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(1) {
+                return Err(Error::Timeout("window operation did not complete".into()));
+            }
+        }
+    }
+
+    fn pr_off(&self, pr: u32) -> u64 {
+        self.sh.layout.pr(self.id, pr as u64)
+    }
+
+    fn acquire(&mut self, peer: usize, a: &AcquireReq, write: bool) -> AcquireResp {
+        let fail = |s: St| AcquireResp {
+            status: s as u8,
+            slot: u32::MAX,
+            ..Default::default()
+        };
+        if a.flag & !ALL_ACQUIRE != 0 || a.dir != self.id {
+            return fail(St::PATRONUS_ACQUIRE_RESERVED);
+        }
+        let f = a.flag;
+        let lay = self.sh.layout;
+        let now = self.sh.now();
+        // Admission: the whole range must lie in the server buffer.
+        let in_range = a.size > 0
+            && a.key
+                .checked_add(a.size)
+                .map(|e| e <= lay.buffer())
+                .unwrap_or(false);
+        if f & PATRONUS_ACQUIRE_DEBUG_SERVER_DO_NOTHING != 0 {
+            return if in_range {
+                AcquireResp {
+                    status: 0,
+                    base: lay.internal + a.key,
+                    begin_term: now,
+                    ns_per_unit: a.ns as i64,
+                    slot: u32::MAX,
+                    ..Default::default()
+                }
+            } else {
+                fail(St::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR)
+            };
+        }
+        if f & (PATRONUS_ACQUIRE_WITH_ALLOCATION | PATRONUS_ACQUIRE_ONLY_ALLOCATION) != 0 {
+            return fail(St::PATRONUS_ACQUIRE_NO_MEM); // allocation: next increment
+        }
+        if !in_range {
+            return fail(St::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR);
+        }
+        let base = lay.internal + a.key;
+        let lock = if f & PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT != 0 {
+            let mut l = self.sh.locks.lock().unwrap_or_else(|e| e.into_inner());
+            if !l.insert(a.key) {
+                return fail(St::PATRONUS_ACQUIRE_LOCKED_ERR);
+            }
+            Some(a.key)
+        } else {
+            None
+        };
+        let unlock = |sh: &Shared| {
+            if let Some(k) = lock {
+                sh.locks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&k);
+            }
+        };
+        let Some(slot) = self.free_ctx.pop() else {
+            unlock(&self.sh);
+            return fail(St::PATRONUS_ACQUIRE_NO_MW);
+        };
+        let no_bind = f & PATRONUS_ACQUIRE_NO_BIND_ANY != 0;
+        let with_pr = !no_bind && f & PATRONUS_ACQUIRE_NO_BIND_PR == 0;
+        let mut c = Ctx {
+            gen: self
+                .sh
+                .next_gen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            valid: true,
+            peer,
+            write,
+            base,
+            size: a.size,
+            lock,
+            no_gc: f & PATRONUS_ACQUIRE_NO_GC != 0 || a.ns == 0,
+            begin: now,
+            unit: a.ns as i64,
+            expect_units: 1,
+            ..Default::default()
+        };
+        let mut resp = AcquireResp {
+            status: 0,
+            base,
+            begin_term: now,
+            ns_per_unit: a.ns as i64,
+            slot,
+            ..Default::default()
+        };
+        let access = if write {
+            Access::WRITE_WINDOW
+        } else {
+            Access::READ_WINDOW
+        };
+        let r: Result<()> = (|| {
+            if with_pr {
+                let pr = self
+                    .free_pr
+                    .pop()
+                    .ok_or_else(|| Error::NoMem("no PR".into()))?;
+                c.pr = Some(pr);
+                let off = self.pr_off(pr);
+                let (aba, _) = unpack(self.sh.region.load_u64(off + PR_WORD)?);
+                self.sh.region.write(off + 8, &now.to_le_bytes())?;
+                self.sh
+                    .region
+                    .write(off + 16, &(a.ns as i64).to_le_bytes())?;
+                self.sh.region.store_u64(off + PR_WORD, pack(aba, 1))?;
+                self.sh.region.write(off, &[1])?;
+                resp.pr_off = off;
+                resp.aba = aba;
+            }
+            if no_bind {
+                return Ok(());
+            }
+            if f & PATRONUS_ACQUIRE_USE_MR != 0 {
+                let mr = self
+                    .sh
+                    .nic
+                    .reg_sub_mr(&self.sh.region, base, a.size, access)?;
+                resp.rkey = mr.rkey();
+                c.mr_buf = Some(mr);
+            } else {
+                let mw = self.mws.pop().ok_or_else(|| Error::NoMem("no MW".into()))?;
+                c.mw_buf = Some(mw);
+                resp.rkey = self.bind(peer, mw, base, a.size, access)?;
+            }
+            if let Some(pr) = c.pr {
+                let mw = self.mws.pop().ok_or_else(|| Error::NoMem("no MW".into()))?;
+                c.mw_pr = Some(mw);
+                let off = self.pr_off(pr);
+                resp.pr_rkey = self.bind(
+                    peer,
+                    mw,
+                    off,
+                    PR_SIZE,
+                    Access::REMOTE_READ | Access::REMOTE_ATOMIC,
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::debug!(dir = self.id, "acquire failed: {e}");
+            self.ctxs[slot as usize] = c;
+            self.revoke(slot, true);
+            return fail(match e {
+                Error::NoMem(_) => St::PATRONUS_ACQUIRE_NO_MW,
+                _ => St::PATRONUS_ACQUIRE_BIND_ERR,
+            });
+        }
+        resp.generation = c.gen;
+        if !c.no_gc {
+            self.seq += 1;
+            self.ddl
+                .push(Reverse((now + c.unit, self.seq, slot, c.gen)));
+        }
+        self.ctxs[slot as usize] = c;
+        resp
+    }
+
+    /// Revokes everything a context holds and frees it.
+    fn revoke(&mut self, slot: u32, unbind: bool) {
+        let c = std::mem::take(&mut self.ctxs[slot as usize]);
+        for mw in [c.mw_buf, c.mw_pr].into_iter().flatten() {
+            if unbind {
+                if let Err(e) = self.unbind(c.peer, mw) {
+                    tracing::warn!(dir = self.id, "unbind failed: {e}");
+                }
+            }
+            self.mws.push(mw);
+        }
+        if let Some(mr) = c.mr_buf {
+            let _ = self.sh.nic.dereg_mr(&mr);
+        }
+        if let Some(k) = c.lock {
+            self.sh
+                .locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+        }
+        if let Some(pr) = c.pr {
+            let off = self.pr_off(pr);
+            if let Ok(w) = self.sh.region.load_u64(off + PR_WORD) {
+                let (aba, _) = unpack(w);
+                let _ = self
+                    .sh
+                    .region
+                    .store_u64(off + PR_WORD, pack(aba.wrapping_add(1), 0));
+            }
+            let _ = self.sh.region.write(off, &[0]);
+            self.free_pr.push(pr);
+        }
+        self.free_ctx.push(slot);
+    }
+
+    fn owned(&self, peer: usize, slot: u32, gen: u64) -> Option<&Ctx> {
+        self.ctxs
+            .get(slot as usize)
+            .filter(|c| c.valid && c.gen == gen && c.peer == peer)
+    }
+
+    fn relinquish(&mut self, peer: usize, r: &ModifyReq) -> Rc {
+        if r.flag & !ALL_MODIFY != 0 {
+            return Rc::PATRONUS_RC_INVALID;
+        }
+        if r.flag & PATRONUS_MODIFY_SERVER_DO_NOTHING != 0 {
+            return Rc::PATRONUS_RC_OK;
+        }
+        match self.ctxs.get(r.slot as usize) {
+            Some(c) if c.valid && c.gen == r.generation => {
+                if c.peer != peer {
+                    return Rc::PATRONUS_RC_INVALID; // someone else's lease
+                }
+            }
+            _ => return Rc::PATRONUS_RC_OK, // stale or expired: nothing to do
+        }
+        // Close the PR first so no extension can succeed any more.
+        if let Some(pr) = self.ctxs[r.slot as usize].pr {
+            let off = self.pr_off(pr) + PR_WORD;
+            if let Ok(w) = self.sh.region.load_u64(off) {
+                let _ = self.sh.region.store_u64(off, pack(unpack(w).0, CLOSED));
+            }
+        }
+        let unbind = r.flag & PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_ANY == 0;
+        self.revoke(r.slot, unbind);
+        Rc::PATRONUS_RC_OK
+    }
+
+    fn rpc_extend(&mut self, peer: usize, r: &ModifyReq) -> (Rc, u64) {
+        let Some(c) = self.owned(peer, r.slot, r.generation) else {
+            return (Rc::PATRONUS_RC_INVALID, 0);
+        };
+        let (Some(pr), unit) = (c.pr, c.unit) else {
+            return (Rc::PATRONUS_RC_INVALID, 0);
+        };
+        if r.flag & PATRONUS_MODIFY_DEBUG_EXTEND_DO_NOTHING != 0 {
+            return (Rc::PATRONUS_RC_OK, 0);
+        }
+        if unit <= 0 {
+            return (Rc::PATRONUS_RC_INVALID, 0);
+        }
+        let units = r.ns.div_ceil(unit as u64).min(MAX_UNITS as u64) as u32;
+        let off = self.pr_off(pr) + PR_WORD;
+        loop {
+            let Ok(w) = self.sh.region.load_u64(off) else {
+                return (Rc::PATRONUS_RC_INTERNAL, 0);
+            };
+            let (aba, cur) = unpack(w);
+            if cur == CLOSED || cur.saturating_add(units) > MAX_UNITS {
+                return (Rc::PATRONUS_RC_INVALID, 0);
+            }
+            if self.sh.region.cas_u64(off, w, pack(aba, cur + units)).ok() == Some(w) {
+                return (Rc::PATRONUS_RC_OK, units as u64);
+            }
+        }
+    }
+
+    fn memory(&mut self, peer: usize, r: &MemReq) -> MemResp {
+        let bad = |rc: Rc| MemResp {
+            rc: rc as u8,
+            ..Default::default()
+        };
+        let now = self.sh.now();
+        let Some(c) = self.owned(peer, r.slot, r.generation) else {
+            return bad(Rc::PATRONUS_RC_INVALID);
+        };
+        if !c.no_gc && self.deadline(c) <= now {
+            return bad(Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR);
+        }
+        let len = r.size as u64;
+        let inside = r
+            .offset
+            .checked_add(len)
+            .map(|e| e <= c.size)
+            .unwrap_or(false);
+        if !inside || (r.op != MemOp::Read && !c.write) {
+            return bad(Rc::PATRONUS_RC_RDMA_PROTECTION_ERR);
+        }
+        let at = c.base + r.offset;
+        let reg = &self.sh.region;
+        let res = match r.op {
+            MemOp::Read => {
+                let mut p = vec![0u8; r.size as usize];
+                reg.read(at, &mut p).map(|_| MemResp {
+                    rc: 0,
+                    old: 0,
+                    payload: p,
+                })
+            }
+            MemOp::Write => reg.write(at, &r.payload).map(|_| MemResp::default()),
+            MemOp::Cas => reg.cas_u64(at, r.arg0, r.arg1).map(|old| MemResp {
+                rc: 0,
+                old,
+                payload: vec![],
+            }),
+            MemOp::Faa => reg.faa_u64(at, r.arg0).map(|old| MemResp {
+                rc: 0,
+                old,
+                payload: vec![],
+            }),
+        };
+        res.unwrap_or_else(|_| bad(Rc::PATRONUS_RC_INVALID))
+    }
+
+    fn deadline(&self, c: &Ctx) -> i64 {
+        let units = match c.pr {
+            Some(pr) => self
+                .sh
+                .region
+                .load_u64(self.pr_off(pr) + PR_WORD)
+                .map(|w| unpack(w).1)
+                .unwrap_or(1),
+            None => 1,
+        };
+        if units == CLOSED {
+            return i64::MIN;
+        }
+        c.begin.saturating_add(c.unit.saturating_mul(units as i64))
+    }
+
+    /// Runs due GC tasks. A task whose lease was extended re-arms; otherwise
+    /// the PR is closed by CAS (atomic with client extensions) and the lease
+    /// revoked.
+    fn run_gc(&mut self, now: i64) -> Result<usize> {
+        let mut n = 0;
+        while let Some(Reverse((ddl, _, slot, gen))) = self.ddl.peek().copied() {
+            if ddl > now || n >= 64 {
+                break;
+            }
+            self.ddl.pop();
+            n += 1;
+            let Some(c) = self
+                .ctxs
+                .get(slot as usize)
+                .filter(|c| c.valid && c.gen == gen)
+            else {
+                continue; // stale task: the lease is gone or the slot reused
+            };
+            if let Some(pr) = c.pr {
+                let off = self.pr_off(pr) + PR_WORD;
+                let w = self.sh.region.load_u64(off)?;
+                let (aba, units) = unpack(w);
+                if units != c.expect_units && units != CLOSED {
+                    let (begin, unit) = (c.begin, c.unit);
+                    self.ctxs[slot as usize].expect_units = units;
+                    self.seq += 1;
+                    self.ddl.push(Reverse((
+                        begin.saturating_add(unit.saturating_mul(units as i64)),
+                        self.seq,
+                        slot,
+                        gen,
+                    )));
+                    continue;
+                }
+                if units != CLOSED && self.sh.region.cas_u64(off, w, pack(aba, CLOSED))? != w {
+                    // An extension landed between the load and the CAS.
+                    self.seq += 1;
+                    self.ddl.push(Reverse((now, self.seq, slot, gen)));
+                    continue;
+                }
+            }
+            self.revoke(slot, true);
+        }
+        Ok(n)
+    }
+}

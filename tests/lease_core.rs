@@ -1,0 +1,445 @@
+//! The lease protocol end to end on an in-process cluster (soft NIC, shm):
+//! acquisition, one-sided access inside and outside the lease, recovery,
+//! revocation on relinquish and expiry, one-sided and two-sided extension,
+//! conflict detection, two-sided access checked against the lease, and the
+//! fixes over the original (stale GC task, foreign relinquish, extension
+//! racing GC, admission of offset + size).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use patronus::ffi::error::PatronusRc as Rc;
+use patronus::ffi::flags::*;
+use patronus::node::{Config, Patronus};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+/// The tests measure expiry in milliseconds: one cluster at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts `machines` nodes (node 0 is the memory node and serves `dirs`
+/// directories on its own threads) and runs `f` with the client nodes.
+fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!(
+        "lease-core-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let cfg = Config {
+        machine_nr: machines,
+        dir_nr: dirs,
+        client_threads: 4,
+        cluster: name,
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 1024,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..machines)
+        .map(|_| {
+            let c = cfg.clone();
+            thread::spawn(move || Patronus::new(c).expect("node"))
+        })
+        .collect();
+    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    nodes.sort_by_key(|n| n.get_node_id());
+    let server = nodes.remove(0);
+    thread::scope(|s| {
+        let servers: Vec<_> = (0..dirs)
+            .map(|_| {
+                let mut d = server.register_server_thread().unwrap();
+                s.spawn(move || d.server_serve(0))
+            })
+            .collect();
+        // A failing test body must still stop the server threads.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
+        server.finished(0).unwrap();
+        for n in &nodes {
+            n.finished(0).unwrap();
+        }
+        for h in servers {
+            h.join().unwrap().unwrap();
+        }
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    });
+}
+
+const W: bool = true;
+const R: bool = false;
+
+#[test]
+fn lease_read_write_protection_and_recovery() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        srv.buffer_write(1024, b"server wrote this").unwrap();
+        let mut l = c
+            .get_lease(W, 0, 0, 1024, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert!(l.success());
+        let mut b = [0u8; 17];
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(&b, b"server wrote this");
+        assert_eq!(
+            c.write(&mut l, b"client wrote that", 32, 0).unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        let mut seen = [0u8; 17];
+        srv.buffer_read(1024 + 32, &mut seen).unwrap();
+        assert_eq!(&seen, b"client wrote that");
+        // Outside the lease: refused by the NIC, then the same lease works.
+        let mut big = [0u8; 16];
+        assert_eq!(
+            c.read(&mut l, &mut big, 56, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        // Atomics.
+        assert_eq!(c.faa(&mut l, 56, 5, 0).unwrap(), (Rc::PATRONUS_RC_OK, 0));
+        assert_eq!(c.cas(&mut l, 56, 5, 9, 0).unwrap(), (Rc::PATRONUS_RC_OK, 5));
+        // Relinquish revokes at the NIC: a stale copy is refused.
+        let mut stale = l.clone();
+        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert!(
+            c.read(&mut l, &mut b, 0, 0).is_err(),
+            "relinquished lease must not be usable"
+        );
+        assert_eq!(
+            c.read(&mut stale, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                .unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+    });
+}
+
+#[test]
+fn read_lease_refuses_writes_and_atomics_at_the_nic() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c
+            .get_lease(R, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert!(l.success());
+        let mut b = [0u8; 8];
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(
+            c.write(&mut l, b"x", 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(
+            c.cas(&mut l, 0, 0, 1, 0).unwrap().0,
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(
+            c.faa(&mut l, 0, 1, 0).unwrap().0,
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        c.relinquish(&mut l, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn admission_checks_offset_plus_size() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let total = srv.lease_buffer_size() + (16 << 20) + (4 << 20);
+        let l = c
+            .get_lease(R, 0, 0, total - 8, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert!(!l.success());
+        assert_eq!(
+            l.ec(),
+            PatronusAcquireStatus::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR as u8
+        );
+        let l = c.get_lease(R, 0, 0, u64::MAX - 4, 64, 0, 0).unwrap();
+        assert!(!l.success());
+        let mut ok = c
+            .get_lease(R, 0, 0, total - 64, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert!(ok.success());
+        c.relinquish(&mut ok, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn expiry_local_check_then_server_revocation() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 20_000_000, 0).unwrap();
+        assert!(l.success());
+        let mut b = [0u8; 8];
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR
+        );
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                .unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+            "the memory node must have revoked the window"
+        );
+        // rpc_extend after expiry is refused; relinquish is harmless.
+        assert_eq!(
+            c.rpc_extend(&mut l, 10_000_000, 0).unwrap(),
+            Rc::PATRONUS_RC_INVALID
+        );
+        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+    });
+}
+
+fn extension_keeps_lease(one_sided: bool) {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 10_000_000, 0).unwrap();
+        let rc = if one_sided {
+            c.extend(&mut l, 60_000_000, 0).unwrap()
+        } else {
+            c.rpc_extend(&mut l, 60_000_000, 0).unwrap()
+        };
+        assert_eq!(rc, Rc::PATRONUS_RC_OK);
+        let t0 = Instant::now();
+        let mut b = [0u8; 8];
+        // Reads keep working well past the original 2 ms, with the local
+        // check on and off (the server honoured the extension).
+        // Well past the original 10 ms.
+        while t0.elapsed() < Duration::from_millis(40) {
+            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(
+                c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                    .unwrap(),
+                Rc::PATRONUS_RC_OK
+            );
+            thread::sleep(Duration::from_micros(500));
+        }
+        thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                .unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+    });
+}
+
+#[test]
+fn one_sided_extension_is_honoured_by_the_gc() {
+    extension_keeps_lease(true);
+}
+
+#[test]
+fn rpc_extension_is_honoured_by_the_gc() {
+    extension_keeps_lease(false);
+}
+
+#[test]
+fn auto_extend_keeps_a_short_lease_alive() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        // 5 ms lease (1 ms leases can expire in flight on a loaded 2-core
+        // machine), read continuously for 8 lease lengths.
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 5_000_000, 0).unwrap();
+        let t0 = Instant::now();
+        let mut b = [0u8; 8];
+        while t0.elapsed() < Duration::from_millis(40) {
+            assert_eq!(
+                c.read(&mut l, &mut b, 0, PATRONUS_RW_WITH_AUTO_EXTEND)
+                    .unwrap(),
+                Rc::PATRONUS_RC_OK,
+                "read failed after {:?}",
+                t0.elapsed()
+            );
+        }
+        c.relinquish(&mut l, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn extension_racing_gc_is_never_lost() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut b = [0u8; 8];
+        let (mut honoured, mut refused) = (0, 0);
+        for i in 0..200u64 {
+            let mut l = c.get_lease(R, 0, 0, 64 * i, 64, 1_000_000, 0).unwrap();
+            assert!(l.success());
+            // Extend around the deadline (before, at, after), racing the GC.
+            thread::sleep(Duration::from_micros(500 + (i % 10) * 100));
+            match c.extend(&mut l, 5_000_000, 0).unwrap() {
+                Rc::PATRONUS_RC_OK => {
+                    honoured += 1;
+                    // An extension reported as done must be honoured.
+                    assert_eq!(
+                        c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                            .unwrap(),
+                        Rc::PATRONUS_RC_OK,
+                        "iteration {i}: extension reported but the lease was revoked"
+                    );
+                }
+                _ => refused += 1,
+            }
+            c.relinquish(&mut l, 0, 0).unwrap();
+        }
+        assert_eq!(honoured + refused, 200);
+        assert!(honoured > 0, "no extension ever succeeded");
+    });
+}
+
+#[test]
+fn stale_gc_task_never_revokes_a_newer_lease() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut b = [0u8; 8];
+        // Short GC'd leases relinquished at once leave GC tasks behind; the
+        // slots are reused by forever-leases that must survive those tasks.
+        let mut keep = Vec::new();
+        for _ in 0..50 {
+            let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
+            let slot = l.slot;
+            c.relinquish(&mut l, 0, 0).unwrap();
+            let n = c
+                .get_lease(R, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+                .unwrap();
+            assert_eq!(n.slot, slot, "the slot is reused (LIFO)");
+            assert_ne!(n.generation, l.generation);
+            keep.push(n);
+        }
+        thread::sleep(Duration::from_millis(5));
+        for l in &mut keep {
+            assert_eq!(c.read(l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        }
+        for l in &mut keep {
+            c.relinquish(l, 0, 0).unwrap();
+        }
+    });
+}
+
+#[test]
+fn foreign_relinquish_is_refused_and_harmless() {
+    with_cluster(3, 1, |_srv, clients| {
+        let mut a = clients[0].register_client_thread().unwrap();
+        let mut b = clients[1].register_client_thread().unwrap();
+        let mut l = a
+            .get_lease(W, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        let mut forged = l.clone();
+        assert_eq!(
+            b.relinquish(&mut forged, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_INVALID
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut l, &mut buf, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        // The holder's own window is useless to another client (type 2).
+        forged.live = true;
+        assert_eq!(
+            b.read(&mut forged, &mut buf, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(a.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+    });
+}
+
+#[test]
+fn conflict_detection_one_holder_at_a_time() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut d = clients[0].register_client_thread().unwrap();
+        let f = PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT;
+        let mut l = c.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
+        assert!(l.success());
+        let m = d.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
+        assert_eq!(
+            m.ec(),
+            PatronusAcquireStatus::PATRONUS_ACQUIRE_LOCKED_ERR as u8
+        );
+        c.relinquish(&mut l, 0, 0).unwrap();
+        let mut m = d.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
+        assert!(m.success());
+        d.relinquish(&mut m, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn two_sided_access_is_checked_against_the_lease() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c
+            .get_lease(W, 0, 0, 8192, 4096, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(c.rpc_write(&mut l, &data, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        let mut back = vec![0u8; 4096];
+        assert_eq!(
+            c.rpc_read(&mut l, &mut back, 0).unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        assert_eq!(back, data);
+        let mut seen = vec![0u8; 4096];
+        srv.buffer_read(8192, &mut seen).unwrap();
+        assert_eq!(seen, data);
+        assert_eq!(
+            c.cas(
+                &mut l,
+                0,
+                u64::from_le_bytes(data[..8].try_into().unwrap()),
+                7,
+                PATRONUS_RW_USE_TWO_SIDED
+            )
+            .unwrap()
+            .0,
+            Rc::PATRONUS_RC_OK
+        );
+        // Outside the lease: refused by the server (the original allowed any offset).
+        let mut b = [0u8; 16];
+        assert_eq!(
+            c.rpc_read(&mut l, &mut b, 4090).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        let mut r = c
+            .get_lease(R, 0, 0, 8192, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert_eq!(
+            c.rpc_write(&mut r, b"x", 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        c.relinquish(&mut l, 0, 0).unwrap();
+        // After relinquish the server refuses the old identity.
+        l.live = true;
+        assert_eq!(
+            c.rpc_read(&mut l, &mut b, 0).unwrap(),
+            Rc::PATRONUS_RC_INVALID
+        );
+        c.relinquish(&mut r, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn concurrent_faa_under_leases_sums_exactly() {
+    with_cluster(3, 2, |srv, clients| {
+        let per = 5_000u64;
+        thread::scope(|s| {
+            for node in clients {
+                for t in 0..2u16 {
+                    s.spawn(move || {
+                        let mut c = node.register_client_thread().unwrap();
+                        let dir = t % 2;
+                        let mut l = c
+                            .get_lease(W, 0, dir, 1 << 20, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+                            .unwrap();
+                        assert!(l.success());
+                        for _ in 0..per {
+                            assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::PATRONUS_RC_OK);
+                        }
+                        c.relinquish(&mut l, 0, 0).unwrap();
+                    });
+                }
+            }
+        });
+        let mut b = [0u8; 8];
+        srv.buffer_read(1 << 20, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 2 * 2 * per);
+    });
+}
