@@ -1,20 +1,13 @@
 //! `patronus demo`: a readable walk through protected remote memory on the
-//! embedded default (soft NIC, shm link, everything in this process).
-//!
-//! This increment shows the protection mechanism the leases are built on:
-//! a memory node exposes memory, binds a memory window for one client
-//! connection, the client reads and writes through it, an out-of-window
-//! access is refused and recovered from in microseconds, another
-//! connection cannot use the stolen rkey, and revocation makes the old rkey
-//! useless.
+//! embedded default: two nodes in this process (a memory node serving one
+//! directory and a client), in-process keeper, soft NIC.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::fabric::conformance::Pair;
-use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
-use crate::fabric::{Access, Nic, WcStatus};
+use crate::ffi::error::PatronusRc as Rc;
+use crate::ffi::flags::*;
+use crate::node::{Config, Patronus};
 use crate::{Error, Result};
 
 fn step(out: &mut dyn Write, ok: bool, what: String) -> Result<bool> {
@@ -23,129 +16,176 @@ fn step(out: &mut dyn Write, ok: bool, what: String) -> Result<bool> {
     Ok(ok)
 }
 
-/// Runs the demo on `link`, printing to `out`. Returns Ok(true) when every
-/// step behaved as the protection model says.
-pub fn run(link: LinkKind, out: &mut dyn Write) -> Result<bool> {
-    let cfg = SoftConfig {
-        link,
-        ..SoftConfig::default()
+fn line(out: &mut dyn Write, s: &str) -> Result<()> {
+    writeln!(out, "{s}").map_err(|e| Error::io("writing demo output", e))
+}
+
+/// Runs the demo on fabric `fabric` ("shm" or "tcp"), printing to `out`.
+/// Returns Ok(true) when every step behaved as the protection model says.
+pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 2,
+        fabric: fabric.into(),
+        keeper: None,
+        cluster: format!(
+            "demo-{}-{}",
+            std::process::id(),
+            crate::fabric::monotonic_ns()
+        ),
+        ..Config::default()
     };
-    let w = |out: &mut dyn Write, s: &str| -> Result<()> {
-        writeln!(out, "{s}").map_err(|e| Error::io("writing demo output", e))
-    };
-    w(
+    line(
+        out,
+        &format!("Patronus-rs demo: a memory node and a client in this process ({fabric} soft RNIC, in-process keeper)"),
+    )?;
+    let c2 = cfg.clone();
+    let other = std::thread::spawn(move || Patronus::new(c2));
+    let a = Patronus::new(cfg)?;
+    let b = other
+        .join()
+        .map_err(|_| Error::Invalid("node start-up panicked".into()))??;
+    let (mem, cli) = if a.get_node_id() == 0 { (a, b) } else { (b, a) };
+    mem.buffer_write(4096, b"hello, protected remote memory!!")?;
+    let mut dir = mem.register_server_thread()?;
+    let res = std::thread::scope(|s| -> Result<bool> {
+        let server = s.spawn(move || dir.server_serve(1));
+        let r = (|| -> Result<bool> {
+            let mut c = cli.register_client_thread()?;
+            let mut all = true;
+            line(
+                out,
+                "memory node 0 serves directory 0; client node 1 acquires leases",
+            )?;
+            let t = Instant::now();
+            let mut l = c.get_lease(true, 0, 0, 4096, 64, 0, PATRONUS_ACQUIRE_NO_GC)?;
+            all &= step(
+                out,
+                l.success(),
+                format!(
+                    "write lease on [4096, +64) granted in {:.1} us (window rkey {:#x}, bound to this client's QP)",
+                    t.elapsed().as_nanos() as f64 / 1e3,
+                    l.rkey
+                ),
+            )?;
+            let mut b = [0u8; 32];
+            let rc = c.read(&mut l, &mut b, 0, 0)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_OK && &b == b"hello, protected remote memory!!",
+                format!("one-sided READ: {:?}", String::from_utf8_lossy(&b)),
+            )?;
+            let rc = c.write(&mut l, b"written by the client", 32, 0)?;
+            let mut seen = [0u8; 21];
+            mem.buffer_read(4096 + 32, &mut seen)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_OK && &seen == b"written by the client",
+                "one-sided WRITE lands in the memory node's memory".into(),
+            )?;
+            let mut big = [0u8; 16];
+            let t = Instant::now();
+            let rc = c.read(&mut l, &mut big, 56, 0)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                format!("READ crossing the lease end is refused by the NIC: {rc:?}"),
+            )?;
+            let rc2 = c.read(&mut l, &mut b, 0, 0)?;
+            all &= step(
+                out,
+                rc2 == Rc::PATRONUS_RC_OK,
+                format!(
+                    "fault detected and the QP recovered in {:.1} us; the same lease still works",
+                    t.elapsed().as_nanos() as f64 / 1e3
+                ),
+            )?;
+            let mut stale = l.clone();
+            c.relinquish(&mut l, 0, 0)?;
+            let rc = c.read(&mut stale, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                format!("after relinquish the window is revoked: {rc:?}"),
+            )?;
+
+            let mut e = c.get_lease(false, 0, 0, 4096, 64, 20_000_000, 0)?;
+            all &= step(
+                out,
+                e.success(),
+                "read lease of 20 ms with server GC".into(),
+            )?;
+            std::thread::sleep(Duration::from_millis(40));
+            let rc = c.read(&mut e, &mut b, 0, 0)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR,
+                format!("after 40 ms the local check refuses it: {rc:?}"),
+            )?;
+            let rc = c.read(&mut e, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                format!("and the memory node's GC revoked the window: {rc:?}"),
+            )?;
+
+            let mut x = c.get_lease(false, 0, 0, 4096, 64, 20_000_000, 0)?;
+            let t = Instant::now();
+            let rc = c.extend(&mut x, 100_000_000, 0)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_OK,
+                format!(
+                    "one-sided extension by 100 ms (CAS on the protection region, no server CPU) in {:.1} us",
+                    t.elapsed().as_nanos() as f64 / 1e3
+                ),
+            )?;
+            std::thread::sleep(Duration::from_millis(40));
+            let rc = c.read(&mut x, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            all &= step(
+                out,
+                rc == Rc::PATRONUS_RC_OK,
+                format!("40 ms later (past the original 20 ms) the GC honoured it: {rc:?}"),
+            )?;
+            c.relinquish(&mut x, 0, 0)?;
+            Ok(all)
+        })();
+        mem.finished(1)?;
+        cli.finished(1)?;
+        server
+            .join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))??;
+        r
+    })?;
+    line(
         out,
         &format!(
-            "Patronus-rs demo: soft RNIC, {link:?} link, memory node and client in this process"
-        ),
-    )?;
-    let server: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg.clone())?);
-    let client: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg)?);
-    let p = Pair::new(server, client.clone(), 1 << 20)?;
-    let other = p.share(&client)?;
-    let mut all = true;
-    w(out, "memory node exposes 1 MiB; client connects one QP")?;
-    p.region.write(4096, b"hello, protected remote memory!!")?;
-
-    let (mw, rkey) = p.bind(4096, 64, Access::WRITE_WINDOW)?;
-    all &= step(
-        out,
-        true,
-        format!("window bound over [4096, +64) for this connection: rkey {rkey:#x}"),
-    )?;
-    let st = p.read(rkey, 4096, 0, 32)?;
-    let mut b = [0u8; 32];
-    p.client.buf.read(0, &mut b)?;
-    all &= step(
-        out,
-        st == WcStatus::Success && &b == b"hello, protected remote memory!!",
-        format!("one-sided READ of 32 B: {:?}", String::from_utf8_lossy(&b)),
-    )?;
-    p.client.buf.write(0, b"written by the client")?;
-    let st = p.write(rkey, 4096 + 32, 0, 21)?;
-    let mut seen = [0u8; 21];
-    p.region.read(4096 + 32, &mut seen)?;
-    all &= step(
-        out,
-        st == WcStatus::Success && &seen == b"written by the client",
-        "one-sided WRITE lands in the memory node's memory".into(),
-    )?;
-    let (st, old) = p.faa(rkey, 4096 + 56, 5)?;
-    all &= step(
-        out,
-        st == WcStatus::Success && old == 0,
-        format!("FAA +5 on a word of the window: old value {old}"),
-    )?;
-
-    let st = p.read(rkey, 4096 + 60, 0, 8)?;
-    all &= step(
-        out,
-        st == WcStatus::RemAccessErr,
-        format!("READ crossing the window end is refused by the NIC: {st:?}"),
-    )?;
-    let t = Instant::now();
-    p.client.recover(&p.server)?;
-    let st = p.read(rkey, 4096, 0, 8)?;
-    all &= step(
-        out,
-        st == WcStatus::Success,
-        format!(
-            "QP recovered in {:.1} us; the same window still works",
-            t.elapsed().as_nanos() as f64 / 1e3
-        ),
-    )?;
-
-    let st = other.read(rkey, 4096, 0, 8)?;
-    all &= step(
-        out,
-        st == WcStatus::RemAccessErr,
-        format!("the same rkey from another connection is refused: {st:?}"),
-    )?;
-    other.client.recover(&other.server)?;
-
-    p.unbind(mw)?;
-    let st = p.read(rkey, 4096, 0, 8)?;
-    all &= step(
-        out,
-        st == WcStatus::RemAccessErr,
-        format!("after revocation the old rkey is refused: {st:?}"),
-    )?;
-    p.client.recover(&p.server)?;
-    let fresh = p.rebind(mw, 4096, 64, Access::READ_WINDOW)?;
-    let st = p.write(fresh, 4096, 0, 8)?;
-    all &= step(
-        out,
-        st == WcStatus::RemAccessErr && fresh != rkey,
-        format!("rebound read-only with a new key tag ({fresh:#x}): WRITE refused"),
-    )?;
-    p.client.recover(&p.server)?;
-    w(
-        out,
-        &format!(
-            "summary: {} (protection enforced by the soft RNIC on every request)",
-            if all {
-                "all steps behaved as expected"
+            "summary: {}",
+            if res {
+                "all steps behaved as expected: leases grant, refuse, expire and extend as Patronus specifies"
             } else {
                 "SOME STEPS FAILED"
             }
         ),
     )?;
-    Ok(all)
+    Ok(res)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn demo_passes_on_both_links() {
-        for l in [super::LinkKind::Shm, super::LinkKind::Tcp] {
+        for f in ["shm", "tcp"] {
             let mut out = Vec::new();
             assert!(
-                super::run(l, &mut out).unwrap(),
+                super::run(f, &mut out).unwrap(),
                 "{}",
                 String::from_utf8_lossy(&out)
             );
-            let s = String::from_utf8(out).unwrap();
-            assert!(s.contains("summary: all steps behaved as expected"));
+            assert!(String::from_utf8(out)
+                .unwrap()
+                .contains("summary: all steps behaved"));
         }
     }
 }

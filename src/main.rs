@@ -117,17 +117,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res: Result<bool, Box<dyn std::error::Error>> = match cli.cmd {
         Cmd::Demo => {
-            let link = match std::env::var("PATRONUS_FABRIC").as_deref() {
-                Ok("tcp") => LinkKind::Tcp,
-                Ok("shm") | Err(_) => LinkKind::Shm,
-                Ok(other) => {
-                    eprintln!(
-                        "patronus demo: fabric {other:?} is not available in this build (shm, tcp)"
-                    );
-                    return ExitCode::from(2);
-                }
-            };
-            patronus::demo::run(link, &mut std::io::stdout()).map_err(Into::into)
+            let fabric = std::env::var("PATRONUS_FABRIC").unwrap_or_else(|_| "shm".into());
+            if fabric != "shm" && fabric != "tcp" {
+                eprintln!(
+                    "patronus demo: fabric {fabric:?} is not available in this build (shm, tcp)"
+                );
+                return ExitCode::from(2);
+            }
+            patronus::demo::run(&fabric, &mut std::io::stdout()).map_err(Into::into)
         }
         Cmd::Bench {
             what:

@@ -21,6 +21,7 @@ fn demo_succeeds_on_the_embedded_default() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(s.contains("summary: all steps behaved as expected"), "{s}");
+    assert!(s.contains("revoked"), "{s}");
     assert!(s.contains("refused"), "{s}");
 }
 
