@@ -1,7 +1,7 @@
 //! Soft completion queues: polling drives the attached QPs' progress in the
 //! caller's thread (no extra thread on the initiator side).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -11,8 +11,8 @@ use crate::fabric::{Cq, Wc};
 
 /// A completion queue of the soft NIC.
 pub struct SoftCq {
-    send_qps: RwLock<Vec<Weak<QpInner>>>,
-    recv_qps: RwLock<Vec<Weak<QpInner>>>,
+    send_qps: RwLock<Vec<Arc<QpInner>>>,
+    recv_qps: RwLock<Vec<Arc<QpInner>>>,
     depth: u32,
 }
 
@@ -27,17 +27,16 @@ impl SoftCq {
 
     pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: bool, recv: bool) {
         if send {
-            self.send_qps.write().push(Arc::downgrade(qp));
+            self.send_qps.write().push(qp.clone());
         }
         if recv {
-            self.recv_qps.write().push(Arc::downgrade(qp));
+            self.recv_qps.write().push(qp.clone());
         }
     }
 
     pub(crate) fn detach(&self, qpn: u32) {
         for l in [&self.send_qps, &self.recv_qps] {
-            l.write()
-                .retain(|w| w.upgrade().map(|q| q.qpn != qpn).unwrap_or(false));
+            l.write().retain(|q| q.qpn != qpn);
         }
     }
 
@@ -56,9 +55,7 @@ impl Cq for SoftCq {
                 if n == out.len() {
                     return n;
                 }
-                if let Some(q) = w.upgrade() {
-                    n += q.progress_send(&mut out[n..]);
-                }
+                n += w.progress_send(&mut out[n..]);
             }
         }
         let l = self.recv_qps.read();
@@ -66,9 +63,7 @@ impl Cq for SoftCq {
             if n == out.len() {
                 break;
             }
-            if let Some(q) = w.upgrade() {
-                n += q.progress_recv(&mut out[n..]);
-            }
+            n += w.progress_recv(&mut out[n..]);
         }
         n
     }

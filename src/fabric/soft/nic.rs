@@ -247,7 +247,12 @@ impl NicInner {
         let n = avail.min(free).min(256);
         let v = ch.blocks_ver.load(Ordering::Acquire);
         if v != st.blocks_ver {
-            st.blocks = ch.blocks.read().clone();
+            st.blocks = ch
+                .blocks
+                .read()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
             st.blocks_ver = v;
         }
         let st = &mut *st;
@@ -432,7 +437,7 @@ fn exec_shm(
     keys: &KeyTable,
     t: &Target,
     h: &ReqHeader,
-    blocks: &HashMap<u32, Arc<MemBlock>>,
+    blocks: &[(u32, Arc<MemBlock>)],
 ) -> (WcStatus, u64) {
     if h.op == ReqOp::Send {
         return (WcStatus::RemInvReqErr, 0);
@@ -441,8 +446,11 @@ fn exec_shm(
         Ok(p) => p,
         Err(s) => return (s, 0),
     };
+    // Few blocks per peer: a linear scan beats hashing.
     let Some(local) = blocks
-        .get(&h.lblock)
+        .iter()
+        .find(|(id, _)| *id == h.lblock)
+        .map(|(_, b)| b)
         .and_then(|b| b.range(h.loff, h.len as u64))
     else {
         return (WcStatus::RemInvReqErr, 0);

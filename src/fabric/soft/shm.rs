@@ -248,7 +248,7 @@ pub struct RespState {
     /// Epoch whose later requests are discarded after an error.
     pub err_epoch: Option<u8>,
     /// The responder's copy of the mapped blocks.
-    pub blocks: HashMap<u32, Arc<MemBlock>>,
+    pub blocks: Vec<(u32, Arc<MemBlock>)>,
     /// Version of that copy.
     pub blocks_ver: u64,
 }
@@ -279,7 +279,7 @@ impl InShm {
                 req: Consumer::new(seg.clone(), req),
                 resp: Producer::new(seg.clone(), resp, false),
                 err_epoch: None,
-                blocks: HashMap::new(),
+                blocks: Vec::new(),
                 blocks_ver: 0,
             }),
             msg: Mutex::new(Consumer::new(seg.clone(), msg)),
