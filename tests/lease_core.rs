@@ -443,3 +443,138 @@ fn concurrent_faa_under_leases_sums_exactly() {
         assert_eq!(u64::from_le_bytes(b), 2 * 2 * per);
     });
 }
+
+#[test]
+fn acquire_flags_mr_universal_norpc_nobind() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        srv.buffer_write(2048, &0xaabbccdd11223344u64.to_le_bytes())
+            .unwrap();
+        let mut b = [0u8; 8];
+        // USE_MR: an MR over the object instead of a window (baseline).
+        let mut m = c
+            .get_lease(
+                R,
+                0,
+                0,
+                2048,
+                32,
+                0,
+                PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_USE_MR,
+            )
+            .unwrap();
+        assert!(m.success());
+        assert_eq!(c.read(&mut m, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(u64::from_le_bytes(b), 0xaabbccdd11223344);
+        let mut stale = m.clone();
+        c.relinquish(&mut m, 0, PATRONUS_MODIFY_USE_MR).unwrap();
+        assert_eq!(
+            c.read(&mut stale, &mut b, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+            "deregistered MR must be refused"
+        );
+        // USE_UNIVERSAL_RKEY bypasses the window: 32 bytes through a 1-byte lease.
+        let mut one = c
+            .get_lease(R, 0, 0, 2048, 1, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        let mut b32 = [0u8; 32];
+        assert_eq!(
+            c.read(&mut one, &mut b32, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        assert_eq!(
+            c.read(&mut one, &mut b32, 0, PATRONUS_RW_USE_UNIVERSAL_RKEY)
+                .unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        assert_eq!(&b32[..8], &0xaabbccdd11223344u64.to_le_bytes());
+        c.relinquish(&mut one, 0, 0).unwrap();
+        // NO_RPC: a purely local lease, usable with the universal key only.
+        let mut n = c
+            .get_lease(R, 0, 0, 2048, 8, 0, PATRONUS_ACQUIRE_NO_RPC)
+            .unwrap();
+        assert!(n.success());
+        assert_eq!(
+            c.read(&mut n, &mut b, 0, PATRONUS_RW_USE_UNIVERSAL_RKEY)
+                .unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        assert_eq!(
+            c.read(&mut n, &mut b, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        c.relinquish(&mut n, 0, PATRONUS_MODIFY_NO_RPC).unwrap();
+        // NO_BIND_PR: no one-sided extension possible; rpc_extend refused
+        // (the original crashed the memory node here).
+        let mut p = c
+            .get_lease(R, 0, 0, 2048, 8, 50_000_000, PATRONUS_ACQUIRE_NO_BIND_PR)
+            .unwrap();
+        assert!(p.success());
+        assert_eq!(p.pr_rkey, 0);
+        assert_eq!(
+            c.extend(&mut p, 1_000_000, 0).unwrap(),
+            Rc::PATRONUS_RC_INVALID
+        );
+        assert_eq!(
+            c.rpc_extend(&mut p, 1_000_000, 0).unwrap(),
+            Rc::PATRONUS_RC_INVALID
+        );
+        assert_eq!(c.read(&mut p, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        c.relinquish(&mut p, 0, 0).unwrap();
+        // NO_BIND_ANY: the RPC only; the lease grants no access.
+        let mut q = c
+            .get_lease(
+                R,
+                0,
+                0,
+                2048,
+                8,
+                0,
+                PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_NO_BIND_ANY,
+            )
+            .unwrap();
+        assert!(q.success());
+        assert_eq!(
+            c.read(&mut q, &mut b, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        c.relinquish(&mut q, 0, 0).unwrap();
+        // Unknown flag bits are refused before anything is sent.
+        assert!(c.get_lease(R, 0, 0, 2048, 8, 0, 1 << 20).is_err());
+        assert!(c.read(&mut q, &mut b, 0, 1 << 40).is_err());
+    });
+}
+
+#[test]
+fn relinquish_flags_keep_or_drop_windows() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut b = [0u8; 8];
+        // SERVER_DO_NOTHING: the server ignores it, the window stays.
+        let mut l = c
+            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        let mut keep = l.clone();
+        c.relinquish(&mut l, 0, PATRONUS_MODIFY_SERVER_DO_NOTHING)
+            .unwrap();
+        assert_eq!(c.read(&mut keep, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        c.relinquish(&mut keep, 0, 0).unwrap();
+        assert!(
+            c.read(&mut l, &mut b, 0, 0).is_err(),
+            "a relinquished handle is refused locally"
+        );
+        // A relinquish that arrives twice (late duplicate) is harmless.
+        let mut d = c
+            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        let mut dup = d.clone();
+        assert_eq!(c.relinquish(&mut d, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.relinquish(&mut dup, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        // The memory node is still serving.
+        let mut e = c
+            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert_eq!(c.read(&mut e, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        c.relinquish(&mut e, 0, 0).unwrap();
+    });
+}
