@@ -578,3 +578,65 @@ fn relinquish_flags_keep_or_drop_windows() {
         c.relinquish(&mut e, 0, 0).unwrap();
     });
 }
+
+#[test]
+fn batches_read_write_cas_in_one_chain() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let (m1, m2) = (0xaabbccdd11223344u64, 0xaabbccdd11223345u64);
+        let mut l = c
+            .get_lease(W, 0, 0, 32 * 1024, 32, 0, PATRONUS_ACQUIRE_NO_GC)
+            .unwrap();
+        assert_eq!(
+            c.write(&mut l, &m1.to_le_bytes(), 0, 0).unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        assert_eq!(
+            c.write(&mut l, &m2.to_le_bytes(), 24, 0).unwrap(),
+            Rc::PATRONUS_RC_OK
+        );
+        for _ in 0..100 {
+            let mut b = patronus::client::Batch::new();
+            c.prepare_read(&mut b, &l, 8, 0, 0).unwrap();
+            c.prepare_read(&mut b, &l, 8, 24, 0).unwrap();
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(b.result(0).unwrap(), m1.to_le_bytes());
+            assert_eq!(b.result(1).unwrap(), m2.to_le_bytes());
+            c.prepare_write(&mut b, &l, &(m1 + 1).to_le_bytes(), 0, 0)
+                .unwrap();
+            c.prepare_write(&mut b, &l, &(m2 + 1).to_le_bytes(), 24, 0)
+                .unwrap();
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            c.prepare_cas(&mut b, &l, 0, m1 + 1, m1, 0).unwrap();
+            c.prepare_cas(&mut b, &l, 24, m2 + 1, m2, 0).unwrap();
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(b.result(0).unwrap(), (m1 + 1).to_le_bytes());
+            assert_eq!(b.result(1).unwrap(), (m2 + 1).to_le_bytes());
+        }
+        // Empty commit is OK; the 17th op is refused with NO_MEM.
+        let mut b = patronus::client::Batch::new();
+        assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+        for _ in 0..16 {
+            assert_eq!(
+                c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(),
+                Rc::PATRONUS_RC_OK
+            );
+        }
+        assert_eq!(
+            c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(),
+            Rc::PATRONUS_RC_NO_MEM
+        );
+        assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+        // One bad op fails the batch (and the QP recovers).
+        c.prepare_read(&mut b, &l, 8, 0, 0).unwrap();
+        c.prepare_read(&mut b, &l, 8, 30, 0).unwrap();
+        assert_eq!(
+            c.commit(&mut b).unwrap(),
+            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+        );
+        let mut x = [0u8; 8];
+        assert_eq!(c.read(&mut l, &mut x, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(u64::from_le_bytes(x), m1);
+        c.relinquish(&mut l, 0, 0).unwrap();
+    });
+}
