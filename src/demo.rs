@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::ffi::error::PatronusRc as Rc;
-use crate::ffi::flags::*;
+use crate::lease::flags::{acquire, rw};
+use crate::lease::Rc;
 use crate::node::{Config, Patronus};
 use crate::{Error, Result};
 
@@ -59,7 +59,7 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
                 "memory node 0 serves directory 0; client node 1 acquires leases",
             )?;
             let t = Instant::now();
-            let mut l = c.get_lease(true, 0, 0, 4096, 64, 0, PATRONUS_ACQUIRE_NO_GC)?;
+            let mut l = c.get_lease(true, 0, 0, 4096, 64, 0, acquire::NO_GC)?;
             all &= step(
                 out,
                 l.success(),
@@ -73,7 +73,7 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             let rc = c.read(&mut l, &mut b, 0, 0)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_OK && &b == b"hello, protected remote memory!!",
+                rc == Rc::Ok && &b == b"hello, protected remote memory!!",
                 format!("one-sided READ: {:?}", String::from_utf8_lossy(&b)),
             )?;
             let rc = c.write(&mut l, b"written by the client", 32, 0)?;
@@ -81,7 +81,7 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             mem.buffer_read(4096 + 32, &mut seen)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_OK && &seen == b"written by the client",
+                rc == Rc::Ok && &seen == b"written by the client",
                 "one-sided WRITE lands in the memory node's memory".into(),
             )?;
             let mut big = [0u8; 16];
@@ -89,13 +89,13 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             let rc = c.read(&mut l, &mut big, 56, 0)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                rc == Rc::RdmaProtectionErr,
                 format!("READ crossing the lease end is refused by the NIC: {rc:?}"),
             )?;
             let rc2 = c.read(&mut l, &mut b, 0, 0)?;
             all &= step(
                 out,
-                rc2 == Rc::PATRONUS_RC_OK,
+                rc2 == Rc::Ok,
                 format!(
                     "fault detected and the QP recovered in {:.1} us; the same lease still works",
                     t.elapsed().as_nanos() as f64 / 1e3
@@ -103,10 +103,10 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             )?;
             let mut stale = l.clone();
             c.relinquish(&mut l, 0, 0)?;
-            let rc = c.read(&mut stale, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            let rc = c.read(&mut stale, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                rc == Rc::RdmaProtectionErr,
                 format!("after relinquish the window is revoked: {rc:?}"),
             )?;
 
@@ -120,13 +120,13 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             let rc = c.read(&mut e, &mut b, 0, 0)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR,
+                rc == Rc::LeaseLocalExpiredErr,
                 format!("after 40 ms the local check refuses it: {rc:?}"),
             )?;
-            let rc = c.read(&mut e, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            let rc = c.read(&mut e, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+                rc == Rc::RdmaProtectionErr,
                 format!("and the memory node's GC revoked the window: {rc:?}"),
             )?;
 
@@ -135,17 +135,17 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
             let rc = c.extend(&mut x, 100_000_000, 0)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_OK,
+                rc == Rc::Ok,
                 format!(
                     "one-sided extension by 100 ms (CAS on the protection region, no server CPU) in {:.1} us",
                     t.elapsed().as_nanos() as f64 / 1e3
                 ),
             )?;
             std::thread::sleep(Duration::from_millis(40));
-            let rc = c.read(&mut x, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)?;
+            let rc = c.read(&mut x, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)?;
             all &= step(
                 out,
-                rc == Rc::PATRONUS_RC_OK,
+                rc == Rc::Ok,
                 format!("40 ms later (past the original 20 ms) the GC honoured it: {rc:?}"),
             )?;
             c.relinquish(&mut x, 0, 0)?;

@@ -23,5 +23,7 @@ pub mod lease;
 pub mod node;
 /// cbindgen:ignore
 pub mod server;
+/// cbindgen:ignore
+pub mod time;
 
 pub use error::{Error, Result};

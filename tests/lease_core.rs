@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use patronus::ffi::error::PatronusRc as Rc;
-use patronus::ffi::flags::*;
+use patronus::lease::flags::{acquire, modify, rw};
+use patronus::lease::{AcquireStatus as St, Rc};
 use patronus::node::{Config, Patronus};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -21,6 +21,13 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// directories on its own threads) and runs `f` with the client nodes.
 fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PATRONUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let name = format!(
         "lease-core-{}-{}",
         std::process::id(),
@@ -75,16 +82,14 @@ fn lease_read_write_protection_and_recovery() {
     with_cluster(2, 1, |srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
         srv.buffer_write(1024, b"server wrote this").unwrap();
-        let mut l = c
-            .get_lease(W, 0, 0, 1024, 64, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut l = c.get_lease(W, 0, 0, 1024, 64, 0, acquire::NO_GC).unwrap();
         assert!(l.success());
         let mut b = [0u8; 17];
-        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         assert_eq!(&b, b"server wrote this");
         assert_eq!(
             c.write(&mut l, b"client wrote that", 32, 0).unwrap(),
-            Rc::PATRONUS_RC_OK
+            Rc::Ok
         );
         let mut seen = [0u8; 17];
         srv.buffer_read(1024 + 32, &mut seen).unwrap();
@@ -93,23 +98,23 @@ fn lease_read_write_protection_and_recovery() {
         let mut big = [0u8; 16];
         assert_eq!(
             c.read(&mut l, &mut big, 56, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
-        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         // Atomics.
-        assert_eq!(c.faa(&mut l, 56, 5, 0).unwrap(), (Rc::PATRONUS_RC_OK, 0));
-        assert_eq!(c.cas(&mut l, 56, 5, 9, 0).unwrap(), (Rc::PATRONUS_RC_OK, 5));
+        assert_eq!(c.faa(&mut l, 56, 5, 0).unwrap(), (Rc::Ok, 0));
+        assert_eq!(c.cas(&mut l, 56, 5, 9, 0).unwrap(), (Rc::Ok, 5));
         // Relinquish revokes at the NIC: a stale copy is refused.
         let mut stale = l.clone();
-        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
         assert!(
             c.read(&mut l, &mut b, 0, 0).is_err(),
             "relinquished lease must not be usable"
         );
         assert_eq!(
-            c.read(&mut stale, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+            c.read(&mut stale, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                 .unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
     });
 }
@@ -118,25 +123,14 @@ fn lease_read_write_protection_and_recovery() {
 fn read_lease_refuses_writes_and_atomics_at_the_nic() {
     with_cluster(2, 1, |_srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
-        let mut l = c
-            .get_lease(R, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
         assert!(l.success());
         let mut b = [0u8; 8];
-        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
-        assert_eq!(
-            c.write(&mut l, b"x", 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
-        assert_eq!(
-            c.cas(&mut l, 0, 0, 1, 0).unwrap().0,
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
-        assert_eq!(
-            c.faa(&mut l, 0, 1, 0).unwrap().0,
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
-        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+        assert_eq!(c.write(&mut l, b"x", 0, 0).unwrap(), Rc::RdmaProtectionErr);
+        assert_eq!(c.cas(&mut l, 0, 0, 1, 0).unwrap().0, Rc::RdmaProtectionErr);
+        assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::RdmaProtectionErr);
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut l, 0, 0).unwrap();
     });
 }
@@ -147,17 +141,14 @@ fn admission_checks_offset_plus_size() {
         let mut c = clients[0].register_client_thread().unwrap();
         let total = srv.lease_buffer_size() + (16 << 20) + (4 << 20);
         let l = c
-            .get_lease(R, 0, 0, total - 8, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .get_lease(R, 0, 0, total - 8, 64, 0, acquire::NO_GC)
             .unwrap();
         assert!(!l.success());
-        assert_eq!(
-            l.ec(),
-            PatronusAcquireStatus::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR as u8
-        );
+        assert_eq!(l.ec(), St::AddressOutOfRangeErr as u8);
         let l = c.get_lease(R, 0, 0, u64::MAX - 4, 64, 0, 0).unwrap();
         assert!(!l.success());
         let mut ok = c
-            .get_lease(R, 0, 0, total - 64, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+            .get_lease(R, 0, 0, total - 64, 64, 0, acquire::NO_GC)
             .unwrap();
         assert!(ok.success());
         c.relinquish(&mut ok, 0, 0).unwrap();
@@ -171,24 +162,21 @@ fn expiry_local_check_then_server_revocation() {
         let mut l = c.get_lease(R, 0, 0, 0, 64, 20_000_000, 0).unwrap();
         assert!(l.success());
         let mut b = [0u8; 8];
-        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         thread::sleep(Duration::from_millis(60));
         assert_eq!(
             c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR
+            Rc::LeaseLocalExpiredErr
         );
         assert_eq!(
-            c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                 .unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+            Rc::RdmaProtectionErr,
             "the memory node must have revoked the window"
         );
         // rpc_extend after expiry is refused; relinquish is harmless.
-        assert_eq!(
-            c.rpc_extend(&mut l, 10_000_000, 0).unwrap(),
-            Rc::PATRONUS_RC_INVALID
-        );
-        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
+        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
     });
 }
 
@@ -201,26 +189,26 @@ fn extension_keeps_lease(one_sided: bool) {
         } else {
             c.rpc_extend(&mut l, 60_000_000, 0).unwrap()
         };
-        assert_eq!(rc, Rc::PATRONUS_RC_OK);
+        assert_eq!(rc, Rc::Ok);
         let t0 = Instant::now();
         let mut b = [0u8; 8];
         // Reads keep working well past the original 2 ms, with the local
         // check on and off (the server honoured the extension).
         // Well past the original 10 ms.
         while t0.elapsed() < Duration::from_millis(40) {
-            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
             assert_eq!(
-                c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                     .unwrap(),
-                Rc::PATRONUS_RC_OK
+                Rc::Ok
             );
             thread::sleep(Duration::from_micros(500));
         }
         thread::sleep(Duration::from_millis(60));
         assert_eq!(
-            c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                 .unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
     });
 }
@@ -246,9 +234,8 @@ fn auto_extend_keeps_a_short_lease_alive() {
         let mut b = [0u8; 8];
         while t0.elapsed() < Duration::from_millis(40) {
             assert_eq!(
-                c.read(&mut l, &mut b, 0, PATRONUS_RW_WITH_AUTO_EXTEND)
-                    .unwrap(),
-                Rc::PATRONUS_RC_OK,
+                c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
+                Rc::Ok,
                 "read failed after {:?}",
                 t0.elapsed()
             );
@@ -269,13 +256,13 @@ fn extension_racing_gc_is_never_lost() {
             // Extend around the deadline (before, at, after), racing the GC.
             thread::sleep(Duration::from_micros(500 + (i % 10) * 100));
             match c.extend(&mut l, 5_000_000, 0).unwrap() {
-                Rc::PATRONUS_RC_OK => {
+                Rc::Ok => {
                     honoured += 1;
                     // An extension reported as done must be honoured.
                     assert_eq!(
-                        c.read(&mut l, &mut b, 0, PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK)
+                        c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                             .unwrap(),
-                        Rc::PATRONUS_RC_OK,
+                        Rc::Ok,
                         "iteration {i}: extension reported but the lease was revoked"
                     );
                 }
@@ -300,16 +287,14 @@ fn stale_gc_task_never_revokes_a_newer_lease() {
             let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
             let slot = l.slot;
             c.relinquish(&mut l, 0, 0).unwrap();
-            let n = c
-                .get_lease(R, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
-                .unwrap();
+            let n = c.get_lease(R, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
             assert_eq!(n.slot, slot, "the slot is reused (LIFO)");
             assert_ne!(n.generation, l.generation);
             keep.push(n);
         }
         thread::sleep(Duration::from_millis(5));
         for l in &mut keep {
-            assert_eq!(c.read(l, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(c.read(l, &mut b, 0, 0).unwrap(), Rc::Ok);
         }
         for l in &mut keep {
             c.relinquish(l, 0, 0).unwrap();
@@ -322,23 +307,18 @@ fn foreign_relinquish_is_refused_and_harmless() {
     with_cluster(3, 1, |_srv, clients| {
         let mut a = clients[0].register_client_thread().unwrap();
         let mut b = clients[1].register_client_thread().unwrap();
-        let mut l = a
-            .get_lease(W, 0, 0, 0, 64, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut l = a.get_lease(W, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
         let mut forged = l.clone();
-        assert_eq!(
-            b.relinquish(&mut forged, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_INVALID
-        );
+        assert_eq!(b.relinquish(&mut forged, 0, 0).unwrap(), Rc::Invalid);
         let mut buf = [0u8; 8];
-        assert_eq!(a.read(&mut l, &mut buf, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(a.read(&mut l, &mut buf, 0, 0).unwrap(), Rc::Ok);
         // The holder's own window is useless to another client (type 2).
         forged.live = true;
         assert_eq!(
             b.read(&mut forged, &mut buf, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
-        assert_eq!(a.relinquish(&mut l, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(a.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
     });
 }
 
@@ -347,14 +327,11 @@ fn conflict_detection_one_holder_at_a_time() {
     with_cluster(2, 1, |_srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut d = clients[0].register_client_thread().unwrap();
-        let f = PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT;
+        let f = acquire::NO_GC | acquire::WITH_CONFLICT_DETECT;
         let mut l = c.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
         assert!(l.success());
         let m = d.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
-        assert_eq!(
-            m.ec(),
-            PatronusAcquireStatus::PATRONUS_ACQUIRE_LOCKED_ERR as u8
-        );
+        assert_eq!(m.ec(), St::LockedErr as u8);
         c.relinquish(&mut l, 0, 0).unwrap();
         let mut m = d.get_lease(W, 0, 0, 4096, 64, 0, f).unwrap();
         assert!(m.success());
@@ -366,16 +343,11 @@ fn conflict_detection_one_holder_at_a_time() {
 fn two_sided_access_is_checked_against_the_lease() {
     with_cluster(2, 1, |srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
-        let mut l = c
-            .get_lease(W, 0, 0, 8192, 4096, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut l = c.get_lease(W, 0, 0, 8192, 4096, 0, acquire::NO_GC).unwrap();
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-        assert_eq!(c.rpc_write(&mut l, &data, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.rpc_write(&mut l, &data, 0).unwrap(), Rc::Ok);
         let mut back = vec![0u8; 4096];
-        assert_eq!(
-            c.rpc_read(&mut l, &mut back, 0).unwrap(),
-            Rc::PATRONUS_RC_OK
-        );
+        assert_eq!(c.rpc_read(&mut l, &mut back, 0).unwrap(), Rc::Ok);
         assert_eq!(back, data);
         let mut seen = vec![0u8; 4096];
         srv.buffer_read(8192, &mut seen).unwrap();
@@ -386,32 +358,24 @@ fn two_sided_access_is_checked_against_the_lease() {
                 0,
                 u64::from_le_bytes(data[..8].try_into().unwrap()),
                 7,
-                PATRONUS_RW_USE_TWO_SIDED
+                rw::USE_TWO_SIDED
             )
             .unwrap()
             .0,
-            Rc::PATRONUS_RC_OK
+            Rc::Ok
         );
         // Outside the lease: refused by the server (the original allowed any offset).
         let mut b = [0u8; 16];
         assert_eq!(
             c.rpc_read(&mut l, &mut b, 4090).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
-        let mut r = c
-            .get_lease(R, 0, 0, 8192, 64, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
-        assert_eq!(
-            c.rpc_write(&mut r, b"x", 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
+        let mut r = c.get_lease(R, 0, 0, 8192, 64, 0, acquire::NO_GC).unwrap();
+        assert_eq!(c.rpc_write(&mut r, b"x", 0).unwrap(), Rc::RdmaProtectionErr);
         c.relinquish(&mut l, 0, 0).unwrap();
         // After relinquish the server refuses the old identity.
         l.live = true;
-        assert_eq!(
-            c.rpc_read(&mut l, &mut b, 0).unwrap(),
-            Rc::PATRONUS_RC_INVALID
-        );
+        assert_eq!(c.rpc_read(&mut l, &mut b, 0).unwrap(), Rc::Invalid);
         c.relinquish(&mut r, 0, 0).unwrap();
     });
 }
@@ -427,11 +391,11 @@ fn concurrent_faa_under_leases_sums_exactly() {
                         let mut c = node.register_client_thread().unwrap();
                         let dir = t % 2;
                         let mut l = c
-                            .get_lease(W, 0, dir, 1 << 20, 64, 0, PATRONUS_ACQUIRE_NO_GC)
+                            .get_lease(W, 0, dir, 1 << 20, 64, 0, acquire::NO_GC)
                             .unwrap();
                         assert!(l.success());
                         for _ in 0..per {
-                            assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::PATRONUS_RC_OK);
+                            assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::Ok);
                         }
                         c.relinquish(&mut l, 0, 0).unwrap();
                     });
@@ -453,91 +417,58 @@ fn acquire_flags_mr_universal_norpc_nobind() {
         let mut b = [0u8; 8];
         // USE_MR: an MR over the object instead of a window (baseline).
         let mut m = c
-            .get_lease(
-                R,
-                0,
-                0,
-                2048,
-                32,
-                0,
-                PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_USE_MR,
-            )
+            .get_lease(R, 0, 0, 2048, 32, 0, acquire::NO_GC | acquire::USE_MR)
             .unwrap();
         assert!(m.success());
-        assert_eq!(c.read(&mut m, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut m, &mut b, 0, 0).unwrap(), Rc::Ok);
         assert_eq!(u64::from_le_bytes(b), 0xaabbccdd11223344);
         let mut stale = m.clone();
-        c.relinquish(&mut m, 0, PATRONUS_MODIFY_USE_MR).unwrap();
+        c.relinquish(&mut m, 0, modify::USE_MR).unwrap();
         assert_eq!(
             c.read(&mut stale, &mut b, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
+            Rc::RdmaProtectionErr,
             "deregistered MR must be refused"
         );
         // USE_UNIVERSAL_RKEY bypasses the window: 32 bytes through a 1-byte lease.
-        let mut one = c
-            .get_lease(R, 0, 0, 2048, 1, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut one = c.get_lease(R, 0, 0, 2048, 1, 0, acquire::NO_GC).unwrap();
         let mut b32 = [0u8; 32];
         assert_eq!(
             c.read(&mut one, &mut b32, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
+            Rc::RdmaProtectionErr
         );
         assert_eq!(
-            c.read(&mut one, &mut b32, 0, PATRONUS_RW_USE_UNIVERSAL_RKEY)
+            c.read(&mut one, &mut b32, 0, rw::USE_UNIVERSAL_RKEY)
                 .unwrap(),
-            Rc::PATRONUS_RC_OK
+            Rc::Ok
         );
         assert_eq!(&b32[..8], &0xaabbccdd11223344u64.to_le_bytes());
         c.relinquish(&mut one, 0, 0).unwrap();
         // NO_RPC: a purely local lease, usable with the universal key only.
-        let mut n = c
-            .get_lease(R, 0, 0, 2048, 8, 0, PATRONUS_ACQUIRE_NO_RPC)
-            .unwrap();
+        let mut n = c.get_lease(R, 0, 0, 2048, 8, 0, acquire::NO_RPC).unwrap();
         assert!(n.success());
         assert_eq!(
-            c.read(&mut n, &mut b, 0, PATRONUS_RW_USE_UNIVERSAL_RKEY)
-                .unwrap(),
-            Rc::PATRONUS_RC_OK
+            c.read(&mut n, &mut b, 0, rw::USE_UNIVERSAL_RKEY).unwrap(),
+            Rc::Ok
         );
-        assert_eq!(
-            c.read(&mut n, &mut b, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
-        c.relinquish(&mut n, 0, PATRONUS_MODIFY_NO_RPC).unwrap();
+        assert_eq!(c.read(&mut n, &mut b, 0, 0).unwrap(), Rc::RdmaProtectionErr);
+        c.relinquish(&mut n, 0, modify::NO_RPC).unwrap();
         // NO_BIND_PR: no one-sided extension possible; rpc_extend refused
         // (the original crashed the memory node here).
         let mut p = c
-            .get_lease(R, 0, 0, 2048, 8, 50_000_000, PATRONUS_ACQUIRE_NO_BIND_PR)
+            .get_lease(R, 0, 0, 2048, 8, 50_000_000, acquire::NO_BIND_PR)
             .unwrap();
         assert!(p.success());
         assert_eq!(p.pr_rkey, 0);
-        assert_eq!(
-            c.extend(&mut p, 1_000_000, 0).unwrap(),
-            Rc::PATRONUS_RC_INVALID
-        );
-        assert_eq!(
-            c.rpc_extend(&mut p, 1_000_000, 0).unwrap(),
-            Rc::PATRONUS_RC_INVALID
-        );
-        assert_eq!(c.read(&mut p, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.extend(&mut p, 1_000_000, 0).unwrap(), Rc::Invalid);
+        assert_eq!(c.rpc_extend(&mut p, 1_000_000, 0).unwrap(), Rc::Invalid);
+        assert_eq!(c.read(&mut p, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut p, 0, 0).unwrap();
         // NO_BIND_ANY: the RPC only; the lease grants no access.
         let mut q = c
-            .get_lease(
-                R,
-                0,
-                0,
-                2048,
-                8,
-                0,
-                PATRONUS_ACQUIRE_NO_GC | PATRONUS_ACQUIRE_NO_BIND_ANY,
-            )
+            .get_lease(R, 0, 0, 2048, 8, 0, acquire::NO_GC | acquire::NO_BIND_ANY)
             .unwrap();
         assert!(q.success());
-        assert_eq!(
-            c.read(&mut q, &mut b, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
+        assert_eq!(c.read(&mut q, &mut b, 0, 0).unwrap(), Rc::RdmaProtectionErr);
         c.relinquish(&mut q, 0, 0).unwrap();
         // Unknown flag bits are refused before anything is sent.
         assert!(c.get_lease(R, 0, 0, 2048, 8, 0, 1 << 20).is_err());
@@ -551,30 +482,23 @@ fn relinquish_flags_keep_or_drop_windows() {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut b = [0u8; 8];
         // SERVER_DO_NOTHING: the server ignores it, the window stays.
-        let mut l = c
-            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut l = c.get_lease(R, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
         let mut keep = l.clone();
-        c.relinquish(&mut l, 0, PATRONUS_MODIFY_SERVER_DO_NOTHING)
-            .unwrap();
-        assert_eq!(c.read(&mut keep, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        c.relinquish(&mut l, 0, modify::SERVER_DO_NOTHING).unwrap();
+        assert_eq!(c.read(&mut keep, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut keep, 0, 0).unwrap();
         assert!(
             c.read(&mut l, &mut b, 0, 0).is_err(),
             "a relinquished handle is refused locally"
         );
         // A relinquish that arrives twice (late duplicate) is harmless.
-        let mut d = c
-            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
+        let mut d = c.get_lease(R, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
         let mut dup = d.clone();
-        assert_eq!(c.relinquish(&mut d, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
-        assert_eq!(c.relinquish(&mut dup, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.relinquish(&mut d, 0, 0).unwrap(), Rc::Ok);
+        assert_eq!(c.relinquish(&mut dup, 0, 0).unwrap(), Rc::Ok);
         // The memory node is still serving.
-        let mut e = c
-            .get_lease(R, 0, 0, 0, 8, 0, PATRONUS_ACQUIRE_NO_GC)
-            .unwrap();
-        assert_eq!(c.read(&mut e, &mut b, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        let mut e = c.get_lease(R, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
+        assert_eq!(c.read(&mut e, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut e, 0, 0).unwrap();
     });
 }
@@ -585,58 +509,89 @@ fn batches_read_write_cas_in_one_chain() {
         let mut c = clients[0].register_client_thread().unwrap();
         let (m1, m2) = (0xaabbccdd11223344u64, 0xaabbccdd11223345u64);
         let mut l = c
-            .get_lease(W, 0, 0, 32 * 1024, 32, 0, PATRONUS_ACQUIRE_NO_GC)
+            .get_lease(W, 0, 0, 32 * 1024, 32, 0, acquire::NO_GC)
             .unwrap();
-        assert_eq!(
-            c.write(&mut l, &m1.to_le_bytes(), 0, 0).unwrap(),
-            Rc::PATRONUS_RC_OK
-        );
-        assert_eq!(
-            c.write(&mut l, &m2.to_le_bytes(), 24, 0).unwrap(),
-            Rc::PATRONUS_RC_OK
-        );
+        assert_eq!(c.write(&mut l, &m1.to_le_bytes(), 0, 0).unwrap(), Rc::Ok);
+        assert_eq!(c.write(&mut l, &m2.to_le_bytes(), 24, 0).unwrap(), Rc::Ok);
         for _ in 0..100 {
             let mut b = patronus::client::Batch::new();
             c.prepare_read(&mut b, &l, 8, 0, 0).unwrap();
             c.prepare_read(&mut b, &l, 8, 24, 0).unwrap();
-            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::Ok);
             assert_eq!(b.result(0).unwrap(), m1.to_le_bytes());
             assert_eq!(b.result(1).unwrap(), m2.to_le_bytes());
             c.prepare_write(&mut b, &l, &(m1 + 1).to_le_bytes(), 0, 0)
                 .unwrap();
             c.prepare_write(&mut b, &l, &(m2 + 1).to_le_bytes(), 24, 0)
                 .unwrap();
-            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::Ok);
             c.prepare_cas(&mut b, &l, 0, m1 + 1, m1, 0).unwrap();
             c.prepare_cas(&mut b, &l, 24, m2 + 1, m2, 0).unwrap();
-            assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+            assert_eq!(c.commit(&mut b).unwrap(), Rc::Ok);
             assert_eq!(b.result(0).unwrap(), (m1 + 1).to_le_bytes());
             assert_eq!(b.result(1).unwrap(), (m2 + 1).to_le_bytes());
         }
         // Empty commit is OK; the 17th op is refused with NO_MEM.
         let mut b = patronus::client::Batch::new();
-        assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.commit(&mut b).unwrap(), Rc::Ok);
         for _ in 0..16 {
-            assert_eq!(
-                c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(),
-                Rc::PATRONUS_RC_OK
-            );
+            assert_eq!(c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(), Rc::Ok);
         }
-        assert_eq!(
-            c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(),
-            Rc::PATRONUS_RC_NO_MEM
-        );
-        assert_eq!(c.commit(&mut b).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.prepare_read(&mut b, &l, 8, 0, 0).unwrap(), Rc::NoMem);
+        assert_eq!(c.commit(&mut b).unwrap(), Rc::Ok);
         // One bad op fails the batch (and the QP recovers).
         c.prepare_read(&mut b, &l, 8, 0, 0).unwrap();
         c.prepare_read(&mut b, &l, 8, 30, 0).unwrap();
-        assert_eq!(
-            c.commit(&mut b).unwrap(),
-            Rc::PATRONUS_RC_RDMA_PROTECTION_ERR
-        );
+        assert_eq!(c.commit(&mut b).unwrap(), Rc::RdmaProtectionErr);
         let mut x = [0u8; 8];
-        assert_eq!(c.read(&mut l, &mut x, 0, 0).unwrap(), Rc::PATRONUS_RC_OK);
+        assert_eq!(c.read(&mut l, &mut x, 0, 0).unwrap(), Rc::Ok);
         assert_eq!(u64::from_le_bytes(x), m1);
         c.relinquish(&mut l, 0, 0).unwrap();
     });
+}
+
+/// Every node of one host shares CLOCK_MONOTONIC, so the true offset is 0:
+/// the synchronised offset must be within the cluster epsilon, and stay so
+/// across periodic re-syncs.
+#[test]
+fn time_sync_offset_is_within_epsilon_and_resyncs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        machine_nr: 3,
+        cluster: format!("time-{}", std::process::id()),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 64,
+        epsilon_ns: 0,
+        time_resync: Duration::from_millis(30),
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..3)
+        .map(|_| {
+            let c = cfg.clone();
+            thread::spawn(move || Patronus::new(c).expect("node"))
+        })
+        .collect();
+    let nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let eps = nodes[0].epsilon();
+    assert!(eps > 0, "a measured epsilon is never zero");
+    assert!(eps < 50_000_000, "epsilon {eps} ns is absurd");
+    for _ in 0..4 {
+        for n in &nodes {
+            assert!(n.epsilon() >= eps);
+            assert!(
+                n.clock_offset().abs() <= n.epsilon(),
+                "node {} offset {} ns outside epsilon {} ns",
+                n.get_node_id(),
+                n.clock_offset(),
+                n.epsilon()
+            );
+            let (a, b) = (nodes[0].now(), n.now());
+            assert!(n.clock().may_eq(a, b) || n.clock().definitely_lt(a, b));
+        }
+        thread::sleep(Duration::from_millis(40));
+    }
+    // The parent never moves.
+    let parent = nodes.iter().find(|n| n.get_node_id() == 0).unwrap();
+    assert_eq!(parent.clock_offset(), 0);
 }

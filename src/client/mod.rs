@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use crate::fabric::msg::Messenger;
 use crate::fabric::{Access, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
-use crate::ffi::error::PatronusRc as Rc;
-use crate::ffi::flags::PatronusAcquireStatus as St;
-use crate::ffi::flags::*;
+use crate::lease::flags::{acquire, modify, rw};
 use crate::lease::msg::{self, AcquireReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType};
+use crate::lease::AcquireStatus as St;
+use crate::lease::Rc;
 use crate::node::{ClientSlot, Shared, PR_WORD};
 use crate::server::{pack, unpack, CLOSED};
 use crate::{Error, Result};
@@ -63,7 +63,7 @@ pub struct Lease {
 impl Lease {
     /// Granted and not relinquished.
     pub fn success(&self) -> bool {
-        self.status == St::PATRONUS_ACQUIRE_SUCCESS as u8 && self.live
+        self.status == St::Success as u8 && self.live
     }
     /// Why it was not granted.
     pub fn ec(&self) -> u8 {
@@ -186,7 +186,7 @@ impl ClientThread {
                 "unknown acquire flag bits {flag:#x}"
             )));
         }
-        if flag & PATRONUS_ACQUIRE_NO_RPC != 0 {
+        if flag & acquire::NO_RPC != 0 {
             let mut l = Lease::failed(0, node, dir);
             l.base = self.sh.layout.internal + offset;
             l.size = size;
@@ -220,7 +220,7 @@ impl ClientThread {
         if a.status != 0 {
             return Ok(Lease::failed(a.status, node, dir));
         }
-        let no_gc = flag & PATRONUS_ACQUIRE_NO_GC != 0 || ns == 0;
+        let no_gc = flag & acquire::NO_GC != 0 || ns == 0;
         Ok(Lease {
             status: 0,
             node,
@@ -251,11 +251,11 @@ impl ClientThread {
     /// answers.
     pub fn relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Rc> {
         if !lease.live {
-            return Ok(Rc::PATRONUS_RC_OK);
+            return Ok(Rc::Ok);
         }
         lease.live = false;
-        if flag & PATRONUS_MODIFY_NO_RPC != 0 || lease.slot == u32::MAX {
-            return Ok(Rc::PATRONUS_RC_OK);
+        if flag & modify::NO_RPC != 0 || lease.slot == u32::MAX {
+            return Ok(Rc::Ok);
         }
         let m = self.rpc(
             lease.node,
@@ -273,13 +273,13 @@ impl ClientThread {
             }),
         )?;
         Ok(match m {
-            Msg::RelinquishResp(r) if r.rc == 0 => Rc::PATRONUS_RC_OK,
-            _ => Rc::PATRONUS_RC_INVALID,
+            Msg::RelinquishResp(r) if r.rc == 0 => Rc::Ok,
+            _ => Rc::Invalid,
         })
     }
 
     fn expired(&self, lease: &Lease) -> bool {
-        lease.ddl != i64::MAX && self.sh.now() + self.sh.cfg.epsilon_ns >= lease.ddl
+        lease.ddl != i64::MAX && self.sh.now() + self.sh.clock.epsilon() >= lease.ddl
     }
 
     /// Runs one one-sided work request on the data QP to the lease's
@@ -304,14 +304,14 @@ impl ClientThread {
             self.data_cq.wait(std::time::Duration::from_micros(50));
         };
         if st == WcStatus::Success {
-            return Ok(Rc::PATRONUS_RC_OK);
+            return Ok(Rc::Ok);
         }
         // Recovery: same QP, reset and reconnected in place; the windows
         // bound to it (this thread's other leases) stay valid.
         qp.reset()?;
         while self.data_cq.poll(&mut wc) > 0 {}
         qp.connect(&self.data_remote[i])?;
-        Ok(Rc::PATRONUS_RC_RDMA_PROTECTION_ERR)
+        Ok(Rc::RdmaProtectionErr)
     }
 
     fn check_rw(&mut self, lease: &mut Lease, flag: u64) -> Result<Option<Rc>> {
@@ -323,16 +323,16 @@ impl ClientThread {
                 "the lease was relinquished or never granted".into(),
             ));
         }
-        if flag & PATRONUS_RW_NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease) {
-            return Ok(Some(Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR));
+        if flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease) {
+            return Ok(Some(Rc::LeaseLocalExpiredErr));
         }
-        if flag & PATRONUS_RW_WITH_AUTO_EXTEND != 0 && lease.ddl != i64::MAX {
+        if flag & rw::WITH_AUTO_EXTEND != 0 && lease.ddl != i64::MAX {
             let left = lease.ddl - self.sh.now();
             let margin = (2 * lease.unit).max(100_000);
-            if left > self.sh.cfg.epsilon_ns + 2_000 && left <= margin {
+            if left > self.sh.clock.epsilon() + 2_000 && left <= margin {
                 let step = lease.auto_step;
                 let ns = lease.unit as u64 * step as u64;
-                if self.extend(lease, ns, 0)? == Rc::PATRONUS_RC_OK {
+                if self.extend(lease, ns, 0)? == Rc::Ok {
                     lease.auto_step = step.saturating_mul(2).min(1 << 10);
                 }
             }
@@ -342,7 +342,7 @@ impl ClientThread {
 
     fn remote(&self, lease: &Lease, offset: u64, flag: u64) -> (u64, u32) {
         let p = &self.sh.peers[lease.node as usize];
-        let rkey = if flag & PATRONUS_RW_USE_UNIVERSAL_RKEY != 0 {
+        let rkey = if flag & rw::USE_UNIVERSAL_RKEY != 0 {
             p.region_rkey
         } else {
             lease.rkey
@@ -361,7 +361,7 @@ impl ClientThread {
         offset: u64,
         flag: u64,
     ) -> Result<Rc> {
-        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+        if flag & rw::USE_TWO_SIDED != 0 {
             return self.rpc_read(lease, dst, offset);
         }
         if let Some(rc) = self.check_rw(lease, flag)? {
@@ -383,18 +383,18 @@ impl ClientThread {
                     rkey,
                 },
             )?;
-            if rc != Rc::PATRONUS_RC_OK {
+            if rc != Rc::Ok {
                 return Ok(rc);
             }
             self.buf.read(0, &mut dst[done..done + n])?;
             done += n;
         }
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 
     /// Writes `src` at `offset` of the leased object.
     pub fn write(&mut self, lease: &mut Lease, src: &[u8], offset: u64, flag: u64) -> Result<Rc> {
-        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+        if flag & rw::USE_TWO_SIDED != 0 {
             return self.rpc_write(lease, src, offset);
         }
         if let Some(rc) = self.check_rw(lease, flag)? {
@@ -417,12 +417,12 @@ impl ClientThread {
                     rkey,
                 },
             )?;
-            if rc != Rc::PATRONUS_RC_OK {
+            if rc != Rc::Ok {
                 return Ok(rc);
             }
             done += n;
         }
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 
     fn atomic(
@@ -434,7 +434,7 @@ impl ClientThread {
         cas: bool,
         flag: u64,
     ) -> Result<(Rc, u64)> {
-        if flag & PATRONUS_RW_USE_TWO_SIDED != 0 {
+        if flag & rw::USE_TWO_SIDED != 0 {
             let op = if cas { MemOp::Cas } else { MemOp::Faa };
             return self
                 .rpc_mem(lease, op, offset, 8, a0, a1, vec![])
@@ -495,14 +495,14 @@ impl ClientThread {
     /// One-sided extension: CAS on the lease's protection region, checked.
     pub fn extend(&mut self, lease: &mut Lease, ns: u64, _flag: u64) -> Result<Rc> {
         if !lease.live || lease.pr_rkey == 0 || lease.unit <= 0 {
-            return Ok(Rc::PATRONUS_RC_INVALID);
+            return Ok(Rc::Invalid);
         }
         let units = ns
             .div_ceil(lease.unit as u64)
             .min(crate::server::MAX_UNITS as u64) as u32;
         let new_units = lease.units.saturating_add(units);
         if new_units > crate::server::MAX_UNITS {
-            return Ok(Rc::PATRONUS_RC_INVALID);
+            return Ok(Rc::Invalid);
         }
         let expect = pack(lease.aba, lease.units);
         let p = &self.sh.peers[lease.node as usize];
@@ -521,26 +521,26 @@ impl ClientThread {
                 swap: pack(lease.aba, new_units),
             },
         )?;
-        if rc != Rc::PATRONUS_RC_OK {
+        if rc != Rc::Ok {
             return Ok(rc);
         }
         let old = self.buf.load_u64(0)?;
         if old != expect {
             let (aba, units) = unpack(old);
             tracing::debug!(aba, units, closed = units == CLOSED, "extension refused");
-            return Ok(Rc::PATRONUS_RC_INVALID);
+            return Ok(Rc::Invalid);
         }
         lease.units = new_units;
         lease.ddl = lease
             .begin
             .saturating_add(lease.unit.saturating_mul(new_units as i64));
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 
     /// Two-sided extension.
     pub fn rpc_extend(&mut self, lease: &mut Lease, ns: u64, flag: u64) -> Result<Rc> {
         if !lease.live {
-            return Ok(Rc::PATRONUS_RC_INVALID);
+            return Ok(Rc::Invalid);
         }
         let m = self.rpc(
             lease.node,
@@ -563,9 +563,9 @@ impl ClientThread {
                 lease.ddl = lease
                     .begin
                     .saturating_add(lease.unit.saturating_mul(lease.units as i64));
-                Ok(Rc::PATRONUS_RC_OK)
+                Ok(Rc::Ok)
             }
-            _ => Ok(Rc::PATRONUS_RC_INVALID),
+            _ => Ok(Rc::Invalid),
         }
     }
 
@@ -599,10 +599,10 @@ impl ClientThread {
         match m {
             Msg::MemoryResp(r) => {
                 let rc = match r.rc {
-                    0 => Rc::PATRONUS_RC_OK,
-                    6 => Rc::PATRONUS_RC_RDMA_PROTECTION_ERR,
-                    8 => Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR,
-                    _ => Rc::PATRONUS_RC_INVALID,
+                    0 => Rc::Ok,
+                    6 => Rc::RdmaProtectionErr,
+                    8 => Rc::LeaseLocalExpiredErr,
+                    _ => Rc::Invalid,
                 };
                 Ok((rc, r.old, r.payload))
             }
@@ -626,7 +626,7 @@ impl ClientThread {
                 0,
                 vec![],
             )?;
-            if rc != Rc::PATRONUS_RC_OK {
+            if rc != Rc::Ok {
                 return Ok(rc);
             }
             if p.len() != n {
@@ -635,7 +635,7 @@ impl ClientThread {
             dst[done..done + n].copy_from_slice(&p);
             done += n;
         }
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 
     /// Two-sided write, checked by the memory node against the lease.
@@ -652,12 +652,12 @@ impl ClientThread {
                 0,
                 src[done..done + n].to_vec(),
             )?;
-            if rc != Rc::PATRONUS_RC_OK {
+            if rc != Rc::Ok {
                 return Ok(rc);
             }
             done += n;
         }
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 }
 
@@ -717,7 +717,7 @@ impl ClientThread {
             ));
         }
         if b.wrs.len() >= BATCH_MAX {
-            return Ok(Rc::PATRONUS_RC_NO_MEM);
+            return Ok(Rc::NoMem);
         }
         match b.target {
             Some(t) if t != (lease.node, lease.dir) => {
@@ -729,12 +729,12 @@ impl ClientThread {
             _ => b.target = Some((lease.node, lease.dir)),
         }
         if b.used + bytes.next_multiple_of(8) > DATA_BUF as u64 {
-            return Ok(Rc::PATRONUS_RC_NO_MEM);
+            return Ok(Rc::NoMem);
         }
         b.kinds.push((kind, b.used));
         b.used += bytes.next_multiple_of(8);
         b.wrs.push(op);
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 
     fn local(&self, off: u64, len: u64) -> Sge {
@@ -832,7 +832,7 @@ impl ClientThread {
     pub fn commit(&mut self, b: &mut Batch) -> Result<Rc> {
         b.results.clear();
         let Some((node, dir)) = b.target else {
-            return Ok(Rc::PATRONUS_RC_OK);
+            return Ok(Rc::Ok);
         };
         let i = self.sh.client_index(node, dir);
         let qp = self.data[i].clone();
@@ -875,7 +875,7 @@ impl ClientThread {
             qp.reset()?;
             while self.data_cq.poll(&mut wc) > 0 {}
             qp.connect(&self.data_remote[i])?;
-            return Ok(Rc::PATRONUS_RC_RDMA_PROTECTION_ERR);
+            return Ok(Rc::RdmaProtectionErr);
         }
         for (k, off) in kinds {
             let mut v = match k {
@@ -886,6 +886,6 @@ impl ClientThread {
             self.buf.read(off, &mut v)?;
             b.results.push(v);
         }
-        Ok(Rc::PATRONUS_RC_OK)
+        Ok(Rc::Ok)
     }
 }

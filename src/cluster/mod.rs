@@ -1,6 +1,11 @@
 //! Cluster bootstrap: the keeper (rendezvous for node ids, endpoints and
 //! barriers). The in-process keeper serves several nodes of one process;
-//! the memcached keeper (several processes) arrives separately.
+//! the memcached keeper ([`MemcachedKeeper`]) serves several processes and
+//! hosts through a real memcached server.
+
+mod memcached;
+
+pub use memcached::MemcachedKeeper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -126,6 +131,16 @@ impl Keeper for InProcessKeeper {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+/// Opens the keeper a configuration names: `None` is the in-process keeper
+/// of `cluster`; `memcached://HOST:PORT` (or `memcache://`) a memcached
+/// server, with `timeout` for connecting, reading and writing.
+pub fn open(url: Option<&str>, cluster: &str, timeout: Duration) -> Result<Arc<dyn Keeper>> {
+    match url {
+        None => Ok(InProcessKeeper::for_cluster(cluster)),
+        Some(u) => Ok(Arc::new(MemcachedKeeper::connect(u, timeout)?)),
     }
 }
 

@@ -8,14 +8,16 @@
 //! and connects them. `register_client_thread` / `register_server_thread`
 //! then hand those pre-connected resources to the calling thread.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cluster::{InProcessKeeper, Keeper};
+use crate::cluster::Keeper;
 use crate::fabric::msg::Messenger;
 use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
 use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpCap, QpEndpoint};
+use crate::time::sync::Exposer;
+use crate::time::{Clock, TimeSyncer};
 use crate::{Error, Result};
 
 pub use crate::client::{ClientThread, Lease};
@@ -25,6 +27,8 @@ pub use crate::server::Directory;
 pub const PR_SIZE: u64 = 40;
 /// Offset of the extension word inside a protection region.
 pub const PR_WORD: u64 = 24;
+/// Bytes of the time-sync area at region offset 0.
+pub const TIME_AREA: u64 = 4096;
 
 /// Node configuration (the `patronus_config_t` fields plus runtime shape).
 #[derive(Clone, Debug)]
@@ -57,8 +61,11 @@ pub struct Config {
     pub simplify: bool,
     /// Timeout of every RPC and of start-up rendezvous.
     pub rpc_timeout: Duration,
-    /// Clock uncertainty added to local expiry checks.
+    /// Smallest clock uncertainty added to local expiry checks (the
+    /// measured one is used when larger).
     pub epsilon_ns: i64,
+    /// How often non-parent nodes re-synchronise their clock.
+    pub time_resync: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +86,7 @@ impl Default for Config {
             simplify: false,
             rpc_timeout: Duration::from_secs(2),
             epsilon_ns: 10_000,
+            time_resync: Duration::from_secs(1),
         }
     }
 }
@@ -101,9 +109,8 @@ pub struct Layout {
 impl Layout {
     fn new(c: &Config) -> Layout {
         let prs = c.leases_per_dir as u64;
-        let internal = (c.dir_nr as u64 * prs * PR_SIZE)
-            .next_multiple_of(4096)
-            .max(4096);
+        // [time-sync area 4 KiB][protection regions], rounded to pages.
+        let internal = TIME_AREA + (c.dir_nr as u64 * prs * PR_SIZE).next_multiple_of(4096);
         Layout {
             internal,
             lease: c.lease_buffer_size,
@@ -122,7 +129,7 @@ impl Layout {
     }
     /// dsm offset of protection region `i` of directory `d`.
     pub fn pr(&self, d: u16, i: u64) -> u64 {
-        (d as u64 * self.prs_per_dir + i) * PR_SIZE
+        TIME_AREA + (d as u64 * self.prs_per_dir + i) * PR_SIZE
     }
 }
 
@@ -157,16 +164,20 @@ pub(crate) struct Shared {
     pub layout: Layout,
     pub peers: Vec<PeerInfo>,
     pub keeper: Arc<dyn Keeper>,
+    /// Keeper namespace of this run.
+    pub prefix: String,
     pub clients: Mutex<Vec<Option<ClientSlot>>>,
     pub dirs: Mutex<Vec<Option<DirSlot>>>,
     pub locks: Mutex<std::collections::HashSet<u64>>,
     pub next_gen: AtomicU64,
+    pub clock: Arc<Clock>,
 }
 
 impl Shared {
-    /// Synchronised ns (single host: CLOCK_MONOTONIC is shared).
+    /// Synchronised ns (PatronusTime).
+    #[inline]
     pub fn now(&self) -> i64 {
-        crate::fabric::monotonic_ns()
+        self.clock.now()
     }
     /// Index of (node, dir) in a client slot's QP vectors.
     pub fn client_index(&self, node: u16, dir: u16) -> usize {
@@ -181,11 +192,29 @@ impl Shared {
 /// A node of a Patronus cluster.
 pub struct Patronus {
     pub(crate) sh: Arc<Shared>,
+    _time: TimeThreads,
     _nic: Arc<dyn Nic>,
 }
 
-fn k(c: &Config, key: &str) -> String {
-    format!("patronus/{}/{key}", c.cluster)
+/// The exposer (time parent) or the periodic re-sync thread (other nodes).
+#[derive(Default)]
+struct TimeThreads {
+    _exposer: Option<Exposer>,
+    resync: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for TimeThreads {
+    fn drop(&mut self) {
+        if let Some((stop, h)) = self.resync.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
+}
+
+/// Keeper key of this run: `patronus/<cluster>/<generation>/<key>`.
+pub(crate) fn k(sh_prefix: &str, key: &str) -> String {
+    format!("{sh_prefix}/{key}")
 }
 
 impl Patronus {
@@ -197,14 +226,20 @@ impl Patronus {
                 cfg.machine_nr, cfg.dir_nr, cfg.client_threads
             )));
         }
-        let keeper: Arc<dyn Keeper> = match &cfg.keeper {
-            None => InProcessKeeper::for_cluster(&cfg.cluster),
-            Some(url) => {
-                return Err(Error::Invalid(format!(
-                    "keeper {url:?}: the memcached keeper is not available in this build yet"
-                )))
-            }
-        };
+        if cfg.cluster.is_empty()
+            || cfg.cluster.len() > 64
+            || cfg
+                .cluster
+                .bytes()
+                .any(|b| b <= b' ' || b == b'/' || b == 0x7f)
+        {
+            return Err(Error::Invalid(format!(
+                "cluster name {:?}: 1 to 64 characters without spaces, '/' or control characters",
+                cfg.cluster
+            )));
+        }
+        let keeper: Arc<dyn Keeper> =
+            crate::cluster::open(cfg.keeper.as_deref(), &cfg.cluster, cfg.rpc_timeout)?;
         let link: LinkKind = cfg.fabric.parse().map_err(|_| {
             Error::Invalid(format!(
                 "fabric {:?} is not available (shm, tcp; verbs needs --features verbs)",
@@ -212,13 +247,24 @@ impl Patronus {
             ))
         })?;
         let t = cfg.rpc_timeout.max(Duration::from_secs(10));
-        let node_id = (keeper.incr(&k(&cfg, "node_ids"))? - 1) as u16;
-        if node_id >= cfg.machine_nr {
+        if cfg.time_parent_node_id >= cfg.machine_nr {
             return Err(Error::Invalid(format!(
-                "cluster {:?} already has {} nodes (machine_nr); use a new cluster name",
-                cfg.cluster, cfg.machine_nr
+                "time_parent_node_id {} is not a node of a {}-node cluster",
+                cfg.time_parent_node_id, cfg.machine_nr
             )));
         }
+        // Node ids: the n-th node ever to join this cluster name is node
+        // (n-1) % machine_nr of run (n-1) / machine_nr, and every key of the
+        // run lives under that run's generation, so the next run needs no
+        // memcached restart and never sees this run's keys.
+        let joined = keeper.incr(&format!("patronus/{}/joined", cfg.cluster))? - 1;
+        let node_id = (joined % cfg.machine_nr as u64) as u16;
+        let prefix = format!(
+            "patronus/{}/{}",
+            cfg.cluster,
+            joined / cfg.machine_nr as u64
+        );
+        tracing::info!(node_id, prefix, "joined cluster");
         let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
             link,
             tcp_listen: cfg.listen_addr.clone(),
@@ -228,7 +274,7 @@ impl Patronus {
         let layout = Layout::new(&cfg);
         let region = nic.alloc_mr(pd, layout.total() as usize, Access::ALL)?;
         keeper.put(
-            &k(&cfg, &format!("info/{node_id}")),
+            &k(&prefix, &format!("info/{node_id}")),
             format!("{} {}", region.addr(), region.rkey()).as_bytes(),
         )?;
         let (m, dn, tn) = (cfg.machine_nr, cfg.dir_nr, cfg.client_threads);
@@ -272,6 +318,17 @@ impl Patronus {
             dside.push((rpcs, data.clone()));
             dslots.push((msgr, data, bcq));
         }
+        // One QP per peer for clock reads (the pair is symmetric; only the
+        // side whose peer is the time parent reads through it).
+        let time_cq = nic.create_cq(64)?;
+        let mut tqs: Vec<Option<Arc<dyn Qp>>> = Vec::new();
+        for n in 0..m {
+            tqs.push(if n == node_id {
+                None
+            } else {
+                Some(nic.create_qp(pd, &time_cq, &time_cq, QpCap::default())?)
+            });
+        }
         // Endpoints for peer n, in a fixed order both sides compute:
         // client side: for t, for d of n: rpc, data; then dir side: for d, for t of n: rpc, data.
         for (n, eps) in my_eps.iter_mut().enumerate() {
@@ -289,36 +346,43 @@ impl Patronus {
                     eps.push(data[i].endpoint());
                 }
             }
+            if let Some(q) = &tqs[n] {
+                eps.push(q.endpoint());
+            }
             let mut blob = Vec::new();
             for e in eps.iter() {
                 let b = e.encode();
                 blob.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 blob.extend_from_slice(&b);
             }
-            keeper.put(&k(&cfg, &format!("ep/{node_id}/{n}")), &blob)?;
+            keeper.put(&k(&prefix, &format!("ep/{node_id}/{n}")), &blob)?;
         }
         // Read every peer's endpoints for us and connect.
         let mut peers = Vec::new();
         let mut cremote: Vec<Vec<QpEndpoint>> = vec![vec![]; tn as usize];
         let mut dremote: Vec<Vec<QpEndpoint>> = vec![vec![]; dn as usize];
         for n in 0..m {
-            let info = keeper.get_wait(&k(&cfg, &format!("info/{n}")), t)?;
+            let info = keeper.get_wait(&k(&prefix, &format!("info/{n}")), t)?;
             let s = String::from_utf8_lossy(&info).to_string();
             let mut it = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
             peers.push(PeerInfo {
                 region_addr: it.next().unwrap_or(0),
                 region_rkey: it.next().unwrap_or(0) as u32,
             });
-            let blob = keeper.get_wait(&k(&cfg, &format!("ep/{n}/{node_id}")), t)?;
+            let blob = keeper.get_wait(&k(&prefix, &format!("ep/{n}/{node_id}")), t)?;
             let eps = decode_eps(&blob)?;
-            let expect = 2 * (tn as usize * dn as usize) * 2;
+            let mesh = 2 * (tn as usize * dn as usize) * 2;
+            let expect = mesh + usize::from(n != node_id);
             if eps.len() != expect {
                 return Err(Error::Invalid(format!(
                     "node {n} published {} endpoints, expected {expect}: is the cluster shape the same everywhere?",
                     eps.len()
                 )));
             }
-            let (peer_client, peer_dir) = eps.split_at(eps.len() / 2);
+            if let Some(q) = &tqs[n as usize] {
+                q.connect(&eps[mesh])?;
+            }
+            let (peer_client, peer_dir) = eps[..mesh].split_at(mesh / 2);
             // Our client slot t, peer's dir d <-> peer's dir side entry (d, t).
             for (ti, (rpcs, data)) in cside.iter().enumerate() {
                 for d in 0..dn as usize {
@@ -340,7 +404,11 @@ impl Patronus {
                 }
             }
         }
-        keeper.barrier(&k(&cfg, "connected"), m as u64, t)?;
+        keeper.barrier(&k(&prefix, "connected"), m as u64, t)?;
+        let clock = Arc::new(Clock::new(cfg.epsilon_ns));
+        let time = sync_time(
+            &cfg, node_id, &nic, pd, &region, &peers, &keeper, &prefix, &clock, &tqs, &time_cq, t,
+        )?;
         let clients = cslots
             .into_iter()
             .zip(cremote)
@@ -374,12 +442,18 @@ impl Patronus {
             layout,
             peers,
             keeper,
+            prefix,
             clients: Mutex::new(clients),
             dirs: Mutex::new(dirs),
             locks: Mutex::new(Default::default()),
             next_gen: AtomicU64::new(1),
+            clock: clock.clone(),
         });
-        Ok(Patronus { sh, _nic: nic })
+        Ok(Patronus {
+            sh,
+            _time: time,
+            _nic: nic,
+        })
     }
 
     /// This node's id.
@@ -387,9 +461,25 @@ impl Patronus {
         self.sh.node_id
     }
 
-    /// Synchronised time in ns.
+    /// Synchronised time in ns (PatronusTime).
     pub fn now(&self) -> i64 {
         self.sh.now()
+    }
+
+    /// The cluster's clock uncertainty in ns (largest measured, at least
+    /// `Config::epsilon_ns`).
+    pub fn epsilon(&self) -> i64 {
+        self.sh.clock.epsilon()
+    }
+
+    /// This node's clock offset against the time parent, in ns.
+    pub fn clock_offset(&self) -> i64 {
+        self.sh.clock.offset()
+    }
+
+    /// The node's clock (comparisons with epsilon).
+    pub fn clock(&self) -> &crate::time::Clock {
+        &self.sh.clock
     }
 
     /// Takes a client thread slot: its QPs towards every directory.
@@ -451,7 +541,7 @@ impl Patronus {
     pub fn finished(&self, key: u64) -> Result<()> {
         self.sh
             .keeper
-            .incr(&k(&self.sh.cfg, &format!("finished/{key}")))?;
+            .incr(&k(&self.sh.prefix, &format!("finished/{key}")))?;
         Ok(())
     }
 
@@ -463,13 +553,112 @@ impl Patronus {
 
 pub(crate) fn should_exit(sh: &Shared, key: u64) -> bool {
     sh.keeper
-        .try_get(&k(&sh.cfg, &format!("finished/{key}")))
+        .try_get(&k(&sh.prefix, &format!("finished/{key}")))
         .ok()
         .flatten()
         .and_then(|v| String::from_utf8(v).ok())
         .and_then(|s| s.parse::<u64>().ok())
         .map(|n| n >= sh.cfg.machine_nr as u64)
         .unwrap_or(false)
+}
+
+/// Synchronises the clock with the time parent at start-up, agrees on the
+/// cluster epsilon (the largest any node measured) and starts the exposer
+/// (parent) or the periodic re-sync (others).
+#[allow(clippy::too_many_arguments)]
+fn sync_time(
+    cfg: &Config,
+    node_id: u16,
+    nic: &Arc<dyn Nic>,
+    pd: Pd,
+    region: &Arc<Mr>,
+    peers: &[PeerInfo],
+    keeper: &Arc<dyn Keeper>,
+    prefix: &str,
+    clock: &Arc<Clock>,
+    tqs: &[Option<Arc<dyn Qp>>],
+    time_cq: &Arc<dyn Cq>,
+    t: Duration,
+) -> Result<TimeThreads> {
+    let parent = cfg.time_parent_node_id;
+    if cfg.simplify || cfg.machine_nr == 1 {
+        return Ok(TimeThreads::default());
+    }
+    let mut out = TimeThreads::default();
+    let mut eps = cfg.epsilon_ns;
+    let mut syncer = None;
+    if node_id == parent {
+        out._exposer = Some(Exposer::start(region.clone(), clock.clone())?);
+    } else {
+        let qp = tqs[parent as usize]
+            .clone()
+            .expect("a time QP towards every peer");
+        let buf = nic.alloc_mr(pd, 64, Access::LOCAL_WRITE)?;
+        let p = &peers[parent as usize];
+        let s = TimeSyncer::new(
+            qp,
+            time_cq.clone(),
+            buf,
+            p.region_addr,
+            p.region_rkey,
+            clock.clone(),
+            cfg.epsilon_ns,
+            t,
+        );
+        let (off, e) = s.sync_once(16)?;
+        tracing::info!(
+            node_id,
+            parent,
+            offset_ns = off,
+            epsilon_ns = e,
+            "clock synchronised"
+        );
+        eps = e;
+        syncer = Some(s);
+    }
+    keeper.put(
+        &k(prefix, &format!("time/eps/{node_id}")),
+        eps.to_string().as_bytes(),
+    )?;
+    keeper.barrier(&k(prefix, "synced"), cfg.machine_nr as u64, t)?;
+    for n in 0..cfg.machine_nr {
+        let v = keeper.get_wait(&k(prefix, &format!("time/eps/{n}")), t)?;
+        let e = String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0);
+        eps = eps.max(e);
+    }
+    clock.set_epsilon(eps);
+    if let Some(s) = syncer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let period = cfg.time_resync.max(Duration::from_millis(10));
+        let clk = clock.clone();
+        let h = std::thread::Builder::new()
+            .name("patronus-resync".into())
+            .spawn(move || {
+                let mut next = std::time::Instant::now() + period;
+                while !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    if std::time::Instant::now() < next {
+                        continue;
+                    }
+                    next = std::time::Instant::now() + period;
+                    match s.sync_once(8) {
+                        Ok((_, e)) if e > clk.epsilon() => {
+                            tracing::warn!(
+                                epsilon_ns = e,
+                                "clock uncertainty grew; widening epsilon"
+                            );
+                            clk.set_epsilon(e);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("clock re-sync failed: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn the clock re-sync thread", e))?;
+        out.resync = Some((stop, h));
+    }
+    Ok(out)
 }
 
 fn decode_eps(b: &[u8]) -> Result<Vec<QpEndpoint>> {

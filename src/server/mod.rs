@@ -7,21 +7,20 @@
 //! directory CASes the region's word to CLOSED before it unbinds, so a racing
 //! one-sided extension either lands first (and the GC re-arms) or fails.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fabric::msg::Messenger;
 use crate::fabric::{Access, Mr, Qp, QpEndpoint, SendWr, Wc, WcStatus, WrOp};
-use crate::ffi::error::PatronusRc as Rc;
-use crate::ffi::flags::PatronusAcquireStatus as St;
-use crate::ffi::flags::*;
+use crate::lease::flags::{acquire, modify};
 use crate::lease::msg::{
     self, AcquireReq, AcquireResp, Header, MemOp, MemReq, MemResp, ModifyReq, ModifyResp, Msg,
     MsgType,
 };
+use crate::lease::AcquireStatus as St;
+use crate::lease::Rc;
 use crate::node::{DirSlot, Shared, PR_SIZE, PR_WORD};
+use crate::time::DdlQueue;
 use crate::{Error, Result};
 
 /// Unit count that closes a protection region (no extension possible).
@@ -37,9 +36,6 @@ pub fn pack(aba: u32, units: u32) -> u64 {
 pub fn unpack(w: u64) -> (u32, u32) {
     (w as u32, (w >> 32) as u32)
 }
-
-const ALL_ACQUIRE: u64 = (1 << 9) - 1;
-const ALL_MODIFY: u64 = (1 << 10) - 1;
 
 #[derive(Default)]
 struct Ctx {
@@ -72,8 +68,7 @@ pub struct Directory {
     ctxs: Vec<Ctx>,
     free_ctx: Vec<u32>,
     free_pr: Vec<u32>,
-    ddl: BinaryHeap<Reverse<(i64, u64, u32, u64)>>,
-    seq: u64,
+    ddl: DdlQueue<(u32, u64)>,
     out: Vec<u8>,
 }
 
@@ -94,8 +89,7 @@ impl Directory {
             ctxs: (0..n).map(|_| Ctx::default()).collect(),
             free_ctx: (0..n).rev().collect(),
             free_pr: (0..n).rev().collect(),
-            ddl: BinaryHeap::new(),
-            seq: 0,
+            ddl: DdlQueue::default(),
             out: Vec::with_capacity(msg::MAX_MSG),
             sh,
         })
@@ -262,8 +256,8 @@ impl Directory {
             slot: u32::MAX,
             ..Default::default()
         };
-        if a.flag & !ALL_ACQUIRE != 0 || a.dir != self.id {
-            return fail(St::PATRONUS_ACQUIRE_RESERVED);
+        if a.flag & !acquire::ALL != 0 || a.dir != self.id {
+            return fail(St::Reserved);
         }
         let f = a.flag;
         let lay = self.sh.layout;
@@ -274,7 +268,7 @@ impl Directory {
                 .checked_add(a.size)
                 .map(|e| e <= lay.buffer())
                 .unwrap_or(false);
-        if f & PATRONUS_ACQUIRE_DEBUG_SERVER_DO_NOTHING != 0 {
+        if f & acquire::DEBUG_SERVER_DO_NOTHING != 0 {
             return if in_range {
                 AcquireResp {
                     status: 0,
@@ -285,20 +279,20 @@ impl Directory {
                     ..Default::default()
                 }
             } else {
-                fail(St::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR)
+                fail(St::AddressOutOfRangeErr)
             };
         }
-        if f & (PATRONUS_ACQUIRE_WITH_ALLOCATION | PATRONUS_ACQUIRE_ONLY_ALLOCATION) != 0 {
-            return fail(St::PATRONUS_ACQUIRE_NO_MEM); // allocation: next increment
+        if f & (acquire::WITH_ALLOCATION | acquire::ONLY_ALLOCATION) != 0 {
+            return fail(St::NoMem); // allocation: next increment
         }
         if !in_range {
-            return fail(St::PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR);
+            return fail(St::AddressOutOfRangeErr);
         }
         let base = lay.internal + a.key;
-        let lock = if f & PATRONUS_ACQUIRE_WITH_CONFLICT_DETECT != 0 {
+        let lock = if f & acquire::WITH_CONFLICT_DETECT != 0 {
             let mut l = self.sh.locks.lock().unwrap_or_else(|e| e.into_inner());
             if !l.insert(a.key) {
-                return fail(St::PATRONUS_ACQUIRE_LOCKED_ERR);
+                return fail(St::LockedErr);
             }
             Some(a.key)
         } else {
@@ -314,10 +308,10 @@ impl Directory {
         };
         let Some(slot) = self.free_ctx.pop() else {
             unlock(&self.sh);
-            return fail(St::PATRONUS_ACQUIRE_NO_MW);
+            return fail(St::NoMw);
         };
-        let no_bind = f & PATRONUS_ACQUIRE_NO_BIND_ANY != 0;
-        let with_pr = !no_bind && f & PATRONUS_ACQUIRE_NO_BIND_PR == 0;
+        let no_bind = f & acquire::NO_BIND_ANY != 0;
+        let with_pr = !no_bind && f & acquire::NO_BIND_PR == 0;
         let mut c = Ctx {
             gen: self
                 .sh
@@ -329,7 +323,7 @@ impl Directory {
             base,
             size: a.size,
             lock,
-            no_gc: f & PATRONUS_ACQUIRE_NO_GC != 0 || a.ns == 0,
+            no_gc: f & acquire::NO_GC != 0 || a.ns == 0,
             begin: now,
             unit: a.ns as i64,
             expect_units: 1,
@@ -369,7 +363,7 @@ impl Directory {
             if no_bind {
                 return Ok(());
             }
-            if f & PATRONUS_ACQUIRE_USE_MR != 0 {
+            if f & acquire::USE_MR != 0 {
                 let mr = self
                     .sh
                     .nic
@@ -400,15 +394,13 @@ impl Directory {
             self.ctxs[slot as usize] = c;
             self.revoke(slot, true);
             return fail(match e {
-                Error::NoMem(_) => St::PATRONUS_ACQUIRE_NO_MW,
-                _ => St::PATRONUS_ACQUIRE_BIND_ERR,
+                Error::NoMem(_) => St::NoMw,
+                _ => St::BindErr,
             });
         }
         resp.generation = c.gen;
         if !c.no_gc {
-            self.seq += 1;
-            self.ddl
-                .push(Reverse((now + c.unit, self.seq, slot, c.gen)));
+            self.ddl.push(now + c.unit, (slot, c.gen));
         }
         self.ctxs[slot as usize] = c;
         resp
@@ -457,19 +449,19 @@ impl Directory {
     }
 
     fn relinquish(&mut self, peer: usize, r: &ModifyReq) -> Rc {
-        if r.flag & !ALL_MODIFY != 0 {
-            return Rc::PATRONUS_RC_INVALID;
+        if r.flag & !modify::ALL != 0 {
+            return Rc::Invalid;
         }
-        if r.flag & PATRONUS_MODIFY_SERVER_DO_NOTHING != 0 {
-            return Rc::PATRONUS_RC_OK;
+        if r.flag & modify::SERVER_DO_NOTHING != 0 {
+            return Rc::Ok;
         }
         match self.ctxs.get(r.slot as usize) {
             Some(c) if c.valid && c.gen == r.generation => {
                 if c.peer != peer {
-                    return Rc::PATRONUS_RC_INVALID; // someone else's lease
+                    return Rc::Invalid; // someone else's lease
                 }
             }
-            _ => return Rc::PATRONUS_RC_OK, // stale or expired: nothing to do
+            _ => return Rc::Ok, // stale or expired: nothing to do
         }
         // Close the PR first so no extension can succeed any more.
         if let Some(pr) = self.ctxs[r.slot as usize].pr {
@@ -478,36 +470,36 @@ impl Directory {
                 let _ = self.sh.region.store_u64(off, pack(unpack(w).0, CLOSED));
             }
         }
-        let unbind = r.flag & PATRONUS_MODIFY_NO_RELINQUISH_UNBIND_ANY == 0;
+        let unbind = r.flag & modify::NO_RELINQUISH_UNBIND_ANY == 0;
         self.revoke(r.slot, unbind);
-        Rc::PATRONUS_RC_OK
+        Rc::Ok
     }
 
     fn rpc_extend(&mut self, peer: usize, r: &ModifyReq) -> (Rc, u64) {
         let Some(c) = self.owned(peer, r.slot, r.generation) else {
-            return (Rc::PATRONUS_RC_INVALID, 0);
+            return (Rc::Invalid, 0);
         };
         let (Some(pr), unit) = (c.pr, c.unit) else {
-            return (Rc::PATRONUS_RC_INVALID, 0);
+            return (Rc::Invalid, 0);
         };
-        if r.flag & PATRONUS_MODIFY_DEBUG_EXTEND_DO_NOTHING != 0 {
-            return (Rc::PATRONUS_RC_OK, 0);
+        if r.flag & modify::DEBUG_EXTEND_DO_NOTHING != 0 {
+            return (Rc::Ok, 0);
         }
         if unit <= 0 {
-            return (Rc::PATRONUS_RC_INVALID, 0);
+            return (Rc::Invalid, 0);
         }
         let units = r.ns.div_ceil(unit as u64).min(MAX_UNITS as u64) as u32;
         let off = self.pr_off(pr) + PR_WORD;
         loop {
             let Ok(w) = self.sh.region.load_u64(off) else {
-                return (Rc::PATRONUS_RC_INTERNAL, 0);
+                return (Rc::Internal, 0);
             };
             let (aba, cur) = unpack(w);
             if cur == CLOSED || cur.saturating_add(units) > MAX_UNITS {
-                return (Rc::PATRONUS_RC_INVALID, 0);
+                return (Rc::Invalid, 0);
             }
             if self.sh.region.cas_u64(off, w, pack(aba, cur + units)).ok() == Some(w) {
-                return (Rc::PATRONUS_RC_OK, units as u64);
+                return (Rc::Ok, units as u64);
             }
         }
     }
@@ -519,10 +511,10 @@ impl Directory {
         };
         let now = self.sh.now();
         let Some(c) = self.owned(peer, r.slot, r.generation) else {
-            return bad(Rc::PATRONUS_RC_INVALID);
+            return bad(Rc::Invalid);
         };
         if !c.no_gc && self.deadline(c) <= now {
-            return bad(Rc::PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR);
+            return bad(Rc::LeaseLocalExpiredErr);
         }
         let len = r.size as u64;
         let inside = r
@@ -531,7 +523,7 @@ impl Directory {
             .map(|e| e <= c.size)
             .unwrap_or(false);
         if !inside || (r.op != MemOp::Read && !c.write) {
-            return bad(Rc::PATRONUS_RC_RDMA_PROTECTION_ERR);
+            return bad(Rc::RdmaProtectionErr);
         }
         let at = c.base + r.offset;
         let reg = &self.sh.region;
@@ -556,7 +548,7 @@ impl Directory {
                 payload: vec![],
             }),
         };
-        res.unwrap_or_else(|_| bad(Rc::PATRONUS_RC_INVALID))
+        res.unwrap_or_else(|_| bad(Rc::Invalid))
     }
 
     fn deadline(&self, c: &Ctx) -> i64 {
@@ -580,11 +572,10 @@ impl Directory {
     /// revoked.
     fn run_gc(&mut self, now: i64) -> Result<usize> {
         let mut n = 0;
-        while let Some(Reverse((ddl, _, slot, gen))) = self.ddl.peek().copied() {
-            if ddl > now || n >= 64 {
+        while n < 64 {
+            let Some((_, (slot, gen))) = self.ddl.pop_due(now) else {
                 break;
-            }
-            self.ddl.pop();
+            };
             n += 1;
             let Some(c) = self
                 .ctxs
@@ -600,19 +591,15 @@ impl Directory {
                 if units != c.expect_units && units != CLOSED {
                     let (begin, unit) = (c.begin, c.unit);
                     self.ctxs[slot as usize].expect_units = units;
-                    self.seq += 1;
-                    self.ddl.push(Reverse((
+                    self.ddl.push(
                         begin.saturating_add(unit.saturating_mul(units as i64)),
-                        self.seq,
-                        slot,
-                        gen,
-                    )));
+                        (slot, gen),
+                    );
                     continue;
                 }
                 if units != CLOSED && self.sh.region.cas_u64(off, w, pack(aba, CLOSED))? != w {
                     // An extension landed between the load and the CAS.
-                    self.seq += 1;
-                    self.ddl.push(Reverse((now, self.seq, slot, gen)));
+                    self.ddl.push(now, (slot, gen));
                     continue;
                 }
             }

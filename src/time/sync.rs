@@ -1,0 +1,326 @@
+//! Clock synchronisation against the time parent.
+//!
+//! The parent keeps a [`ClockInfo`] at offset 0 of its registered region.
+//! A node that wants to sync FAAs the parent's `request` word (one-sided);
+//! the parent's exposer thread, which otherwise sleeps, sees the request
+//! within a millisecond and publishes its clock in a loop for a short burst.
+//! The syncing node RDMA-READs the ClockInfo back to back. When read `i`
+//! (posted at local `t0_i`, completed at `t1_i`) returns a value different
+//! from read `i-1`, that value was published after read `i-1` started and
+//! before read `i` completed, i.e. at a local time inside
+//! `[t0_{i-1}, t1_i]`. With `lo = t0_{i-1}`, `hi = t1_i`:
+//!
+//! ```text
+//! offset  = parent.ns - (lo + hi)/2
+//! epsilon = (hi - lo)/2 + drift allowance
+//! ```
+//!
+//! and the true offset lies within `epsilon` of the estimate, however the
+//! exposer was scheduled. The sample with the narrowest window wins, so
+//! epsilon comes from the measured read latency (about two reads).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Clock;
+use crate::fabric::{monotonic_ns, Cq, Mr, Qp, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::{Error, Result};
+
+/// Bytes of the ClockInfo (ns, reserved, request, magic), at region offset 0.
+pub const CLOCK_INFO_SIZE: u64 = 32;
+/// Magic that says the parent's ClockInfo is live.
+pub const CLOCK_MAGIC: u64 = 0xaabb_ccdd_1010_3232;
+/// How long the exposer publishes after a request.
+const BURST: Duration = Duration::from_millis(20);
+/// Allowance for clock drift between syncs (monotonic clocks of different
+/// hosts drift by up to ~200 us/s; periodic resync bounds the interval).
+const DRIFT_NS: i64 = 1_000;
+
+/// The parent's published clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockInfo {
+    /// Parent PatronusTime when published.
+    pub ns: i64,
+    /// Reserved (0).
+    pub reserved: i64,
+    /// Sync requests so far.
+    pub request: u64,
+    /// [`CLOCK_MAGIC`] once live.
+    pub magic: u64,
+}
+
+impl ClockInfo {
+    /// Decodes 32 little-endian bytes.
+    pub fn decode(b: &[u8; 32]) -> ClockInfo {
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        ClockInfo {
+            ns: w(0) as i64,
+            reserved: w(1) as i64,
+            request: w(2),
+            magic: w(3),
+        }
+    }
+}
+
+/// A parent clock value and the local window it was published in.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncSample {
+    /// Local monotonic ns: the publication happened at or after this.
+    pub lo: i64,
+    /// Local monotonic ns: the publication happened at or before this.
+    pub hi: i64,
+    /// The parent's clock value.
+    pub parent_ns: i64,
+}
+
+impl SyncSample {
+    /// Offset estimate and its uncertainty.
+    pub fn estimate(&self) -> (i64, i64) {
+        let mid = self.lo + (self.hi - self.lo) / 2;
+        (self.parent_ns - mid, (self.hi - self.lo) / 2 + 1 + DRIFT_NS)
+    }
+}
+
+/// Publishes this node's clock while somebody asks (runs on the parent).
+pub struct Exposer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Exposer {
+    /// Starts the exposer over `region` (ClockInfo at offset 0).
+    pub fn start(region: Arc<Mr>, clock: Arc<Clock>) -> Result<Exposer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        region.store_u64(24, CLOCK_MAGIC)?;
+        region.store_u64(0, clock.now() as u64)?;
+        let thread = std::thread::Builder::new()
+            .name("patronus-time".into())
+            .spawn(move || {
+                // The region starts zeroed: a request that landed before
+                // this thread started is still seen as new.
+                let mut seen = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    let req = region.load_u64(16).unwrap_or(seen);
+                    if req == seen {
+                        continue;
+                    }
+                    seen = req;
+                    let end = Instant::now() + BURST;
+                    let mut i = 0u32;
+                    loop {
+                        let _ = region.store_u64(0, clock.now() as u64);
+                        // Share the core (this machine may have two); the
+                        // readers' windows do not depend on how often we run.
+                        std::thread::yield_now();
+                        i = i.wrapping_add(1);
+                        if i % 64 == 0 {
+                            if Instant::now() >= end || s.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            // Requests that arrived during the burst are
+                            // served by it.
+                            seen = region.load_u64(16).unwrap_or(seen);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn the clock exposer", e))?;
+        Ok(Exposer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Exposer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Synchronises a node's [`Clock`] with the parent over a dedicated QP.
+pub struct TimeSyncer {
+    qp: Arc<dyn Qp>,
+    cq: Arc<dyn Cq>,
+    buf: Arc<Mr>,
+    parent_addr: u64,
+    parent_rkey: u32,
+    clock: Arc<Clock>,
+    floor_ns: i64,
+    timeout: Duration,
+}
+
+impl TimeSyncer {
+    /// A syncer reading the parent's ClockInfo at `parent_addr` with
+    /// `parent_rkey` through `qp` (completions on `cq`), landing reads in
+    /// `buf` (at least 32 bytes). `floor_ns` is the smallest epsilon.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        qp: Arc<dyn Qp>,
+        cq: Arc<dyn Cq>,
+        buf: Arc<Mr>,
+        parent_addr: u64,
+        parent_rkey: u32,
+        clock: Arc<Clock>,
+        floor_ns: i64,
+        timeout: Duration,
+    ) -> TimeSyncer {
+        TimeSyncer {
+            qp,
+            cq,
+            buf,
+            parent_addr,
+            parent_rkey,
+            clock,
+            floor_ns,
+            timeout,
+        }
+    }
+
+    fn post_wait(&self, op: WrOp) -> Result<()> {
+        self.qp.post_send(&[SendWr {
+            wr_id: 7,
+            op,
+            signaled: true,
+        }])?;
+        let mut wc = [Wc::default(); 1];
+        let t0 = Instant::now();
+        loop {
+            if self.cq.poll(&mut wc) == 1 {
+                if wc[0].status != WcStatus::Success {
+                    return Err(Error::Invalid(format!(
+                        "time sync: reading the parent's clock failed with {:?}",
+                        wc[0].status
+                    )));
+                }
+                return Ok(());
+            }
+            if t0.elapsed() > self.timeout {
+                return Err(Error::Timeout(format!(
+                    "time sync: the parent did not answer within {:?}",
+                    self.timeout
+                )));
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn request(&self) -> Result<()> {
+        self.post_wait(WrOp::Faa {
+            local: Sge {
+                lkey: self.buf.lkey(),
+                offset: 0,
+                len: 8,
+            },
+            raddr: self.parent_addr + 16,
+            rkey: self.parent_rkey,
+            add: 1,
+        })
+    }
+
+    fn read(&self) -> Result<(i64, i64, ClockInfo)> {
+        let t0 = monotonic_ns();
+        self.post_wait(WrOp::Read {
+            local: Sge {
+                lkey: self.buf.lkey(),
+                offset: 0,
+                len: CLOCK_INFO_SIZE as u32,
+            },
+            raddr: self.parent_addr,
+            rkey: self.parent_rkey,
+        })?;
+        let t1 = monotonic_ns();
+        let mut b = [0u8; 32];
+        self.buf.read(0, &mut b)?;
+        Ok((t0, t1, ClockInfo::decode(&b)))
+    }
+
+    /// One synchronisation: asks the parent to publish, takes `samples`
+    /// fresh timed reads, applies the best estimate. Returns (offset, eps).
+    pub fn sync_once(&self, samples: usize) -> Result<(i64, i64)> {
+        let t0 = Instant::now();
+        // The previous read: when it was posted and what it saw.
+        let mut prev: Option<(i64, i64)> = None;
+        let mut best: Option<SyncSample> = None;
+        let mut got = 0;
+        // When the last (re)quest was made; a burst can end (or be missed)
+        // before enough samples arrive, so stale reads re-request.
+        let mut asked: Option<Instant> = None;
+        while got < samples.max(1) {
+            if t0.elapsed() > self.timeout {
+                return Err(Error::Timeout(format!(
+                    "time sync: the parent's clock did not advance within {:?} (is the time parent node alive?)",
+                    self.timeout
+                )));
+            }
+            if !asked.is_some_and(|a| a.elapsed() <= Duration::from_millis(5)) {
+                self.request()?;
+                asked = Some(Instant::now());
+            }
+            let (t0, t1, info) = self.read()?;
+            if info.magic != CLOCK_MAGIC {
+                prev = None;
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let last = prev.replace((t0, info.ns));
+            // Fresh only when the value changed since the previous read:
+            // then it was published inside [previous t0, this t1].
+            let Some((lo, seen)) = last.filter(|&(_, seen)| seen != info.ns) else {
+                std::thread::yield_now();
+                continue;
+            };
+            let _ = seen;
+            asked = Some(Instant::now());
+            got += 1;
+            let s = SyncSample {
+                lo,
+                hi: t1,
+                parent_ns: info.ns,
+            };
+            if !best.is_some_and(|b| s.hi - s.lo >= b.hi - b.lo) {
+                best = Some(s);
+            }
+        }
+        let (offset, eps) = best.expect("at least one sample").estimate();
+        self.clock.set_offset(offset);
+        Ok((offset, eps.max(self.floor_ns)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_brackets_the_truth() {
+        // Parent is 5 ms ahead; its value was published somewhere in a
+        // 4 us local window: whatever the instant, the truth is within eps.
+        for at in [1_000_000i64, 1_001_000, 1_004_000] {
+            let s = SyncSample {
+                lo: 1_000_000,
+                hi: 1_004_000,
+                parent_ns: at + 5_000_000,
+            };
+            let (off, eps) = s.estimate();
+            assert!((off - 5_000_000).abs() <= eps, "{off} {eps}");
+            assert!(eps >= 2_000);
+        }
+    }
+
+    #[test]
+    fn decode_is_little_endian() {
+        let mut b = [0u8; 32];
+        b[0..8].copy_from_slice(&42i64.to_le_bytes());
+        b[24..32].copy_from_slice(&CLOCK_MAGIC.to_le_bytes());
+        let c = ClockInfo::decode(&b);
+        assert_eq!(c.ns, 42);
+        assert_eq!(c.magic, CLOCK_MAGIC);
+    }
+}
