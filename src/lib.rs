@@ -5,6 +5,8 @@
 //! `cluster`; `node` ties them together; `ffi` exports the C ABI.
 
 /// cbindgen:ignore
+pub mod app;
+/// cbindgen:ignore
 pub mod bench;
 /// cbindgen:ignore
 pub mod client;

@@ -39,6 +39,19 @@ enum Cmd {
     },
     /// Version, compiled-in fabrics, shared-memory space.
     Info,
+    /// Runs a memory node of a multi-process cluster: serves every
+    /// directory until every node called finished(key).
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Runs a client node of a multi-process cluster with a workload.
+    Client {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        workload: WorkloadCmd,
+    },
     /// Runs the fabric conformance suite (the same checks CI runs on the
     /// soft NIC) against a fabric: two NICs in this process.
     Selftest {
@@ -53,6 +66,112 @@ enum Cmd {
     Floor { args: Vec<String> },
     #[command(name = "__bench-node", hide = true)]
     BenchNode { link: String },
+}
+
+/// Cluster membership shared by `serve` and `client`.
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// memcached://HOST:PORT (default: env PATRONUS_KEEPER; required for
+    /// several processes).
+    #[arg(long, env = "PATRONUS_KEEPER")]
+    keeper: Option<String>,
+    /// shm or tcp.
+    #[arg(long, env = "PATRONUS_FABRIC", default_value = "shm")]
+    fabric: String,
+    /// Nodes in the cluster (memory and client nodes together).
+    #[arg(long, default_value_t = 2)]
+    machines: u16,
+    /// Directories (server threads) per memory node.
+    #[arg(long, default_value_t = 1)]
+    dirs: u16,
+    /// Client thread slots per node.
+    #[arg(long, default_value_t = 4)]
+    threads: u16,
+    /// Key namespace in the keeper (runs of one name share nothing).
+    #[arg(long, default_value = "default")]
+    cluster: String,
+    /// Leases (and protection regions) per directory.
+    #[arg(long, default_value_t = 4096)]
+    leases_per_dir: u32,
+    /// Timeout of every RPC, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    rpc_timeout_ms: u64,
+    /// tcp fabric listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Sync key of server_serve / finished.
+    #[arg(long, default_value_t = 0)]
+    key: u64,
+}
+
+impl NodeArgs {
+    fn config(&self) -> patronus::node::Config {
+        patronus::node::Config {
+            machine_nr: self.machines,
+            dir_nr: self.dirs,
+            client_threads: self.threads,
+            leases_per_dir: self.leases_per_dir,
+            fabric: self.fabric.clone(),
+            keeper: self.keeper.clone(),
+            listen_addr: self.listen.clone(),
+            cluster: self.cluster.clone(),
+            rpc_timeout: Duration::from_millis(self.rpc_timeout_ms.max(1)),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand, Clone)]
+enum WorkloadCmd {
+    /// Concurrent FAA under write leases; prints faa_total=.
+    Faa {
+        #[arg(long, default_value_t = 4)]
+        threads: u16,
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+    },
+    /// Holds leases, prints held=, idles until killed.
+    Hold {
+        #[arg(long, default_value_t = 1000)]
+        leases: u32,
+        #[arg(long, default_value_t = 200)]
+        term_ms: u64,
+        #[arg(long, default_value_t = 60)]
+        idle_s: u64,
+    },
+    /// Waits for keys held and killed, then measures revocation.
+    Watch {
+        #[arg(long, default_value_t = 30)]
+        limit_s: u64,
+    },
+    /// Reads until the memory node disappears; reports error latencies.
+    DeadServer {
+        #[arg(long, default_value_t = 30)]
+        limit_s: u64,
+    },
+    /// Pattern write/read on every directory of every memory node.
+    Multi,
+}
+
+impl From<WorkloadCmd> for patronus::app::Workload {
+    fn from(w: WorkloadCmd) -> Self {
+        use patronus::app::Workload as W;
+        match w {
+            WorkloadCmd::Faa { threads, ops } => W::Faa { threads, ops },
+            WorkloadCmd::Hold {
+                leases,
+                term_ms,
+                idle_s,
+            } => W::Hold {
+                leases,
+                term_ms,
+                idle_s,
+            },
+            WorkloadCmd::Watch { limit_s } => W::Watch { limit_s },
+            WorkloadCmd::DeadServer { limit_s } => W::DeadServer { limit_s },
+            WorkloadCmd::Multi => W::Multi,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -166,6 +285,14 @@ fn main() -> ExitCode {
             }
             println!("fabrics: {}", f.join(", "));
             Ok(true)
+        }
+        Cmd::Serve { node } => patronus::app::serve(node.config(), node.key)
+            .map(|_| true)
+            .map_err(Into::into),
+        Cmd::Client { node, workload } => {
+            patronus::app::client(node.config(), node.key, workload.into())
+                .map(|_| true)
+                .map_err(Into::into)
         }
         Cmd::Selftest { fabric, forged } => (|| {
             let (s, c) = open_pair(&fabric)?;

@@ -9,7 +9,9 @@ use std::time::Instant;
 use crate::fabric::msg::Messenger;
 use crate::fabric::{Access, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
 use crate::lease::flags::{acquire, modify, rw};
-use crate::lease::msg::{self, AcquireReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType};
+use crate::lease::msg::{
+    self, AcquireReq, AdminOp, AdminReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType,
+};
 use crate::lease::AcquireStatus as St;
 use crate::lease::Rc;
 use crate::node::{ClientSlot, Shared, PR_WORD};
@@ -106,23 +108,52 @@ pub struct ClientThread {
     out: Vec<u8>,
 }
 
+impl Drop for ClientThread {
+    /// Hands the slot (QPs, buffer) back to the node for the next
+    /// `register_client_thread`.
+    fn drop(&mut self) {
+        // Drain completions of this thread so the next one starts clean.
+        let mut wc = [Wc::default(); 16];
+        while self.data_cq.poll(&mut wc) > 0 {}
+        let slot = ClientSlot {
+            msgr: self.msgr.take(),
+            data: std::mem::take(&mut self.data),
+            data_remote: std::mem::take(&mut self.data_remote),
+            data_cq: self.data_cq.clone(),
+            buf: Some(self.buf.clone()),
+            rpc_id: self.rpc_id,
+        };
+        let mut l = self.sh.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = l.get_mut(self.slot as usize) {
+            *s = Some(slot);
+        }
+    }
+}
+
 impl ClientThread {
-    pub(crate) fn new(sh: Arc<Shared>, slot: u16, s: ClientSlot) -> ClientThread {
-        let buf = sh
-            .nic
-            .alloc_mr(sh.pd, DATA_BUF, Access::LOCAL_WRITE)
-            .expect("client data buffer");
-        ClientThread {
+    pub(crate) fn new(sh: Arc<Shared>, slot: u16, s: ClientSlot) -> Result<ClientThread> {
+        let buf = match s.buf.clone() {
+            Some(b) => b,
+            None => match sh.nic.alloc_mr(sh.pd, DATA_BUF, Access::LOCAL_WRITE) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Give the slot back before failing.
+                    sh.clients.lock().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(s);
+                    return Err(e.into());
+                }
+            },
+        };
+        Ok(ClientThread {
             slot,
             msgr: s.msgr,
             data: s.data,
             data_remote: s.data_remote,
             data_cq: s.data_cq,
             buf,
-            rpc_id: 0,
+            rpc_id: s.rpc_id,
             out: Vec::with_capacity(msg::MAX_MSG),
             sh,
-        }
+        })
     }
 
     /// This thread's slot id.
@@ -166,6 +197,26 @@ impl ClientThread {
             })?;
         let (_, m) = msg::decode(&inc.data).map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(m)
+    }
+
+    /// An administrative RPC to directory `dir` of node `node`; returns the
+    /// reply value (e.g. live leases for [`AdminOp::Stats`]).
+    pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
+        match self.rpc(
+            node,
+            dir,
+            MsgType::Admin,
+            Msg::Admin(AdminReq { op, arg, dir }),
+        )? {
+            Msg::AdminResp(r) if r.rc == 0 => Ok(r.value),
+            Msg::AdminResp(r) => Err(Error::Invalid(format!(
+                "admin {op:?} on node {node} dir {dir} refused ({:?})",
+                Rc::from_u8(r.rc)
+            ))),
+            m => Err(Error::Invalid(format!(
+                "admin {op:?}: unexpected reply {m:?}"
+            ))),
+        }
     }
 
     /// Acquires a read (`write = false`) or write lease on `[offset,

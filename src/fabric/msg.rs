@@ -40,6 +40,22 @@ pub struct Messenger {
 const SEND_TAG: u64 = 1 << 63;
 
 impl Messenger {
+    /// Moves this messenger's state out (for handing a thread's resources
+    /// back to its node), leaving `self` without QPs.
+    pub fn take(&mut self) -> Messenger {
+        Messenger {
+            cq: self.cq.clone(),
+            qps: std::mem::take(&mut self.qps),
+            recv_mr: self.recv_mr.clone(),
+            send_mr: self.send_mr.clone(),
+            per_qp: self.per_qp,
+            send_free: std::mem::take(&mut self.send_free),
+            inbox: std::mem::take(&mut self.inbox),
+            wc: self.wc,
+            max_qps: self.max_qps,
+        }
+    }
+
     /// A messenger for up to `max_qps` QPs (created with `cq` as both their
     /// send and receive CQ), `per_qp` receive slots each and `sends` send
     /// slots.

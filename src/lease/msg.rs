@@ -300,6 +300,8 @@ pub enum AdminOp {
     QpToRw = 3,
     /// Reset and reconnect the directory's QP towards the sender.
     QpReset = 4,
+    /// Live leases in the directory (reply value).
+    Stats = 5,
 }
 
 /// Administrative request.
@@ -502,6 +504,7 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
                 2 => AdminOp::QpToRo,
                 3 => AdminOp::QpToRw,
                 4 => AdminOp::QpReset,
+                5 => AdminOp::Stats,
                 o => return Err(BadMsg(format!("unknown admin op {o}"))),
             };
             Msg::Admin(AdminReq {

@@ -66,6 +66,8 @@ pub struct Config {
     pub epsilon_ns: i64,
     /// How often non-parent nodes re-synchronise their clock.
     pub time_resync: Duration,
+    /// How long `get` and barriers wait for other nodes.
+    pub keeper_timeout: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(2),
             epsilon_ns: 10_000,
             time_resync: Duration::from_secs(1),
+            keeper_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -145,6 +148,10 @@ pub(crate) struct ClientSlot {
     pub data: Vec<Arc<dyn Qp>>,
     pub data_remote: Vec<QpEndpoint>,
     pub data_cq: Arc<dyn Cq>,
+    /// The thread's registered data buffer (kept across registrations).
+    pub buf: Option<Arc<Mr>>,
+    /// Last RPC id used on this slot (ids never repeat across threads).
+    pub rpc_id: u64,
 }
 
 pub(crate) struct DirSlot {
@@ -171,6 +178,8 @@ pub(crate) struct Shared {
     pub locks: Mutex<std::collections::HashSet<u64>>,
     pub next_gen: AtomicU64,
     pub clock: Arc<Clock>,
+    /// Keys this node has called `finished` for.
+    pub finished: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Shared {
@@ -322,6 +331,7 @@ impl Patronus {
         // side whose peer is the time parent reads through it).
         let time_cq = nic.create_cq(64)?;
         let mut tqs: Vec<Option<Arc<dyn Qp>>> = Vec::new();
+        let mut tq_remote: Vec<Option<QpEndpoint>> = vec![None; m as usize];
         for n in 0..m {
             tqs.push(if n == node_id {
                 None
@@ -381,6 +391,7 @@ impl Patronus {
             }
             if let Some(q) = &tqs[n as usize] {
                 q.connect(&eps[mesh])?;
+                tq_remote[n as usize] = Some(eps[mesh].clone());
             }
             let (peer_client, peer_dir) = eps[..mesh].split_at(mesh / 2);
             // Our client slot t, peer's dir d <-> peer's dir side entry (d, t).
@@ -406,6 +417,11 @@ impl Patronus {
         }
         keeper.barrier(&k(&prefix, "connected"), m as u64, t)?;
         let clock = Arc::new(Clock::new(cfg.epsilon_ns));
+        let tqs: Vec<_> = tqs
+            .into_iter()
+            .zip(tq_remote)
+            .map(|(q, r)| q.zip(r))
+            .collect();
         let time = sync_time(
             &cfg, node_id, &nic, pd, &region, &peers, &keeper, &prefix, &clock, &tqs, &time_cq, t,
         )?;
@@ -418,6 +434,8 @@ impl Patronus {
                     data,
                     data_remote,
                     data_cq,
+                    buf: None,
+                    rpc_id: 0,
                 })
             })
             .collect();
@@ -448,6 +466,7 @@ impl Patronus {
             locks: Mutex::new(Default::default()),
             next_gen: AtomicU64::new(1),
             clock: clock.clone(),
+            finished: Mutex::new(Default::default()),
         });
         Ok(Patronus {
             sh,
@@ -495,7 +514,8 @@ impl Patronus {
                     self.sh.cfg.client_threads
                 ))
             })?;
-        Ok(ClientThread::new(self.sh.clone(), i as u16, slot))
+        drop(l);
+        ClientThread::new(self.sh.clone(), i as u16, slot)
     }
 
     /// Takes a directory: the server thread that serves its RPCs.
@@ -537,18 +557,71 @@ impl Patronus {
             .map_err(Error::from)
     }
 
-    /// Marks this node finished for `key` and tells every node.
+    /// Marks this node finished for `key` and tells every node. Once per
+    /// node and key: repeated calls are no-ops.
     pub fn finished(&self, key: u64) -> Result<()> {
+        finished(&self.sh, key)
+    }
+
+    /// Stores `val` under the application key `key` (keeper namespace of
+    /// this cluster run).
+    pub fn put(&self, key: &str, val: &[u8]) -> Result<()> {
+        self.sh.keeper.put(&user_key(&self.sh, key)?, val)
+    }
+
+    /// Reads application key `key`, waiting until some node put it (at most
+    /// `Config::keeper_timeout`).
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.sh
             .keeper
-            .incr(&k(&self.sh.prefix, &format!("finished/{key}")))?;
-        Ok(())
+            .get_wait(&user_key(&self.sh, key)?, self.sh.cfg.keeper_timeout)
+    }
+
+    /// Reads application key `key` if present.
+    pub fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.sh.keeper.try_get(&user_key(&self.sh, key)?)
+    }
+
+    /// Waits until every node of the cluster reached barrier `key`.
+    pub fn keeper_barrier(&self, key: &str) -> Result<()> {
+        self.keeper_barrier_n(key, self.sh.cfg.machine_nr as u64)
+    }
+
+    /// Waits until `participants` nodes reached barrier `key` (e.g. only
+    /// the client nodes). Reusable.
+    pub fn keeper_barrier_n(&self, key: &str, participants: u64) -> Result<()> {
+        self.sh.keeper.barrier(
+            &user_key(&self.sh, key)?,
+            participants.max(1),
+            self.sh.cfg.keeper_timeout,
+        )
     }
 
     /// True once every node called `finished(key)`.
     pub fn should_exit(&self, key: u64) -> bool {
         should_exit(&self.sh, key)
     }
+}
+
+fn user_key(sh: &Shared, key: &str) -> Result<String> {
+    if key.is_empty() || key.len() > 160 || key.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(Error::Invalid(format!(
+            "keeper key {key:?}: 1 to 160 bytes without spaces or control characters"
+        )));
+    }
+    Ok(k(&sh.prefix, &format!("user/{key}")))
+}
+
+pub(crate) fn finished(sh: &Shared, key: u64) -> Result<()> {
+    if sh
+        .finished
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key)
+    {
+        sh.keeper.incr(&k(&sh.prefix, &format!("finished/{key}")))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn should_exit(sh: &Shared, key: u64) -> bool {
@@ -576,7 +649,7 @@ fn sync_time(
     keeper: &Arc<dyn Keeper>,
     prefix: &str,
     clock: &Arc<Clock>,
-    tqs: &[Option<Arc<dyn Qp>>],
+    tqs: &[Option<(Arc<dyn Qp>, QpEndpoint)>],
     time_cq: &Arc<dyn Cq>,
     t: Duration,
 ) -> Result<TimeThreads> {
@@ -590,13 +663,14 @@ fn sync_time(
     if node_id == parent {
         out._exposer = Some(Exposer::start(region.clone(), clock.clone())?);
     } else {
-        let qp = tqs[parent as usize]
+        let (qp, remote) = tqs[parent as usize]
             .clone()
-            .expect("a time QP towards every peer");
+            .ok_or_else(|| Error::Invalid("no time QP towards the time parent".into()))?;
         let buf = nic.alloc_mr(pd, 64, Access::LOCAL_WRITE)?;
         let p = &peers[parent as usize];
         let s = TimeSyncer::new(
             qp,
+            remote,
             time_cq.clone(),
             buf,
             p.region_addr,

@@ -14,8 +14,8 @@ use crate::fabric::msg::Messenger;
 use crate::fabric::{Access, Mr, Qp, QpEndpoint, SendWr, Wc, WcStatus, WrOp};
 use crate::lease::flags::{acquire, modify};
 use crate::lease::msg::{
-    self, AcquireReq, AcquireResp, Header, MemOp, MemReq, MemResp, ModifyReq, ModifyResp, Msg,
-    MsgType,
+    self, AcquireReq, AcquireResp, AdminOp, AdminReq, AdminResp, Header, MemOp, MemReq, MemResp,
+    ModifyReq, ModifyResp, Msg, MsgType,
 };
 use crate::lease::AcquireStatus as St;
 use crate::lease::Rc;
@@ -103,6 +103,9 @@ impl Directory {
     /// Serves until every node called `finished(key)` and no lease is left to
     /// collect.
     pub fn server_serve(&mut self, key: u64) -> Result<()> {
+        // A serving node counts as finished for `key`: serving ends when
+        // every other node finished too.
+        crate::node::finished(&self.sh, key)?;
         let mut idle = 0u32;
         let mut last_check = Instant::now();
         loop {
@@ -187,6 +190,7 @@ impl Directory {
                 ))
             }
             Msg::Memory(r) => Some((MsgType::MemoryResp, Msg::MemoryResp(self.memory(peer, &r)))),
+            Msg::Admin(a) => Some((MsgType::AdminResp, Msg::AdminResp(self.admin(peer, &a)))),
             _ => None,
         }
     }
@@ -549,6 +553,37 @@ impl Directory {
             }),
         };
         res.unwrap_or_else(|_| bad(Rc::Invalid))
+    }
+
+    fn admin(&mut self, peer: usize, a: &AdminReq) -> AdminResp {
+        let ok = |value: i64| AdminResp { rc: 0, value };
+        let qp = &self.data[peer];
+        let res = match a.op {
+            AdminOp::Stats => return ok(self.live_leases() as i64),
+            AdminOp::Time => return ok(self.sh.now()),
+            AdminOp::Finished => return ok(0),
+            AdminOp::QpToRo => qp.modify_access(Access::REMOTE_READ),
+            AdminOp::QpToRw => qp.modify_access(Access::WRITE_WINDOW),
+            AdminOp::QpReset => {
+                let remote = self.data_remote[peer].clone();
+                qp.reset().and_then(|_| qp.connect(&remote))
+            }
+        };
+        match res {
+            Ok(()) => ok(0),
+            Err(e) => {
+                tracing::debug!(dir = self.id, "admin {:?}: {e}", a.op);
+                AdminResp {
+                    rc: Rc::Invalid as u8,
+                    value: 0,
+                }
+            }
+        }
+    }
+
+    /// Leases currently granted by this directory.
+    pub fn live_leases(&self) -> usize {
+        self.ctxs.len() - self.free_ctx.len()
     }
 
     fn deadline(&self, c: &Ctx) -> i64 {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Clock;
-use crate::fabric::{monotonic_ns, Cq, Mr, Qp, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::fabric::{monotonic_ns, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
 use crate::{Error, Result};
 
 /// Bytes of the ClockInfo (ns, reserved, request, magic), at region offset 0.
@@ -147,6 +147,7 @@ impl Drop for Exposer {
 /// Synchronises a node's [`Clock`] with the parent over a dedicated QP.
 pub struct TimeSyncer {
     qp: Arc<dyn Qp>,
+    remote: QpEndpoint,
     cq: Arc<dyn Cq>,
     buf: Arc<Mr>,
     parent_addr: u64,
@@ -163,6 +164,7 @@ impl TimeSyncer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         qp: Arc<dyn Qp>,
+        remote: QpEndpoint,
         cq: Arc<dyn Cq>,
         buf: Arc<Mr>,
         parent_addr: u64,
@@ -173,6 +175,7 @@ impl TimeSyncer {
     ) -> TimeSyncer {
         TimeSyncer {
             qp,
+            remote,
             cq,
             buf,
             parent_addr,
@@ -184,6 +187,19 @@ impl TimeSyncer {
     }
 
     fn post_wait(&self, op: WrOp) -> Result<()> {
+        let r = self.post_wait_once(op);
+        if r.is_err() {
+            // Recover the QP in place so the next attempt can succeed once
+            // the parent is reachable again.
+            let _ = self.qp.reset();
+            let mut wc = [Wc::default(); 8];
+            while self.cq.poll(&mut wc) > 0 {}
+            let _ = self.qp.connect(&self.remote);
+        }
+        r
+    }
+
+    fn post_wait_once(&self, op: WrOp) -> Result<()> {
         self.qp.post_send(&[SendWr {
             wr_id: 7,
             op,

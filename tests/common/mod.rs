@@ -1,0 +1,206 @@
+//! Helpers shared by integration tests: a real memcached server on a free
+//! loopback port, and child processes of the `patronus` binary whose
+//! `key=value` output lines can be awaited. Everything is killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A memcached server started for one test.
+pub struct Memcached {
+    child: Child,
+    /// `memcached://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Memcached {
+    /// Starts memcached on a free loopback port and waits until it accepts.
+    pub fn start() -> Memcached {
+        let bin = ["/usr/bin/memcached", "/usr/local/bin/memcached"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("memcached is not installed (apt-get install memcached)");
+        for _attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "2",
+                "-m",
+                "64",
+            ]);
+            // memcached refuses to run as root without -u.
+            if is_root() {
+                cmd.args(["-u", "root"]);
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn memcached");
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Memcached {
+                        child,
+                        url: format!("memcached://127.0.0.1:{port}"),
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken in the meantime: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("memcached did not start");
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `patronus` child process whose stdout lines arrive on a channel.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub name: String,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts the `patronus` binary with `args`.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_patronus"))
+            .args(args)
+            .env("PATRONUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn patronus");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            name: name.into(),
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a line containing `key=` and returns its value.
+    pub fn wait_for(&mut self, key: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        let pat = format!("{key}=");
+        loop {
+            if let Some(v) = self.seen.iter().find_map(|l| value_of(l, &pat)) {
+                return v;
+            }
+            let left = timeout.checked_sub(t0.elapsed()).unwrap_or_else(|| {
+                panic!(
+                    "{}: no {key}= within {timeout:?}; saw {:?}",
+                    self.name, self.seen
+                )
+            });
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "{}: exited ({:?}) before {key}=; saw {:?}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; panics after `timeout` (and kills it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.try_recv() {
+                    self.seen.push(l);
+                }
+                return st;
+            }
+            if t0.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}; saw {:?}",
+                    self.name, self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn value_of(line: &str, pat: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(pat).map(str::to_string))
+}
+
+/// A cluster name no other test or run uses.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    )
+}

@@ -1,0 +1,148 @@
+//! Multi-process clusters through a real memcached (started by the test on
+//! a free loopback port): `patronus serve` memory nodes and `patronus
+//! client` nodes as separate processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{unique, Memcached, Proc};
+use patronus::cluster::{Keeper, MemcachedKeeper};
+
+fn node_args<'a>(mc: &'a str, cluster: &'a str, machines: &'a str) -> Vec<&'a str> {
+    vec![
+        "--keeper",
+        mc,
+        "--fabric",
+        "shm",
+        "--machines",
+        machines,
+        "--cluster",
+        cluster,
+    ]
+}
+
+const T: Duration = Duration::from_secs(60);
+
+/// One memory node, two client processes x 4 threads x 10 000 FAA on one
+/// word under write leases: the sum is exact.
+#[test]
+fn two_client_processes_faa_sum_exactly() {
+    let mc = Memcached::start();
+    let cl = unique("mp-faa");
+    let base = node_args(&mc.url, &cl, "3");
+    let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
+    let faa = ["faa", "--threads", "4", "--ops", "10000"];
+    let mut a = Proc::start("client-a", &[&["client"], &base[..], &faa[..]].concat());
+    let mut b = Proc::start("client-b", &[&["client"], &base[..], &faa[..]].concat());
+    assert_eq!(a.wait_for("faa_total", T), "80000");
+    assert_eq!(b.wait_for("faa_total", T), "80000");
+    assert!(a.wait_exit(T).success());
+    assert!(b.wait_exit(T).success());
+    // Every client finished: the memory node stops by itself.
+    assert!(srv.wait_exit(T).success());
+}
+
+/// A client holding 1 000 leases is SIGKILLed: all its windows are revoked
+/// within term + epsilon (plus the GC's polling), while the memory node
+/// keeps serving the other client the whole time.
+#[test]
+fn killed_client_leases_are_revoked_and_others_keep_working() {
+    let mc = Memcached::start();
+    let cl = unique("mp-kill");
+    let base = node_args(&mc.url, &cl, "3");
+    let term_ms = 200u64;
+    let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
+    let term = term_ms.to_string();
+    let hold = ["hold", "--leases", "1000", "--term-ms", &term];
+    let mut h = Proc::start("holder", &[&["client"], &base[..], &hold[..]].concat());
+    let mut w = Proc::start(
+        "watcher",
+        &[&["client"], &base[..], &["watch"][..]].concat(),
+    );
+    assert_eq!(h.wait_for("held", T), "1000");
+    let before: u64 = w.wait_for("live_before", T).parse().unwrap();
+    assert!(before >= 1000, "memory node reports {before} live leases");
+    h.kill();
+    // Tell the watcher (through the same memcached) when the kill happened.
+    let k = MemcachedKeeper::connect(&mc.url, Duration::from_secs(2)).unwrap();
+    k.put(&format!("patronus/{cl}/0/user/killed"), b"1")
+        .unwrap();
+    let after: f64 = w.wait_for("revoked_after_ms", T).parse().unwrap();
+    let eps_ms = w.wait_for("epsilon_ns", T).parse::<f64>().unwrap() / 1e6;
+    eprintln!("1000 leases revoked {after:.1} ms after SIGKILL (term {term_ms} ms, epsilon {eps_ms:.3} ms)");
+    // Every lease was granted before `held`, so all are due by term + eps;
+    // 300 ms covers the GC's polling and a loaded 2-core machine.
+    assert!(
+        after <= term_ms as f64 + eps_ms + 300.0,
+        "revocation took {after} ms"
+    );
+    let ops: u64 = w.wait_for("ops", T).parse().unwrap();
+    assert!(ops > 0);
+    assert!(w.wait_exit(T).success());
+    // The killed holder never calls finished(): stop the memory node.
+    srv.kill();
+}
+
+/// The memory node is SIGKILLed under a client: the client's next access
+/// fails within the RPC timeout, and so does an acquire; nothing hangs.
+#[test]
+fn killed_memory_node_gives_errors_within_the_rpc_timeout() {
+    let mc = Memcached::start();
+    let cl = unique("mp-dead");
+    let mut base = node_args(&mc.url, &cl, "2");
+    base.extend(["--rpc-timeout-ms", "1000"]);
+    let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
+    let mut c = Proc::start(
+        "client",
+        &[&["client"], &base[..], &["dead-server"][..]].concat(),
+    );
+    c.wait_for("ready", T);
+    srv.kill();
+    let data_ms: f64 = c
+        .wait_for("data_error_ms", Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    let rpc_ms: f64 = c
+        .wait_for("rpc_error_ms", Duration::from_secs(20))
+        .parse()
+        .unwrap();
+    eprintln!("after the memory node died: data path error in {data_ms:.1} ms, acquire error in {rpc_ms:.1} ms");
+    assert_eq!(c.wait_for("rpc_failed", T), "true");
+    assert!(data_ms <= 1500.0, "data path took {data_ms} ms to fail");
+    assert!(rpc_ms <= 1500.0, "acquire took {rpc_ms} ms to fail");
+    assert!(c.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// Two memory nodes (two directories each) serve one client.
+#[test]
+fn two_memory_nodes_serve_one_client() {
+    let mc = Memcached::start();
+    let cl = unique("mp-two");
+    let mut base = node_args(&mc.url, &cl, "3");
+    base.extend(["--dirs", "2"]);
+    let mut s1 = Proc::start("serve-1", &[&["serve"], &base[..]].concat());
+    let mut s2 = Proc::start("serve-2", &[&["serve"], &base[..]].concat());
+    let mut c = Proc::start("client", &[&["client"], &base[..], &["multi"][..]].concat());
+    assert_eq!(c.wait_for("multi_ok", T), "4");
+    assert_eq!(c.wait_for("memory_nodes", T), "2");
+    assert!(c.wait_exit(T).success());
+    assert!(s1.wait_exit(T).success());
+    assert!(s2.wait_exit(T).success());
+}
+
+/// Runs of one cluster name share one memcached without a restart: node
+/// ids come from a per-run generation.
+#[test]
+fn successive_runs_need_no_memcached_restart() {
+    let mc = Memcached::start();
+    let cl = unique("mp-rerun");
+    for _run in 0..3 {
+        let base = node_args(&mc.url, &cl, "2");
+        let mut s = Proc::start("serve", &[&["serve"], &base[..]].concat());
+        let mut c = Proc::start("client", &[&["client"], &base[..], &["multi"][..]].concat());
+        assert_eq!(c.wait_for("multi_ok", T), "1");
+        assert!(c.wait_exit(T).success());
+        assert!(s.wait_exit(T).success());
+    }
+}
