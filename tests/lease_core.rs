@@ -51,6 +51,7 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
         .collect();
     let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
     nodes.sort_by_key(|n| n.get_node_id());
+    eprintln!("cluster epsilon {} ns", nodes[0].epsilon());
     let server = nodes.remove(0);
     thread::scope(|s| {
         let servers: Vec<_> = (0..dirs)
@@ -227,12 +228,13 @@ fn rpc_extension_is_honoured_by_the_gc() {
 fn auto_extend_keeps_a_short_lease_alive() {
     with_cluster(2, 1, |_srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
-        // 5 ms lease (1 ms leases can expire in flight on a loaded 2-core
-        // machine), read continuously for 8 lease lengths.
-        let mut l = c.get_lease(R, 0, 0, 0, 64, 5_000_000, 0).unwrap();
+        // 20 ms lease (shorter ones can expire while this thread is
+        // descheduled on a loaded 2-core machine), read continuously for 8
+        // lease lengths.
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 20_000_000, 0).unwrap();
         let t0 = Instant::now();
         let mut b = [0u8; 8];
-        while t0.elapsed() < Duration::from_millis(40) {
+        while t0.elapsed() < Duration::from_millis(160) {
             assert_eq!(
                 c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
                 Rc::Ok,
@@ -594,4 +596,125 @@ fn time_sync_offset_is_within_epsilon_and_resyncs() {
     // The parent never moves.
     let parent = nodes.iter().find(|n| n.get_node_id() == 0).unwrap();
     assert_eq!(parent.clock_offset(), 0);
+}
+
+#[test]
+fn allocation_alloc_dealloc_with_and_only_allocation() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let lease_bytes = srv.lease_buffer_size();
+        // alloc: distinct blocks inside the alloc buffer, never overlapping.
+        let mut got = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let off = c.alloc(0, 0, 48, 0).unwrap().expect("a block");
+            assert!(off >= lease_bytes, "allocations come from the alloc buffer");
+            assert_eq!(off % 64, 0);
+            assert!(got.insert(off));
+        }
+        // Unknown hint: nothing.
+        assert_eq!(c.alloc(0, 0, 48, 77).unwrap(), None);
+        // Larger than every class: nothing, and no crash.
+        assert_eq!(c.alloc(0, 0, 1 << 40, 0).unwrap(), None);
+        // dealloc is validated: a live block frees once, garbage never.
+        let one = *got.iter().next().unwrap();
+        assert_eq!(c.dealloc(0, 0, one, 48, 0).unwrap(), Rc::Ok);
+        assert_eq!(c.dealloc(0, 0, one, 48, 0).unwrap(), Rc::Invalid);
+        assert_eq!(c.dealloc(0, 0, one + 1, 48, 0).unwrap(), Rc::Invalid);
+        assert_eq!(c.dealloc(0, 0, 12345, 48, 9).unwrap(), Rc::Invalid);
+        // WITH_ALLOCATION: a lease over fresh memory, usable at once.
+        let mut l = c
+            .get_wlease(0, 0, 0, 0, 64, 50_000_000, acquire::WITH_ALLOCATION)
+            .unwrap();
+        assert!(l.success());
+        let (node, off) = c.get_gaddr(&l);
+        assert_eq!(node, 0);
+        assert!(off >= lease_bytes && !got.contains(&off));
+        assert_eq!(c.write(&mut l, b"allocated", 0, 0).unwrap(), Rc::Ok);
+        let mut b = [0u8; 9];
+        srv.buffer_read(off, &mut b).unwrap();
+        assert_eq!(&b, b"allocated");
+        // Outside the allocated block is outside the lease.
+        assert_eq!(c.write(&mut l, b"x", 64, 0).unwrap(), Rc::RdmaProtectionErr);
+        // WITH_DEALLOCATION frees the block: it can be freed no more.
+        assert_eq!(
+            c.relinquish(&mut l, 0, modify::WITH_DEALLOCATION).unwrap(),
+            Rc::Ok
+        );
+        assert_eq!(c.dealloc(0, 0, off, 64, 0).unwrap(), Rc::Invalid);
+        // API rules: a gaddr with an allocation flag, a hint without one.
+        assert!(c
+            .get_wlease(0, 0, 4096, 0, 64, 0, acquire::WITH_ALLOCATION)
+            .is_err());
+        assert!(c.get_wlease(0, 0, 0, 3, 64, 0, 0).is_err());
+        // WITH_ALLOCATION excludes conflict detection.
+        let l = c
+            .get_wlease(
+                0,
+                0,
+                0,
+                0,
+                64,
+                0,
+                acquire::WITH_ALLOCATION | acquire::WITH_CONFLICT_DETECT,
+            )
+            .unwrap();
+        assert!(!l.success());
+        // ONLY_DEALLOCATION belongs to dealloc, not relinquish.
+        let mut l = c.get_wlease(0, 0, 0, 0, 64, 10_000_000, 0).unwrap();
+        assert!(c.relinquish(&mut l, 0, modify::ONLY_DEALLOCATION).is_err());
+    });
+}
+
+#[test]
+fn lease_cache_is_coherent_with_own_writes_and_dropped_on_relinquish() {
+    with_cluster(2, 1, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        srv.buffer_write(0, &[1u8; 256]).unwrap();
+        let mut l = c.get_wlease(0, 0, 0, 0, 256, 0, acquire::NO_GC).unwrap();
+        let mut b = [0u8; 128];
+        assert_eq!(c.read(&mut l, &mut b, 0, rw::WITH_CACHE).unwrap(), Rc::Ok);
+        assert_eq!(b, [1u8; 128]);
+        // A hit is served locally: a change behind the cache's back is not
+        // seen (that is what a cache is) ...
+        srv.buffer_write(0, &[2u8; 8]).unwrap();
+        let mut h = [0u8; 16];
+        assert_eq!(c.read(&mut l, &mut h, 8, rw::WITH_CACHE).unwrap(), Rc::Ok);
+        assert_eq!(h, [1u8; 16]);
+        // ... but this lease's own writes update every covering entry.
+        assert_eq!(
+            c.write(&mut l, &[9u8; 4], 10, rw::WITH_CACHE).unwrap(),
+            Rc::Ok
+        );
+        assert_eq!(c.read(&mut l, &mut h, 8, rw::WITH_CACHE).unwrap(), Rc::Ok);
+        assert_eq!(h[..2], [1, 1]);
+        assert_eq!(h[2..6], [9, 9, 9, 9]);
+        // A write without the cache flag still keeps the cache coherent.
+        assert_eq!(c.write(&mut l, &[7u8; 2], 20, 0).unwrap(), Rc::Ok);
+        assert_eq!(c.read(&mut l, &mut h, 8, rw::WITH_CACHE).unwrap(), Rc::Ok);
+        assert_eq!(h[12..14], [7, 7]);
+        // Atomics invalidate what they touch.
+        assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::Ok);
+        let mut w = [0u8; 8];
+        assert_eq!(c.read(&mut l, &mut w, 0, rw::WITH_CACHE).unwrap(), Rc::Ok);
+        assert_eq!(u64::from_le_bytes(w), u64::from_le_bytes([2u8; 8]) + 1);
+        assert!(l.cache.len() <= patronus::client::CACHE_ENTRIES);
+        c.relinquish(&mut l, 0, 0).unwrap();
+        assert!(l.cache.is_empty());
+    });
+}
+
+#[test]
+fn upgrade_turns_a_read_lease_into_a_write_lease() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut r = c.get_rlease(0, 0, 512, 0, 64, 50_000_000, 0).unwrap();
+        assert!(r.success());
+        assert_eq!(c.write(&mut r, b"no", 0, 0).unwrap(), Rc::RdmaProtectionErr);
+        let mut w = c.upgrade(&mut r, 0).unwrap();
+        assert!(w.success() && w.write);
+        assert!(!r.live, "the read lease is given up");
+        assert_eq!(c.write(&mut w, b"yes", 0, 0).unwrap(), Rc::Ok);
+        assert!(c.upgrade(&mut w, 0).is_err(), "already a write lease");
+        c.relinquish(&mut w, 0, 0).unwrap();
+    });
 }

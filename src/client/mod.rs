@@ -18,6 +18,11 @@ use crate::node::{ClientSlot, Shared, PR_WORD};
 use crate::server::{pack, unpack, CLOSED};
 use crate::{Error, Result};
 
+/// An acquire with these flags creates a lease (ONLY_ALLOCATION does not).
+fn holds_lease(flag: u64) -> bool {
+    flag & acquire::ONLY_ALLOCATION == 0
+}
+
 /// Bytes of a client thread's registered data buffer.
 pub const DATA_BUF: usize = 1 << 20;
 
@@ -60,6 +65,69 @@ pub struct Lease {
     pub auto_step: u32,
     /// Still held (false after relinquish).
     pub live: bool,
+    /// `WITH_CACHE` entries (offset, bytes), most recently used first.
+    pub cache: Vec<(u64, Vec<u8>)>,
+}
+
+/// Entries of a lease's cache.
+pub const CACHE_ENTRIES: usize = 3;
+
+impl Lease {
+    fn cache_lookup(&mut self, offset: u64, dst: &mut [u8]) -> bool {
+        let end = offset + dst.len() as u64;
+        let Some(i) = self
+            .cache
+            .iter()
+            .position(|(o, b)| *o <= offset && end <= o + b.len() as u64)
+        else {
+            return false;
+        };
+        let e = self.cache.remove(i);
+        let at = (offset - e.0) as usize;
+        dst.copy_from_slice(&e.1[at..at + dst.len()]);
+        self.cache.insert(0, e);
+        true
+    }
+
+    /// Write-through: every entry overlapping the written range takes the
+    /// new bytes (the original left covering entries stale), then the range
+    /// itself becomes the most recent entry.
+    fn cache_write(&mut self, offset: u64, src: &[u8]) {
+        let end = offset + src.len() as u64;
+        for (o, b) in self.cache.iter_mut() {
+            let (lo, hi) = (offset.max(*o), end.min(*o + b.len() as u64));
+            if lo < hi {
+                b[(lo - *o) as usize..(hi - *o) as usize]
+                    .copy_from_slice(&src[(lo - offset) as usize..(hi - offset) as usize]);
+            }
+        }
+        self.cache_insert(offset, src);
+    }
+
+    fn cache_insert(&mut self, offset: u64, src: &[u8]) {
+        let end = offset + src.len() as u64;
+        if let Some(i) = self
+            .cache
+            .iter()
+            .position(|(o, b)| *o <= offset && end <= o + b.len() as u64)
+        {
+            let e = self.cache.remove(i);
+            self.cache.insert(0, e);
+            return;
+        }
+        if self.cache.len() >= CACHE_ENTRIES {
+            self.cache.pop();
+        }
+        self.cache.insert(0, (offset, src.to_vec()));
+    }
+
+    /// Drops entries overlapping `[offset, offset+len)` (after atomics,
+    /// whose result the cache does not know in advance).
+    fn cache_invalidate(&mut self, offset: u64, len: u64) {
+        let end = offset + len;
+        self.cache
+            .retain(|(o, b)| end <= *o || *o + b.len() as u64 <= offset);
+    }
 }
 
 impl Lease {
@@ -91,6 +159,7 @@ impl Lease {
             write: false,
             auto_step: 1,
             live: false,
+            cache: Vec::new(),
         }
     }
 }
@@ -294,17 +363,170 @@ impl ClientThread {
             generation: a.generation,
             write,
             auto_step: 1,
-            live: true,
+            live: holds_lease(flag),
+            cache: Vec::new(),
         })
+    }
+
+    /// `get_rlease` of API.md: `offset` is the object's buffer offset
+    /// (without allocation flags) and `alloc_hint` must be 0; with
+    /// `WITH_ALLOCATION` the object is allocated by allocator `alloc_hint`
+    /// and `offset` must be 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_rlease(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        alloc_hint: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+    ) -> Result<Lease> {
+        let key = Self::acquire_key(offset, alloc_hint, flag)?;
+        self.get_lease(false, node, dir, key, size, ns, flag)
+    }
+
+    /// `get_wlease` of API.md (see [`ClientThread::get_rlease`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_wlease(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        alloc_hint: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+    ) -> Result<Lease> {
+        let key = Self::acquire_key(offset, alloc_hint, flag)?;
+        self.get_lease(true, node, dir, key, size, ns, flag)
+    }
+
+    fn acquire_key(offset: u64, alloc_hint: u64, flag: u64) -> Result<u64> {
+        if flag & (acquire::WITH_ALLOCATION | acquire::ONLY_ALLOCATION) != 0 {
+            if offset != 0 {
+                return Err(Error::Invalid(format!(
+                    "bind_gaddr offset {offset:#x} with an allocation flag: the server chooses the address (pass a null gaddr)"
+                )));
+            }
+            Ok(alloc_hint)
+        } else {
+            if alloc_hint != 0 {
+                return Err(Error::Invalid(format!(
+                    "alloc_hint {alloc_hint} without WITH_ALLOCATION/ONLY_ALLOCATION"
+                )));
+            }
+            Ok(offset)
+        }
+    }
+
+    /// The leased object's buffer offset on its node (its GlobalAddress
+    /// offset).
+    pub fn get_gaddr(&self, lease: &Lease) -> (u16, u64) {
+        (
+            lease.node,
+            lease.base.saturating_sub(self.sh.layout.internal),
+        )
+    }
+
+    /// Allocates `size` bytes on directory `dir` of node `node` with the
+    /// allocator registered for `hint` (0: the default slab); returns the
+    /// buffer offset, or None when the allocator has nothing.
+    pub fn alloc(&mut self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Option<u64>> {
+        let l = self.get_lease(
+            true,
+            node,
+            dir,
+            hint,
+            size,
+            0,
+            acquire::NO_GC | acquire::ONLY_ALLOCATION | acquire::NO_BIND_PR,
+        )?;
+        Ok((l.status == 0).then(|| l.base.saturating_sub(self.sh.layout.internal)))
+    }
+
+    /// Frees a block from [`ClientThread::alloc`]; the memory node checks
+    /// that it is a live block of that allocator (`Rc::Invalid` if not).
+    pub fn dealloc(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        hint: u64,
+    ) -> Result<Rc> {
+        let m = self.rpc(
+            node,
+            dir,
+            MsgType::Relinquish,
+            Msg::Relinquish(ModifyReq {
+                slot: u32::MAX,
+                generation: 0,
+                ns: 0,
+                hint,
+                flag: modify::NO_RELINQUISH_UNBIND_ANY | modify::ONLY_DEALLOCATION,
+                addr: self.sh.layout.internal.saturating_add(offset),
+                size,
+                dir,
+            }),
+        )?;
+        Ok(match m {
+            Msg::RelinquishResp(r) => Rc::from_u8(r.rc),
+            _ => Rc::Invalid,
+        })
+    }
+
+    /// Turns a read lease into a write lease on the same range: acquires
+    /// the write lease first (same term), then relinquishes the read lease.
+    /// When the write lease is refused the read lease is kept and the
+    /// failed lease is returned.
+    pub fn upgrade(&mut self, lease: &mut Lease, flag: u64) -> Result<Lease> {
+        if !lease.live {
+            return Err(Error::Invalid("upgrade of a lease that is not held".into()));
+        }
+        if lease.write {
+            return Err(Error::Invalid("the lease is already a write lease".into()));
+        }
+        let offset = lease.base.saturating_sub(self.sh.layout.internal);
+        let ns = if lease.ddl == i64::MAX {
+            0
+        } else {
+            lease.unit as u64
+        };
+        let nf = if lease.ddl == i64::MAX {
+            acquire::NO_GC
+        } else {
+            0
+        };
+        let w = self.get_lease(
+            true,
+            lease.node,
+            lease.dir,
+            offset,
+            lease.size,
+            ns,
+            flag | nf,
+        )?;
+        if w.success() {
+            self.relinquish(lease, 0, 0)?;
+        }
+        Ok(w)
     }
 
     /// Gives a lease back; the memory node revokes its windows before it
     /// answers.
     pub fn relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Rc> {
+        if flag & !modify::ALL != 0 || flag & modify::ONLY_DEALLOCATION != 0 {
+            return Err(Error::Invalid(format!(
+                "relinquish flag {flag:#x}: unknown bits or ONLY_DEALLOCATION (use dealloc)"
+            )));
+        }
         if !lease.live {
             return Ok(Rc::Ok);
         }
         lease.live = false;
+        lease.cache.clear();
         if flag & modify::NO_RPC != 0 || lease.slot == u32::MAX {
             return Ok(Rc::Ok);
         }
@@ -418,6 +640,9 @@ impl ClientThread {
         if let Some(rc) = self.check_rw(lease, flag)? {
             return Ok(rc);
         }
+        if flag & rw::WITH_CACHE != 0 && lease.cache_lookup(offset, dst) {
+            return Ok(Rc::Ok);
+        }
         let mut done = 0usize;
         while done < dst.len() {
             let n = (dst.len() - done).min(DATA_BUF);
@@ -439,6 +664,9 @@ impl ClientThread {
             }
             self.buf.read(0, &mut dst[done..done + n])?;
             done += n;
+        }
+        if flag & rw::WITH_CACHE != 0 {
+            lease.cache_insert(offset, dst);
         }
         Ok(Rc::Ok)
     }
@@ -469,9 +697,15 @@ impl ClientThread {
                 },
             )?;
             if rc != Rc::Ok {
+                lease.cache_invalidate(offset, src.len() as u64);
                 return Ok(rc);
             }
             done += n;
+        }
+        if flag & rw::WITH_CACHE != 0 {
+            lease.cache_write(offset, src);
+        } else {
+            lease.cache_invalidate(offset, src.len() as u64);
         }
         Ok(Rc::Ok)
     }
@@ -517,6 +751,7 @@ impl ClientThread {
             }
         };
         let rc = self.one_sided(lease, op)?;
+        lease.cache_invalidate(offset, 8);
         Ok((rc, self.buf.load_u64(0)?))
     }
 

@@ -68,6 +68,9 @@ pub struct Config {
     pub time_resync: Duration,
     /// How long `get` and barriers wait for other nodes.
     pub keeper_timeout: Duration,
+    /// Default slab classes of each directory's allocator: (block bytes,
+    /// ratio of the directory's alloc-buffer slice).
+    pub alloc_classes: Vec<(u64, u32)>,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             epsilon_ns: 10_000,
             time_resync: Duration::from_secs(1),
             keeper_timeout: Duration::from_secs(60),
+            alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
         }
     }
 }

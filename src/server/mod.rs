@@ -21,7 +21,10 @@ use crate::lease::AcquireStatus as St;
 use crate::lease::Rc;
 use crate::node::{DirSlot, Shared, PR_SIZE, PR_WORD};
 use crate::time::DdlQueue;
+
+pub mod alloc;
 use crate::{Error, Result};
+pub use alloc::{Allocator, RefillableSlab, SlabAllocator};
 
 /// Unit count that closes a protection region (no extension possible).
 pub const CLOSED: u32 = u32::MAX;
@@ -54,6 +57,8 @@ struct Ctx {
     begin: i64,
     unit: i64,
     expect_units: u32,
+    /// (hint, buffer offset, size) of memory allocated with the lease.
+    alloc: Option<(u64, u64, u64)>,
 }
 
 /// One server thread's directory.
@@ -69,6 +74,7 @@ pub struct Directory {
     free_ctx: Vec<u32>,
     free_pr: Vec<u32>,
     ddl: DdlQueue<(u32, u64)>,
+    allocs: std::collections::HashMap<u64, Box<dyn Allocator>>,
     out: Vec<u8>,
 }
 
@@ -79,7 +85,19 @@ impl Directory {
         for _ in 0..2 * n {
             mws.push(sh.nic.alloc_mw(sh.pd)?.handle);
         }
+        let lay = sh.layout;
+        let slice = lay.alloc / sh.cfg.dir_nr as u64;
+        let mut allocs: std::collections::HashMap<u64, Box<dyn Allocator>> = Default::default();
+        allocs.insert(
+            0,
+            Box::new(SlabAllocator::new(
+                lay.lease + id as u64 * slice,
+                slice,
+                &sh.cfg.alloc_classes,
+            )),
+        );
         Ok(Directory {
+            allocs,
             id,
             msgr: slot.msgr,
             data: slot.data,
@@ -98,6 +116,14 @@ impl Directory {
     /// Directory id.
     pub fn id(&self) -> u16 {
         self.id
+    }
+
+    /// Registers the allocator that serves allocation requests with `hint`
+    /// on this directory (hint 0 is the default slab over this directory's
+    /// slice of the alloc buffer; registering 0 replaces it). Offsets are
+    /// server-buffer offsets; allocations must lie inside the buffer.
+    pub fn reg_allocator(&mut self, hint: u64, a: Box<dyn Allocator>) {
+        self.allocs.insert(hint, a);
     }
 
     /// Serves until every node called `finished(key)` and no lease is left to
@@ -286,19 +312,53 @@ impl Directory {
                 fail(St::AddressOutOfRangeErr)
             };
         }
+        let mut allocated = None;
+        let mut key = a.key;
         if f & (acquire::WITH_ALLOCATION | acquire::ONLY_ALLOCATION) != 0 {
-            return fail(St::NoMem); // allocation: next increment
-        }
-        if !in_range {
+            let bad_combo = f & acquire::WITH_ALLOCATION != 0
+                && f & (acquire::ONLY_ALLOCATION
+                    | acquire::WITH_CONFLICT_DETECT
+                    | acquire::NO_BIND_ANY)
+                    != 0;
+            if bad_combo || a.size == 0 {
+                return fail(St::Reserved);
+            }
+            let Some(al) = self.allocs.get_mut(&a.key) else {
+                tracing::debug!(dir = self.id, hint = a.key, "no allocator for this hint");
+                return fail(St::NoMem);
+            };
+            let Some(off) = al.alloc(a.size) else {
+                return fail(St::NoMem);
+            };
+            if f & acquire::ONLY_ALLOCATION != 0 {
+                return AcquireResp {
+                    status: 0,
+                    base: lay.internal + off,
+                    begin_term: now,
+                    slot: u32::MAX,
+                    ..Default::default()
+                };
+            }
+            allocated = Some((a.key, off, a.size));
+            key = off;
+        } else if !in_range {
             return fail(St::AddressOutOfRangeErr);
         }
-        let base = lay.internal + a.key;
+        // Gives the allocation back when the acquire fails after it.
+        let release = |d: &mut Directory| {
+            if let Some((hint, off, size)) = allocated {
+                if let Some(al) = d.allocs.get_mut(&hint) {
+                    al.free(off, size);
+                }
+            }
+        };
+        let base = lay.internal + key;
         let lock = if f & acquire::WITH_CONFLICT_DETECT != 0 {
             let mut l = self.sh.locks.lock().unwrap_or_else(|e| e.into_inner());
-            if !l.insert(a.key) {
+            if !l.insert(key) {
                 return fail(St::LockedErr);
             }
-            Some(a.key)
+            Some(key)
         } else {
             None
         };
@@ -312,6 +372,7 @@ impl Directory {
         };
         let Some(slot) = self.free_ctx.pop() else {
             unlock(&self.sh);
+            release(self);
             return fail(St::NoMw);
         };
         let no_bind = f & acquire::NO_BIND_ANY != 0;
@@ -331,6 +392,7 @@ impl Directory {
             begin: now,
             unit: a.ns as i64,
             expect_units: 1,
+            alloc: allocated,
             ..Default::default()
         };
         let mut resp = AcquireResp {
@@ -397,6 +459,7 @@ impl Directory {
             tracing::debug!(dir = self.id, "acquire failed: {e}");
             self.ctxs[slot as usize] = c;
             self.revoke(slot, true);
+            release(self);
             return fail(match e {
                 Error::NoMem(_) => St::NoMw,
                 _ => St::BindErr,
@@ -459,6 +522,15 @@ impl Directory {
         if r.flag & modify::SERVER_DO_NOTHING != 0 {
             return Rc::Ok;
         }
+        if r.flag & modify::ONLY_DEALLOCATION != 0 {
+            let off = r.addr.wrapping_sub(self.sh.layout.internal);
+            let freed = r.addr >= self.sh.layout.internal
+                && self
+                    .allocs
+                    .get_mut(&r.hint)
+                    .is_some_and(|al| al.free(off, r.size));
+            return if freed { Rc::Ok } else { Rc::Invalid };
+        }
         match self.ctxs.get(r.slot as usize) {
             Some(c) if c.valid && c.gen == r.generation => {
                 if c.peer != peer {
@@ -475,7 +547,15 @@ impl Directory {
             }
         }
         let unbind = r.flag & modify::NO_RELINQUISH_UNBIND_ANY == 0;
+        let alloc = self.ctxs[r.slot as usize].alloc;
         self.revoke(r.slot, unbind);
+        if r.flag & modify::WITH_DEALLOCATION != 0 {
+            if let Some((hint, off, size)) = alloc {
+                if let Some(al) = self.allocs.get_mut(&hint) {
+                    al.free(off, size);
+                }
+            }
+        }
         Rc::Ok
     }
 
