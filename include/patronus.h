@@ -249,6 +249,22 @@ typedef enum {
 } patronus_acquire_status_t;
 
 /**
+ * A batch of one-sided operations towards one directory (opaque).
+ */
+typedef struct patronus_batch_t patronus_batch_t;
+
+/**
+ * A lease (opaque). Free it with `patronus_lease_free` (after
+ * relinquishing, or to drop it without relinquishing).
+ */
+typedef struct patronus_lease_t patronus_lease_t;
+
+/**
+ * One node of a Patronus cluster (opaque).
+ */
+typedef struct patronus_t patronus_t;
+
+/**
  * A global address: low 48 bits offset, high 16 bits node id.
  */
 typedef struct {
@@ -257,6 +273,70 @@ typedef struct {
    */
   uint64_t val;
 } patronus_gaddr_t;
+
+/**
+ * Node configuration. Fill it with `patronus_config_init`, then change
+ * what you need. Strings are borrowed only during `patronus_new`.
+ */
+typedef struct {
+  /**
+   * Nodes in the cluster; start-up waits for all of them.
+   */
+  uint16_t machine_nr;
+  /**
+   * Directories (server threads) per memory node.
+   */
+  uint16_t dir_nr;
+  /**
+   * Lease buffer bytes (0: default).
+   */
+  size_t lease_buffer_size;
+  /**
+   * Allocation buffer bytes (0: default).
+   */
+  size_t alloc_buffer_size;
+  /**
+   * Application-reserved bytes (0: default).
+   */
+  size_t reserved_buffer_size;
+  /**
+   * Node whose clock is the cluster's.
+   */
+  uint16_t time_parent_node_id;
+  /**
+   * "shm", "tcp" or "verbs"; NULL: env PATRONUS_FABRIC, else "shm".
+   */
+  const char *fabric;
+  /**
+   * "memcached://HOST:PORT" (or "memcache://"); NULL: env
+   * PATRONUS_KEEPER, else the in-process keeper.
+   */
+  const char *keeper;
+  /**
+   * tcp fabric listen address; NULL: "127.0.0.1:0".
+   */
+  const char *listen_addr;
+  /**
+   * Keeper namespace; NULL: "default".
+   */
+  const char *cluster;
+  /**
+   * Skip time synchronisation.
+   */
+  bool simplify;
+  /**
+   * Client thread slots per node (0: 4).
+   */
+  uint16_t client_threads;
+  /**
+   * Leases (windows, protection regions) per directory (0: 4096).
+   */
+  uint32_t leases_per_dir;
+  /**
+   * Timeout of every RPC in milliseconds (0: 2000).
+   */
+  uint64_t rpc_timeout_ms;
+} patronus_config_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -308,6 +388,437 @@ uint64_t patronus_gaddr_offset(patronus_gaddr_t g);
  * True when the offset is 0 (the original's null convention).
  */
 bool patronus_gaddr_is_null(patronus_gaddr_t g);
+
+/**
+ * Acquires a read lease on `[bind_gaddr.offset, +size)` of directory
+ * `dir_id` of node `node_id` for `ns` nanoseconds (0 with
+ * PATRONUS_ACQUIRE_NO_GC: forever). With PATRONUS_ACQUIRE_WITH_ALLOCATION
+ * the object is allocated by allocator `alloc_hint` and `bind_gaddr` must
+ * be null. Never NULL for a well-formed call: a refused lease has
+ * `patronus_lease_success()` false and `patronus_lease_ec()` says why.
+ * NULL (with `patronus_last_error()`) for invalid arguments or when this
+ * thread is not a client thread. Ownership: free with
+ * `patronus_lease_free`.
+ */
+patronus_lease_t *patronus_get_rlease(patronus_t *p,
+                                      uint16_t node_id,
+                                      uint16_t dir_id,
+                                      patronus_gaddr_t bind_gaddr,
+                                      uint64_t alloc_hint,
+                                      size_t size,
+                                      uint64_t ns,
+                                      uint64_t flag);
+
+/**
+ * Acquires a write lease (read, write and atomics); as
+ * `patronus_get_rlease`.
+ */
+patronus_lease_t *patronus_get_wlease(patronus_t *p,
+                                      uint16_t node_id,
+                                      uint16_t dir_id,
+                                      patronus_gaddr_t bind_gaddr,
+                                      uint64_t alloc_hint,
+                                      size_t size,
+                                      uint64_t ns,
+                                      uint64_t flag);
+
+/**
+ * Gives the lease back: the memory node revokes its windows at once (see
+ * the PATRONUS_MODIFY_* flags). Relinquishing twice is PATRONUS_RC_OK.
+ * The handle stays valid (free it with `patronus_lease_free`).
+ */
+patronus_rc_t patronus_relinquish(patronus_t *p,
+                                  patronus_lease_t *lease,
+                                  uint64_t hint,
+                                  uint64_t flag);
+
+/**
+ * Extends the lease by `ns` with a one-sided CAS on its protection region
+ * (no memory-node CPU). PATRONUS_RC_INVALID when the extension cannot be
+ * granted (revoked, no protection region, cap reached).
+ */
+patronus_rc_t patronus_extend(patronus_t *p, patronus_lease_t *lease, uint64_t ns, uint64_t flag);
+
+/**
+ * Extends the lease by `ns` through an RPC to its directory.
+ */
+patronus_rc_t patronus_rpc_extend(patronus_t *p,
+                                  patronus_lease_t *lease,
+                                  uint64_t ns,
+                                  uint64_t flag);
+
+/**
+ * Turns a read lease into a write lease: acquires the write lease, then
+ * relinquishes `lease`. Returns the new lease (free it separately); a
+ * refused upgrade returns a failed lease and keeps `lease`. NULL for
+ * invalid arguments (e.g. `lease` is already a write lease).
+ */
+patronus_lease_t *patronus_upgrade(patronus_t *p, patronus_lease_t *lease, uint64_t flag);
+
+/**
+ * Frees a lease handle without relinquishing (the memory node's GC
+ * revokes it at expiry). NULL is a no-op.
+ */
+void patronus_lease_free(patronus_lease_t *lease);
+
+/**
+ * True when the lease was granted and is still held.
+ */
+bool patronus_lease_success(const patronus_lease_t *lease);
+
+/**
+ * Why an acquisition failed (PATRONUS_ACQUIRE_SUCCESS when granted).
+ */
+patronus_acquire_status_t patronus_lease_ec(const patronus_lease_t *lease);
+
+/**
+ * The lease's id at its directory (context slot; UINT64_MAX when none).
+ */
+uint64_t patronus_lease_id(const patronus_lease_t *lease);
+
+/**
+ * The object's address in the memory node's registered region.
+ */
+uint64_t patronus_lease_base_addr(const patronus_lease_t *lease);
+
+/**
+ * The object's size in bytes.
+ */
+size_t patronus_lease_buffer_size(const patronus_lease_t *lease);
+
+/**
+ * The directory that granted the lease.
+ */
+uint16_t patronus_lease_dir_id(const patronus_lease_t *lease);
+
+/**
+ * The lease's deadline in PatronusTime ns (UINT64_MAX: never expires).
+ */
+uint64_t patronus_lease_ddl_term(const patronus_lease_t *lease);
+
+/**
+ * Every granted lease can be read.
+ */
+bool patronus_lease_is_readable(const patronus_lease_t *lease);
+
+/**
+ * Write leases can be written and used for atomics.
+ */
+bool patronus_lease_is_writable(const patronus_lease_t *lease);
+
+/**
+ * The global address of the leased object.
+ */
+patronus_gaddr_t patronus_get_gaddr(const patronus_t *p, const patronus_lease_t *lease);
+
+/**
+ * Reads `size` bytes at `offset` of the leased object into `obuf` (one
+ * RDMA READ through the lease's window). PATRONUS_RC_RDMA_PROTECTION_ERR
+ * when the memory node refuses (outside the lease, revoked); the
+ * connection recovers by itself. PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR when
+ * the local clock says the lease expired (nothing was sent).
+ */
+patronus_rc_t patronus_read(patronus_t *p,
+                            patronus_lease_t *lease,
+                            char *obuf,
+                            size_t size,
+                            size_t offset,
+                            uint64_t flag);
+
+/**
+ * Writes `size` bytes from `ibuf` at `offset` of the leased object.
+ */
+patronus_rc_t patronus_write(patronus_t *p,
+                             patronus_lease_t *lease,
+                             const char *ibuf,
+                             size_t size,
+                             size_t offset,
+                             uint64_t flag);
+
+/**
+ * 8-byte compare-and-swap at `offset` (8-aligned); `iobuf` receives the
+ * old value (8 bytes, little endian) whether or not it swapped.
+ */
+patronus_rc_t patronus_cas(patronus_t *p,
+                           patronus_lease_t *lease,
+                           char *iobuf,
+                           size_t offset,
+                           uint64_t compare,
+                           uint64_t swap,
+                           uint64_t flag);
+
+/**
+ * 8-byte fetch-and-add at `offset` (8-aligned); `iobuf` receives the old
+ * value.
+ */
+patronus_rc_t patronus_faa(patronus_t *p,
+                           patronus_lease_t *lease,
+                           char *iobuf,
+                           size_t offset,
+                           int64_t value,
+                           uint64_t flag);
+
+/**
+ * Two-sided read: the directory copies the bytes, checked against the
+ * caller's lease exactly like a one-sided access.
+ */
+patronus_rc_t patronus_rpc_read(patronus_t *p,
+                                patronus_lease_t *lease,
+                                char *obuf,
+                                size_t size,
+                                size_t offset,
+                                uint64_t flag);
+
+/**
+ * Two-sided write, checked against the caller's lease.
+ */
+patronus_rc_t patronus_rpc_write(patronus_t *p,
+                                 patronus_lease_t *lease,
+                                 const char *ibuf,
+                                 size_t size,
+                                 size_t offset,
+                                 uint64_t flag);
+
+/**
+ * Two-sided compare-and-swap, checked against the caller's lease.
+ */
+patronus_rc_t patronus_rpc_cas(patronus_t *p,
+                               patronus_lease_t *lease,
+                               char *iobuf,
+                               size_t offset,
+                               uint64_t compare,
+                               uint64_t swap);
+
+/**
+ * Two-sided fetch-and-add, checked against the caller's lease.
+ */
+patronus_rc_t patronus_rpc_faa(patronus_t *p,
+                               patronus_lease_t *lease,
+                               char *iobuf,
+                               size_t offset,
+                               int64_t value);
+
+/**
+ * A new, empty batch (at most 16 operations, all towards one directory).
+ * Ownership: free with `patronus_batch_free`.
+ */
+patronus_batch_t *patronus_batch_new(void);
+
+/**
+ * Frees a batch (prepared operations are dropped). NULL is a no-op.
+ */
+void patronus_batch_free(patronus_batch_t *b);
+
+/**
+ * Adds a READ to the batch; `obuf` is filled by `patronus_commit` and
+ * must stay valid until then. PATRONUS_RC_NO_MEM when the batch is full.
+ */
+patronus_rc_t patronus_prepare_read(patronus_t *p,
+                                    patronus_batch_t *b,
+                                    patronus_lease_t *lease,
+                                    char *obuf,
+                                    size_t size,
+                                    size_t offset,
+                                    uint64_t flag);
+
+/**
+ * Adds a WRITE of `size` bytes from `ibuf` (copied now).
+ */
+patronus_rc_t patronus_prepare_write(patronus_t *p,
+                                     patronus_batch_t *b,
+                                     patronus_lease_t *lease,
+                                     const char *ibuf,
+                                     size_t size,
+                                     size_t offset,
+                                     uint64_t flag);
+
+/**
+ * Adds a CAS; `iobuf` receives the old value at commit.
+ */
+patronus_rc_t patronus_prepare_cas(patronus_t *p,
+                                   patronus_batch_t *b,
+                                   patronus_lease_t *lease,
+                                   char *iobuf,
+                                   size_t offset,
+                                   uint64_t compare,
+                                   uint64_t swap,
+                                   uint64_t flag);
+
+/**
+ * Adds a FAA; `iobuf` receives the old value at commit.
+ */
+patronus_rc_t patronus_prepare_faa(patronus_t *p,
+                                   patronus_batch_t *b,
+                                   patronus_lease_t *lease,
+                                   char *iobuf,
+                                   size_t offset,
+                                   int64_t value,
+                                   uint64_t flag);
+
+/**
+ * Posts every prepared operation as one chain and waits for it. On
+ * success the read buffers and atomic iobufs are filled; one failure fails
+ * the batch (PATRONUS_RC_RDMA_PROTECTION_ERR) and the connection recovers.
+ * The batch is empty afterwards either way; an empty batch is
+ * PATRONUS_RC_OK.
+ */
+patronus_rc_t patronus_commit(patronus_t *p, patronus_batch_t *b);
+
+/**
+ * Allocates `size` bytes on directory `dir_id` of node `node_id` with the
+ * allocator registered for `hint` (0: the default slab). The null gaddr
+ * when nothing is available.
+ */
+patronus_gaddr_t patronus_alloc(patronus_t *p,
+                                uint16_t node_id,
+                                uint16_t dir_id,
+                                size_t size,
+                                uint64_t hint);
+
+/**
+ * Frees a block from `patronus_alloc`. The memory node checks that it is
+ * a live block of that allocator; a bad free changes nothing and is
+ * reported through `patronus_last_error()`.
+ */
+void patronus_dealloc(patronus_t *p,
+                      patronus_gaddr_t gaddr,
+                      uint16_t dir_id,
+                      size_t size,
+                      uint64_t hint);
+
+/**
+ * Fills `conf` with the defaults: one node, one directory, 16 MiB lease
+ * and alloc buffers, 4 MiB reserved, the fabric and keeper from the
+ * environment (else shm and in-process). NULL is ignored.
+ */
+void patronus_config_init(patronus_config_t *conf);
+
+/**
+ * Joins (or forms) the cluster `conf` describes; blocks until all
+ * `machine_nr` nodes joined. Returns NULL on failure (see
+ * `patronus_last_error()`). Ownership: free the node with `patronus_free`.
+ * `conf` NULL means all defaults.
+ */
+patronus_t *patronus_new(const patronus_config_t *conf);
+
+/**
+ * Leaves the cluster and frees the node. Client and server threads of
+ * this node registered by other OS threads stop working (their calls
+ * fail) but stay safe. NULL is a no-op.
+ */
+void patronus_free(patronus_t *p);
+
+/**
+ * Makes the calling OS thread a client thread of `p` (takes a client slot:
+ * its QPs towards every directory). Calling it again on the same thread is
+ * a no-op. PATRONUS_RC_NO_MEM when every slot is taken.
+ */
+patronus_rc_t patronus_register_client_thread(patronus_t *p);
+
+/**
+ * Makes the calling OS thread the server thread of one directory of `p`.
+ * Again on the same thread: no-op. PATRONUS_RC_NO_MEM when every
+ * directory already has its thread.
+ */
+patronus_rc_t patronus_register_server_thread(patronus_t *p);
+
+/**
+ * Serves this thread's directory (registering it first if needed) until
+ * every client node called `patronus_finished(p, key)`. Errors go to
+ * `patronus_last_error()`.
+ */
+void patronus_server_serve(patronus_t *p, uint64_t key);
+
+/**
+ * Marks this node finished for `key` (once; repeats are no-ops).
+ */
+void patronus_finished(patronus_t *p, uint64_t key);
+
+/**
+ * True once every node called `patronus_finished(p, key)`.
+ */
+bool patronus_should_exit(const patronus_t *p, uint64_t key);
+
+/**
+ * This node's id (0 for NULL).
+ */
+uint16_t patronus_get_node_id(const patronus_t *p);
+
+/**
+ * The calling thread's id on `p`: its client slot, else its directory id,
+ * else UINT32_MAX (not registered).
+ */
+uint32_t patronus_get_thread_id(const patronus_t *p);
+
+/**
+ * Synchronised cluster time in ns (PatronusTime; 0 for NULL).
+ */
+uint64_t patronus_now(const patronus_t *p);
+
+/**
+ * The cluster's clock uncertainty in ns (0 for NULL).
+ */
+uint64_t patronus_epsilon(const patronus_t *p);
+
+/**
+ * Stores `len` bytes at `value` under `key` in the cluster's keeper.
+ */
+patronus_rc_t patronus_put(patronus_t *p, const char *key, const void *value, size_t len);
+
+/**
+ * Reads `key`, waiting until some node put it. Copies at most `cap` bytes
+ * into `buf` and stores the full length in `*len_out` (when not NULL);
+ * PATRONUS_RC_NO_MEM when `cap` is too small (nothing copied, `*len_out`
+ * says how much is needed).
+ */
+patronus_rc_t patronus_get(patronus_t *p, const char *key, void *buf, size_t cap, size_t *len_out);
+
+/**
+ * Waits until every node of the cluster reached barrier `key` (reusable).
+ */
+patronus_rc_t patronus_keeper_barrier(patronus_t *p, const char *key);
+
+/**
+ * The memory node's lease buffer (where leases bind by offset) and its
+ * size. The memory belongs to the node; valid until `patronus_free`.
+ */
+char *patronus_get_lease_buffer(patronus_t *p, size_t *size_out);
+
+/**
+ * The allocation buffer (carved by the directories' allocators).
+ */
+char *patronus_get_alloc_buffer(patronus_t *p, size_t *size_out);
+
+/**
+ * The application-reserved buffer.
+ */
+char *patronus_get_user_reserved_buffer(patronus_t *p, size_t *size_out);
+
+/**
+ * The global address of `addr` inside this node's server buffer; the null
+ * address when `addr` is outside it.
+ */
+patronus_gaddr_t patronus_to_exposed_gaddr(patronus_t *p, const void *addr);
+
+/**
+ * The local pointer of global address `g` on this node; NULL when `g`
+ * names another node or lies outside the server buffer.
+ */
+void *patronus_from_exposed_gaddr(patronus_t *p, patronus_gaddr_t g);
+
+/**
+ * A client buffer of `size` bytes (zeroed), owned by the node until
+ * `patronus_put_rdma_buffer`. Every data-path call also accepts plain
+ * caller memory; these exist for code written against the original.
+ * NULL when `size` is 0 or above 1 GiB.
+ */
+char *patronus_get_rdma_buffer(patronus_t *p, size_t size);
+
+/**
+ * Returns a buffer from `patronus_get_rdma_buffer`. NULL is a no-op;
+ * a pointer this node did not hand out is refused (last error set).
+ */
+void patronus_put_rdma_buffer(patronus_t *p, char *buf);
 
 #ifdef __cplusplus
 }  // extern "C"

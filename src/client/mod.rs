@@ -139,7 +139,7 @@ impl Lease {
     pub fn ec(&self) -> u8 {
         self.status
     }
-    fn failed(status: u8, node: u16, dir: u16) -> Lease {
+    pub(crate) fn failed(status: u8, node: u16, dir: u16) -> Lease {
         Lease {
             status,
             node,

@@ -7,7 +7,14 @@
 //! `patronus_last_error()` naming the parameter); enums and flags arrive as
 //! integers; outputs are written only on success; `_free(NULL)` is a no-op.
 
+// Exported functions take raw pointers from C by design; each one checks
+// for NULL and documents the validity contract, so they are not `unsafe fn`
+// (C cannot see the difference, and Rust callers use the safe API).
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 pub mod boundary;
 pub mod error;
 pub mod flags;
 pub mod gaddr;
+pub mod lease;
+pub mod node;

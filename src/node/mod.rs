@@ -561,6 +561,28 @@ impl Patronus {
             .map_err(Error::from)
     }
 
+    /// The node's server buffer (lease, alloc, reserved parts in that
+    /// order) as the memory node's own pointer and length. Valid while the
+    /// node lives; remote clients reach it only through leases.
+    pub fn server_buffer(&self) -> (*mut u8, u64) {
+        let base = self
+            .sh
+            .region
+            .as_ptr()
+            .wrapping_add(self.sh.layout.internal as usize);
+        (base, self.sh.layout.buffer())
+    }
+
+    /// The node's layout.
+    pub fn layout(&self) -> Layout {
+        self.sh.layout
+    }
+
+    /// This node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.sh.cfg
+    }
+
     /// Marks this node finished for `key` and tells every node. Once per
     /// node and key: repeated calls are no-ops.
     pub fn finished(&self, key: u64) -> Result<()> {
