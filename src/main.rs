@@ -194,6 +194,25 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Lease cycle, protection competitors, extension, recovery and the
+    /// protection overhead, each against a baseline of the same run.
+    Lease {
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Which link.
+        #[arg(long, value_enum, default_value = "shm")]
+        fabric: FabricArg,
+        /// Small counts (CI smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Ops per scenario.
+        #[arg(long, default_value_t = 20_000)]
+        ops: u64,
+        /// Time budget per scenario, seconds.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
 }
 
 type Pair = (
@@ -274,6 +293,38 @@ fn main() -> ExitCode {
                 bench::print_json(&mut out, &recs)?;
             } else {
                 bench::print_table(&mut out, &recs)?;
+            }
+            Ok(true)
+        })(),
+        Cmd::Bench {
+            what:
+                BenchCmd::Lease {
+                    json,
+                    fabric: f,
+                    quick,
+                    ops,
+                    seconds,
+                },
+        } => (|| {
+            let fabrics = match f {
+                FabricArg::Shm => vec!["shm"],
+                FabricArg::Tcp => vec!["tcp"],
+                FabricArg::All => vec!["shm", "tcp"],
+            };
+            let mut recs = Vec::new();
+            for fab in fabrics {
+                let o = patronus::bench::lease::Opts {
+                    fabric: fab.into(),
+                    ops: if quick { 500 } else { ops },
+                    budget: Duration::from_secs_f64(if quick { 0.3 } else { seconds }),
+                };
+                recs.extend(patronus::bench::lease::run(&o)?);
+            }
+            let mut out = std::io::stdout().lock();
+            if json {
+                bench::print_json(&mut out, &recs)?;
+            } else {
+                patronus::bench::lease::print_table(&mut out, &recs)?;
             }
             Ok(true)
         })(),

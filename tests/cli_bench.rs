@@ -98,3 +98,63 @@ fn bench_fabric_quick_json() {
         }
     }
 }
+
+#[test]
+fn bench_lease_quick_json_has_every_group_with_its_baseline() {
+    let out = patronus()
+        .args(["bench", "lease", "--quick", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let groups: [(&str, &[&str]); 5] = [
+        (
+            "basic",
+            &["rpc-only", "no-bind", "1-bind", "2-bind", "2-bind+gc"],
+        ),
+        (
+            "cycle16",
+            &[
+                "unprotected",
+                "mw-lease",
+                "two-sided",
+                "mr-rereg",
+                "qp-flag",
+            ],
+        ),
+        ("extend", &["re-acquire", "one-sided", "rpc"]),
+        ("recovery", &["read", "fault+recover", "next-read"]),
+        ("overhead", &["unprotected", "leased"]),
+    ];
+    for (g, variants) in groups {
+        let in_group: Vec<_> = recs.iter().filter(|r| r["scenario"] == g).collect();
+        assert_eq!(
+            in_group.iter().filter(|r| r["baseline"] == true).count(),
+            1,
+            "group {g} needs exactly one baseline"
+        );
+        for v in variants {
+            let r = in_group
+                .iter()
+                .find(|r| r["op"] == *v)
+                .unwrap_or_else(|| panic!("no {g}/{v} in {text}"));
+            assert!(r["ops"].as_u64().unwrap() > 0, "{g}/{v} measured nothing");
+            assert!(r["p50_ns"].as_u64().unwrap() > 0, "{g}/{v}");
+        }
+    }
+    // The overhead ratio is a rate ratio, present and finite.
+    let leased = recs
+        .iter()
+        .find(|r| r["scenario"] == "overhead" && r["op"] == "leased")
+        .unwrap();
+    let x = leased["mops_vs_floor"].as_f64().unwrap();
+    assert!(x.is_finite() && x > 0.0);
+}

@@ -23,6 +23,9 @@ fn holds_lease(flag: u64) -> bool {
     flag & acquire::ONLY_ALLOCATION == 0
 }
 
+/// How long a data-path wait polls without giving the core away.
+const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// Bytes of a client thread's registered data buffer.
 pub const DATA_BUF: usize = 1 << 20;
 
@@ -571,10 +574,17 @@ impl ClientThread {
             if self.data_cq.poll(&mut wc) == 1 {
                 break wc[0].status;
             }
-            if t0.elapsed() > self.sh.cfg.rpc_timeout {
+            let waited = t0.elapsed();
+            if waited > self.sh.cfg.rpc_timeout {
                 break WcStatus::RetryExcErr;
             }
-            self.data_cq.wait(std::time::Duration::from_micros(50));
+            // A round trip is a few hundred ns on shm: poll hot first, give
+            // the core away only when the answer is late.
+            if waited > SPIN_FOR {
+                self.data_cq.wait(std::time::Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
         };
         if st == WcStatus::Success {
             return Ok(Rc::Ok);
@@ -1151,11 +1161,16 @@ impl ClientThread {
                 }
                 continue;
             }
-            if t0.elapsed() > self.sh.cfg.rpc_timeout {
+            let waited = t0.elapsed();
+            if waited > self.sh.cfg.rpc_timeout {
                 failed = true;
                 break;
             }
-            self.data_cq.wait(std::time::Duration::from_micros(50));
+            if waited > SPIN_FOR {
+                self.data_cq.wait(std::time::Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
         }
         if failed {
             qp.reset()?;

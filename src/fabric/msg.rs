@@ -229,7 +229,7 @@ impl Messenger {
                 return Ok(None);
             }
             spins += 1;
-            if spins > 2000 {
+            if spins > 64 && t0.elapsed() > Duration::from_millis(1) {
                 std::thread::sleep(Duration::from_micros(20));
             } else {
                 self.cq.wait(Duration::from_micros(5));

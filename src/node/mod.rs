@@ -727,7 +727,8 @@ fn sync_time(
         eps = eps.max(e);
     }
     clock.set_epsilon(eps);
-    if let Some(s) = syncer {
+    if let Some(mut s) = syncer {
+        s.set_timeout(cfg.rpc_timeout.min(Duration::from_millis(200)));
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let period = cfg.time_resync.max(Duration::from_millis(10));
@@ -735,24 +736,42 @@ fn sync_time(
         let h = std::thread::Builder::new()
             .name("patronus-resync".into())
             .spawn(move || {
-                let mut next = std::time::Instant::now() + period;
+                let mut wait = period;
+                let mut next = std::time::Instant::now() + wait;
+                let mut failing = false;
                 while !st.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(10));
                     if std::time::Instant::now() < next {
                         continue;
                     }
-                    next = std::time::Instant::now() + period;
                     match s.sync_once(8) {
-                        Ok((_, e)) if e > clk.epsilon() => {
-                            tracing::warn!(
-                                epsilon_ns = e,
-                                "clock uncertainty grew; widening epsilon"
-                            );
-                            clk.set_epsilon(e);
+                        Ok((_, e)) => {
+                            if e > clk.epsilon() {
+                                tracing::warn!(
+                                    epsilon_ns = e,
+                                    "clock uncertainty grew; widening epsilon"
+                                );
+                                clk.set_epsilon(e);
+                            }
+                            if failing {
+                                tracing::info!("clock re-sync works again");
+                            }
+                            failing = false;
+                            wait = period;
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("clock re-sync failed: {e}"),
+                        Err(e) => {
+                            // The parent may have left (e.g. a client node
+                            // that finished): keep the last offset, back off.
+                            if !failing {
+                                tracing::warn!(
+                                    "clock re-sync failed, keeping the last offset: {e}"
+                                );
+                            }
+                            failing = true;
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
                     }
+                    next = std::time::Instant::now() + wait;
                 }
             })
             .map_err(|e| Error::io("spawn the clock re-sync thread", e))?;

@@ -132,25 +132,28 @@ impl Directory {
         // A serving node counts as finished for `key`: serving ends when
         // every other node finished too.
         crate::node::finished(&self.sh, key)?;
-        let mut idle = 0u32;
+        // Idle policy bounded in time: spin, then yield, then short sleeps.
+        let mut idle_since: Option<Instant> = None;
         let mut last_check = Instant::now();
         loop {
             let did = self.serve_once()?;
             if did > 0 {
-                idle = 0;
+                idle_since = None;
                 continue;
             }
-            idle += 1;
+            let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
             if last_check.elapsed() > Duration::from_millis(20) {
                 last_check = Instant::now();
                 if crate::node::should_exit(&self.sh, key) && self.ddl.is_empty() {
                     return Ok(());
                 }
             }
-            if idle > 20_000 {
+            if idle > Duration::from_micros(500) {
                 std::thread::sleep(Duration::from_micros(50));
-            } else if idle > 2_000 {
+            } else if idle > Duration::from_micros(20) {
                 std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
             }
         }
     }

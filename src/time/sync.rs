@@ -227,6 +227,12 @@ impl TimeSyncer {
         }
     }
 
+    /// Changes how long one synchronisation may take (periodic re-syncs use
+    /// a short one so that shutting a node down never waits long).
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+    }
+
     fn request(&self) -> Result<()> {
         self.post_wait(WrOp::Faa {
             local: Sge {

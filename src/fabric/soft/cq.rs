@@ -69,12 +69,13 @@ impl Cq for SoftCq {
     }
 
     fn wait(&self, timeout: Duration) {
-        // Progress happens in poll(); waiting spins briefly (a round trip on
-        // the shm link is well under a microsecond), then gives the core away.
-        let spin = timeout.min(Duration::from_micros(20));
+        // Progress happens in poll(), so waiting must not outlast a round
+        // trip: spin about a microsecond, then give the core away once (the
+        // caller polls again right after).
+        let spin = timeout.min(Duration::from_micros(1));
         let end = Instant::now() + spin;
         while Instant::now() < end {
-            for _ in 0..32 {
+            for _ in 0..16 {
                 std::hint::spin_loop();
             }
         }

@@ -8,7 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -795,9 +795,12 @@ fn accept_tcp(nic: &Arc<NicInner>, mut s: std::net::TcpStream) {
 fn shm_loop(nic: Arc<NicInner>) {
     let mut list: Vec<Arc<InShm>> = Vec::new();
     let mut ver = u64::MAX;
-    let mut idle = 0u32;
-    const SPIN: u32 = 20_000;
-    const YIELDS: u32 = 200;
+    // Adaptive polling bounded in time, not iterations: the machine may
+    // have two cores shared by several NICs, directories and clients, and
+    // a long spin starves exactly the thread that would produce work.
+    const SPIN: Duration = Duration::from_micros(30);
+    const YIELD: Duration = Duration::from_micros(300);
+    let mut idle_since: Option<Instant> = None;
     while !nic.stop.load(Ordering::Acquire) {
         let v = nic.in_shm_ver.load(Ordering::Acquire);
         if v != ver {
@@ -811,15 +814,15 @@ fn shm_loop(nic: Arc<NicInner>) {
             }
         }
         if work > 0 {
-            idle = 0;
+            idle_since = None;
             continue;
         }
-        idle += 1;
+        let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
         if idle < SPIN {
             std::hint::spin_loop();
             continue;
         }
-        if idle < SPIN + YIELDS {
+        if idle < YIELD {
             std::thread::yield_now();
             continue;
         }
@@ -850,7 +853,8 @@ fn shm_loop(nic: Arc<NicInner>) {
         for c in &list {
             flag(&c.seg, shm::NIC_SLEEP).store(0, Ordering::Relaxed);
         }
-        idle = SPIN;
+        // Awake again: spin briefly for the request that woke us.
+        idle_since = None;
     }
 }
 

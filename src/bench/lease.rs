@@ -1,0 +1,423 @@
+//! `patronus bench lease`: the original's bench_patronus_basic,
+//! bench_patronus_concurrent and bench_patronus_extend, the recovery latency
+//! after a protection fault, and the protection overhead, each against a
+//! baseline measured in the same run on an in-process two-node cluster
+//! (memory node on its own server thread, client on the calling thread).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{run_latency, BenchRecord};
+use crate::client::ClientThread;
+use crate::lease::flags::{acquire, rw};
+use crate::lease::msg::AdminOp;
+use crate::lease::Rc;
+use crate::node::{Config, Patronus};
+use crate::{Error, Result};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// "shm" or "tcp".
+    pub fabric: String,
+    /// Operations per latency scenario.
+    pub ops: u64,
+    /// Time budget per scenario.
+    pub budget: Duration,
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn rec(group: &str, fabric: &str, op: &str, size: u64, lat: &super::Lat) -> BenchRecord {
+    BenchRecord {
+        scenario: group.into(),
+        fabric: fabric.into(),
+        op: op.into(),
+        size,
+        p50_ns: lat.p50(),
+        p99_ns: lat.p99(),
+        mops: lat.mops(),
+        baseline: false,
+        p50_vs_floor: None,
+        mops_vs_floor: None,
+        ops: lat.ops,
+    }
+}
+
+fn ok(rc: Rc, what: &str) -> Result<()> {
+    if rc == Rc::Ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("bench: {what} returned {rc:?}")))
+    }
+}
+
+fn granted(l: &crate::client::Lease, what: &str) -> Result<()> {
+    if l.success() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "bench: {what} refused with status {}",
+            l.ec()
+        )))
+    }
+}
+
+/// Runs every scenario; records are grouped, and within a group the record
+/// marked `baseline` is what the others' ratios refer to.
+pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
+    let cluster = format!(
+        "bench-lease-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 2,
+        cluster,
+        fabric: o.fabric.clone(),
+        keeper: None,
+        leases_per_dir: 4096,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cfg.clone();
+            std::thread::spawn(move || Patronus::new(c))
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for h in hs {
+        nodes.push(
+            h.join()
+                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
+        );
+    }
+    nodes.sort_by_key(|n| n.get_node_id());
+    let (server, client) = (&nodes[0], &nodes[1]);
+    let mut dir = server.register_server_thread()?;
+    std::thread::scope(|s| {
+        let h = s.spawn(move || dir.server_serve(0));
+        let r = (|| {
+            let mut c = client.register_client_thread()?;
+            let mut out = Vec::new();
+            basic(&mut c, o, &mut out)?;
+            concurrent(&mut c, o, &mut out)?;
+            extend(&mut c, o, &mut out)?;
+            recovery(&mut c, o, &mut out)?;
+            overhead(&mut c, o, &mut out)?;
+            Ok(out)
+        })();
+        let _ = server.finished(0);
+        let _ = client.finished(0);
+        let served = h
+            .join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
+        served?;
+        r
+    })
+}
+
+/// Fills the ratio of every record of `group` against its baseline.
+fn ratios(out: &mut [BenchRecord], group: &str, by_rate: bool) {
+    let Some(b) = out
+        .iter()
+        .find(|r| r.scenario == group && r.baseline)
+        .cloned()
+    else {
+        return;
+    };
+    for r in out.iter_mut().filter(|r| r.scenario == group) {
+        if by_rate {
+            r.mops_vs_floor = Some(r.mops / b.mops.max(1e-12));
+        } else {
+            r.p50_vs_floor = Some(r.p50_ns as f64 / b.p50_ns.max(1) as f64);
+        }
+    }
+}
+
+/// bench_patronus_basic: acquire + relinquish, from "RPC only" to the full
+/// lease (two binds, two unbinds) with a GC task.
+fn basic(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+    let f = &o.fabric;
+    let cases: [(&str, u64, u64, bool); 5] = [
+        (
+            "rpc-only",
+            acquire::DEBUG_SERVER_DO_NOTHING | acquire::NO_GC,
+            0,
+            true,
+        ),
+        ("no-bind", acquire::NO_BIND_ANY | acquire::NO_GC, 0, false),
+        ("1-bind", acquire::NO_BIND_PR | acquire::NO_GC, 0, false),
+        ("2-bind", acquire::NO_GC, 0, false),
+        ("2-bind+gc", 0, 1_000_000_000, false),
+    ];
+    for (name, flag, ns, base) in cases {
+        let mut i = 0u64;
+        let lat = run_latency(o.ops, o.budget, || {
+            i += 1;
+            let mut l = c.get_lease(true, 0, 0, (i % 1024) * 64, 64, ns, flag)?;
+            granted(&l, name)?;
+            ok(c.relinquish(&mut l, 0, 0)?, "relinquish")
+        })?;
+        let mut r = rec("basic", f, name, 64, &lat);
+        r.baseline = base;
+        out.push(r);
+    }
+    ratios(out, "basic", false);
+    Ok(())
+}
+
+/// bench_patronus_concurrent: acquire, 16 reads of 64 B, relinquish, with
+/// each protection mechanism; unprotected reads are the baseline.
+fn concurrent(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+    let f = &o.fabric;
+    let mut b = [0u8; 64];
+    let mut i = 0u64;
+    let ops = o.ops / 4;
+    // Unprotected: the directory's whole-region key, no lease at all.
+    let mut any = c.get_lease(true, 0, 0, 0, 64, 0, acquire::NO_GC | acquire::NO_RPC)?;
+    let lat = run_latency(ops, o.budget, || {
+        for _ in 0..16 {
+            ok(c.read(&mut any, &mut b, 0, rw::USE_UNIVERSAL_RKEY)?, "read")?;
+        }
+        Ok(())
+    })?;
+    let mut r = rec("cycle16", f, "unprotected", 64, &lat);
+    r.baseline = true;
+    out.push(r);
+    // Patronus: a window lease.
+    let lat = run_latency(ops, o.budget, || {
+        i += 1;
+        let mut l = c.get_lease(false, 0, 0, (i % 1024) * 64, 64, 0, acquire::NO_GC)?;
+        granted(&l, "window lease")?;
+        for _ in 0..16 {
+            ok(c.read(&mut l, &mut b, 0, 0)?, "read")?;
+        }
+        ok(c.relinquish(&mut l, 0, 0)?, "relinquish")
+    })?;
+    out.push(rec("cycle16", f, "mw-lease", 64, &lat));
+    // Two-sided: the directory copies every read (lease without windows).
+    let lat = run_latency(ops, o.budget, || {
+        i += 1;
+        let mut l = c.get_lease(
+            false,
+            0,
+            0,
+            (i % 1024) * 64,
+            64,
+            0,
+            acquire::NO_GC | acquire::NO_BIND_ANY,
+        )?;
+        for _ in 0..16 {
+            ok(c.read(&mut l, &mut b, 0, rw::USE_TWO_SIDED)?, "rpc read")?;
+        }
+        ok(c.relinquish(&mut l, 0, 0)?, "relinquish")
+    })?;
+    out.push(rec("cycle16", f, "two-sided", 64, &lat));
+    // MR re-registration per lease.
+    let lat = run_latency(ops, o.budget, || {
+        i += 1;
+        let mut l = c.get_lease(
+            false,
+            0,
+            0,
+            (i % 1024) * 64,
+            64,
+            0,
+            acquire::NO_GC | acquire::USE_MR | acquire::NO_BIND_PR,
+        )?;
+        granted(&l, "MR lease")?;
+        for _ in 0..16 {
+            ok(c.read(&mut l, &mut b, 0, 0)?, "read")?;
+        }
+        ok(c.relinquish(&mut l, 0, 0)?, "relinquish")
+    })?;
+    out.push(rec("cycle16", f, "mr-rereg", 64, &lat));
+    // QP access flags flipped by the directory around the reads.
+    let lat = run_latency(ops, o.budget, || {
+        c.admin(0, 0, AdminOp::QpToRw, 0)?;
+        for _ in 0..16 {
+            ok(c.read(&mut any, &mut b, 0, rw::USE_UNIVERSAL_RKEY)?, "read")?;
+        }
+        c.admin(0, 0, AdminOp::QpToRo, 0)?;
+        Ok(())
+    })?;
+    c.admin(0, 0, AdminOp::QpToRw, 0)?;
+    out.push(rec("cycle16", f, "qp-flag", 64, &lat));
+    ratios(out, "cycle16", false);
+    Ok(())
+}
+
+/// bench_patronus_extend: one-sided vs RPC extension vs giving the lease
+/// back and taking a new one.
+fn extend(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+    let f = &o.fabric;
+    let ms = 1_000_000;
+    let mut i = 0u64;
+    let lat = run_latency(o.ops, o.budget, || {
+        i += 1;
+        let mut l = c.get_lease(false, 0, 0, (i % 1024) * 64, 64, 100 * ms, 0)?;
+        granted(&l, "lease")?;
+        let r = c.relinquish(&mut l, 0, 0)?;
+        ok(r, "relinquish")
+    })?;
+    let mut r = rec("extend", f, "re-acquire", 64, &lat);
+    r.baseline = true;
+    out.push(r);
+    for (name, rpc) in [("one-sided", false), ("rpc", true)] {
+        let mut l = c.get_lease(false, 0, 0, 0, 64, 100 * ms, 0)?;
+        granted(&l, "lease")?;
+        let mut n = 0u64;
+        let lat = run_latency(o.ops, o.budget, || {
+            n += 1;
+            // Re-take the lease before the extension cap is reached.
+            if n % 4096 == 0 {
+                c.relinquish(&mut l, 0, 0)?;
+                l = c.get_lease(false, 0, 0, 0, 64, 100 * ms, 0)?;
+            }
+            let rc = if rpc {
+                c.rpc_extend(&mut l, 100 * ms, 0)?
+            } else {
+                c.extend(&mut l, 100 * ms, 0)?
+            };
+            ok(rc, name)
+        })?;
+        c.relinquish(&mut l, 0, 0)?;
+        out.push(rec("extend", f, name, 64, &lat));
+    }
+    ratios(out, "extend", false);
+    Ok(())
+}
+
+/// Recovery: a read outside the lease (the NIC refuses it, the QP goes to
+/// error, the client resets and reconnects the same QP) and the next read;
+/// a plain read is the baseline.
+fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+    let f = &o.fabric;
+    let mut l = c.get_lease(true, 0, 0, 0, 64, 0, acquire::NO_GC)?;
+    granted(&l, "lease")?;
+    let mut b = [0u8; 64];
+    let ops = (o.ops / 4).max(100);
+    let lat = run_latency(ops, o.budget, || ok(c.read(&mut l, &mut b, 0, 0)?, "read"))?;
+    let mut r = rec("recovery", f, "read", 64, &lat);
+    r.baseline = true;
+    out.push(r);
+    let lat = run_latency(ops, o.budget, || {
+        let rc = c.read(&mut l, &mut b, 4096, 0)?;
+        if rc != Rc::RdmaProtectionErr {
+            return Err(Error::Invalid(format!(
+                "bench: out-of-lease read returned {rc:?}"
+            )));
+        }
+        Ok(())
+    })?;
+    out.push(rec("recovery", f, "fault+recover", 64, &lat));
+    let mut next = Vec::new();
+    for _ in 0..ops.min(2000) {
+        c.read(&mut l, &mut b, 4096, 0)?;
+        let t = std::time::Instant::now();
+        ok(c.read(&mut l, &mut b, 0, 0)?, "read after recovery")?;
+        next.push(t.elapsed().as_nanos() as u64);
+    }
+    let mut h = hdrhistogram::Histogram::<u64>::new(3)
+        .map_err(|e| Error::Invalid(format!("histogram: {e}")))?;
+    for v in &next {
+        h.saturating_record(*v);
+    }
+    out.push(BenchRecord {
+        scenario: "recovery".into(),
+        fabric: f.clone(),
+        op: "next-read".into(),
+        size: 64,
+        p50_ns: h.value_at_quantile(0.5),
+        p99_ns: h.value_at_quantile(0.99),
+        mops: 0.0,
+        baseline: false,
+        p50_vs_floor: None,
+        mops_vs_floor: None,
+        ops: next.len() as u64,
+    });
+    c.relinquish(&mut l, 0, 0)?;
+    ratios(out, "recovery", false);
+    Ok(())
+}
+
+/// Protection overhead: 64 B READ rate under a long-held lease divided by
+/// the unprotected READ rate (whole-region key) on the same QP, in
+/// interleaved rounds.
+fn overhead(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+    let f = &o.fabric;
+    let mut l = c.get_lease(false, 0, 0, 0, 64, 10_000_000_000, 0)?;
+    granted(&l, "lease")?;
+    let mut b = [0u8; 64];
+    let rounds = 7;
+    let per = (o.ops / 2).max(1000);
+    let budget = o.budget / (2 * rounds as u32);
+    let (mut prot, mut unprot) = (Vec::new(), Vec::new());
+    let (mut lp, mut lu) = (None, None);
+    for _ in 0..rounds {
+        let a = run_latency(per, budget, || ok(c.read(&mut l, &mut b, 0, 0)?, "read"))?;
+        let u = run_latency(per, budget, || {
+            ok(
+                c.read(
+                    &mut l,
+                    &mut b,
+                    0,
+                    rw::USE_UNIVERSAL_RKEY | rw::NO_LOCAL_EXPIRE_CHECK,
+                )?,
+                "read",
+            )
+        })?;
+        prot.push(a.mops());
+        unprot.push(u.mops());
+        lp = Some(a);
+        lu = Some(u);
+    }
+    c.relinquish(&mut l, 0, 0)?;
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (mp, mu) = (med(&mut prot), med(&mut unprot));
+    let (Some(lp), Some(lu)) = (lp, lu) else {
+        return Ok(());
+    };
+    let mut r = rec("overhead", f, "unprotected", 64, &lu);
+    r.mops = mu;
+    r.baseline = true;
+    out.push(r);
+    let mut r = rec("overhead", f, "leased", 64, &lp);
+    r.mops = mp;
+    out.push(r);
+    ratios(out, "overhead", true);
+    Ok(())
+}
+
+/// Prints the records as a table with the ratio to each group's baseline.
+pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<10} {:<4} {:<14} {:>9} {:>9} {:>8} {:>16}",
+        "group", "fab", "variant", "p50_ns", "p99_ns", "Mops", "vs baseline"
+    )?;
+    for r in recs {
+        let vs = if r.baseline {
+            "baseline".to_string()
+        } else {
+            match (r.p50_vs_floor, r.mops_vs_floor) {
+                (_, Some(x)) => format!("{x:.3}x rate"),
+                (Some(x), _) => format!("{x:.2}x p50"),
+                _ => "-".into(),
+            }
+        };
+        writeln!(
+            out,
+            "{:<10} {:<4} {:<14} {:>9} {:>9} {:>8.3} {:>16}",
+            r.scenario, r.fabric, r.op, r.p50_ns, r.p99_ns, r.mops, vs
+        )?;
+    }
+    Ok(())
+}
