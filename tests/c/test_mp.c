@@ -72,10 +72,14 @@ int main(int argc, char **argv) {
     l = patronus_get_wlease(p, srv, 0, patronus_gaddr(srv, 8), 0, 8, 0, PATRONUS_ACQUIRE_NO_GC);
     patronus_faa(p, l, io, 0, 1, 0);
     uint64_t done = 0;
-    for (int spin = 0; spin < 100000; spin++) {
+    uint64_t deadline = patronus_now(p) + 30ull * 1000 * 1000 * 1000;
+    while (done < (uint64_t)(conf.machine_nr - 1)) {
+        if (patronus_now(p) > deadline) {
+            fprintf(stderr, "the other clients did not finish within 30 s\n");
+            return 1;
+        }
         patronus_read(p, l, b, 8, 0, 0);
         memcpy(&done, b, 8);
-        if (done >= (uint64_t)(conf.machine_nr - 1)) break;
     }
     patronus_lease_t *r = patronus_get_rlease(p, srv, 0, patronus_gaddr(srv, 0), 0, 8, 0, PATRONUS_ACQUIRE_NO_GC);
     rc = patronus_read(p, r, b, 8, 0, 0);
