@@ -555,7 +555,7 @@ impl ClientThread {
     }
 
     fn expired(&self, lease: &Lease) -> bool {
-        lease.ddl != i64::MAX && self.sh.now() + self.sh.clock.epsilon() >= lease.ddl
+        lease.ddl != i64::MAX && !self.sh.clock.before_deadline(lease.ddl)
     }
 
     /// Runs one one-sided work request on the data QP to the lease's

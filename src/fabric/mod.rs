@@ -584,9 +584,52 @@ pub fn monotonic_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: a few ns to read, never ahead of
+/// [`monotonic_ns`] and behind it by at most [`coarse_resolution_ns`].
+#[inline]
+pub fn monotonic_coarse_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// How far CLOCK_MONOTONIC_COARSE may lag CLOCK_MONOTONIC (its resolution,
+/// one kernel tick), in ns.
+pub fn coarse_resolution_ns() -> i64 {
+    static RES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *RES.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes into a valid timespec.
+        let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        if rc != 0 {
+            return i64::MAX / 4; // unknown: never trust the coarse clock
+        }
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coarse_clock_bounds() {
+        let res = coarse_resolution_ns();
+        assert!(res > 0 && res < 100_000_000, "resolution {res}");
+        for _ in 0..1000 {
+            let c = monotonic_coarse_ns();
+            let f = monotonic_ns();
+            assert!(c <= f + 1, "coarse {c} ahead of fine {f}");
+            assert!(f - c <= res + 1_000_000, "coarse lags by {} > {res}", f - c);
+        }
+    }
 
     #[test]
     fn inc_rkey_wraps_tag_only() {

@@ -37,6 +37,22 @@ impl Clock {
     pub fn now(&self) -> i64 {
         crate::fabric::monotonic_ns() + self.offset.load(Ordering::Relaxed)
     }
+    /// True when `now + epsilon < ddl` holds for certain. Reads the coarse
+    /// clock (a few ns) and falls back to the precise one only when the
+    /// deadline is within one kernel tick: the data path's expiry check.
+    #[inline]
+    pub fn before_deadline(&self, ddl: i64) -> bool {
+        let off = self.offset.load(Ordering::Relaxed);
+        let eps = self.epsilon();
+        let upper = crate::fabric::monotonic_coarse_ns()
+            .saturating_add(crate::fabric::coarse_resolution_ns())
+            .saturating_add(off);
+        if upper.saturating_add(eps) < ddl {
+            return true;
+        }
+        (crate::fabric::monotonic_ns() + off).saturating_add(eps) < ddl
+    }
+
     /// The offset added to the monotonic clock.
     pub fn offset(&self) -> i64 {
         self.offset.load(Ordering::Relaxed)
@@ -93,6 +109,31 @@ mod tests {
         // Saturation instead of overflow at the extremes.
         assert!(!c.definitely_lt(i64::MAX, i64::MAX));
         assert!(!c.definitely_gt(i64::MIN, i64::MIN));
+    }
+
+    #[test]
+    fn before_deadline_agrees_with_the_precise_check() {
+        let c = Clock::new(2_000);
+        let now = c.now();
+        assert!(c.before_deadline(now + 1_000_000_000));
+        assert!(!c.before_deadline(now));
+        assert!(!c.before_deadline(now + 1_000));
+        assert!(c.before_deadline(i64::MAX));
+        // Near the deadline the fallback decides exactly.
+        let ddl = c.now() + 3_000_000;
+        loop {
+            let r = c.before_deadline(ddl);
+            let after = c.now();
+            // The check read its clock before `after`: if even `after` is
+            // in time, the answer must be yes.
+            if after + c.epsilon() < ddl {
+                assert!(r);
+            } else {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(4));
+        assert!(!c.before_deadline(ddl));
     }
 
     #[test]
