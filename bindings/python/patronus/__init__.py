@@ -1,16 +1,32 @@
 """Patronus-rs from Python: protected remote memory with leases.
 
-This increment exposes what the C ABI has today: return codes, flags,
-statuses, global addresses and errors. Node, lease and data-path calls
-arrive with the lease core.
+A thin, complete layer over libpatronus.so (ctypes): ``Patronus`` is one node
+of a cluster, ``Lease`` a lease it holds, ``Batch`` a chain of one-sided
+operations. Failures raise ``PatronusError`` subclasses carrying the return
+code and the library's message. Foreign calls release the GIL, so a server
+thread and client threads can share one Python process.
+
+>>> import threading, patronus
+>>> with patronus.Patronus(cluster="doc") as p:
+...     t = threading.Thread(target=p.server_serve, args=(0,)); t.start()
+...     p.register_client_thread()
+...     with p.get_wlease(0, 0, patronus.GlobalAddress(0, 4096), 0, 64, 10**8) as l:
+...         p.write(l, b"hello")
+...         assert p.read(l, 5) == b"hello"
+...     p.finished(0); t.join()
 """
 
+import ctypes
 import enum
+import threading
 
-from ._lib import LIB, LIB_PATH, ABI_VERSION, GAddr, LoadError, cstr
+from ._lib import LIB, LIB_PATH, ABI_VERSION, Config, GAddr, LoadError, cstr
 
 __all__ = [
     "ABI_VERSION",
+    "Batch",
+    "Lease",
+    "Patronus",
     "AcquireFlag",
     "AcquireStatus",
     "GlobalAddress",
@@ -187,3 +203,430 @@ class GlobalAddress:
 
     def __repr__(self):
         return f"GlobalAddress(node_id={self.node_id}, offset={self.offset:#x})"
+
+
+def _gaddr(g):
+    """A GlobalAddress, an int offset (node 0 semantics: offset only) or
+    None as the C struct."""
+    if g is None:
+        return GAddr(0)
+    if isinstance(g, GlobalAddress):
+        return g._g
+    if isinstance(g, int):
+        if not 0 <= g < 1 << 48:
+            raise InvalidArgument(RC.INVALID, f"offset {g:#x} does not fit in 48 bits")
+        return GAddr(g)
+    raise TypeError(f"expected GlobalAddress, int or None, got {type(g).__name__}")
+
+
+def _lh(lease):
+    """The C handle of a Lease argument (InvalidArgument for anything else)."""
+    if not isinstance(lease, Lease):
+        raise InvalidArgument(RC.INVALID, f"expected a Lease, got {type(lease).__name__}")
+    return lease._handle()
+
+
+def _null_error(what):
+    msg = last_error() or f"{what} failed"
+    return InvalidArgument(RC.INVALID, msg)
+
+
+_CONFIG_FIELDS = {name for name, _ in Config._fields_}
+
+
+class Patronus:
+    """One node of a Patronus cluster.
+
+    Keyword arguments are the ``patronus_config_t`` fields: ``machine_nr``,
+    ``dir_nr``, ``lease_buffer_size``, ``alloc_buffer_size``,
+    ``reserved_buffer_size``, ``time_parent_node_id``, ``fabric`` ("shm",
+    "tcp", "verbs"), ``keeper`` ("memcached://HOST:PORT"), ``listen_addr``,
+    ``cluster``, ``simplify``, ``client_threads``, ``leases_per_dir``,
+    ``rpc_timeout_ms``. Construction blocks until ``machine_nr`` nodes
+    joined. Use it as a context manager or call ``close()``.
+    """
+
+    def __init__(self, **config):
+        unknown = set(config) - _CONFIG_FIELDS
+        if unknown:
+            raise TypeError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        c = Config()
+        LIB.patronus_config_init(ctypes.byref(c))
+        for k, v in config.items():
+            if v is None:
+                continue
+            if isinstance(v, str):
+                v = v.encode()
+            setattr(c, k, v)
+        self._c = c  # keeps the strings alive during patronus_new
+        self._p = LIB.patronus_new(ctypes.byref(c))
+        if not self._p:
+            raise PatronusError(RC.INVALID, last_error() or "patronus_new failed")
+        self._lock = threading.Lock()
+
+    # lifecycle -----------------------------------------------------------
+
+    def close(self):
+        """Leaves the cluster and frees the node (idempotent)."""
+        p, self._p = getattr(self, "_p", None), None
+        if p:
+            LIB.patronus_free(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _node(self):
+        if not self._p:
+            raise InvalidArgument(RC.INVALID, "the node is closed")
+        return self._p
+
+    # threads and time ----------------------------------------------------
+
+    def register_client_thread(self):
+        """Makes the calling thread a client thread of this node."""
+        check(LIB.patronus_register_client_thread(self._node()))
+
+    def register_server_thread(self):
+        """Makes the calling thread the server thread of one directory."""
+        check(LIB.patronus_register_server_thread(self._node()))
+
+    def server_serve(self, key):
+        """Serves this thread's directory until every node called
+        ``finished(key)`` (registers the thread first if needed)."""
+        LIB.patronus_server_serve(self._node(), key)
+
+    def finished(self, key):
+        """Marks this node finished for ``key``."""
+        LIB.patronus_finished(self._node(), key)
+
+    def should_exit(self, key):
+        return bool(LIB.patronus_should_exit(self._node(), key))
+
+    def get_node_id(self):
+        return LIB.patronus_get_node_id(self._node())
+
+    def get_thread_id(self):
+        return LIB.patronus_get_thread_id(self._node())
+
+    def now(self):
+        """Synchronised cluster time in ns."""
+        return LIB.patronus_now(self._node())
+
+    def epsilon(self):
+        """The cluster's clock uncertainty in ns."""
+        return LIB.patronus_epsilon(self._node())
+
+    # leases --------------------------------------------------------------
+
+    def _lease(self, fn, node_id, dir_id, gaddr, alloc_hint, size, ns, flag):
+        h = fn(self._node(), node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag))
+        if not h:
+            raise _null_error("acquire")
+        lease = Lease(self, h)
+        if not lease.success:
+            status = lease.ec
+            lease.close()
+            raise AcquireError(status, last_error() and f"lease not granted: {status.name}")
+        return lease
+
+    def get_rlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0):
+        """A read lease on ``[gaddr.offset, +size)`` for ``ns`` nanoseconds;
+        raises AcquireError (with ``.status``) when it is not granted."""
+        return self._lease(LIB.patronus_get_rlease, node_id, dir_id, gaddr, alloc_hint, size,
+                           ns, flag)
+
+    def get_wlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0):
+        """A write lease (read, write, atomics); see ``get_rlease``."""
+        return self._lease(LIB.patronus_get_wlease, node_id, dir_id, gaddr, alloc_hint, size,
+                           ns, flag)
+
+    def relinquish(self, lease, hint=0, flag=0):
+        """Gives the lease back (the memory node revokes it at once)."""
+        check(LIB.patronus_relinquish(self._node(), _lh(lease), hint, int(flag)))
+
+    def extend(self, lease, ns, flag=0):
+        """One-sided extension by ``ns``."""
+        check(LIB.patronus_extend(self._node(), _lh(lease), ns, int(flag)))
+
+    def rpc_extend(self, lease, ns, flag=0):
+        """Extension by RPC."""
+        check(LIB.patronus_rpc_extend(self._node(), _lh(lease), ns, int(flag)))
+
+    def upgrade(self, lease, flag=0):
+        """A write lease replacing the read lease ``lease``."""
+        h = LIB.patronus_upgrade(self._node(), _lh(lease), int(flag))
+        if not h:
+            raise _null_error("upgrade")
+        new = Lease(self, h)
+        if not new.success:
+            status = new.ec
+            new.close()
+            raise AcquireError(status)
+        return new
+
+    def get_gaddr(self, lease):
+        return GlobalAddress._from_c(LIB.patronus_get_gaddr(self._node(), _lh(lease)))
+
+    # data path -----------------------------------------------------------
+
+    def read(self, lease, size, offset=0, flag=0):
+        """``size`` bytes at ``offset`` of the leased object."""
+        buf = ctypes.create_string_buffer(size)
+        check(LIB.patronus_read(self._node(), _lh(lease), buf, size, offset, int(flag)))
+        return buf.raw
+
+    def write(self, lease, data, offset=0, flag=0):
+        """Writes ``data`` (bytes-like) at ``offset``."""
+        data = bytes(data)
+        check(LIB.patronus_write(self._node(), _lh(lease), data, len(data), offset,
+                                 int(flag)))
+
+    def cas(self, lease, offset, compare, swap, flag=0):
+        """8-byte compare-and-swap; returns the old value."""
+        io = ctypes.c_uint64()
+        check(LIB.patronus_cas(self._node(), _lh(lease), ctypes.byref(io), offset,
+                               compare, swap, int(flag)))
+        return io.value
+
+    def faa(self, lease, offset, value, flag=0):
+        """8-byte fetch-and-add; returns the old value."""
+        io = ctypes.c_uint64()
+        check(LIB.patronus_faa(self._node(), _lh(lease), ctypes.byref(io), offset, value,
+                               int(flag)))
+        return io.value
+
+    def rpc_read(self, lease, size, offset=0, flag=0):
+        buf = ctypes.create_string_buffer(size)
+        check(LIB.patronus_rpc_read(self._node(), _lh(lease), buf, size, offset,
+                                    int(flag)))
+        return buf.raw
+
+    def rpc_write(self, lease, data, offset=0, flag=0):
+        data = bytes(data)
+        check(LIB.patronus_rpc_write(self._node(), _lh(lease), data, len(data), offset,
+                                     int(flag)))
+
+    def rpc_cas(self, lease, offset, compare, swap):
+        io = ctypes.c_uint64()
+        check(LIB.patronus_rpc_cas(self._node(), _lh(lease), ctypes.byref(io), offset,
+                                   compare, swap))
+        return io.value
+
+    def rpc_faa(self, lease, offset, value):
+        io = ctypes.c_uint64()
+        check(LIB.patronus_rpc_faa(self._node(), _lh(lease), ctypes.byref(io), offset,
+                                   value))
+        return io.value
+
+    def batch(self):
+        """A new ``Batch`` of one-sided operations."""
+        return Batch(self)
+
+    # allocation, memory-node buffers, keeper ----------------------------
+
+    def alloc(self, node_id, dir_id, size, hint=0):
+        """Allocates ``size`` bytes on a memory node; a GlobalAddress."""
+        g = GlobalAddress._from_c(LIB.patronus_alloc(self._node(), node_id, dir_id, size, hint))
+        if g.is_null():
+            raise PatronusError(RC.NO_MEM, last_error() or "allocation failed")
+        return g
+
+    def dealloc(self, gaddr, dir_id, size, hint=0):
+        """Frees a block from ``alloc``; raises when the memory node refuses."""
+        LIB.patronus_clear_last_error()
+        LIB.patronus_dealloc(self._node(), _gaddr(gaddr), dir_id, size, hint)
+        err = last_error()
+        if err:
+            raise InvalidArgument(RC.INVALID, err)
+
+    def _buffer(self, fn):
+        n = ctypes.c_size_t()
+        ptr = fn(self._node(), ctypes.byref(n))
+        if not ptr:
+            raise _null_error("buffer")
+        return memoryview((ctypes.c_char * n.value).from_address(ptr)).cast("B")
+
+    def lease_buffer(self):
+        """The memory node's lease buffer (its own view, no lease needed)."""
+        return self._buffer(LIB.patronus_get_lease_buffer)
+
+    def alloc_buffer(self):
+        return self._buffer(LIB.patronus_get_alloc_buffer)
+
+    def user_reserved_buffer(self):
+        return self._buffer(LIB.patronus_get_user_reserved_buffer)
+
+    def put(self, key, value):
+        """Stores ``value`` (bytes) under ``key`` in the cluster's keeper."""
+        value = bytes(value)
+        check(LIB.patronus_put(self._node(), key.encode(), value, len(value)))
+
+    def get(self, key):
+        """The value of ``key``, waiting until some node put it."""
+        cap = 256
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = ctypes.c_size_t()
+            rc = LIB.patronus_get(self._node(), key.encode(), buf, cap, ctypes.byref(n))
+            if rc == RC.NO_MEM and n.value > cap:
+                cap = n.value
+                continue
+            check(rc)
+            return buf.raw[: n.value]
+
+    def keeper_barrier(self, key):
+        """Waits until every node of the cluster reached barrier ``key``."""
+        check(LIB.patronus_keeper_barrier(self._node(), key.encode()))
+
+
+class Lease:
+    """A lease held through a ``Patronus`` node. A context manager that
+    relinquishes on exit; the handle is freed when the object goes away."""
+
+    def __init__(self, node, handle):
+        self._p = node  # the node outlives its leases
+        self._h = handle
+
+    def _handle(self):
+        if not self._h:
+            raise InvalidArgument(RC.INVALID, "the lease handle was freed")
+        return self._h
+
+    def close(self):
+        """Frees the handle without relinquishing (idempotent)."""
+        h, self._h = getattr(self, "_h", None), None
+        if h:
+            LIB.patronus_lease_free(h)
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self._h and self._p._p:
+                self._p.relinquish(self)
+        finally:
+            self.close()
+
+    @property
+    def success(self):
+        return bool(LIB.patronus_lease_success(self._handle()))
+
+    @property
+    def ec(self):
+        return AcquireStatus(LIB.patronus_lease_ec(self._handle()))
+
+    @property
+    def id(self):
+        return LIB.patronus_lease_id(self._handle())
+
+    @property
+    def base_addr(self):
+        return LIB.patronus_lease_base_addr(self._handle())
+
+    @property
+    def buffer_size(self):
+        return LIB.patronus_lease_buffer_size(self._handle())
+
+    @property
+    def dir_id(self):
+        return LIB.patronus_lease_dir_id(self._handle())
+
+    @property
+    def ddl_term(self):
+        return LIB.patronus_lease_ddl_term(self._handle())
+
+    @property
+    def readable(self):
+        return bool(LIB.patronus_lease_is_readable(self._handle()))
+
+    @property
+    def writable(self):
+        return bool(LIB.patronus_lease_is_writable(self._handle()))
+
+    @property
+    def gaddr(self):
+        return self._p.get_gaddr(self)
+
+    def __repr__(self):
+        if not self._h:
+            return "Lease(freed)"
+        return (f"Lease(success={self.success}, id={self.id}, size={self.buffer_size}, "
+                f"writable={self.writable})")
+
+
+class Batch:
+    """One-sided operations posted as one chain by ``commit()`` (at most 16,
+    all towards one directory). ``commit`` returns one result per prepared
+    operation: bytes for reads, the old value for CAS/FAA, None for writes."""
+
+    def __init__(self, node):
+        self._p = node
+        self._b = LIB.patronus_batch_new()
+        if not self._b:
+            raise _null_error("batch_new")
+        self._outs = []
+
+    def close(self):
+        b, self._b = getattr(self, "_b", None), None
+        if b:
+            LIB.patronus_batch_free(b)
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _prep(self, rc, out):
+        check(rc)
+        self._outs.append(out)
+
+    def prepare_read(self, lease, size, offset=0, flag=0):
+        buf = ctypes.create_string_buffer(size)
+        self._prep(LIB.patronus_prepare_read(self._p._node(), self._b, _lh(lease), buf,
+                                             size, offset, int(flag)), ("read", buf))
+
+    def prepare_write(self, lease, data, offset=0, flag=0):
+        data = bytes(data)
+        self._prep(LIB.patronus_prepare_write(self._p._node(), self._b, _lh(lease), data,
+                                              len(data), offset, int(flag)), ("write", None))
+
+    def prepare_cas(self, lease, offset, compare, swap, flag=0):
+        io = ctypes.c_uint64()
+        self._prep(LIB.patronus_prepare_cas(self._p._node(), self._b, _lh(lease),
+                                            ctypes.byref(io), offset, compare, swap,
+                                            int(flag)), ("atomic", io))
+
+    def prepare_faa(self, lease, offset, value, flag=0):
+        io = ctypes.c_uint64()
+        self._prep(LIB.patronus_prepare_faa(self._p._node(), self._b, _lh(lease),
+                                            ctypes.byref(io), offset, value, int(flag)),
+                   ("atomic", io))
+
+    def commit(self):
+        """Posts the chain and waits; raises on failure (the batch is empty
+        afterwards either way)."""
+        outs, self._outs = self._outs, []
+        check(LIB.patronus_commit(self._p._node(), self._b))
+        res = []
+        for kind, obj in outs:
+            if kind == "read":
+                res.append(obj.raw)
+            elif kind == "atomic":
+                res.append(obj.value)
+            else:
+                res.append(None)
+        return res

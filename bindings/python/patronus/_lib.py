@@ -4,11 +4,26 @@ Loader order: next to this package, then $PATRONUS_LIB, then the system
 loader; a failure lists every path tried. ``DECLS`` is the single table of
 (name, argtypes, restype); ``tests/test_header.py`` checks it against every
 ``patronus_*`` prototype in include/patronus.h.
+
+The library is loaded with ``ctypes.CDLL``, which releases the GIL for the
+duration of every foreign call: a thread blocked in ``server_serve`` or in
+an RPC does not stop other Python threads.
 """
 
 import ctypes
 import os
-from ctypes import POINTER, c_bool, c_char_p, c_int, c_uint16, c_uint32, c_uint64, c_void_p
+from ctypes import (
+    POINTER,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint16,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
 
 ABI_VERSION = 1
 
@@ -19,16 +34,120 @@ class GAddr(ctypes.Structure):
     _fields_ = [("val", c_uint64)]
 
 
-# (name, argtypes, restype). c_void_p restype for strings we must not free.
+class Config(ctypes.Structure):
+    """patronus_config_t, field for field (order and types as the header)."""
+
+    _fields_ = [
+        ("machine_nr", c_uint16),
+        ("dir_nr", c_uint16),
+        ("lease_buffer_size", c_size_t),
+        ("alloc_buffer_size", c_size_t),
+        ("reserved_buffer_size", c_size_t),
+        ("time_parent_node_id", c_uint16),
+        ("fabric", c_char_p),
+        ("keeper", c_char_p),
+        ("listen_addr", c_char_p),
+        ("cluster", c_char_p),
+        ("simplify", c_bool),
+        ("client_threads", c_uint16),
+        ("leases_per_dir", c_uint32),
+        ("rpc_timeout_ms", c_uint64),
+    ]
+
+
+class Node(ctypes.Structure):
+    """Opaque patronus_t."""
+
+
+class LeaseHandle(ctypes.Structure):
+    """Opaque patronus_lease_t."""
+
+
+class BatchHandle(ctypes.Structure):
+    """Opaque patronus_batch_t."""
+
+
+P = POINTER(Node)
+L = POINTER(LeaseHandle)
+B = POINTER(BatchHandle)
+RC_T = c_int  # patronus_rc_t (a C enum: int)
+ST_T = c_int  # patronus_acquire_status_t
+u16, u32, u64, i64, usize = c_uint16, c_uint32, c_uint64, c_int64, c_size_t
+# Byte buffers are passed as c_void_p (a bytes object, a ctypes buffer or an
+# address), library-owned strings come back as c_void_p (never freed here).
+BUF = c_void_p
+
+# (name, argtypes, restype): every function of include/patronus.h.
 DECLS = [
-    ("patronus_abi_version", [], c_uint32),
+    ("patronus_abi_version", [], u32),
     ("patronus_last_error", [], c_void_p),
     ("patronus_clear_last_error", [], None),
     ("patronus_rc_str", [c_int], c_void_p),
-    ("patronus_gaddr", [c_uint16, c_uint64], GAddr),
-    ("patronus_gaddr_node", [GAddr], c_uint16),
-    ("patronus_gaddr_offset", [GAddr], c_uint64),
+    ("patronus_gaddr", [u16, u64], GAddr),
+    ("patronus_gaddr_node", [GAddr], u16),
+    ("patronus_gaddr_offset", [GAddr], u64),
     ("patronus_gaddr_is_null", [GAddr], c_bool),
+    # nodes and threads
+    ("patronus_config_init", [POINTER(Config)], None),
+    ("patronus_new", [POINTER(Config)], P),
+    ("patronus_free", [P], None),
+    ("patronus_register_client_thread", [P], RC_T),
+    ("patronus_register_server_thread", [P], RC_T),
+    ("patronus_server_serve", [P, u64], None),
+    ("patronus_finished", [P, u64], None),
+    ("patronus_should_exit", [P, u64], c_bool),
+    ("patronus_get_node_id", [P], u16),
+    ("patronus_get_thread_id", [P], u32),
+    ("patronus_now", [P], u64),
+    ("patronus_epsilon", [P], u64),
+    # leases
+    ("patronus_get_rlease", [P, u16, u16, GAddr, u64, usize, u64, u64], L),
+    ("patronus_get_wlease", [P, u16, u16, GAddr, u64, usize, u64, u64], L),
+    ("patronus_relinquish", [P, L, u64, u64], RC_T),
+    ("patronus_extend", [P, L, u64, u64], RC_T),
+    ("patronus_rpc_extend", [P, L, u64, u64], RC_T),
+    ("patronus_upgrade", [P, L, u64], L),
+    ("patronus_lease_free", [L], None),
+    ("patronus_lease_success", [L], c_bool),
+    ("patronus_lease_ec", [L], ST_T),
+    ("patronus_lease_id", [L], u64),
+    ("patronus_lease_base_addr", [L], u64),
+    ("patronus_lease_buffer_size", [L], usize),
+    ("patronus_lease_dir_id", [L], u16),
+    ("patronus_lease_ddl_term", [L], u64),
+    ("patronus_lease_is_readable", [L], c_bool),
+    ("patronus_lease_is_writable", [L], c_bool),
+    ("patronus_get_gaddr", [P, L], GAddr),
+    # data path
+    ("patronus_read", [P, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_write", [P, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_cas", [P, L, BUF, usize, u64, u64, u64], RC_T),
+    ("patronus_faa", [P, L, BUF, usize, i64, u64], RC_T),
+    ("patronus_rpc_read", [P, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_rpc_write", [P, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_rpc_cas", [P, L, BUF, usize, u64, u64], RC_T),
+    ("patronus_rpc_faa", [P, L, BUF, usize, i64], RC_T),
+    ("patronus_batch_new", [], B),
+    ("patronus_batch_free", [B], None),
+    ("patronus_prepare_read", [P, B, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_prepare_write", [P, B, L, BUF, usize, usize, u64], RC_T),
+    ("patronus_prepare_cas", [P, B, L, BUF, usize, u64, u64, u64], RC_T),
+    ("patronus_prepare_faa", [P, B, L, BUF, usize, i64, u64], RC_T),
+    ("patronus_commit", [P, B], RC_T),
+    ("patronus_get_rdma_buffer", [P, usize], c_void_p),
+    ("patronus_put_rdma_buffer", [P, c_void_p], None),
+    # allocation and memory-node buffers
+    ("patronus_alloc", [P, u16, u16, usize, u64], GAddr),
+    ("patronus_dealloc", [P, GAddr, u16, usize, u64], None),
+    ("patronus_get_lease_buffer", [P, POINTER(usize)], c_void_p),
+    ("patronus_get_alloc_buffer", [P, POINTER(usize)], c_void_p),
+    ("patronus_get_user_reserved_buffer", [P, POINTER(usize)], c_void_p),
+    ("patronus_to_exposed_gaddr", [P, c_void_p], GAddr),
+    ("patronus_from_exposed_gaddr", [P, GAddr], c_void_p),
+    # keeper
+    ("patronus_put", [P, c_char_p, c_void_p, usize], RC_T),
+    ("patronus_get", [P, c_char_p, c_void_p, usize, POINTER(usize)], RC_T),
+    ("patronus_keeper_barrier", [P, c_char_p], RC_T),
 ]
 
 

@@ -20,7 +20,22 @@ CTYPES = {
     "const char*": ctypes.c_void_p,
     "char*": ctypes.c_void_p,
     "patronus_gaddr_t": _lib.GAddr,
+    "patronus_rc_t": _lib.RC_T,
+    "patronus_acquire_status_t": _lib.ST_T,
+    "patronus_t*": _lib.P,
+    "const patronus_t*": _lib.P,
+    "patronus_lease_t*": _lib.L,
+    "const patronus_lease_t*": _lib.L,
+    "patronus_batch_t*": _lib.B,
+    "patronus_config_t*": ctypes.POINTER(_lib.Config),
+    "const patronus_config_t*": ctypes.POINTER(_lib.Config),
+    "void*": ctypes.c_void_p,
+    "const void*": ctypes.c_void_p,
+    "size_t*": ctypes.POINTER(ctypes.c_size_t),
 }
+
+# Parameters that are C strings (declared c_char_p so str/bytes pass).
+STRING_PARAMS = {("patronus_put", 1), ("patronus_get", 1), ("patronus_keeper_barrier", 1)}
 
 
 def norm(t):
@@ -52,4 +67,8 @@ def test_every_prototype_is_declared():
     for name, (ret, params) in protos.items():
         argtypes, restype = decls[name]
         assert CTYPES[ret] == restype, f"{name}: returns {ret}, declared {restype}"
-        assert [CTYPES[p] for p in params] == list(argtypes), f"{name}: {params} vs {argtypes}"
+        want = [
+            ctypes.c_char_p if (name, i) in STRING_PARAMS else CTYPES[p]
+            for i, p in enumerate(params)
+        ]
+        assert want == list(argtypes), f"{name}: {params} vs {argtypes}"

@@ -711,7 +711,18 @@ fn accept_shm(nic: &Arc<NicInner>, s: UnixStream) {
     };
     let (kind, dst, _src, len) = shm::ctl_parse(&m);
     let q = nic.qps.read().get(&dst).cloned();
-    let (Some(q), Some(fd), ctl::HELLO) = (q, fd, kind) else {
+    // Refusal codes: 1 no such QP, 2 bad segment, 3 mapping failed,
+    // 4 not a hello, 5 no segment fd.
+    if kind != ctl::HELLO {
+        shm::reply(&s, ctl::ERR, 4, None);
+        return;
+    }
+    let Some(fd) = fd else {
+        shm::reply(&s, ctl::ERR, 5, None);
+        return;
+    };
+    let Some(q) = q else {
+        // Code 1: no such QP on this NIC.
         shm::reply(&s, ctl::ERR, 1, None);
         return;
     };
