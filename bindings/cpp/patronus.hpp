@@ -1,16 +1,24 @@
 // patronus.hpp: header-only C++17 API over libpatronus.so, mirroring the
 // original Patronus.h names (namespace patronus, RC/RetCode, GlobalAddress,
 // the flag enums) so code written for the original compiles unchanged for
-// the calls it uses. This increment covers the types; the Patronus class,
-// Lease and the data path arrive with the lease core.
+// the calls it uses: Patronus::ins(config), leases (move-only RAII), the data
+// path, batches, allocation, keeper helpers. The API is synchronous: every
+// `CoroContext *ctx` parameter is accepted and ignored (pass nullptr).
+// Ownership: a Lease owns its patronus_lease_t and frees it (without
+// relinquishing) when destroyed; a PatronusBatchContext owns its batch; a
+// Patronus owns its node and frees it when the last shared_ptr goes away.
 #ifndef PATRONUS_HPP
 #define PATRONUS_HPP
 
 #include <patronus.h>
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <ostream>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 // The original's global GlobalAddress and RC live outside the namespace too.
 enum RC : int {
@@ -129,6 +137,328 @@ inline std::string last_error() {
     const char *e = patronus_last_error();
     return e ? std::string(e) : std::string();
 }
+
+/// Node configuration (the original's PatronusConfig plus Patronus-rs
+/// fields). Empty strings mean "the default" (environment, then shm /
+/// in-process keeper).
+struct PatronusConfig {
+    size_t machine_nr{1};
+    size_t dir_nr{1};
+    size_t lease_buffer_size{0};
+    size_t alloc_buffer_size{0};
+    size_t reserved_buffer_size{0};
+    uint16_t time_parent_node_id{0};
+    bool simplify{false};
+    std::string fabric;
+    std::string keeper;
+    std::string listen_addr;
+    std::string cluster;
+    uint16_t client_threads{0};
+    uint32_t leases_per_dir{0};
+    uint64_t rpc_timeout_ms{0};
+};
+
+/// A registered client buffer ({nullptr, 0} when none is available).
+struct Buffer {
+    char *buffer{nullptr};
+    size_t size{0};
+    Buffer() = default;
+    Buffer(char *b, size_t s) : buffer(b), size(s) {}
+};
+
+/// Synchronised cluster time (ns); `.val` as the original's time types.
+struct PatronusTime {
+    uint64_t val{0};
+    uint64_t term() const { return val; }
+};
+
+class Patronus;
+
+/// A lease. Move-only; destroying it frees the handle but does not
+/// relinquish (the memory node's GC revokes an abandoned lease at expiry).
+class Lease {
+public:
+    Lease() = default;
+    explicit Lease(patronus_lease_t *h) : h_(h) {}
+    Lease(const Lease &) = delete;
+    Lease &operator=(const Lease &) = delete;
+    Lease(Lease &&o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    Lease &operator=(Lease &&o) noexcept {
+        if (this != &o) {
+            patronus_lease_free(h_);
+            h_ = std::exchange(o.h_, nullptr);
+        }
+        return *this;
+    }
+    ~Lease() { patronus_lease_free(h_); }
+
+    bool success() const { return h_ && patronus_lease_success(h_); }
+    AcquireRequestStatus ec() const {
+        return h_ ? static_cast<AcquireRequestStatus>(patronus_lease_ec(h_))
+                  : AcquireRequestStatus::kReserved;
+    }
+    uint64_t id() const { return patronus_lease_id(h_); }
+    uint64_t base_addr() const { return patronus_lease_base_addr(h_); }
+    size_t buffer_size() const { return patronus_lease_buffer_size(h_); }
+    uint16_t dir_id() const { return patronus_lease_dir_id(h_); }
+    uint64_t ddl_term() const { return patronus_lease_ddl_term(h_); }
+    bool is_readable() const { return patronus_lease_is_readable(h_); }
+    bool is_writable() const { return patronus_lease_is_writable(h_); }
+    patronus_lease_t *native() const { return h_; }
+    explicit operator bool() const { return success(); }
+
+private:
+    patronus_lease_t *h_{nullptr};
+};
+
+/// A batch of one-sided operations (at most 16, towards one directory).
+class PatronusBatchContext {
+public:
+    PatronusBatchContext() : b_(patronus_batch_new()) {
+        if (!b_) throw std::bad_alloc();
+    }
+    PatronusBatchContext(const PatronusBatchContext &) = delete;
+    PatronusBatchContext &operator=(const PatronusBatchContext &) = delete;
+    PatronusBatchContext(PatronusBatchContext &&o) noexcept : b_(std::exchange(o.b_, nullptr)) {}
+    PatronusBatchContext &operator=(PatronusBatchContext &&o) noexcept {
+        if (this != &o) {
+            patronus_batch_free(b_);
+            b_ = std::exchange(o.b_, nullptr);
+        }
+        return *this;
+    }
+    ~PatronusBatchContext() { patronus_batch_free(b_); }
+    patronus_batch_t *native() const { return b_; }
+
+private:
+    patronus_batch_t *b_;
+};
+
+/// One node of a Patronus cluster.
+class Patronus {
+public:
+    using pointer = std::shared_ptr<Patronus>;
+
+    /// Joins the cluster (blocks until every node joined). Throws
+    /// std::runtime_error with the library's message on failure.
+    static pointer ins(const PatronusConfig &conf) {
+        patronus_config_t c;
+        patronus_config_init(&c);
+        c.machine_nr = static_cast<uint16_t>(conf.machine_nr);
+        c.dir_nr = static_cast<uint16_t>(conf.dir_nr);
+        c.lease_buffer_size = conf.lease_buffer_size;
+        c.alloc_buffer_size = conf.alloc_buffer_size;
+        c.reserved_buffer_size = conf.reserved_buffer_size;
+        c.time_parent_node_id = conf.time_parent_node_id;
+        c.simplify = conf.simplify;
+        c.fabric = conf.fabric.empty() ? nullptr : conf.fabric.c_str();
+        c.keeper = conf.keeper.empty() ? nullptr : conf.keeper.c_str();
+        c.listen_addr = conf.listen_addr.empty() ? nullptr : conf.listen_addr.c_str();
+        c.cluster = conf.cluster.empty() ? nullptr : conf.cluster.c_str();
+        if (conf.client_threads) c.client_threads = conf.client_threads;
+        if (conf.leases_per_dir) c.leases_per_dir = conf.leases_per_dir;
+        if (conf.rpc_timeout_ms) c.rpc_timeout_ms = conf.rpc_timeout_ms;
+        patronus_t *p = patronus_new(&c);
+        if (!p) throw std::runtime_error("patronus_new: " + last_error());
+        return pointer(new Patronus(p));
+    }
+
+    Patronus(const Patronus &) = delete;
+    Patronus &operator=(const Patronus &) = delete;
+    ~Patronus() { patronus_free(p_); }
+    patronus_t *native() const { return p_; }
+
+    // threads, time, sync -------------------------------------------------
+    RetCode registerClientThread() { return rc(patronus_register_client_thread(p_)); }
+    RetCode registerServerThread() { return rc(patronus_register_server_thread(p_)); }
+    void server_serve(uint64_t key) { patronus_server_serve(p_, key); }
+    void finished(uint64_t key) { patronus_finished(p_, key); }
+    bool should_exit(uint64_t key) const { return patronus_should_exit(p_, key); }
+    uint16_t get_node_id() const { return patronus_get_node_id(p_); }
+    uint32_t get_thread_id() const { return patronus_get_thread_id(p_); }
+    PatronusTime patronus_now() const { return PatronusTime{::patronus_now(p_)}; }
+    uint64_t epsilon() const { return patronus_epsilon(p_); }
+
+    // leases --------------------------------------------------------------
+    Lease get_rlease(uint16_t node_id, uint16_t dir_id, GlobalAddress bind_gaddr,
+                     uint64_t alloc_hint, size_t size, std::chrono::nanoseconds ns, flag_t flag,
+                     CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return Lease(patronus_get_rlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint,
+                                         size, ns_of(ns), flag));
+    }
+    Lease get_wlease(uint16_t node_id, uint16_t dir_id, GlobalAddress bind_gaddr,
+                     uint64_t alloc_hint, size_t size, std::chrono::nanoseconds ns, flag_t flag,
+                     CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return Lease(patronus_get_wlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint,
+                                         size, ns_of(ns), flag));
+    }
+    RetCode relinquish(Lease &lease, uint64_t hint, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_relinquish(p_, lease.native(), hint, flag));
+    }
+    RetCode extend(Lease &lease, std::chrono::nanoseconds ns, flag_t flag,
+                   CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_extend(p_, lease.native(), ns_of(ns), flag));
+    }
+    RetCode rpc_extend(Lease &lease, std::chrono::nanoseconds ns, flag_t flag,
+                       CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_rpc_extend(p_, lease.native(), ns_of(ns), flag));
+    }
+    Lease upgrade(Lease &lease, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return Lease(patronus_upgrade(p_, lease.native(), flag));
+    }
+    GlobalAddress get_gaddr(const Lease &lease) const {
+        return GlobalAddress(patronus_get_gaddr(p_, lease.native()));
+    }
+
+    // data path -----------------------------------------------------------
+    RetCode read(Lease &lease, char *obuf, size_t size, size_t offset, flag_t flag,
+                 CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_read(p_, lease.native(), obuf, size, offset, flag));
+    }
+    RetCode write(Lease &lease, const char *ibuf, size_t size, size_t offset, flag_t flag,
+                  CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_write(p_, lease.native(), ibuf, size, offset, flag));
+    }
+    RetCode cas(Lease &lease, char *iobuf, size_t offset, uint64_t compare, uint64_t swap,
+                flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_cas(p_, lease.native(), iobuf, offset, compare, swap, flag));
+    }
+    RetCode faa(Lease &lease, char *iobuf, size_t offset, int64_t value, flag_t flag,
+                CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_faa(p_, lease.native(), iobuf, offset, value, flag));
+    }
+    RetCode rpc_read(Lease &lease, char *obuf, size_t size, size_t offset, flag_t flag,
+                     CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_rpc_read(p_, lease.native(), obuf, size, offset, flag));
+    }
+    RetCode rpc_write(Lease &lease, const char *ibuf, size_t size, size_t offset, flag_t flag,
+                      CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_rpc_write(p_, lease.native(), ibuf, size, offset, flag));
+    }
+    RetCode rpc_cas(Lease &lease, char *iobuf, size_t offset, uint64_t compare, uint64_t swap,
+                    CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_rpc_cas(p_, lease.native(), iobuf, offset, compare, swap));
+    }
+    RetCode rpc_faa(Lease &lease, char *iobuf, size_t offset, int64_t value,
+                    CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_rpc_faa(p_, lease.native(), iobuf, offset, value));
+    }
+    RetCode prepare_read(PatronusBatchContext &b, Lease &lease, char *obuf, size_t size,
+                         size_t offset, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_prepare_read(p_, b.native(), lease.native(), obuf, size, offset, flag));
+    }
+    RetCode prepare_write(PatronusBatchContext &b, Lease &lease, const char *ibuf, size_t size,
+                          size_t offset, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(
+            patronus_prepare_write(p_, b.native(), lease.native(), ibuf, size, offset, flag));
+    }
+    RetCode prepare_cas(PatronusBatchContext &b, Lease &lease, char *iobuf, size_t offset,
+                        uint64_t compare, uint64_t swap, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_prepare_cas(p_, b.native(), lease.native(), iobuf, offset, compare,
+                                       swap, flag));
+    }
+    RetCode prepare_faa(PatronusBatchContext &b, Lease &lease, char *iobuf, size_t offset,
+                        int64_t value, flag_t flag, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(
+            patronus_prepare_faa(p_, b.native(), lease.native(), iobuf, offset, value, flag));
+    }
+    RetCode commit(PatronusBatchContext &b, CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return rc(patronus_commit(p_, b.native()));
+    }
+    Buffer get_rdma_buffer(size_t size) {
+        char *b = patronus_get_rdma_buffer(p_, size);
+        return b ? Buffer(b, size) : Buffer();
+    }
+    void put_rdma_buffer(Buffer &&buf) {
+        patronus_put_rdma_buffer(p_, buf.buffer);
+        buf = Buffer();
+    }
+
+    // allocation and memory-node buffers ----------------------------------
+    GlobalAddress alloc(uint16_t node_id, uint16_t dir_id, size_t size, uint64_t hint,
+                        CoroContext *ctx = nullptr) {
+        (void)ctx;
+        return GlobalAddress(patronus_alloc(p_, node_id, dir_id, size, hint));
+    }
+    void dealloc(GlobalAddress gaddr, uint16_t dir_id, size_t size, uint64_t hint,
+                 CoroContext *ctx = nullptr) {
+        (void)ctx;
+        patronus_dealloc(p_, gaddr.to_c(), dir_id, size, hint);
+    }
+    Buffer get_lease_buffer() const { return part(patronus_get_lease_buffer); }
+    Buffer get_alloc_buffer() const { return part(patronus_get_alloc_buffer); }
+    Buffer get_user_reserved_buffer() const { return part(patronus_get_user_reserved_buffer); }
+    /// The whole server buffer (lease, alloc, reserved parts).
+    Buffer get_server_internal_buffer() const {
+        Buffer l = get_lease_buffer(), a = get_alloc_buffer(), r = get_user_reserved_buffer();
+        return Buffer(l.buffer, l.size + a.size + r.size);
+    }
+    GlobalAddress to_exposed_gaddr(const void *addr) const {
+        return GlobalAddress(patronus_to_exposed_gaddr(p_, addr));
+    }
+    void *from_exposed_gaddr(GlobalAddress g) const {
+        return patronus_from_exposed_gaddr(p_, g.to_c());
+    }
+
+    // keeper ---------------------------------------------------------------
+    void put(const std::string &key, const std::string &value) {
+        check(patronus_put(p_, key.c_str(), value.data(), value.size()), "put");
+    }
+    /// Waits until `key` exists.
+    std::string get(const std::string &key) {
+        std::string v(256, '\0');
+        size_t n = 0;
+        patronus_rc_t r = patronus_get(p_, key.c_str(), &v[0], v.size(), &n);
+        if (r == PATRONUS_RC_NO_MEM && n > v.size()) {
+            v.resize(n);
+            r = patronus_get(p_, key.c_str(), &v[0], v.size(), &n);
+        }
+        check(r, "get");
+        v.resize(n);
+        return v;
+    }
+    void keeper_barrier(const std::string &key,
+                        std::chrono::milliseconds sleep_time = std::chrono::milliseconds(1)) {
+        (void)sleep_time;
+        check(patronus_keeper_barrier(p_, key.c_str()), "keeper_barrier");
+    }
+
+private:
+    explicit Patronus(patronus_t *p) : p_(p) {}
+    static RetCode rc(patronus_rc_t r) { return RetCode(static_cast<RC>(r)); }
+    static uint64_t ns_of(std::chrono::nanoseconds ns) {
+        return ns.count() < 0 ? 0 : static_cast<uint64_t>(ns.count());
+    }
+    static void check(patronus_rc_t r, const char *what) {
+        if (r != PATRONUS_RC_OK)
+            throw std::runtime_error(std::string("patronus ") + what + ": " + last_error());
+    }
+    Buffer part(char *(*fn)(patronus_t *, size_t *)) const {
+        size_t n = 0;
+        char *b = fn(p_, &n);
+        return Buffer(b, n);
+    }
+    patronus_t *p_;
+};
 
 }  // namespace patronus
 
