@@ -65,6 +65,17 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
     ok(&mut cc);
     assert!(ok(&mut Command::new(&exe)).contains("patronus ABI 1: ok"));
+    // The examples' Makefile (pkg-config), out of tree.
+    let mk = tmp.join("make");
+    std::fs::create_dir_all(&mk).unwrap();
+    for f in ["Makefile", "version.c", "quickstart.c", "kv.c"] {
+        std::fs::copy(root().join("examples-c").join(f), mk.join(f)).unwrap();
+    }
+    ok(Command::new("make")
+        .arg("-C")
+        .arg(&mk)
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));
+    assert!(ok(&mut Command::new(mk.join("quickstart"))).contains("quickstart: ok"));
     // CMake build.
     let build = tmp.join("cmake-build");
     ok(Command::new("cmake")
@@ -76,5 +87,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .arg("-DCMAKE_BUILD_RPATH=".to_string() + &prefix.join("lib").display().to_string()));
     ok(Command::new("cmake").arg("--build").arg(&build));
     assert!(ok(&mut Command::new(build.join("version"))).contains("patronus ABI 1: ok"));
+    assert!(ok(&mut Command::new(build.join("quickstart"))).contains("quickstart: ok"));
+    assert!(ok(Command::new(build.join("kv")).args(["2", "50"])).contains("100 of 100 keys"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
