@@ -37,6 +37,7 @@ if pkg-config --exists libibverbs 2>/dev/null || [ -f /usr/include/infiniband/ve
   echo "== cargo test --features verbs (no RDMA device needed)"
   cargo clippy --all-targets --features verbs -- -D warnings
   cargo test --features verbs --lib -- fabric::verbs
+  cargo test --features verbs --test fabric_conformance --test cli_bench -- --test-threads=2 verbs
 else
   echo "libibverbs-dev missing: install it (apt-get install libibverbs-dev librdmacm-dev libclang-dev) to build the verbs backend" >&2
   exit 1

@@ -38,7 +38,7 @@ pub fn run(fabric: &str, out: &mut dyn Write) -> Result<bool> {
     };
     line(
         out,
-        &format!("Patronus-rs demo: a memory node and a client in this process ({fabric} soft RNIC, in-process keeper)"),
+        &format!("Patronus-rs demo: a memory node and a client in this process ({fabric} fabric, in-process keeper)"),
     )?;
     let c2 = cfg.clone();
     let other = std::thread::spawn(move || Patronus::new(c2));

@@ -33,12 +33,42 @@ fn info_and_bad_subcommands() {
         .status()
         .unwrap()
         .success());
-    let out = patronus()
-        .arg("demo")
-        .env("PATRONUS_FABRIC", "verbs")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+}
+
+/// `PATRONUS_FABRIC=verbs patronus demo` and `patronus selftest --fabric
+/// verbs` on a machine without an RDMA NIC (CI): a non-zero exit at once, with
+/// an error that names the problem (no device, with what
+/// ibv_get_device_list returned and errno; or, in a build without the
+/// feature, how to get it).
+#[test]
+fn verbs_without_a_device_fails_at_start_up() {
+    for args in [&["demo"][..], &["selftest", "--fabric", "verbs"][..]] {
+        let t0 = std::time::Instant::now();
+        let out = patronus()
+            .args(args)
+            .env("PATRONUS_FABRIC", "verbs")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            // A machine with an RDMA NIC: the run must really have used it.
+            let s = String::from_utf8_lossy(&out.stdout);
+            assert!(s.contains("verbs") || s.contains("passed"), "{s}");
+            continue;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+        if cfg!(feature = "verbs") {
+            assert!(err.contains("no RDMA device"), "{args:?}: {err}");
+            assert!(err.contains("ibv_get_device_list"), "{args:?}: {err}");
+            assert!(err.contains("errno"), "{args:?}: {err}");
+        } else {
+            assert!(err.contains("--features verbs"), "{args:?}: {err}");
+        }
+    }
 }
 
 #[test]

@@ -72,10 +72,17 @@ impl Side {
         self.wait()
     }
 
-    /// Reset + reconnect (recovery of the same QP).
+    /// Reset + reconnect (recovery of the same QP). On hardware a remote
+    /// access error also moves the responder's QP to error, so the peer is
+    /// reset and reconnected too when it is not ready to send.
     pub fn recover(&self, remote: &Side) -> Result<()> {
         self.qp.reset()?;
         drain(&*self.cq);
+        if remote.qp.state() != super::QpState::Rts {
+            remote.qp.reset()?;
+            drain(&*remote.cq);
+            remote.qp.connect(&self.qp.endpoint())?;
+        }
         self.qp.connect(&remote.qp.endpoint())
     }
 

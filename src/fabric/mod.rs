@@ -203,7 +203,7 @@ pub enum WcStatus {
     /// IBV_WC_RNR_RETRY_EXC_ERR: the receiver had no receive posted.
     RnrRetryExcErr = 13,
     /// IBV_WC_FATAL_ERR.
-    FatalErr = 15,
+    FatalErr = 19,
     /// IBV_WC_GENERAL_ERR.
     GeneralErr = 21,
 }
@@ -224,7 +224,7 @@ impl WcStatus {
             11 => WcStatus::RemOpErr,
             12 => WcStatus::RetryExcErr,
             13 => WcStatus::RnrRetryExcErr,
-            15 => WcStatus::FatalErr,
+            19 => WcStatus::FatalErr,
             21 => WcStatus::GeneralErr,
             _ => WcStatus::BadRespErr,
         }
@@ -566,6 +566,33 @@ pub trait Nic: Send + Sync {
     ) -> Result<Arc<dyn Qp>>;
 }
 
+/// Opens the NIC of the fabric named `fabric`: "shm" or "tcp" (the soft NIC
+/// with that link; `tcp_listen` is its listener address, `max_keys` its
+/// key-table size) or "verbs" (the RDMA device chosen by the
+/// `PATRONUS_RDMA_*` variables; fails at once when there is none).
+pub fn open_nic(fabric: &str, tcp_listen: &str, max_keys: u32) -> Result<Arc<dyn Nic>> {
+    match fabric {
+        "shm" | "tcp" => Ok(Arc::new(soft::SoftNic::open(soft::SoftConfig {
+            link: fabric.parse()?,
+            tcp_listen: tcp_listen.to_string(),
+            max_keys,
+        })?)),
+        #[cfg(feature = "verbs")]
+        "verbs" => Ok(Arc::new(verbs::VerbsNic::open(
+            verbs::VerbsConfig::from_env()?,
+        )?)),
+        #[cfg(not(feature = "verbs"))]
+        "verbs" => Err(FabricError::Unsupported {
+            op: "opening an RDMA device (this build has no `verbs` feature; \
+                 cargo build --features verbs)",
+            backend: "verbs",
+        }),
+        other => Err(FabricError::Invalid(format!(
+            "unknown fabric {other:?} (shm, tcp, verbs)"
+        ))),
+    }
+}
+
 /// Bumps the 8-bit key tag of an rkey, wrapping, as `ibv_inc_rkey` intends
 /// (without its overflow panic): the index bits never change.
 pub fn inc_rkey(rkey: u32) -> u32 {
@@ -585,7 +612,8 @@ pub fn monotonic_ns() -> i64 {
 }
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: a few ns to read, never ahead of
-/// [`monotonic_ns`] and behind it by at most [`coarse_resolution_ns`].
+/// [`monotonic_ns`], and usually behind it by at most [`coarse_resolution_ns`]
+/// (one tick); a late tick in a virtual machine can make the lag longer.
 #[inline]
 pub fn monotonic_coarse_ns() -> i64 {
     let mut ts = libc::timespec {
@@ -623,12 +651,29 @@ mod tests {
     fn coarse_clock_bounds() {
         let res = coarse_resolution_ns();
         assert!(res > 0 && res < 100_000_000, "resolution {res}");
+        let mut checked = 0;
         for _ in 0..1000 {
+            // Bracket the coarse read with two precise reads: a preemption
+            // between them (a shared VM loses its vCPU for milliseconds)
+            // says nothing about the clock, so such samples are skipped.
+            let f0 = monotonic_ns();
             let c = monotonic_coarse_ns();
-            let f = monotonic_ns();
-            assert!(c <= f + 1, "coarse {c} ahead of fine {f}");
-            assert!(f - c <= res + 1_000_000, "coarse lags by {} > {res}", f - c);
+            let f1 = monotonic_ns();
+            assert!(c <= f1 + 1, "coarse {c} ahead of fine {f1}");
+            if f1 - f0 > 50_000 {
+                continue;
+            }
+            checked += 1;
+            // The tick that advances the coarse clock can be late in a VM
+            // (7 ms lags seen at 4 ms resolution): bound it by the margin
+            // the expiry check assumes, not by the resolution.
+            assert!(
+                f0 - c <= crate::time::COARSE_MARGIN_NS / 10,
+                "coarse lags by {} ns (resolution {res})",
+                f0 - c
+            );
         }
+        assert!(checked > 100, "only {checked} undisturbed samples");
     }
 
     #[test]

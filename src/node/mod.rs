@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use crate::cluster::Keeper;
 use crate::fabric::msg::Messenger;
-use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
 use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpCap, QpEndpoint};
 use crate::time::sync::Exposer;
 use crate::time::{Clock, TimeSyncer};
@@ -49,7 +48,8 @@ pub struct Config {
     pub leases_per_dir: u32,
     /// Node whose clock is the cluster's.
     pub time_parent_node_id: u16,
-    /// "shm" or "tcp" (soft NIC links).
+    /// "shm" or "tcp" (soft NIC links), or "verbs" (RDMA NIC; needs the
+    /// `verbs` feature).
     pub fabric: String,
     /// None: in-process keeper; "memcached://HOST:PORT" otherwise.
     pub keeper: Option<String>,
@@ -251,14 +251,15 @@ impl Patronus {
                 cfg.cluster
             )));
         }
+        // The NIC first: a missing RDMA device fails here, before this node
+        // joins (and counts in) the cluster.
+        let nic: Arc<dyn Nic> = crate::fabric::open_nic(
+            &cfg.fabric,
+            &cfg.listen_addr,
+            (cfg.dir_nr as u32 * cfg.leases_per_dir * 2 + 4096).max(1 << 14),
+        )?;
         let keeper: Arc<dyn Keeper> =
             crate::cluster::open(cfg.keeper.as_deref(), &cfg.cluster, cfg.rpc_timeout)?;
-        let link: LinkKind = cfg.fabric.parse().map_err(|_| {
-            Error::Invalid(format!(
-                "fabric {:?} is not available (shm, tcp; verbs needs --features verbs)",
-                cfg.fabric
-            ))
-        })?;
         let t = cfg.rpc_timeout.max(Duration::from_secs(10));
         if cfg.time_parent_node_id >= cfg.machine_nr {
             return Err(Error::Invalid(format!(
@@ -278,11 +279,6 @@ impl Patronus {
             joined / cfg.machine_nr as u64
         );
         tracing::info!(node_id, prefix, "joined cluster");
-        let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
-            link,
-            tcp_listen: cfg.listen_addr.clone(),
-            max_keys: (cfg.dir_nr as u32 * cfg.leases_per_dir * 2 + 4096).max(1 << 14),
-        })?);
         let pd = nic.alloc_pd()?;
         let layout = Layout::new(&cfg);
         let region = nic.alloc_mr(pd, layout.total() as usize, Access::ALL)?;

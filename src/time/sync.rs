@@ -281,7 +281,7 @@ impl TimeSyncer {
                     self.timeout
                 )));
             }
-            if !asked.is_some_and(|a| a.elapsed() <= Duration::from_millis(5)) {
+            if asked.is_none_or(|a| a.elapsed() > Duration::from_millis(5)) {
                 self.request()?;
                 asked = Some(Instant::now());
             }
@@ -306,7 +306,7 @@ impl TimeSyncer {
                 hi: t1,
                 parent_ns: info.ns,
             };
-            if !best.is_some_and(|b| s.hi - s.lo >= b.hi - b.lo) {
+            if best.is_none_or(|b| s.hi - s.lo < b.hi - b.lo) {
                 best = Some(s);
             }
         }

@@ -1,0 +1,107 @@
+//! The fabric conformance suite, written once and run against every backend
+//! (two NICs in one process: a memory node and a client). CI runs the soft
+//! NIC on both links; with `--features verbs` the same checks exist for the
+//! verbs backend, marked `#[ignore]` because they need an RDMA NIC: run them
+//! on hardware with `cargo test --features verbs --test fabric_conformance
+//! -- --ignored` (or `patronus selftest --fabric verbs`).
+
+use std::sync::Arc;
+
+use patronus::fabric::conformance::{self as conf, Pair};
+use patronus::fabric::{open_nic, Nic};
+
+fn nics(fabric: &str) -> (Arc<dyn Nic>, Arc<dyn Nic>) {
+    let open = || open_nic(fabric, "127.0.0.1:0", 1 << 18).expect("open NIC");
+    (open(), open())
+}
+
+fn pair(fabric: &str) -> (Pair, Arc<dyn Nic>) {
+    let (s, c) = nics(fabric);
+    (Pair::new(s, c.clone(), 4 << 20).expect("pair"), c)
+}
+
+macro_rules! every_backend {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn shm() {
+                ($body)("shm")
+            }
+            #[test]
+            fn tcp() {
+                ($body)("tcp")
+            }
+            #[cfg(feature = "verbs")]
+            #[test]
+            #[ignore = "needs an RDMA NIC: cargo test --features verbs -- --ignored"]
+            fn verbs() {
+                ($body)("verbs")
+            }
+        }
+    };
+}
+
+every_backend!(rw_byte_exact, |f| {
+    let (p, _) = pair(f);
+    conf::check_rw_byte_exact(&p).unwrap();
+});
+
+every_backend!(atomics, |f| {
+    let (p, _) = pair(f);
+    conf::check_atomics(&p).unwrap();
+});
+
+every_backend!(cas_contention, |f| {
+    let (p, c) = pair(f);
+    let q = p.share(&c).unwrap();
+    let r = p.share(&c).unwrap();
+    conf::check_cas_contention(&[p, q, r], 300).unwrap();
+});
+
+every_backend!(windows, |f| {
+    let (p, c) = pair(f);
+    let other = p.share(&c).unwrap();
+    conf::check_windows(&p, &other).unwrap();
+});
+
+every_backend!(send_recv, |f| {
+    let (p, _) = pair(f);
+    conf::check_send_recv(&p).unwrap();
+});
+
+every_backend!(forged_rkeys, |f| {
+    let (p, _) = pair(f);
+    conf::check_forged_rkeys(&p, 100_000).unwrap();
+});
+
+every_backend!(caps, |f| {
+    let (p, _) = pair(f);
+    conf::check_caps(&p).unwrap();
+});
+
+every_backend!(run_all, |f| {
+    let (s, c) = nics(f);
+    let passed = conf::run_all(s, c, 1000).unwrap();
+    assert_eq!(passed.len(), 7, "{passed:?}");
+});
+
+/// Without the `verbs` feature, asking for the verbs fabric says how to get
+/// it; with it and no device (CI), the error names the device list.
+#[test]
+fn verbs_fabric_fails_clearly_without_a_device() {
+    let e = match open_nic("verbs", "127.0.0.1:0", 1 << 14) {
+        Ok(_) => return, // a machine with an RDMA NIC: nothing to check here
+        Err(e) => e.to_string(),
+    };
+    if cfg!(feature = "verbs") {
+        assert!(e.contains("no RDMA device"), "{e}");
+        assert!(e.contains("ibv_get_device_list"), "{e}");
+    } else {
+        assert!(e.contains("--features verbs"), "{e}");
+    }
+    let e = open_nic("infiniband", "127.0.0.1:0", 1 << 14)
+        .err()
+        .expect("unknown fabric");
+    assert!(e.to_string().contains("unknown fabric"), "{e}");
+}
