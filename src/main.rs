@@ -24,6 +24,8 @@ struct Cli {
 enum FabricArg {
     Shm,
     Tcp,
+    /// RDMA hardware (build with --features verbs); `bench lease` only.
+    Verbs,
     All,
 }
 
@@ -263,6 +265,14 @@ fn main() -> ExitCode {
                 FabricArg::Shm => vec![LinkKind::Shm],
                 FabricArg::Tcp => vec![LinkKind::Tcp],
                 FabricArg::All => vec![LinkKind::Shm, LinkKind::Tcp],
+                FabricArg::Verbs => {
+                    return Err(
+                        "bench fabric measures the soft NIC against its raw floors; \
+                                on RDMA hardware run `patronus bench lease --fabric verbs` \
+                                and `patronus selftest --fabric verbs`"
+                            .into(),
+                    )
+                }
             };
             let o = fabric::Opts {
                 links,
@@ -293,6 +303,7 @@ fn main() -> ExitCode {
             let fabrics = match f {
                 FabricArg::Shm => vec!["shm"],
                 FabricArg::Tcp => vec!["tcp"],
+                FabricArg::Verbs => vec!["verbs"],
                 FabricArg::All => vec!["shm", "tcp"],
             };
             let mut recs = Vec::new();

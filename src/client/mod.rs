@@ -558,6 +558,24 @@ impl ClientThread {
         lease.ddl != i64::MAX && !self.sh.clock.before_deadline(lease.ddl)
     }
 
+    /// Recovery after a failed one-sided request: the same QP is reset and
+    /// reconnected in place, so the windows bound to it (this thread's other
+    /// leases) stay valid and the thread keeps its identity. Where the fabric
+    /// also errs the responder's QP (hardware RC), the directory resets its
+    /// end first through an admin RPC on the (separate) RPC connection.
+    fn recover_data_qp(&mut self, node: u16, dir: u16) -> Result<()> {
+        let i = self.sh.client_index(node, dir);
+        let qp = self.data[i].clone();
+        qp.reset()?;
+        let mut wc = [Wc::default(); 8];
+        while self.data_cq.poll(&mut wc) > 0 {}
+        if self.sh.nic.caps().peer_errs_with_requester {
+            self.admin(node, dir, AdminOp::QpReset, 0)?;
+        }
+        qp.connect(&self.data_remote[i])?;
+        Ok(())
+    }
+
     /// Runs one one-sided work request on the data QP to the lease's
     /// directory; a failed completion recovers the QP before returning.
     fn one_sided(&mut self, lease: &Lease, op: WrOp) -> Result<Rc> {
@@ -589,11 +607,7 @@ impl ClientThread {
         if st == WcStatus::Success {
             return Ok(Rc::Ok);
         }
-        // Recovery: same QP, reset and reconnected in place; the windows
-        // bound to it (this thread's other leases) stay valid.
-        qp.reset()?;
-        while self.data_cq.poll(&mut wc) > 0 {}
-        qp.connect(&self.data_remote[i])?;
+        self.recover_data_qp(lease.node, lease.dir)?;
         Ok(Rc::RdmaProtectionErr)
     }
 
@@ -1173,9 +1187,7 @@ impl ClientThread {
             }
         }
         if failed {
-            qp.reset()?;
-            while self.data_cq.poll(&mut wc) > 0 {}
-            qp.connect(&self.data_remote[i])?;
+            self.recover_data_qp(node, dir)?;
             return Ok(Rc::RdmaProtectionErr);
         }
         for (k, off) in kinds {

@@ -409,6 +409,10 @@ pub struct Caps {
     pub modify_qp_access: bool,
     /// MRs can be re-registered with new access.
     pub rereg_mr: bool,
+    /// A remote access error also moves the responder's QP to error (RC
+    /// semantics on hardware), so recovery must reset both ends of the
+    /// connection; the soft NIC keeps the responder's QP ready.
+    pub peer_errs_with_requester: bool,
 }
 
 /// A protection domain handle.

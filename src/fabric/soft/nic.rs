@@ -538,6 +538,7 @@ impl SoftNic {
                 max_mw: cfg.max_keys,
                 modify_qp_access: true,
                 rereg_mr: true,
+                peer_errs_with_requester: false,
             },
             link: cfg.link,
             keys: KeyTable::new(cfg.max_keys),

@@ -349,6 +349,7 @@ impl VerbsNic {
             max_mw: dev.max_mw.max(0) as u32,
             modify_qp_access: true,
             rereg_mr: true,
+            peer_errs_with_requester: true,
         };
         tracing::info!(
             device = name,
