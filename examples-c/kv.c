@@ -125,6 +125,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "patronus_new: %s\n", patronus_last_error());
         return 1;
     }
+    /* This node is also a client: a registered client thread keeps the
+       server serving until patronus_finished below. */
+    patronus_register_client_thread(P);
     pthread_t srv, w[8];
     pthread_create(&srv, NULL, server, NULL);
     for (int t = 0; t < threads; t++) pthread_create(&w[t], NULL, writer, (void *)(uintptr_t)t);
@@ -135,7 +138,6 @@ int main(int argc, char **argv) {
         bad |= r != NULL;
     }
     if (bad) fprintf(stderr, "a writer failed: %s\n", patronus_last_error());
-    patronus_register_client_thread(P);
     long found = 0;
     for (int t = 0; t < threads && !bad; t++) {
         for (int i = 0; i < KEYS; i++) {

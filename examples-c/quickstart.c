@@ -34,9 +34,11 @@ int main(void) {
     patronus_t *p = patronus_new(&conf); /* a one-node cluster */
     CHECK(p != NULL, "patronus_new");
 
+    /* This node is also a client: register the client thread before the
+       server starts, and end serving with patronus_finished below. */
+    CHECK(patronus_register_client_thread(p) == PATRONUS_RC_OK, "register client");
     pthread_t server;
     pthread_create(&server, NULL, serve, p);
-    CHECK(patronus_register_client_thread(p) == PATRONUS_RC_OK, "register client");
 
     /* A 64-byte write lease at offset 4096 of node 0's lease buffer, 100 ms. */
     uint16_t node = patronus_get_node_id(p);

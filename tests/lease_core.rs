@@ -722,8 +722,11 @@ fn upgrade_turns_a_read_lease_into_a_write_lease() {
 /// One node that is both memory node and client: a lease revoked by the GC
 /// and then used without the local check fails at the NIC, and the data QP
 /// recovers (its peer QP lives on the same NIC).
+/// (This once failed: `server_serve` counted the node as finished on entry,
+/// so on a one-node cluster the directory stopped, and destroyed its QPs, as
+/// soon as the GC queue was empty. A node with client threads now serves
+/// until it calls `finished` itself.)
 #[test]
-#[ignore = "known bug: on a one-node cluster (client and directory QPs on the same soft NIC) recovery after a GC-revoked window fails (PeerLost or a stuck bind); two-node clusters recover (revoked_lease_fault_then_new_lease_two_nodes)"]
 fn single_node_revoked_lease_recovers_in_place() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _ = tracing_subscriber::fmt()
@@ -743,9 +746,9 @@ fn single_node_revoked_lease_recovers_in_place() {
     };
     let p = Patronus::new(cfg).unwrap();
     let mut d = p.register_server_thread().unwrap();
+    let mut c = p.register_client_thread().unwrap();
     thread::scope(|s| {
         let h = s.spawn(move || d.server_serve(0));
-        let mut c = p.register_client_thread().unwrap();
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 5_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
@@ -782,5 +785,43 @@ fn revoked_lease_fault_then_new_lease_two_nodes() {
         );
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
+    });
+}
+
+/// The original's "magic MW" quirk as an opt-in fault: every bind at index
+/// 682 mod 1 024 of a connection fails its acquire with MagicMwErr, and the
+/// client retries without the caller noticing.
+#[test]
+fn magic_mw_fault_is_retried_transparently() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        machine_nr: 1,
+        cluster: format!("magic-{}", std::process::id()),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 64,
+        magic_mw_fault: true,
+        ..Config::default()
+    };
+    let p = Patronus::new(cfg).unwrap();
+    let mut d = p.register_server_thread().unwrap();
+    let mut c = p.register_client_thread().unwrap();
+    thread::scope(|s| {
+        let h = s.spawn(move || d.server_serve(0));
+        let mut b = [0u8; 8];
+        for i in 0..1200u64 {
+            let mut l = c.get_lease(W, 0, 0, 4096, 64, 50_000_000, 0).unwrap();
+            assert!(l.success(), "acquire {i}: status {}", l.ec());
+            assert_eq!(c.write(&mut l, &i.to_le_bytes(), 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(u64::from_le_bytes(b), i);
+            assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+        }
+        // 2 binds per lease (buffer + protection region): 2 400 binds on
+        // one connection pass index 682 and 1 706.
+        assert!(c.magic_retries() >= 2, "{} retries", c.magic_retries());
+        drop(c);
+        p.finished(0).unwrap();
+        h.join().unwrap().unwrap();
     });
 }

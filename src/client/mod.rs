@@ -178,6 +178,7 @@ pub struct ClientThread {
     buf: Arc<Mr>,
     rpc_id: u64,
     out: Vec<u8>,
+    magic_retries: u64,
 }
 
 impl Drop for ClientThread {
@@ -224,8 +225,15 @@ impl ClientThread {
             buf,
             rpc_id: s.rpc_id,
             out: Vec::with_capacity(msg::MAX_MSG),
+            magic_retries: 0,
             sh,
         })
+    }
+
+    /// Acquires this thread retried after an (injected) magic-MW fault
+    /// (`Config::magic_mw_fault`).
+    pub fn magic_retries(&self) -> u64 {
+        self.magic_retries
     }
 
     /// This thread's slot id.
@@ -323,22 +331,33 @@ impl ClientThread {
         } else {
             MsgType::AcquireR
         };
-        let m = self.rpc(
-            node,
-            dir,
-            ty,
-            Msg::Acquire(AcquireReq {
-                key: offset,
-                size,
-                ns,
-                flag,
+        // A magic-MW fault (injected, PATRONUS.md §4.10) is retried
+        // transparently, as the original does; it cannot recur within 1 024
+        // binds on one connection, so a few attempts always suffice.
+        let mut attempts = 0;
+        let a = loop {
+            let m = self.rpc(
+                node,
                 dir,
-            }),
-        )?;
-        let Msg::AcquireResp(a) = m else {
-            return Err(Error::Invalid(
-                "acquire answered with another message".into(),
-            ));
+                ty,
+                Msg::Acquire(AcquireReq {
+                    key: offset,
+                    size,
+                    ns,
+                    flag,
+                    dir,
+                }),
+            )?;
+            let Msg::AcquireResp(a) = m else {
+                return Err(Error::Invalid(
+                    "acquire answered with another message".into(),
+                ));
+            };
+            attempts += 1;
+            if a.status != St::MagicMwErr as u8 || attempts >= 8 {
+                break a;
+            }
+            self.magic_retries += 1;
         };
         if a.status != 0 {
             return Ok(Lease::failed(a.status, node, dir));

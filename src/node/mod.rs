@@ -68,6 +68,11 @@ pub struct Config {
     pub time_resync: Duration,
     /// How long `get` and barriers wait for other nodes.
     pub keeper_timeout: Duration,
+    /// Fault injection: the original's "magic MW" quirk (PATRONUS.md §4.10).
+    /// When set, every bind whose per-connection index is 682 mod 1024 fails
+    /// its acquire with `AcquireStatus::MagicMwErr`, and the client retries
+    /// transparently. Off by default: it only exists to test retry paths.
+    pub magic_mw_fault: bool,
     /// Default slab classes of each directory's allocator: (block bytes,
     /// ratio of the directory's alloc-buffer slice).
     pub alloc_classes: Vec<(u64, u32)>,
@@ -93,6 +98,7 @@ impl Default for Config {
             epsilon_ns: 10_000,
             time_resync: Duration::from_secs(1),
             keeper_timeout: Duration::from_secs(60),
+            magic_mw_fault: false,
             alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
         }
     }
@@ -644,6 +650,16 @@ pub(crate) fn finished(sh: &Shared, key: u64) -> Result<()> {
         sh.keeper.incr(&k(&sh.prefix, &format!("finished/{key}")))?;
     }
     Ok(())
+}
+
+/// True while some client thread of this node is registered (its slot is
+/// taken).
+pub(crate) fn has_client_threads(sh: &Shared) -> bool {
+    sh.clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(Option::is_none)
 }
 
 pub(crate) fn should_exit(sh: &Shared, key: u64) -> bool {

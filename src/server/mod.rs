@@ -76,6 +76,10 @@ pub struct Directory {
     ddl: DdlQueue<(u32, u64)>,
     allocs: std::collections::HashMap<u64, Box<dyn Allocator>>,
     out: Vec<u8>,
+    /// Binds posted per connection (the magic-MW fault's index).
+    binds: Vec<u64>,
+    /// A bind of the current acquire hit the magic index.
+    magic_hit: bool,
 }
 
 impl Directory {
@@ -85,6 +89,7 @@ impl Directory {
         for _ in 0..2 * n {
             mws.push(sh.nic.alloc_mw(sh.pd)?.handle);
         }
+        let slot_peers = slot.data.len();
         let lay = sh.layout;
         let slice = lay.alloc / sh.cfg.dir_nr as u64;
         let mut allocs: std::collections::HashMap<u64, Box<dyn Allocator>> = Default::default();
@@ -109,6 +114,8 @@ impl Directory {
             free_pr: (0..n).rev().collect(),
             ddl: DdlQueue::default(),
             out: Vec::with_capacity(msg::MAX_MSG),
+            binds: vec![0; slot_peers],
+            magic_hit: false,
             sh,
         })
     }
@@ -127,11 +134,14 @@ impl Directory {
     }
 
     /// Serves until every node called `finished(key)` and no lease is left to
-    /// collect.
+    /// collect. A node with no client thread registered (a pure memory
+    /// node) counts as finished for `key` by serving, so it serves until every
+    /// client node finished; the first such check comes 20 ms after serving
+    /// starts. A node that is also a client (client threads registered, e.g.
+    /// a one-node cluster) must call `finished(key)` itself when its clients
+    /// are done, as in the original; register its client threads before
+    /// serving starts.
     pub fn server_serve(&mut self, key: u64) -> Result<()> {
-        // A serving node counts as finished for `key`: serving ends when
-        // every other node finished too.
-        crate::node::finished(&self.sh, key)?;
         // Idle policy bounded in time: spin, then yield, then short sleeps.
         let mut idle_since: Option<Instant> = None;
         let mut last_check = Instant::now();
@@ -144,6 +154,9 @@ impl Directory {
             let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
             if last_check.elapsed() > Duration::from_millis(20) {
                 last_check = Instant::now();
+                if !crate::node::has_client_threads(&self.sh) {
+                    crate::node::finished(&self.sh, key)?;
+                }
                 if crate::node::should_exit(&self.sh, key) && self.ddl.is_empty() {
                     return Ok(());
                 }
@@ -237,6 +250,12 @@ impl Directory {
             signaled: true,
         };
         self.post_local(peer, wr)?;
+        if let Some(n) = self.binds.get_mut(peer) {
+            if self.sh.cfg.magic_mw_fault && *n % 1024 == 682 {
+                self.magic_hit = true;
+            }
+            *n += 1;
+        }
         Ok(self.sh.nic.mw_rkey(mw))
     }
 
@@ -458,14 +477,21 @@ impl Directory {
             }
             Ok(())
         })();
-        if let Err(e) = r {
-            tracing::debug!(dir = self.id, "acquire failed: {e}");
+        let magic = std::mem::take(&mut self.magic_hit);
+        if r.is_err() || magic {
             self.ctxs[slot as usize] = c;
             self.revoke(slot, true);
             release(self);
-            return fail(match e {
-                Error::NoMem(_) => St::NoMw,
-                _ => St::BindErr,
+            return fail(match r {
+                Ok(()) => St::MagicMwErr,
+                Err(Error::NoMem(e)) => {
+                    tracing::debug!(dir = self.id, "acquire failed: {e}");
+                    St::NoMw
+                }
+                Err(e) => {
+                    tracing::debug!(dir = self.id, "acquire failed: {e}");
+                    St::BindErr
+                }
             });
         }
         resp.generation = c.gen;

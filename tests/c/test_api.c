@@ -218,10 +218,10 @@ int main(void) {
         return 1;
     }
     EXPECT(patronus_get_thread_id(p) == UINT32_MAX);
-    pthread_t srv;
-    pthread_create(&srv, NULL, serve, p);
     EXPECT(patronus_register_client_thread(p) == PATRONUS_RC_OK);
     EXPECT(patronus_register_client_thread(p) == PATRONUS_RC_OK); /* again: no-op */
+    pthread_t srv;
+    pthread_create(&srv, NULL, serve, p);
     EXPECT(patronus_get_thread_id(p) != UINT32_MAX);
 
     test_bad_input(p);
