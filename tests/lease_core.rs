@@ -825,3 +825,80 @@ fn magic_mw_fault_is_retried_transparently() {
         h.join().unwrap().unwrap();
     });
 }
+
+/// PATRONUS.md Appendix A #4: `rpc_extend` of a lease the server already
+/// revoked is refused (kInvalid), and relinquishing it afterwards is harmless.
+#[test]
+fn rpc_extend_after_expiry_is_invalid() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
+        assert!(l.success());
+        thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
+        let mut b = [0u8; 8];
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                .unwrap(),
+            Rc::RdmaProtectionErr
+        );
+        let _ = c.relinquish(&mut l, 0, 0).unwrap();
+        // The directory is unharmed: a fresh lease works.
+        let mut m = c.get_lease(R, 0, 0, 0, 64, 50_000_000, 0).unwrap();
+        assert_eq!(c.read(&mut m, &mut b, 0, 0).unwrap(), Rc::Ok);
+        c.relinquish(&mut m, 0, 0).unwrap();
+    });
+}
+
+/// PATRONUS.md Appendix A #6 (correct_patronus_lease_lock): conflict
+/// detection with GC and no relinquish. Two threads keep trying; the lock is
+/// released only by the GC at the lease's deadline, so consecutive grants are
+/// never closer than the lease term (the safety property); they are also not
+/// much further apart (liveness; bounded generously for a loaded 2-core VM).
+#[test]
+fn conflict_lock_is_released_by_the_gc_at_the_deadline() {
+    with_cluster(2, 1, |_srv, clients| {
+        let term = Duration::from_millis(20);
+        // Grant times on the memory node's own clock (the lease's begin
+        // term): client-side timestamps would include scheduling delays.
+        let grants = std::sync::Mutex::new(Vec::<i64>::new());
+        let t_end = Instant::now() + Duration::from_millis(400);
+        thread::scope(|s| {
+            for _ in 0..2 {
+                let grants = &grants;
+                let node = &clients[0];
+                s.spawn(move || {
+                    let mut c = node.register_client_thread().unwrap();
+                    while Instant::now() < t_end {
+                        let l = c
+                            .get_lease(
+                                R,
+                                0,
+                                0,
+                                8192,
+                                64,
+                                term.as_nanos() as u64,
+                                acquire::WITH_CONFLICT_DETECT,
+                            )
+                            .unwrap();
+                        if l.success() {
+                            grants.lock().unwrap().push(l.begin);
+                        } else {
+                            assert_eq!(l.ec(), St::LockedErr as u8);
+                        }
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                });
+            }
+        });
+        let mut g = grants.into_inner().unwrap();
+        g.sort();
+        assert!(g.len() >= 5, "only {} grants in 400 ms", g.len());
+        let t = term.as_nanos() as i64;
+        for w in g.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= t, "grants {gap} ns apart, term {t} ns");
+            assert!(gap < 4 * t, "grants {gap} ns apart, term {t} ns");
+        }
+    });
+}
