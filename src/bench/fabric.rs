@@ -2,7 +2,9 @@
 //! memory node's NIC in another process), one at a time and pipelined, on
 //! both links, next to the raw floors measured in the same run: a
 //! shared-memory request/response through a server process (both
-//! busy-polling) and a raw TCP ping-pong with TCP_NODELAY.
+//! busy-polling) and a raw TCP ping-pong with TCP_NODELAY (both ends
+//! busy-polling non-blocking sockets, as the soft NIC's tcp link does, so
+//! the floor is the kernel's loopback path and not thread wake-ups).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,6 +37,34 @@ pub struct Opts {
 const SIZES: [u64; 3] = [8, 64, 4096];
 const DEPTH: u64 = 128;
 const BATCH: u64 = 32;
+
+/// `read_exact` on a non-blocking socket, spinning instead of sleeping.
+fn spin_read_exact(s: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.read(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `write_all` on a non-blocking socket, spinning while the buffer is full.
+fn spin_write_all(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 fn link_name(l: LinkKind) -> &'static str {
     match l {
@@ -71,10 +101,14 @@ pub fn floor_main(args: &[String]) -> Result<()> {
             say(&format!("PORT {port}"));
             let (mut s, _) = l.accept().map_err(|e| Error::io("floor accept", e))?;
             s.set_nodelay(true).map_err(|e| Error::io("nodelay", e))?;
+            s.set_nonblocking(true)
+                .map_err(|e| Error::io("nonblocking", e))?;
             let resp = vec![7u8; size];
             let mut req = [0u8; 16];
-            while s.read_exact(&mut req).is_ok() {
-                if s.write_all(&resp).is_err() {
+            let t0 = std::time::Instant::now();
+            // Ends when the client closes (EOF) or after `limit`.
+            while t0.elapsed() < limit && spin_read_exact(&mut s, &mut req).is_ok() {
+                if spin_write_all(&mut s, &resp).is_err() {
                     break;
                 }
             }
@@ -141,19 +175,19 @@ fn floor_records(o: &Opts, link: LinkKind, out: &mut Vec<BenchRecord>) -> Result
                 let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
                     .map_err(|e| Error::io("floor connect", e))?;
                 s.set_nodelay(true).map_err(|e| Error::io("nodelay", e))?;
+                s.set_nonblocking(true)
+                    .map_err(|e| Error::io("nonblocking", e))?;
                 let mut buf = vec![0u8; size as usize * BATCH as usize];
                 let req = [1u8; 16];
                 let lat = run_latency(o.ops, o.budget, || {
-                    s.write_all(&req).map_err(|e| Error::io("floor write", e))?;
-                    s.read_exact(&mut buf[..size as usize])
+                    spin_write_all(&mut s, &req).map_err(|e| Error::io("floor write", e))?;
+                    spin_read_exact(&mut s, &mut buf[..size as usize])
                         .map_err(|e| Error::io("floor read", e))
                 })?;
                 let reqs = vec![1u8; 16 * BATCH as usize];
                 let (mops, n) = run_rate(o.rate_ops, o.budget, BATCH, |_| {
-                    s.write_all(&reqs)
-                        .map_err(|e| Error::io("floor write", e))?;
-                    s.read_exact(&mut buf)
-                        .map_err(|e| Error::io("floor read", e))?;
+                    spin_write_all(&mut s, &reqs).map_err(|e| Error::io("floor write", e))?;
+                    spin_read_exact(&mut s, &mut buf).map_err(|e| Error::io("floor read", e))?;
                     Ok(BATCH)
                 })?;
                 (lat, mops, n)
