@@ -322,7 +322,9 @@ fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Resul
         ok(c.read(&mut l, &mut b, 0, 0)?, "read after recovery")?;
         next.push(t.elapsed().as_nanos() as u64);
     }
-    let mut h = hdrhistogram::Histogram::<u64>::new(3)
+    // Explicit bounds: an auto-sized histogram saturated these samples at
+    // its initial ceiling (2 ns) on the tcp link.
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .map_err(|e| Error::Invalid(format!("histogram: {e}")))?;
     for v in &next {
         h.saturating_record(*v);
