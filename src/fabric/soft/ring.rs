@@ -44,9 +44,26 @@ impl RingLayout {
     }
 }
 
+#[derive(Clone)]
 struct Ring {
     block: Arc<MemBlock>,
     l: RingLayout,
+}
+
+/// A lock-free look at a ring's next slot, for a poller that only wants to
+/// know whether the consumer has work (the consumer publishes its head into
+/// an atomic the peeker reads).
+#[derive(Clone)]
+pub struct Peeker {
+    r: Ring,
+}
+
+impl Peeker {
+    /// True when slot `head` (the consumer's current head) is stamped.
+    #[inline]
+    pub fn ready(&self, head: u64) -> bool {
+        self.r.stamp(head).load(Ordering::Acquire) == head + 1
+    }
 }
 
 impl Ring {
@@ -170,6 +187,16 @@ impl Consumer {
             r,
             unpublished: 0,
         }
+    }
+
+    /// The next index to consume.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// A lock-free view of this ring's stamps.
+    pub fn peeker(&self) -> Peeker {
+        Peeker { r: self.r.clone() }
     }
 
     /// Entries available (consecutive stamped slots, up to a quarter ring).

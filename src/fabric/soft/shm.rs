@@ -237,6 +237,19 @@ pub struct InShm {
     pub ctrl: UnixStream,
     /// The local QP the channel reaches.
     pub target: std::sync::Weak<super::qp::QpInner>,
+    /// Lock-free view of the request ring, and the responder's head as of
+    /// its last pass: the NIC's idle loop polls these instead of locking.
+    pub req_peek: super::ring::Peeker,
+    /// See `req_peek`.
+    pub req_head: std::sync::atomic::AtomicU64,
+}
+
+impl InShm {
+    /// True when a request may be waiting (no lock taken).
+    #[inline]
+    pub fn has_request(&self) -> bool {
+        self.req_peek.ready(self.req_head.load(Ordering::Relaxed))
+    }
 }
 
 /// Responder-private state of a channel.
@@ -274,9 +287,14 @@ impl InShm {
         if u64::from_le_bytes(magic) != SEG_MAGIC {
             return Err(FabricError::Invalid("shm segment has a bad magic".into()));
         }
+        let consumer = Consumer::new(seg.clone(), req);
+        let req_peek = consumer.peeker();
+        let req_head = std::sync::atomic::AtomicU64::new(consumer.head());
         Ok(InShm {
+            req_peek,
+            req_head,
             resp: Mutex::new(RespState {
-                req: Consumer::new(seg.clone(), req),
+                req: consumer,
                 resp: Producer::new(seg.clone(), resp, false),
                 err_epoch: None,
                 blocks: Vec::new(),
