@@ -51,6 +51,8 @@ fn killed_client_leases_are_revoked_and_others_keep_working() {
     let mc = Memcached::start();
     let cl = unique("mp-kill");
     let base = node_args(&mc.url, &cl, "3");
+    // The holder keeps its leases alive by one-sided extension until the
+    // kill, so all 1 000 are live then however long acquiring them took.
     let term_ms = 200u64;
     let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
     let term = term_ms.to_string();

@@ -25,8 +25,9 @@ pub enum Workload {
         /// FAAs per thread.
         ops: u64,
     },
-    /// Acquires `leases` write leases of `term_ms`, says `held=`, then idles
-    /// until killed (at most `idle_s` seconds).
+    /// Acquires `leases` write leases of `term_ms`, says `held=`, then keeps
+    /// them alive by one-sided extension until killed (at most `idle_s`
+    /// seconds).
     Hold {
         /// Leases to hold.
         leases: u32,
@@ -164,6 +165,21 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
             idle_s,
         } => {
             let mut c = p.register_client_thread()?;
+            let term_ns = term_ms * 1_000_000;
+            // Keeps every held lease alive the Patronus way, by one-sided
+            // extension shortly before its deadline: a killed holder's leases
+            // then all end within one term of the kill, however long taking
+            // them took on a loaded machine.
+            let keep_alive = |c: &mut crate::client::ClientThread,
+                              held: &mut Vec<crate::client::Lease>|
+             -> Result<()> {
+                for l in held.iter_mut() {
+                    if l.ddl - p.now() < (term_ns / 2) as i64 {
+                        c.extend(l, term_ns / 2, 0)?;
+                    }
+                }
+                Ok(())
+            };
             let mut held = Vec::new();
             for i in 0..leases as u64 {
                 let l = c.get_lease(true, s, 0, 4096 + i * 64, 64, term_ms * 1_000_000, 0)?;
@@ -174,10 +190,18 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
                     )));
                 }
                 held.push(l);
+                if i % 32 == 31 {
+                    keep_alive(&mut c, &mut held)?;
+                }
             }
+            keep_alive(&mut c, &mut held)?;
             p.put("held", leases.to_string().as_bytes())?;
             say(format_args!("held={leases}"));
-            std::thread::sleep(Duration::from_secs(idle_s));
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(idle_s) {
+                keep_alive(&mut c, &mut held)?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
             return Ok(()); // normally killed before this
         }
         Workload::Watch { limit_s } => {

@@ -212,6 +212,9 @@ impl Shared {
 pub struct Patronus {
     pub(crate) sh: Arc<Shared>,
     _time: TimeThreads,
+    /// The clock-read QPs towards every peer: peers' re-syncs READ this
+    /// node's clock through them for the node's whole life.
+    _time_qps: Vec<Option<(Arc<dyn Qp>, QpEndpoint)>>,
     _nic: Arc<dyn Nic>,
 }
 
@@ -477,6 +480,7 @@ impl Patronus {
         Ok(Patronus {
             sh,
             _time: time,
+            _time_qps: tqs,
             _nic: nic,
         })
     }

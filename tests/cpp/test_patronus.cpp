@@ -104,10 +104,10 @@ int main() {
     p->relinquish(nl, 0, 0);
 
     // expiry: the local check, then the memory node's revocation
-    auto sl = p->get_rlease(0, 0, GlobalAddress(0, 12288), 0, 64, 5ms, 0);
+    auto sl = p->get_rlease(0, 0, GlobalAddress(0, 12288), 0, 64, 50ms, 0);
     CHECK(sl.success() && !sl.is_writable());
     CHECK(p->write(sl, "x", 1, 0, 0) == RC::kRdmaProtectionErr);
-    std::this_thread::sleep_for(30ms);
+    std::this_thread::sleep_for(150ms);
     CHECK(p->read(sl, back, 8, 0, 0) == RC::kLeaseLocalExpiredErr);
     CHECK(p->read(sl, back, 8, 0, (flag_t)RWFlag::kNoLocalExpireCheck) ==
           RC::kRdmaProtectionErr);
