@@ -760,7 +760,9 @@ fn sync_time(
                     if std::time::Instant::now() < next {
                         continue;
                     }
-                    match s.sync_once(8) {
+                    let r = s.sync_once(8);
+                    clk.note_resync(r.is_ok());
+                    match r {
                         Ok((_, e)) => {
                             if e > clk.epsilon() {
                                 tracing::warn!(

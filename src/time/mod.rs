@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub struct Clock {
     offset: AtomicI64,
     epsilon: AtomicI64,
+    /// Periodic re-syncs that succeeded / failed (observability and tests).
+    resyncs: std::sync::atomic::AtomicU64,
+    resync_failures: std::sync::atomic::AtomicU64,
 }
 
 /// How far behind the precise clock [`Clock::before_deadline`] assumes the
@@ -34,6 +37,8 @@ impl Clock {
         Clock {
             offset: AtomicI64::new(0),
             epsilon: AtomicI64::new(epsilon_ns.max(0)),
+            resyncs: Default::default(),
+            resync_failures: Default::default(),
         }
     }
     /// Synchronised ns (PatronusTime).
@@ -60,6 +65,23 @@ impl Clock {
             return true;
         }
         (crate::fabric::monotonic_ns() + off).saturating_add(eps) < ddl
+    }
+
+    /// Records the outcome of one periodic re-sync.
+    pub fn note_resync(&self, ok: bool) {
+        let c = if ok {
+            &self.resyncs
+        } else {
+            &self.resync_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Periodic re-syncs that succeeded and that failed so far.
+    pub fn resync_counts(&self) -> (u64, u64) {
+        (
+            self.resyncs.load(Ordering::Relaxed),
+            self.resync_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// The offset added to the monotonic clock.
