@@ -724,8 +724,11 @@ patronus_rc_t patronus_register_server_thread(patronus_t *p);
 
 /**
  * Serves this thread's directory (registering it first if needed) until
- * every client node called `patronus_finished(p, key)`. Errors go to
- * `patronus_last_error()`.
+ * every client node called `patronus_finished(p, key)`. A node with no
+ * registered client thread counts as finished by serving; a node that is
+ * also a client (e.g. a one-node cluster) must call `patronus_finished`
+ * itself, so register its client threads before serving starts. Errors go
+ * to `patronus_last_error()`.
  */
 void patronus_server_serve(patronus_t *p, uint64_t key);
 

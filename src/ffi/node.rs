@@ -358,8 +358,11 @@ pub extern "C" fn patronus_register_server_thread(p: *mut patronus_t) -> Patronu
 }
 
 /// Serves this thread's directory (registering it first if needed) until
-/// every client node called `patronus_finished(p, key)`. Errors go to
-/// `patronus_last_error()`.
+/// every client node called `patronus_finished(p, key)`. A node with no
+/// registered client thread counts as finished by serving; a node that is
+/// also a client (e.g. a one-node cluster) must call `patronus_finished`
+/// itself, so register its client threads before serving starts. Errors go
+/// to `patronus_last_error()`.
 #[no_mangle]
 pub extern "C" fn patronus_server_serve(p: *mut patronus_t, key: u64) {
     guard("patronus_server_serve", || {

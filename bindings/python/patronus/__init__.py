@@ -297,8 +297,10 @@ class Patronus:
         check(LIB.patronus_register_server_thread(self._node()))
 
     def server_serve(self, key):
-        """Serves this thread's directory until every node called
-        ``finished(key)`` (registers the thread first if needed)."""
+        """Serves this thread's directory until every client node called
+        ``finished(key)`` (registers the thread first if needed). A node
+        without client threads counts as finished by serving; a node that is
+        also a client calls ``finished(key)`` itself when its work is done."""
         LIB.patronus_server_serve(self._node(), key)
 
     def finished(self, key):
