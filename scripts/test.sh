@@ -18,7 +18,7 @@ echo "== cargo test (default features)"
 cargo test --all-targets -- --test-threads=2
 
 echo "== Python bindings (pytest against the fresh libpatronus.so)"
-PATRONUS_LIB="$PWD/target/debug/libpatronus.so" python3 -m pytest -q bindings/python/tests
+PATRONUS_LIB="${CARGO_TARGET_DIR:-$PWD/target}/debug/libpatronus.so" python3 -m pytest -q bindings/python/tests
 
 echo "== hostile-input tests under valgrind memcheck (no invalid reads or writes)"
 if command -v valgrind >/dev/null; then
