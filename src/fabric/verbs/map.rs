@@ -245,9 +245,9 @@ pub struct SendChain {
     pub wrs: Vec<ibv_send_wr>,
     /// One scatter/gather entry per WR (unused for binds).
     pub sges: Box<[ibv_sge]>,
-    /// For each WR, the rkey a bind or invalidate gives its window, with the
-    /// window handle, so the NIC can publish it after a successful post.
-    pub new_rkeys: Vec<Option<(u32, u32)>>,
+    /// (WR index, window handle, new rkey) for every bind or invalidate, so
+    /// the NIC can publish the rkeys of the requests that were posted.
+    pub new_rkeys: Vec<(usize, u32, u32)>,
 }
 
 fn sge_of(r: &dyn Resolve, s: &crate::fabric::Sge, what: &str) -> Result<ibv_sge> {
@@ -290,7 +290,8 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
     ]
     .into_boxed_slice();
     let mut out = Vec::with_capacity(wrs.len());
-    let mut new_rkeys = Vec::with_capacity(wrs.len());
+    // Only binds and invalidates add entries: plain requests allocate nothing.
+    let mut new_rkeys = Vec::new();
     for (i, w) in wrs.iter().enumerate() {
         let mut v = zeroed_wr();
         v.wr_id = w.wr_id;
@@ -299,7 +300,6 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
         } else {
             0
         };
-        let mut rk = None;
         match w.op {
             WrOp::Read { local, raddr, rkey } | WrOp::Write { local, raddr, rkey } => {
                 let read = matches!(w.op, WrOp::Read { .. });
@@ -316,37 +316,31 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                 };
             }
             WrOp::Cas {
-                local,
-                raddr,
-                rkey,
-                compare,
-                swap,
-            } => {
-                atomic_checks(&local, raddr, "CAS")?;
-                sges[i] = sge_of(r, &local, "CAS")?;
-                v.num_sge = 1;
-                v.opcode = ibv_wr_opcode::IBV_WR_ATOMIC_CMP_AND_SWP;
-                v.wr.atomic = rdma_sys::atomic_t {
-                    remote_addr: raddr,
-                    compare_add: compare,
-                    swap,
-                    rkey,
-                };
+                local, raddr, rkey, ..
             }
-            WrOp::Faa {
-                local,
-                raddr,
-                rkey,
-                add,
+            | WrOp::Faa {
+                local, raddr, rkey, ..
             } => {
-                atomic_checks(&local, raddr, "FAA")?;
-                sges[i] = sge_of(r, &local, "FAA")?;
+                let (what, opcode, compare_add, swap) = match w.op {
+                    WrOp::Cas { compare, swap, .. } => (
+                        "CAS",
+                        ibv_wr_opcode::IBV_WR_ATOMIC_CMP_AND_SWP,
+                        compare,
+                        swap,
+                    ),
+                    WrOp::Faa { add, .. } => {
+                        ("FAA", ibv_wr_opcode::IBV_WR_ATOMIC_FETCH_AND_ADD, add, 0)
+                    }
+                    _ => unreachable!("matched CAS or FAA above"),
+                };
+                atomic_checks(&local, raddr, what)?;
+                sges[i] = sge_of(r, &local, what)?;
                 v.num_sge = 1;
-                v.opcode = ibv_wr_opcode::IBV_WR_ATOMIC_FETCH_AND_ADD;
+                v.opcode = opcode;
                 v.wr.atomic = rdma_sys::atomic_t {
                     remote_addr: raddr,
-                    compare_add: add,
-                    swap: 0,
+                    compare_add,
+                    swap,
                     rkey,
                 };
             }
@@ -362,18 +356,7 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                 len,
                 access,
             } => {
-                let m = r
-                    .mr(lkey)
-                    .ok_or_else(|| FabricError::Invalid(format!("BIND: unknown lkey {lkey:#x}")))?;
-                let end = offset.checked_add(len).ok_or_else(|| {
-                    FabricError::Invalid("BIND: offset + length overflows".into())
-                })?;
-                if end > m.len || len == 0 {
-                    return Err(FabricError::Invalid(format!(
-                        "BIND: [{offset}, {end}) is not a non-empty range of the {}-byte MR",
-                        m.len
-                    )));
-                }
+                let bind_info = bind_info(r, lkey, offset, len, access)?;
                 let win = r
                     .mw(mw)
                     .ok_or_else(|| FabricError::Invalid(format!("BIND: unknown window {mw}")))?;
@@ -382,14 +365,9 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                 v.bind_mw_tso_union.bind_mw = rdma_sys::bind_mw_t {
                     mw: win.mw,
                     rkey: new,
-                    bind_info: ibv_mw_bind_info {
-                        mr: m.mr,
-                        addr: m.addr + offset,
-                        length: len,
-                        mw_access_flags: window_access_to_ibv(access),
-                    },
+                    bind_info,
                 };
-                rk = Some((mw, new));
+                new_rkeys.push((i, mw, new));
             }
             WrOp::Invalidate { mw } => {
                 let win = r.mw(mw).ok_or_else(|| {
@@ -399,16 +377,44 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                 v.imm_data_invalidated_rkey_union.invalidated_rkey = win.rkey;
                 // Our rkey bookkeeping moves on at once, so that the key the
                 // NIC invalidates is never handed out again.
-                rk = Some((mw, inc_rkey(win.rkey)));
+                new_rkeys.push((i, mw, inc_rkey(win.rkey)));
             }
         }
         out.push(v);
-        new_rkeys.push(rk);
     }
     Ok(SendChain {
         wrs: out,
         sges,
         new_rkeys,
+    })
+}
+
+/// The bind description of `[offset, offset+len)` of local MR `lkey` with
+/// window rights `access`: a non-empty range inside the MR, or an error.
+pub fn bind_info(
+    r: &dyn Resolve,
+    lkey: u32,
+    offset: u64,
+    len: u64,
+    access: Access,
+) -> Result<ibv_mw_bind_info> {
+    let m = r
+        .mr(lkey)
+        .ok_or_else(|| FabricError::Invalid(format!("BIND: unknown lkey {lkey:#x}")))?;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| FabricError::Invalid("BIND: offset + length overflows".into()))?;
+    if end > m.len || len == 0 {
+        return Err(FabricError::Invalid(format!(
+            "BIND: [{offset}, {end}) is not a non-empty range of the {}-byte MR",
+            m.len
+        )));
+    }
+    Ok(ibv_mw_bind_info {
+        mr: m.mr,
+        addr: m.addr + offset,
+        length: len,
+        mw_access_flags: window_access_to_ibv(access),
     })
 }
 
@@ -771,7 +777,7 @@ mod tests {
             };
             assert_eq!(c.wrs[i].next, next);
         }
-        assert!(c.new_rkeys.iter().all(|r| r.is_none()));
+        assert!(c.new_rkeys.is_empty());
     }
 
     #[test]
@@ -819,7 +825,7 @@ mod tests {
             );
         }
         assert_eq!(c.wrs[1].opcode, ibv_wr_opcode::IBV_WR_LOCAL_INV);
-        assert_eq!(c.new_rkeys, vec![Some((3, 0x1200)), Some((3, 0x1200))]);
+        assert_eq!(c.new_rkeys, vec![(0, 3, 0x1200), (1, 3, 0x1200)]);
     }
 
     #[test]

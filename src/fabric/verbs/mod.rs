@@ -710,7 +710,8 @@ pub struct VerbsQp {
     psn: u32,
     access: AtomicU32,
     cap: QpCap,
-    /// Serialises posting with the publication of new window rkeys.
+    /// Serialises posts that bind or invalidate windows with the
+    /// publication of the windows' new rkeys.
     post: Mutex<()>,
     /// The QP's CQs, kept alive until it is destroyed.
     _cqs: (Arc<dyn Cq>, Arc<dyn Cq>),
@@ -889,39 +890,24 @@ impl Qp for VerbsQp {
         if wrs.is_empty() {
             return Ok(());
         }
+        let keyed = wrs.iter().any(|w| {
+            matches!(
+                w.op,
+                super::WrOp::Bind { .. } | super::WrOp::Invalidate { .. }
+            )
+        });
+        if !keyed {
+            // READ/WRITE/atomics/SEND touch no window key: no lock.
+            return self.post_chain(wrs);
+        }
+        // Binds read a window's current rkey and publish the next one: two
+        // posts binding the same window must not interleave.
         let _g = self.post.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.inner.mw_type2
-            && wrs.iter().any(|w| {
-                matches!(
-                    w.op,
-                    super::WrOp::Bind { .. } | super::WrOp::Invalidate { .. }
-                )
-            })
-        {
-            return self.post_type1(wrs);
-        }
-        let mut chain = map::build_send_chain(&*self.inner, wrs)?;
-        let head = chain.link();
-        let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: the chain, its sges and every buffer they name (registered
-        // memory kept alive by the key table) are valid during the call.
-        let rc = unsafe { ibv_post_send(self.qp, head, &mut bad) };
-        // Publish the rkeys of the binds that were posted.
-        let posted = if rc == 0 {
-            wrs.len()
+        if self.inner.mw_type2 {
+            self.post_chain(wrs)
         } else {
-            // SAFETY: bad points into chain.wrs (or is null).
-            (0..chain.wrs.len())
-                .find(|&i| std::ptr::eq(&chain.wrs[i], bad))
-                .unwrap_or(0)
-        };
-        for (h, k) in chain.new_rkeys[..posted].iter().flatten() {
-            self.inner.set_rkey(*h, *k);
+            self.post_type1(wrs)
         }
-        if rc != 0 {
-            return Err(self.post_error(rc, "send"));
-        }
-        Ok(())
     }
 
     fn post_recv(&self, wrs: &[RecvWr]) -> Result<()> {
@@ -957,27 +943,21 @@ impl VerbsQp {
                 super::WrOp::Invalidate { mw } => (mw, None, 0, 0, Access::NONE),
                 _ => continue,
             };
-            self.post_plain(&wrs[start..i])?;
+            self.post_chain(&wrs[start..i])?;
             start = i + 1;
             let win = self
                 .inner
                 .mw(mw)
                 .ok_or_else(|| FabricError::Invalid(format!("unknown window {mw}")))?;
-            let (mr, addr) = match lkey {
-                Some(k) => {
-                    let m = self
-                        .inner
-                        .mr(k)
-                        .ok_or_else(|| FabricError::Invalid(format!("unknown lkey {k:#x}")))?;
-                    if off.checked_add(len).is_none_or(|e| e > m.len) || len == 0 {
-                        return Err(FabricError::Invalid(format!(
-                            "BIND: [{off}, +{len}) is not inside the {}-byte MR",
-                            m.len
-                        )));
-                    }
-                    (m.mr, m.addr + off)
-                }
-                None => (std::ptr::null_mut(), 0),
+            let bind_info = match lkey {
+                Some(k) => map::bind_info(&*self.inner, k, off, len, access)?,
+                // An unbind is a zero-length bind.
+                None => ibv_mw_bind_info {
+                    mr: std::ptr::null_mut(),
+                    addr: 0,
+                    length: 0,
+                    mw_access_flags: 0,
+                },
             };
             let mut b = ibv_mw_bind {
                 wr_id: w.wr_id,
@@ -986,12 +966,7 @@ impl VerbsQp {
                 } else {
                     0
                 },
-                bind_info: ibv_mw_bind_info {
-                    mr,
-                    addr,
-                    length: len,
-                    mw_access_flags: map::window_access_to_ibv(access),
-                },
+                bind_info,
             };
             // SAFETY: qp, mw and mr are objects of this context; b is valid.
             let rc = unsafe { ibv_bind_mw(self.qp, win.mw, &mut b) };
@@ -1004,18 +979,37 @@ impl VerbsQp {
             // SAFETY: the provider updated the window's rkey.
             self.inner.set_rkey(mw, unsafe { (*win.mw).rkey });
         }
-        self.post_plain(&wrs[start..])
+        self.post_chain(&wrs[start..])
     }
 
-    fn post_plain(&self, wrs: &[SendWr]) -> Result<()> {
+    /// Builds and posts one `ibv_send_wr` chain, then publishes the rkeys
+    /// of the binds/invalidates that were accepted (all of them, or those
+    /// before the request verbs refused).
+    fn post_chain(&self, wrs: &[SendWr]) -> Result<()> {
         if wrs.is_empty() {
             return Ok(());
         }
         let mut chain = map::build_send_chain(&*self.inner, wrs)?;
         let head = chain.link();
         let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: as in post_send.
+        // SAFETY: the chain, its sges and every buffer they name (registered
+        // memory kept alive by the key table) are valid during the call.
         let rc = unsafe { ibv_post_send(self.qp, head, &mut bad) };
+        let posted = if rc == 0 {
+            wrs.len()
+        } else {
+            // `bad` points at the first refused request of the chain.
+            chain
+                .wrs
+                .iter()
+                .position(|w| std::ptr::eq(w, bad))
+                .unwrap_or(0)
+        };
+        for &(i, h, k) in &chain.new_rkeys {
+            if i < posted {
+                self.inner.set_rkey(h, k);
+            }
+        }
         if rc != 0 {
             return Err(self.post_error(rc, "send"));
         }
