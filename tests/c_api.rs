@@ -16,28 +16,7 @@ fn root() -> PathBuf {
 }
 
 fn libdir() -> PathBuf {
-    // Tests of this file run on parallel threads: the directory of symlinks
-    // is made once.
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/c_api-xxxx -> target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let so = dir.join("libpatronus.so");
-        assert!(
-            so.exists(),
-            "{} is missing: run `cargo build` first (scripts/test.sh does)",
-            so.display()
-        );
-        let d = std::env::temp_dir().join(format!("patronus-c-api-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        for name in ["libpatronus.so", "libpatronus.so.0"] {
-            let _ = std::fs::remove_file(d.join(name));
-            std::os::unix::fs::symlink(&so, d.join(name)).unwrap();
-        }
-        d
-    })
-    .clone()
+    common::linked_libdir("c-api")
 }
 
 fn build(src: &Path, out_name: &str, extra: &[&str]) -> PathBuf {

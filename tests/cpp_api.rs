@@ -3,6 +3,8 @@
 //! `-std=c++17 -Wall -Wextra -Werror -pedantic` and run; the header also
 //! compiles as C++20.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -11,27 +13,7 @@ fn root() -> PathBuf {
 }
 
 fn libdir() -> PathBuf {
-    // Tests of this file run on parallel threads: the directory of symlinks
-    // is made once.
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let so = dir.join("libpatronus.so");
-        assert!(
-            so.exists(),
-            "{} is missing: run `cargo build` first",
-            so.display()
-        );
-        let d = std::env::temp_dir().join(format!("patronus-cpp-api-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        for name in ["libpatronus.so", "libpatronus.so.0"] {
-            let _ = std::fs::remove_file(d.join(name));
-            std::os::unix::fs::symlink(&so, d.join(name)).unwrap();
-        }
-        d
-    })
-    .clone()
+    common::linked_libdir("cpp-api")
 }
 
 fn build(std: &str, out: &str) -> PathBuf {

@@ -204,3 +204,30 @@ pub fn unique(tag: &str) -> String {
             % 1_000_000_000
     )
 }
+
+/// A directory holding `libpatronus.so` and its soname link, both pointing at
+/// the freshly built library of this test binary's profile (as an install
+/// lays them out), made once per process: tests of one binary run on
+/// parallel threads and would race on the symlinks.
+pub fn linked_libdir(tag: &str) -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test>-xxxx -> target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let so = dir.join("libpatronus.so");
+        assert!(
+            so.exists(),
+            "{} is missing: run `cargo build` first (scripts/test.sh does)",
+            so.display()
+        );
+        let d = std::env::temp_dir().join(format!("patronus-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for name in ["libpatronus.so", "libpatronus.so.0"] {
+            let _ = std::fs::remove_file(d.join(name));
+            std::os::unix::fs::symlink(&so, d.join(name)).unwrap();
+        }
+        d
+    })
+    .clone()
+}
