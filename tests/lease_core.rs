@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use patronus::client::ClientThread;
 use patronus::lease::flags::{acquire, modify, rw};
 use patronus::lease::{AcquireStatus as St, Rc};
 use patronus::node::{Config, Patronus};
@@ -72,6 +73,32 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
         if let Err(p) = r {
             std::panic::resume_unwind(p);
         }
+    });
+}
+
+/// A one-node cluster (memory node and client in one node): a client
+/// thread registered before the directory serves, `f` runs with it, then
+/// the node calls `finished` (a node with client threads serves until then).
+fn with_one_node(name: &str, magic_mw_fault: bool, f: impl FnOnce(&mut ClientThread)) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        machine_nr: 1,
+        cluster: format!("{name}-{}", std::process::id()),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 64,
+        magic_mw_fault,
+        ..Config::default()
+    };
+    let p = Patronus::new(cfg).unwrap();
+    let mut d = p.register_server_thread().unwrap();
+    let mut c = p.register_client_thread().unwrap();
+    thread::scope(|s| {
+        let h = s.spawn(move || d.server_serve(0));
+        f(&mut c);
+        drop(c);
+        p.finished(0).unwrap();
+        h.join().unwrap().unwrap();
     });
 }
 
@@ -757,27 +784,7 @@ fn upgrade_turns_a_read_lease_into_a_write_lease() {
 /// until it calls `finished` itself.)
 #[test]
 fn single_node_revoked_lease_recovers_in_place() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PATRONUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    let cfg = Config {
-        machine_nr: 1,
-        cluster: format!("single-{}", std::process::id()),
-        fabric: "shm".into(),
-        keeper: None,
-        leases_per_dir: 64,
-        ..Config::default()
-    };
-    let p = Patronus::new(cfg).unwrap();
-    let mut d = p.register_server_thread().unwrap();
-    let mut c = p.register_client_thread().unwrap();
-    thread::scope(|s| {
-        let h = s.spawn(move || d.server_serve(0));
+    with_one_node("single", false, |c| {
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
@@ -793,9 +800,6 @@ fn single_node_revoked_lease_recovers_in_place() {
         );
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
-        drop(c);
-        p.finished(0).unwrap();
-        h.join().unwrap().unwrap();
     });
 }
 
@@ -822,21 +826,7 @@ fn revoked_lease_fault_then_new_lease_two_nodes() {
 /// client retries without the caller noticing.
 #[test]
 fn magic_mw_fault_is_retried_transparently() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let cfg = Config {
-        machine_nr: 1,
-        cluster: format!("magic-{}", std::process::id()),
-        fabric: "shm".into(),
-        keeper: None,
-        leases_per_dir: 64,
-        magic_mw_fault: true,
-        ..Config::default()
-    };
-    let p = Patronus::new(cfg).unwrap();
-    let mut d = p.register_server_thread().unwrap();
-    let mut c = p.register_client_thread().unwrap();
-    thread::scope(|s| {
-        let h = s.spawn(move || d.server_serve(0));
+    with_one_node("magic", true, |c| {
         let mut b = [0u8; 8];
         for i in 0..1200u64 {
             let mut l = c.get_lease(W, 0, 0, 4096, 64, 50_000_000, 0).unwrap();
@@ -849,9 +839,6 @@ fn magic_mw_fault_is_retried_transparently() {
         // 2 binds per lease (buffer + protection region): 2 400 binds on
         // one connection pass index 682 and 1 706.
         assert!(c.magic_retries() >= 2, "{} retries", c.magic_retries());
-        drop(c);
-        p.finished(0).unwrap();
-        h.join().unwrap().unwrap();
     });
 }
 
