@@ -76,7 +76,8 @@ pub struct Directory {
     ddl: DdlQueue<(u32, u64)>,
     allocs: std::collections::HashMap<u64, Box<dyn Allocator>>,
     out: Vec<u8>,
-    /// Binds posted per connection (the magic-MW fault's index).
+    /// Binds posted per connection (the magic-MW fault's index; counted only
+    /// with `Config::magic_mw_fault`).
     binds: Vec<u64>,
     /// A bind of the current acquire hit the magic index.
     magic_hit: bool,
@@ -258,11 +259,11 @@ impl Directory {
             signaled: true,
         };
         self.post_local(peer, wr)?;
-        if let Some(n) = self.binds.get_mut(peer) {
-            if self.sh.cfg.magic_mw_fault && *n % 1024 == 682 {
-                self.magic_hit = true;
+        if self.sh.cfg.magic_mw_fault {
+            if let Some(n) = self.binds.get_mut(peer) {
+                self.magic_hit |= *n % 1024 == 682;
+                *n += 1;
             }
-            *n += 1;
         }
         Ok(self.sh.nic.mw_rkey(mw))
     }
