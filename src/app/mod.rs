@@ -173,8 +173,9 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
             let keep_alive = |c: &mut crate::client::ClientThread,
                               held: &mut Vec<crate::client::Lease>|
              -> Result<()> {
+                let now = p.now();
                 for l in held.iter_mut() {
-                    if l.ddl - p.now() < (term_ns / 2) as i64 {
+                    if l.ddl - now < (term_ns / 2) as i64 {
                         c.extend(l, term_ns / 2, 0)?;
                     }
                 }
