@@ -195,6 +195,12 @@ enum BenchCmd {
         /// Time budget per scenario, seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Only this operation (repeatable; default read, write and cas).
+        #[arg(long = "op", value_parser = ["read", "write", "cas"])]
+        only_ops: Vec<String>,
+        /// Only this transfer size in bytes, 1 to 4096 (repeatable; default 8, 64, 4096).
+        #[arg(long = "size", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        only_sizes: Vec<u64>,
     },
     /// Lease cycle, protection competitors, extension, recovery and the
     /// protection overhead, each against a baseline of the same run.
@@ -258,6 +264,8 @@ fn main() -> ExitCode {
                     quick,
                     ops,
                     seconds,
+                    only_ops,
+                    only_sizes,
                 },
         } => (|| {
             let exe: PathBuf = std::env::current_exe()?;
@@ -280,6 +288,8 @@ fn main() -> ExitCode {
                 rate_ops: if quick { 50_000 } else { 10 * ops },
                 budget: Duration::from_secs_f64(if quick { 0.5 } else { seconds }),
                 exe,
+                only_ops,
+                only_sizes,
             };
             let recs = fabric::run(&o)?;
             let mut out = std::io::stdout().lock();

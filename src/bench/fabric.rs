@@ -32,6 +32,25 @@ pub struct Opts {
     pub budget: Duration,
     /// The `patronus` executable (for child processes).
     pub exe: PathBuf,
+    /// Only these operations ("read", "write", "cas"); empty: all.
+    pub only_ops: Vec<String>,
+    /// Only these sizes; empty: 8 B, 64 B and 4 KiB.
+    pub only_sizes: Vec<u64>,
+}
+
+impl Opts {
+    fn sizes(&self) -> Vec<u64> {
+        if self.only_sizes.is_empty() {
+            SIZES.to_vec()
+        } else {
+            self.only_sizes.clone()
+        }
+    }
+    fn wants(&self, op: &str, size: u64) -> bool {
+        (self.only_ops.is_empty() || self.only_ops.iter().any(|o| o == op))
+            && self.sizes().contains(&size)
+            && (op != "cas" || size == 8)
+    }
 }
 
 const SIZES: [u64; 3] = [8, 64, 4096];
@@ -146,7 +165,7 @@ pub fn node_main(link: LinkKind) -> Result<()> {
 }
 
 fn floor_records(o: &Opts, link: LinkKind, out: &mut Vec<BenchRecord>) -> Result<()> {
-    for &size in &SIZES {
+    for size in o.sizes() {
         let (lat, mops, n) = match link {
             LinkKind::Shm => {
                 let f = Floor::create()?;
@@ -260,8 +279,8 @@ fn fabric_records(o: &Opts, link: LinkKind, out: &mut Vec<BenchRecord>) -> Resul
     )?)?)?;
     let mut wc = [Wc::default(); 16];
     for op in ["read", "write", "cas"] {
-        for &size in &SIZES {
-            if op == "cas" && size != 8 {
+        for size in o.sizes() {
+            if !o.wants(op, size) {
                 continue;
             }
             let one = op_wr(&c, op, size, addr, rkey, 0);

@@ -9,35 +9,50 @@ use parking_lot::RwLock;
 use super::qp::QpInner;
 use crate::fabric::{Cq, Wc};
 
+/// The QPs whose completions a CQ collects.
+#[derive(Default)]
+struct Attached {
+    send: Vec<Arc<QpInner>>,
+    recv: Vec<Arc<QpInner>>,
+}
+
 /// A completion queue of the soft NIC.
 pub struct SoftCq {
-    send_qps: RwLock<Vec<Arc<QpInner>>>,
-    recv_qps: RwLock<Vec<Arc<QpInner>>>,
+    /// Held for reading across a whole poll: a QP replacing its link waits
+    /// for the write side before unmapping the old one (see
+    /// `QpInner::send_ready`).
+    qps: RwLock<Attached>,
     depth: u32,
 }
 
 impl SoftCq {
     pub(crate) fn new(depth: u32) -> SoftCq {
         SoftCq {
-            send_qps: RwLock::new(Vec::new()),
-            recv_qps: RwLock::new(Vec::new()),
+            qps: RwLock::new(Attached::default()),
             depth,
         }
     }
 
     pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: bool, recv: bool) {
+        let mut l = self.qps.write();
         if send {
-            self.send_qps.write().push(qp.clone());
+            l.send.push(qp.clone());
         }
         if recv {
-            self.recv_qps.write().push(qp.clone());
+            l.recv.push(qp.clone());
         }
     }
 
     pub(crate) fn detach(&self, qpn: u32) {
-        for l in [&self.send_qps, &self.recv_qps] {
-            l.write().retain(|q| q.qpn != qpn);
-        }
+        let mut l = self.qps.write();
+        l.send.retain(|q| q.qpn != qpn);
+        l.recv.retain(|q| q.qpn != qpn);
+    }
+
+    /// Waits until no poll is in progress (returns the write guard; drop it
+    /// at once).
+    pub(crate) fn quiesce(&self) -> impl Drop + '_ {
+        self.qps.write()
     }
 
     /// Configured depth.
@@ -49,21 +64,24 @@ impl SoftCq {
 impl Cq for SoftCq {
     fn poll(&self, out: &mut [Wc]) -> usize {
         let mut n = 0;
-        {
-            let l = self.send_qps.read();
-            for w in l.iter() {
-                if n == out.len() {
-                    return n;
-                }
+        let l = self.qps.read();
+        for w in &l.send {
+            if n == out.len() {
+                return n;
+            }
+            // SAFETY: `l` is this CQ's list read guard, held while the hint
+            // is read (send_ready's contract).
+            if unsafe { w.send_ready() } {
                 n += w.progress_send(&mut out[n..]);
             }
         }
-        let l = self.recv_qps.read();
-        for w in l.iter() {
+        for w in &l.recv {
             if n == out.len() {
                 break;
             }
-            n += w.progress_recv(&mut out[n..]);
+            if w.recv_ready() {
+                n += w.progress_recv(&mut out[n..]);
+            }
         }
         n
     }

@@ -216,13 +216,10 @@ impl NicInner {
         }
     }
 
-    /// Serves up to a batch of requests on one shm channel. Returns work done.
-    fn serve_shm(&self, ch: &InShm) -> usize {
-        let Some(q) = ch.target.upgrade() else {
-            ch.kill("target QP destroyed");
-            return 0;
-        };
-        let t = self.target(&q);
+    /// Serves up to a batch of requests on one shm channel towards local
+    /// QP `q`. Returns work done.
+    fn serve_shm(&self, ch: &InShm, q: &QpInner) -> usize {
+        let t = self.target(q);
         let reset = q.state() == QpState::Reset;
         let mut st = ch.resp.lock();
         let avail = match st.req.available() {
@@ -806,7 +803,10 @@ fn accept_tcp(nic: &Arc<NicInner>, mut s: std::net::TcpStream) {
 }
 
 fn shm_loop(nic: Arc<NicInner>) {
-    let mut list: Vec<Arc<InShm>> = Vec::new();
+    // Each channel with its target QP, held strongly until the channel
+    // leaves the NIC's list (a dead channel is skipped meanwhile), so
+    // serving a request takes no reference-count round trip.
+    let mut list: Vec<(Arc<InShm>, Arc<QpInner>)> = Vec::new();
     let mut ver = u64::MAX;
     // Adaptive polling bounded in time, not iterations: the machine may
     // have two cores shared by several NICs, directories and clients, and
@@ -821,14 +821,25 @@ fn shm_loop(nic: Arc<NicInner>) {
         let v = nic.in_shm_ver.load(Ordering::Acquire);
         if v != ver {
             ver = v;
-            list = nic.in_shm.read().clone();
+            list = nic
+                .in_shm
+                .read()
+                .iter()
+                .filter_map(|c| match c.target.upgrade() {
+                    Some(q) => Some((c.clone(), q)),
+                    None => {
+                        c.kill("target QP destroyed");
+                        None
+                    }
+                })
+                .collect();
         }
         let mut work = 0;
-        for c in &list {
+        for (c, q) in &list {
             // The lock-free peek keeps the idle spin to a few loads per
             // channel, so a request is seen within nanoseconds.
             if c.has_request() && !c.dead.load(Ordering::Relaxed) {
-                work += nic.serve_shm(c);
+                work += nic.serve_shm(c, q);
             }
         }
         if work > 0 {
@@ -852,13 +863,13 @@ fn shm_loop(nic: Arc<NicInner>) {
             continue;
         }
         // Park: announce, re-check, then sleep on the doorbell.
-        for c in &list {
+        for (c, _) in &list {
             flag(&c.seg, shm::NIC_SLEEP).store(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
         let pending = list
             .iter()
-            .any(|c| !c.dead.load(Ordering::Relaxed) && c.has_request());
+            .any(|(c, _)| !c.dead.load(Ordering::Relaxed) && c.has_request());
         if !pending && nic.in_shm_ver.load(Ordering::Acquire) == ver {
             let mut pfd = libc::pollfd {
                 fd: nic.doorbell.as_raw_fd(),
@@ -869,7 +880,7 @@ fn shm_loop(nic: Arc<NicInner>) {
             unsafe { libc::poll(&mut pfd, 1, 100) };
             efd_drain(nic.doorbell.as_raw_fd());
         }
-        for c in &list {
+        for (c, _) in &list {
             flag(&c.seg, shm::NIC_SLEEP).store(0, Ordering::Relaxed);
         }
         // Awake again: spin briefly for the request that woke us.

@@ -2,14 +2,14 @@
 //! error and flush semantics) and the receive side.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::cq::SoftCq;
 use super::nic::{NicAddr, NicInner};
-use super::shm::{InShm, OutShm};
+use super::shm::{self, InShm, OutShm};
 use super::tcp::{self, Framed};
 use super::wire::{FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, RESP_LEN};
 use super::LinkKind;
@@ -61,8 +61,37 @@ struct RecvSide {
     scratch: Vec<u8>,
 }
 
+/// What a CQ poller may learn about a QP without taking its locks: an idle
+/// poll of a waiting QP then costs a few loads instead of lock round trips
+/// (which were most of a spinning poll's time). Written under the QP's
+/// locks, read racily: a stale hint only costs one extra locked pass or
+/// delays progress until the next poll.
+#[derive(Default)]
+struct Hints {
+    /// Send WRs posted and not yet retired.
+    pending: AtomicU32,
+    /// The oldest pending send WR is already complete (local op, failure,
+    /// flush): progress can emit it without any response.
+    front_done: AtomicBool,
+    /// Base of the current shm channel segment, null for tcp or none. The
+    /// mapping stays valid while the send CQ's list lock is held (see
+    /// `QpInner::replace_out`).
+    seg: AtomicPtr<u8>,
+    /// The response ring's consumer head as of the last progress.
+    resp_head: AtomicU64,
+    /// Polls that skipped progress since it last ran.
+    skipped: AtomicU32,
+    /// Receive WRs posted and not yet consumed.
+    recv_posted: AtomicU32,
+}
+
+/// A waiting shm QP runs progress at least every this many polls even when
+/// no response is stamped, for its peer liveness check.
+const SKIP_LIMIT: u32 = 64;
+
 /// Shared state of one QP.
 pub struct QpInner {
+    hints: Hints,
     pub(crate) qpn: u32,
     pub(crate) pd: u32,
     nic: Arc<NicInner>,
@@ -90,6 +119,7 @@ impl QpInner {
         cap: QpCap,
     ) -> QpInner {
         QpInner {
+            hints: Hints::default(),
             qpn,
             pd,
             nic,
@@ -116,6 +146,78 @@ impl QpInner {
             }),
             inb: Mutex::new(None),
             tcp_msgs: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Publishes the send side's hints (call with the send lock held).
+    fn publish_hints(&self, sq: &SendSide) {
+        let h = &self.hints;
+        h.pending.store(sq.pending.len() as u32, Ordering::Relaxed);
+        let done = sq.pending.front().is_some_and(|p| p.status.is_some());
+        h.front_done.store(done, Ordering::Relaxed);
+        if let Some(Out::Shm(o)) = sq.out.as_deref() {
+            h.resp_head.store(o.resp.head(), Ordering::Relaxed);
+        }
+        h.skipped.store(0, Ordering::Relaxed);
+    }
+
+    /// True when send progress may have something to do: a completed WR at
+    /// the front, a stamped response, a tcp link (its progress is the
+    /// socket I/O), or a waiting QP's periodic liveness check.
+    ///
+    /// # Safety
+    /// The caller holds the read lock of this QP's send CQ's list, which
+    /// keeps the shm segment named by the hints mapped.
+    #[inline]
+    pub(crate) unsafe fn send_ready(&self) -> bool {
+        let h = &self.hints;
+        if h.pending.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        if h.front_done.load(Ordering::Relaxed) {
+            return true;
+        }
+        let seg = h.seg.load(Ordering::Acquire);
+        if seg.is_null() {
+            return true;
+        }
+        // SAFETY: the caller's CQ lock keeps the segment mapped
+        // (replace_out waits for that lock before unmapping), and it holds
+        // the response ring at super::shm::layouts().1.
+        if unsafe { shm::layouts().1.ready_at(seg, h.resp_head.load(Ordering::Relaxed)) } {
+            return true;
+        }
+        let k = h.skipped.load(Ordering::Relaxed) + 1;
+        h.skipped.store(if k >= SKIP_LIMIT { 0 } else { k }, Ordering::Relaxed);
+        k >= SKIP_LIMIT
+    }
+
+    /// True when receive WRs are posted (only then can progress match one).
+    #[inline]
+    pub(crate) fn recv_ready(&self) -> bool {
+        self.hints.recv_posted.load(Ordering::Relaxed) > 0
+    }
+
+    /// Installs a new outbound link (None: none). The old one is dropped
+    /// only after every CQ poller that may have read its segment from the
+    /// hints has left the send CQ's list lock.
+    fn replace_out(&self, sq: &mut SendSide, out: Option<Box<Out>>) -> Option<Box<Out>> {
+        let seg = match out.as_deref() {
+            Some(Out::Shm(o)) => o.seg.as_ptr(),
+            _ => std::ptr::null_mut(),
+        };
+        self.hints.seg.store(seg, Ordering::Release);
+        let old = std::mem::replace(&mut sq.out, out);
+        self.publish_hints(sq);
+        old
+    }
+
+    /// Drops a link removed by `replace_out` once no poller can see it
+    /// (call without the send lock).
+    fn retire_out(&self, old: Option<Box<Out>>) {
+        if old.is_some() {
+            drop(self.send_cq.quiesce());
+            drop(old);
         }
     }
 
@@ -425,6 +527,7 @@ impl QpInner {
             }
             None => {}
         }
+        self.publish_hints(&sq);
         res
     }
 
@@ -573,6 +676,7 @@ impl QpInner {
                 _ => break,
             }
         }
+        self.publish_hints(sq);
         n
     }
 
@@ -652,11 +756,15 @@ impl QpInner {
             };
             n += 1;
         }
+        self.hints
+            .recv_posted
+            .store(rq.posted.len() as u32, Ordering::Relaxed);
         n
     }
 
     fn connect_impl(&self, remote: &QpEndpoint) -> Result<()> {
         let mut sq = self.sq.lock();
+        let mut old = None;
         let same = sq.remote.as_ref() == Some(remote);
         let alive = match sq.out.as_deref() {
             Some(Out::Shm(o)) => o.alive(),
@@ -679,10 +787,12 @@ impl QpInner {
                     Out::Tcp(tcp::connect(&a, self.qpn, remote.qpn)?)
                 }
             };
-            sq.out = Some(Box::new(out));
+            old = self.replace_out(&mut sq, Some(Box::new(out)));
             sq.remote = Some(remote.clone());
         }
         self.set_state(QpState::Rts);
+        drop(sq);
+        self.retire_out(old);
         Ok(())
     }
 
@@ -691,6 +801,7 @@ impl QpInner {
         Self::flush_from(&mut sq, 0, WcStatus::WrFlushErr);
         sq.epoch = sq.epoch.wrapping_add(1);
         self.set_state(QpState::Reset);
+        self.publish_hints(&sq);
     }
 }
 
@@ -711,7 +822,12 @@ impl Drop for SoftQp {
                 Inbound::Tcp(t) => t.kill(),
             }
         }
-        q.sq.lock().out = None;
+        // Detached from its CQs above: no poller can read the hints now.
+        let old = {
+            let mut sq = q.sq.lock();
+            q.replace_out(&mut sq, None)
+        };
+        drop(old);
     }
 }
 
@@ -761,6 +877,9 @@ impl Qp for SoftQp {
             })?;
             rq.posted
                 .push_back((wr.wr_id, mr, wr.local.offset, wr.local.len));
+            q.hints
+                .recv_posted
+                .store(rq.posted.len() as u32, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -66,6 +66,24 @@ impl Peeker {
     }
 }
 
+impl RingLayout {
+    /// True when slot `head` of a ring with this layout in the block at
+    /// `base` is stamped (the consumer at `head` has an entry).
+    ///
+    /// # Safety
+    /// `base` must point to a live mapping at least `off + bytes()` long
+    /// for the duration of the call.
+    #[inline]
+    pub unsafe fn ready_at(&self, base: *const u8, head: u64) -> bool {
+        let i = (head & (self.slots as u64 - 1)) as usize;
+        let off = self.off + CTRL + i * self.slot + self.slot - 8;
+        // SAFETY: the caller guarantees the mapping; `off` is inside the
+        // ring and 8-aligned (slot sizes are multiples of 8, rings 64-aligned).
+        let stamp = unsafe { &*(base.add(off) as *const AtomicU64) };
+        stamp.load(Ordering::Acquire) == head + 1
+    }
+}
+
 impl Ring {
     fn new(block: Arc<MemBlock>, l: RingLayout) -> Ring {
         assert!(l.slots.is_power_of_two() && l.slot % 8 == 0 && l.slot >= 16);
