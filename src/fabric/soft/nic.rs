@@ -17,7 +17,7 @@ use super::keys::KeyTable;
 use super::qp::{Inbound, QpInner, SoftQp, MAX_BUFFERED_MSGS};
 use super::responder::{self, Target};
 use super::ring::flag;
-use super::shm::{self, ctl, InShm};
+use super::shm::{self, ctl, InShm, RespState};
 use super::tcp::{self, Framed};
 use super::wire::{
     FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, REQ_LEN, RESP_LEN,
@@ -218,10 +218,9 @@ impl NicInner {
 
     /// Serves up to a batch of requests on one shm channel towards local
     /// QP `q`. Returns work done.
-    fn serve_shm(&self, ch: &InShm, q: &QpInner) -> usize {
+    fn serve_shm(&self, ch: &InShm, q: &QpInner, st: &mut RespState) -> usize {
         let t = self.target(q);
         let reset = q.state() == QpState::Reset;
-        let mut st = ch.resp.lock();
         let avail = match st.req.available() {
             Ok(a) => a,
             Err(_) => {
@@ -252,7 +251,6 @@ impl NicInner {
                 .collect();
             st.blocks_ver = v;
         }
-        let st = &mut *st;
         let blocks = &st.blocks;
         for _ in 0..n {
             let mut b = [0u8; REQ_LEN];
@@ -804,9 +802,15 @@ fn accept_tcp(nic: &Arc<NicInner>, mut s: std::net::TcpStream) {
 
 fn shm_loop(nic: Arc<NicInner>) {
     // Each channel with its target QP, held strongly until the channel
-    // leaves the NIC's list (a dead channel is skipped meanwhile), so
-    // serving a request takes no reference-count round trip.
-    let mut list: Vec<(Arc<InShm>, Arc<QpInner>)> = Vec::new();
+    // leaves the NIC's list (a dead channel is skipped meanwhile), and its
+    // responder state, owned here: serving a request takes no lock and no
+    // reference-count round trip.
+    struct Served {
+        ch: Arc<InShm>,
+        q: Arc<QpInner>,
+        st: RespState,
+    }
+    let mut list: Vec<Served> = Vec::new();
     let mut ver = u64::MAX;
     // Adaptive polling bounded in time, not iterations: the machine may
     // have two cores shared by several NICs, directories and clients, and
@@ -821,25 +825,28 @@ fn shm_loop(nic: Arc<NicInner>) {
         let v = nic.in_shm_ver.load(Ordering::Acquire);
         if v != ver {
             ver = v;
-            list = nic
-                .in_shm
-                .read()
-                .iter()
-                .filter_map(|c| match c.target.upgrade() {
-                    Some(q) => Some((c.clone(), q)),
-                    None => {
-                        c.kill("target QP destroyed");
-                        None
-                    }
-                })
-                .collect();
+            let mut old = std::mem::take(&mut list);
+            for c in nic.in_shm.read().iter() {
+                if let Some(i) = old.iter().position(|s| Arc::ptr_eq(&s.ch, c)) {
+                    list.push(old.swap_remove(i));
+                    continue;
+                }
+                let Some(q) = c.target.upgrade() else {
+                    c.kill("target QP destroyed");
+                    continue;
+                };
+                // Taken exactly once: only this loop serves shm channels.
+                if let Some(st) = c.resp.lock().take() {
+                    list.push(Served { ch: c.clone(), q, st });
+                }
+            }
         }
         let mut work = 0;
-        for (c, q) in &list {
+        for s in &mut list {
             // The lock-free peek keeps the idle spin to a few loads per
             // channel, so a request is seen within nanoseconds.
-            if c.has_request() && !c.dead.load(Ordering::Relaxed) {
-                work += nic.serve_shm(c, q);
+            if s.ch.has_request() && !s.ch.dead.load(Ordering::Relaxed) {
+                work += nic.serve_shm(&s.ch, &s.q, &mut s.st);
             }
         }
         if work > 0 {
@@ -863,13 +870,13 @@ fn shm_loop(nic: Arc<NicInner>) {
             continue;
         }
         // Park: announce, re-check, then sleep on the doorbell.
-        for (c, _) in &list {
-            flag(&c.seg, shm::NIC_SLEEP).store(1, Ordering::Relaxed);
+        for s in &list {
+            flag(&s.ch.seg, shm::NIC_SLEEP).store(1, Ordering::Relaxed);
         }
         fence(Ordering::SeqCst);
         let pending = list
             .iter()
-            .any(|(c, _)| !c.dead.load(Ordering::Relaxed) && c.has_request());
+            .any(|s| !s.ch.dead.load(Ordering::Relaxed) && s.ch.has_request());
         if !pending && nic.in_shm_ver.load(Ordering::Acquire) == ver {
             let mut pfd = libc::pollfd {
                 fd: nic.doorbell.as_raw_fd(),
@@ -880,8 +887,8 @@ fn shm_loop(nic: Arc<NicInner>) {
             unsafe { libc::poll(&mut pfd, 1, 100) };
             efd_drain(nic.doorbell.as_raw_fd());
         }
-        for (c, _) in &list {
-            flag(&c.seg, shm::NIC_SLEEP).store(0, Ordering::Relaxed);
+        for s in &list {
+            flag(&s.ch.seg, shm::NIC_SLEEP).store(0, Ordering::Relaxed);
         }
         // Awake again: spin briefly for the request that woke us.
         idle_since = None;

@@ -223,8 +223,9 @@ pub fn check_sealed(fd: &OwnedFd) -> bool {
 pub struct InShm {
     /// The segment.
     pub seg: Arc<MemBlock>,
-    /// Responder state.
-    pub resp: Mutex<RespState>,
+    /// Responder state, taken once by the NIC's shm loop (the channel's
+    /// only responder), which then owns it without locking.
+    pub resp: Mutex<Option<RespState>>,
     /// Message ring consumer (read by the target QP's receive side).
     pub msg: Mutex<Consumer>,
     /// Initiator blocks mapped here, by the initiator's block id.
@@ -293,13 +294,13 @@ impl InShm {
         Ok(InShm {
             req_peek,
             req_head,
-            resp: Mutex::new(RespState {
+            resp: Mutex::new(Some(RespState {
                 req: consumer,
                 resp: Producer::new(seg.clone(), resp, false),
                 err_epoch: None,
                 blocks: Vec::new(),
                 blocks_ver: 0,
-            }),
+            })),
             msg: Mutex::new(Consumer::new(seg.clone(), msg)),
             seg,
             blocks: RwLock::new(HashMap::new()),
