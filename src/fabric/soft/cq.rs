@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use spin::mutex::SpinMutex;
+use spin::relax::Yield;
 
 use super::qp::QpInner;
 use crate::fabric::{Cq, Wc};
@@ -18,23 +19,26 @@ struct Attached {
 
 /// A completion queue of the soft NIC.
 pub struct SoftCq {
-    /// Held for reading across a whole poll: a QP replacing its link waits
-    /// for the write side before unmapping the old one (see
-    /// `QpInner::send_ready`).
-    qps: RwLock<Attached>,
+    /// Held across a whole poll: a QP replacing its link takes it before
+    /// unmapping the old one (see `QpInner::send_ready`). A spin lock
+    /// (yielding under contention) taken with `try_lock` by pollers: a poll
+    /// costs one locked instruction, and a second thread polling the same
+    /// CQ at that moment finds nothing rather than waiting (the first one
+    /// collects the completions).
+    qps: SpinMutex<Attached, Yield>,
     depth: u32,
 }
 
 impl SoftCq {
     pub(crate) fn new(depth: u32) -> SoftCq {
         SoftCq {
-            qps: RwLock::new(Attached::default()),
+            qps: SpinMutex::new(Attached::default()),
             depth,
         }
     }
 
     pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: bool, recv: bool) {
-        let mut l = self.qps.write();
+        let mut l = self.qps.lock();
         if send {
             l.send.push(qp.clone());
         }
@@ -44,7 +48,7 @@ impl SoftCq {
     }
 
     pub(crate) fn detach(&self, qpn: u32) {
-        let mut l = self.qps.write();
+        let mut l = self.qps.lock();
         l.send.retain(|q| q.qpn != qpn);
         l.recv.retain(|q| q.qpn != qpn);
     }
@@ -52,7 +56,7 @@ impl SoftCq {
     /// Waits until no poll is in progress (returns the write guard; drop it
     /// at once).
     pub(crate) fn quiesce(&self) -> impl Drop + '_ {
-        self.qps.write()
+        self.qps.lock()
     }
 
     /// Configured depth.
@@ -64,13 +68,15 @@ impl SoftCq {
 impl Cq for SoftCq {
     fn poll(&self, out: &mut [Wc]) -> usize {
         let mut n = 0;
-        let l = self.qps.read();
+        let Some(l) = self.qps.try_lock() else {
+            return 0;
+        };
         for w in &l.send {
             if n == out.len() {
                 return n;
             }
-            // SAFETY: `l` is this CQ's list read guard, held while the hint
-            // is read (send_ready's contract).
+            // SAFETY: `l` is this CQ's list guard, held while the hint is
+            // read (send_ready's contract).
             if unsafe { w.send_ready() } {
                 n += w.progress_send(&mut out[n..]);
             }
