@@ -254,7 +254,7 @@ impl NicInner {
         let blocks = &st.blocks;
         for _ in 0..n {
             let mut b = [0u8; REQ_LEN];
-            st.req.pop_into(&mut b);
+            st.req.pop_prefix::<{ REQ_LEN - 8 }, REQ_LEN>(&mut b);
             let (seq, epoch, op, status, value, len) = match ReqHeader::decode(&b) {
                 Err((_, seq, epoch)) => (seq, epoch, 0u8, WcStatus::RemInvReqErr, 0, 0),
                 Ok(h) => {
@@ -283,7 +283,7 @@ impl NicInner {
             };
             let mut rb = [0u8; RESP_LEN];
             r.encode(&mut rb);
-            st.resp.write_with(|s| s.copy_from_slice(&rb[..s.len()]));
+            st.resp.write_prefix::<{ RESP_LEN - 8 }, RESP_LEN>(&rb);
         }
         st.resp.publish();
         st.req.release();
@@ -561,7 +561,9 @@ impl SoftNic {
         let i = inner.clone();
         threads.push(spawn("nic-ctl", move || control_loop(i, ul, tl))?);
         let i = inner.clone();
+        if std::env::var_os("XNOLOOP").is_none() {
         threads.push(spawn("nic-shm", move || shm_loop(i))?);
+        }
         let i = inner.clone();
         threads.push(spawn("nic-tcp", move || tcp_loop(i))?);
         Ok(SoftNic { inner, threads })
@@ -570,6 +572,22 @@ impl SoftNic {
     /// This NIC's address bytes (as in every QP endpoint).
     pub fn address(&self) -> Vec<u8> {
         self.inner.addr.encode()
+    }
+
+    /// TEMP: serve all shm channels once in this thread.
+    pub fn pump(&self, st: &mut Vec<(Arc<InShm>, Arc<QpInner>, RespState)>) -> usize {
+        if st.is_empty() {
+            for c in self.inner.in_shm.read().iter() {
+                let q = c.target.upgrade().unwrap();
+                let r = c.resp.lock().take().unwrap();
+                st.push((c.clone(), q, r));
+            }
+        }
+        let mut n = 0;
+        for (c, q, r) in st.iter_mut() {
+            if c.has_request() { n += self.inner.serve_shm(c, q, r); }
+        }
+        n
     }
 
     /// Number of live inbound channels (for tests and diagnostics).

@@ -13,7 +13,9 @@ use super::cq::SoftCq;
 use super::nic::{NicAddr, NicInner};
 use super::shm::{self, InShm, OutShm};
 use super::tcp::{self, Framed};
-use super::wire::{FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, RESP_LEN};
+use super::wire::{
+    FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, REQ_LEN, RESP_LEN,
+};
 use super::LinkKind;
 use crate::fabric::mem::Mr;
 use crate::fabric::{
@@ -435,7 +437,7 @@ impl QpInner {
                 }
                 let mut hb = [0u8; 64];
                 h.encode(&mut hb);
-                o.req.write_with(|s| s.copy_from_slice(&hb[..s.len()]));
+                o.req.write_prefix::<{ REQ_LEN - 8 }, REQ_LEN>(&hb);
             }
             Some(Out::Tcp(f)) => {
                 if rop == ReqOp::Write {
@@ -602,7 +604,7 @@ impl QpInner {
                         Ok(n) => {
                             for _ in 0..n {
                                 let mut b = [0u8; RESP_LEN];
-                                o.resp.pop_into(&mut b);
+                                o.resp.pop_prefix::<{ RESP_LEN - 8 }, RESP_LEN>(&mut b);
                                 self.apply(sq, &RespHeader::decode(&b), None);
                                 got += 1;
                             }

@@ -174,6 +174,22 @@ impl Producer {
         self.tail += 1;
     }
 
+    /// Writes and publishes one slot from the first `N` bytes of `b`
+    /// (`N` at most the payload size): a fixed-size copy the compiler
+    /// inlines, for the per-request hot paths.
+    #[inline]
+    pub fn write_prefix<const N: usize, const M: usize>(&mut self, b: &[u8; M]) {
+        assert!(N <= M && N <= self.r.payload(), "{N} bytes exceed a ring slot");
+        let p = self.r.slot_ptr(self.tail);
+        // SAFETY: N bytes fit the slot's payload (checked above); the slot
+        // is the producer's until its stamp is published.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, N) };
+        self.r
+            .stamp(self.tail)
+            .store(self.tail + 1, Ordering::Release);
+        self.tail += 1;
+    }
+
     /// Publishes the producer index (diagnostics; consumers use stamps).
     #[inline]
     pub fn publish(&mut self) {
@@ -241,6 +257,24 @@ impl Consumer {
         let p = self.r.slot_ptr(self.head);
         // SAFETY: the slot is inside the ring; bytes are copied out before use.
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), n) };
+        self.head += 1;
+        self.unpublished += 1;
+        if self.unpublished >= self.r.l.slots / 4 {
+            self.release();
+        }
+    }
+
+    /// Copies the first `N` bytes of the next slot (`N` at most the payload
+    /// size; the rest of `out` is left as is) and consumes it: the
+    /// fixed-size form of [`Consumer::pop_into`].
+    #[inline]
+    pub fn pop_prefix<const N: usize, const M: usize>(&mut self, out: &mut [u8; M]) {
+        assert!(N <= M && N <= self.r.payload(), "{N} bytes exceed a ring slot");
+        debug_assert!(self.head < self.tail_seen);
+        let p = self.r.slot_ptr(self.head);
+        // SAFETY: the slot is inside the ring and holds at least N payload
+        // bytes; `out` holds M >= N. Bytes are copied out before use.
+        unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), N) };
         self.head += 1;
         self.unpublished += 1;
         if self.unpublished >= self.r.l.slots / 4 {

@@ -174,8 +174,15 @@ impl Framed {
                     };
                 }
                 Ok(n) => {
+                    let room = self.rbuf.len() - self.rend;
                     self.rend += n;
                     total += n;
+                    if n < room {
+                        // A short read drained the socket: asking again
+                        // would only return EAGAIN, one more system call
+                        // on the critical path of every round trip.
+                        return Ok(total);
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(total),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
