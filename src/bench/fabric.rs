@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{hex, run_latency, run_rate, say, unhex, BenchRecord, ChildProc};
+use super::{hex, run_latency, run_rate, say, unhex, BenchRecord, ChildProc, Lat};
 use crate::fabric::conformance::Side;
 use crate::fabric::soft::floor::Floor;
 use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
@@ -125,8 +125,23 @@ pub fn floor_main(args: &[String]) -> Result<()> {
             let resp = vec![7u8; size];
             let mut req = [0u8; 16];
             let t0 = std::time::Instant::now();
-            // Ends when the client closes (EOF) or after `limit`.
+            let mut parked = false;
+            // Ends when the client closes (EOF) or after `limit`. A park
+            // request switches to blocking reads until the next request.
+            s.set_read_timeout(Some(limit))
+                .map_err(|e| Error::io("read timeout", e))?;
             while t0.elapsed() < limit && spin_read_exact(&mut s, &mut req).is_ok() {
+                if req == TCP_PARK {
+                    s.set_nonblocking(false)
+                        .map_err(|e| Error::io("blocking", e))?;
+                    parked = true;
+                    continue;
+                }
+                if parked {
+                    s.set_nonblocking(true)
+                        .map_err(|e| Error::io("nonblocking", e))?;
+                    parked = false;
+                }
                 if spin_write_all(&mut s, &resp).is_err() {
                     break;
                 }
@@ -164,84 +179,6 @@ pub fn node_main(link: LinkKind) -> Result<()> {
     Ok(())
 }
 
-fn floor_records(o: &Opts, link: LinkKind, out: &mut Vec<BenchRecord>) -> Result<()> {
-    for size in o.sizes() {
-        let (lat, mops, n) = match link {
-            LinkKind::Shm => {
-                let f = Floor::create()?;
-                let pid = std::process::id().to_string();
-                let fd = f.fd().to_string();
-                let sz = size.to_string();
-                let mut child = ChildProc::spawn(&o.exe, &["__floor", "shm", &pid, &fd, &sz])?;
-                child.line()?;
-                let mut seq = 0u64;
-                let lat = run_latency(o.ops, o.budget, || {
-                    seq += 1;
-                    f.round_trip(seq);
-                    Ok(())
-                })?;
-                let (mops, n) = run_rate(o.rate_ops, o.budget, 4096, |k| {
-                    seq = f.pipelined(seq, k, DEPTH);
-                    Ok(k)
-                })?;
-                f.stop();
-                (lat, mops, n)
-            }
-            LinkKind::Tcp => {
-                let sz = size.to_string();
-                let mut child = ChildProc::spawn(&o.exe, &["__floor", "tcp", &sz])?;
-                let port = child.line()?.get(1).cloned().unwrap_or_default();
-                let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))
-                    .map_err(|e| Error::io("floor connect", e))?;
-                s.set_nodelay(true).map_err(|e| Error::io("nodelay", e))?;
-                s.set_nonblocking(true)
-                    .map_err(|e| Error::io("nonblocking", e))?;
-                let mut buf = vec![0u8; size as usize * BATCH as usize];
-                let req = [1u8; 16];
-                let lat = run_latency(o.ops, o.budget, || {
-                    spin_write_all(&mut s, &req).map_err(|e| Error::io("floor write", e))?;
-                    spin_read_exact(&mut s, &mut buf[..size as usize])
-                        .map_err(|e| Error::io("floor read", e))
-                })?;
-                let reqs = vec![1u8; 16 * BATCH as usize];
-                let (mops, n) = run_rate(o.rate_ops, o.budget, BATCH, |_| {
-                    spin_write_all(&mut s, &reqs).map_err(|e| Error::io("floor write", e))?;
-                    spin_read_exact(&mut s, &mut buf).map_err(|e| Error::io("floor read", e))?;
-                    Ok(BATCH)
-                })?;
-                (lat, mops, n)
-            }
-        };
-        out.push(BenchRecord {
-            scenario: "floor".into(),
-            fabric: link_name(link).into(),
-            op: "rr".into(),
-            size,
-            p50_ns: lat.p50(),
-            p99_ns: lat.p99(),
-            mops: lat.mops(),
-            baseline: true,
-            p50_vs_floor: None,
-            mops_vs_floor: None,
-            ops: lat.ops,
-        });
-        out.push(BenchRecord {
-            scenario: "floor-pipe".into(),
-            fabric: link_name(link).into(),
-            op: "rr".into(),
-            size,
-            p50_ns: 0,
-            p99_ns: 0,
-            mops,
-            baseline: true,
-            p50_vs_floor: None,
-            mops_vs_floor: None,
-            ops: n,
-        });
-    }
-    Ok(())
-}
-
 fn op_wr(c: &Side, op: &str, size: u64, raddr: u64, rkey: u32, slot: u64) -> WrOp {
     let local = c.sge((slot % 64) * 4096, size as u32);
     match op {
@@ -257,127 +194,349 @@ fn op_wr(c: &Side, op: &str, size: u64, raddr: u64, rkey: u32, slot: u64) -> WrO
     }
 }
 
-fn fabric_records(o: &Opts, link: LinkKind, out: &mut Vec<BenchRecord>) -> Result<()> {
-    let mut node = ChildProc::spawn(&o.exe, &["__bench-node", link_name(link)])?;
-    let r = node.line()?;
-    let parse = |i: usize| -> Result<u64> {
-        r.get(i)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Invalid("bench node REGION line".into()))
-    };
-    let (addr, rkey) = (parse(1)?, parse(2)? as u32);
-    let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
-        link,
-        ..SoftConfig::default()
-    })?);
-    let pd = nic.alloc_pd()?;
-    let c = Side::new(nic, pd, 64 * 4096)?;
-    node.send(&hex(&c.qp.endpoint().encode()))?;
-    let ep = node.line()?;
-    c.qp.connect(&QpEndpoint::decode(&unhex(
-        ep.get(1).map(String::as_str).unwrap_or(""),
-    )?)?)?;
-    let mut wc = [Wc::default(); 16];
-    for op in ["read", "write", "cas"] {
-        for size in o.sizes() {
-            if !o.wants(op, size) {
-                continue;
-            }
-            let one = op_wr(&c, op, size, addr, rkey, 0);
-            let lat = run_latency(o.ops, o.budget, || {
-                c.qp.post_send(&[SendWr {
-                    wr_id: 0,
-                    op: one,
-                    signaled: true,
-                }])?;
-                loop {
-                    if c.cq.poll(&mut wc[..1]) == 1 {
-                        if wc[0].status != WcStatus::Success {
-                            return Err(Error::Invalid(format!("bench {op}: {:?}", wc[0])));
-                        }
-                        return Ok(());
-                    }
+/// Rounds of interleaved floor and fabric blocks per latency scenario.
+const ROUNDS: u32 = 20;
+/// Each block first warms up this long (a parked floor server or soft NIC
+/// wakes, the other side parks) and at least `WARMUP_OPS` operations.
+const WARMUP: Duration = Duration::from_micros(600);
+const WARMUP_OPS: u64 = 200;
+
+/// A raw floor server for one link and size, alive across the rounds and
+/// parked (sleeping) while the fabric is measured.
+enum FloorSrv {
+    Shm {
+        f: Floor,
+        seq: u64,
+        _child: ChildProc,
+    },
+    Tcp {
+        s: TcpStream,
+        buf: Vec<u8>,
+        size: usize,
+        _child: ChildProc,
+    },
+}
+
+/// Park request on the tcp floor (requests are otherwise all ones).
+const TCP_PARK: [u8; 16] = [0xff; 16];
+
+impl FloorSrv {
+    fn start(o: &Opts, link: LinkKind, size: u64) -> Result<FloorSrv> {
+        let sz = size.to_string();
+        Ok(match link {
+            LinkKind::Shm => {
+                let f = Floor::create()?;
+                let pid = std::process::id().to_string();
+                let fd = f.fd().to_string();
+                let mut child = ChildProc::spawn(&o.exe, &["__floor", "shm", &pid, &fd, &sz])?;
+                child.line()?;
+                FloorSrv::Shm {
+                    f,
+                    seq: 0,
+                    _child: child,
                 }
-            })?;
-            let wrs: Vec<SendWr> = (0..BATCH)
-                .map(|i| SendWr {
-                    wr_id: i,
-                    op: op_wr(&c, op, size, addr + (i % 8) * 4096 % (1 << 20), rkey, i),
-                    signaled: i == BATCH - 1,
-                })
-                .collect();
-            let mut outstanding = 0u64;
-            let (mops, n) = run_rate(o.rate_ops, o.budget, 4096, |k| {
-                let mut done = 0;
-                while done < k {
-                    while outstanding + BATCH <= DEPTH {
-                        c.qp.post_send(&wrs)?;
-                        outstanding += BATCH;
-                    }
-                    let got = c.cq.poll(&mut wc);
-                    for w in &wc[..got] {
-                        if w.status != WcStatus::Success {
-                            return Err(Error::Invalid(format!("bench {op}: {w:?}")));
-                        }
-                    }
-                    outstanding -= got as u64 * BATCH;
-                    done += got as u64 * BATCH;
-                }
-                Ok(done)
-            })?;
-            // Drain what is still in flight so the next scenario starts clean.
-            while outstanding > 0 {
-                let got = c.cq.poll(&mut wc);
-                outstanding -= got as u64 * BATCH;
             }
-            let fl = |scen: &str| {
-                out.iter()
-                    .find(|f| {
-                        f.baseline
-                            && f.scenario == scen
-                            && f.fabric == link_name(link)
-                            && f.size == size
-                    })
-                    .cloned()
-            };
-            let (f_lat, f_pipe) = (fl("floor"), fl("floor-pipe"));
-            out.push(BenchRecord {
-                scenario: "latency".into(),
-                fabric: link_name(link).into(),
-                op: op.into(),
-                size,
-                p50_ns: lat.p50(),
-                p99_ns: lat.p99(),
-                mops: lat.mops(),
-                baseline: false,
-                p50_vs_floor: f_lat.map(|f| lat.p50() as f64 / f.p50_ns.max(1) as f64),
-                mops_vs_floor: None,
-                ops: lat.ops,
-            });
-            out.push(BenchRecord {
-                scenario: "pipelined".into(),
-                fabric: link_name(link).into(),
-                op: op.into(),
-                size,
-                p50_ns: 0,
-                p99_ns: 0,
-                mops,
-                baseline: false,
-                p50_vs_floor: None,
-                mops_vs_floor: f_pipe.map(|f| mops / f.mops.max(1e-9)),
-                ops: n,
-            });
+            LinkKind::Tcp => {
+                let mut child = ChildProc::spawn(&o.exe, &["__floor", "tcp", &sz])?;
+                let port = child.line()?.get(1).cloned().unwrap_or_default();
+                let s = TcpStream::connect(format!("127.0.0.1:{port}"))
+                    .map_err(|e| Error::io("floor connect", e))?;
+                s.set_nodelay(true).map_err(|e| Error::io("nodelay", e))?;
+                s.set_nonblocking(true)
+                    .map_err(|e| Error::io("nonblocking", e))?;
+                FloorSrv::Tcp {
+                    s,
+                    buf: vec![0u8; size as usize * BATCH as usize],
+                    size: size as usize,
+                    _child: child,
+                }
+            }
+        })
+    }
+
+    fn round_trip(&mut self) -> Result<()> {
+        match self {
+            FloorSrv::Shm { f, seq, .. } => {
+                *seq += 1;
+                f.round_trip(*seq);
+                Ok(())
+            }
+            FloorSrv::Tcp { s, buf, size, .. } => {
+                spin_write_all(s, &[1u8; 16]).map_err(|e| Error::io("floor write", e))?;
+                spin_read_exact(s, &mut buf[..*size]).map_err(|e| Error::io("floor read", e))
+            }
         }
+    }
+
+    /// Lets the server sleep; the next round trip (or `resume`) wakes it.
+    fn park(&mut self) -> Result<()> {
+        match self {
+            FloorSrv::Shm { f, .. } => {
+                f.park();
+                Ok(())
+            }
+            FloorSrv::Tcp { s, .. } => {
+                spin_write_all(s, &TCP_PARK).map_err(|e| Error::io("floor write", e))
+            }
+        }
+    }
+
+    fn resume(&mut self) {
+        if let FloorSrv::Shm { f, .. } = self {
+            f.resume();
+        }
+    }
+
+    /// The pipelined floor rate (Mops, ops).
+    fn rate(&mut self, o: &Opts) -> Result<(f64, u64)> {
+        match self {
+            FloorSrv::Shm { f, seq, .. } => run_rate(o.rate_ops, o.budget, 4096, |k| {
+                *seq = f.pipelined(*seq, k, DEPTH);
+                Ok(k)
+            }),
+            FloorSrv::Tcp { s, buf, .. } => {
+                let reqs = vec![1u8; 16 * BATCH as usize];
+                run_rate(o.rate_ops, o.budget, BATCH, |_| {
+                    spin_write_all(s, &reqs).map_err(|e| Error::io("floor write", e))?;
+                    spin_read_exact(s, buf).map_err(|e| Error::io("floor read", e))?;
+                    Ok(BATCH)
+                })
+            }
+        }
+    }
+}
+
+impl Drop for FloorSrv {
+    fn drop(&mut self) {
+        if let FloorSrv::Shm { f, .. } = self {
+            f.resume();
+            f.stop();
+        }
+    }
+}
+
+/// Runs `f` for the warm-up time (and at least `WARMUP_OPS` times).
+fn warm_up(mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    while n < WARMUP_OPS || t.elapsed() < WARMUP {
+        f()?;
+        n += 1;
     }
     Ok(())
 }
 
-/// Runs the whole fabric benchmark.
+/// Latency of `op` and of the floor, measured in alternating blocks so
+/// both see the same machine state (this VM's core-to-core latency drifts
+/// by tens of percent within seconds). Returns (fabric, floor).
+fn interleaved(
+    o: &Opts,
+    fl: &mut FloorSrv,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<(Lat, Lat)> {
+    let per = (o.ops / ROUNDS as u64).max(100);
+    let budget = o.budget / (2 * ROUNDS);
+    let (mut fab, mut flo) = (Lat::new()?, Lat::new()?);
+    for _ in 0..ROUNDS {
+        fl.resume();
+        warm_up(|| fl.round_trip())?;
+        flo.merge(&run_latency(per, budget, || fl.round_trip())?)?;
+        fl.park()?;
+        warm_up(&mut op)?;
+        fab.merge(&run_latency(per, budget, &mut op)?)?;
+    }
+    Ok((fab, flo))
+}
+
+/// The benchmark's client: a QP of a soft NIC in this process connected
+/// to a memory node (`__bench-node`) in another.
+struct FabricSide {
+    c: Side,
+    addr: u64,
+    rkey: u32,
+    wc: [Wc; 16],
+    _node: ChildProc,
+}
+
+impl FabricSide {
+    fn start(o: &Opts, link: LinkKind) -> Result<FabricSide> {
+        let mut node = ChildProc::spawn(&o.exe, &["__bench-node", link_name(link)])?;
+        let r = node.line()?;
+        let parse = |i: usize| -> Result<u64> {
+            r.get(i)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::Invalid("bench node REGION line".into()))
+        };
+        let (addr, rkey) = (parse(1)?, parse(2)? as u32);
+        let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
+            link,
+            ..SoftConfig::default()
+        })?);
+        let pd = nic.alloc_pd()?;
+        let c = Side::new(nic, pd, 64 * 4096)?;
+        node.send(&hex(&c.qp.endpoint().encode()))?;
+        let ep = node.line()?;
+        c.qp.connect(&QpEndpoint::decode(&unhex(
+            ep.get(1).map(String::as_str).unwrap_or(""),
+        )?)?)?;
+        Ok(FabricSide {
+            c,
+            addr,
+            rkey,
+            wc: [Wc::default(); 16],
+            _node: node,
+        })
+    }
+
+    /// One operation, posted and polled to completion.
+    fn one(&mut self, op: &str, size: u64) -> Result<()> {
+        let wr = op_wr(&self.c, op, size, self.addr, self.rkey, 0);
+        self.c.qp.post_send(&[SendWr {
+            wr_id: 0,
+            op: wr,
+            signaled: true,
+        }])?;
+        loop {
+            if self.c.cq.poll(&mut self.wc[..1]) == 1 {
+                if self.wc[0].status != WcStatus::Success {
+                    return Err(Error::Invalid(format!("bench {op}: {:?}", self.wc[0])));
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Pipelined rate: batches of `BATCH` (one signaled), up to `DEPTH`
+    /// outstanding. Returns (Mops, ops).
+    fn rate(&mut self, o: &Opts, op: &str, size: u64) -> Result<(f64, u64)> {
+        let wrs: Vec<SendWr> = (0..BATCH)
+            .map(|i| SendWr {
+                wr_id: i,
+                op: op_wr(
+                    &self.c,
+                    op,
+                    size,
+                    self.addr + (i % 8) * 4096 % (1 << 20),
+                    self.rkey,
+                    i,
+                ),
+                signaled: i == BATCH - 1,
+            })
+            .collect();
+        let (c, wc) = (&self.c, &mut self.wc);
+        let mut outstanding = 0u64;
+        let res = run_rate(o.rate_ops, o.budget, 4096, |k| {
+            let mut done = 0;
+            while done < k {
+                while outstanding + BATCH <= DEPTH {
+                    c.qp.post_send(&wrs)?;
+                    outstanding += BATCH;
+                }
+                let got = c.cq.poll(wc);
+                for w in &wc[..got] {
+                    if w.status != WcStatus::Success {
+                        return Err(Error::Invalid(format!("bench {op}: {w:?}")));
+                    }
+                }
+                outstanding -= got as u64 * BATCH;
+                done += got as u64 * BATCH;
+            }
+            Ok(done)
+        });
+        // Drain what is still in flight so the next scenario starts clean.
+        let t = std::time::Instant::now();
+        while outstanding > 0 && t.elapsed() < Duration::from_secs(5) {
+            let got = c.cq.poll(wc);
+            outstanding -= got as u64 * BATCH;
+        }
+        res
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    scenario: &str,
+    link: LinkKind,
+    op: &str,
+    size: u64,
+    lat: Option<&Lat>,
+    mops: f64,
+    ops: u64,
+    baseline: bool,
+) -> BenchRecord {
+    BenchRecord {
+        scenario: scenario.into(),
+        fabric: link_name(link).into(),
+        op: op.into(),
+        size,
+        p50_ns: lat.map_or(0, Lat::p50),
+        p99_ns: lat.map_or(0, Lat::p99),
+        mops: lat.map_or(mops, Lat::mops),
+        baseline,
+        p50_vs_floor: None,
+        mops_vs_floor: None,
+        floor_p50_ns: None,
+        ops: lat.map_or(ops, |l| l.ops),
+    }
+}
+
+/// Runs the whole fabric benchmark: per link and size, the floor and every
+/// operation's latency in interleaved rounds, then the pipelined rates.
 pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
     let mut out = Vec::new();
     for &link in &o.links {
-        floor_records(o, link, &mut out)?;
-        fabric_records(o, link, &mut out)?;
+        let mut fab = FabricSide::start(o, link)?;
+        for size in o.sizes() {
+            let ops: Vec<&str> = ["read", "write", "cas"]
+                .into_iter()
+                .filter(|op| o.wants(op, size))
+                .collect();
+            if ops.is_empty() {
+                continue;
+            }
+            let mut fl = FloorSrv::start(o, link, size)?;
+            let mut floor_all = Lat::new()?;
+            let mut lat = Vec::new();
+            for &op in &ops {
+                let (f, l) = interleaved(o, &mut fl, || fab.one(op, size))?;
+                floor_all.merge(&l)?;
+                let mut r = record("latency", link, op, size, Some(&f), 0.0, 0, false);
+                r.p50_vs_floor = Some(f.p50() as f64 / l.p50().max(1) as f64);
+                r.floor_p50_ns = Some(l.p50());
+                lat.push(r);
+            }
+            fl.resume();
+            warm_up(|| fl.round_trip())?;
+            let (fmops, fn_) = fl.rate(o)?;
+            drop(fl);
+            out.push(record(
+                "floor",
+                link,
+                "rr",
+                size,
+                Some(&floor_all),
+                0.0,
+                0,
+                true,
+            ));
+            out.push(record(
+                "floor-pipe",
+                link,
+                "rr",
+                size,
+                None,
+                fmops,
+                fn_,
+                true,
+            ));
+            for (op, r) in ops.iter().zip(lat) {
+                out.push(r);
+                let (mops, n) = fab.rate(o, op, size)?;
+                let mut p = record("pipelined", link, op, size, None, mops, n, false);
+                p.mops_vs_floor = Some(mops / fmops.max(1e-9));
+                out.push(p);
+            }
+        }
     }
     Ok(out)
 }

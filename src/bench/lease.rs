@@ -41,6 +41,7 @@ fn rec(group: &str, fabric: &str, op: &str, size: u64, lat: &super::Lat) -> Benc
         baseline: false,
         p50_vs_floor: None,
         mops_vs_floor: None,
+        floor_p50_ns: None,
         ops: lat.ops,
     }
 }
@@ -340,6 +341,7 @@ fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Resul
         baseline: false,
         p50_vs_floor: None,
         mops_vs_floor: None,
+        floor_p50_ns: None,
         ops: next.len() as u64,
     });
     c.relinquish(&mut l, 0, 0)?;

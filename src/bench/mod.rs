@@ -40,6 +40,10 @@ pub struct BenchRecord {
     /// Rate divided by the floor's rate (pipelined scenarios).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mops_vs_floor: Option<f64>,
+    /// p50 of the floor rounds interleaved with this latency scenario (the
+    /// denominator of `p50_vs_floor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_p50_ns: Option<u64>,
     /// Operations measured.
     pub ops: u64,
 }
@@ -54,6 +58,24 @@ pub struct Lat {
 }
 
 impl Lat {
+    /// An empty record.
+    pub fn new() -> Result<Lat> {
+        Ok(Lat {
+            hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                .map_err(|e| Error::Invalid(format!("histogram: {e}")))?,
+            ops: 0,
+            elapsed: Duration::ZERO,
+        })
+    }
+    /// Adds another record's samples.
+    pub fn merge(&mut self, o: &Lat) -> Result<()> {
+        self.hist
+            .add(&o.hist)
+            .map_err(|e| Error::Invalid(format!("histogram: {e}")))?;
+        self.ops += o.ops;
+        self.elapsed += o.elapsed;
+        Ok(())
+    }
     /// Median in ns.
     pub fn p50(&self) -> u64 {
         self.hist.value_at_quantile(0.5)
@@ -70,8 +92,7 @@ impl Lat {
 
 /// Times `f` once per op, at most `ops` times or until `budget` passes.
 pub fn run_latency(ops: u64, budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Lat> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-        .map_err(|e| Error::Invalid(format!("histogram: {e}")))?;
+    let mut hist = Lat::new()?.hist;
     let t0 = Instant::now();
     let mut n = 0;
     while n < ops && (n < 100 || t0.elapsed() < budget) {

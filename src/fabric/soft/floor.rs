@@ -4,8 +4,12 @@
 //! soft NIC's shm link as a ratio to this.
 //!
 //! Segment layout: request counter at 0, response counter at 64, stop flag at
-//! 128, request ring (256 x 8-byte sequence numbers) at 256, source data at
-//! 4096, response data at 4096 + 64 KiB.
+//! 128, park flag at 192, source data at 4096, response data at 4096 + 64
+//! KiB.
+//!
+//! The benchmark interleaves floor and fabric measurements so both see the
+//! same machine state; meanwhile the idle side must not spin, so a parked
+//! server sleeps until the client clears the park flag.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use crate::fabric::{FabricError, Result};
 const REQ: usize = 0;
 const RESP: usize = 64;
 const STOP: usize = 128;
+const PARK: usize = 192;
 const SRC: usize = 4096;
 const DST: usize = 4096 + (64 << 10);
 /// Segment bytes.
@@ -88,6 +93,20 @@ impl Floor {
                 continue;
             }
             idle += 1;
+            if idle % 1024 == 0 && self.word(PARK).load(Ordering::Relaxed) != 0 {
+                // Parked: sleep until resumed (or stopped, or orphaned).
+                while self.word(PARK).load(Ordering::Acquire) != 0 {
+                    if self.word(STOP).load(Ordering::Relaxed) != 0
+                        || std::os::unix::process::parent_id() != ppid
+                        || t0.elapsed() > limit
+                    {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                idle = 0;
+                continue;
+            }
             if idle % (1 << 20) == 0 {
                 if self.word(STOP).load(Ordering::Relaxed) != 0
                     || std::os::unix::process::parent_id() != ppid
@@ -128,6 +147,17 @@ impl Floor {
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Parks the server (it sleeps instead of spinning) until `resume`.
+    pub fn park(&self) {
+        self.word(PARK).store(1, Ordering::Release);
+    }
+
+    /// Resumes a parked server (it may take a few tens of microseconds to
+    /// spin again: warm up before measuring).
+    pub fn resume(&self) {
+        self.word(PARK).store(0, Ordering::Release);
     }
 
     /// Tells the server to exit.

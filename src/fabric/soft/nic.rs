@@ -561,9 +561,7 @@ impl SoftNic {
         let i = inner.clone();
         threads.push(spawn("nic-ctl", move || control_loop(i, ul, tl))?);
         let i = inner.clone();
-        if std::env::var_os("XNOLOOP").is_none() {
         threads.push(spawn("nic-shm", move || shm_loop(i))?);
-        }
         let i = inner.clone();
         threads.push(spawn("nic-tcp", move || tcp_loop(i))?);
         Ok(SoftNic { inner, threads })
@@ -572,22 +570,6 @@ impl SoftNic {
     /// This NIC's address bytes (as in every QP endpoint).
     pub fn address(&self) -> Vec<u8> {
         self.inner.addr.encode()
-    }
-
-    /// TEMP: serve all shm channels once in this thread.
-    pub fn pump(&self, st: &mut Vec<(Arc<InShm>, Arc<QpInner>, RespState)>) -> usize {
-        if st.is_empty() {
-            for c in self.inner.in_shm.read().iter() {
-                let q = c.target.upgrade().unwrap();
-                let r = c.resp.lock().take().unwrap();
-                st.push((c.clone(), q, r));
-            }
-        }
-        let mut n = 0;
-        for (c, q, r) in st.iter_mut() {
-            if c.has_request() { n += self.inner.serve_shm(c, q, r); }
-        }
-        n
     }
 
     /// Number of live inbound channels (for tests and diagnostics).
@@ -855,7 +837,11 @@ fn shm_loop(nic: Arc<NicInner>) {
                 };
                 // Taken exactly once: only this loop serves shm channels.
                 if let Some(st) = c.resp.lock().take() {
-                    list.push(Served { ch: c.clone(), q, st });
+                    list.push(Served {
+                        ch: c.clone(),
+                        q,
+                        st,
+                    });
                 }
             }
         }

@@ -191,11 +191,16 @@ impl QpInner {
         // SAFETY: the caller's CQ lock keeps the segment mapped
         // (replace_out waits for that lock before unmapping), and it holds
         // the response ring at super::shm::layouts().1.
-        if unsafe { shm::layouts().1.ready_at(seg, h.resp_head.load(Ordering::Relaxed)) } {
+        if unsafe {
+            shm::layouts()
+                .1
+                .ready_at(seg, h.resp_head.load(Ordering::Relaxed))
+        } {
             return true;
         }
         let k = h.skipped.load(Ordering::Relaxed) + 1;
-        h.skipped.store(if k >= SKIP_LIMIT { 0 } else { k }, Ordering::Relaxed);
+        h.skipped
+            .store(if k >= SKIP_LIMIT { 0 } else { k }, Ordering::Relaxed);
         k >= SKIP_LIMIT
     }
 

@@ -179,7 +179,10 @@ impl Producer {
     /// inlines, for the per-request hot paths.
     #[inline]
     pub fn write_prefix<const N: usize, const M: usize>(&mut self, b: &[u8; M]) {
-        assert!(N <= M && N <= self.r.payload(), "{N} bytes exceed a ring slot");
+        assert!(
+            N <= M && N <= self.r.payload(),
+            "{N} bytes exceed a ring slot"
+        );
         let p = self.r.slot_ptr(self.tail);
         // SAFETY: N bytes fit the slot's payload (checked above); the slot
         // is the producer's until its stamp is published.
@@ -269,7 +272,10 @@ impl Consumer {
     /// fixed-size form of [`Consumer::pop_into`].
     #[inline]
     pub fn pop_prefix<const N: usize, const M: usize>(&mut self, out: &mut [u8; M]) {
-        assert!(N <= M && N <= self.r.payload(), "{N} bytes exceed a ring slot");
+        assert!(
+            N <= M && N <= self.r.payload(),
+            "{N} bytes exceed a ring slot"
+        );
         debug_assert!(self.head < self.tail_seen);
         let p = self.r.slot_ptr(self.head);
         // SAFETY: the slot is inside the ring and holds at least N payload
