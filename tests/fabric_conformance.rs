@@ -47,6 +47,21 @@ every_backend!(rw_byte_exact, |f| {
     conf::check_rw_byte_exact(&p).unwrap();
 });
 
+/// Soft fabric only (see the check's documentation).
+mod reconnect_under_polling {
+    use super::*;
+    #[test]
+    fn shm() {
+        let (p, _) = pair("shm");
+        conf::check_reconnect_under_polling(&p, 300).unwrap();
+    }
+    #[test]
+    fn tcp() {
+        let (p, _) = pair("tcp");
+        conf::check_reconnect_under_polling(&p, 300).unwrap();
+    }
+}
+
 every_backend!(atomics, |f| {
     let (p, _) = pair(f);
     conf::check_atomics(&p).unwrap();
