@@ -396,6 +396,7 @@ impl FabricSide {
             op: wr,
             signaled: true,
         }])?;
+        // Busy-polls as the floor's client does (pause between polls).
         loop {
             if self.c.cq.poll(&mut self.wc[..1]) == 1 {
                 if self.wc[0].status != WcStatus::Success {
@@ -403,6 +404,7 @@ impl FabricSide {
                 }
                 return Ok(());
             }
+            std::hint::spin_loop();
         }
     }
 
