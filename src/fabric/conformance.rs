@@ -642,8 +642,8 @@ pub fn check_send_recv(p: &Pair) -> Result<()> {
 /// A CQ polled without pause by one thread while another thread moves the
 /// QP between two peers `cycles` times (reset, connect elsewhere): nothing
 /// crashes or hangs, work in flight completes or is flushed, and afterwards
-/// the QP reads byte-exact again. (The soft NIC unmaps a replaced link only
-/// once no poller can still be reading its completion ring.) Soft fabric:
+/// the QP reads byte-exact again. (The soft NIC swaps a QP's link under
+/// the lock its CQ's pollers hold.) Soft fabric:
 /// on hardware a reset QP must also meet a reset peer (PSNs), see
 /// [`Side::recover`].
 pub fn check_reconnect_under_polling(p: &Pair, cycles: u32) -> Result<()> {

@@ -1,30 +1,48 @@
 //! Soft completion queues: polling drives the attached QPs' progress in the
 //! caller's thread (no extra thread on the initiator side).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spin::mutex::SpinMutex;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::relax::Yield;
 
-use super::qp::QpInner;
+use super::qp::{QpInner, SendSide};
 use crate::fabric::{Cq, Wc};
 
-/// The QPs whose completions a CQ collects.
+/// The QPs whose completions a CQ collects, with the send side of each
+/// send QP.
 #[derive(Default)]
-struct Attached {
-    send: Vec<Arc<QpInner>>,
+pub(crate) struct Attached {
+    send: Vec<(Arc<QpInner>, SendSide)>,
     recv: Vec<Arc<QpInner>>,
 }
 
+impl Attached {
+    /// The send side of `qp`, if it is attached here.
+    pub(crate) fn send_side(&mut self, qp: &QpInner) -> Option<&mut SendSide> {
+        let hint = qp.send_slot.load(Ordering::Relaxed);
+        let i = match self.send.get(hint) {
+            Some((q, _)) if std::ptr::eq(Arc::as_ptr(q), qp) => hint,
+            _ => self
+                .send
+                .iter()
+                .position(|(q, _)| std::ptr::eq(Arc::as_ptr(q), qp))?,
+        };
+        Some(&mut self.send[i].1)
+    }
+}
+
 /// A completion queue of the soft NIC.
+///
+/// The send sides of its QPs live under its lock: a poll takes one lock
+/// for the CQ and every QP on it, and a post takes the same lock (so QPs
+/// sharing a CQ also share a lock, as they normally share a thread). It is
+/// a spin lock that yields under contention, released by a plain store;
+/// pollers only try it (a second thread polling the same CQ at that moment
+/// finds nothing rather than waiting, the first collects the completions).
 pub struct SoftCq {
-    /// Held across a whole poll: a QP replacing its link takes it before
-    /// unmapping the old one (see `QpInner::send_ready`). A spin lock
-    /// (yielding under contention) taken with `try_lock` by pollers: a poll
-    /// costs one locked instruction, and a second thread polling the same
-    /// CQ at that moment finds nothing rather than waiting (the first one
-    /// collects the completions).
     qps: SpinMutex<Attached, Yield>,
     depth: u32,
 }
@@ -37,25 +55,37 @@ impl SoftCq {
         }
     }
 
-    pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: bool, recv: bool) {
+    /// Attaches `qp` for its send completions (with its send side) and/or
+    /// its receive completions.
+    pub(crate) fn attach(&self, qp: &Arc<QpInner>, send: Option<SendSide>, recv: bool) {
         let mut l = self.qps.lock();
-        if send {
-            l.send.push(qp.clone());
+        if let Some(sq) = send {
+            qp.send_slot.store(l.send.len(), Ordering::Relaxed);
+            l.send.push((qp.clone(), sq));
         }
         if recv {
             l.recv.push(qp.clone());
         }
     }
 
-    pub(crate) fn detach(&self, qpn: u32) {
+    /// Detaches `qp`; returns its send side if it was attached here (drop
+    /// it after the call: closing a link takes system calls).
+    pub(crate) fn detach(&self, qp: &QpInner) -> Option<SendSide> {
         let mut l = self.qps.lock();
-        l.send.retain(|q| q.qpn != qpn);
-        l.recv.retain(|q| q.qpn != qpn);
+        l.recv.retain(|q| !std::ptr::eq(Arc::as_ptr(q), qp));
+        let i = l
+            .send
+            .iter()
+            .position(|(q, _)| std::ptr::eq(Arc::as_ptr(q), qp))?;
+        let (_, sq) = l.send.remove(i);
+        for (k, (q, _)) in l.send.iter().enumerate().skip(i) {
+            q.send_slot.store(k, Ordering::Relaxed);
+        }
+        Some(sq)
     }
 
-    /// Waits until no poll is in progress (returns the write guard; drop it
-    /// at once).
-    pub(crate) fn quiesce(&self) -> impl Drop + '_ {
+    /// Takes the lock (for posting).
+    pub(crate) fn lock(&self) -> SpinMutexGuard<'_, Attached, Yield> {
         self.qps.lock()
     }
 
@@ -68,25 +98,24 @@ impl SoftCq {
 impl Cq for SoftCq {
     fn poll(&self, out: &mut [Wc]) -> usize {
         let mut n = 0;
-        let Some(l) = self.qps.try_lock() else {
+        let Some(mut l) = self.qps.try_lock() else {
             return 0;
         };
-        for w in &l.send {
+        let l = &mut *l;
+        for (q, sq) in l.send.iter_mut() {
             if n == out.len() {
                 return n;
             }
-            // SAFETY: `l` is this CQ's list guard, held while the hint is
-            // read (send_ready's contract).
-            if unsafe { w.send_ready() } {
-                n += w.progress_send(&mut out[n..]);
+            if q.send_ready(sq) {
+                n += q.progress_send(sq, &mut out[n..]);
             }
         }
-        for w in &l.recv {
+        for q in &l.recv {
             if n == out.len() {
                 break;
             }
-            if w.recv_ready() {
-                n += w.progress_recv(&mut out[n..]);
+            if q.recv_ready() {
+                n += q.progress_recv(&mut out[n..]);
             }
         }
         n

@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::cq::SoftCq;
 use super::keys::KeyTable;
-use super::qp::{Inbound, QpInner, SoftQp, MAX_BUFFERED_MSGS};
+use super::qp::{Inbound, QpInner, SendSide, SoftQp, MAX_BUFFERED_MSGS};
 use super::responder::{self, Target};
 use super::ring::flag;
 use super::shm::{self, ctl, InShm, RespState};
@@ -1111,8 +1111,8 @@ impl Nic for SoftNic {
             rcq.clone(),
             cap,
         ));
-        scq.attach(&q, true, false);
-        rcq.attach(&q, false, true);
+        scq.attach(&q, Some(SendSide::new(cap)), false);
+        rcq.attach(&q, None, true);
         self.inner.qps.write().insert(qpn, q.clone());
         Ok(Arc::new(SoftQp { inner: q }))
     }

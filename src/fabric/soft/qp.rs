@@ -2,16 +2,14 @@
 //! error and flush semantics) and the receive side.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use spin::mutex::SpinMutex;
-use spin::relax::Yield;
 
 use super::cq::SoftCq;
 use super::nic::{NicAddr, NicInner};
-use super::shm::{self, InShm, OutShm};
+use super::shm::{InShm, OutShm};
 use super::tcp::{self, Framed};
 use super::wire::{
     FrameKind, ReqHeader, ReqOp, RespHeader, MAX_RDMA_LEN, MAX_SEND, REQ_LEN, RESP_LEN,
@@ -46,7 +44,10 @@ struct Pending {
     dst: Option<(Arc<Mr>, u64)>,
 }
 
-struct SendSide {
+/// The send side of a QP. It lives in its send CQ's list, under the CQ's
+/// lock: a poll then needs one lock for the CQ and every QP on it, and a
+/// post takes the same lock (see `SoftCq`).
+pub(crate) struct SendSide {
     epoch: u8,
     next_seq: u64,
     pending: VecDeque<Pending>,
@@ -58,35 +59,29 @@ struct SendSide {
     /// Index in `pending` where the search for the next open remote request
     /// starts (responses arrive in order, so everything before it is done).
     cursor: usize,
+    /// Polls that skipped progress since it last ran.
+    skipped: u32,
+}
+
+impl SendSide {
+    pub(crate) fn new(cap: QpCap) -> SendSide {
+        SendSide {
+            epoch: 0,
+            next_seq: 1,
+            pending: VecDeque::with_capacity(cap.max_send_wr as usize),
+            out: None,
+            remote: None,
+            idle_polls: 0,
+            cursor: 0,
+            mr_cache: None,
+            skipped: 0,
+        }
+    }
 }
 
 struct RecvSide {
     posted: VecDeque<(u64, Arc<Mr>, u64, u32)>,
     scratch: Vec<u8>,
-}
-
-/// What a CQ poller may learn about a QP without taking its locks: an idle
-/// poll of a waiting QP then costs a few loads instead of lock round trips
-/// (which were most of a spinning poll's time). Written under the QP's
-/// locks, read racily: a stale hint only costs one extra locked pass or
-/// delays progress until the next poll.
-#[derive(Default)]
-struct Hints {
-    /// Send WRs posted and not yet retired.
-    pending: AtomicU32,
-    /// The oldest pending send WR is already complete (local op, failure,
-    /// flush): progress can emit it without any response.
-    front_done: AtomicBool,
-    /// Base of the current shm channel segment, null for tcp or none. The
-    /// mapping stays valid while the send CQ's list lock is held (see
-    /// `QpInner::replace_out`).
-    seg: AtomicPtr<u8>,
-    /// The response ring's consumer head as of the last progress.
-    resp_head: AtomicU64,
-    /// Polls that skipped progress since it last ran.
-    skipped: AtomicU32,
-    /// Receive WRs posted and not yet consumed.
-    recv_posted: AtomicU32,
 }
 
 /// A waiting shm QP runs progress at least every this many polls even when
@@ -95,7 +90,11 @@ const SKIP_LIMIT: u32 = 64;
 
 /// Shared state of one QP.
 pub struct QpInner {
-    hints: Hints,
+    /// Receive WRs posted and not yet consumed (read by pollers without
+    /// the receive lock: only then can progress match a message).
+    recv_posted: AtomicU32,
+    /// Where this QP's send side probably sits in its send CQ's list.
+    pub(crate) send_slot: AtomicUsize,
     pub(crate) qpn: u32,
     pub(crate) pd: u32,
     nic: Arc<NicInner>,
@@ -104,10 +103,6 @@ pub struct QpInner {
     cap: QpCap,
     send_cq: Arc<SoftCq>,
     recv_cq: Arc<SoftCq>,
-    /// A spin lock (yielding under contention): taken by post and poll,
-    /// normally by one thread, for tens of nanoseconds; its release is a
-    /// plain store, not a second locked instruction on the critical path.
-    sq: SpinMutex<SendSide, Yield>,
     rq: Mutex<RecvSide>,
     pub(crate) inb: Mutex<Option<Inbound>>,
     pub(crate) tcp_msgs: Mutex<VecDeque<Vec<u8>>>,
@@ -126,7 +121,8 @@ impl QpInner {
         cap: QpCap,
     ) -> QpInner {
         QpInner {
-            hints: Hints::default(),
+            recv_posted: AtomicU32::new(0),
+            send_slot: AtomicUsize::new(0),
             qpn,
             pd,
             nic,
@@ -137,16 +133,6 @@ impl QpInner {
             cap,
             send_cq,
             recv_cq,
-            sq: SpinMutex::new(SendSide {
-                epoch: 0,
-                next_seq: 1,
-                pending: VecDeque::with_capacity(cap.max_send_wr as usize),
-                out: None,
-                remote: None,
-                idle_polls: 0,
-                cursor: 0,
-                mr_cache: None,
-            }),
             rq: Mutex::new(RecvSide {
                 posted: VecDeque::with_capacity(cap.max_recv_wr as usize),
                 scratch: vec![0u8; MAX_SEND as usize],
@@ -156,81 +142,41 @@ impl QpInner {
         }
     }
 
-    /// Publishes the send side's hints (call with the send lock held).
-    fn publish_hints(&self, sq: &SendSide) {
-        let h = &self.hints;
-        h.pending.store(sq.pending.len() as u32, Ordering::Relaxed);
-        let done = sq.pending.front().is_some_and(|p| p.status.is_some());
-        h.front_done.store(done, Ordering::Relaxed);
-        if let Some(Out::Shm(o)) = sq.out.as_deref() {
-            h.resp_head.store(o.resp.head(), Ordering::Relaxed);
-        }
-        h.skipped.store(0, Ordering::Relaxed);
+    /// Runs `f` on this QP's send side under its send CQ's lock; None once
+    /// the QP left the CQ (destroyed).
+    fn with_sq<R>(&self, f: impl FnOnce(&mut SendSide) -> R) -> Option<R> {
+        let mut g = self.send_cq.lock();
+        g.send_side(self).map(f)
     }
 
     /// True when send progress may have something to do: a completed WR at
     /// the front, a stamped response, a tcp link (its progress is the
     /// socket I/O), or a waiting QP's periodic liveness check.
-    ///
-    /// # Safety
-    /// The caller holds the lock of this QP's send CQ's list, which
-    /// keeps the shm segment named by the hints mapped.
     #[inline]
-    pub(crate) unsafe fn send_ready(&self) -> bool {
-        let h = &self.hints;
-        if h.pending.load(Ordering::Relaxed) == 0 {
+    pub(crate) fn send_ready(&self, sq: &mut SendSide) -> bool {
+        let Some(front) = sq.pending.front() else {
             return false;
-        }
-        if h.front_done.load(Ordering::Relaxed) {
+        };
+        if front.status.is_some() {
             return true;
         }
-        let seg = h.seg.load(Ordering::Acquire);
-        if seg.is_null() {
-            return true;
+        match sq.out.as_deref() {
+            Some(Out::Shm(o)) if !o.resp.ready() => {
+                sq.skipped += 1;
+                if sq.skipped >= SKIP_LIMIT {
+                    sq.skipped = 0;
+                    return true;
+                }
+                false
+            }
+            _ => true,
         }
-        // SAFETY: the caller's CQ lock keeps the segment mapped
-        // (replace_out waits for that lock before unmapping), and it holds
-        // the response ring at super::shm::layouts().1.
-        if unsafe {
-            shm::layouts()
-                .1
-                .ready_at(seg, h.resp_head.load(Ordering::Relaxed))
-        } {
-            return true;
-        }
-        let k = h.skipped.load(Ordering::Relaxed) + 1;
-        h.skipped
-            .store(if k >= SKIP_LIMIT { 0 } else { k }, Ordering::Relaxed);
-        k >= SKIP_LIMIT
     }
 
     /// True when receive WRs are posted (only then can progress match one).
     #[inline]
     pub(crate) fn recv_ready(&self) -> bool {
-        self.hints.recv_posted.load(Ordering::Relaxed) > 0
-    }
-
-    /// Installs a new outbound link (None: none). The old one is dropped
-    /// only after every CQ poller that may have read its segment from the
-    /// hints has left the send CQ's list lock.
-    fn replace_out(&self, sq: &mut SendSide, out: Option<Box<Out>>) -> Option<Box<Out>> {
-        let seg = match out.as_deref() {
-            Some(Out::Shm(o)) => o.seg.as_ptr(),
-            _ => std::ptr::null_mut(),
-        };
-        self.hints.seg.store(seg, Ordering::Release);
-        let old = std::mem::replace(&mut sq.out, out);
-        self.publish_hints(sq);
-        old
-    }
-
-    /// Drops a link removed by `replace_out` once no poller can see it
-    /// (call without the send lock).
-    fn retire_out(&self, old: Option<Box<Out>>) {
-        if old.is_some() {
-            drop(self.send_cq.quiesce());
-            drop(old);
-        }
+        self.recv_posted.load(Ordering::Relaxed) > 0
     }
 
     /// Current state.
@@ -518,10 +464,18 @@ impl QpInner {
     }
 
     fn post_send_impl(&self, wrs: &[SendWr]) -> Result<()> {
-        let mut sq = self.sq.lock();
+        self.with_sq(|sq| self.post_locked(sq, wrs))
+            .unwrap_or(Err(FabricError::BadState {
+                qpn: self.qpn,
+                op: "post_send",
+                state: QpState::Error,
+            }))
+    }
+
+    fn post_locked(&self, sq: &mut SendSide, wrs: &[SendWr]) -> Result<()> {
         let mut res = Ok(());
         for wr in wrs {
-            if let Err(e) = self.post_one(&mut sq, wr) {
+            if let Err(e) = self.post_one(sq, wr) {
                 res = Err(e);
                 break;
             }
@@ -535,12 +489,11 @@ impl QpInner {
                 let broken = f.flush().is_err();
                 let first_open = sq.pending.iter().position(|p| p.status.is_none());
                 if let (true, Some(i)) = (broken, first_open) {
-                    self.fail(&mut sq, i, WcStatus::RetryExcErr);
+                    self.fail(sq, i, WcStatus::RetryExcErr);
                 }
             }
             None => {}
         }
-        self.publish_hints(&sq);
         res
     }
 
@@ -592,12 +545,9 @@ impl QpInner {
         }
     }
 
-    /// Drains responses and emits completions in order.
-    pub(crate) fn progress_send(&self, out: &mut [Wc]) -> usize {
-        let Some(mut sq) = self.sq.try_lock() else {
-            return 0;
-        };
-        let sq = &mut *sq;
+    /// Drains responses and emits completions in order (called by the send
+    /// CQ's poll, which holds the lock `sq` lives under).
+    pub(crate) fn progress_send(&self, sq: &mut SendSide, out: &mut [Wc]) -> usize {
         let mut got = 0usize;
         let mut link = sq.out.take();
         match link.as_deref_mut() {
@@ -689,7 +639,6 @@ impl QpInner {
                 _ => break,
             }
         }
-        self.publish_hints(sq);
         n
     }
 
@@ -769,22 +718,29 @@ impl QpInner {
             };
             n += 1;
         }
-        self.hints
-            .recv_posted
+        self.recv_posted
             .store(rq.posted.len() as u32, Ordering::Relaxed);
         n
     }
 
     fn connect_impl(&self, remote: &QpEndpoint) -> Result<()> {
-        let mut sq = self.sq.lock();
-        let mut old = None;
-        let same = sq.remote.as_ref() == Some(remote);
-        let alive = match sq.out.as_deref() {
-            Some(Out::Shm(o)) => o.alive(),
-            Some(Out::Tcp(f)) => !f.dead,
-            None => false,
-        };
-        if !(same && alive) {
+        let keep = self
+            .with_sq(|sq| {
+                let alive = match sq.out.as_deref() {
+                    Some(Out::Shm(o)) => o.alive(),
+                    Some(Out::Tcp(f)) => !f.dead,
+                    None => false,
+                };
+                alive && sq.remote.as_ref() == Some(remote)
+            })
+            .ok_or(FabricError::BadState {
+                qpn: self.qpn,
+                op: "connect",
+                state: QpState::Error,
+            })?;
+        if !keep {
+            // The new link is built without the CQ lock (a handshake with
+            // the peer NIC), then swapped in; the old one is closed after.
             let addr = NicAddr::decode(&remote.nic)?;
             let out = match self.nic.link {
                 LinkKind::Shm => {
@@ -800,21 +756,23 @@ impl QpInner {
                     Out::Tcp(tcp::connect(&a, self.qpn, remote.qpn)?)
                 }
             };
-            old = self.replace_out(&mut sq, Some(Box::new(out)));
-            sq.remote = Some(remote.clone());
+            let old = self.with_sq(|sq| {
+                sq.remote = Some(remote.clone());
+                sq.skipped = 0;
+                sq.out.replace(Box::new(out))
+            });
+            drop(old);
         }
         self.set_state(QpState::Rts);
-        drop(sq);
-        self.retire_out(old);
         Ok(())
     }
 
     fn reset_impl(&self) {
-        let mut sq = self.sq.lock();
-        Self::flush_from(&mut sq, 0, WcStatus::WrFlushErr);
-        sq.epoch = sq.epoch.wrapping_add(1);
+        self.with_sq(|sq| {
+            Self::flush_from(sq, 0, WcStatus::WrFlushErr);
+            sq.epoch = sq.epoch.wrapping_add(1);
+        });
         self.set_state(QpState::Reset);
-        self.publish_hints(&sq);
     }
 }
 
@@ -827,20 +785,17 @@ impl Drop for SoftQp {
     fn drop(&mut self) {
         let q = &self.inner;
         q.nic.qps.write().remove(&q.qpn);
-        q.send_cq.detach(q.qpn);
-        q.recv_cq.detach(q.qpn);
+        // The send side (and its outbound link) leaves with the CQ entry;
+        // it is closed here, outside the CQ's lock.
+        let sq = q.send_cq.detach(q);
+        q.recv_cq.detach(q);
         if let Some(i) = q.inb.lock().take() {
             match i {
                 Inbound::Shm(s) => s.kill("QP destroyed"),
                 Inbound::Tcp(t) => t.kill(),
             }
         }
-        // Detached from its CQs above: no poller can read the hints now.
-        let old = {
-            let mut sq = q.sq.lock();
-            q.replace_out(&mut sq, None)
-        };
-        drop(old);
+        drop(sq);
     }
 }
 
@@ -890,8 +845,7 @@ impl Qp for SoftQp {
             })?;
             rq.posted
                 .push_back((wr.wr_id, mr, wr.local.offset, wr.local.len));
-            q.hints
-                .recv_posted
+            q.recv_posted
                 .store(rq.posted.len() as u32, Ordering::Relaxed);
         }
         Ok(())

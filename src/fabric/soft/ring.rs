@@ -66,24 +66,6 @@ impl Peeker {
     }
 }
 
-impl RingLayout {
-    /// True when slot `head` of a ring with this layout in the block at
-    /// `base` is stamped (the consumer at `head` has an entry).
-    ///
-    /// # Safety
-    /// `base` must point to a live mapping at least `off + bytes()` long
-    /// for the duration of the call.
-    #[inline]
-    pub unsafe fn ready_at(&self, base: *const u8, head: u64) -> bool {
-        let i = (head & (self.slots as u64 - 1)) as usize;
-        let off = self.off + CTRL + i * self.slot + self.slot - 8;
-        // SAFETY: the caller guarantees the mapping; `off` is inside the
-        // ring and 8-aligned (slot sizes are multiples of 8, rings 64-aligned).
-        let stamp = unsafe { &*(base.add(off) as *const AtomicU64) };
-        stamp.load(Ordering::Acquire) == head + 1
-    }
-}
-
 impl Ring {
     fn new(block: Arc<MemBlock>, l: RingLayout) -> Ring {
         assert!(l.slots.is_power_of_two() && l.slot % 8 == 0 && l.slot >= 16);
@@ -234,6 +216,13 @@ impl Consumer {
     /// A lock-free view of this ring's stamps.
     pub fn peeker(&self) -> Peeker {
         Peeker { r: self.r.clone() }
+    }
+
+    /// True when at least one entry is available (one stamp load).
+    #[inline]
+    pub fn ready(&self) -> bool {
+        self.tail_seen > self.head
+            || self.r.stamp(self.head).load(Ordering::Acquire) == self.head + 1
     }
 
     /// Entries available (consecutive stamped slots, up to a quarter ring).
