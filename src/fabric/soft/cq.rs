@@ -137,3 +137,77 @@ impl Cq for SoftCq {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fabric::conformance::{wait_wc, Side};
+    use crate::fabric::{open_nic, Access, QpCap, SendWr, WcStatus, WrOp};
+    use std::time::Duration;
+
+    /// Several QPs share one CQ; destroying some of them renumbers the
+    /// others' places in the CQ's list, and posting and polling on the
+    /// survivors still finds their own send sides (each READ lands in its
+    /// own QP's buffer slot, completions carry the right QP number).
+    #[test]
+    fn qps_sharing_a_cq_survive_their_neighbours_destruction() {
+        for fabric in ["shm", "tcp"] {
+            let server = open_nic(fabric, "127.0.0.1:0", 1024).unwrap();
+            let client = open_nic(fabric, "127.0.0.1:0", 1024).unwrap();
+            let spd = server.alloc_pd().unwrap();
+            let region = server.alloc_mr(spd, 4096, Access::ALL).unwrap();
+            let cpd = client.alloc_pd().unwrap();
+            let cq = client.create_cq(256).unwrap();
+            let buf = client.alloc_mr(cpd, 8 * 64, Access::ALL).unwrap();
+            let mut qps = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..5 {
+                let qp = client.create_qp(cpd, &cq, &cq, QpCap::default()).unwrap();
+                let s = Side::new(server.clone(), spd, 64).unwrap();
+                s.qp.connect(&qp.endpoint()).unwrap();
+                qp.connect(&s.qp.endpoint()).unwrap();
+                qps.push(Some(qp));
+                peers.push(s);
+            }
+            for i in 0..5u64 {
+                region.write(i * 64, &[i as u8 + 1; 64]).unwrap();
+            }
+            // Destroy the first and the middle QP: the others move up.
+            qps[0] = None;
+            qps[2] = None;
+            for round in 0..3 {
+                for (i, qp) in qps.iter().enumerate() {
+                    let Some(qp) = qp else { continue };
+                    buf.write(i as u64 * 64, &[0u8; 64]).unwrap();
+                    qp.post_send(&[SendWr {
+                        wr_id: i as u64,
+                        op: WrOp::Read {
+                            local: crate::fabric::Sge {
+                                lkey: buf.lkey(),
+                                offset: i as u64 * 64,
+                                len: 64,
+                            },
+                            raddr: region.addr() + i as u64 * 64,
+                            rkey: region.rkey(),
+                        },
+                        signaled: true,
+                    }])
+                    .unwrap();
+                    let wc = wait_wc(&*cq, Duration::from_secs(10)).unwrap();
+                    assert_eq!(wc.status, WcStatus::Success, "{fabric} round {round}");
+                    assert_eq!((wc.wr_id, wc.qpn), (i as u64, qp.qpn()));
+                    let mut got = [0u8; 64];
+                    buf.read(i as u64 * 64, &mut got).unwrap();
+                    assert_eq!(got, [i as u8 + 1; 64], "{fabric}: QP {i} read");
+                }
+                // A new QP joins the CQ after the renumbering.
+                if round == 0 {
+                    let qp = client.create_qp(cpd, &cq, &cq, QpCap::default()).unwrap();
+                    qp.connect(&peers[0].qp.endpoint()).unwrap();
+                    peers[0].qp.reset().unwrap();
+                    peers[0].qp.connect(&qp.endpoint()).unwrap();
+                    qps[0] = Some(qp);
+                }
+            }
+        }
+    }
+}
