@@ -150,10 +150,7 @@ impl Producer {
         // view. The payload excludes the stamp.
         let s = unsafe { std::slice::from_raw_parts_mut(p, self.r.payload()) };
         fill(s);
-        self.r
-            .stamp(self.tail)
-            .store(self.tail + 1, Ordering::Release);
-        self.tail += 1;
+        self.stamp_next();
     }
 
     /// Writes and publishes one slot from the first `N` bytes of `b`
@@ -169,6 +166,12 @@ impl Producer {
         // SAFETY: N bytes fit the slot's payload (checked above); the slot
         // is the producer's until its stamp is published.
         unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, N) };
+        self.stamp_next();
+    }
+
+    /// Stamps the slot just filled: the consumer may take it now.
+    #[inline]
+    fn stamp_next(&mut self) {
         self.r
             .stamp(self.tail)
             .store(self.tail + 1, Ordering::Release);
@@ -249,11 +252,7 @@ impl Consumer {
         let p = self.r.slot_ptr(self.head);
         // SAFETY: the slot is inside the ring; bytes are copied out before use.
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), n) };
-        self.head += 1;
-        self.unpublished += 1;
-        if self.unpublished >= self.r.l.slots / 4 {
-            self.release();
-        }
+        self.consume();
     }
 
     /// Copies the first `N` bytes of the next slot (`N` at most the payload
@@ -270,6 +269,13 @@ impl Consumer {
         // SAFETY: the slot is inside the ring and holds at least N payload
         // bytes; `out` holds M >= N. Bytes are copied out before use.
         unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), N) };
+        self.consume();
+    }
+
+    /// Moves past the current slot, returning slots to the producer a
+    /// quarter ring at a time.
+    #[inline]
+    fn consume(&mut self) {
         self.head += 1;
         self.unpublished += 1;
         if self.unpublished >= self.r.l.slots / 4 {
