@@ -102,7 +102,9 @@ impl Floor {
                     {
                         return;
                     }
-                    std::thread::sleep(Duration::from_micros(20));
+                    // Long naps: a parked server must not disturb the
+                    // measurement running meanwhile (the client warms up).
+                    std::thread::sleep(Duration::from_micros(500));
                 }
                 idle = 0;
                 continue;
