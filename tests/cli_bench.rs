@@ -129,6 +129,60 @@ fn bench_fabric_quick_json() {
     }
 }
 
+/// `--op` / `--size` select scenarios; each latency record names the floor
+/// rounds it was interleaved with (`floor_p50_ns`, its ratio's
+/// denominator); a selection with nothing to measure is an error.
+#[test]
+fn bench_fabric_filters_and_paired_floors() {
+    let out = patronus()
+        .args([
+            "bench", "fabric", "--quick", "--json", "--fabric", "shm", "--op", "read", "--size",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<(&str, &str)> = recs
+        .iter()
+        .map(|r| (r["scenario"].as_str().unwrap(), r["op"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("floor", "rr"),
+            ("floor-pipe", "rr"),
+            ("latency", "read"),
+            ("pipelined", "read")
+        ],
+        "{text}"
+    );
+    assert!(recs
+        .iter()
+        .all(|r| r["size"] == 100 && r["fabric"] == "shm"));
+    let lat = &recs[2];
+    let paired = lat["floor_p50_ns"].as_u64().unwrap();
+    assert!(paired > 0);
+    let ratio = lat["p50_ns"].as_u64().unwrap() as f64 / paired as f64;
+    assert!((ratio - lat["p50_vs_floor"].as_f64().unwrap()).abs() < 1e-9);
+
+    let out = patronus()
+        .args(["bench", "fabric", "--quick", "--op", "cas", "--size", "64"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no scenario selected"), "{err}");
+}
+
 #[test]
 fn bench_lease_quick_json_has_every_group_with_its_baseline() {
     let out = patronus()

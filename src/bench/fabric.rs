@@ -485,6 +485,15 @@ fn record(
 /// Runs the whole fabric benchmark: per link and size, the floor and every
 /// operation's latency in interleaved rounds, then the pipelined rates.
 pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
+    let any = o
+        .sizes()
+        .iter()
+        .any(|&size| ["read", "write", "cas"].iter().any(|op| o.wants(op, size)));
+    if !any {
+        return Err(Error::Invalid(
+            "no scenario selected: CAS is measured at 8 B only".into(),
+        ));
+    }
     let mut out = Vec::new();
     for &link in &o.links {
         let mut fab = FabricSide::start(o, link)?;
