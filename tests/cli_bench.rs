@@ -7,6 +7,23 @@ fn patronus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_patronus"))
 }
 
+/// Runs `patronus ARGS` (a `--json` benchmark), which must succeed; returns
+/// its output and the records, one JSON object per line.
+fn json_records(args: &[&str]) -> (String, Vec<serde_json::Value>) {
+    let out = patronus().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    (text, recs)
+}
+
 #[test]
 fn demo_succeeds_on_the_embedded_default() {
     let out = patronus()
@@ -73,20 +90,7 @@ fn verbs_without_a_device_fails_at_start_up() {
 
 #[test]
 fn bench_fabric_quick_json() {
-    let out = patronus()
-        .args(["bench", "fabric", "--quick", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let (_, recs) = json_records(&["bench", "fabric", "--quick", "--json"]);
     for r in &recs {
         for k in [
             "scenario", "fabric", "op", "size", "p50_ns", "p99_ns", "mops", "baseline",
@@ -134,23 +138,9 @@ fn bench_fabric_quick_json() {
 /// denominator); a selection with nothing to measure is an error.
 #[test]
 fn bench_fabric_filters_and_paired_floors() {
-    let out = patronus()
-        .args([
-            "bench", "fabric", "--quick", "--json", "--fabric", "shm", "--op", "read", "--size",
-            "100",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let (text, recs) = json_records(&[
+        "bench", "fabric", "--quick", "--json", "--fabric", "shm", "--op", "read", "--size", "100",
+    ]);
     let kinds: Vec<(&str, &str)> = recs
         .iter()
         .map(|r| (r["scenario"].as_str().unwrap(), r["op"].as_str().unwrap()))
@@ -185,20 +175,7 @@ fn bench_fabric_filters_and_paired_floors() {
 
 #[test]
 fn bench_lease_quick_json_has_every_group_with_its_baseline() {
-    let out = patronus()
-        .args(["bench", "lease", "--quick", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let (text, recs) = json_records(&["bench", "lease", "--quick", "--json"]);
     let groups: [(&str, &[&str]); 5] = [
         (
             "basic",

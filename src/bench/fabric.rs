@@ -39,17 +39,20 @@ pub struct Opts {
 }
 
 impl Opts {
-    fn sizes(&self) -> Vec<u64> {
+    fn sizes(&self) -> &[u64] {
         if self.only_sizes.is_empty() {
-            SIZES.to_vec()
+            &SIZES
         } else {
-            self.only_sizes.clone()
+            &self.only_sizes
         }
     }
-    fn wants(&self, op: &str, size: u64) -> bool {
-        (self.only_ops.is_empty() || self.only_ops.iter().any(|o| o == op))
-            && self.sizes().contains(&size)
-            && (op != "cas" || size == 8)
+    /// The operations measured at `size` (CAS only at 8 B).
+    fn ops_for(&self, size: u64) -> Vec<&'static str> {
+        ["read", "write", "cas"]
+            .into_iter()
+            .filter(|op| self.only_ops.is_empty() || self.only_ops.iter().any(|o| o == op))
+            .filter(|op| *op != "cas" || size == 8)
+            .collect()
     }
 }
 
@@ -485,11 +488,7 @@ fn record(
 /// Runs the whole fabric benchmark: per link and size, the floor and every
 /// operation's latency in interleaved rounds, then the pipelined rates.
 pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
-    let any = o
-        .sizes()
-        .iter()
-        .any(|&size| ["read", "write", "cas"].iter().any(|op| o.wants(op, size)));
-    if !any {
+    if o.sizes().iter().all(|&size| o.ops_for(size).is_empty()) {
         return Err(Error::Invalid(
             "no scenario selected: CAS is measured at 8 B only".into(),
         ));
@@ -497,11 +496,8 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
     let mut out = Vec::new();
     for &link in &o.links {
         let mut fab = FabricSide::start(o, link)?;
-        for size in o.sizes() {
-            let ops: Vec<&str> = ["read", "write", "cas"]
-                .into_iter()
-                .filter(|op| o.wants(op, size))
-                .collect();
+        for &size in o.sizes() {
+            let ops = o.ops_for(size);
             if ops.is_empty() {
                 continue;
             }

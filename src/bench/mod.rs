@@ -92,20 +92,16 @@ impl Lat {
 
 /// Times `f` once per op, at most `ops` times or until `budget` passes.
 pub fn run_latency(ops: u64, budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Lat> {
-    let mut hist = Lat::new()?.hist;
+    let mut lat = Lat::new()?;
     let t0 = Instant::now();
-    let mut n = 0;
-    while n < ops && (n < 100 || t0.elapsed() < budget) {
+    while lat.ops < ops && (lat.ops < 100 || t0.elapsed() < budget) {
         let t = Instant::now();
         f()?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
-        n += 1;
+        lat.hist.saturating_record(t.elapsed().as_nanos() as u64);
+        lat.ops += 1;
     }
-    Ok(Lat {
-        hist,
-        ops: n,
-        elapsed: t0.elapsed(),
-    })
+    lat.elapsed = t0.elapsed();
+    Ok(lat)
 }
 
 /// Runs `f(chunk)` (which performs `chunk` pipelined ops and returns how

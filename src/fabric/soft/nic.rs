@@ -291,8 +291,8 @@ impl NicInner {
         n as usize
     }
 
-    /// Serves a tcp channel after epoll said it is ready.
-    /// Serves a tcp channel; returns true when it read new input.
+    /// Serves a tcp channel (ready by epoll, or polled directly while it is
+    /// the hot one); returns true when it read new input.
     fn serve_tcp(&self, ch: &InTcp) -> bool {
         let Some(q) = ch.target.upgrade() else {
             ch.kill();

@@ -437,26 +437,37 @@ impl SendChain {
     /// Points every WR at its sge and links `next`; returns the head.
     /// Call after the chain stopped moving (it is never resized later).
     pub fn link(&mut self) -> *mut ibv_send_wr {
-        let n = self.wrs.len();
-        let sges = self.sges.as_mut_ptr();
-        let base = self.wrs.as_mut_ptr();
-        for i in 0..n {
-            let w = &mut self.wrs[i];
+        link_chain(&mut self.wrs, self.sges.as_mut_ptr(), |w, sge, next| {
             if w.num_sge == 1 {
-                // Raw pointer arithmetic stays inside the boxed slice.
-                w.sg_list = sges.wrapping_add(i);
+                w.sg_list = sge;
             }
-            w.next = if i + 1 < n {
-                base.wrapping_add(i + 1)
-            } else {
-                std::ptr::null_mut()
-            };
-        }
-        if n == 0 {
-            std::ptr::null_mut()
+            w.next = next;
+        })
+    }
+}
+
+/// Gives request `i` of `wrs` the address of sge `i` and of request `i + 1`
+/// (null for the last) through `set`; returns the head (null when empty).
+/// Raw pointer arithmetic stays inside the slices.
+fn link_chain<W>(
+    wrs: &mut [W],
+    sges: *mut ibv_sge,
+    mut set: impl FnMut(&mut W, *mut ibv_sge, *mut W),
+) -> *mut W {
+    let n = wrs.len();
+    let base = wrs.as_mut_ptr();
+    for (i, w) in wrs.iter_mut().enumerate() {
+        let next = if i + 1 < n {
+            base.wrapping_add(i + 1)
         } else {
-            base
-        }
+            std::ptr::null_mut()
+        };
+        set(w, sges.wrapping_add(i), next);
+    }
+    if n == 0 {
+        std::ptr::null_mut()
+    } else {
+        base
     }
 }
 
@@ -490,22 +501,10 @@ pub fn build_recv_chain(r: &dyn Resolve, wrs: &[RecvWr]) -> Result<RecvChain> {
 impl RecvChain {
     /// Links the chain; returns its head (null when empty).
     pub fn link(&mut self) -> *mut ibv_recv_wr {
-        let n = self.wrs.len();
-        let sges = self.sges.as_mut_ptr();
-        let base = self.wrs.as_mut_ptr();
-        for i in 0..n {
-            self.wrs[i].sg_list = sges.wrapping_add(i);
-            self.wrs[i].next = if i + 1 < n {
-                base.wrapping_add(i + 1)
-            } else {
-                std::ptr::null_mut()
-            };
-        }
-        if n == 0 {
-            std::ptr::null_mut()
-        } else {
-            base
-        }
+        link_chain(&mut self.wrs, self.sges.as_mut_ptr(), |w, sge, next| {
+            w.sg_list = sge;
+            w.next = next;
+        })
     }
 }
 
