@@ -3,6 +3,10 @@
 //! Layers (see DESIGN.md): `fabric` (verbs-shaped RDMA contract, soft and verbs
 //! backends) at the bottom; `time` and `lease` (pure data); `server`, `client`,
 //! `cluster`; `node` ties them together; `ffi` exports the C ABI.
+//!
+//! `unsafe` is allowed only in `fabric` (raw memory, shm, verbs) and `ffi`.
+
+#![deny(unsafe_code)]
 
 /// cbindgen:ignore
 pub mod app;
@@ -13,11 +17,15 @@ pub mod client;
 /// cbindgen:ignore
 pub mod cluster;
 /// cbindgen:ignore
+pub mod config;
+/// cbindgen:ignore
 pub mod demo;
 /// cbindgen:ignore
 pub mod error;
 /// cbindgen:ignore
+#[allow(unsafe_code)]
 pub mod fabric;
+#[allow(unsafe_code)]
 pub mod ffi;
 /// cbindgen:ignore
 pub mod lease;

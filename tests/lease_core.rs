@@ -205,7 +205,7 @@ fn expiry_local_check_then_server_revocation() {
             "the memory node must have revoked the window"
         );
         // rpc_extend after expiry is refused; relinquish is harmless.
-        assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
+        assert_refused(c.rpc_extend(&mut l, 10_000_000, 0));
         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
     });
 }
@@ -288,8 +288,8 @@ fn extension_racing_gc_is_never_lost() {
             thread::sleep(Duration::from_micros(500 + (i % 10) * 100));
             // A long extension: the read below checks the race at the old
             // deadline, not whether this thread runs again within ms.
-            match c.extend(&mut l, 500_000_000, 0).unwrap() {
-                Rc::Ok => {
+            match c.extend(&mut l, 500_000_000, 0) {
+                Ok(Rc::Ok) => {
                     honoured += 1;
                     // An extension reported as done must be honoured.
                     assert_eq!(
@@ -299,7 +299,8 @@ fn extension_racing_gc_is_never_lost() {
                         "iteration {i}: extension reported but the lease was revoked"
                     );
                 }
-                _ => refused += 1,
+                Ok(_) | Err(patronus::Error::Invalid(_)) => refused += 1,
+                Err(e) => panic!("iteration {i}: {e}"),
             }
             c.relinquish(&mut l, 0, 0).unwrap();
         }
@@ -342,7 +343,7 @@ fn foreign_relinquish_is_refused_and_harmless() {
         let mut b = clients[1].register_client_thread().unwrap();
         let mut l = a.get_lease(W, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
         let mut forged = l.clone();
-        assert_eq!(b.relinquish(&mut forged, 0, 0).unwrap(), Rc::Invalid);
+        assert_refused(b.relinquish(&mut forged, 0, 0));
         let mut buf = [0u8; 8];
         assert_eq!(a.read(&mut l, &mut buf, 0, 0).unwrap(), Rc::Ok);
         // The holder's own window is useless to another client (type 2).
@@ -408,7 +409,7 @@ fn two_sided_access_is_checked_against_the_lease() {
         c.relinquish(&mut l, 0, 0).unwrap();
         // After relinquish the server refuses the old identity.
         l.live = true;
-        assert_eq!(c.rpc_read(&mut l, &mut b, 0).unwrap(), Rc::Invalid);
+        assert_refused(c.rpc_read(&mut l, &mut b, 0));
         c.relinquish(&mut r, 0, 0).unwrap();
     });
 }
@@ -492,8 +493,8 @@ fn acquire_flags_mr_universal_norpc_nobind() {
             .unwrap();
         assert!(p.success());
         assert_eq!(p.pr_rkey, 0);
-        assert_eq!(c.extend(&mut p, 1_000_000, 0).unwrap(), Rc::Invalid);
-        assert_eq!(c.rpc_extend(&mut p, 1_000_000, 0).unwrap(), Rc::Invalid);
+        assert_refused(c.extend(&mut p, 1_000_000, 0));
+        assert_refused(c.rpc_extend(&mut p, 1_000_000, 0));
         assert_eq!(c.read(&mut p, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut p, 0, 0).unwrap();
         // NO_BIND_ANY: the RPC only; the lease grants no access.
@@ -674,9 +675,9 @@ fn allocation_alloc_dealloc_with_and_only_allocation() {
         // dealloc is validated: a live block frees once, garbage never.
         let one = *got.iter().next().unwrap();
         assert_eq!(c.dealloc(0, 0, one, 48, 0).unwrap(), Rc::Ok);
-        assert_eq!(c.dealloc(0, 0, one, 48, 0).unwrap(), Rc::Invalid);
-        assert_eq!(c.dealloc(0, 0, one + 1, 48, 0).unwrap(), Rc::Invalid);
-        assert_eq!(c.dealloc(0, 0, 12345, 48, 9).unwrap(), Rc::Invalid);
+        assert_refused(c.dealloc(0, 0, one, 48, 0));
+        assert_refused(c.dealloc(0, 0, one + 1, 48, 0));
+        assert_refused(c.dealloc(0, 0, 12345, 48, 9));
         // WITH_ALLOCATION: a lease over fresh memory, usable at once.
         let mut l = c
             .get_wlease(0, 0, 0, 0, 64, 50_000_000, acquire::WITH_ALLOCATION)
@@ -696,7 +697,7 @@ fn allocation_alloc_dealloc_with_and_only_allocation() {
             c.relinquish(&mut l, 0, modify::WITH_DEALLOCATION).unwrap(),
             Rc::Ok
         );
-        assert_eq!(c.dealloc(0, 0, off, 64, 0).unwrap(), Rc::Invalid);
+        assert_refused(c.dealloc(0, 0, off, 64, 0));
         // API rules: a gaddr with an allocation flag, a hint without one.
         assert!(c
             .get_wlease(0, 0, 4096, 0, 64, 0, acquire::WITH_ALLOCATION)
@@ -851,7 +852,7 @@ fn rpc_extend_after_expiry_is_invalid() {
         let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
         assert!(l.success());
         thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
+        assert_refused(c.rpc_extend(&mut l, 10_000_000, 0));
         let mut b = [0u8; 8];
         assert_eq!(
             c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
@@ -898,7 +899,7 @@ fn conflict_lock_is_released_by_the_gc_at_the_deadline() {
                             )
                             .unwrap();
                         if l.success() {
-                            grants.lock().unwrap().push(l.begin);
+                            grants.lock().unwrap().push(l.term.begin);
                         } else {
                             assert_eq!(l.ec(), St::LockedErr as u8);
                         }
@@ -917,4 +918,13 @@ fn conflict_lock_is_released_by_the_gc_at_the_deadline() {
             assert!(gap < 4 * t, "grants {gap} ns apart, term {t} ns");
         }
     });
+}
+
+/// The call was refused with a cause (the Rust API reports refusals as
+/// `Error::Invalid` naming the lease and why).
+fn assert_refused<T: std::fmt::Debug>(r: patronus::Result<T>) {
+    match r {
+        Err(patronus::Error::Invalid(why)) => assert!(!why.is_empty()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

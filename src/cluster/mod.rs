@@ -4,11 +4,15 @@
 //! hosts through a real memcached server.
 
 mod memcached;
+pub mod run;
 
 pub use memcached::MemcachedKeeper;
+pub use run::Run;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
+
+use once_cell::sync::Lazy;
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -77,9 +81,9 @@ pub struct InProcessKeeper {
 impl InProcessKeeper {
     /// The process-wide keeper of cluster `name`.
     pub fn for_cluster(name: &str) -> Arc<InProcessKeeper> {
-        static REG: OnceLock<Mutex<HashMap<String, Arc<InProcessKeeper>>>> = OnceLock::new();
-        let reg = REG.get_or_init(Default::default);
-        let mut r = reg.lock().unwrap_or_else(|e| e.into_inner());
+        static REG: Lazy<Mutex<HashMap<String, Arc<InProcessKeeper>>>> =
+            Lazy::new(Default::default);
+        let mut r = REG.lock().unwrap_or_else(|e| e.into_inner());
         r.entry(name.to_string()).or_default().clone()
     }
 }

@@ -368,7 +368,7 @@ pub extern "C" fn patronus_lease_id(lease: *const patronus_lease_t) -> u64 {
 #[no_mangle]
 pub extern "C" fn patronus_lease_base_addr(lease: *const patronus_lease_t) -> u64 {
     guard("patronus_lease_base_addr", || {
-        lease_ref(lease).map_or(0, |l| l.base)
+        lease_ref(lease).map_or(0, |l| l.base.0)
     })
 }
 
@@ -429,8 +429,8 @@ pub extern "C" fn patronus_get_gaddr(
         let (Some(p), Some(l)) = (node_ref("patronus_get_gaddr", p), lease_ref(lease)) else {
             return null;
         };
-        let off = l.base.saturating_sub(p.node.layout().internal);
-        super::gaddr::patronus_gaddr(l.node, off)
+        let (node, off) = p.node.gaddr_of(l);
+        super::gaddr::patronus_gaddr(node, off)
     })
 }
 

@@ -9,9 +9,11 @@
 //! its clock only while somebody asks for it.
 
 mod ddl;
+pub mod resync;
 pub mod sync;
 
 pub use ddl::DdlQueue;
+pub use resync::Resync;
 pub use sync::{ClockInfo, SyncSample, TimeSyncer, CLOCK_INFO_SIZE, CLOCK_MAGIC};
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -1,0 +1,242 @@
+//! Batches of one-sided operations on leases of one directory, posted as
+//! one chain and completed by one signalled completion (`commit`).
+
+use std::time::Instant;
+
+use super::data::SPIN_FOR;
+use super::{ClientThread, DATA_BUF};
+use crate::fabric::{SendWr, Sge, Wc, WrOp};
+use crate::lease::{Lease, Rc};
+use crate::{Error, Result};
+
+/// Most operations in one batch (the original's limit).
+pub const BATCH_MAX: usize = 16;
+
+#[derive(Clone, Debug)]
+enum BatchOp {
+    Read { len: usize },
+    Write,
+    Atomic,
+}
+
+/// A batch of one-sided operations on leases of one directory, posted as one
+/// chain and completed by one signalled completion (`commit`).
+#[derive(Debug, Default)]
+pub struct Batch {
+    target: Option<(u16, u16)>,
+    wrs: Vec<WrOp>,
+    kinds: Vec<(BatchOp, u64)>,
+    used: u64,
+    results: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+    /// Operations prepared.
+    pub fn len(&self) -> usize {
+        self.wrs.len()
+    }
+    /// True when nothing is prepared.
+    pub fn is_empty(&self) -> bool {
+        self.wrs.is_empty()
+    }
+    /// Result bytes of operation `i` of the last commit (READ data, or the
+    /// old value of a CAS/FAA as 8 little-endian bytes).
+    pub fn result(&self, i: usize) -> Option<&[u8]> {
+        self.results.get(i).map(Vec::as_slice)
+    }
+}
+
+impl ClientThread {
+    fn prepare(
+        &mut self,
+        b: &mut Batch,
+        lease: &Lease,
+        op: WrOp,
+        kind: BatchOp,
+        bytes: u64,
+    ) -> Result<Rc> {
+        if !lease.live {
+            return Err(Error::Invalid(
+                "the lease was relinquished or never granted".into(),
+            ));
+        }
+        if b.wrs.len() >= BATCH_MAX {
+            return Ok(Rc::NoMem);
+        }
+        match b.target {
+            Some(t) if t != (lease.node, lease.dir) => {
+                return Err(Error::Invalid(format!(
+                    "a batch targets one directory: node {} dir {} vs node {} dir {}",
+                    t.0, t.1, lease.node, lease.dir
+                )))
+            }
+            _ => b.target = Some((lease.node, lease.dir)),
+        }
+        if b.used + bytes.next_multiple_of(8) > DATA_BUF as u64 {
+            return Ok(Rc::NoMem);
+        }
+        b.kinds.push((kind, b.used));
+        b.used += bytes.next_multiple_of(8);
+        b.wrs.push(op);
+        Ok(Rc::Ok)
+    }
+
+    fn local(&self, off: u64, len: u64) -> Sge {
+        Sge {
+            lkey: self.buf.lkey(),
+            offset: off,
+            len: len as u32,
+        }
+    }
+
+    /// Adds a READ of `len` bytes at `offset` (no expiry check, as the original).
+    pub fn prepare_read(
+        &mut self,
+        b: &mut Batch,
+        lease: &Lease,
+        len: usize,
+        offset: u64,
+        flag: u64,
+    ) -> Result<Rc> {
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        let op = WrOp::Read {
+            local: self.local(b.used, len as u64),
+            raddr,
+            rkey,
+        };
+        self.prepare(b, lease, op, BatchOp::Read { len }, len as u64)
+    }
+
+    /// Adds a WRITE of `src` at `offset`.
+    pub fn prepare_write(
+        &mut self,
+        b: &mut Batch,
+        lease: &Lease,
+        src: &[u8],
+        offset: u64,
+        flag: u64,
+    ) -> Result<Rc> {
+        if b.used + (src.len() as u64).next_multiple_of(8) <= DATA_BUF as u64
+            && b.wrs.len() < BATCH_MAX
+        {
+            self.buf.write(b.used, src)?;
+        }
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        let op = WrOp::Write {
+            local: self.local(b.used, src.len() as u64),
+            raddr,
+            rkey,
+        };
+        self.prepare(b, lease, op, BatchOp::Write, src.len() as u64)
+    }
+
+    /// Adds an 8-byte CAS.
+    pub fn prepare_cas(
+        &mut self,
+        b: &mut Batch,
+        lease: &Lease,
+        offset: u64,
+        compare: u64,
+        swap: u64,
+        flag: u64,
+    ) -> Result<Rc> {
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        let op = WrOp::Cas {
+            local: self.local(b.used, 8),
+            raddr,
+            rkey,
+            compare,
+            swap,
+        };
+        self.prepare(b, lease, op, BatchOp::Atomic, 8)
+    }
+
+    /// Adds an 8-byte FAA.
+    pub fn prepare_faa(
+        &mut self,
+        b: &mut Batch,
+        lease: &Lease,
+        offset: u64,
+        add: i64,
+        flag: u64,
+    ) -> Result<Rc> {
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        let op = WrOp::Faa {
+            local: self.local(b.used, 8),
+            raddr,
+            rkey,
+            add: add as u64,
+        };
+        self.prepare(b, lease, op, BatchOp::Atomic, 8)
+    }
+
+    /// Posts the batch as one chain (only the last request signalled) and
+    /// waits. An empty batch is OK. The batch is cleared either way; results
+    /// are available through [`Batch::result`] on success.
+    pub fn commit(&mut self, b: &mut Batch) -> Result<Rc> {
+        b.results.clear();
+        let Some((node, dir)) = b.target else {
+            return Ok(Rc::Ok);
+        };
+        let i = self.sh.dir_index(node, dir);
+        let qp = self.data[i].clone();
+        let n = b.wrs.len();
+        let wrs: Vec<SendWr> = b
+            .wrs
+            .iter()
+            .enumerate()
+            .map(|(k, op)| SendWr {
+                wr_id: 100 + k as u64,
+                op: *op,
+                signaled: k + 1 == n,
+            })
+            .collect();
+        let kinds = std::mem::take(&mut b.kinds);
+        b.wrs.clear();
+        b.target = None;
+        b.used = 0;
+        qp.post_send(&wrs)?;
+        let mut wc = [Wc::default(); 1];
+        let t0 = Instant::now();
+        let mut failed = false;
+        loop {
+            if self.data_cq.poll(&mut wc) == 1 {
+                if !wc[0].status.is_ok() {
+                    failed = true;
+                }
+                if wc[0].wr_id == 100 + n as u64 - 1 {
+                    break;
+                }
+                continue;
+            }
+            let waited = t0.elapsed();
+            if waited > self.sh.cfg.rpc_timeout {
+                failed = true;
+                break;
+            }
+            if waited > SPIN_FOR {
+                self.data_cq.wait(std::time::Duration::from_micros(50));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if failed {
+            self.recover_data_qp(node, dir)?;
+            return Ok(Rc::RdmaProtectionErr);
+        }
+        for (k, off) in kinds {
+            let mut v = match k {
+                BatchOp::Read { len } => vec![0u8; len],
+                BatchOp::Atomic => vec![0u8; 8],
+                BatchOp::Write => Vec::new(),
+            };
+            self.buf.read(off, &mut v)?;
+            b.results.push(v);
+        }
+        Ok(Rc::Ok)
+    }
+}

@@ -1,0 +1,68 @@
+//! RPC plumbing: one request to a directory, its reply matched by RPC id
+//! within the configured timeout.
+
+use super::ClientThread;
+use crate::lease::msg::{self, AdminOp, AdminReq, Header, Msg, MsgType};
+use crate::lease::Rc;
+use crate::{Error, Result};
+
+impl ClientThread {
+    pub(super) fn rpc(&mut self, node: u16, dir: u16, ty: MsgType, m: Msg) -> Result<Msg> {
+        let cfg = &self.sh.cfg;
+        if node >= cfg.machine_nr || dir >= cfg.dir_nr {
+            return Err(Error::Invalid(format!(
+                "node {node} dir {dir} outside the cluster ({} nodes x {} dirs)",
+                cfg.machine_nr, cfg.dir_nr
+            )));
+        }
+        self.rpc_id += 1;
+        let id = self.rpc_id;
+        let h = Header {
+            ty,
+            rpc_id: id,
+            node: self.sh.node_id,
+            thread: self.slot,
+        };
+        msg::encode(&h, &m, &mut self.out);
+        let peer = self.sh.dir_index(node, dir);
+        let out = std::mem::take(&mut self.out);
+        let r = self.msgr.send(peer, &out);
+        self.out = out;
+        r?;
+        let timeout = self.sh.cfg.rpc_timeout;
+        let inc = self
+            .msgr
+            .recv_match(timeout, |i| {
+                i.peer == peer
+                    && i.data.len() >= 16
+                    && u64::from_le_bytes(i.data[8..16].try_into().expect("8")) == id
+            })?
+            .ok_or_else(|| {
+                Error::Timeout(format!(
+                    "no reply from node {node} dir {dir} within {timeout:?}"
+                ))
+            })?;
+        let (_, m) = msg::decode(&inc.data).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(m)
+    }
+
+    /// An administrative RPC to directory `dir` of node `node`; returns the
+    /// reply value (e.g. live leases for [`AdminOp::Stats`]).
+    pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
+        match self.rpc(
+            node,
+            dir,
+            MsgType::Admin,
+            Msg::Admin(AdminReq { op, arg, dir }),
+        )? {
+            Msg::AdminResp(r) if r.rc == 0 => Ok(r.value),
+            Msg::AdminResp(r) => Err(Error::Invalid(format!(
+                "admin {op:?} on node {node} dir {dir} refused ({:?})",
+                Rc::from_u8(r.rc)
+            ))),
+            m => Err(Error::Invalid(format!(
+                "admin {op:?}: unexpected reply {m:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! A node's configuration: the `patronus_config_t` fields plus the runtime
+//! cluster shape. Pure data, read by every layer that needs a setting.
+
+use std::time::Duration;
+
+use crate::lease::Layout;
+
+/// Node configuration (the `patronus_config_t` fields plus runtime shape).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nodes in the cluster; start-up waits for all of them.
+    pub machine_nr: u16,
+    /// Directories (server threads) per node.
+    pub dir_nr: u16,
+    /// Client thread slots per node.
+    pub client_threads: u16,
+    /// Lease buffer bytes.
+    pub lease_buffer_size: u64,
+    /// Allocation buffer bytes.
+    pub alloc_buffer_size: u64,
+    /// Application-reserved bytes.
+    pub reserved_buffer_size: u64,
+    /// Leases (and protection regions, and windows) per directory.
+    pub leases_per_dir: u32,
+    /// Node whose clock is the cluster's.
+    pub time_parent_node_id: u16,
+    /// "shm" or "tcp" (soft NIC links), or "verbs" (RDMA NIC; needs the
+    /// `verbs` feature).
+    pub fabric: String,
+    /// None: in-process keeper; "memcached://HOST:PORT" otherwise.
+    pub keeper: Option<String>,
+    /// tcp listener address.
+    pub listen_addr: String,
+    /// Key namespace.
+    pub cluster: String,
+    /// Skip time sync.
+    pub simplify: bool,
+    /// Timeout of every RPC and of start-up rendezvous.
+    pub rpc_timeout: Duration,
+    /// Smallest clock uncertainty added to local expiry checks (the
+    /// measured one is used when larger).
+    pub epsilon_ns: i64,
+    /// How often non-parent nodes re-synchronise their clock.
+    pub time_resync: Duration,
+    /// How long `get` and barriers wait for other nodes.
+    pub keeper_timeout: Duration,
+    /// Fault injection: the original's "magic MW" quirk (PATRONUS.md §4.10).
+    /// When set, every bind whose per-connection index is 682 mod 1024 fails
+    /// its acquire with `AcquireStatus::MagicMwErr`, and the client retries
+    /// transparently. Off by default: it only exists to test retry paths.
+    pub magic_mw_fault: bool,
+    /// Default slab classes of each directory's allocator: (block bytes,
+    /// ratio of the directory's alloc-buffer slice).
+    pub alloc_classes: Vec<(u64, u32)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            machine_nr: 1,
+            dir_nr: 1,
+            client_threads: 4,
+            lease_buffer_size: 16 << 20,
+            alloc_buffer_size: 16 << 20,
+            reserved_buffer_size: 4 << 20,
+            leases_per_dir: 4096,
+            time_parent_node_id: 0,
+            fabric: std::env::var("PATRONUS_FABRIC").unwrap_or_else(|_| "shm".into()),
+            keeper: std::env::var("PATRONUS_KEEPER").ok(),
+            listen_addr: "127.0.0.1:0".into(),
+            cluster: "default".into(),
+            simplify: false,
+            rpc_timeout: Duration::from_secs(2),
+            epsilon_ns: 10_000,
+            time_resync: Duration::from_secs(1),
+            keeper_timeout: Duration::from_secs(60),
+            magic_mw_fault: false,
+            alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
+        }
+    }
+}
+
+impl Config {
+    /// The memory layout a node with this configuration registers.
+    pub fn layout(&self) -> Layout {
+        Layout::new(
+            self.dir_nr,
+            self.leases_per_dir as u64,
+            self.lease_buffer_size,
+            self.alloc_buffer_size,
+            self.reserved_buffer_size,
+        )
+    }
+}

@@ -1,0 +1,101 @@
+//! Start-up time synchronisation: the node syncs its clock with the time
+//! parent, the cluster agrees on the largest epsilon any node measured
+//! (through the keeper), and the exposer (parent) or the periodic re-sync
+//! (others) starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::Run;
+use crate::config::Config;
+use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpEndpoint};
+use crate::lease::NodeMemory;
+use crate::time::sync::Exposer;
+use crate::time::{Clock, Resync, TimeSyncer};
+use crate::{Error, Result};
+
+/// The exposer (time parent) or the periodic re-sync thread (other nodes).
+#[derive(Default)]
+pub(super) struct TimeThreads {
+    _exposer: Option<Exposer>,
+    _resync: Option<Resync>,
+}
+
+/// What start-up sync needs of the node.
+pub(super) struct TimeSetup<'a> {
+    pub cfg: &'a Config,
+    pub node_id: u16,
+    pub nic: &'a Arc<dyn Nic>,
+    pub pd: Pd,
+    pub region: &'a Arc<Mr>,
+    pub peers: &'a [NodeMemory],
+    pub run: &'a Run,
+    pub clock: &'a Arc<Clock>,
+    /// Clock-read QPs towards every peer (None for this node).
+    pub qps: &'a [Option<(Arc<dyn Qp>, QpEndpoint)>],
+    pub cq: &'a Arc<dyn Cq>,
+    pub timeout: Duration,
+}
+
+/// Synchronises the clock with the time parent at start-up, agrees on the
+/// cluster epsilon (the largest any node measured) and starts the exposer
+/// (parent) or the periodic re-sync (others).
+pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
+    let cfg = s.cfg;
+    let parent = cfg.time_parent_node_id;
+    if cfg.simplify || cfg.machine_nr == 1 {
+        return Ok(TimeThreads::default());
+    }
+    let mut out = TimeThreads::default();
+    let mut eps = cfg.epsilon_ns;
+    let mut syncer = None;
+    if s.node_id == parent {
+        out._exposer = Some(Exposer::start(s.region.clone(), s.clock.clone())?);
+    } else {
+        let (qp, remote) = s
+            .qps
+            .get(parent as usize)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::Invalid("no time QP towards the time parent".into()))?;
+        let buf = s.nic.alloc_mr(s.pd, 64, Access::LOCAL_WRITE)?;
+        let p = &s.peers[parent as usize];
+        let ts = TimeSyncer::new(
+            qp,
+            remote,
+            s.cq.clone(),
+            buf,
+            p.region_addr,
+            p.region_rkey,
+            s.clock.clone(),
+            cfg.epsilon_ns,
+            s.timeout,
+        );
+        let (off, e) = ts.sync_once(16)?;
+        tracing::info!(
+            node_id = s.node_id,
+            parent,
+            offset_ns = off,
+            epsilon_ns = e,
+            "clock synchronised"
+        );
+        eps = e;
+        syncer = Some(ts);
+    }
+    s.run.put(
+        &format!("time/eps/{}", s.node_id),
+        eps.to_string().as_bytes(),
+    )?;
+    s.run.barrier("synced", s.timeout)?;
+    for n in 0..cfg.machine_nr {
+        let v = s.run.get_wait(&format!("time/eps/{n}"), s.timeout)?;
+        let e = String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0);
+        eps = eps.max(e);
+    }
+    s.clock.set_epsilon(eps);
+    if let Some(mut ts) = syncer {
+        ts.set_timeout(cfg.rpc_timeout.min(Duration::from_millis(200)));
+        out._resync = Some(Resync::start(ts, s.clock.clone(), cfg.time_resync)?);
+    }
+    Ok(out)
+}

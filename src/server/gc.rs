@@ -1,0 +1,47 @@
+//! The lease GC: due tasks from the deadline queue, decided by
+//! `LeaseTable::gc_step` and carried out here.
+
+use super::Directory;
+use crate::lease::table::GcStep;
+use crate::Result;
+
+/// Most GC tasks run per serve pass.
+const GC_BATCH: usize = 64;
+
+impl Directory {
+    /// Runs due GC tasks. A task whose lease was extended re-arms; otherwise
+    /// the PR is closed by CAS (atomic with client extensions) and the lease
+    /// revoked.
+    pub(super) fn run_gc(&mut self, now: i64) -> Result<usize> {
+        let mut n = 0;
+        while n < GC_BATCH {
+            let Some((_, (slot, gen))) = self.ddl.pop_due(now) else {
+                break;
+            };
+            n += 1;
+            let pr = self.table.get(slot, gen).and_then(|e| e.pr);
+            let word = match pr {
+                Some(pr) => Some(self.prs().word(self.pr_off(pr))?),
+                None => None,
+            };
+            match self.table.gc_step(slot, gen, word) {
+                GcStep::Stale => {}
+                GcStep::Rearm(at) => self.ddl.push(at, (slot, gen)),
+                // An extension that lands between the load and the CAS
+                // fails the CAS: look again now.
+                GcStep::Close { from, to } => match pr {
+                    Some(pr) if self.prs().cas(self.pr_off(pr), from, to)? != from => {
+                        self.ddl.push(now, (slot, gen))
+                    }
+                    _ => {
+                        self.revoke(slot, true);
+                    }
+                },
+                GcStep::Revoke => {
+                    self.revoke(slot, true);
+                }
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,81 @@
+//! The periodic clock re-sync of a node that is not the time parent: a
+//! thread that re-runs [`TimeSyncer::sync_once`] every period, widens the
+//! cluster epsilon when a re-sync measures more, and backs off (keeping the
+//! last offset) while the parent does not answer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Clock, TimeSyncer};
+use crate::{Error, Result};
+
+/// The running re-sync thread; dropping it stops and joins the thread.
+pub struct Resync {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Resync {
+    /// Starts re-syncing `clock` through `s` every `period` (at least 10 ms).
+    pub fn start(s: TimeSyncer, clock: Arc<Clock>, period: Duration) -> Result<Resync> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let period = period.max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("patronus-resync".into())
+            .spawn(move || run(s, clock, period, &st))
+            .map_err(|e| Error::io("spawn the clock re-sync thread", e))?;
+        Ok(Resync {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Resync {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(s: TimeSyncer, clk: Arc<Clock>, period: Duration, stop: &AtomicBool) {
+    let mut wait = period;
+    let mut next = Instant::now() + wait;
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+        if Instant::now() < next {
+            continue;
+        }
+        let r = s.sync_once(8);
+        clk.note_resync(r.is_ok());
+        match r {
+            Ok((_, e)) => {
+                if e > clk.epsilon() {
+                    tracing::warn!(epsilon_ns = e, "clock uncertainty grew; widening epsilon");
+                    clk.set_epsilon(e);
+                }
+                if failing {
+                    tracing::info!("clock re-sync works again");
+                }
+                failing = false;
+                wait = period;
+            }
+            Err(e) => {
+                // The parent may have left (e.g. a client node that
+                // finished): keep the last offset, back off.
+                if !failing {
+                    tracing::warn!("clock re-sync failed, keeping the last offset: {e}");
+                }
+                failing = true;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+        next = Instant::now() + wait;
+    }
+}
