@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::lease::quota::Quotas;
 use crate::lease::Layout;
 
 /// Node configuration (the `patronus_config_t` fields plus runtime shape).
@@ -52,6 +53,16 @@ pub struct Config {
     /// Default slab classes of each directory's allocator: (block bytes,
     /// ratio of the directory's alloc-buffer slice).
     pub alloc_classes: Vec<(u64, u32)>,
+    /// Live leases one client thread may hold on one directory (0: a
+    /// quarter of `leases_per_dir`). Past it an acquire gets `NoMw`.
+    pub lease_quota_per_thread: u32,
+    /// Live leases one client node may hold on one directory (0: half of
+    /// `leases_per_dir`).
+    pub lease_quota_per_node: u32,
+    /// Bytes one client node may hold allocated on one directory (0: half
+    /// the directory's slice of the alloc buffer). Past it an allocation
+    /// gets `NoMem`.
+    pub alloc_quota_per_node: u64,
 }
 
 impl Default for Config {
@@ -76,11 +87,30 @@ impl Default for Config {
             keeper_timeout: Duration::from_secs(60),
             magic_mw_fault: false,
             alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
+            lease_quota_per_thread: 0,
+            lease_quota_per_node: 0,
+            alloc_quota_per_node: 0,
         }
     }
 }
 
 impl Config {
+    /// The per-client limits of each directory (defaults filled in).
+    pub fn quotas(&self) -> Quotas {
+        let or = |v: u32, d: u32| if v == 0 { d.max(1) } else { v };
+        let slice = self.alloc_buffer_size / self.dir_nr.max(1) as u64;
+        Quotas {
+            threads_per_node: self.client_threads.max(1),
+            leases_per_thread: or(self.lease_quota_per_thread, self.leases_per_dir / 4),
+            leases_per_node: or(self.lease_quota_per_node, self.leases_per_dir / 2),
+            alloc_bytes_per_node: if self.alloc_quota_per_node == 0 {
+                (slice / 2).max(1)
+            } else {
+                self.alloc_quota_per_node
+            },
+        }
+    }
+
     /// The memory layout a node with this configuration registers.
     pub fn layout(&self) -> Layout {
         Layout::new(

@@ -7,6 +7,7 @@
 //! - [`pr`]: the protection region's layout, its word and the term arithmetic;
 //! - [`client`] and [`cache`]: the client's view of a lease and its cache;
 //! - [`table`]: the memory node's lease table, conflict locks and GC decision;
+//! - [`quota`]: per-client limits and the ledger of allocation owners;
 //! - [`flags`]: flags, return codes and statuses with the original's values;
 //! - [`msg`]: the RPC wire format.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod flags;
 pub mod msg;
 pub mod pr;
+pub mod quota;
 pub mod table;
 
 pub use addr::{BufOff, GlobalAddress, Layout, NodeMemory, RegionOff, TIME_AREA};

@@ -6,11 +6,11 @@
 //! directory reads protection-region words and feeds them in, then carries
 //! out what the table decided (bind, unbind, CAS).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::addr::{BufOff, RegionOff};
-use super::pr::{Term, Word};
+use super::pr::{Term, Word, MAX_UNITS};
 use super::Rc;
 
 /// One granted lease, as the directory keeps it.
@@ -116,6 +116,10 @@ pub struct LeaseTable {
     slots: Vec<Option<Entry>>,
     free_slots: Vec<u32>,
     free_prs: Vec<u32>,
+    /// Live leases per peer.
+    held: HashMap<usize, u32>,
+    /// Live leases with a GC task (not NO_GC).
+    collected: usize,
 }
 
 impl LeaseTable {
@@ -125,7 +129,24 @@ impl LeaseTable {
             slots: (0..n).map(|_| None).collect(),
             free_slots: (0..n).rev().collect(),
             free_prs: (0..n).rev().collect(),
+            held: HashMap::new(),
+            collected: 0,
         }
+    }
+
+    /// Live leases the GC must still collect (granted with a term).
+    pub fn pending_gc(&self) -> usize {
+        self.collected
+    }
+
+    /// Live leases `peer` holds.
+    pub fn held_by(&self, peer: usize) -> u32 {
+        self.held.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Live leases the peers in `peers` hold together.
+    pub fn held_by_all(&self, peers: std::ops::Range<usize>) -> u32 {
+        peers.map(|p| self.held_by(p)).sum()
     }
 
     /// Leases currently granted.
@@ -145,6 +166,8 @@ impl LeaseTable {
 
     /// Installs `e` in `slot` (from [`LeaseTable::take_slot`]).
     pub fn install(&mut self, slot: u32, e: Entry) {
+        *self.held.entry(e.peer).or_default() += 1;
+        self.collected += usize::from(!e.no_gc);
         self.slots[slot as usize] = Some(e);
     }
 
@@ -152,6 +175,10 @@ impl LeaseTable {
     /// region; returns it so that the caller revokes what it holds.
     pub fn remove(&mut self, slot: u32) -> Option<Entry> {
         let e = self.slots.get_mut(slot as usize)?.take()?;
+        if let Some(n) = self.held.get_mut(&e.peer) {
+            *n = n.saturating_sub(1);
+        }
+        self.collected -= usize::from(!e.no_gc);
         if let Some(pr) = e.pr {
             self.free_prs.push(pr);
         }
@@ -166,6 +193,18 @@ impl LeaseTable {
             self.free_prs.push(pr);
         }
         self.free_slots.push(slot);
+    }
+
+    /// Slots of every live lease.
+    pub fn live_slots(&self) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&s| self.slots[s as usize].is_some())
+            .collect()
+    }
+
+    /// The protection region of the lease in `slot`, if any.
+    pub fn slot_pr(&self, slot: u32) -> Option<u32> {
+        self.slots.get(slot as usize)?.as_ref()?.pr
     }
 
     /// The live lease `(slot, gen)`.
@@ -187,7 +226,9 @@ impl LeaseTable {
 
     /// The GC's step for the due task `(slot, gen)`, given the current word
     /// of the lease's protection region (None when it has none). A re-arm
-    /// records the units seen.
+    /// records the units seen. A word past [`MAX_UNITS`] cannot come from
+    /// an honest extension (clients and the directory both cap): the holder
+    /// wrote its region with a raw CAS or FAA, and the lease is closed.
     pub fn gc_step(&mut self, slot: u32, gen: u64, word: Option<Word>) -> GcStep {
         let Some(e) = self
             .slots
@@ -203,7 +244,7 @@ impl LeaseTable {
         if w.is_closed() {
             return GcStep::Revoke;
         }
-        if w.units != e.expect_units {
+        if w.units != e.expect_units && w.units <= MAX_UNITS {
             e.expect_units = w.units;
             return GcStep::Rearm(e.term.deadline(w.units));
         }
@@ -319,9 +360,11 @@ mod tests {
         let (a, _) = granted(&mut t, 1, 0);
         let (b, _) = granted(&mut t, 2, 0);
         assert_eq!(t.live(), 2);
+        assert_eq!(t.pending_gc(), 2);
         assert!(t.take_slot().is_none(), "every slot granted");
         assert!(t.remove(a).is_some());
         assert!(t.remove(a).is_none(), "a second remove finds nothing");
+        assert_eq!(t.pending_gc(), 1);
         let (c, _) = granted(&mut t, 3, 0);
         assert_eq!(c, a, "the freed slot is reused");
         assert!(t.get(a, 1).is_none(), "the old generation is gone");
@@ -369,6 +412,44 @@ mod tests {
         assert_eq!(t.gc_step(s, 4, Some(w)), GcStep::Stale, "older generation");
         t.remove(s);
         assert_eq!(t.gc_step(s, 5, Some(w)), GcStep::Stale, "lease gone");
+    }
+
+    #[test]
+    fn gc_closes_a_lease_whose_word_passed_the_cap() {
+        let mut t = LeaseTable::new(1);
+        let (s, _) = granted(&mut t, 5, 0);
+        for units in [MAX_UNITS + 1, MAX_UNITS * 64, CLOSED - 1] {
+            let w = Word { aba: 1, units };
+            assert_eq!(
+                t.gc_step(s, 5, Some(w)),
+                GcStep::Close {
+                    from: w,
+                    to: w.closed()
+                },
+                "{units} units: past the cap is a violation, not an extension"
+            );
+        }
+        let at_cap = Word {
+            aba: 1,
+            units: MAX_UNITS,
+        };
+        assert!(matches!(t.gc_step(s, 5, Some(at_cap)), GcStep::Rearm(_)));
+    }
+
+    #[test]
+    fn leases_are_counted_per_peer() {
+        let mut t = LeaseTable::new(8);
+        let (a, _) = granted(&mut t, 1, 0);
+        granted(&mut t, 2, 0);
+        granted(&mut t, 3, 1);
+        granted(&mut t, 4, 5);
+        assert_eq!(t.held_by(0), 2);
+        assert_eq!(t.held_by_all(0..4), 3);
+        assert_eq!(t.held_by_all(4..8), 1);
+        t.remove(a);
+        assert_eq!(t.held_by(0), 1);
+        t.remove(a);
+        assert_eq!(t.held_by(0), 1, "a second remove changes nothing");
     }
 
     #[test]

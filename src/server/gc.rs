@@ -9,6 +9,18 @@ use crate::Result;
 const GC_BATCH: usize = 64;
 
 impl Directory {
+    /// Revokes every live lease (closing its protection region first) and
+    /// drops the GC queue: the end of serving.
+    pub(super) fn revoke_all(&mut self) {
+        for slot in self.table.live_slots() {
+            if let Some(pr) = self.table.slot_pr(slot) {
+                let _ = self.prs().close(self.pr_off(pr));
+            }
+            self.revoke(slot, true);
+        }
+        self.ddl = Default::default();
+    }
+
     /// Runs due GC tasks. A task whose lease was extended re-arms; otherwise
     /// the PR is closed by CAS (atomic with client extensions) and the lease
     /// revoked.

@@ -62,6 +62,16 @@ impl Directory {
             if bad_combo || a.size == 0 {
                 return fail(St::Reserved);
             }
+            let node = self.quotas.node_of(peer);
+            if !self.ledger.admits(&self.quotas, node, a.size) {
+                tracing::debug!(
+                    dir = self.id,
+                    node,
+                    size = a.size,
+                    "allocation quota reached"
+                );
+                return fail(St::NoMem);
+            }
             let Some(al) = self.allocs.get_mut(&a.key) else {
                 tracing::debug!(dir = self.id, hint = a.key, "no allocator for this hint");
                 return fail(St::NoMem);
@@ -69,6 +79,7 @@ impl Directory {
             let Some(off) = al.alloc(a.size) else {
                 return fail(St::NoMem);
             };
+            self.ledger.record(node, a.key, BufOff(off), a.size);
             if f & acquire::ONLY_ALLOCATION != 0 {
                 return AcquireResp {
                     status: 0,
@@ -84,11 +95,22 @@ impl Directory {
             return fail(St::AddressOutOfRangeErr);
         }
         // Gives the allocation back when the acquire fails after it.
+        let node = self.quotas.node_of(peer);
         let release = |d: &mut Directory| {
             if let Some((hint, off, size)) = allocated {
-                d.free_alloc(hint, off, size);
+                d.free_alloc(node, hint, off, size);
             }
         };
+        // Quotas: one client thread (or node) cannot take the windows and
+        // protection regions every other client needs.
+        let q = self.quotas;
+        if self.table.held_by(peer) >= q.leases_per_thread
+            || self.table.held_by_all(q.peers_of(node)) >= q.leases_per_node
+        {
+            tracing::debug!(dir = self.id, peer, node, "lease quota reached");
+            release(self);
+            return fail(St::NoMw);
+        }
         let base = lay.region(key);
         let lock = if f & acquire::WITH_CONFLICT_DETECT != 0 {
             if !self.sh.locks.try_lock(key) {
@@ -158,7 +180,19 @@ impl Directory {
             self.ddl.push(term.deadline(1), (slot, e.gen));
         }
         self.table.install(slot, e);
+        self.purge_stale_gc();
         resp
+    }
+
+    /// Relinquished leases leave their GC tasks queued until their deadline;
+    /// when they outnumber the live leases, drop them (O(n), amortised over
+    /// at least 1024 grants), so the queue stays bounded by the live leases.
+    fn purge_stale_gc(&mut self) {
+        if self.ddl.len() > 2 * self.table.live() + 1024 {
+            let table = &self.table;
+            self.ddl
+                .retain(|&(slot, gen)| table.get(slot, gen).is_some());
+        }
     }
 
     /// Takes the protection region and windows of a new lease and binds
@@ -243,10 +277,12 @@ impl Directory {
             return Rc::Ok;
         }
         if r.flag & modify::ONLY_DEALLOCATION != 0 {
+            // Only the client node that allocated a block may free it.
+            let node = self.quotas.node_of(peer);
             let lay = self.sh.layout;
             let freed = lay
                 .buf(crate::lease::RegionOff(r.addr))
-                .is_some_and(|off| self.free_alloc(r.hint, off, r.size));
+                .is_some_and(|off| self.free_alloc(node, r.hint, off, r.size));
             return if freed { Rc::Ok } else { Rc::Invalid };
         }
         let pr = match self.table.owned(peer, r.slot, r.generation) {
@@ -262,7 +298,7 @@ impl Directory {
         if let Some(e) = self.revoke(r.slot, unbind) {
             if r.flag & modify::WITH_DEALLOCATION != 0 {
                 if let Some((hint, off, size)) = e.alloc {
-                    self.free_alloc(hint, off, size);
+                    self.free_alloc(self.quotas.node_of(e.peer), hint, off, size);
                 }
             }
         }

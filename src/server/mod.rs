@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::fabric::msg::Messenger;
 use crate::fabric::{Cq, Mr, Nic, Pd, Qp, QpEndpoint};
 use crate::lease::msg::{self, Header, ModifyResp, Msg, MsgType};
+use crate::lease::quota::{AllocLedger, Quotas};
 use crate::lease::table::{ConflictLocks, LeaseTable};
 use crate::lease::{BufOff, Layout};
 use crate::time::{Clock, DdlQueue};
@@ -103,6 +104,10 @@ pub struct Directory {
     mrs: Vec<Option<Arc<Mr>>>,
     ddl: DdlQueue<(u32, u64)>,
     allocs: std::collections::HashMap<u64, Box<dyn Allocator>>,
+    /// Per-client limits.
+    quotas: Quotas,
+    /// Who allocated each live block.
+    ledger: AllocLedger,
     out: Vec<u8>,
     /// Binds posted per connection (the magic-MW fault's index; counted only
     /// with `Config::magic_mw_fault`).
@@ -139,6 +144,8 @@ impl Directory {
         );
         Ok(Directory {
             allocs,
+            quotas: sh.cfg.quotas(),
+            ledger: AllocLedger::default(),
             id,
             msgr: slot.msgr,
             data: slot.data,
@@ -174,8 +181,8 @@ impl Directory {
         self.table.live()
     }
 
-    /// Serves until every node called `finished(key)` and no lease is left to
-    /// collect. A node with no client thread registered (a pure memory
+    /// Serves until every node called `finished(key)`, then revokes the
+    /// leases still live (their holders are done) and returns. A node with no client thread registered (a pure memory
     /// node) counts as finished for `key` by serving, so it serves until every
     /// client node finished; the first such check comes 20 ms after serving
     /// starts. A node that is also a client (client threads registered, e.g.
@@ -194,7 +201,8 @@ impl Directory {
             let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
             if last_check.elapsed() > Duration::from_millis(20) {
                 last_check = Instant::now();
-                if self.control.done(key)? && self.ddl.is_empty() {
+                if self.control.done(key)? {
+                    self.revoke_all();
                     return Ok(());
                 }
             }
@@ -282,10 +290,25 @@ impl Directory {
         })
     }
 
-    /// Frees `size` bytes at `off` with the allocator of `hint`.
-    fn free_alloc(&mut self, hint: u64, off: BufOff, size: u64) -> bool {
-        self.allocs
+    /// Frees block `(hint, off)` of `size` bytes if client node `node`
+    /// allocated it; false (nothing freed) otherwise.
+    fn free_alloc(&mut self, node: u16, hint: u64, off: BufOff, size: u64) -> bool {
+        if !self.ledger.release(node, hint, off, size) {
+            return false;
+        }
+        let freed = self
+            .allocs
             .get_mut(&hint)
-            .is_some_and(|al| al.free(off.0, size))
+            .is_some_and(|al| al.free(off.0, size));
+        if !freed {
+            tracing::warn!(
+                dir = self.id,
+                hint,
+                off = off.0,
+                size,
+                "allocator refused a recorded block"
+            );
+        }
+        freed
     }
 }

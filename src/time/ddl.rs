@@ -62,6 +62,11 @@ impl<T: Ord + Copy> DdlQueue<T> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+    /// Keeps only the tasks for which `keep` is true (O(n)): drops tasks
+    /// that became stale before their deadline.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.heap.retain(|Reverse((_, _, t))| keep(t));
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +105,19 @@ mod tests {
             assert_eq!(got, Some(i as u64));
         }
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn retain_drops_stale_tasks_and_keeps_the_order() {
+        let mut q = DdlQueue::default();
+        for i in 0..100u32 {
+            q.push(i as i64, i);
+        }
+        q.retain(|t| t % 3 == 0);
+        assert_eq!(q.len(), 34);
+        let mut ran = vec![];
+        q.do_task(i64::MAX, usize::MAX, |_, t| ran.push(t));
+        assert_eq!(ran, (0..100).filter(|t| t % 3 == 0).collect::<Vec<_>>());
     }
 
     #[test]

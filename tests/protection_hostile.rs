@@ -1,0 +1,290 @@
+//! Hostile clients against the memory node's own checks (in-process
+//! cluster, soft NIC on shm): a holder that rewrites its protection region
+//! past the extension cap with a raw CAS or FAA, a node that frees another
+//! node's allocation, terms at the edge of 64 bits, and clients that try to
+//! take every lease or byte of a directory. Each attack fails while an
+//! honest client is served byte-exact.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use patronus::lease::flags::{acquire, rw};
+use patronus::lease::pr::{self, Word, MAX_UNITS};
+use patronus::lease::{AcquireStatus as St, Lease, Rc};
+use patronus::node::{Config, Patronus};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Node 0 serves one directory; `f` gets the memory node and the client
+/// nodes.
+fn with_cluster(
+    machines: u16,
+    tweak: impl FnOnce(&mut Config),
+    f: impl FnOnce(&Patronus, &[Patronus]),
+) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = Config {
+        machine_nr: machines,
+        dir_nr: 1,
+        client_threads: 4,
+        cluster: format!(
+            "hostile-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 256,
+        ..Config::default()
+    };
+    tweak(&mut cfg);
+    let hs: Vec<_> = (0..machines)
+        .map(|_| {
+            let c = cfg.clone();
+            thread::spawn(move || Patronus::new(c).expect("node"))
+        })
+        .collect();
+    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    nodes.sort_by_key(|n| n.get_node_id());
+    let server = nodes.remove(0);
+    thread::scope(|s| {
+        let mut d = server.register_server_thread().unwrap();
+        let h = s.spawn(move || d.server_serve(0));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
+        server.finished(0).unwrap();
+        for n in &nodes {
+            n.finished(0).unwrap();
+        }
+        h.join().unwrap().unwrap();
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    });
+}
+
+/// A forged lease whose "object" is `l`'s protection region, reached with
+/// the PR window's rkey: what a hostile holder can touch with raw verbs.
+fn pr_as_object(l: &Lease) -> Lease {
+    let mut f = l.clone();
+    f.base = l.pr_off;
+    f.size = pr::SIZE;
+    f.rkey = l.pr_rkey;
+    f.ddl = i64::MAX;
+    f
+}
+
+/// Polls `cond` every millisecond until it holds or `limit` passes.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+#[test]
+fn raw_cas_or_faa_past_the_extension_cap_is_not_honoured() {
+    with_cluster(
+        2,
+        |_| {},
+        |_srv, clients| {
+            let mut c = clients[0].register_client_thread().unwrap();
+            let term = 30_000_000u64; // 30 ms
+            for faa in [false, true] {
+                let mut l = c.get_lease(true, 0, 0, 4096, 64, term, 0).unwrap();
+                assert!(l.success());
+                let mut pr_obj = pr_as_object(&l);
+                let cur = Word {
+                    aba: l.aba,
+                    units: 1,
+                };
+                let evil = Word {
+                    aba: l.aba,
+                    units: MAX_UNITS * 64,
+                };
+                let (rc, old) = if faa {
+                    let add = (evil.pack() - cur.pack()) as i64;
+                    c.faa(&mut pr_obj, pr::WORD, add, 0).unwrap()
+                } else {
+                    c.cas(&mut pr_obj, pr::WORD, cur.pack(), evil.pack(), 0)
+                        .unwrap()
+                };
+                assert_eq!(rc, Rc::Ok, "the PR window allows atomics (faa={faa})");
+                assert_eq!(Word::unpack(old), cur);
+                // The GC must not honour the forged word: the lease ends within
+                // about one term, not 64 x MAX_UNITS terms.
+                let mut b = [0u8; 8];
+                let revoked = eventually(Duration::from_secs(3), || {
+                    c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                        .unwrap()
+                        == Rc::RdmaProtectionErr
+                });
+                assert!(
+                    revoked,
+                    "a lease extended past the cap by a raw atomic stayed live (faa={faa})"
+                );
+                c.relinquish(&mut l, 0, 0).unwrap();
+            }
+            // An honest extension within the cap is still honoured.
+            let mut l = c.get_lease(true, 0, 0, 8192, 64, term, 0).unwrap();
+            assert_eq!(c.extend(&mut l, 10 * term, 0).unwrap(), Rc::Ok);
+            thread::sleep(Duration::from_millis(3 * term / 1_000_000));
+            let mut b = [0u8; 8];
+            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+            c.relinquish(&mut l, 0, 0).unwrap();
+        },
+    );
+}
+
+#[test]
+fn only_the_allocating_node_frees_a_block() {
+    with_cluster(
+        3,
+        |_| {},
+        |srv, clients| {
+            let mut a = clients[0].register_client_thread().unwrap();
+            let mut a2 = clients[0].register_client_thread().unwrap();
+            let mut b = clients[1].register_client_thread().unwrap();
+            let off = a.alloc(0, 0, 64, 0).unwrap().expect("a block");
+            // A foreign node is refused and the block stays allocated.
+            let r = b.dealloc(0, 0, off, 64, 0);
+            assert!(matches!(r, Err(patronus::Error::Invalid(_))), "{r:?}");
+            // The block is still live: the owner's WITH_ALLOCATION data stays.
+            let mut l = a
+                .get_wlease(0, 0, 0, 0, 64, 50_000_000, acquire::WITH_ALLOCATION)
+                .unwrap();
+            assert!(l.success());
+            let (_, loff) = a.get_gaddr(&l);
+            assert_ne!(loff, off, "the refused dealloc freed nothing");
+            assert_eq!(a.write(&mut l, b"mine", 0, 0).unwrap(), Rc::Ok);
+            let r = b.dealloc(0, 0, loff, 64, 0);
+            assert!(
+                r.is_err(),
+                "a lease's block is not the foreign node's either"
+            );
+            let mut got = [0u8; 4];
+            srv.buffer_read(loff, &mut got).unwrap();
+            assert_eq!(&got, b"mine");
+            // Another thread of the owner's process may free it (one process).
+            assert_eq!(a2.dealloc(0, 0, off, 64, 0).unwrap(), Rc::Ok);
+            assert!(a.dealloc(0, 0, off, 64, 0).is_err(), "freed once");
+            a.relinquish(&mut l, 0, 0).unwrap();
+        },
+    );
+}
+
+#[test]
+fn terms_at_the_edge_of_64_bits_saturate_and_never_revoke_at_once() {
+    with_cluster(
+        2,
+        |_| {},
+        |_srv, clients| {
+            let mut c = clients[0].register_client_thread().unwrap();
+            for ns in [1u64 << 63, i64::MAX as u64, u64::MAX] {
+                let mut l = c.get_lease(true, 0, 0, 4096, 64, ns, 0).unwrap();
+                assert!(l.success(), "ns {ns}");
+                assert!(
+                    l.ddl > 0,
+                    "ns {ns}: the deadline saturates, it does not wrap"
+                );
+                assert_eq!(c.write(&mut l, b"edge", 0, 0).unwrap(), Rc::Ok);
+                // Still live after the GC ran a few times.
+                thread::sleep(Duration::from_millis(30));
+                let mut b = [0u8; 4];
+                assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok, "ns {ns}");
+                assert_eq!(&b, b"edge");
+                // Extending a saturated term is refused or honoured, never a panic.
+                let _ = c.extend(&mut l, u64::MAX, 0);
+                let _ = c.rpc_extend(&mut l, u64::MAX, 0);
+                assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok, "ns {ns}");
+                c.relinquish(&mut l, 0, 0).unwrap();
+            }
+        },
+    );
+}
+
+#[test]
+fn a_client_past_its_quota_is_refused_and_others_are_served() {
+    with_cluster(
+        3,
+        |c| {
+            c.lease_quota_per_thread = 8;
+            c.lease_quota_per_node = 12;
+            c.alloc_quota_per_node = 64 * 20;
+        },
+        |_srv, clients| {
+            let mut hog = clients[0].register_client_thread().unwrap();
+            let mut hog2 = clients[0].register_client_thread().unwrap();
+            let mut honest = clients[1].register_client_thread().unwrap();
+            let mut held = Vec::new();
+            let mut held2 = Vec::new();
+            let mut refused = 0;
+            for i in 0..20u64 {
+                let l = hog
+                    .get_lease(false, 0, 0, 64 * i, 64, 0, acquire::NO_GC)
+                    .unwrap();
+                if l.success() {
+                    held.push(l);
+                } else {
+                    assert_eq!(l.ec(), St::NoMw as u8);
+                    refused += 1;
+                }
+            }
+            assert_eq!(held.len(), 8, "the thread quota");
+            assert_eq!(refused, 12);
+            for i in 0..10u64 {
+                let l = hog2
+                    .get_lease(false, 0, 0, 64 * i, 64, 0, acquire::NO_GC)
+                    .unwrap();
+                if l.success() {
+                    held2.push(l);
+                }
+            }
+            assert_eq!(
+                held.len() + held2.len(),
+                12,
+                "the node quota across its threads"
+            );
+            // The honest node is served, byte-exact.
+            let mut l = honest
+                .get_lease(true, 0, 0, 8192, 64, 0, acquire::NO_GC)
+                .unwrap();
+            assert!(l.success());
+            assert_eq!(honest.write(&mut l, b"honest", 0, 0).unwrap(), Rc::Ok);
+            let mut b = [0u8; 6];
+            assert_eq!(honest.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(&b, b"honest");
+            honest.relinquish(&mut l, 0, 0).unwrap();
+            // Allocation: the hog node gets 20 blocks of 64 B, then nothing;
+            // the honest node still allocates.
+            let mut blocks = 0;
+            while hog.alloc(0, 0, 64, 0).unwrap().is_some() {
+                blocks += 1;
+                assert!(blocks <= 20, "past the allocation quota");
+            }
+            assert_eq!(blocks, 20);
+            assert!(honest.alloc(0, 0, 64, 0).unwrap().is_some());
+            // Giving leases back makes room again.
+            for mut l in held {
+                assert_eq!(hog.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+            }
+            for mut l in held2 {
+                assert_eq!(hog2.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+            }
+            let mut l = hog
+                .get_lease(false, 0, 0, 0, 64, 0, acquire::NO_GC)
+                .unwrap();
+            assert!(l.success());
+            assert_eq!(hog.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+            let mut l2 = honest
+                .get_lease(true, 0, 0, 8192, 64, 0, acquire::NO_GC)
+                .unwrap();
+            honest.relinquish(&mut l2, 0, 0).unwrap();
+        },
+    );
+}
