@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::{Buf, BufMut};
 use parking_lot::Mutex;
 
 use super::cq::SoftCq;
@@ -426,8 +427,9 @@ impl QpInner {
                 }
                 let mut bad = false;
                 o.msg.write_with(|s| {
-                    s[0..4].copy_from_slice(&local.len.to_le_bytes());
-                    s[4..16].fill(0);
+                    let mut hdr = &mut s[..16];
+                    hdr.put_u32_le(local.len);
+                    hdr.put_bytes(0, 12);
                     bad = mr
                         .read(local.offset, &mut s[16..16 + local.len as usize])
                         .is_err();
@@ -668,7 +670,7 @@ impl QpInner {
                 }
                 let mut lb = [0u8; 4];
                 c.peek_into(0, &mut lb);
-                let len = u32::from_le_bytes(lb);
+                let len = (&lb[..]).get_u32_le();
                 if len > MAX_SEND {
                     ch.kill("message longer than the maximum");
                     break;

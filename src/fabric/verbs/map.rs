@@ -3,6 +3,7 @@
 //! encoding, and the construction of `ibv_send_wr` / `ibv_recv_wr` chains.
 //! Everything here is unit-tested on machines without an RDMA NIC.
 
+use bytes::{Buf, BufMut};
 use rdma_sys::{
     ibv_access_flags, ibv_mr, ibv_mtu, ibv_mw, ibv_mw_bind_info, ibv_qp_state, ibv_recv_wr,
     ibv_send_flags, ibv_send_wr, ibv_sge, ibv_wc_opcode, ibv_wc_status, ibv_wr_opcode,
@@ -159,12 +160,12 @@ impl VerbsAddr {
     /// Encodes as endpoint address bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(EP_LEN);
-        v.extend_from_slice(EP_MAGIC);
-        v.extend_from_slice(&self.lid.to_le_bytes());
-        v.push(self.port);
-        v.push(self.mtu);
-        v.extend_from_slice(&self.gid);
-        v.extend_from_slice(&self.psn.to_le_bytes());
+        v.put_slice(EP_MAGIC);
+        v.put_u16_le(self.lid);
+        v.put_u8(self.port);
+        v.put_u8(self.mtu);
+        v.put_slice(&self.gid);
+        v.put_u32_le(self.psn);
         v
     }
 
@@ -178,25 +179,28 @@ impl VerbsAddr {
                 std::str::from_utf8(EP_MAGIC).unwrap_or("?")
             )));
         }
-        let lid = u16::from_le_bytes([b[4], b[5]]);
+        // The length is exactly EP_LEN: every read below is in bounds.
+        let mut r = &b[EP_MAGIC.len()..];
+        let lid = r.get_u16_le();
+        let port = r.get_u8();
+        let mtu = r.get_u8();
         let mut gid = [0u8; 16];
-        gid.copy_from_slice(&b[8..24]);
-        let psn = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
+        r.copy_to_slice(&mut gid);
+        let psn = r.get_u32_le();
         if psn >= 1 << 24 {
             return Err(FabricError::Invalid(format!(
                 "verbs endpoint PSN {psn:#x} exceeds 24 bits"
             )));
         }
-        if mtu_bytes(b[7] as u32) == 0 {
+        if mtu_bytes(mtu as u32) == 0 {
             return Err(FabricError::Invalid(format!(
-                "verbs endpoint MTU code {} is not an ibv_mtu",
-                b[7]
+                "verbs endpoint MTU code {mtu} is not an ibv_mtu"
             )));
         }
         Ok(VerbsAddr {
             lid,
-            port: b[6],
-            mtu: b[7],
+            port,
+            mtu,
             gid,
             psn,
         })
@@ -668,6 +672,11 @@ mod tests {
         assert_eq!(
             VerbsAddr::of(&QpEndpoint::decode(&ep.encode()).unwrap()).unwrap(),
             a
+        );
+        // The layout byte for byte (as the hand-written codec wrote it).
+        assert_eq!(
+            hex::encode(a.encode()),
+            "5652423134120105fe800000000000000102030405060708efcdab00"
         );
         assert!(a.needs_grh());
         assert!(!VerbsAddr { gid: [0; 16], ..a }.needs_grh());
