@@ -8,6 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
 use super::{
     Access, Cq, FabricError, Mr, MwInfo, Nic, Pd, Qp, QpCap, RecvWr, Result, SendWr, Sge, Wc,
     WcOpcode, WcStatus, WrOp,
@@ -267,25 +270,6 @@ impl Pair {
     }
 }
 
-/// A small deterministic PRNG (xorshift) for test data.
-pub struct Rng(pub u64);
-impl Rng {
-    /// Next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Fills bytes.
-    pub fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
 /// A checksum of the whole region (FNV-1a over 64 KiB chunks).
 pub fn checksum(mr: &Mr) -> Result<u64> {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -305,7 +289,7 @@ pub fn checksum(mr: &Mr) -> Result<u64> {
 /// READ/WRITE are byte-exact from 1 B to 1 MiB at unaligned offsets, through
 /// both an MR rkey and a window; the memory node sees the same bytes.
 pub fn check_rw_byte_exact(p: &Pair) -> Result<()> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
     let (_, wkey) = p.bind(0, p.region.len(), Access::WRITE_WINDOW)?;
     let sizes = [
         1u32,
@@ -326,7 +310,7 @@ pub fn check_rw_byte_exact(p: &Pair) -> Result<()> {
         for &(roff, loff) in &[(0u64, 0u64), (13, 5), (4093, 1021)] {
             let rkey = if i % 2 == 0 { p.region.rkey() } else { wkey };
             let mut data = vec![0u8; len as usize];
-            rng.fill(&mut data);
+            rng.fill_bytes(&mut data);
             p.client.buf.write(loff, &data)?;
             let st = p.write(rkey, roff, loff, len)?;
             if st != WcStatus::Success {
@@ -565,7 +549,7 @@ pub fn check_windows(p: &Pair, other: &Pair) -> Result<()> {
 
 /// `n` forged rkeys are all refused and the exposed memory is unchanged.
 pub fn check_forged_rkeys(p: &Pair, n: u64) -> Result<()> {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = StdRng::seed_from_u64(0x1234_5678_9abc_def1);
     let (_, good) = p.bind(0, 4096, Access::WRITE_WINDOW)?;
     p.region.fill(0, p.region.len(), 0x5a)?;
     let before = checksum(&p.region)?;
