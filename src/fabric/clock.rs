@@ -2,16 +2,23 @@
 
 use once_cell::sync::Lazy;
 
-/// CLOCK_MONOTONIC in nanoseconds: the time base all processes of one host
-/// share (the lease layer adds a synchronised offset across hosts).
-pub fn monotonic_ns() -> i64 {
+/// Reads clock `id` in nanoseconds.
+#[inline]
+fn clock_ns(id: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the time base all processes of one host
+/// share (the lease layer adds a synchronised offset across hosts).
+#[inline]
+pub fn monotonic_ns() -> i64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: a few ns to read, never ahead of
@@ -19,13 +26,7 @@ pub fn monotonic_ns() -> i64 {
 /// (one tick); a late tick in a virtual machine can make the lag longer.
 #[inline]
 pub fn monotonic_coarse_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// The resolution of CLOCK_MONOTONIC_COARSE, asked of the kernel once.
