@@ -568,7 +568,7 @@ mod tests {
         let line = hex::encode(ep.encode());
         assert_eq!(endpoint_from_hex(&line).unwrap(), ep);
         // Odd lengths, non-hex and non-ASCII input are errors, never panics.
-        for bad in ["0", "zz", "é1", &line[..line.len() - 2]] {
+        for bad in ["0", "zz", "é1", "1é1", &line[..line.len() - 2]] {
             assert!(endpoint_from_hex(bad).is_err(), "{bad:?}");
         }
     }
