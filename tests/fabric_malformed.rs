@@ -7,12 +7,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use patronus::fabric::conformance::{checksum, Pair, Rng};
+use patronus::fabric::conformance::{checksum, Pair};
 use patronus::fabric::soft::shm::OutShm;
 use patronus::fabric::soft::tcp::hello;
 use patronus::fabric::soft::wire::{FrameKind, Prefix, ReqHeader, ReqOp, MAX_RDMA_LEN};
 use patronus::fabric::soft::{LinkKind, NicAddr, SoftConfig, SoftNic};
 use patronus::fabric::{Access, Nic, QpCap, QpEndpoint, WcStatus};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 
 struct Victim {
     pair: Pair,
@@ -33,9 +35,9 @@ fn victim(link: LinkKind) -> Victim {
     let server: Arc<dyn Nic> = Arc::new(snic);
     let client: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg).unwrap());
     let pair = Pair::new(server.clone(), client, 1 << 20).unwrap();
-    let mut rng = Rng(7);
+    let mut rng = StdRng::seed_from_u64(7);
     let mut data = vec![0u8; 1 << 20];
-    rng.fill(&mut data);
+    rng.fill_bytes(&mut data);
     pair.region.write(0, &data).unwrap();
     let sum = checksum(&pair.region).unwrap();
     // The attacker's QP on the memory node, in the same PD as the region,
@@ -84,10 +86,10 @@ impl Victim {
 /// Random request bytes: half fully random, half valid-looking headers with
 /// random fields (opcodes, lengths, addresses near and inside the region,
 /// rkeys near the region's).
-fn hostile_req(rng: &mut Rng, region: u64, rkey: u32) -> [u8; 64] {
+fn hostile_req(rng: &mut StdRng, region: u64, rkey: u32) -> [u8; 64] {
     let mut b = [0u8; 64];
     if rng.next_u64() % 2 == 0 {
-        rng.fill(&mut b);
+        rng.fill_bytes(&mut b);
         return b;
     }
     let op = [
@@ -130,7 +132,7 @@ fn hostile_req(rng: &mut Rng, region: u64, rkey: u32) -> [u8; 64] {
 fn shm_malformed_ring_entries() {
     let v = victim(LinkKind::Shm);
     let name = v.addr.shm.clone().unwrap();
-    let mut rng = Rng(0xfeed_beef);
+    let mut rng = StdRng::seed_from_u64(0xfeed_beef);
     let mut o = OutShm::connect(&name, 4242, v.target_qpn).unwrap();
     let total = 120_000u64;
     let mut sent = 0u64;
@@ -219,7 +221,7 @@ fn tcp_connect(addr: &str, qpn: u32) -> TcpStream {
 fn tcp_malformed_frames() {
     let v = victim(LinkKind::Tcp);
     let addr = v.addr.tcp.clone().unwrap();
-    let mut rng = Rng(0xabad_cafe);
+    let mut rng = StdRng::seed_from_u64(0xabad_cafe);
     // 1. Well-framed requests with hostile headers: answered, never fatal.
     let mut s = tcp_connect(&addr, v.target_qpn);
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -269,7 +271,7 @@ fn tcp_malformed_frames() {
     for i in 0..1_000u64 {
         let mut s = tcp_connect(&addr, v.target_qpn);
         let mut junk = vec![0u8; (rng.next_u64() % 512) as usize + 16];
-        rng.fill(&mut junk);
+        rng.fill_bytes(&mut junk);
         match i % 4 {
             0 => {}
             1 => junk[..16].copy_from_slice(&{
@@ -302,7 +304,7 @@ fn tcp_malformed_frames() {
     for _ in 0..200 {
         let mut s = TcpStream::connect(&addr).unwrap();
         let mut junk = [0u8; 16];
-        rng.fill(&mut junk);
+        rng.fill_bytes(&mut junk);
         let _ = s.write_all(&junk);
     }
     v.assert_healthy();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{hex, run_latency, run_rate, say, unhex, BenchRecord, ChildProc, Lat};
+use super::{run_latency, run_rate, say, BenchRecord, ChildProc, Lat};
 use crate::fabric::conformance::Side;
 use crate::fabric::soft::floor::Floor;
 use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
@@ -86,6 +86,13 @@ fn spin_write_all(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Decodes an endpoint sent hex-encoded on the line protocol.
+fn endpoint_from_hex(s: &str) -> Result<QpEndpoint> {
+    let b =
+        hex::decode(s).map_err(|e| Error::Invalid(format!("endpoint {s:?} is not hex: {e}")))?;
+    Ok(QpEndpoint::decode(&b)?)
 }
 
 fn link_name(l: LinkKind) -> &'static str {
@@ -172,10 +179,10 @@ pub fn node_main(link: LinkKind) -> Result<()> {
         .map_err(|e| Error::io("stdin", e))?
         > 0
     {
-        let ep = QpEndpoint::decode(&unhex(line.trim())?)?;
+        let ep = endpoint_from_hex(line.trim())?;
         let s = Side::new(nic.clone(), pd, 4096)?;
         s.qp.connect(&ep)?;
-        say(&format!("EP {}", hex(&s.qp.endpoint().encode())));
+        say(&format!("EP {}", hex::encode(s.qp.endpoint().encode())));
         sides.push(s);
         line.clear();
     }
@@ -377,11 +384,11 @@ impl FabricSide {
         })?);
         let pd = nic.alloc_pd()?;
         let c = Side::new(nic, pd, 64 * 4096)?;
-        node.send(&hex(&c.qp.endpoint().encode()))?;
+        node.send(&hex::encode(c.qp.endpoint().encode()))?;
         let ep = node.line()?;
-        c.qp.connect(&QpEndpoint::decode(&unhex(
+        c.qp.connect(&endpoint_from_hex(
             ep.get(1).map(String::as_str).unwrap_or(""),
-        )?)?)?;
+        )?)?;
         Ok(FabricSide {
             c,
             addr,
@@ -546,4 +553,23 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_travel_as_hex() {
+        let ep = QpEndpoint {
+            nic: b"soft1;tcp=127.0.0.1:1".to_vec(),
+            qpn: 9,
+        };
+        let line = hex::encode(ep.encode());
+        assert_eq!(endpoint_from_hex(&line).unwrap(), ep);
+        // Odd lengths, non-hex and non-ASCII input are errors, never panics.
+        for bad in ["0", "zz", "é1", "1é1", &line[..line.len() - 2]] {
+            assert!(endpoint_from_hex(bad).is_err(), "{bad:?}");
+        }
+    }
 }

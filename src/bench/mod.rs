@@ -224,19 +224,3 @@ pub fn say(l: &str) {
     let _ = writeln!(o, "@@ {l}");
     let _ = o.flush();
 }
-
-/// Hex encoding for endpoints on the line protocol.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Hex decoding.
-pub fn unhex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return Err(Error::Invalid("odd hex length".into()));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| Error::Invalid("bad hex".into())))
-        .collect()
-}

@@ -7,6 +7,8 @@
 //! the wire (ns_per_unit as u32 truncated leases over 4.29 s), and debug and
 //! release builds speak the same protocol.
 
+use bytes::{Buf, BufMut, TryGetError};
+
 /// Header magic ("PL").
 pub const MAGIC: u16 = 0x4c50;
 /// Protocol version.
@@ -67,85 +69,16 @@ impl MsgType {
 }
 
 /// Why a message was rejected.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message: {0}")]
 pub struct BadMsg(pub String);
 
-impl std::fmt::Display for BadMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed message: {}", self.0)
-    }
-}
-
-/// A little-endian writer over a byte vector.
-#[derive(Default)]
-pub struct W(pub Vec<u8>);
-impl W {
-    fn u8(&mut self, v: u8) -> &mut Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(&mut self, v: u16) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn i64(&mut self, v: i64) -> &mut Self {
-        self.u64(v as u64)
-    }
-}
-
-/// A bounds-checked little-endian reader.
-pub struct R<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-impl<'a> R<'a> {
-    /// Reads from `b`.
-    pub fn new(b: &'a [u8]) -> R<'a> {
-        R { b, at: 0 }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BadMsg> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| {
-                BadMsg(format!(
-                    "truncated at byte {} (+{n} of {})",
-                    self.at,
-                    self.b.len()
-                ))
-            })?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, BadMsg> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, BadMsg> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32, BadMsg> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64, BadMsg> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn i64(&mut self) -> Result<i64, BadMsg> {
-        Ok(self.u64()? as i64)
-    }
-    fn rest(&mut self) -> &'a [u8] {
-        let s = &self.b[self.at..];
-        self.at = self.b.len();
-        s
+impl From<TryGetError> for BadMsg {
+    fn from(e: TryGetError) -> BadMsg {
+        BadMsg(format!(
+            "truncated: a field needs {} bytes, {} are left",
+            e.requested, e.available
+        ))
     }
 }
 
@@ -349,82 +282,96 @@ pub enum Msg {
     MemoryResp(MemResp),
 }
 
-fn enc_modify(w: &mut W, m: &ModifyReq) {
-    w.u32(m.slot)
-        .u64(m.generation)
-        .u64(m.ns)
-        .u64(m.hint)
-        .u64(m.flag)
-        .u64(m.addr)
-        .u64(m.size)
-        .u16(m.dir);
+fn enc_modify(w: &mut Vec<u8>, m: &ModifyReq) {
+    w.put_u32_le(m.slot);
+    w.put_u64_le(m.generation);
+    w.put_u64_le(m.ns);
+    w.put_u64_le(m.hint);
+    w.put_u64_le(m.flag);
+    w.put_u64_le(m.addr);
+    w.put_u64_le(m.size);
+    w.put_u16_le(m.dir);
 }
 
-fn dec_modify(r: &mut R) -> Result<ModifyReq, BadMsg> {
+fn dec_modify(r: &mut &[u8]) -> Result<ModifyReq, BadMsg> {
     Ok(ModifyReq {
-        slot: r.u32()?,
-        generation: r.u64()?,
-        ns: r.u64()?,
-        hint: r.u64()?,
-        flag: r.u64()?,
-        addr: r.u64()?,
-        size: r.u64()?,
-        dir: r.u16()?,
+        slot: r.try_get_u32_le()?,
+        generation: r.try_get_u64_le()?,
+        ns: r.try_get_u64_le()?,
+        hint: r.try_get_u64_le()?,
+        flag: r.try_get_u64_le()?,
+        addr: r.try_get_u64_le()?,
+        size: r.try_get_u64_le()?,
+        dir: r.try_get_u16_le()?,
     })
 }
 
 /// Encodes a message into `out` (cleared first). Returns the length.
 pub fn encode(h: &Header, m: &Msg, out: &mut Vec<u8>) -> usize {
     out.clear();
-    let mut w = W(std::mem::take(out));
-    w.u16(MAGIC).u8(VERSION).u8(h.ty as u8).u32(0);
-    w.u64(h.rpc_id).u16(h.node).u16(h.thread).u32(0);
+    let w = out;
+    w.put_u16_le(MAGIC);
+    w.put_u8(VERSION);
+    w.put_u8(h.ty as u8);
+    w.put_u32_le(0); // body length, filled in below
+    w.put_u64_le(h.rpc_id);
+    w.put_u16_le(h.node);
+    w.put_u16_le(h.thread);
+    w.put_u32_le(0);
     match m {
         Msg::Acquire(a) => {
-            w.u64(a.key).u64(a.size).u64(a.ns).u64(a.flag).u16(a.dir);
+            w.put_u64_le(a.key);
+            w.put_u64_le(a.size);
+            w.put_u64_le(a.ns);
+            w.put_u64_le(a.flag);
+            w.put_u16_le(a.dir);
         }
         Msg::AcquireResp(a) => {
-            w.u8(a.status)
-                .u32(a.rkey)
-                .u32(a.pr_rkey)
-                .u64(a.base)
-                .u64(a.pr_off)
-                .i64(a.begin_term)
-                .i64(a.ns_per_unit)
-                .u32(a.slot)
-                .u64(a.generation)
-                .u32(a.aba);
+            w.put_u8(a.status);
+            w.put_u32_le(a.rkey);
+            w.put_u32_le(a.pr_rkey);
+            w.put_u64_le(a.base);
+            w.put_u64_le(a.pr_off);
+            w.put_i64_le(a.begin_term);
+            w.put_i64_le(a.ns_per_unit);
+            w.put_u32_le(a.slot);
+            w.put_u64_le(a.generation);
+            w.put_u32_le(a.aba);
         }
-        Msg::Relinquish(m) | Msg::Extend(m) => enc_modify(&mut w, m),
+        Msg::Relinquish(m) | Msg::Extend(m) => enc_modify(w, m),
         Msg::RelinquishResp(m) | Msg::ExtendResp(m) => {
-            w.u8(m.rc).u64(m.units);
+            w.put_u8(m.rc);
+            w.put_u64_le(m.units);
         }
         Msg::Admin(a) => {
-            w.u8(a.op as u8).u64(a.arg).u16(a.dir);
+            w.put_u8(a.op as u8);
+            w.put_u64_le(a.arg);
+            w.put_u16_le(a.dir);
         }
         Msg::AdminResp(a) => {
-            w.u8(a.rc).i64(a.value);
+            w.put_u8(a.rc);
+            w.put_i64_le(a.value);
         }
         Msg::Memory(m) => {
-            w.u8(m.op as u8)
-                .u32(m.slot)
-                .u64(m.generation)
-                .u64(m.offset)
-                .u32(m.size)
-                .u64(m.arg0)
-                .u64(m.arg1)
-                .u16(m.dir);
-            w.0.extend_from_slice(&m.payload);
+            w.put_u8(m.op as u8);
+            w.put_u32_le(m.slot);
+            w.put_u64_le(m.generation);
+            w.put_u64_le(m.offset);
+            w.put_u32_le(m.size);
+            w.put_u64_le(m.arg0);
+            w.put_u64_le(m.arg1);
+            w.put_u16_le(m.dir);
+            w.put_slice(&m.payload);
         }
         Msg::MemoryResp(m) => {
-            w.u8(m.rc).u64(m.old);
-            w.0.extend_from_slice(&m.payload);
+            w.put_u8(m.rc);
+            w.put_u64_le(m.old);
+            w.put_slice(&m.payload);
         }
     }
-    let body = (w.0.len() - HDR_LEN) as u32;
-    w.0[4..8].copy_from_slice(&body.to_le_bytes());
-    *out = w.0;
-    out.len()
+    let body = (w.len() - HDR_LEN) as u32;
+    (&mut w[4..8]).put_u32_le(body);
+    w.len()
 }
 
 /// Decodes and validates untrusted bytes.
@@ -435,60 +382,61 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             b.len()
         )));
     }
-    let mut r = R::new(b);
-    let magic = r.u16()?;
+    let mut r = b;
+    let magic = r.try_get_u16_le()?;
     if magic != MAGIC {
         return Err(BadMsg(format!("bad magic {magic:#x}")));
     }
-    let v = r.u8()?;
+    let v = r.try_get_u8()?;
     if v != VERSION {
         return Err(BadMsg(format!("unsupported version {v}")));
     }
-    let t = r.u8()?;
+    let t = r.try_get_u8()?;
     let ty = MsgType::from_u8(t).ok_or_else(|| BadMsg(format!("unknown type {t}")))?;
-    let body = r.u32()? as usize;
+    let body = r.try_get_u32_le()? as usize;
     if body != b.len() - HDR_LEN.min(b.len()) {
         return Err(BadMsg(format!(
             "body length {body} does not match {} received bytes",
             b.len()
         )));
     }
-    let rpc_id = r.u64()?;
-    let node = r.u16()?;
-    let thread = r.u16()?;
-    r.u32()?;
+    let rpc_id = r.try_get_u64_le()?;
+    let node = r.try_get_u16_le()?;
+    let thread = r.try_get_u16_le()?;
+    r.try_get_u32_le()?;
     let h = Header {
         ty,
         rpc_id,
         node,
         thread,
     };
+    let r = &mut r;
     let m = match ty {
         MsgType::AcquireR | MsgType::AcquireW => Msg::Acquire(AcquireReq {
-            key: r.u64()?,
-            size: r.u64()?,
-            ns: r.u64()?,
-            flag: r.u64()?,
-            dir: r.u16()?,
+            key: r.try_get_u64_le()?,
+            size: r.try_get_u64_le()?,
+            ns: r.try_get_u64_le()?,
+            flag: r.try_get_u64_le()?,
+            dir: r.try_get_u16_le()?,
         }),
         MsgType::AcquireResp => Msg::AcquireResp(AcquireResp {
-            status: r.u8()?,
-            rkey: r.u32()?,
-            pr_rkey: r.u32()?,
-            base: r.u64()?,
-            pr_off: r.u64()?,
-            begin_term: r.i64()?,
-            ns_per_unit: r.i64()?,
-            slot: r.u32()?,
-            generation: r.u64()?,
-            aba: r.u32()?,
+            status: r.try_get_u8()?,
+            rkey: r.try_get_u32_le()?,
+            pr_rkey: r.try_get_u32_le()?,
+            base: r.try_get_u64_le()?,
+            pr_off: r.try_get_u64_le()?,
+            begin_term: r.try_get_i64_le()?,
+            ns_per_unit: r.try_get_i64_le()?,
+            slot: r.try_get_u32_le()?,
+            generation: r.try_get_u64_le()?,
+            aba: r.try_get_u32_le()?,
         }),
-        MsgType::Relinquish => Msg::Relinquish(dec_modify(&mut r)?),
-        MsgType::Extend => Msg::Extend(dec_modify(&mut r)?),
+        MsgType::Relinquish => Msg::Relinquish(dec_modify(r)?),
+        MsgType::Extend => Msg::Extend(dec_modify(r)?),
         MsgType::RelinquishResp | MsgType::ExtendResp => {
             let m = ModifyResp {
-                rc: r.u8()?,
-                units: r.u64()?,
+                rc: r.try_get_u8()?,
+                units: r.try_get_u64_le()?,
             };
             if ty == MsgType::RelinquishResp {
                 Msg::RelinquishResp(m)
@@ -497,8 +445,7 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             }
         }
         MsgType::Admin => {
-            let op = r.u8()?;
-            let op = match op {
+            let op = match r.try_get_u8()? {
                 0 => AdminOp::Finished,
                 1 => AdminOp::Time,
                 2 => AdminOp::QpToRo,
@@ -509,16 +456,16 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             };
             Msg::Admin(AdminReq {
                 op,
-                arg: r.u64()?,
-                dir: r.u16()?,
+                arg: r.try_get_u64_le()?,
+                dir: r.try_get_u16_le()?,
             })
         }
         MsgType::AdminResp => Msg::AdminResp(AdminResp {
-            rc: r.u8()?,
-            value: r.i64()?,
+            rc: r.try_get_u8()?,
+            value: r.try_get_i64_le()?,
         }),
         MsgType::Memory => {
-            let op = match r.u8()? {
+            let op = match r.try_get_u8()? {
                 0 => MemOp::Read,
                 1 => MemOp::Write,
                 2 => MemOp::Cas,
@@ -527,16 +474,16 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             };
             let mut m = MemReq {
                 op,
-                slot: r.u32()?,
-                generation: r.u64()?,
-                offset: r.u64()?,
-                size: r.u32()?,
-                arg0: r.u64()?,
-                arg1: r.u64()?,
-                dir: r.u16()?,
+                slot: r.try_get_u32_le()?,
+                generation: r.try_get_u64_le()?,
+                offset: r.try_get_u64_le()?,
+                size: r.try_get_u32_le()?,
+                arg0: r.try_get_u64_le()?,
+                arg1: r.try_get_u64_le()?,
+                dir: r.try_get_u16_le()?,
                 payload: Vec::new(),
             };
-            let p = r.rest();
+            let p = std::mem::take(r);
             match op {
                 MemOp::Write if p.len() != m.size as usize => {
                     return Err(BadMsg(format!(
@@ -560,123 +507,16 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             Msg::Memory(m)
         }
         MsgType::MemoryResp => Msg::MemoryResp(MemResp {
-            rc: r.u8()?,
-            old: r.u64()?,
-            payload: r.rest().to_vec(),
+            rc: r.try_get_u8()?,
+            old: r.try_get_u64_le()?,
+            payload: std::mem::take(r).to_vec(),
         }),
     };
-    if r.at != b.len() {
-        return Err(BadMsg(format!("{} trailing bytes", b.len() - r.at)));
+    if r.has_remaining() {
+        return Err(BadMsg(format!("{} trailing bytes", r.remaining())));
     }
     Ok((h, m))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn hdr(ty: MsgType) -> Header {
-        Header {
-            ty,
-            rpc_id: 42,
-            node: 3,
-            thread: 7,
-        }
-    }
-
-    #[test]
-    fn round_trips() {
-        let cases = vec![
-            (
-                MsgType::AcquireW,
-                Msg::Acquire(AcquireReq {
-                    key: 4096,
-                    size: 64,
-                    ns: 5_000_000_000,
-                    flag: 3,
-                    dir: 1,
-                }),
-            ),
-            (
-                MsgType::AcquireResp,
-                Msg::AcquireResp(AcquireResp {
-                    status: 0,
-                    rkey: 0x1234,
-                    pr_rkey: 0x5678,
-                    base: 1 << 40,
-                    pr_off: 99,
-                    begin_term: -5,
-                    ns_per_unit: 10_000_000_000,
-                    slot: 17,
-                    generation: u64::MAX - 1,
-                    aba: 9,
-                }),
-            ),
-            (
-                MsgType::Memory,
-                Msg::Memory(MemReq {
-                    op: MemOp::Write,
-                    slot: 1,
-                    generation: 2,
-                    offset: 3,
-                    size: 5,
-                    arg0: 0,
-                    arg1: 0,
-                    dir: 0,
-                    payload: b"hello".to_vec(),
-                }),
-            ),
-            (
-                MsgType::AdminResp,
-                Msg::AdminResp(AdminResp {
-                    rc: 0,
-                    value: i64::MIN,
-                }),
-            ),
-        ];
-        let mut buf = Vec::new();
-        for (t, m) in cases {
-            encode(&hdr(t), &m, &mut buf);
-            let (h, d) = decode(&buf).unwrap();
-            assert_eq!(h, hdr(t));
-            assert_eq!(d, m);
-            // Truncation anywhere is an error, never a panic.
-            for cut in 0..buf.len() {
-                assert!(decode(&buf[..cut]).is_err());
-            }
-        }
-    }
-
-    #[test]
-    fn ns_per_unit_is_64_bit() {
-        let mut buf = Vec::new();
-        let m = Msg::AcquireResp(AcquireResp {
-            ns_per_unit: 10_000_000_000, // 10 s: did not fit the original's u32
-            ..Default::default()
-        });
-        encode(&hdr(MsgType::AcquireResp), &m, &mut buf);
-        match decode(&buf).unwrap().1 {
-            Msg::AcquireResp(a) => assert_eq!(a.ns_per_unit, 10_000_000_000),
-            _ => panic!("wrong type"),
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode(&b);
-        }
-
-        #[test]
-        fn decode_mutated_never_panics(i in 0usize..60, v in any::<u8>()) {
-            let mut buf = Vec::new();
-            encode(&hdr(MsgType::Relinquish), &Msg::Relinquish(ModifyReq {
-                slot: 1, generation: 2, ns: 3, hint: 4, flag: 5, addr: 6, size: 7, dir: 0,
-            }), &mut buf);
-            let i = i % buf.len();
-            buf[i] = v;
-            let _ = decode(&buf);
-        }
-    }
-}
+mod tests;

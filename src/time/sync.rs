@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Buf;
+
 use super::Clock;
 use crate::fabric::{monotonic_ns, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
 use crate::{Error, Result};
@@ -53,12 +55,13 @@ pub struct ClockInfo {
 impl ClockInfo {
     /// Decodes 32 little-endian bytes.
     pub fn decode(b: &[u8; 32]) -> ClockInfo {
-        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        // Every read lies inside the 32-byte array.
+        let mut r = &b[..];
         ClockInfo {
-            ns: w(0) as i64,
-            reserved: w(1) as i64,
-            request: w(2),
-            magic: w(3),
+            ns: r.get_i64_le(),
+            reserved: r.get_i64_le(),
+            request: r.get_u64_le(),
+            magic: r.get_u64_le(),
         }
     }
 }

@@ -8,6 +8,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut};
+
 use super::wire::{
     FrameKind, Prefix, ReqHeader, RespHeader, WireError, FRAME_PREFIX, REQ_LEN, RESP_LEN,
 };
@@ -22,30 +24,32 @@ const HELLO_ERR: u8 = 0x12;
 /// Encodes a hello.
 pub fn hello(dst_qpn: u32, src_qpn: u32) -> [u8; 16] {
     let mut b = [0u8; 16];
-    b[0..2].copy_from_slice(&super::wire::MAGIC.to_le_bytes());
-    b[2] = super::wire::VERSION;
-    b[3] = HELLO_KIND;
-    b[4..8].copy_from_slice(&dst_qpn.to_le_bytes());
-    b[8..12].copy_from_slice(&src_qpn.to_le_bytes());
+    let mut w = &mut b[..];
+    w.put_u16_le(super::wire::MAGIC);
+    w.put_u8(super::wire::VERSION);
+    w.put_u8(HELLO_KIND);
+    w.put_u32_le(dst_qpn);
+    w.put_u32_le(src_qpn);
     b
 }
 
 /// Parses a hello; returns (dst qpn, src qpn).
 pub fn parse_hello(b: &[u8; 16]) -> std::result::Result<(u32, u32), WireError> {
-    let magic = u16::from_le_bytes([b[0], b[1]]);
+    // Every read lies inside the 16-byte array.
+    let mut r = &b[..];
+    let magic = r.get_u16_le();
+    let version = r.get_u8();
+    let kind = r.get_u8();
     if magic != super::wire::MAGIC {
         return Err(WireError::BadMagic(magic));
     }
-    if b[2] != super::wire::VERSION {
-        return Err(WireError::BadVersion(b[2]));
+    if version != super::wire::VERSION {
+        return Err(WireError::BadVersion(version));
     }
-    if b[3] != HELLO_KIND {
-        return Err(WireError::BadKind(b[3]));
+    if kind != HELLO_KIND {
+        return Err(WireError::BadKind(kind));
     }
-    Ok((
-        u32::from_le_bytes(b[4..8].try_into().expect("4")),
-        u32::from_le_bytes(b[8..12].try_into().expect("4")),
-    ))
+    Ok((r.get_u32_le(), r.get_u32_le()))
 }
 
 /// Reply to a hello.
@@ -268,4 +272,29 @@ pub fn connect(addr: &str, src_qpn: u32, dst_qpn: u32) -> Result<Framed> {
     s.set_read_timeout(None)
         .map_err(|e| FabricError::io("set_read_timeout", e))?;
     Framed::new(s).map_err(|e| FabricError::io("configuring tcp channel", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hello layout byte for byte (recorded from the hand-written codec
+    /// this one replaced), its reply, and what a target refuses.
+    #[test]
+    fn hello_is_byte_identical_and_validated() {
+        let h = hello(0x0102_0304, 0x0506_0708);
+        assert_eq!(hex::encode(h), "54500110040302010807060500000000");
+        assert_eq!(parse_hello(&h).unwrap(), (0x0102_0304, 0x0506_0708));
+        assert_eq!(hello_reply(true)[3], HELLO_OK);
+        assert!(matches!(
+            parse_hello(&hello_reply(false)),
+            Err(WireError::BadKind(HELLO_ERR))
+        ));
+        let mut bad = h;
+        bad[0] ^= 1;
+        assert!(matches!(parse_hello(&bad), Err(WireError::BadMagic(_))));
+        bad = h;
+        bad[2] = 9;
+        assert!(matches!(parse_hello(&bad), Err(WireError::BadVersion(9))));
+    }
 }

@@ -1,0 +1,100 @@
+//! The device context: what a backend implements, and how one is opened.
+
+use std::sync::Arc;
+
+#[cfg(feature = "verbs")]
+use super::verbs;
+use super::{soft, Access, Cq, FabricError, Mr, MwInfo, Pd, Qp, QpCap, Result};
+
+/// What a backend really implements. Tests check these against behaviour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Backend name ("soft-shm", "soft-tcp", "verbs").
+    pub name: String,
+    /// Type-2 windows bound to one QP (false: PD-wide type 1).
+    pub mw_type2: bool,
+    /// 8-byte CAS and FAA.
+    pub atomics: bool,
+    /// Largest READ/WRITE in bytes.
+    pub max_msg_size: u64,
+    /// Largest SEND in bytes.
+    pub max_send_size: u32,
+    /// Largest send/receive queue depth.
+    pub max_qp_wr: u32,
+    /// Memory windows per NIC.
+    pub max_mw: u32,
+    /// QP access flags can be changed on a connected QP.
+    pub modify_qp_access: bool,
+    /// MRs can be re-registered with new access.
+    pub rereg_mr: bool,
+    /// A remote access error also moves the responder's QP to error (RC
+    /// semantics on hardware), so recovery must reset both ends of the
+    /// connection; the soft NIC keeps the responder's QP ready.
+    pub peer_errs_with_requester: bool,
+}
+
+/// A device context (one NIC).
+pub trait Nic: Send + Sync {
+    /// What this backend implements.
+    fn caps(&self) -> &Caps;
+    /// Allocates a protection domain.
+    fn alloc_pd(&self) -> Result<Pd>;
+    /// Allocates `len` bytes of zeroed NIC-owned memory and registers it.
+    fn alloc_mr(&self, pd: Pd, len: usize, access: Access) -> Result<Arc<Mr>>;
+    /// Registers `[offset, offset+len)` of an existing MR as a new MR with
+    /// `access` (the "MR re-registration" competitor).
+    fn reg_sub_mr(&self, parent: &Mr, offset: u64, len: u64, access: Access) -> Result<Arc<Mr>>;
+    /// Deregisters an MR: its keys stop working at once.
+    fn dereg_mr(&self, mr: &Mr) -> Result<()>;
+    /// Changes an MR's access in place and gives it new keys.
+    fn rereg_mr(&self, mr: &Mr, access: Access) -> Result<(u32, u32)> {
+        let _ = (mr, access);
+        Err(FabricError::Unsupported {
+            op: "rereg_mr",
+            backend: "this",
+        })
+    }
+    /// Allocates a (type 2 where supported) memory window.
+    fn alloc_mw(&self, pd: Pd) -> Result<MwInfo>;
+    /// Frees a window (it is invalidated first).
+    fn dealloc_mw(&self, handle: u32) -> Result<()>;
+    /// The window's current rkey (after the latest posted bind/invalidate).
+    fn mw_rkey(&self, handle: u32) -> u32;
+    /// Creates a completion queue.
+    fn create_cq(&self, depth: u32) -> Result<Arc<dyn Cq>>;
+    /// Creates an RC QP in the RESET state.
+    fn create_qp(
+        &self,
+        pd: Pd,
+        send_cq: &Arc<dyn Cq>,
+        recv_cq: &Arc<dyn Cq>,
+        cap: QpCap,
+    ) -> Result<Arc<dyn Qp>>;
+}
+
+/// Opens the NIC of the fabric named `fabric`: "shm" or "tcp" (the soft NIC
+/// with that link; `tcp_listen` is its listener address, `max_keys` its
+/// key-table size) or "verbs" (the RDMA device chosen by the
+/// `PATRONUS_RDMA_*` variables; fails at once when there is none).
+pub fn open_nic(fabric: &str, tcp_listen: &str, max_keys: u32) -> Result<Arc<dyn Nic>> {
+    match fabric {
+        "shm" | "tcp" => Ok(Arc::new(soft::SoftNic::open(soft::SoftConfig {
+            link: fabric.parse()?,
+            tcp_listen: tcp_listen.to_string(),
+            max_keys,
+        })?)),
+        #[cfg(feature = "verbs")]
+        "verbs" => Ok(Arc::new(verbs::VerbsNic::open(
+            verbs::VerbsConfig::from_env()?,
+        )?)),
+        #[cfg(not(feature = "verbs"))]
+        "verbs" => Err(FabricError::Unsupported {
+            op: "opening an RDMA device (this build has no `verbs` feature; \
+                 cargo build --features verbs)",
+            backend: "verbs",
+        }),
+        other => Err(FabricError::Invalid(format!(
+            "unknown fabric {other:?} (shm, tcp, verbs)"
+        ))),
+    }
+}

@@ -1,0 +1,369 @@
+//! The soft NIC: key table, memory, QPs, and the threads that play the
+//! hardware (connection set-up, the shm responder, the tcp responder).
+
+mod accept;
+mod addr;
+mod serve_shm;
+mod serve_tcp;
+mod sys;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Mutex, RwLock};
+
+use self::accept::control_loop;
+use self::serve_shm::shm_loop;
+use self::serve_tcp::tcp_loop;
+use self::sys::{efd_signal, epoll_ctl, eventfd, STOP_TOKEN};
+use super::cq::SoftCq;
+use super::keys::KeyTable;
+use super::qp::{QpInner, SendSide, SoftQp};
+use super::responder::Target;
+use super::shm::{self, InShm};
+use super::wire::{MAX_RDMA_LEN, MAX_SEND};
+use super::LinkKind;
+use crate::fabric::mem::{MemBlock, Mr};
+use crate::fabric::{Access, Caps, Cq, FabricError, MwInfo, Nic, Pd, Qp, QpCap, Result};
+
+pub use addr::NicAddr;
+pub use serve_tcp::InTcp;
+
+/// Configuration of a soft NIC.
+#[derive(Clone, Debug)]
+pub struct SoftConfig {
+    /// Link used by QPs of this NIC to reach peers.
+    pub link: LinkKind,
+    /// Address the tcp listener binds ("127.0.0.1:0" = any free loopback port).
+    pub tcp_listen: String,
+    /// Key-table slots (MRs + MWs).
+    pub max_keys: u32,
+}
+
+impl Default for SoftConfig {
+    fn default() -> Self {
+        SoftConfig {
+            link: LinkKind::Shm,
+            tcp_listen: "127.0.0.1:0".into(),
+            max_keys: 1 << 18,
+        }
+    }
+}
+
+pub(crate) struct NicInner {
+    pub(crate) caps: Caps,
+    pub(crate) link: LinkKind,
+    pub(crate) keys: KeyTable,
+    pub(crate) addr: NicAddr,
+    next_pd: AtomicU32,
+    mrs: RwLock<Vec<Option<Arc<Mr>>>>,
+    /// Bumped on every MR (de)registration: initiators cache lookups.
+    pub(crate) mr_epoch: AtomicU64,
+    blocks: Mutex<Vec<Arc<MemBlock>>>,
+    pub(crate) qps: RwLock<HashMap<u32, Arc<QpInner>>>,
+    next_qpn: AtomicU32,
+    stop: AtomicBool,
+    doorbell: OwnedFd,
+    wake: OwnedFd,
+    epoll: OwnedFd,
+    in_shm: RwLock<Vec<Arc<InShm>>>,
+    in_shm_ver: AtomicU64,
+    in_tcp: Mutex<HashMap<u64, Arc<InTcp>>>,
+    next_token: AtomicU64,
+}
+
+impl NicInner {
+    pub(crate) fn mr_by_lkey(&self, lkey: u32) -> Option<Arc<Mr>> {
+        let l = self.mrs.read();
+        let m = l.get((lkey >> 8) as usize)?.as_ref()?;
+        if m.lkey() == lkey {
+            Some(m.clone())
+        } else {
+            None
+        }
+    }
+
+    fn set_mr(&self, idx: u32, m: Option<Arc<Mr>>) {
+        let mut l = self.mrs.write();
+        if l.len() <= idx as usize {
+            l.resize(idx as usize + 1, None);
+        }
+        l[idx as usize] = m;
+        self.mr_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    fn target(&self, q: &QpInner) -> Target {
+        Target {
+            qpn: q.qpn,
+            pd: q.pd,
+            access: q.access(),
+        }
+    }
+}
+
+/// A software RNIC.
+pub struct SoftNic {
+    inner: Arc<NicInner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+static NIC_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl SoftNic {
+    /// Opens a soft NIC: listeners for both links and the hardware threads.
+    pub fn open(cfg: SoftConfig) -> Result<SoftNic> {
+        let name = format!(
+            "patronus-nic-{}-{}-{:x}",
+            std::process::id(),
+            NIC_SEQ.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let ul = {
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(|e| FabricError::io("abstract socket name", e))?;
+            UnixListener::bind_addr(&sa).map_err(|e| FabricError::io("binding shm listener", e))?
+        };
+        let tl = TcpListener::bind(&cfg.tcp_listen)
+            .map_err(|e| FabricError::io(format!("binding tcp listener {}", cfg.tcp_listen), e))?;
+        let tcp_addr = tl
+            .local_addr()
+            .map_err(|e| FabricError::io("tcp listener address", e))?
+            .to_string();
+        // SAFETY: plain syscall; result checked.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(FabricError::io(
+                "epoll_create1",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: ep was just created and is owned here.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        let wake = eventfd()?;
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            wake.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            STOP_TOKEN,
+        )
+        .map_err(|e| FabricError::io("epoll_ctl", e))?;
+        let link_name = match cfg.link {
+            LinkKind::Shm => "soft-shm",
+            LinkKind::Tcp => "soft-tcp",
+        };
+        let inner = Arc::new(NicInner {
+            caps: Caps {
+                name: link_name.into(),
+                mw_type2: true,
+                atomics: true,
+                max_msg_size: MAX_RDMA_LEN as u64,
+                max_send_size: MAX_SEND,
+                max_qp_wr: shm::REQ_SLOTS,
+                max_mw: cfg.max_keys,
+                modify_qp_access: true,
+                rereg_mr: true,
+                peer_errs_with_requester: false,
+            },
+            link: cfg.link,
+            keys: KeyTable::new(cfg.max_keys),
+            addr: NicAddr {
+                shm: Some(name),
+                tcp: Some(tcp_addr),
+            },
+            next_pd: AtomicU32::new(1),
+            mrs: RwLock::new(Vec::new()),
+            mr_epoch: AtomicU64::new(0),
+            blocks: Mutex::new(Vec::new()),
+            qps: RwLock::new(HashMap::new()),
+            next_qpn: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            doorbell: eventfd()?,
+            wake,
+            epoll,
+            in_shm: RwLock::new(Vec::new()),
+            in_shm_ver: AtomicU64::new(0),
+            in_tcp: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+        });
+        let mut threads = Vec::new();
+        let i = inner.clone();
+        threads.push(spawn("nic-ctl", move || control_loop(i, ul, tl))?);
+        let i = inner.clone();
+        threads.push(spawn("nic-shm", move || shm_loop(i))?);
+        let i = inner.clone();
+        threads.push(spawn("nic-tcp", move || tcp_loop(i))?);
+        Ok(SoftNic { inner, threads })
+    }
+
+    /// This NIC's address bytes (as in every QP endpoint).
+    pub fn address(&self) -> Vec<u8> {
+        self.inner.addr.encode()
+    }
+
+    /// Number of live inbound channels (for tests and diagnostics).
+    pub fn inbound_channels(&self) -> usize {
+        self.inner
+            .in_shm
+            .read()
+            .iter()
+            .filter(|c| !c.dead.load(Ordering::Relaxed))
+            .count()
+            + self.inner.in_tcp.lock().len()
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| FabricError::io(format!("spawning {name} thread"), e))
+}
+
+impl Drop for SoftNic {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        efd_signal(self.inner.wake.as_raw_fd());
+        efd_signal(self.inner.doorbell.as_raw_fd());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for c in self.inner.in_shm.write().drain(..) {
+            c.kill("NIC closed");
+        }
+        for (_, c) in self.inner.in_tcp.lock().drain() {
+            c.kill();
+        }
+    }
+}
+
+impl Nic for SoftNic {
+    fn caps(&self) -> &Caps {
+        &self.inner.caps
+    }
+
+    fn alloc_pd(&self) -> Result<Pd> {
+        Ok(Pd(self.inner.next_pd.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn alloc_mr(&self, pd: Pd, len: usize, access: Access) -> Result<Arc<Mr>> {
+        let block = Arc::new(MemBlock::new(len, "mr")?);
+        let key = self
+            .inner
+            .keys
+            .add_mr(pd.0, block.as_ptr() as u64, len as u64, access)?;
+        let mr = Arc::new(Mr::new(
+            block.clone(),
+            0,
+            len as u64,
+            (key, key),
+            access,
+            pd.0 as u64,
+        ));
+        self.inner.set_mr(key >> 8, Some(mr.clone()));
+        self.inner.blocks.lock().push(block);
+        Ok(mr)
+    }
+
+    fn reg_sub_mr(&self, parent: &Mr, offset: u64, len: u64, access: Access) -> Result<Arc<Mr>> {
+        match offset.checked_add(len) {
+            Some(end) if end <= parent.len() && len > 0 => {}
+            _ => {
+                return Err(FabricError::Invalid(format!(
+                    "sub-MR [{offset}, +{len}) outside a region of {} bytes",
+                    parent.len()
+                )))
+            }
+        }
+        let pd = parent.handle as u32;
+        let key = self
+            .inner
+            .keys
+            .add_mr(pd, parent.addr() + offset, len, access)?;
+        let mr = Arc::new(Mr::new(
+            parent.block().clone(),
+            parent.block_offset() + offset,
+            len,
+            (key, key),
+            access,
+            pd as u64,
+        ));
+        self.inner.set_mr(key >> 8, Some(mr.clone()));
+        Ok(mr)
+    }
+
+    fn dereg_mr(&self, mr: &Mr) -> Result<()> {
+        let key = mr.lkey();
+        self.inner.keys.remove(key)?;
+        self.inner.set_mr(key >> 8, None);
+        Ok(())
+    }
+
+    fn rereg_mr(&self, mr: &Mr, access: Access) -> Result<(u32, u32)> {
+        let key = self.inner.keys.rereg_mr(mr.lkey(), access)?;
+        mr.set_keys(key, key, access);
+        Ok((key, key))
+    }
+
+    fn alloc_mw(&self, pd: Pd) -> Result<MwInfo> {
+        let (handle, rkey) = self.inner.keys.add_mw(pd.0)?;
+        Ok(MwInfo { handle, rkey })
+    }
+
+    fn dealloc_mw(&self, handle: u32) -> Result<()> {
+        let k = self.inner.keys.mw_rkey(handle);
+        if k == 0 {
+            return Err(FabricError::Invalid(format!("{handle} is not a window")));
+        }
+        self.inner.keys.remove(k)
+    }
+
+    fn mw_rkey(&self, handle: u32) -> u32 {
+        self.inner.keys.mw_rkey(handle)
+    }
+
+    fn create_cq(&self, depth: u32) -> Result<Arc<dyn Cq>> {
+        Ok(Arc::new(SoftCq::new(depth)))
+    }
+
+    fn create_qp(
+        &self,
+        pd: Pd,
+        send_cq: &Arc<dyn Cq>,
+        recv_cq: &Arc<dyn Cq>,
+        cap: QpCap,
+    ) -> Result<Arc<dyn Qp>> {
+        let as_soft = |c: &Arc<dyn Cq>| -> Result<Arc<SoftCq>> {
+            let any: Arc<dyn std::any::Any + Send + Sync> = c.clone();
+            any.downcast::<SoftCq>()
+                .map_err(|_| FabricError::Invalid("CQ of another backend".into()))
+        };
+        if cap.max_send_wr == 0 || cap.max_send_wr > shm::REQ_SLOTS || cap.max_recv_wr > 1 << 16 {
+            return Err(FabricError::Invalid(format!(
+                "QP capacity {cap:?} outside 1..={} send WRs",
+                shm::REQ_SLOTS
+            )));
+        }
+        let scq = as_soft(send_cq)?;
+        let rcq = as_soft(recv_cq)?;
+        let qpn = self.inner.next_qpn.fetch_add(1, Ordering::Relaxed);
+        let q = Arc::new(QpInner::new(
+            qpn,
+            pd.0,
+            self.inner.clone(),
+            scq.clone(),
+            rcq.clone(),
+            cap,
+        ));
+        scq.attach(&q, Some(SendSide::new(cap)), false);
+        rcq.attach(&q, None, true);
+        self.inner.qps.write().insert(qpn, q.clone());
+        Ok(Arc::new(SoftQp { inner: q }))
+    }
+}

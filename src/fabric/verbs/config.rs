@@ -1,0 +1,50 @@
+//! Where the verbs backend finds its device (environment variables).
+
+use crate::fabric::{FabricError, Result};
+
+/// Where the verbs backend finds its device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerbsConfig {
+    /// Device name (`mlx5_0`); `None` picks the first device.
+    pub device: Option<String>,
+    /// Physical port (1-based).
+    pub port: u8,
+    /// GID index for RoCE (ignored on InfiniBand ports).
+    pub gid_index: u8,
+}
+
+impl Default for VerbsConfig {
+    fn default() -> Self {
+        VerbsConfig {
+            device: None,
+            port: 1,
+            gid_index: 0,
+        }
+    }
+}
+
+impl VerbsConfig {
+    /// Reads `PATRONUS_RDMA_DEVICE`, `PATRONUS_RDMA_PORT` and
+    /// `PATRONUS_RDMA_GID_INDEX`; malformed numbers are an error.
+    pub fn from_env() -> Result<VerbsConfig> {
+        let mut c = VerbsConfig::default();
+        if let Ok(d) = std::env::var("PATRONUS_RDMA_DEVICE") {
+            if !d.is_empty() {
+                c.device = Some(d);
+            }
+        }
+        if let Ok(p) = std::env::var("PATRONUS_RDMA_PORT") {
+            c.port = p.parse().ok().filter(|&p| p > 0).ok_or_else(|| {
+                FabricError::Invalid(format!("PATRONUS_RDMA_PORT={p:?} is not a port 1..255"))
+            })?;
+        }
+        if let Ok(g) = std::env::var("PATRONUS_RDMA_GID_INDEX") {
+            c.gid_index = g.parse().map_err(|_| {
+                FabricError::Invalid(format!(
+                    "PATRONUS_RDMA_GID_INDEX={g:?} is not a GID index 0..255"
+                ))
+            })?;
+        }
+        Ok(c)
+    }
+}
