@@ -264,22 +264,25 @@ fn extension_keeps_lease(one_sided: bool) {
     with_cluster(2, 1, |_srv, clients| {
         let node = &clients[0];
         let mut c = node.register_client_thread().unwrap();
-        let term = 20_000_000;
+        // Tens of ms: a loaded 2-core machine can deschedule this thread
+        // for several ms between two calls.
+        let term = 50_000_000;
         let mut l = c.get_lease(R, 0, 0, 0, 64, term, 0).unwrap();
-        // A witness of the same term, granted after `l` and never extended:
-        // its GC task is due after `l`'s first one (the deadline queue runs
-        // tasks in deadline order), so once the directory has collected it,
-        // the GC has been past `l`'s original deadline.
-        let mut w = c.get_lease(R, 0, 0, 64, 64, term, 0).unwrap();
-        assert!(l.success() && w.success());
-        assert!(w.ddl >= l.ddl);
+        assert!(l.success());
         let rc = if one_sided {
             c.extend(&mut l, 200_000_000, 0).unwrap()
         } else {
             c.rpc_extend(&mut l, 200_000_000, 0).unwrap()
         };
         assert_eq!(rc, Rc::Ok);
-        assert_eq!(l.ddl, l.begin + 11 * term as i64, "1 + 10 units of 20 ms");
+        assert_eq!(l.ddl, l.begin + 5 * term as i64, "1 + 4 units of 50 ms");
+        // A witness of the same term, granted after `l` and never extended:
+        // its GC task is due after `l`'s first one (the deadline queue runs
+        // tasks in deadline order), so once the directory has collected it,
+        // the GC has been past `l`'s original deadline.
+        let mut w = c.get_lease(R, 0, 0, 64, 64, term, 0).unwrap();
+        assert!(w.success());
+        assert!(w.begin >= l.begin);
         let mut b = [0u8; 8];
         // Reads keep working, with the local check on and off, until the
         // GC has been past the original deadline and collected the
@@ -323,22 +326,29 @@ fn rpc_extension_is_honoured_by_the_gc() {
 #[test]
 fn auto_extend_keeps_a_short_lease_alive() {
     with_cluster(2, 1, |_srv, clients| {
-        let mut c = clients[0].register_client_thread().unwrap();
-        // 20 ms lease (shorter ones can expire while this thread is
-        // descheduled on a loaded 2-core machine), read continuously for 8
-        // lease lengths.
-        let term = 20_000_000i64;
         let node = &clients[0];
+        let mut c = node.register_client_thread().unwrap();
+        // A 100 ms lease (a loaded 2-core machine was seen descheduling a
+        // thread for 40 ms, longer than shorter terms), read continuously
+        // for 5 lease lengths.
+        let term = 100_000_000i64;
         let mut l = c.get_lease(R, 0, 0, 0, 64, term as u64, 0).unwrap();
-        // A witness never extended: once collected, the GC has been past
-        // `l`'s original deadline (its task is due right after `l`'s).
-        let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
-        assert!(l.success() && w.success());
+        assert!(l.success());
         let first_ddl = l.ddl;
         let mut b = [0u8; 8];
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
+            Rc::Ok
+        );
+        // A witness never extended: once collected, the GC has been past
+        // `l`'s original deadline (its task is due after `l`'s). The reads
+        // go on at least until then: they go through `l`'s window, which
+        // the directory must have kept open.
+        let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
+        assert!(w.success());
         let t0 = Instant::now();
         let mut witness_live = true;
-        while witness_live || node.now() < first_ddl + 7 * term {
+        while witness_live || node.now() < first_ddl + 4 * term {
             assert!(t0.elapsed() < PATIENCE, "the witness was never collected");
             assert_eq!(
                 c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
@@ -352,15 +362,10 @@ fn auto_extend_keeps_a_short_lease_alive() {
                     == Rc::Ok;
         }
         assert!(
-            l.ddl > first_ddl + 6 * term,
+            l.ddl > first_ddl + 4 * term,
             "the deadline moved with the reads"
         );
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::Ok,
-            "the memory node honoured the extensions"
-        );
+        assert_eq!(live_leases(&mut c), 1, "the extended lease is still held");
         c.relinquish(&mut l, 0, 0).unwrap();
     });
 }
@@ -1006,7 +1011,9 @@ fn magic_mw_fault_is_retried_transparently() {
     with_one_node("magic", true, |_p, c| {
         let mut b = [0u8; 8];
         for i in 0..1200u64 {
-            let mut l = c.get_lease(W, 0, 0, 4096, 64, 50_000_000, 0).unwrap();
+            // No GC: what is tested is the bind fault, not expiry (a loaded
+            // machine can deschedule this thread for a whole short term).
+            let mut l = c.get_lease(W, 0, 0, 4096, 64, 0, acquire::NO_GC).unwrap();
             assert!(l.success(), "acquire {i}: status {}", l.ec());
             assert_eq!(c.write(&mut l, &i.to_le_bytes(), 0, 0).unwrap(), Rc::Ok);
             assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
