@@ -5,6 +5,8 @@
 //! on hardware with `cargo test --features verbs --test fabric_conformance
 //! -- --ignored` (or `patronus selftest --fabric verbs`).
 
+mod common;
+
 use std::sync::Arc;
 
 use patronus::fabric::conformance::{self as conf, Pair};
@@ -101,14 +103,6 @@ every_backend!(run_all, |f| {
     assert_eq!(passed.len(), 7, "{passed:?}");
 });
 
-/// True when this machine has an RDMA device for libibverbs to open (the
-/// kernel lists one under /sys/class/infiniband).
-fn has_rdma_device() -> bool {
-    std::fs::read_dir("/sys/class/infiniband")
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-}
-
 /// An unknown fabric name is refused, naming the known ones. Without the
 /// `verbs` feature, asking for the verbs fabric says how to get it; with it
 /// and no device (CI), the error names the device list; with a device, the
@@ -125,37 +119,19 @@ fn verbs_fabric_fails_clearly_without_a_device() {
     let r = open_nic("verbs", "127.0.0.1:0", 1 << 14);
     if !cfg!(feature = "verbs") {
         match r {
-            Err(FabricError::Unsupported { op, backend }) => {
-                assert_eq!(backend, "verbs");
-                assert_eq!(
-                    op,
-                    "opening an RDMA device (this build has no `verbs` feature; \
-                     cargo build --features verbs)"
-                );
+            Err(e @ FabricError::Unsupported { .. }) => {
+                assert_eq!(e.to_string(), common::VERBS_NOT_BUILT)
             }
             Err(e) => panic!("verbs without the feature: {e:?}"),
             Ok(_) => panic!("the verbs fabric opened in a build without it"),
         }
-    } else if has_rdma_device() {
+    } else if common::has_rdma_device() {
         let nic = r.expect("this machine has an RDMA device: the verbs NIC opens");
         assert_eq!(nic.caps().name, "verbs");
     } else {
         match r {
             Err(e @ FabricError::NoDevice(_)) => {
-                let m = e.to_string();
-                // What the device list said, with errno, and what to check.
-                let null = m
-                    .starts_with("no RDMA device: ibv_get_device_list returned NULL: errno ")
-                    && m.ends_with(
-                        "; this machine has no RDMA subsystem or no provider for its NIC \
-                         (see /sys/class/infiniband)",
-                    );
-                let empty = m
-                    .starts_with("no RDMA device: ibv_get_device_list returned 0 devices (errno ")
-                    && m.ends_with(
-                        "); is an RDMA NIC present and its driver (mlx5_ib, rxe, siw) loaded?",
-                    );
-                assert!(null || empty, "{m}");
+                assert!(common::is_no_device_error(&e.to_string()), "{e}")
             }
             Err(e) => panic!("verbs without a device: {e:?}"),
             Ok(_) => panic!("the verbs fabric opened on a machine without an RDMA device"),
