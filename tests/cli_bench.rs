@@ -46,12 +46,22 @@ fn demo_succeeds_on_the_embedded_default() {
 
 #[test]
 fn info_and_bad_subcommands() {
-    assert!(patronus().arg("info").status().unwrap().success());
-    assert!(!patronus()
-        .arg("no-such-command")
-        .status()
-        .unwrap()
-        .success());
+    let out = patronus().arg("info").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    let fabrics = if cfg!(feature = "verbs") {
+        "fabrics: shm, tcp, verbs"
+    } else {
+        "fabrics: shm, tcp"
+    };
+    assert!(s.lines().any(|l| l == fabrics), "{s}");
+    let out = patronus().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unrecognized subcommand 'no-such-command'"),
+        "{err}"
+    );
 }
 
 /// `PATRONUS_FABRIC=verbs patronus demo` and `patronus selftest --fabric
@@ -110,6 +120,7 @@ fn verbs_without_a_device_fails_at_start_up() {
 #[test]
 fn bench_fabric_quick_json() {
     let (_, recs) = json_records(&["bench", "fabric", "--quick", "--json"]);
+    assert!(!recs.is_empty(), "no records");
     for r in &recs {
         for k in [
             "scenario", "fabric", "op", "size", "p50_ns", "p99_ns", "mops", "baseline",
