@@ -134,6 +134,27 @@ fn live_leases(c: &mut ClientThread) -> i64 {
     c.admin(0, 0, AdminOp::Stats, 0).unwrap()
 }
 
+/// Waits out `l`'s deadline and checks both halves of expiry: the local
+/// check refuses at once, and once the directory's GC has collected the
+/// lease (the directory holds no other), the NIC refuses its window.
+fn expect_expiry(node: &Patronus, c: &mut ClientThread, l: &mut Lease) {
+    let mut b = [0u8; 8];
+    wait_past(node, l.ddl);
+    assert_eq!(
+        c.read(l, &mut b, 0, 0).unwrap(),
+        Rc::LeaseLocalExpiredErr,
+        "the local check after the deadline"
+    );
+    wait_until("the GC collecting the expired lease", || {
+        live_leases(c) == 0
+    });
+    assert_eq!(
+        c.read(l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK).unwrap(),
+        Rc::RdmaProtectionErr,
+        "the memory node must have revoked the window"
+    );
+}
+
 /// Waits until the memory node has revoked `l`'s window: one-sided reads
 /// (without the local check) succeed until then, and must then be refused
 /// by the NIC.
@@ -237,23 +258,7 @@ fn expiry_local_check_then_server_revocation() {
         let mut b = [0u8; 8];
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         assert_eq!(live_leases(&mut c), 1);
-        // Past the deadline on every clock: the local check refuses.
-        wait_past(&clients[0], l.ddl);
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::LeaseLocalExpiredErr
-        );
-        // Once the directory's GC has collected the lease, the NIC refuses
-        // the window.
-        wait_until("the GC collecting the expired lease", || {
-            live_leases(&mut c) == 0
-        });
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr,
-            "the memory node must have revoked the window"
-        );
+        expect_expiry(&clients[0], &mut c, &mut l);
         // rpc_extend after expiry is refused; relinquish is harmless.
         assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
@@ -297,19 +302,7 @@ fn extension_keeps_lease(one_sided: bool) {
         );
         // The new deadline is enforced: the GC collects the lease after it
         // and the NIC refuses its window.
-        wait_past(node, l.ddl);
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::LeaseLocalExpiredErr
-        );
-        wait_until("the GC collecting the extended lease", || {
-            live_leases(&mut c) == 0
-        });
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
+        expect_expiry(node, &mut c, &mut l);
     });
 }
 
@@ -964,19 +957,7 @@ fn single_node_revoked_lease_recovers_in_place() {
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-        wait_past(p, l.ddl);
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::LeaseLocalExpiredErr
-        );
-        wait_until("the GC collecting the expired lease", || {
-            live_leases(c) == 0
-        });
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
+        expect_expiry(p, c, &mut l);
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
     });
@@ -989,15 +970,7 @@ fn revoked_lease_fault_then_new_lease_two_nodes() {
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-        wait_past(&clients[0], l.ddl);
-        wait_until("the GC collecting the expired lease", || {
-            live_leases(&mut c) == 0
-        });
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
+        expect_expiry(&clients[0], &mut c, &mut l);
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
     });
@@ -1034,17 +1007,9 @@ fn rpc_extend_after_expiry_is_invalid() {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
         assert!(l.success());
-        wait_past(&clients[0], l.ddl);
-        wait_until("the GC collecting the expired lease", || {
-            live_leases(&mut c) == 0
-        });
+        expect_expiry(&clients[0], &mut c, &mut l);
         assert_eq!(c.rpc_extend(&mut l, 10_000_000, 0).unwrap(), Rc::Invalid);
         let mut b = [0u8; 8];
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
         // The directory is unharmed: a fresh lease works.
         let mut m = c.get_lease(R, 0, 0, 0, 64, 50_000_000, 0).unwrap();
