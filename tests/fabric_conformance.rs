@@ -5,10 +5,12 @@
 //! on hardware with `cargo test --features verbs --test fabric_conformance
 //! -- --ignored` (or `patronus selftest --fabric verbs`).
 
+mod common;
+
 use std::sync::Arc;
 
 use patronus::fabric::conformance::{self as conf, Pair};
-use patronus::fabric::{open_nic, Nic};
+use patronus::fabric::{open_nic, FabricError, Nic};
 
 fn nics(fabric: &str) -> (Arc<dyn Nic>, Arc<dyn Nic>) {
     let open = || open_nic(fabric, "127.0.0.1:0", 1 << 18).expect("open NIC");
@@ -101,22 +103,38 @@ every_backend!(run_all, |f| {
     assert_eq!(passed.len(), 7, "{passed:?}");
 });
 
-/// Without the `verbs` feature, asking for the verbs fabric says how to get
-/// it; with it and no device (CI), the error names the device list.
+/// An unknown fabric name is refused, naming the known ones. Without the
+/// `verbs` feature, asking for the verbs fabric says how to get it; with it
+/// and no device (CI), the error names the device list; with a device, the
+/// verbs NIC opens.
 #[test]
 fn verbs_fabric_fails_clearly_without_a_device() {
-    let e = match open_nic("verbs", "127.0.0.1:0", 1 << 14) {
-        Ok(_) => return, // a machine with an RDMA NIC: nothing to check here
-        Err(e) => e.to_string(),
-    };
-    if cfg!(feature = "verbs") {
-        assert!(e.contains("no RDMA device"), "{e}");
-        assert!(e.contains("ibv_get_device_list"), "{e}");
-    } else {
-        assert!(e.contains("--features verbs"), "{e}");
+    match open_nic("infiniband", "127.0.0.1:0", 1 << 14) {
+        Err(FabricError::Invalid(m)) => {
+            assert_eq!(m, r#"unknown fabric "infiniband" (shm, tcp, verbs)"#)
+        }
+        Err(e) => panic!("unknown fabric: {e:?}"),
+        Ok(_) => panic!("an unknown fabric opened"),
     }
-    let e = open_nic("infiniband", "127.0.0.1:0", 1 << 14)
-        .err()
-        .expect("unknown fabric");
-    assert!(e.to_string().contains("unknown fabric"), "{e}");
+    let r = open_nic("verbs", "127.0.0.1:0", 1 << 14);
+    if !cfg!(feature = "verbs") {
+        match r {
+            Err(e @ FabricError::Unsupported { .. }) => {
+                assert_eq!(e.to_string(), common::VERBS_NOT_BUILT)
+            }
+            Err(e) => panic!("verbs without the feature: {e:?}"),
+            Ok(_) => panic!("the verbs fabric opened in a build without it"),
+        }
+    } else if common::has_rdma_device() {
+        let nic = r.expect("this machine has an RDMA device: the verbs NIC opens");
+        assert_eq!(nic.caps().name, "verbs");
+    } else {
+        match r {
+            Err(e @ FabricError::NoDevice(_)) => {
+                assert!(common::is_no_device_error(&e.to_string()), "{e}")
+            }
+            Err(e) => panic!("verbs without a device: {e:?}"),
+            Ok(_) => panic!("the verbs fabric opened on a machine without an RDMA device"),
+        }
+    }
 }

@@ -1,6 +1,10 @@
-//! Multi-process soft-fabric tests: the test binary re-executes itself as a
-//! child (`child_entry`, selected by env PATRONUS_TEST_CHILD) and exchanges
-//! QP endpoints with it over stdin/stdout.
+//! Multi-process soft-fabric tests: a test re-executes this binary, running
+//! only itself (`--exact NAME`), with env PATRONUS_TEST_CHILD naming the
+//! child's role; in that process the test plays the child (see
+//! `multiproc_test!`) and exchanges QP endpoints with the parent over
+//! stdin/stdout. There is no separate child entry point that could pass
+//! without testing anything: a child that runs no test, or the wrong one,
+//! never says what the parent waits for, and the parent fails.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -31,6 +35,24 @@ fn open(link: LinkKind) -> Arc<dyn Nic> {
     )
 }
 
+/// The child's role, in a child process.
+const CHILD_VAR: &str = "PATRONUS_TEST_CHILD";
+
+/// A multi-process test: `$name` runs `$parent(link, stringify!($name))`,
+/// and, in a child process that `$parent` started through
+/// [`ChildProc::spawn`], plays the child instead.
+macro_rules! multiproc_test {
+    ($name:ident, $parent:ident, $link:expr) => {
+        #[test]
+        fn $name() {
+            match std::env::var(CHILD_VAR) {
+                Ok(role) => child_main(&role),
+                Err(_) => $parent($link, stringify!($name)),
+            }
+        }
+    };
+}
+
 struct ChildProc {
     child: Child,
     stdin: ChildStdin,
@@ -38,16 +60,11 @@ struct ChildProc {
 }
 
 impl ChildProc {
-    fn spawn(role: &str, link: LinkKind) -> ChildProc {
+    /// Starts this binary running only `test`, as the child `role`.
+    fn spawn(test: &str, role: &str, link: LinkKind) -> ChildProc {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "child_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("PATRONUS_TEST_CHILD", role)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_VAR, role)
             .env(
                 "PATRONUS_TEST_LINK",
                 if link == LinkKind::Shm { "shm" } else { "tcp" },
@@ -74,8 +91,9 @@ impl ChildProc {
         }
     }
     fn send(&mut self, l: &str) {
-        writeln!(self.stdin, "{l}").unwrap();
-        self.stdin.flush().unwrap();
+        writeln!(self.stdin, "{l}")
+            .and_then(|_| self.stdin.flush())
+            .unwrap_or_else(|e| panic!("child exited early ({e})"));
     }
 }
 
@@ -91,21 +109,16 @@ fn say(l: String) {
     std::io::stdout().flush().unwrap();
 }
 
-/// Child process entry: a memory node ("server") or an FAA client ("faa").
-#[test]
-#[ignore = "run only as a child of the multi-process tests"]
-fn child_entry() {
-    let Ok(role) = std::env::var("PATRONUS_TEST_CHILD") else {
-        return;
-    };
+/// The child's side: a memory node ("server") or an FAA client ("faa").
+fn child_main(role: &str) {
     let link = std::env::var("PATRONUS_TEST_LINK")
-        .unwrap()
+        .expect("a child gets PATRONUS_TEST_LINK from its parent")
         .parse()
         .unwrap();
     let nic = open(link);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    match role.as_str() {
+    match role {
         "server" => {
             let pd = nic.alloc_pd().unwrap();
             let region = nic.alloc_mr(pd, 1 << 20, Access::ALL).unwrap();
@@ -176,12 +189,14 @@ fn child_entry() {
     }
 }
 
-fn faa_two_processes(link: LinkKind) {
+fn faa_two_processes(link: LinkKind, test: &str) {
     let nic = open(link);
     let pd = nic.alloc_pd().unwrap();
     let region = nic.alloc_mr(pd, 4096, Access::ALL).unwrap();
     let n = 100_000u64;
-    let mut kids: Vec<ChildProc> = (0..2).map(|_| ChildProc::spawn("faa", link)).collect();
+    let mut kids: Vec<ChildProc> = (0..2)
+        .map(|_| ChildProc::spawn(test, "faa", link))
+        .collect();
     let mut sides = Vec::new();
     for k in &mut kids {
         k.send(&format!("{} {} {}", region.addr() + 64, region.rkey(), n));
@@ -205,21 +220,14 @@ fn faa_two_processes(link: LinkKind) {
     );
 }
 
-#[test]
-fn faa_2proc_2threads_shm() {
-    faa_two_processes(LinkKind::Shm);
-}
-
-#[test]
-fn faa_2proc_2threads_tcp() {
-    faa_two_processes(LinkKind::Tcp);
-}
+multiproc_test!(faa_2proc_2threads_shm, faa_two_processes, LinkKind::Shm);
+multiproc_test!(faa_2proc_2threads_tcp, faa_two_processes, LinkKind::Tcp);
 
 /// The memory node is SIGKILLed while the client streams reads: the client
 /// gets an error completion (never a hang), and later posts fail cleanly.
-fn server_killed(link: LinkKind) {
+fn server_killed(link: LinkKind, test: &str) {
     let nic = open(link);
-    let mut srv = ChildProc::spawn("server", link);
+    let mut srv = ChildProc::spawn(test, "server", link);
     let r = srv.line();
     let (addr, rkey): (u64, u32) = (r[1].parse().unwrap(), r[2].parse().unwrap());
     let pd = nic.alloc_pd().unwrap();
@@ -277,23 +285,16 @@ fn server_killed(link: LinkKind) {
     assert!(c.qp.connect(&ep).is_err());
 }
 
-#[test]
-fn server_killed_mid_stream_shm() {
-    server_killed(LinkKind::Shm);
-}
-
-#[test]
-fn server_killed_mid_stream_tcp() {
-    server_killed(LinkKind::Tcp);
-}
+multiproc_test!(server_killed_mid_stream_shm, server_killed, LinkKind::Shm);
+multiproc_test!(server_killed_mid_stream_tcp, server_killed, LinkKind::Tcp);
 
 /// A client process is SIGKILLed mid-stream: the memory node keeps serving
 /// its other clients.
-fn client_killed(link: LinkKind) {
+fn client_killed(link: LinkKind, test: &str) {
     let nic = open(link);
     let pd = nic.alloc_pd().unwrap();
     let region = nic.alloc_mr(pd, 4096, Access::ALL).unwrap();
-    let mut kid = ChildProc::spawn("faa", link);
+    let mut kid = ChildProc::spawn(test, "faa", link);
     kid.send(&format!(
         "{} {} {}",
         region.addr(),
@@ -341,12 +342,5 @@ fn client_killed(link: LinkKind) {
     assert_eq!(region.load_u64(8).unwrap(), 1000);
 }
 
-#[test]
-fn client_killed_mid_stream_shm() {
-    client_killed(LinkKind::Shm);
-}
-
-#[test]
-fn client_killed_mid_stream_tcp() {
-    client_killed(LinkKind::Tcp);
-}
+multiproc_test!(client_killed_mid_stream_shm, client_killed, LinkKind::Shm);
+multiproc_test!(client_killed_mid_stream_tcp, client_killed, LinkKind::Tcp);

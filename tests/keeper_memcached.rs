@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{unique, Memcached};
 use patronus::cluster::{Keeper, MemcachedKeeper};
+use patronus::lease::Rc;
 use patronus::node::{Config, Patronus};
 
 const T: Duration = Duration::from_secs(5);
@@ -96,9 +97,26 @@ fn memcached_going_away_is_an_error_not_a_hang() {
     let mc = Memcached::start();
     let k = MemcachedKeeper::connect(&mc.url, Duration::from_millis(500)).unwrap();
     k.put("alive", b"1").unwrap();
+    let url = mc.url.clone();
     drop(mc);
     let t0 = std::time::Instant::now();
-    assert!(k.put("alive", b"2").is_err() || k.try_get("alive").is_err());
+    let put = k.put("alive", b"2");
+    let get = k.try_get("alive");
+    // Errors name the server and the operation.
+    let put = put
+        .expect_err("a put to a dead memcached succeeded")
+        .to_string();
+    let get = get
+        .expect_err("a get from a dead memcached answered")
+        .to_string();
+    assert!(
+        put.contains(&url) && put.contains(r#"set "alive""#),
+        "{put}"
+    );
+    assert!(
+        get.contains(&url) && get.contains(r#"get "alive""#),
+        "{get}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
 
@@ -148,8 +166,8 @@ fn nodes_join_through_memcached_and_rerun_without_restart() {
             let mut c = nodes[1].register_client_thread().unwrap();
             let mut l = c.get_lease(true, 0, 0, 0, 64, 100_000_000, 0).unwrap();
             assert!(l.success());
-            c.write(&mut l, b"via memcached", 0, 0).unwrap();
-            c.relinquish(&mut l, 0, 0).unwrap();
+            assert_eq!(c.write(&mut l, b"via memcached", 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
             drop(c);
             nodes[1].finished(7).unwrap();
             h.join().unwrap().unwrap();

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use patronus::client::ClientThread;
+use patronus::client::{ClientThread, Lease};
 use patronus::lease::flags::{acquire, modify, rw};
+use patronus::lease::msg::AdminOp;
 use patronus::lease::{AcquireStatus as St, Rc};
 use patronus::node::{Config, Patronus};
 
@@ -77,9 +78,10 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
 }
 
 /// A one-node cluster (memory node and client in one node): a client
-/// thread registered before the directory serves, `f` runs with it, then
-/// the node calls `finished` (a node with client threads serves until then).
-fn with_one_node(name: &str, magic_mw_fault: bool, f: impl FnOnce(&mut ClientThread)) {
+/// thread registered before the directory serves, `f` runs with the node
+/// and that thread, then the node calls `finished` (a node with client
+/// threads serves until then).
+fn with_one_node(name: &str, magic_mw_fault: bool, f: impl FnOnce(&Patronus, &mut ClientThread)) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Config {
         machine_nr: 1,
@@ -95,7 +97,7 @@ fn with_one_node(name: &str, magic_mw_fault: bool, f: impl FnOnce(&mut ClientThr
     let mut c = p.register_client_thread().unwrap();
     thread::scope(|s| {
         let h = s.spawn(move || d.server_serve(0));
-        f(&mut c);
+        f(&p, &mut c);
         drop(c);
         p.finished(0).unwrap();
         h.join().unwrap().unwrap();
@@ -104,6 +106,77 @@ fn with_one_node(name: &str, magic_mw_fault: bool, f: impl FnOnce(&mut ClientThr
 
 const W: bool = true;
 const R: bool = false;
+
+/// How long a condition the tests wait for may take on a loaded 2-core
+/// machine before the test fails (only a failing test waits this long).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Polls `cond` (every 100 us) until it holds; fails naming `what` after
+/// [`PATIENCE`].
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < PATIENCE, "{what}: not within {PATIENCE:?}");
+        thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Waits until `ddl` has passed beyond doubt on `node`'s synchronised
+/// clock (`now > ddl + epsilon`), i.e. on every node's clock.
+fn wait_past(node: &Patronus, ddl: i64) {
+    wait_until(&format!("the deadline {ddl} passing"), || {
+        node.now() > ddl.saturating_add(node.epsilon())
+    });
+}
+
+/// Leases directory 0 of node 0 holds (its admin statistics).
+fn live_leases(c: &mut ClientThread) -> i64 {
+    c.admin(0, 0, AdminOp::Stats, 0).unwrap()
+}
+
+/// The message of the error `r` must be (what the API refuses before
+/// anything is sent).
+fn refusal<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Waits out `l`'s deadline and checks both halves of expiry: the local
+/// check refuses at once, and once the directory's GC has collected the
+/// lease (the directory holds no other), the NIC refuses its window.
+fn expect_expiry(node: &Patronus, c: &mut ClientThread, l: &mut Lease) {
+    let mut b = [0u8; 8];
+    wait_past(node, l.ddl);
+    assert_eq!(
+        c.read(l, &mut b, 0, 0).unwrap(),
+        Rc::LeaseLocalExpiredErr,
+        "the local check after the deadline"
+    );
+    wait_until("the GC collecting the expired lease", || {
+        live_leases(c) == 0
+    });
+    assert_eq!(
+        c.read(l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK).unwrap(),
+        Rc::RdmaProtectionErr,
+        "the memory node must have revoked the window"
+    );
+}
+
+/// Waits until the memory node has revoked `l`'s window: one-sided reads
+/// (without the local check) succeed until then, and must then be refused
+/// by the NIC.
+fn wait_revoked(c: &mut ClientThread, l: &mut Lease, what: &str) {
+    let mut b = [0u8; 8];
+    wait_until(&format!("the memory node revoking {what}"), || {
+        match c.read(l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK).unwrap() {
+            Rc::Ok => false,
+            Rc::RdmaProtectionErr => true,
+            rc => panic!("reading {what}: {rc:?}"),
+        }
+    });
+}
 
 #[test]
 fn lease_read_write_protection_and_recovery() {
@@ -135,10 +208,8 @@ fn lease_read_write_protection_and_recovery() {
         // Relinquish revokes at the NIC: a stale copy is refused.
         let mut stale = l.clone();
         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
-        assert!(
-            c.read(&mut l, &mut b, 0, 0).is_err(),
-            "relinquished lease must not be usable"
-        );
+        let e = refusal(c.read(&mut l, &mut b, 0, 0));
+        assert!(e.contains("relinquished"), "{e}");
         assert_eq!(
             c.read(&mut stale, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                 .unwrap(),
@@ -175,6 +246,11 @@ fn admission_checks_offset_plus_size() {
         assert_eq!(l.ec(), St::AddressOutOfRangeErr as u8);
         let l = c.get_lease(R, 0, 0, u64::MAX - 4, 64, 0, 0).unwrap();
         assert!(!l.success());
+        assert_eq!(
+            l.ec(),
+            St::AddressOutOfRangeErr as u8,
+            "offset + size wraps"
+        );
         let mut ok = c
             .get_lease(R, 0, 0, total - 64, 64, 0, acquire::NO_GC)
             .unwrap();
@@ -193,17 +269,8 @@ fn expiry_local_check_then_server_revocation() {
         assert!(l.success());
         let mut b = [0u8; 8];
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-        thread::sleep(Duration::from_millis(150));
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::LeaseLocalExpiredErr
-        );
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr,
-            "the memory node must have revoked the window"
-        );
+        assert_eq!(live_leases(&mut c), 1);
+        expect_expiry(&clients[0], &mut c, &mut l);
         // rpc_extend after expiry is refused; relinquish is harmless.
         assert_refused(c.rpc_extend(&mut l, 10_000_000, 0));
         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
@@ -212,34 +279,42 @@ fn expiry_local_check_then_server_revocation() {
 
 fn extension_keeps_lease(one_sided: bool) {
     with_cluster(2, 1, |_srv, clients| {
-        let mut c = clients[0].register_client_thread().unwrap();
-        let mut l = c.get_lease(R, 0, 0, 0, 64, 20_000_000, 0).unwrap();
+        let node = &clients[0];
+        let mut c = node.register_client_thread().unwrap();
+        // Tens of ms: a loaded 2-core machine can deschedule this thread
+        // for several ms between two calls.
+        let term = 50_000_000;
+        let mut l = c.get_lease(R, 0, 0, 0, 64, term, 0).unwrap();
+        assert!(l.success());
         let rc = if one_sided {
             c.extend(&mut l, 200_000_000, 0).unwrap()
         } else {
             c.rpc_extend(&mut l, 200_000_000, 0).unwrap()
         };
         assert_eq!(rc, Rc::Ok);
-        let t0 = Instant::now();
+        assert_eq!(l.ddl, l.term.begin + 5 * term as i64, "1 + 4 units of 50 ms");
+        // A witness of the same term, granted after `l` and never extended:
+        // its GC task is due after `l`'s first one (the deadline queue runs
+        // tasks in deadline order), so once the directory has collected it,
+        // the GC has been past `l`'s original deadline.
+        let mut w = c.get_lease(R, 0, 0, 64, 64, term, 0).unwrap();
+        assert!(w.success());
+        assert!(w.term.begin >= l.term.begin);
         let mut b = [0u8; 8];
-        // Reads keep working well past the original 20 ms, with the local
-        // check on and off (the server honoured the extension); the new
-        // deadline is about 220 ms away, leaving room for a loaded machine.
-        while t0.elapsed() < Duration::from_millis(100) {
-            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-            assert_eq!(
-                c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                    .unwrap(),
-                Rc::Ok
-            );
-            thread::sleep(Duration::from_micros(500));
-        }
-        thread::sleep(Duration::from_millis(250));
+        // Reads keep working, with the local check on and off, until the
+        // GC has been past the original deadline and collected the
+        // witness: the directory honoured the extension.
+        wait_revoked(&mut c, &mut w, "the witness");
+        assert_eq!(live_leases(&mut c), 1, "the extended lease is still held");
+        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
         assert_eq!(
             c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                 .unwrap(),
-            Rc::RdmaProtectionErr
+            Rc::Ok
         );
+        // The new deadline is enforced: the GC collects the lease after it
+        // and the NIC refuses its window.
+        expect_expiry(node, &mut c, &mut l);
     });
 }
 
@@ -256,69 +331,160 @@ fn rpc_extension_is_honoured_by_the_gc() {
 #[test]
 fn auto_extend_keeps_a_short_lease_alive() {
     with_cluster(2, 1, |_srv, clients| {
-        let mut c = clients[0].register_client_thread().unwrap();
-        // 20 ms lease (shorter ones can expire while this thread is
-        // descheduled on a loaded 2-core machine), read continuously for 8
-        // lease lengths.
-        let mut l = c.get_lease(R, 0, 0, 0, 64, 20_000_000, 0).unwrap();
-        let t0 = Instant::now();
+        let node = &clients[0];
+        let mut c = node.register_client_thread().unwrap();
+        // A 100 ms lease (a loaded 2-core machine was seen descheduling a
+        // thread for 40 ms, longer than shorter terms), read continuously
+        // for 5 lease lengths.
+        let term = 100_000_000i64;
+        let mut l = c.get_lease(R, 0, 0, 0, 64, term as u64, 0).unwrap();
+        assert!(l.success());
+        let first_ddl = l.ddl;
         let mut b = [0u8; 8];
-        while t0.elapsed() < Duration::from_millis(160) {
+        assert_eq!(
+            c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
+            Rc::Ok
+        );
+        // A witness never extended: once collected, the GC has been past
+        // `l`'s original deadline (its task is due after `l`'s). The reads
+        // go on at least until then: they go through `l`'s window, which
+        // the directory must have kept open.
+        let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
+        assert!(w.success());
+        let t0 = Instant::now();
+        let mut witness_live = true;
+        while witness_live || node.now() < first_ddl + 4 * term {
+            assert!(t0.elapsed() < PATIENCE, "the witness was never collected");
             assert_eq!(
                 c.read(&mut l, &mut b, 0, rw::WITH_AUTO_EXTEND).unwrap(),
                 Rc::Ok,
                 "read failed after {:?}",
                 t0.elapsed()
             );
+            witness_live = witness_live
+                && c.read(&mut w, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                    .unwrap()
+                    == Rc::Ok;
         }
+        assert!(
+            l.ddl > first_ddl + 4 * term,
+            "the deadline moved with the reads"
+        );
+        assert_eq!(live_leases(&mut c), 1, "the extended lease is still held");
         c.relinquish(&mut l, 0, 0).unwrap();
     });
 }
 
+/// One-sided extensions sent around the deadline race the directory's GC,
+/// which closes the protection region by CAS: whichever lands first wins,
+/// and the client must learn the truth. The moment of the extension
+/// follows a staircase (later after an honoured one, earlier after a
+/// refused one), so it keeps crossing the point where the GC closes and
+/// both outcomes occur. An honoured extension must keep the lease past
+/// its old deadline; a refused one must leave it revoked, and never
+/// before its deadline.
 #[test]
 fn extension_racing_gc_is_never_lost() {
     with_cluster(2, 1, |_srv, clients| {
-        let mut c = clients[0].register_client_thread().unwrap();
+        let node = &clients[0];
+        let eps = node.epsilon();
+        let mut c = node.register_client_thread().unwrap();
         let mut b = [0u8; 8];
-        let (mut honoured, mut refused) = (0, 0);
-        for i in 0..200u64 {
-            let mut l = c.get_lease(R, 0, 0, 64 * i, 64, 1_000_000, 0).unwrap();
-            assert!(l.success());
-            // Extend around the deadline (before, at, after), racing the GC.
-            thread::sleep(Duration::from_micros(500 + (i % 10) * 100));
-            // A long extension: the read below checks the race at the old
+        let term = 1_000_000i64;
+        let step = 50_000i64;
+        // When the extension is sent, relative to the deadline.
+        let mut delta = -4 * step;
+        let (mut honoured, mut refused, mut rounds) = (0u32, 0u32, 0u32);
+        while (honoured < 10 || refused < 10) && rounds < 400 {
+            rounds += 1;
+            let mut l = c.get_lease(R, 0, 0, 0, 64, term as u64, 0).unwrap();
+            // The witness (never extended) is due right after `l`: once it
+            // is collected, the GC has decided `l`'s first deadline.
+            let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
+            assert!(l.success() && w.success());
+            let old_ddl = l.ddl;
+            // A bounded spin: the target is at most a few ms away.
+            while node.now() < old_ddl + delta {
+                std::hint::spin_loop();
+            }
+            // A long extension: the checks below see the race at the old
             // deadline, not whether this thread runs again within ms.
-            match c.extend(&mut l, 500_000_000, 0) {
-                Ok(Rc::Ok) => {
+            // A refusal comes back as Error::Invalid naming why.
+            let rc = match c.extend(&mut l, 500_000_000, 0) {
+                Ok(rc) => rc,
+                Err(patronus::Error::Invalid(_)) => Rc::Invalid,
+                Err(e) => panic!("round {rounds}: {e}"),
+            };
+            let answered = node.now();
+            wait_revoked(&mut c, &mut w, "the witness");
+            match rc {
+                Rc::Ok => {
                     honoured += 1;
-                    // An extension reported as done must be honoured.
+                    delta += step;
+                    assert_eq!(
+                        live_leases(&mut c),
+                        1,
+                        "round {rounds}: extension reported but the lease was collected"
+                    );
                     assert_eq!(
                         c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
                             .unwrap(),
                         Rc::Ok,
-                        "iteration {i}: extension reported but the lease was revoked"
+                        "round {rounds}: extension reported but the lease was revoked"
+                    );
+                    assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+                }
+                // The GC won: the protection region was closed (Invalid)
+                // or already unbound (the CAS refused by the NIC).
+                Rc::Invalid | Rc::RdmaProtectionErr => {
+                    refused += 1;
+                    delta -= step;
+                    assert!(
+                        answered >= old_ddl - eps,
+                        "round {rounds}: refused {} ns before the deadline",
+                        old_ddl - answered
+                    );
+                    assert_eq!(
+                        live_leases(&mut c),
+                        0,
+                        "round {rounds}: extension refused but the lease is still held"
+                    );
+                    assert_eq!(
+                        c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                            .unwrap(),
+                        Rc::RdmaProtectionErr,
+                        "round {rounds}: extension refused but the window still works"
                     );
                 }
-                Ok(_) | Err(patronus::Error::Invalid(_)) => refused += 1,
-                Err(e) => panic!("iteration {i}: {e}"),
+                rc => panic!("round {rounds}: extension answered {rc:?}"),
             }
-            c.relinquish(&mut l, 0, 0).unwrap();
+            assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(c.relinquish(&mut w, 0, 0).unwrap(), Rc::Ok);
         }
-        assert_eq!(honoured + refused, 200);
-        assert!(honoured > 0, "no extension ever succeeded");
+        eprintln!(
+            "{rounds} rounds: {honoured} honoured, {refused} refused, \
+             last offset from the deadline {delta} ns"
+        );
+        assert!(
+            honoured > 0 && refused > 0,
+            "the race was not hit in {rounds} rounds: {honoured} honoured, {refused} refused"
+        );
     });
 }
 
+/// Short GC'd leases relinquished at once leave their GC tasks behind; the
+/// slots are reused by forever-leases, which must survive those tasks.
 #[test]
 fn stale_gc_task_never_revokes_a_newer_lease() {
     with_cluster(2, 1, |_srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut b = [0u8; 8];
-        // Short GC'd leases relinquished at once leave GC tasks behind; the
-        // slots are reused by forever-leases that must survive those tasks.
         let mut keep = Vec::new();
+        let mut last_stale_ddl = i64::MIN;
         for _ in 0..50 {
             let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
+            assert!(l.success());
+            last_stale_ddl = last_stale_ddl.max(l.ddl);
             let slot = l.slot;
             c.relinquish(&mut l, 0, 0).unwrap();
             let n = c.get_lease(R, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
@@ -326,13 +492,25 @@ fn stale_gc_task_never_revokes_a_newer_lease() {
             assert_ne!(n.generation, l.generation);
             keep.push(n);
         }
-        thread::sleep(Duration::from_millis(5));
-        for l in &mut keep {
-            assert_eq!(c.read(l, &mut b, 0, 0).unwrap(), Rc::Ok);
+        // A witness of the same term, granted after every stale task was
+        // queued: its task is due after all of them (the deadline queue runs
+        // tasks in deadline order), so once the GC has collected it, every
+        // stale task has run.
+        let mut w = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
+        assert!(w.success() && w.ddl >= last_stale_ddl);
+        wait_revoked(&mut c, &mut w, "the witness");
+        assert_eq!(
+            live_leases(&mut c),
+            keep.len() as i64,
+            "a stale GC task revoked a newer lease"
+        );
+        for (i, l) in keep.iter_mut().enumerate() {
+            assert_eq!(c.read(l, &mut b, 0, 0).unwrap(), Rc::Ok, "lease {i}");
         }
         for l in &mut keep {
-            c.relinquish(l, 0, 0).unwrap();
+            assert_eq!(c.relinquish(l, 0, 0).unwrap(), Rc::Ok);
         }
+        assert_eq!(live_leases(&mut c), 0);
     });
 }
 
@@ -505,8 +683,10 @@ fn acquire_flags_mr_universal_norpc_nobind() {
         assert_eq!(c.read(&mut q, &mut b, 0, 0).unwrap(), Rc::RdmaProtectionErr);
         c.relinquish(&mut q, 0, 0).unwrap();
         // Unknown flag bits are refused before anything is sent.
-        assert!(c.get_lease(R, 0, 0, 2048, 8, 0, 1 << 20).is_err());
-        assert!(c.read(&mut q, &mut b, 0, 1 << 40).is_err());
+        let e = refusal(c.get_lease(R, 0, 0, 2048, 8, 0, 1 << 20));
+        assert!(e.contains("flag bits 0x100000"), "{e}");
+        let e = refusal(c.read(&mut q, &mut b, 0, 1 << 40));
+        assert!(e.contains("flag bits 0x10000000000"), "{e}");
     });
 }
 
@@ -521,10 +701,9 @@ fn relinquish_flags_keep_or_drop_windows() {
         c.relinquish(&mut l, 0, modify::SERVER_DO_NOTHING).unwrap();
         assert_eq!(c.read(&mut keep, &mut b, 0, 0).unwrap(), Rc::Ok);
         c.relinquish(&mut keep, 0, 0).unwrap();
-        assert!(
-            c.read(&mut l, &mut b, 0, 0).is_err(),
-            "a relinquished handle is refused locally"
-        );
+        // A relinquished handle is refused locally.
+        let e = refusal(c.read(&mut l, &mut b, 0, 0));
+        assert!(e.contains("relinquished"), "{e}");
         // A relinquish that arrives twice (late duplicate) is harmless.
         let mut d = c.get_lease(R, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
         let mut dup = d.clone();
@@ -610,49 +789,70 @@ fn time_sync_offset_is_within_epsilon_and_resyncs() {
     let eps = nodes[0].epsilon();
     assert!(eps > 0, "a measured epsilon is never zero");
     assert!(eps < 50_000_000, "epsilon {eps} ns is absurd");
-    for _ in 0..4 {
-        for n in &nodes {
-            assert!(n.epsilon() >= eps);
-            assert!(
-                n.clock_offset().abs() <= n.epsilon(),
-                "node {} offset {} ns outside epsilon {} ns",
-                n.get_node_id(),
-                n.clock_offset(),
-                n.epsilon()
-            );
-            // Each node's clock is within its epsilon of the parent's, so
-            // two nodes agree within the sum of theirs (plus the real time
-            // between the two reads).
-            let t = Instant::now();
-            let (a, b) = (nodes[0].now(), n.now());
-            let gap = t.elapsed().as_nanos() as i64;
-            let tol = nodes[0].epsilon() + n.epsilon();
-            assert!(
-                b - a >= -tol && b - a <= tol + gap,
+    let children: Vec<&Patronus> = nodes.iter().filter(|n| n.get_node_id() != 0).collect();
+    let attempts = |n: &Patronus| {
+        let (ok, failed) = n.clock().resync_counts();
+        ok + failed
+    };
+    // Each node's offset is within its epsilon, and each node's clock is
+    // within its epsilon of the parent's, so two nodes agree within the sum
+    // of theirs (plus the real time between the two reads).
+    let agree = |n: &Patronus| -> Result<(), String> {
+        let (off, e) = (n.clock_offset(), n.epsilon());
+        if off.abs() > e {
+            return Err(format!(
+                "node {} offset {off} ns outside epsilon {e} ns",
+                n.get_node_id()
+            ));
+        }
+        let t = Instant::now();
+        let (a, b) = (nodes[0].now(), n.now());
+        let gap = t.elapsed().as_nanos() as i64;
+        let tol = nodes[0].epsilon() + n.epsilon();
+        if b - a < -tol || b - a > tol + gap {
+            return Err(format!(
                 "node {} is {} ns from node {} (tolerance {tol} + {gap} ns)",
                 n.get_node_id(),
                 b - a,
                 nodes[0].get_node_id()
-            );
+            ));
         }
-        thread::sleep(Duration::from_millis(40));
+        Ok(())
+    };
+    for _ in 0..4 {
+        for n in &nodes {
+            assert!(n.epsilon() >= eps);
+            // A re-sync applies its offset before it widens epsilon
+            // (src/node: sync_once sets the offset, then the re-sync thread
+            // counts the attempt and widens), so for a moment after each
+            // re-sync the pair may disagree: the check must hold within
+            // 1 s, polled. A persistent disagreement fails.
+            let t0 = Instant::now();
+            while let Err(e) = agree(n) {
+                assert!(t0.elapsed() < Duration::from_secs(1), "{e}");
+                thread::sleep(Duration::from_micros(100));
+            }
+        }
+        // The next round checks the clocks after one more re-sync of every
+        // node (every 30 ms).
+        let seen: Vec<u64> = children.iter().map(|n| attempts(n)).collect();
+        wait_until("every node re-syncing once more", || {
+            children.iter().zip(&seen).all(|(n, s)| attempts(n) > *s)
+        });
     }
     // The parent never moves.
     let parent = nodes.iter().find(|n| n.get_node_id() == 0).unwrap();
     assert_eq!(parent.clock_offset(), 0);
-    // The periodic re-syncs (every 30 ms) really reach the parent's clock.
-    // (They once all failed: the parent dropped its clock-read
-    // QPs after start-up.)
-    thread::sleep(Duration::from_millis(300));
-    for n in nodes.iter().filter(|n| n.get_node_id() != 0) {
-        let (ok, failed) = n.clock().resync_counts();
-        // (A re-sync may time out on a loaded machine; most must succeed.)
-        assert!(
-            ok >= 2 && failed < ok,
-            "node {}: {ok} re-syncs, {failed} failed",
-            n.get_node_id()
-        );
-    }
+    // The periodic re-syncs really reach the parent's clock: at least two
+    // succeed, and more succeed than fail (a re-sync may time out on a
+    // loaded machine). (They once all failed: the parent dropped its
+    // clock-read QPs after start-up.)
+    wait_until("two successful re-syncs per node, more than failed", || {
+        children.iter().all(|n| {
+            let (ok, failed) = n.clock().resync_counts();
+            ok >= 2 && failed < ok
+        })
+    });
 }
 
 #[test]
@@ -699,10 +899,10 @@ fn allocation_alloc_dealloc_with_and_only_allocation() {
         );
         assert_refused(c.dealloc(0, 0, off, 64, 0));
         // API rules: a gaddr with an allocation flag, a hint without one.
-        assert!(c
-            .get_wlease(0, 0, 4096, 0, 64, 0, acquire::WITH_ALLOCATION)
-            .is_err());
-        assert!(c.get_wlease(0, 0, 0, 3, 64, 0, 0).is_err());
+        let e = refusal(c.get_wlease(0, 0, 4096, 0, 64, 0, acquire::WITH_ALLOCATION));
+        assert!(e.contains("offset 0x1000 with an allocation flag"), "{e}");
+        let e = refusal(c.get_wlease(0, 0, 0, 3, 64, 0, 0));
+        assert!(e.contains("alloc_hint 3 without"), "{e}");
         // WITH_ALLOCATION excludes conflict detection.
         let l = c
             .get_wlease(
@@ -716,9 +916,12 @@ fn allocation_alloc_dealloc_with_and_only_allocation() {
             )
             .unwrap();
         assert!(!l.success());
+        assert_eq!(l.ec(), St::Reserved as u8);
         // ONLY_DEALLOCATION belongs to dealloc, not relinquish.
         let mut l = c.get_wlease(0, 0, 0, 0, 64, 10_000_000, 0).unwrap();
-        assert!(c.relinquish(&mut l, 0, modify::ONLY_DEALLOCATION).is_err());
+        let e = refusal(c.relinquish(&mut l, 0, modify::ONLY_DEALLOCATION));
+        assert!(e.contains("ONLY_DEALLOCATION"), "{e}");
+        assert!(l.success(), "a refused relinquish leaves the lease held");
     });
 }
 
@@ -771,7 +974,8 @@ fn upgrade_turns_a_read_lease_into_a_write_lease() {
         assert!(w.success() && w.write);
         assert!(!r.live, "the read lease is given up");
         assert_eq!(c.write(&mut w, b"yes", 0, 0).unwrap(), Rc::Ok);
-        assert!(c.upgrade(&mut w, 0).is_err(), "already a write lease");
+        let e = refusal(c.upgrade(&mut w, 0));
+        assert!(e.contains("already a write lease"), "{e}");
         c.relinquish(&mut w, 0, 0).unwrap();
     });
 }
@@ -785,20 +989,11 @@ fn upgrade_turns_a_read_lease_into_a_write_lease() {
 /// until it calls `finished` itself.)
 #[test]
 fn single_node_revoked_lease_recovers_in_place() {
-    with_one_node("single", false, |c| {
+    with_one_node("single", false, |p, c| {
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-        thread::sleep(Duration::from_millis(150));
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, 0).unwrap(),
-            Rc::LeaseLocalExpiredErr
-        );
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
+        expect_expiry(p, c, &mut l);
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
     });
@@ -811,12 +1006,7 @@ fn revoked_lease_fault_then_new_lease_two_nodes() {
         let mut b = [0u8; 8];
         let mut l = c.get_lease(W, 0, 0, 12288, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
-        thread::sleep(Duration::from_millis(150));
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
+        expect_expiry(&clients[0], &mut c, &mut l);
         let mut l2 = c.get_lease(W, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut l2, &mut b, 0, 0).unwrap(), Rc::Ok);
     });
@@ -827,10 +1017,12 @@ fn revoked_lease_fault_then_new_lease_two_nodes() {
 /// client retries without the caller noticing.
 #[test]
 fn magic_mw_fault_is_retried_transparently() {
-    with_one_node("magic", true, |c| {
+    with_one_node("magic", true, |_p, c| {
         let mut b = [0u8; 8];
         for i in 0..1200u64 {
-            let mut l = c.get_lease(W, 0, 0, 4096, 64, 50_000_000, 0).unwrap();
+            // No GC: what is tested is the bind fault, not expiry (a loaded
+            // machine can deschedule this thread for a whole short term).
+            let mut l = c.get_lease(W, 0, 0, 4096, 64, 0, acquire::NO_GC).unwrap();
             assert!(l.success(), "acquire {i}: status {}", l.ec());
             assert_eq!(c.write(&mut l, &i.to_le_bytes(), 0, 0).unwrap(), Rc::Ok);
             assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
@@ -851,15 +1043,10 @@ fn rpc_extend_after_expiry_is_invalid() {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut l = c.get_lease(R, 0, 0, 0, 64, 1_000_000, 0).unwrap();
         assert!(l.success());
-        thread::sleep(Duration::from_millis(40));
+        expect_expiry(&clients[0], &mut c, &mut l);
         assert_refused(c.rpc_extend(&mut l, 10_000_000, 0));
         let mut b = [0u8; 8];
-        assert_eq!(
-            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                .unwrap(),
-            Rc::RdmaProtectionErr
-        );
-        let _ = c.relinquish(&mut l, 0, 0).unwrap();
+        assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
         // The directory is unharmed: a fresh lease works.
         let mut m = c.get_lease(R, 0, 0, 0, 64, 50_000_000, 0).unwrap();
         assert_eq!(c.read(&mut m, &mut b, 0, 0).unwrap(), Rc::Ok);

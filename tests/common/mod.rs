@@ -231,3 +231,30 @@ pub fn linked_libdir(tag: &str) -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// True when this machine has an RDMA device for libibverbs to open (the
+/// kernel lists one under /sys/class/infiniband).
+pub fn has_rdma_device() -> bool {
+    std::fs::read_dir("/sys/class/infiniband")
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// What opening the verbs fabric says in a build without the `verbs`
+/// feature (`FabricError::Unsupported`).
+pub const VERBS_NOT_BUILT: &str = "opening an RDMA device (this build has no `verbs` feature; \
+     cargo build --features verbs) is not supported by the verbs fabric";
+
+/// Whether `m` is the verbs backend's start-up error on a machine without
+/// an RDMA device (`FabricError::NoDevice`): what `ibv_get_device_list`
+/// returned, with errno (which varies), and what to check.
+pub fn is_no_device_error(m: &str) -> bool {
+    let null = m.starts_with("no RDMA device: ibv_get_device_list returned NULL: errno ")
+        && m.ends_with(
+            "; this machine has no RDMA subsystem or no provider for its NIC \
+             (see /sys/class/infiniband)",
+        );
+    let empty = m.starts_with("no RDMA device: ibv_get_device_list returned 0 devices (errno ")
+        && m.ends_with("); is an RDMA NIC present and its driver (mlx5_ib, rxe, siw) loaded?");
+    null || empty
+}

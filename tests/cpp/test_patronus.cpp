@@ -22,6 +22,21 @@ static int failures = 0;
         }                                                                                 \
     } while (0)
 
+// How long a condition may take on a loaded 2-core machine before the check
+// fails (only a failing check waits this long).
+static constexpr auto kPatience = 10s;
+
+// Polls (every 100 us) until `cond()` holds; false after kPatience.
+template <class F>
+static bool wait_until(F cond) {
+    auto give_up = std::chrono::steady_clock::now() + kPatience;
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > give_up) return false;
+        std::this_thread::sleep_for(100us);
+    }
+    return true;
+}
+
 int main() {
     PatronusConfig config;
     config.machine_nr = 2;
@@ -95,22 +110,32 @@ int main() {
     CHECK(p->prepare_faa(batch, nl, a1, 64, 5, 0) == RC::kOk);
     CHECK(p->commit(batch) == RC::kOk);
     CHECK(std::memcmp(r1, "batch-01", 8) == 0);
+    std::memcpy(&old, a1, 8);
+    CHECK(old == 0);
     CHECK(p->prepare_read(batch, nl, r1, 8, 1000, 0) == RC::kOk);
     CHECK(p->commit(batch) == RC::kRdmaProtectionErr);
     CHECK(p->prepare_cas(batch, nl, a1, 64, 5, 6, 0) == RC::kOk);
     CHECK(p->commit(batch) == RC::kOk);
     std::memcpy(&old, a1, 8);
     CHECK(old == 5);
-    p->relinquish(nl, 0, 0);
+    CHECK(p->relinquish(nl, 0, 0) == RC::kOk);
 
     // expiry: the local check, then the memory node's revocation
     auto sl = p->get_rlease(0, 0, GlobalAddress(0, 12288), 0, 64, 50ms, 0);
     CHECK(sl.success() && !sl.is_writable());
     CHECK(p->write(sl, "x", 1, 0, 0) == RC::kRdmaProtectionErr);
-    std::this_thread::sleep_for(150ms);
+    // Past the deadline on every clock (now > ddl + epsilon): the local
+    // check refuses.
+    CHECK(wait_until([&] { return p->patronus_now().val > sl.ddl_term() + p->epsilon(); }));
     CHECK(p->read(sl, back, 8, 0, 0) == RC::kLeaseLocalExpiredErr);
-    CHECK(p->read(sl, back, 8, 0, (flag_t)RWFlag::kNoLocalExpireCheck) ==
-          RC::kRdmaProtectionErr);
+    // The memory node's GC revokes the window: reads without the local check
+    // work until then, and are refused by the NIC after.
+    RetCode last;
+    CHECK(wait_until([&] {
+        last = p->read(sl, back, 8, 0, (flag_t)RWFlag::kNoLocalExpireCheck);
+        return last != RC::kOk;
+    }));
+    CHECK(last == RC::kRdmaProtectionErr);
 
     // allocation
     GlobalAddress g = p->alloc(0, 0, 100, 0);
@@ -128,7 +153,7 @@ int main() {
                             (flag_t)AcquireRequestFlag::kWithConflictDetect);
     CHECK(l1.success() && !l2.success());
     CHECK(l2.ec() == AcquireRequestStatus::kLockedErr);
-    p->relinquish(l1, 0, 0);
+    CHECK(p->relinquish(l1, 0, 0) == RC::kOk);
 
     // keeper
     p->put("cpp-key", "cpp-value");

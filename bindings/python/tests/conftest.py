@@ -17,3 +17,15 @@ else:
         if cand.exists():
             os.environ["PATRONUS_LIB"] = str(cand)
             break
+
+# The tests must run against that library, not against whatever else the
+# loader would find: a missing build is a failure, not a silent fallback.
+_want = os.environ.get("PATRONUS_LIB")
+assert _want and os.path.exists(_want), (
+    f"libpatronus.so is not built ({_want or 'no PATRONUS_LIB, nothing under target/'}): "
+    "run `cargo build` (scripts/test.sh does) or set PATRONUS_LIB")
+
+import patronus._lib  # noqa: E402 - loads the library, after the path is set
+
+assert os.path.realpath(patronus._lib.LIB_PATH) == os.path.realpath(_want), (
+    f"the package loaded {patronus._lib.LIB_PATH}, not the library under test {_want}")

@@ -15,6 +15,19 @@ from patronus import (AcquireError, AcquireFlag, AcquireStatus, GlobalAddress, I
 MS = 1_000_000
 _seq = itertools.count()
 
+# How long a condition may take on a loaded 2-core machine before the test
+# fails (only a failing test waits this long).
+PATIENCE = 10.0
+
+
+def wait_until(what, cond):
+    """Polls `cond` (every 100 us) until it is true; fails naming `what`
+    after PATIENCE seconds."""
+    give_up = time.monotonic() + PATIENCE
+    while not cond():
+        assert time.monotonic() < give_up, f"{what}: not within {PATIENCE} s"
+        time.sleep(0.0001)
+
 
 def two_nodes(**kw):
     """Node 0 (memory node) and node 1 (client) of one in-process cluster;
@@ -100,11 +113,23 @@ def test_expiry_local_then_revoked(node):
     # Tens of ms: a loaded 2-core machine can pause this thread for ms.
     l = node.get_wlease(0, 0, 12288, 0, 64, 50 * MS)
     node.read(l, 8)
-    time.sleep(0.15)
-    with pytest.raises(LeaseExpiredError):
+    # Past the deadline on every clock: the local check refuses.
+    wait_until("the deadline passing", lambda: node.now() > l.ddl_term + node.epsilon())
+    with pytest.raises(LeaseExpiredError) as e:
         node.read(l, 8)
-    with pytest.raises(ProtectionError):
-        node.read(l, 8, flag=RWFlag.NO_LOCAL_EXPIRE_CHECK)
+    assert e.value.rc == RC.LEASE_LOCAL_EXPIRED_ERR
+
+    # The memory node's GC revokes the window: reads without the local
+    # check work until then, and are refused by the NIC after.
+    def revoked():
+        try:
+            node.read(l, 8, flag=RWFlag.NO_LOCAL_EXPIRE_CHECK)
+            return False
+        except ProtectionError as e:
+            assert e.rc == RC.RDMA_PROTECTION_ERR
+            return True
+
+    wait_until("the memory node revoking the lease", revoked)
     l.close()
 
 
@@ -113,7 +138,9 @@ def test_extend_and_rpc_extend_move_the_deadline(node):
         d = l.ddl_term
         node.extend(l, 200 * MS)
         assert l.ddl_term > d
+        d = l.ddl_term
         node.rpc_extend(l, 200 * MS)
+        assert l.ddl_term > d
     with node.get_wlease(0, 0, 0, 0, 64, 50 * MS, AcquireFlag.NO_BIND_PR) as l:
         with pytest.raises(InvalidArgument):
             node.extend(l, 50 * MS)
@@ -153,6 +180,7 @@ def test_four_threads_faa_sum_exactly(node):
         t.start()
     for t in ts:
         t.join(timeout=60)
+        assert not t.is_alive(), "a FAA thread hung"
     assert not errors, errors
     with node.get_rlease(0, 0, 20480, 0, 8, 0, AcquireFlag.NO_GC) as l:
         assert int.from_bytes(node.read(l, 8), "little") == 8000
@@ -212,6 +240,7 @@ def test_keeper(node):
     t.start()
     node.keeper_barrier("both")
     t.join(timeout=30)
+    assert not t.is_alive(), "the memory node never left the barrier"
     assert node.server.get("answer") == b"42"
 
 

@@ -38,6 +38,7 @@ else:
     t0 = time.time()
     while int.from_bytes(p.read(c, 8), "little") < 2:
         assert time.time() - t0 < 30, "the other client never finished"
+        time.sleep(0.001)
     r = p.get_rlease(srv, 0, 0, 0, 8, 0, patronus.AcquireFlag.NO_GC)
     print("total", int.from_bytes(p.read(r, 8), "little"), flush=True)
     p.finished(0)
@@ -53,19 +54,25 @@ def free_port():
 
 @pytest.fixture
 def memcached():
-    if not os.path.exists(MEMCACHED):
-        pytest.skip("memcached is not installed (apt-get install memcached)")
+    """A memcached on a free loopback port, accepting connections. CI
+    installs memcached: its absence is a failure, not a skip."""
+    assert os.path.exists(MEMCACHED), (
+        f"memcached is not installed at {MEMCACHED} (apt-get install memcached; "
+        ".ci/run installs it)")
     port = free_port()
     args = [MEMCACHED, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "2"]
     if os.geteuid() == 0:
         args += ["-u", "root"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(250):
+        give_up = time.monotonic() + 5
+        while True:
+            assert proc.poll() is None, f"memcached exited ({proc.returncode}) on port {port}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
                 break
             except OSError:
+                assert time.monotonic() < give_up, f"memcached not accepting on port {port} within 5 s"
                 time.sleep(0.02)
         yield f"memcached://127.0.0.1:{port}"
     finally:
@@ -89,6 +96,6 @@ def test_three_processes_through_memcached(memcached, tmp_path):
             p.kill()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, f"{out}\n{err}"
-    assert "served" in outs[0][0]
-    assert "total 4000" in outs[1][0], outs
-    assert "total 4000" in outs[2][0], outs
+    assert outs[0][0].split() == ["served"], outs
+    assert outs[1][0].split() == ["total", "4000"], outs
+    assert outs[2][0].split() == ["total", "4000"], outs
