@@ -29,6 +29,7 @@ use super::error::{Failure, FfiResult};
 use super::handle::{arc_clone, patronus_t};
 use super::node::Node;
 use crate::client::ClientThread;
+use crate::node::Patronus;
 use crate::server::Directory;
 
 /// The roles of all threads of one node.
@@ -80,17 +81,22 @@ thread_local! {
     static MINE: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's entry for the handle at `addr`, if it registered there.
-fn mine(addr: usize) -> Option<(Weak<Node>, Arc<Roles>)> {
+/// Runs `f` on this thread's entry for the handle at `addr`, if it
+/// registered there. (Only this thread's own reference counts are touched
+/// unless `f` touches the node's.)
+fn with_entry<R>(addr: usize, f: impl FnOnce(&Entry) -> R) -> Option<R> {
     MINE.try_with(|m| {
-        m.try_borrow().ok().and_then(|m| {
-            m.iter()
-                .find(|e| e.addr == addr)
-                .map(|e| (e.node.clone(), e.roles.clone()))
-        })
+        m.try_borrow()
+            .ok()
+            .and_then(|m| m.iter().find(|e| e.addr == addr).map(f))
     })
     .ok()
     .flatten()
+}
+
+/// This thread's roles on the handle at `addr`, if it registered there.
+fn my_roles(addr: usize) -> Option<Arc<Roles>> {
+    with_entry(addr, |e| e.roles.clone())
 }
 
 fn freed() -> Failure {
@@ -107,8 +113,8 @@ fn not_null(p: *const patronus_t) -> FfiResult<usize> {
 /// The node behind `p` (a new reference, so the node outlives the call).
 pub(crate) fn node(p: *const patronus_t) -> FfiResult<Arc<Node>> {
     let addr = not_null(p)?;
-    match mine(addr) {
-        Some((w, _)) => w.upgrade().ok_or_else(freed),
+    match with_entry(addr, |e| e.node.upgrade()) {
+        Some(n) => n.ok_or_else(freed),
         None => arc_clone(p, "p"),
     }
 }
@@ -116,7 +122,7 @@ pub(crate) fn node(p: *const patronus_t) -> FfiResult<Arc<Node>> {
 /// True when this thread registered with the handle at `p` and that node
 /// was freed since.
 pub(crate) fn known_freed(p: *const patronus_t) -> bool {
-    mine(p as usize).is_some_and(|(w, _)| w.strong_count() == 0)
+    with_entry(p as usize, |e| e.node.strong_count() == 0).unwrap_or(false)
 }
 
 /// Runs `f` with the calling thread's client thread of `p`.
@@ -125,7 +131,7 @@ pub(crate) fn with_client<T>(
     f: impl FnOnce(&mut ClientThread) -> T,
 ) -> FfiResult<T> {
     let addr = not_null(p)?;
-    if let Some((_, roles)) = mine(addr) {
+    if let Some(roles) = my_roles(addr) {
         let mut s = roles.state.lock();
         if s.released {
             return Err(freed());
@@ -144,7 +150,7 @@ pub(crate) fn with_client<T>(
 /// This thread's roles on node `n` (at handle address `addr`), created on
 /// first use.
 fn roles_of(n: &Arc<Node>, addr: usize) -> FfiResult<Arc<Roles>> {
-    if let Some((_, r)) = mine(addr) {
+    if let Some(r) = my_roles(addr) {
         return Ok(r);
     }
     let r = Arc::new(Roles::default());
@@ -168,41 +174,42 @@ fn roles_of(n: &Arc<Node>, addr: usize) -> FfiResult<Arc<Roles>> {
     Ok(r)
 }
 
-/// Makes the calling thread a client thread of `p` (no-op when it is one).
-pub(crate) fn register_client(p: *const patronus_t) -> FfiResult<()> {
+/// Fills the calling thread's role `slot` on `p` with `make` unless it
+/// holds one.
+fn register<T>(
+    p: *const patronus_t,
+    slot: impl FnOnce(&mut RoleState) -> &mut Option<T>,
+    make: impl FnOnce(&Patronus) -> crate::Result<T>,
+) -> FfiResult<()> {
     let n = node(p)?;
     let roles = roles_of(&n, p as usize)?;
     let mut s = roles.state.lock();
     if s.released {
         return Err(freed());
     }
-    if s.client.is_none() {
-        s.client = Some(n.node.register_client_thread()?);
+    let role = slot(&mut s);
+    if role.is_none() {
+        *role = Some(make(&n.node)?);
     }
     Ok(())
 }
 
+/// Makes the calling thread a client thread of `p` (no-op when it is one).
+pub(crate) fn register_client(p: *const patronus_t) -> FfiResult<()> {
+    register(p, |s| &mut s.client, Patronus::register_client_thread)
+}
+
 /// Makes the calling thread a server thread of `p` (no-op when it is one).
 pub(crate) fn register_server(p: *const patronus_t) -> FfiResult<()> {
-    let n = node(p)?;
-    let roles = roles_of(&n, p as usize)?;
-    let mut s = roles.state.lock();
-    if s.released {
-        return Err(freed());
-    }
-    if s.server.is_none() {
-        s.server = Some(n.node.register_server_thread()?);
-    }
-    Ok(())
+    register(p, |s| &mut s.server, Patronus::register_server_thread)
 }
 
 /// Takes the calling thread's directory of `p` out of its roles (for a
 /// serve loop that holds no lock); give it back with [`put_server`].
 pub(crate) fn take_server(p: *const patronus_t) -> FfiResult<(Arc<Roles>, Directory)> {
     register_server(p)?;
-    let roles = mine(p as usize)
-        .map(|(_, r)| r)
-        .ok_or_else(|| Failure::invalid("the calling thread is exiting"))?;
+    let roles =
+        my_roles(p as usize).ok_or_else(|| Failure::invalid("the calling thread is exiting"))?;
     let d = roles.state.lock().server.take().ok_or_else(freed)?;
     Ok((roles, d))
 }
@@ -220,7 +227,7 @@ pub(crate) fn put_server(roles: &Roles, d: Directory) {
 /// else None.
 pub(crate) fn thread_id(p: *const patronus_t) -> FfiResult<Option<u32>> {
     let addr = not_null(p)?;
-    let Some((_, roles)) = mine(addr) else {
+    let Some(roles) = my_roles(addr) else {
         node(p)?;
         return Ok(None);
     };
