@@ -77,7 +77,11 @@ fn test_api_c() {
 
 #[test]
 fn test_boundary_c() {
-    let exe = build(&root().join("tests/c/test_boundary.c"), "test_boundary", &[]);
+    let exe = build(
+        &root().join("tests/c/test_boundary.c"),
+        "test_boundary",
+        &[],
+    );
     assert!(run(&exe, &[], &[]).contains("test_boundary: ok"));
 }
 

@@ -163,14 +163,15 @@ fn roles_of(n: &Arc<Node>, addr: usize) -> FfiResult<Arc<Roles>> {
         t.all.retain(|r| Arc::strong_count(r) > 1);
         t.all.push(r.clone());
     }
-    MINE.try_with(|m| {
-        m.borrow_mut().push(Entry {
-            addr,
-            node: Arc::downgrade(n),
-            roles: r.clone(),
-        })
-    })
-    .map_err(|_| Failure::invalid("the calling thread is exiting"))?;
+    let entry = Entry {
+        addr,
+        node: Arc::downgrade(n),
+        roles: r.clone(),
+    };
+    MINE.try_with(|m| m.try_borrow_mut().map(|mut m| m.push(entry)).is_ok())
+        .ok()
+        .filter(|&pushed| pushed)
+        .ok_or_else(|| Failure::invalid("the calling thread is exiting"))?;
     Ok(r)
 }
 
@@ -260,3 +261,14 @@ pub(crate) fn release_all(n: &Node) {
         drop(taken);
     }
 }
+
+// Roles are dropped by whichever thread frees the node, and a node is
+// shared by every thread that uses it.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<ClientThread>();
+    send::<Directory>();
+    send_sync::<Roles>();
+    send_sync::<Node>();
+};
