@@ -9,7 +9,10 @@
  *   - patronus_free releases the node although other threads registered
  *     client threads (its NIC threads and memory go away), and those
  *     threads' later calls with the freed handle fail cleanly;
- *   - a C bool is read as its byte (simplify = 0xFF is true).
+ *   - a C bool is read as its byte (simplify = 0xFF is true);
+ *   - calls from a pthread key destructor (after the library's thread-local
+ *     state is gone) return instead of aborting, and exited threads give
+ *     their client slots back.
  * Built with -Wall -Wextra -Werror by tests/c_api.rs. Exit status 0 only
  * when every check passed.
  */
@@ -240,6 +243,54 @@ static void test_c_bool(void) {
     EXPECT(exposers_of_cluster("c-boundary-bool-ff", 0xFF) == 0);
 }
 
+/* ---- calls during thread teardown ------------------------------------ */
+
+/* glibc runs a pthread key's destructor after the thread-local storage of
+   the library is gone: calls from there must neither crash nor abort. */
+static pthread_key_t teardown_key;
+static patronus_t *teardown_node;
+static int teardown_calls_returned;
+
+static void teardown_dtor(void *arg) {
+    (void)arg;
+    patronus_gaddr_t g = patronus_gaddr(1, 1ull << 48); /* fails: records an error */
+    char b[8];
+    int ok = patronus_gaddr_is_null(g);
+    ok &= patronus_read(teardown_node, NULL, b, 8, 0, 0) == PATRONUS_RC_INVALID;
+    ok &= patronus_get_node_id(teardown_node) == 0;
+    (void)patronus_last_error();
+    patronus_clear_last_error();
+    teardown_calls_returned = ok;
+}
+
+static void *teardown_thread(void *arg) {
+    (void)arg;
+    pthread_setspecific(teardown_key, (void *)1);
+    /* The thread's library state exists: a client role and a last error. */
+    if (patronus_register_client_thread(teardown_node) != PATRONUS_RC_OK) return (void *)1;
+    patronus_gaddr(1, 1ull << 48);
+    return NULL;
+}
+
+static void test_calls_during_thread_teardown(patronus_t *p) {
+    teardown_node = p;
+    pthread_key_create(&teardown_key, teardown_dtor);
+    pthread_t t;
+    void *r = (void *)1;
+    pthread_create(&t, NULL, teardown_thread, NULL);
+    pthread_join(t, &r);
+    EXPECT(r == NULL);
+    EXPECT(teardown_calls_returned);
+    /* Each exited thread gave its client slot back: more threads in turn
+       than the node has slots (4, one is the main thread's). */
+    for (int i = 0; i < 4; i++) {
+        pthread_create(&t, NULL, teardown_thread, NULL);
+        pthread_join(t, &r);
+        EXPECT(r == NULL);
+    }
+    pthread_key_delete(teardown_key);
+}
+
 /* ---- the last error: cleared by every call, set by every failure ------ */
 
 static void *serve(void *arg) {
@@ -439,6 +490,7 @@ int main(void) {
     test_last_error_rule(p);
     test_null_parameters(p);
     test_commit_on_a_non_client_thread(p);
+    test_calls_during_thread_teardown(p);
 
     patronus_finished(p, 0);
     EXPECT_NO_ERR();
