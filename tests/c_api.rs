@@ -76,6 +76,16 @@ fn test_api_c() {
 }
 
 #[test]
+fn test_boundary_c() {
+    let exe = build(
+        &root().join("tests/c/test_boundary.c"),
+        "test_boundary",
+        &[],
+    );
+    assert!(run(&exe, &[], &[]).contains("test_boundary: ok"));
+}
+
+#[test]
 fn test_api_c_under_address_sanitizer() {
     let exe = build(
         &root().join("tests/c/test_api.c"),

@@ -210,9 +210,13 @@ int main(void) {
     patronus_gaddr_t bad = patronus_gaddr(1, (uint64_t)1 << 48);
     CHECK(patronus_gaddr_is_null(bad));
     CHECK(patronus_last_error() != NULL && strstr(patronus_last_error(), "48 bits") != NULL);
-    g = patronus_gaddr(1, 8); /* success does not clear the last error */
+    CHECK(patronus_gaddr_node(bad) == 0); /* pure helpers keep it */
     CHECK(patronus_last_error() != NULL);
     patronus_clear_last_error();
+    CHECK(patronus_last_error() == NULL);
+    bad = patronus_gaddr(1, (uint64_t)1 << 48);
+    CHECK(patronus_last_error() != NULL);
+    g = patronus_gaddr(1, 8); /* a successful call clears it */
     CHECK(patronus_last_error() == NULL);
     CHECK(strcmp(patronus_rc_str(PATRONUS_RC_RDMA_PROTECTION_ERR), "RDMA protection error") == 0);
     CHECK(strcmp(patronus_rc_str(99), "unknown return code") == 0);

@@ -1,6 +1,10 @@
 //! Flag constants (uint64_t bitsets) and the acquire status, with the bit
 //! values of the original enums (API.md).
 
+use super::boundary::Fallback;
+use super::error::{Failure, FfiResult, PatronusRc};
+use crate::lease::AcquireStatus;
+
 /// No server GC task; the lease never expires (client deadline infinite).
 pub const PATRONUS_ACQUIRE_NO_GC: u64 = 1u64 << 0;
 /// Exclusive per-key lock held until relinquish or GC.
@@ -81,4 +85,55 @@ pub enum PatronusAcquireStatus {
     PATRONUS_ACQUIRE_RESERVED = 8,
     /// Never valid on the wire.
     PATRONUS_ACQUIRE_RESERVED_NO_RETURN = 9,
+}
+
+impl From<AcquireStatus> for PatronusAcquireStatus {
+    fn from(s: AcquireStatus) -> Self {
+        use PatronusAcquireStatus::*;
+        match s {
+            AcquireStatus::Success => PATRONUS_ACQUIRE_SUCCESS,
+            AcquireStatus::MagicMwErr => PATRONUS_ACQUIRE_MAGIC_MW_ERR,
+            AcquireStatus::LockedErr => PATRONUS_ACQUIRE_LOCKED_ERR,
+            AcquireStatus::BindErr => PATRONUS_ACQUIRE_BIND_ERR,
+            AcquireStatus::RegMrErr => PATRONUS_ACQUIRE_REG_MR_ERR,
+            AcquireStatus::AddressOutOfRangeErr => PATRONUS_ACQUIRE_ADDRESS_OUT_OF_RANGE_ERR,
+            AcquireStatus::NoMem => PATRONUS_ACQUIRE_NO_MEM,
+            AcquireStatus::NoMw => PATRONUS_ACQUIRE_NO_MW,
+            AcquireStatus::Reserved => PATRONUS_ACQUIRE_RESERVED,
+            AcquireStatus::ReservedNoReturn => PATRONUS_ACQUIRE_RESERVED_NO_RETURN,
+        }
+    }
+}
+
+impl Fallback for PatronusAcquireStatus {
+    fn fallback(_: PatronusRc) -> Self {
+        PatronusAcquireStatus::PATRONUS_ACQUIRE_RESERVED
+    }
+}
+
+/// Unknown bits in a flag argument are refused and named.
+pub(crate) fn check_flags(flag: u64, all: u64, what: &str) -> FfiResult<()> {
+    if flag & !all != 0 {
+        return Err(Failure::invalid(format!(
+            "flag {flag:#x} has bits {:#x} that are not {what} flags",
+            flag & !all
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_keeps_its_number_in_c() {
+        for s in AcquireStatus::ALL {
+            assert_eq!(
+                PatronusAcquireStatus::from(s) as i32,
+                s as u8 as i32,
+                "{s:?}"
+            );
+        }
+    }
 }

@@ -103,8 +103,8 @@ pub enum Rc {
 }
 
 impl Rc {
-    /// The code with number `v`; unknown numbers are `Internal`.
-    pub fn from_u8(v: u8) -> Rc {
+    /// Every code, in number order: the one table from numbers to codes.
+    pub const ALL: [Rc; 12] = {
         use Rc::*;
         [
             Ok,
@@ -120,9 +120,16 @@ impl Rc {
             Reserved,
             Internal,
         ]
-        .get(v as usize)
-        .copied()
-        .unwrap_or(Internal)
+    };
+
+    /// The code with number `v`, or None for numbers outside the table.
+    pub fn try_from_u8(v: u8) -> Option<Rc> {
+        Rc::ALL.get(v as usize).copied()
+    }
+
+    /// The code with number `v`; unknown numbers are `Internal`.
+    pub fn from_u8(v: u8) -> Rc {
+        Rc::try_from_u8(v).unwrap_or(Rc::Internal)
     }
 }
 
@@ -153,8 +160,9 @@ pub enum AcquireStatus {
 }
 
 impl AcquireStatus {
-    /// The status with number `v`; unknown numbers are `Reserved`.
-    pub fn from_u8(v: u8) -> AcquireStatus {
+    /// Every status, in number order: the one table from numbers to
+    /// statuses.
+    pub const ALL: [AcquireStatus; 10] = {
         use AcquireStatus::*;
         [
             Success,
@@ -168,9 +176,16 @@ impl AcquireStatus {
             Reserved,
             ReservedNoReturn,
         ]
-        .get(v as usize)
-        .copied()
-        .unwrap_or(Reserved)
+    };
+
+    /// The status with number `v`, or None for numbers outside the table.
+    pub fn try_from_u8(v: u8) -> Option<AcquireStatus> {
+        AcquireStatus::ALL.get(v as usize).copied()
+    }
+
+    /// The status with number `v`; unknown numbers are `Reserved`.
+    pub fn from_u8(v: u8) -> AcquireStatus {
+        AcquireStatus::try_from_u8(v).unwrap_or(AcquireStatus::Reserved)
     }
 }
 
@@ -188,5 +203,7 @@ mod tests {
             assert_eq!(AcquireStatus::from_u8(v) as u8, v);
         }
         assert_eq!(AcquireStatus::from_u8(77), AcquireStatus::Reserved);
+        assert_eq!(Rc::try_from_u8(12), None);
+        assert_eq!(AcquireStatus::try_from_u8(10), None);
     }
 }

@@ -6,6 +6,13 @@ operations. Failures raise ``PatronusError`` subclasses carrying the return
 code and the library's message. Foreign calls release the GIL, so a server
 thread and client threads can share one Python process.
 
+Errors: the library keeps one last error per thread, cleared when any call
+starts and set when it fails ("<function>: <cause>"), so right after a call
+a non-None ``last_error()`` means that call failed. The package reads it at
+once, on the calling thread: calls returning a code raise through
+``check``; calls returning nothing (``server_serve``, ``finished``,
+``dealloc``) raise when the last error is set after them.
+
 >>> import threading, patronus
 >>> with patronus.Patronus(cluster="doc") as p:
 ...     t = threading.Thread(target=p.server_serve, args=(0,)); t.start()
@@ -144,8 +151,20 @@ _ERRORS = {
 
 
 def last_error():
-    """This thread's last error message from the library, or None."""
+    """This thread's last error message from the library, or None when the
+    last library call on this thread succeeded."""
     return cstr(LIB.patronus_last_error())
+
+
+def _check_void(exc=None):
+    """Raises after a call that returns nothing when the library recorded
+    a failure for it (the last error is cleared when every call starts).
+    ``exc``: the exception class and code to raise (default PatronusError
+    with ``rc`` None: such calls return no code)."""
+    msg = last_error()
+    if msg is not None:
+        cls, rc = exc or (PatronusError, None)
+        raise cls(rc, msg)
 
 
 def rc_str(rc):
@@ -302,10 +321,12 @@ class Patronus:
         without client threads counts as finished by serving; a node that is
         also a client calls ``finished(key)`` itself when its work is done."""
         LIB.patronus_server_serve(self._node(), key)
+        _check_void()
 
     def finished(self, key):
         """Marks this node finished for ``key``."""
         LIB.patronus_finished(self._node(), key)
+        _check_void()
 
     def should_exit(self, key):
         return bool(LIB.patronus_should_exit(self._node(), key))
@@ -441,11 +462,8 @@ class Patronus:
 
     def dealloc(self, gaddr, dir_id, size, hint=0):
         """Frees a block from ``alloc``; raises when the memory node refuses."""
-        LIB.patronus_clear_last_error()
         LIB.patronus_dealloc(self._node(), _gaddr(gaddr), dir_id, size, hint)
-        err = last_error()
-        if err:
-            raise InvalidArgument(RC.INVALID, err)
+        _check_void((InvalidArgument, RC.INVALID))
 
     def _buffer(self, fn):
         n = ctypes.c_size_t()
@@ -619,10 +637,15 @@ class Batch:
                    ("atomic", io))
 
     def commit(self):
-        """Posts the chain and waits; raises on failure (the batch is empty
-        afterwards either way)."""
+        """Posts the chain and waits; raises on failure. A posted batch is
+        empty afterwards either way; InvalidArgument (e.g. this thread is
+        not a client thread) posts nothing and keeps the batch, so a later
+        ``commit()`` on a client thread runs it."""
+        rc = LIB.patronus_commit(self._p._node(), self._b)
+        if rc == RC.INVALID:
+            check(rc)  # nothing posted: the outputs stay with the batch
         outs, self._outs = self._outs, []
-        check(LIB.patronus_commit(self._p._node(), self._b))
+        check(rc)
         res = []
         for kind, obj in outs:
             if kind == "read":

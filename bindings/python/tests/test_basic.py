@@ -34,7 +34,7 @@ def test_bad_addresses_raise():
         patronus.GlobalAddress(1 << 16, 0)
 
 
-def test_last_error_is_per_thread_and_sticky():
+def test_last_error_is_per_thread_and_cleared_by_success():
     _lib.LIB.patronus_clear_last_error()
     assert patronus.last_error() is None
     g = _lib.LIB.patronus_gaddr(1, 1 << 48)  # refused by the library
@@ -45,9 +45,12 @@ def test_last_error_is_per_thread_and_sticky():
     t.start()
     t.join()
     assert seen == [None]  # another thread has its own last error
-    _lib.LIB.patronus_gaddr(1, 8)  # success does not clear it
+    _lib.LIB.patronus_gaddr_node(g)  # a pure helper keeps it
     assert patronus.last_error() is not None
     _lib.LIB.patronus_clear_last_error()
+    assert patronus.last_error() is None
+    _lib.LIB.patronus_gaddr(1, 1 << 48)
+    _lib.LIB.patronus_gaddr(1, 8)  # a successful call clears it
     assert patronus.last_error() is None
 
 
