@@ -107,12 +107,7 @@ pub(super) fn build(
         if let Some(q) = &tqs[n] {
             eps.push(q.endpoint());
         }
-        let mut blob = Vec::new();
-        for e in eps.iter() {
-            let b = e.encode();
-            blob.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            blob.extend_from_slice(&b);
-        }
+        let blob = QpEndpoint::encode_list(eps);
         run.put(&format!("ep/{node_id}/{n}"), &blob)?;
     }
     // Read every peer's endpoints for us and connect.
@@ -120,7 +115,7 @@ pub(super) fn build(
     let mut dremote: Vec<Vec<QpEndpoint>> = vec![vec![]; dn as usize];
     for n in 0..m {
         let blob = run.get_wait(&format!("ep/{n}/{node_id}"), t)?;
-        let eps = decode_eps(&blob)?;
+        let eps = QpEndpoint::decode_list(&blob)?;
         let mesh = 2 * (tn as usize * dn as usize) * 2;
         let expect = mesh + usize::from(n != node_id);
         if eps.len() != expect {
@@ -188,21 +183,4 @@ pub(super) fn build(
         time_qps,
         time_cq,
     })
-}
-
-fn decode_eps(b: &[u8]) -> Result<Vec<QpEndpoint>> {
-    let mut v = Vec::new();
-    let mut at = 0;
-    while at < b.len() {
-        let n = b
-            .get(at..at + 4)
-            .map(|x| u32::from_le_bytes(x.try_into().expect("4")) as usize)
-            .ok_or_else(|| Error::Invalid("truncated endpoint list".into()))?;
-        let e = b
-            .get(at + 4..at + 4 + n)
-            .ok_or_else(|| Error::Invalid("truncated endpoint".into()))?;
-        v.push(QpEndpoint::decode(e)?);
-        at += 4 + n;
-    }
-    Ok(v)
 }
