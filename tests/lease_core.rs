@@ -292,7 +292,11 @@ fn extension_keeps_lease(one_sided: bool) {
             c.rpc_extend(&mut l, 200_000_000, 0).unwrap()
         };
         assert_eq!(rc, Rc::Ok);
-        assert_eq!(l.ddl, l.term.begin + 5 * term as i64, "1 + 4 units of 50 ms");
+        assert_eq!(
+            l.ddl,
+            l.term.begin + 5 * term as i64,
+            "1 + 4 units of 50 ms"
+        );
         // A witness of the same term, granted after `l` and never extended:
         // its GC task is due after `l`'s first one (the deadline queue runs
         // tasks in deadline order), so once the directory has collected it,
