@@ -841,8 +841,8 @@ patronus_gaddr_t patronus_alloc(patronus_t *p,
 
 /**
  * Frees a block from `patronus_alloc`. The memory node checks that it is
- * a live block of that allocator; a bad free changes nothing and sets the
- * last error.
+ * a live block of that allocator, allocated by this node (any of its
+ * threads); a bad or foreign free changes nothing and sets the last error.
  */
 void patronus_dealloc(patronus_t *p,
                       patronus_gaddr_t gaddr,

@@ -38,8 +38,8 @@ pub extern "C" fn patronus_alloc(
 }
 
 /// Frees a block from `patronus_alloc`. The memory node checks that it is
-/// a live block of that allocator; a bad free changes nothing and sets the
-/// last error.
+/// a live block of that allocator, allocated by this node (any of its
+/// threads); a bad or foreign free changes nothing and sets the last error.
 #[no_mangle]
 pub extern "C" fn patronus_dealloc(
     p: *mut patronus_t,

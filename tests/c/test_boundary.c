@@ -330,7 +330,7 @@ static void test_last_error_rule(patronus_t *p) {
 
     EXPECT(patronus_get_node_id(p) == 0 && patronus_last_error() == NULL);
     patronus_dealloc(p, patronus_gaddr(0, 12345), 0, 100, 0); /* never allocated */
-    EXPECT_ERR("patronus_dealloc: node 0 refused to free 100 bytes at 0x3039");
+    EXPECT_ERR("patronus_dealloc: invalid argument: dealloc of 100 bytes at offset 0x3039");
 
     EXPECT(patronus_get_node_id(p) == 0 && patronus_last_error() == NULL);
     patronus_dealloc(NULL, patronus_gaddr(0, 12345), 0, 100, 0);
