@@ -214,7 +214,9 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
             let t0 = Instant::now();
             let mut ops = 0u64;
             loop {
-                let mut l = c.get_lease(true, s, 0, 0, 64, 10_000_000, 0)?;
+                // A term far longer than one probe: a loaded machine must
+                // not expire it between the grant and the read.
+                let mut l = c.get_lease(true, s, 0, 0, 64, 1_000_000_000, 0)?;
                 let mut b = [0u8; 64];
                 if !l.success() || c.read(&mut l, &mut b, 0, 0)? != Rc::Ok {
                     return Err(Error::Invalid(

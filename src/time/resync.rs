@@ -52,14 +52,17 @@ fn run(s: TimeSyncer, clk: Arc<Clock>, period: Duration, stop: &AtomicBool) {
         if Instant::now() < next {
             continue;
         }
-        let r = s.sync_once(8);
+        let r = s.measure(8);
         clk.note_resync(r.is_ok());
         match r {
-            Ok((_, e)) => {
+            Ok((off, e)) => {
+                // Widen first: the new offset is never read with the old,
+                // narrower bound.
                 if e > clk.epsilon() {
                     tracing::warn!(epsilon_ns = e, "clock uncertainty grew; widening epsilon");
                     clk.set_epsilon(e);
                 }
+                clk.set_offset(off);
                 if failing {
                     tracing::info!("clock re-sync works again");
                 }

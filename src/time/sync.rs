@@ -266,9 +266,22 @@ impl TimeSyncer {
         Ok((t0, t1, ClockInfo::decode(&b)))
     }
 
-    /// One synchronisation: asks the parent to publish, takes `samples`
-    /// fresh timed reads, applies the best estimate. Returns (offset, eps).
+    /// One synchronisation: [`TimeSyncer::measure`], then applies the
+    /// estimate, widening the clock's epsilon first when the new bound is
+    /// wider (so that no reader ever sees the new offset with the old,
+    /// narrower bound). Returns (offset, eps).
     pub fn sync_once(&self, samples: usize) -> Result<(i64, i64)> {
+        let (offset, eps) = self.measure(samples)?;
+        if eps > self.clock.epsilon() {
+            self.clock.set_epsilon(eps);
+        }
+        self.clock.set_offset(offset);
+        Ok((offset, eps))
+    }
+
+    /// Asks the parent to publish, takes `samples` fresh timed reads and
+    /// returns the best estimate (offset, eps) without applying it.
+    pub fn measure(&self, samples: usize) -> Result<(i64, i64)> {
         let t0 = Instant::now();
         // The previous read: when it was posted and what it saw.
         let mut prev: Option<(i64, i64)> = None;
@@ -314,7 +327,6 @@ impl TimeSyncer {
             }
         }
         let (offset, eps) = best.expect("at least one sample").estimate();
-        self.clock.set_offset(offset);
         Ok((offset, eps.max(self.floor_ns)))
     }
 }
