@@ -19,7 +19,7 @@
  * The C ABI version this library implements (bumped on incompatible
  * changes); bindings compare it with what they were written for.
  */
-#define PATRONUS_ABI_VERSION 1
+#define PATRONUS_ABI_VERSION 2
 
 /**
  * No server GC task; the lease never expires (client deadline infinite).
@@ -342,6 +342,13 @@ typedef struct {
    * Timeout of every RPC in milliseconds (0: 2000).
    */
   uint64_t rpc_timeout_ms;
+  /**
+   * Publish the universal rkey (`PATRONUS_RW_USE_UNIVERSAL_RKEY`), an
+   * unprotected baseline for benchmarks: any client then reaches the lease
+   * and allocation buffers without a lease. Off by default; never covers
+   * protection regions or the time area.
+   */
+  bool allow_universal_rkey;
 } patronus_config_t;
 
 #ifdef __cplusplus

@@ -63,6 +63,12 @@ pub struct Config {
     /// the directory's slice of the alloc buffer). Past it an allocation
     /// gets `NoMem`.
     pub alloc_quota_per_node: u64,
+    /// Publish a whole-buffer key (the original's universal rkey, used by
+    /// `RWFlag::USE_UNIVERSAL_RKEY` as the unprotected baseline of
+    /// benchmarks). Off by default: with it, any client reaches the lease
+    /// and allocation buffers without a lease. Even on, it never covers the
+    /// protection regions or the time area.
+    pub allow_universal_rkey: bool,
 }
 
 impl Default for Config {
@@ -90,6 +96,7 @@ impl Default for Config {
             lease_quota_per_thread: 0,
             lease_quota_per_node: 0,
             alloc_quota_per_node: 0,
+            allow_universal_rkey: false,
         }
     }
 }

@@ -101,6 +101,11 @@ struct NodeArgs {
     /// tcp fabric listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// Publish the universal rkey (an UNPROTECTED baseline for benchmarks:
+    /// any client then reaches the lease and allocation buffers without a
+    /// lease; never the protection regions or the time area).
+    #[arg(long)]
+    allow_universal_rkey: bool,
     /// Sync key of server_serve / finished.
     #[arg(long, default_value_t = 0)]
     key: u64,
@@ -118,6 +123,7 @@ impl NodeArgs {
             listen_addr: self.listen.clone(),
             cluster: self.cluster.clone(),
             rpc_timeout: Duration::from_millis(self.rpc_timeout_ms.max(1)),
+            allow_universal_rkey: self.allow_universal_rkey,
             ..Default::default()
         }
     }

@@ -43,6 +43,9 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
         fabric: "shm".into(),
         keeper: None,
         leases_per_dir: 1024,
+        // acquire_flags_mr_universal_norpc_nobind reads through the
+        // universal rkey (off by default; see protection_hostile.rs).
+        allow_universal_rkey: true,
         ..Config::default()
     };
     let hs: Vec<_> = (0..machines)

@@ -288,3 +288,118 @@ fn a_client_past_its_quota_is_refused_and_others_are_served() {
         },
     );
 }
+
+/// A forged lease over `[base, base + size)` of node 0's region with `rkey`.
+fn forged(template: &Lease, base: u64, size: u64, rkey: u32) -> Lease {
+    let mut f = template.clone();
+    f.base = patronus::lease::RegionOff(base);
+    f.size = size;
+    f.rkey = rkey;
+    f.ddl = i64::MAX;
+    f
+}
+
+#[test]
+fn universal_rkey_is_off_by_default_and_never_reaches_protection_regions() {
+    for opt_in in [false, true] {
+        with_cluster(
+            2,
+            |c| c.allow_universal_rkey = opt_in,
+            |srv, clients| {
+                let mut c = clients[0].register_client_thread().unwrap();
+                let mut l = c.get_lease(true, 0, 0, 4096, 1, 0, acquire::NO_GC).unwrap();
+                assert!(l.success());
+                srv.buffer_write(4096, b"universal-bytes!").unwrap();
+                let mut b = [0u8; 16];
+                let rc = c.read(&mut l, &mut b, 0, rw::USE_UNIVERSAL_RKEY).unwrap();
+                if opt_in {
+                    assert_eq!(rc, Rc::Ok, "opted in: 16 bytes through a 1-byte lease");
+                    assert_eq!(&b, b"universal-bytes!");
+                } else {
+                    assert_eq!(rc, Rc::RdmaProtectionErr, "no universal key by default");
+                    assert_eq!(srv.memory().region_rkey, 0);
+                }
+                let m = srv.memory();
+                let (_, region_key) = srv.region_key();
+                let internal = m.layout.internal;
+                // Neither the universal key nor the region's own key opens a
+                // protection region, the time area or the buffer.
+                for rkey in [m.region_rkey, region_key] {
+                    for (base, what) in [
+                        (l.pr_off.0.max(4096), "a protection region"),
+                        (0, "the time area"),
+                        (internal + 4096, "the lease buffer"),
+                    ] {
+                        if rkey == m.region_rkey && opt_in && base == internal + 4096 {
+                            continue; // the one thing the opt-in grants
+                        }
+                        let mut f = forged(&l, base, 40, rkey);
+                        let r = c.read(&mut f, &mut b[..8], 0, 0).unwrap();
+                        assert_eq!(r, Rc::RdmaProtectionErr, "read of {what} with {rkey:#x}");
+                        let w = c.write(&mut f, b"evil", 0, 0).unwrap();
+                        assert_eq!(w, Rc::RdmaProtectionErr, "write of {what} with {rkey:#x}");
+                    }
+                }
+                // The honest lease still works after all those faults.
+                assert_eq!(c.write(&mut l, b"k", 0, 0).unwrap(), Rc::Ok);
+                let mut one = [0u8; 1];
+                srv.buffer_read(4096, &mut one).unwrap();
+                assert_eq!(&one, b"k");
+                c.relinquish(&mut l, 0, 0).unwrap();
+            },
+        );
+    }
+}
+
+#[test]
+fn no_client_can_write_the_time_parents_clock() {
+    with_cluster(
+        2,
+        |_| {},
+        |srv, clients| {
+            let mut c = clients[0].register_client_thread().unwrap();
+            let m = srv.memory();
+            let l = c.get_lease(false, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
+            // The clock key reads the ClockInfo ...
+            let mut clock = forged(&l, 0, 32, m.clock_rkey);
+            let mut b = [0u8; 32];
+            assert_eq!(c.read(&mut clock, &mut b, 0, 0).unwrap(), Rc::Ok);
+            // ... and writes nothing, not even the request word.
+            for off in [0u64, 8, 16, 24] {
+                assert_eq!(
+                    c.write(&mut clock, &[0xff; 8], off, 0).unwrap(),
+                    Rc::RdmaProtectionErr,
+                    "write at {off}"
+                );
+                assert_eq!(
+                    c.faa(&mut clock, off, 1 << 40, 0).unwrap().0,
+                    Rc::RdmaProtectionErr,
+                    "atomic through the read key at {off}"
+                );
+            }
+            // The request key allows an atomic on the request word only.
+            let mut req = forged(&l, 16, 8, m.request_rkey);
+            assert_eq!(c.faa(&mut req, 0, 1, 0).unwrap().0, Rc::Ok);
+            let mut ns_word = forged(&l, 0, 8, m.request_rkey);
+            assert_eq!(
+                c.faa(&mut ns_word, 0, 10_000_000_000, 0).unwrap().0,
+                Rc::RdmaProtectionErr,
+                "the request key does not reach the clock word"
+            );
+            assert_eq!(
+                c.read(&mut req, &mut b[..8], 0, 0).unwrap(),
+                Rc::RdmaProtectionErr,
+                "the request key does not read"
+            );
+            // Same host, same CLOCK_MONOTONIC: the client's offset stays within
+            // its epsilon of 0 (nobody could move the parent's clock).
+            let n = &clients[0];
+            assert!(
+                n.clock_offset().abs() <= n.epsilon() + 1_000_000,
+                "offset {} epsilon {}",
+                n.clock_offset(),
+                n.epsilon()
+            );
+        },
+    );
+}

@@ -81,6 +81,8 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
         fabric: o.fabric.clone(),
         keeper: None,
         leases_per_dir: 4096,
+        // The unprotected baseline reads through the universal rkey.
+        allow_universal_rkey: true,
         ..Config::default()
     };
     let hs: Vec<_> = (0..2)

@@ -64,6 +64,11 @@ pub struct patronus_config_t {
     pub leases_per_dir: u32,
     /// Timeout of every RPC in milliseconds (0: 2000).
     pub rpc_timeout_ms: u64,
+    /// Publish the universal rkey (`PATRONUS_RW_USE_UNIVERSAL_RKEY`), an
+    /// unprotected baseline for benchmarks: any client then reaches the lease
+    /// and allocation buffers without a lease. Off by default; never covers
+    /// protection regions or the time area.
+    pub allow_universal_rkey: CBool,
 }
 
 impl patronus_config_t {
@@ -85,6 +90,7 @@ impl patronus_config_t {
             client_threads: d.client_threads,
             leases_per_dir: d.leases_per_dir,
             rpc_timeout_ms: d.rpc_timeout.as_millis() as u64,
+            allow_universal_rkey: false.into(),
         }
     }
 
@@ -128,6 +134,7 @@ impl patronus_config_t {
             cfg.cluster = n.to_string();
         }
         cfg.simplify = c.simplify.get();
+        cfg.allow_universal_rkey = c.allow_universal_rkey.get();
         if c.client_threads != 0 {
             cfg.client_threads = c.client_threads;
         }

@@ -97,14 +97,21 @@ impl Layout {
 }
 
 /// What a memory node publishes about its registered region: where it is
-/// (the NIC's address of region offset 0), the whole-region rkey and the
-/// layout, so that peers convert its offsets with its own layout.
+/// (the NIC's address of region offset 0), its keys and its layout, so that
+/// peers convert its offsets with its own layout. The region itself is
+/// registered without remote rights; peers reach it only through windows
+/// and through these narrow keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeMemory {
     /// NIC address of region offset 0.
     pub region_addr: u64,
-    /// rkey of the whole region (the universal rkey).
+    /// The universal rkey over the lease and allocation buffers (0: the
+    /// node did not opt in, `Config::allow_universal_rkey`).
     pub region_rkey: u32,
+    /// Read-only key over the time area's clock words.
+    pub clock_rkey: u32,
+    /// Atomic-only key over the time area's request word.
+    pub request_rkey: u32,
     /// The node's layout.
     pub layout: Layout,
 }
@@ -114,9 +121,11 @@ impl NodeMemory {
     pub fn encode(&self) -> String {
         let l = &self.layout;
         format!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {}",
             self.region_addr,
             self.region_rkey,
+            self.clock_rkey,
+            self.request_rkey,
             l.internal,
             l.lease,
             l.alloc,
@@ -131,12 +140,14 @@ impl NodeMemory {
             .map(str::parse)
             .collect::<std::result::Result<_, _>>()
             .ok()?;
-        let [addr, rkey, internal, lease, alloc, reserved, prs] = v[..] else {
+        let [addr, rkey, clock, request, internal, lease, alloc, reserved, prs] = v[..] else {
             return None;
         };
         Some(NodeMemory {
             region_addr: addr,
             region_rkey: u32::try_from(rkey).ok()?,
+            clock_rkey: u32::try_from(clock).ok()?,
+            request_rkey: u32::try_from(request).ok()?,
             layout: Layout {
                 internal,
                 lease,
@@ -232,12 +243,15 @@ mod tests {
         let m = NodeMemory {
             region_addr: 1 << 40,
             region_rkey: 0xdead_beef,
+            clock_rkey: 7,
+            request_rkey: 8,
             layout: lay(),
         };
         assert_eq!(NodeMemory::decode(&m.encode()), Some(m));
         assert_eq!(NodeMemory::decode("1 2 3"), None);
-        assert_eq!(NodeMemory::decode("1 99999999999 3 4 5 6 7"), None);
-        assert_eq!(NodeMemory::decode("a b c d e f g"), None);
+        assert_eq!(NodeMemory::decode("1 99999999999 3 4 5 6 7 8 9"), None);
+        assert_eq!(NodeMemory::decode("a b c d e f g h i"), None);
+        assert_eq!(NodeMemory::decode("1 2 3 4 5 6 7"), None, "the old form");
     }
 
     #[test]

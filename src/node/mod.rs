@@ -49,7 +49,50 @@ pub struct Patronus {
     /// The clock-read QPs towards every peer: peers' re-syncs READ this
     /// node's clock through them for the node's whole life.
     _time_qps: Vec<Option<(Arc<dyn Qp>, QpEndpoint)>>,
+    _keys: RegionKeys,
     _nic: Arc<dyn Nic>,
+}
+
+/// The narrow keys a node registers over its region for peers: read-only
+/// clock words, the atomic-only request word, and (only if the node opts
+/// in) the universal key over the lease and allocation buffers. Never a key
+/// over the protection regions.
+struct RegionKeys {
+    clock: Arc<Mr>,
+    request: Arc<Mr>,
+    universal: Option<Arc<Mr>>,
+}
+
+impl RegionKeys {
+    fn register(
+        nic: &Arc<dyn Nic>,
+        region: &Arc<Mr>,
+        layout: &Layout,
+        universal: bool,
+    ) -> Result<RegionKeys> {
+        use crate::time::{CLOCK_INFO_SIZE, REQUEST_WORD};
+        let clock = nic.reg_sub_mr(region, 0, CLOCK_INFO_SIZE, Access::REMOTE_READ)?;
+        let request = nic.reg_sub_mr(region, REQUEST_WORD, 8, Access::REMOTE_ATOMIC)?;
+        let universal = if universal {
+            tracing::warn!(
+                "universal rkey enabled: any client reaches the lease and allocation buffers \
+                 without a lease (an unprotected baseline for benchmarks)"
+            );
+            Some(nic.reg_sub_mr(
+                region,
+                layout.internal,
+                layout.lease + layout.alloc,
+                Access::WRITE_WINDOW,
+            )?)
+        } else {
+            None
+        };
+        Ok(RegionKeys {
+            clock,
+            request,
+            universal,
+        })
+    }
 }
 
 /// The run protocol as a directory sees it: a node with no client thread
@@ -125,10 +168,20 @@ impl Patronus {
         let run = Arc::new(Run::new(keeper, prefix, cfg.machine_nr));
         let pd = nic.alloc_pd()?;
         let layout = cfg.layout();
-        let region = nic.alloc_mr(pd, layout.total() as usize, Access::ALL)?;
+        // The region has no remote rights of its own: its key opens nothing
+        // remotely. Peers reach it through windows bound to one connection,
+        // and through the narrow keys below.
+        let region = nic.alloc_mr(
+            pd,
+            layout.total() as usize,
+            Access(Access::LOCAL_WRITE.0 | Access::MW_BIND.0),
+        )?;
+        let keys = RegionKeys::register(&nic, &region, &layout, cfg.allow_universal_rkey)?;
         let me = NodeMemory {
             region_addr: region.addr(),
-            region_rkey: region.rkey(),
+            region_rkey: keys.universal.as_ref().map_or(0, |m| m.rkey()),
+            clock_rkey: keys.clock.rkey(),
+            request_rkey: keys.request.rkey(),
             layout,
         };
         run.put(&format!("info/{node_id}"), me.encode().as_bytes())?;
@@ -195,6 +248,7 @@ impl Patronus {
             control,
             _time: time,
             _time_qps: m.time_qps,
+            _keys: keys,
             _nic: nic,
         })
     }
@@ -290,6 +344,19 @@ impl Patronus {
             .get(lease.node as usize)
             .map_or(0, |p| lease.buf_off(&p.layout).0);
         (lease.node, off)
+    }
+
+    /// The NIC address and key of this node's whole registered region. The
+    /// region has no remote rights: the key opens nothing remotely. Exposed
+    /// for hostile-client tests, which try it.
+    #[doc(hidden)]
+    pub fn region_key(&self) -> (u64, u32) {
+        (self.region.addr(), self.region.rkey())
+    }
+
+    /// What this node published about its memory (keys and layout).
+    pub fn memory(&self) -> NodeMemory {
+        self.clients.peers[self.node_id as usize]
     }
 
     /// The node's layout.

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpEndpoint};
 use crate::lease::NodeMemory;
 use crate::time::sync::Exposer;
-use crate::time::{Clock, Resync, TimeSyncer};
+use crate::time::{Clock, ParentKeys, Resync, TimeSyncer};
 use crate::{Error, Result};
 
 /// The exposer (time parent) or the periodic re-sync thread (other nodes).
@@ -66,7 +66,10 @@ pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
             s.cq.clone(),
             buf,
             p.region_addr,
-            p.region_rkey,
+            ParentKeys {
+                read: p.clock_rkey,
+                request: p.request_rkey,
+            },
             s.clock.clone(),
             cfg.epsilon_ns,
             s.timeout,

@@ -14,7 +14,9 @@ pub mod sync;
 
 pub use ddl::DdlQueue;
 pub use resync::Resync;
-pub use sync::{ClockInfo, SyncSample, TimeSyncer, CLOCK_INFO_SIZE, CLOCK_MAGIC};
+pub use sync::{
+    ClockInfo, ParentKeys, SyncSample, TimeSyncer, CLOCK_INFO_SIZE, CLOCK_MAGIC, REQUEST_WORD,
+};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

@@ -52,7 +52,20 @@ fn run(s: TimeSyncer, clk: Arc<Clock>, period: Duration, stop: &AtomicBool) {
         if Instant::now() < next {
             continue;
         }
-        let r = s.measure(8);
+        // The true offset lies within epsilon of the current estimate and
+        // within `e` of the new one, so honest estimates differ by at most
+        // their sum: a larger jump means the parent's clock words were
+        // tampered with (or the bracket is wrong) and is not adopted.
+        let r = s.measure(8).and_then(|(off, e)| {
+            let bound = clk.epsilon().saturating_add(e);
+            let jump = off.saturating_sub(clk.offset()).saturating_abs();
+            if jump > bound {
+                return Err(crate::Error::Invalid(format!(
+                    "re-sync offset jumps by {jump} ns, more than the bound {bound} ns: not adopted"
+                )));
+            }
+            Ok((off, e))
+        });
         clk.note_resync(r.is_ok());
         match r {
             Ok((off, e)) => {

@@ -154,11 +154,25 @@ pub struct TimeSyncer {
     cq: Arc<dyn Cq>,
     buf: Arc<Mr>,
     parent_addr: u64,
-    parent_rkey: u32,
+    parent_rkey: ParentKeys,
     clock: Arc<Clock>,
     floor_ns: i64,
     timeout: Duration,
 }
+
+/// The parent's keys for its time area: `read` opens the ClockInfo words
+/// for READ only; `request` opens only the request word, for atomics. No
+/// peer can write the parent's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentKeys {
+    /// READ of the 32-byte ClockInfo at offset 0.
+    pub read: u32,
+    /// FAA of the request word (offset 16).
+    pub request: u32,
+}
+
+/// Offset of the request word in the ClockInfo.
+pub const REQUEST_WORD: u64 = 16;
 
 impl TimeSyncer {
     /// A syncer reading the parent's ClockInfo at `parent_addr` with
@@ -171,7 +185,7 @@ impl TimeSyncer {
         cq: Arc<dyn Cq>,
         buf: Arc<Mr>,
         parent_addr: u64,
-        parent_rkey: u32,
+        parent_rkey: ParentKeys,
         clock: Arc<Clock>,
         floor_ns: i64,
         timeout: Duration,
@@ -243,8 +257,8 @@ impl TimeSyncer {
                 offset: 0,
                 len: 8,
             },
-            raddr: self.parent_addr + 16,
-            rkey: self.parent_rkey,
+            raddr: self.parent_addr + REQUEST_WORD,
+            rkey: self.parent_rkey.request,
             add: 1,
         })
     }
@@ -258,7 +272,7 @@ impl TimeSyncer {
                 len: CLOCK_INFO_SIZE as u32,
             },
             raddr: self.parent_addr,
-            rkey: self.parent_rkey,
+            rkey: self.parent_rkey.read,
         })?;
         let t1 = monotonic_ns();
         let mut b = [0u8; 32];

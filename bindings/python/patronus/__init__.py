@@ -261,7 +261,7 @@ class Patronus:
     ``reserved_buffer_size``, ``time_parent_node_id``, ``fabric`` ("shm",
     "tcp", "verbs"), ``keeper`` ("memcached://HOST:PORT"), ``listen_addr``,
     ``cluster``, ``simplify``, ``client_threads``, ``leases_per_dir``,
-    ``rpc_timeout_ms``. Construction blocks until ``machine_nr`` nodes
+    ``rpc_timeout_ms``, ``allow_universal_rkey`` (an unprotected benchmark baseline; off by default). Construction blocks until ``machine_nr`` nodes
     joined. Use it as a context manager or call ``close()``.
     """
 

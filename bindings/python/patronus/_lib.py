@@ -25,7 +25,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class GAddr(ctypes.Structure):
@@ -52,6 +52,7 @@ class Config(ctypes.Structure):
         ("client_threads", c_uint16),
         ("leases_per_dir", c_uint32),
         ("rpc_timeout_ms", c_uint64),
+        ("allow_universal_rkey", c_bool),
     ]
 
 

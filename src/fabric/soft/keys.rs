@@ -327,9 +327,16 @@ impl KeyTable {
         let remote = Access(
             access.0 & (Access::REMOTE_READ.0 | Access::REMOTE_WRITE.0 | Access::REMOTE_ATOMIC.0),
         );
-        if !mr.access.contains(remote) {
+        // As verbs (IBTA C10-73/C10-74, rxe_check_bind_mw): the MR needs
+        // MW_BIND, and a window that grants remote writes or atomics needs
+        // an MR with local write. The MR's own remote rights do not limit
+        // the window, so a memory node registers its region without any
+        // remote right: its MR key then opens nothing remotely, and only
+        // windows (bound to one connection) reach the memory.
+        let writes = Access(Access::REMOTE_WRITE.0 | Access::REMOTE_ATOMIC.0);
+        if remote.0 & writes.0 != 0 && !mr.access.contains(Access::LOCAL_WRITE) {
             return Err(FabricError::Invalid(format!(
-                "bind: window access {:#x} exceeds MR access {:#x}",
+                "bind: a writable window ({:#x}) needs an MR with local write (MR access {:#x})",
                 access.0, mr.access.0
             )));
         }
@@ -537,6 +544,32 @@ mod tests {
         t.remove(lkey).unwrap();
         assert!(t.check(lkey, 1, 1, 0x1000, 1, Access::REMOTE_READ).is_err());
         assert!(t.remove(lkey).is_err());
+    }
+
+    #[test]
+    fn windows_over_an_mr_without_remote_rights() {
+        let t = KeyTable::new(16);
+        let local = Access(Access::LOCAL_WRITE.0 | Access::MW_BIND.0);
+        let mr = t.add_mr(1, 0x1000, 0x100, local).unwrap();
+        // The MR's own key opens nothing remotely.
+        assert!(t.check(mr, 1, 1, 0x1000, 8, Access::REMOTE_READ).is_err());
+        let (h, _) = t.add_mw(1).unwrap();
+        let rkey = t
+            .bind_mw(h, 1, 7, mr, 0x1000, 0x40, Access::WRITE_WINDOW)
+            .unwrap();
+        assert!(t.check(rkey, 1, 7, 0x1000, 8, Access::REMOTE_WRITE).is_ok());
+        assert!(t
+            .check(rkey, 1, 8, 0x1000, 8, Access::REMOTE_WRITE)
+            .is_err());
+        // A writable window needs local write on the MR (C10-74).
+        let ro = t.add_mr(1, 0x1000, 0x100, Access::MW_BIND).unwrap();
+        let (h2, _) = t.add_mw(1).unwrap();
+        assert!(t
+            .bind_mw(h2, 1, 7, ro, 0x1000, 8, Access::WRITE_WINDOW)
+            .is_err());
+        assert!(t
+            .bind_mw(h2, 1, 7, ro, 0x1000, 8, Access::READ_WINDOW)
+            .is_ok());
     }
 
     #[test]
