@@ -16,13 +16,10 @@ use patronus::fabric::soft::{LinkKind, SoftConfig, SoftNic};
 use patronus::fabric::{Access, Nic, QpEndpoint, SendWr, WcStatus, WrOp};
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    hex::decode(s).expect("a hex endpoint from the other process")
 }
 
 fn open(link: LinkKind) -> Arc<dyn Nic> {
