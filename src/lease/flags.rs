@@ -30,9 +30,12 @@ pub mod acquire {
 pub mod modify {
     /// Keep both windows bound on relinquish.
     pub const NO_RELINQUISH_UNBIND_ANY: u64 = 1 << 0;
-    /// Keep the protection-region window bound on relinquish.
+    /// The original keeps the protection-region window bound on relinquish.
+    /// Accepted without effect: the region's window is always unbound (left
+    /// bound, its old holder could extend the region's next lease).
     pub const NO_RELINQUISH_UNBIND_PR: u64 = 1 << 1;
-    /// GC ignores client extensions.
+    /// GC ignores client extensions. Accepted without effect: a relinquish
+    /// always closes the protection region before it revokes.
     pub const FORCE_UNBIND: u64 = 1 << 2;
     /// Also free the object's memory (allocation leases).
     pub const WITH_DEALLOCATION: u64 = 1 << 3;
@@ -40,7 +43,8 @@ pub mod modify {
     pub const ONLY_DEALLOCATION: u64 = 1 << 4;
     /// The server ignores the request.
     pub const SERVER_DO_NOTHING: u64 = 1 << 5;
-    /// Wait until the revocation completed (always true in Patronus-rs).
+    /// Wait until the revocation completed (always true in Patronus-rs:
+    /// accepted without effect).
     pub const WAIT_UNTIL_SUCCESS: u64 = 1 << 6;
     /// The lease was MR-based.
     pub const USE_MR: u64 = 1 << 7;
@@ -66,7 +70,8 @@ pub mod rw {
     pub const ENABLE_TRACE: u64 = 1 << 4;
     /// Perform the operation by RPC.
     pub const USE_TWO_SIDED: u64 = 1 << 5;
-    /// Allow RPC operations larger than one message.
+    /// Allow RPC operations larger than one message. Accepted without
+    /// effect: two-sided transfers are always split into messages.
     pub const USE_TWO_SIDED_AUTO_PACKING: u64 = 1 << 6;
     /// Every defined bit.
     pub const ALL: u64 = (1 << 7) - 1;
