@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fabric::mem::MemBlock;
-use crate::fabric::soft::NicAddr;
 use crate::fabric::soft::ring::{flag, Consumer, Producer, RingLayout, CTRL};
 use crate::fabric::soft::shm::MSG_SLOT;
 use crate::fabric::soft::tcp::{self, Framed};
 use crate::fabric::soft::wire::{
-    FrameKind, Prefix, ReqHeader, ReqOp, RespHeader, FRAME_PREFIX, MAX_RDMA_LEN, MAX_SEND,
-    REQ_LEN, RESP_LEN,
+    FrameKind, Prefix, ReqHeader, ReqOp, RespHeader, FRAME_PREFIX, MAX_RDMA_LEN, MAX_SEND, REQ_LEN,
+    RESP_LEN,
 };
+use crate::fabric::soft::NicAddr;
 use crate::fabric::QpEndpoint;
 use crate::lease::addr::{BufOff, Layout, NodeMemory, RegionOff};
 use crate::lease::msg::{self, Msg};
@@ -122,7 +122,11 @@ pub fn wire_headers(data: &[u8]) {
             let b: [u8; FRAME_PREFIX] = padded(rest);
             if let Ok(p) = Prefix::decode(&b) {
                 assert!(p.payload_len <= MAX_RDMA_LEN);
-                assert_eq!(Prefix::encode(p.kind, p.payload_len), b, "prefix re-encoding");
+                assert_eq!(
+                    Prefix::encode(p.kind, p.payload_len),
+                    b,
+                    "prefix re-encoding"
+                );
             }
         }
     }
@@ -423,15 +427,27 @@ pub fn endpoint(data: &[u8]) {
         assert_eq!(e.encode(), data, "endpoint re-encoding");
     }
     if let Ok(v) = QpEndpoint::decode_list(data) {
-        assert_eq!(QpEndpoint::encode_list(&v), data, "endpoint list re-encoding");
+        assert_eq!(
+            QpEndpoint::encode_list(&v),
+            data,
+            "endpoint list re-encoding"
+        );
         for e in &v {
             if let Ok(a) = NicAddr::decode(&e.nic) {
-                assert_eq!(NicAddr::decode(&a.encode()).ok(), Some(a), "NIC address round trip");
+                assert_eq!(
+                    NicAddr::decode(&a.encode()).ok(),
+                    Some(a),
+                    "NIC address round trip"
+                );
             }
         }
     }
     if let Ok(a) = NicAddr::decode(data) {
-        assert_eq!(NicAddr::decode(&a.encode()).ok(), Some(a), "NIC address round trip");
+        assert_eq!(
+            NicAddr::decode(&a.encode()).ok(),
+            Some(a),
+            "NIC address round trip"
+        );
     }
 }
 
@@ -628,10 +644,7 @@ fn seed_msgs() -> Vec<Vec<u8>> {
         AdminOp::QpReset,
         AdminOp::Stats,
     ] {
-        cases.push((
-            MsgType::Admin,
-            Msg::Admin(AdminReq { op, arg: 1, dir: 0 }),
-        ));
+        cases.push((MsgType::Admin, Msg::Admin(AdminReq { op, arg: 1, dir: 0 })));
     }
     cases
         .into_iter()
@@ -712,7 +725,12 @@ fn seed_frames() -> Vec<Vec<u8>> {
         };
         let mut b = [0u8; REQ_LEN];
         h.encode(&mut b);
-        let frame = [&Prefix::encode(FrameKind::Req, n as u32)[..], &b, &vec![0xab; n]].concat();
+        let frame = [
+            &Prefix::encode(FrameKind::Req, n as u32)[..],
+            &b,
+            &vec![0xab; n],
+        ]
+        .concat();
         all.extend_from_slice(&frame);
         v.push([&[0u8][..], &frame].concat());
     }

@@ -58,10 +58,10 @@ fn file_name(b: &[u8]) -> String {
 }
 
 fn all_targets() -> impl Iterator<Item = (&'static str, Target)> {
-    TARGETS.iter().copied().chain([(
-        "clock_estimate",
-        fuzzing::clock_estimate as Target,
-    )])
+    TARGETS
+        .iter()
+        .copied()
+        .chain([("clock_estimate", fuzzing::clock_estimate as Target)])
 }
 
 #[test]
