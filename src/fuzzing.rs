@@ -82,6 +82,15 @@ pub fn lease_msg(data: &[u8]) {
     }
 }
 
+/// What the responder relies on in a request header that decoded.
+fn check_req(h: &ReqHeader) {
+    match h.op {
+        ReqOp::Cas | ReqOp::Faa => assert!(h.len == 8 && h.raddr % 8 == 0, "{h:?}"),
+        ReqOp::Send => assert!(h.len <= MAX_SEND, "{h:?}"),
+        ReqOp::Read | ReqOp::Write => assert!(h.len <= MAX_RDMA_LEN, "{h:?}"),
+    }
+}
+
 /// The soft NIC's fixed headers: byte 0 picks the decoder (request header,
 /// response header, tcp frame prefix), the rest is the header, zero-padded.
 pub fn wire_headers(data: &[u8]) {
@@ -93,11 +102,7 @@ pub fn wire_headers(data: &[u8]) {
             let b: [u8; REQ_LEN] = padded(rest);
             match ReqHeader::decode(&b) {
                 Ok(h) => {
-                    match h.op {
-                        ReqOp::Cas | ReqOp::Faa => assert!(h.len == 8 && h.raddr % 8 == 0),
-                        ReqOp::Send => assert!(h.len <= MAX_SEND),
-                        ReqOp::Read | ReqOp::Write => assert!(h.len <= MAX_RDMA_LEN),
-                    }
+                    check_req(&h);
                     // Reserved bytes are checked, so an accepted header is
                     // exactly its encoding.
                     let mut e = [0u8; REQ_LEN];
@@ -220,7 +225,9 @@ pub fn tcp_frames(data: &[u8]) {
             assert_eq!(f.payload(&fr), &rest[FRAME_PREFIX + hl..total]);
             match expect {
                 FrameKind::Req => {
-                    let _ = ReqHeader::decode(&fr.hdr);
+                    if let Ok(h) = ReqHeader::decode(&fr.hdr) {
+                        check_req(&h);
+                    }
                 }
                 FrameKind::Resp => {
                     let _ = RespHeader::decode(&padded(&fr.hdr));
@@ -344,13 +351,7 @@ pub fn shm_ring(data: &[u8]) {
                     let mut e = [0u8; REQ_LEN];
                     req.pop_prefix::<{ REQ_LEN - 8 }, REQ_LEN>(&mut e);
                     if let Ok(h) = ReqHeader::decode(&e) {
-                        match h.op {
-                            ReqOp::Cas | ReqOp::Faa => {
-                                assert!(h.len == 8 && h.raddr % 8 == 0)
-                            }
-                            ReqOp::Send => assert!(h.len <= MAX_SEND),
-                            _ => assert!(h.len <= MAX_RDMA_LEN),
-                        }
+                        check_req(&h);
                     }
                 }
                 req.release();
