@@ -174,17 +174,19 @@ fn seeded_mutations_run_clean() {
     }
 }
 
-/// Finding F1 of the libFuzzer run of `clock_estimate`: a parent clock
-/// value near i64::MIN overflows `SyncSample::estimate` (time/sync.rs,
-/// `parent_ns - mid`). Fix outside this branch's files; un-ignore then.
+/// Finding F1, the crash libFuzzer found in `clock_estimate` after about
+/// 1.15 M runs (artifact crash-5c23f68a..., as found): a live ClockInfo
+/// whose `ns` is near i64::MIN overflows `SyncSample::estimate`
+/// (time/sync.rs, `parent_ns - mid`): a panic in debug builds, a wrapped
+/// offset in release. The fix belongs to time/sync.rs (not this branch's
+/// file); un-ignore this test with it.
 #[test]
 #[ignore = "known finding F1: SyncSample::estimate overflows (time/sync.rs)"]
 fn regression_clock_estimate_overflow() {
-    let mut b = Vec::new();
-    b.extend_from_slice(&i64::MIN.to_le_bytes());
-    b.extend_from_slice(&[0; 16]);
-    b.extend_from_slice(&patronus::time::CLOCK_MAGIC.to_le_bytes());
-    b.extend_from_slice(&(4_000_000_000u64 << 2).to_le_bytes());
-    b.extend_from_slice(&100u32.to_le_bytes());
-    fuzzing::clock_estimate(&b);
+    let crash = hex::decode(
+        "000000000800ff89ffffffffffffffffffff00000000000032321010ddccbbaa\
+         0000000800ff89ffffffffffffffffffff00000000000032321010ddccbbaa",
+    )
+    .unwrap();
+    fuzzing::clock_estimate(&crash);
 }
