@@ -28,6 +28,8 @@ pub mod fabric;
 #[allow(unsafe_code)]
 pub mod ffi;
 /// cbindgen:ignore
+pub mod fuzzing;
+/// cbindgen:ignore
 pub mod lease;
 /// cbindgen:ignore
 pub mod node;
