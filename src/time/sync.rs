@@ -78,10 +78,14 @@ pub struct SyncSample {
 }
 
 impl SyncSample {
-    /// Offset estimate and its uncertainty.
-    pub fn estimate(&self) -> (i64, i64) {
-        let mid = self.lo + (self.hi - self.lo) / 2;
-        (self.parent_ns - mid, (self.hi - self.lo) / 2 + 1 + DRIFT_NS)
+    /// Offset estimate and its uncertainty, or None when the sample is
+    /// impossible (a bracket that ends before it starts, or values whose
+    /// difference does not fit 64 bits: a hostile or corrupt clock word).
+    pub fn estimate(&self) -> Option<(i64, i64)> {
+        let width = self.hi.checked_sub(self.lo).filter(|w| *w >= 0)?;
+        let mid = self.lo.checked_add(width / 2)?;
+        let offset = self.parent_ns.checked_sub(mid)?;
+        Some((offset, (width / 2).checked_add(1 + DRIFT_NS)?))
     }
 }
 
@@ -336,11 +340,18 @@ impl TimeSyncer {
                 hi: t1,
                 parent_ns: info.ns,
             };
+            // An impossible sample (a clock value whose offset does not fit
+            // 64 bits) is never adopted.
+            if s.estimate().is_none() {
+                continue;
+            }
             if best.is_none_or(|b| s.hi - s.lo < b.hi - b.lo) {
                 best = Some(s);
             }
         }
-        let (offset, eps) = best.expect("at least one sample").estimate();
+        let (offset, eps) = best
+            .and_then(|b| b.estimate())
+            .ok_or_else(|| Error::Invalid("time sync: no usable sample".into()))?;
         Ok((offset, eps.max(self.floor_ns)))
     }
 }
@@ -359,10 +370,23 @@ mod tests {
                 hi: 1_004_000,
                 parent_ns: at + 5_000_000,
             };
-            let (off, eps) = s.estimate();
+            let (off, eps) = s.estimate().unwrap();
             assert!((off - 5_000_000).abs() <= eps, "{off} {eps}");
             assert!(eps >= 2_000);
         }
+    }
+
+    #[test]
+    fn impossible_samples_are_rejected_not_wrapped() {
+        let s = |lo, hi, parent_ns| SyncSample { lo, hi, parent_ns };
+        assert_eq!(s(1_000, 1_000, i64::MIN).estimate(), None);
+        assert_eq!(s(-5, i64::MAX, 0).estimate(), None, "width overflows");
+        assert_eq!(
+            s(10, 5, 0).estimate(),
+            None,
+            "bracket ends before it starts"
+        );
+        assert!(s(0, 10, i64::MAX).estimate().is_some());
     }
 
     #[test]
