@@ -33,6 +33,11 @@ struct InTcpState {
 }
 
 impl InTcp {
+    /// True until the channel died or was closed.
+    pub fn alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
     /// Closes the channel (the initiator sees EOF).
     pub fn kill(&self) {
         if !self.dead.swap(true, Ordering::AcqRel) {

@@ -5,11 +5,12 @@ mod complete;
 mod post;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::auth::{refuse, KEY_LEN};
 use super::cq::SoftCq;
 use super::nic::{NicAddr, NicInner};
 use super::shm::{InShm, OutShm};
@@ -26,6 +27,35 @@ use crate::fabric::{
 pub(crate) enum Inbound {
     Shm(Arc<InShm>),
     Tcp(Arc<super::nic::InTcp>),
+}
+
+impl Inbound {
+    /// True until the channel died or was closed.
+    fn alive(&self) -> bool {
+        match self {
+            Inbound::Shm(s) => !s.dead.load(Ordering::Acquire),
+            Inbound::Tcp(t) => t.alive(),
+        }
+    }
+
+    fn kill(&self, why: &str) {
+        match self {
+            Inbound::Shm(s) => s.kill(why),
+            Inbound::Tcp(t) => t.kill(),
+        }
+    }
+}
+
+/// Who may attach an inbound channel to a QP, and who did (under the
+/// `peer` lock, taken after `inb`).
+#[derive(Default)]
+struct PeerState {
+    /// (NIC public key, QP number) of the endpoint this QP is connected to.
+    expect: Option<([u8; KEY_LEN], u32)>,
+    /// The authenticated peer of the attached channel and its epoch;
+    /// `provisional` when it attached before this QP was connected (it is
+    /// closed if the QP then connects to someone else).
+    live: Option<(([u8; KEY_LEN], u32), u64, bool)>,
 }
 
 enum Out {
@@ -106,6 +136,9 @@ pub struct QpInner {
     recv_cq: Arc<SoftCq>,
     rq: Mutex<RecvSide>,
     pub(crate) inb: Mutex<Option<Inbound>>,
+    peer: Mutex<PeerState>,
+    /// Epoch of this QP's latest outbound channel (sent in its hello).
+    conn_epoch: AtomicU64,
     pub(crate) tcp_msgs: Mutex<VecDeque<Vec<u8>>>,
 }
 
@@ -139,6 +172,8 @@ impl QpInner {
                 scratch: vec![0u8; MAX_SEND as usize],
             }),
             inb: Mutex::new(None),
+            peer: Mutex::new(PeerState::default()),
+            conn_epoch: AtomicU64::new(0),
             tcp_msgs: Mutex::new(VecDeque::new()),
         }
     }
@@ -194,14 +229,74 @@ impl QpInner {
         Access(self.access.load(Ordering::Relaxed))
     }
 
-    /// Attaches the channel the peer created towards this QP.
-    pub(crate) fn attach_inbound(&self, i: Inbound) {
-        let old = self.inb.lock().replace(i);
-        if let Some(Inbound::Shm(o)) = old {
-            o.kill("replaced by a new connection");
+    /// False when this QP is connected to an endpoint other than NIC key
+    /// `pk`, QP `qpn` (checked before a hello is challenged).
+    pub(crate) fn may_be_peer(&self, pk: &[u8; KEY_LEN], qpn: u32) -> bool {
+        match self.peer.lock().expect {
+            Some(e) => e == (*pk, qpn),
+            None => true,
+        }
+    }
+
+    /// Attaches the channel an authenticated peer (NIC key `pk`, QP `qpn`)
+    /// created towards this QP, with its connection epoch. Refused (with
+    /// the refusal code) when the QP is connected to another endpoint, or
+    /// when a live channel is attached and this one is not a newer
+    /// connection of the same peer: a live channel is never replaced by a
+    /// newcomer.
+    pub(crate) fn attach_inbound(
+        &self,
+        i: Inbound,
+        pk: &[u8; KEY_LEN],
+        qpn: u32,
+        epoch: u64,
+    ) -> std::result::Result<(), u32> {
+        let id = (*pk, qpn);
+        let old = {
+            let mut inb = self.inb.lock();
+            let mut ps = self.peer.lock();
+            if ps.expect.is_some_and(|e| e != id) {
+                return Err(refuse::NOT_PEER);
+            }
+            if inb.as_ref().is_some_and(Inbound::alive) {
+                match ps.live {
+                    Some((lid, le, _)) if lid == id && epoch > le => {}
+                    _ => return Err(refuse::LIVE),
+                }
+            }
+            ps.live = Some((id, epoch, ps.expect.is_none()));
+            inb.replace(i)
+        };
+        if let Some(o) = old {
+            o.kill("replaced by a newer connection of the same peer");
         }
         if self.state() == QpState::Reset {
             self.set_state(QpState::Init);
+        }
+        Ok(())
+    }
+
+    /// Records the endpoint this QP is connected to; closes a channel that
+    /// attached before the QP was connected and comes from someone else.
+    fn expect_peer(&self, pk: [u8; KEY_LEN], qpn: u32) {
+        let stale = {
+            let mut inb = self.inb.lock();
+            let mut ps = self.peer.lock();
+            ps.expect = Some((pk, qpn));
+            match ps.live {
+                Some((lid, _, true)) if lid != (pk, qpn) => {
+                    ps.live = None;
+                    inb.take()
+                }
+                Some((lid, e, true)) => {
+                    ps.live = Some((lid, e, false));
+                    None
+                }
+                _ => None,
+            }
+        };
+        if let Some(o) = stale {
+            o.kill("attached before connect by another peer");
         }
     }
 
@@ -249,18 +344,24 @@ impl QpInner {
             // The new link is built without the CQ lock (a handshake with
             // the peer NIC), then swapped in; the old one is closed after.
             let addr = NicAddr::decode(&remote.nic)?;
+            let pk = addr.require_pk()?;
+            self.expect_peer(pk, remote.qpn);
+            let epoch = self.conn_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = &self.nic.id;
             let out = match self.nic.link {
                 LinkKind::Shm => {
                     let name = addr.shm.ok_or_else(|| {
                         FabricError::Invalid("remote NIC has no shm address".into())
                     })?;
-                    Out::Shm(OutShm::connect(&name, self.qpn, remote.qpn)?)
+                    Out::Shm(OutShm::connect(
+                        &name, id, &pk, self.qpn, remote.qpn, epoch,
+                    )?)
                 }
                 LinkKind::Tcp => {
                     let a = addr.tcp.ok_or_else(|| {
                         FabricError::Invalid("remote NIC has no tcp address".into())
                     })?;
-                    Out::Tcp(tcp::connect(&a, self.qpn, remote.qpn)?)
+                    Out::Tcp(tcp::connect(&a, id, &pk, self.qpn, remote.qpn, epoch)?)
                 }
             };
             let old = self.with_sq(|sq| {
@@ -297,10 +398,7 @@ impl Drop for SoftQp {
         let sq = q.send_cq.detach(q);
         q.recv_cq.detach(q);
         if let Some(i) = q.inb.lock().take() {
-            match i {
-                Inbound::Shm(s) => s.kill("QP destroyed"),
-                Inbound::Tcp(t) => t.kill(),
-            }
+            i.kill("QP destroyed");
         }
         drop(sq);
     }
