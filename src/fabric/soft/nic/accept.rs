@@ -394,6 +394,31 @@ fn handle_ctl(c: &InShm) -> std::io::Result<()> {
     Ok(())
 }
 
+impl NicInner {
+    /// Starts serving a channel attached to one of this NIC's QPs.
+    pub(crate) fn serve_inbound(&self, i: &Inbound) {
+        match i {
+            Inbound::Shm(ch) => {
+                self.in_shm.write().push(ch.clone());
+                self.in_shm_ver.fetch_add(1, Ordering::Release);
+                efd_signal(self.doorbell.as_raw_fd());
+            }
+            Inbound::Tcp(ch) => {
+                self.in_tcp.lock().insert(ch.token(), ch.clone());
+                if let Err(e) = epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    ch.fd(),
+                    libc::EPOLLIN as u32,
+                    ch.token(),
+                ) {
+                    tracing::warn!("epoll add: {e}");
+                }
+            }
+        }
+    }
+}
+
 fn attach_shm(
     nic: &Arc<NicInner>,
     s: UnixStream,
@@ -432,16 +457,19 @@ fn attach_shm(
             return refuse(refuse::BAD_SEGMENT, "segment cannot be mapped");
         }
     };
-    if let Err(code) = q.attach_inbound(Inbound::Shm(ch.clone()), &h.pk, h.src, h.epoch) {
-        return refuse(code, auth::refusal_reason(code));
-    }
-    nic.in_shm.write().push(ch);
-    nic.in_shm_ver.fetch_add(1, Ordering::Release);
+    let attached = match q.attach_inbound(Inbound::Shm(ch.clone()), &h.pk, h.src, h.epoch) {
+        Ok(a) => a,
+        Err(code) => return refuse(code, auth::refusal_reason(code)),
+    };
     let ok = auth::msg(kind::OK, 0, &[0u8; KEY_LEN]);
     if let Err(e) = shm::send_with_fd(&s, &ok, Some(nic.doorbell.as_raw_fd())) {
         tracing::debug!("shm hello reply failed: {e}");
+        ch.kill("hello reply failed");
+        return;
     }
-    efd_signal(nic.doorbell.as_raw_fd());
+    if attached {
+        nic.serve_inbound(&Inbound::Shm(ch));
+    }
 }
 
 fn attach_tcp(nic: &Arc<NicInner>, s: TcpStream, q: &Arc<QpInner>, h: &Hello) {
@@ -450,15 +478,18 @@ fn attach_tcp(nic: &Arc<NicInner>, s: TcpStream, q: &Arc<QpInner>, h: &Hello) {
     let Ok(f) = Framed::new(s) else { return };
     let token = nic.next_token.fetch_add(1, Ordering::Relaxed);
     let ch = Arc::new(InTcp::new(f, Arc::downgrade(q), token, fd));
-    if let Err(code) = q.attach_inbound(Inbound::Tcp(ch.clone()), &h.pk, h.src, h.epoch) {
-        tracing::debug!(
-            "refusing a tcp channel to QP {}: {}",
-            h.dst,
-            auth::refusal_reason(code)
-        );
-        let _ = (&w).write(&auth::refusal(code));
-        return;
-    }
+    let attached = match q.attach_inbound(Inbound::Tcp(ch.clone()), &h.pk, h.src, h.epoch) {
+        Ok(a) => a,
+        Err(code) => {
+            tracing::debug!(
+                "refusing a tcp channel to QP {}: {}",
+                h.dst,
+                auth::refusal_reason(code)
+            );
+            let _ = (&w).write(&auth::refusal(code));
+            return;
+        }
+    };
     if !matches!(
         (&w).write(&auth::msg(kind::OK, 0, &[0u8; KEY_LEN])),
         Ok(auth::MSG_LEN)
@@ -466,14 +497,7 @@ fn attach_tcp(nic: &Arc<NicInner>, s: TcpStream, q: &Arc<QpInner>, h: &Hello) {
         ch.kill();
         return;
     }
-    nic.in_tcp.lock().insert(token, ch);
-    if let Err(e) = epoll_ctl(
-        nic.epoll.as_raw_fd(),
-        libc::EPOLL_CTL_ADD,
-        fd,
-        libc::EPOLLIN as u32,
-        token,
-    ) {
-        tracing::warn!("epoll add: {e}");
+    if attached {
+        nic.serve_inbound(&Inbound::Tcp(ch));
     }
 }

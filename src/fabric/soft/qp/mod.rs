@@ -24,6 +24,7 @@ use crate::fabric::{
 };
 
 /// The inbound channel attached to a QP by its peer.
+#[derive(Clone)]
 pub(crate) enum Inbound {
     Shm(Arc<InShm>),
     Tcp(Arc<super::nic::InTcp>),
@@ -46,16 +47,24 @@ impl Inbound {
     }
 }
 
+/// (NIC public key, QP number): who a peer QP is.
+type PeerId = ([u8; KEY_LEN], u32);
+
+/// Authenticated channels a QP holds back until it is connected to their
+/// sender.
+const MAX_HELD: usize = 4;
+
 /// Who may attach an inbound channel to a QP, and who did (under the
 /// `peer` lock, taken after `inb`).
 #[derive(Default)]
 struct PeerState {
-    /// (NIC public key, QP number) of the endpoint this QP is connected to.
-    expect: Option<([u8; KEY_LEN], u32)>,
-    /// The authenticated peer of the attached channel and its epoch;
-    /// `provisional` when it attached before this QP was connected (it is
-    /// closed if the QP then connects to someone else).
-    live: Option<(([u8; KEY_LEN], u32), u64, bool)>,
+    /// The endpoint this QP is connected to.
+    expect: Option<PeerId>,
+    /// The authenticated peer of the attached channel and its epoch.
+    live: Option<(PeerId, u64)>,
+    /// Authenticated channels from peers this QP is not connected to (yet):
+    /// not served; attached when the QP connects to their sender.
+    held: Vec<(PeerId, u64, Inbound)>,
 }
 
 enum Out {
@@ -230,73 +239,119 @@ impl QpInner {
     }
 
     /// False when this QP is connected to an endpoint other than NIC key
-    /// `pk`, QP `qpn` (checked before a hello is challenged).
+    /// `pk`, QP `qpn`, and that endpoint's channel is live (checked before
+    /// a hello is challenged).
     pub(crate) fn may_be_peer(&self, pk: &[u8; KEY_LEN], qpn: u32) -> bool {
-        match self.peer.lock().expect {
-            Some(e) => e == (*pk, qpn),
-            None => true,
+        let inb = self.inb.lock();
+        let ps = self.peer.lock();
+        match ps.expect {
+            Some(e) if e != (*pk, qpn) => !inb.as_ref().is_some_and(Inbound::alive),
+            _ => true,
         }
     }
 
-    /// Attaches the channel an authenticated peer (NIC key `pk`, QP `qpn`)
-    /// created towards this QP, with its connection epoch. Refused (with
-    /// the refusal code) when the QP is connected to another endpoint, or
-    /// when a live channel is attached and this one is not a newer
-    /// connection of the same peer: a live channel is never replaced by a
-    /// newcomer.
+    /// Takes the channel an authenticated peer (NIC key `pk`, QP `qpn`)
+    /// created towards this QP, with its connection epoch. It is attached
+    /// (Ok(true): the caller starts serving it) only when this QP is
+    /// connected to that peer; a live channel is replaced only by a newer
+    /// connection (epoch) of the same peer, never by a newcomer. A channel
+    /// from another peer is refused while the QP's own peer has a live
+    /// channel, and otherwise held back, unserved, until the QP connects to
+    /// its sender (Ok(false); as on hardware, where a connect never waits
+    /// for the peer's).
     pub(crate) fn attach_inbound(
         &self,
         i: Inbound,
         pk: &[u8; KEY_LEN],
         qpn: u32,
         epoch: u64,
-    ) -> std::result::Result<(), u32> {
+    ) -> std::result::Result<bool, u32> {
         let id = (*pk, qpn);
-        let old = {
+        let mut dropped = Vec::new();
+        let attached = {
             let mut inb = self.inb.lock();
             let mut ps = self.peer.lock();
-            if ps.expect.is_some_and(|e| e != id) {
-                return Err(refuse::NOT_PEER);
-            }
-            if inb.as_ref().is_some_and(Inbound::alive) {
-                match ps.live {
-                    Some((lid, le, _)) if lid == id && epoch > le => {}
-                    _ => return Err(refuse::LIVE),
+            let live = inb.as_ref().is_some_and(Inbound::alive);
+            match ps.expect {
+                Some(e) if e == id => {
+                    if live && ps.live.is_some_and(|(l, le)| l == id && epoch <= le) {
+                        return Err(refuse::LIVE);
+                    }
+                    ps.live = Some((id, epoch));
+                    dropped.extend(inb.replace(i));
+                    true
+                }
+                Some(_) if live => return Err(refuse::NOT_PEER),
+                _ => {
+                    if ps.held.iter().any(|(h, he, _)| *h == id && *he >= epoch) {
+                        return Err(refuse::LIVE);
+                    }
+                    let mut k = 0;
+                    while k < ps.held.len() {
+                        if ps.held[k].0 == id || ps.held.len() >= MAX_HELD {
+                            dropped.push(ps.held.remove(k).2);
+                        } else {
+                            k += 1;
+                        }
+                    }
+                    ps.held.push((id, epoch, i));
+                    false
                 }
             }
-            ps.live = Some((id, epoch, ps.expect.is_none()));
-            inb.replace(i)
         };
-        if let Some(o) = old {
-            o.kill("replaced by a newer connection of the same peer");
+        for o in dropped {
+            o.kill("replaced by a newer connection");
         }
-        if self.state() == QpState::Reset {
+        if attached && self.state() == QpState::Reset {
             self.set_state(QpState::Init);
         }
-        Ok(())
+        Ok(attached)
     }
 
-    /// Records the endpoint this QP is connected to; closes a channel that
-    /// attached before the QP was connected and comes from someone else.
+    /// Records the endpoint this QP is connected to and attaches (and
+    /// starts serving) the newest channel held back from it.
     fn expect_peer(&self, pk: [u8; KEY_LEN], qpn: u32) {
-        let stale = {
+        let id = (pk, qpn);
+        let mut dropped = Vec::new();
+        let promoted = {
             let mut inb = self.inb.lock();
             let mut ps = self.peer.lock();
-            ps.expect = Some((pk, qpn));
-            match ps.live {
-                Some((lid, _, true)) if lid != (pk, qpn) => {
-                    ps.live = None;
-                    inb.take()
+            ps.expect = Some(id);
+            let mut best: Option<(u64, Inbound)> = None;
+            let mut k = 0;
+            while k < ps.held.len() {
+                if ps.held[k].0 != id {
+                    k += 1;
+                    continue;
                 }
-                Some((lid, e, true)) => {
-                    ps.live = Some((lid, e, false));
+                let (_, e, ch) = ps.held.remove(k);
+                match &best {
+                    Some((be, _)) if *be >= e => dropped.push(ch),
+                    _ => dropped.extend(best.replace((e, ch)).map(|b| b.1)),
+                }
+            }
+            let live = inb.as_ref().is_some_and(Inbound::alive);
+            match best {
+                Some((e, _)) if live && ps.live.is_some_and(|(l, le)| l == id && e <= le) => {
+                    dropped.extend(best.map(|b| b.1));
                     None
                 }
-                _ => None,
+                Some((e, ch)) => {
+                    ps.live = Some((id, e));
+                    dropped.extend(inb.replace(ch.clone()));
+                    Some(ch)
+                }
+                None => None,
             }
         };
-        if let Some(o) = stale {
-            o.kill("attached before connect by another peer");
+        for o in dropped {
+            o.kill("replaced by a newer connection");
+        }
+        if let Some(ch) = promoted {
+            self.nic.serve_inbound(&ch);
+            if self.state() == QpState::Reset {
+                self.set_state(QpState::Init);
+            }
         }
     }
 
@@ -398,6 +453,9 @@ impl Drop for SoftQp {
         let sq = q.send_cq.detach(q);
         q.recv_cq.detach(q);
         if let Some(i) = q.inb.lock().take() {
+            i.kill("QP destroyed");
+        }
+        for (_, _, i) in std::mem::take(&mut q.peer.lock().held) {
             i.kill("QP destroyed");
         }
         drop(sq);
