@@ -21,10 +21,13 @@
 //! The transcript is `"patronus-hello-v2" || link || dst || src || epoch ||
 //! initiator nonce || challenge || initiator pk || responder pk`; the
 //! responder checks it in constant time. Replayed bytes of a captured hello
-//! fail because the challenge is fresh. The responder requires the named
-//! QP to be connected to an endpoint with the hello's public key and QP
-//! number (see `QpInner::attach_inbound`). Nothing here runs on the data
-//! path: it is paid once per connection.
+//! fail because the challenge is fresh. An authenticated channel is
+//! attached (served) only while the named QP is connected to an endpoint
+//! with the hello's public key and QP number, and never replaces a live
+//! channel unless it is a newer connection (epoch) of the same peer; one
+//! from another peer is held back unserved until the QP connects to it
+//! (see `QpInner::attach_inbound`). Nothing here runs on the data path: it
+//! is paid once per connection.
 
 use std::collections::HashMap;
 
@@ -60,8 +63,6 @@ pub mod refuse {
     pub const BAD_HELLO: u32 = 1;
     /// No such QP on this NIC.
     pub const NO_QP: u32 = 2;
-    /// The QP is connected to another peer (public key or QP number).
-    pub const NOT_PEER: u32 = 3;
     /// The peer's public key gives no usable shared secret.
     pub const BAD_KEY: u32 = 4;
     /// The MAC did not verify.
@@ -330,7 +331,6 @@ pub fn refusal_reason(code: u32) -> &'static str {
     match code {
         refuse::BAD_HELLO => "not a version-2 hello",
         refuse::NO_QP => "no such QP",
-        refuse::NOT_PEER => "the QP is connected to another peer",
         refuse::BAD_KEY => "unusable public key",
         refuse::BAD_MAC => "authentication failed",
         refuse::LIVE => "the QP has a live channel that is not older",

@@ -182,16 +182,6 @@ impl Pending {
             self.refuse(refuse::NO_QP, &format!("no QP {}", h.dst));
             return false;
         };
-        if !q.may_be_peer(&h.pk, h.src) {
-            self.refuse(
-                refuse::NOT_PEER,
-                &format!(
-                    "QP {} is connected to another peer than QP {}",
-                    h.dst, h.src
-                ),
-            );
-            return false;
-        }
         let Some(key) = nic.id.pairwise(&h.pk) else {
             self.refuse(refuse::BAD_KEY, "non-contributory public key");
             return false;

@@ -238,27 +238,15 @@ impl QpInner {
         Access(self.access.load(Ordering::Relaxed))
     }
 
-    /// False when this QP is connected to an endpoint other than NIC key
-    /// `pk`, QP `qpn`, and that endpoint's channel is live (checked before
-    /// a hello is challenged).
-    pub(crate) fn may_be_peer(&self, pk: &[u8; KEY_LEN], qpn: u32) -> bool {
-        let inb = self.inb.lock();
-        let ps = self.peer.lock();
-        match ps.expect {
-            Some(e) if e != (*pk, qpn) => !inb.as_ref().is_some_and(Inbound::alive),
-            _ => true,
-        }
-    }
-
     /// Takes the channel an authenticated peer (NIC key `pk`, QP `qpn`)
     /// created towards this QP, with its connection epoch. It is attached
     /// (Ok(true): the caller starts serving it) only when this QP is
     /// connected to that peer; a live channel is replaced only by a newer
     /// connection (epoch) of the same peer, never by a newcomer. A channel
-    /// from another peer is refused while the QP's own peer has a live
-    /// channel, and otherwise held back, unserved, until the QP connects to
-    /// its sender (Ok(false); as on hardware, where a connect never waits
-    /// for the peer's).
+    /// from another peer is held back, unserved, until the QP connects to
+    /// its sender (Ok(false)): as on hardware, where an RC QP drops what
+    /// does not come from its peer and a connect never waits for the
+    /// peer's (a QP may be connected to before it connects back).
     pub(crate) fn attach_inbound(
         &self,
         i: Inbound,
@@ -281,7 +269,6 @@ impl QpInner {
                     dropped.extend(inb.replace(i));
                     true
                 }
-                Some(_) if live => return Err(refuse::NOT_PEER),
                 _ => {
                     if ps.held.iter().any(|(h, he, _)| *h == id && *he >= epoch) {
                         return Err(refuse::LIVE);
