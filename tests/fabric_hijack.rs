@@ -110,8 +110,15 @@ impl Victim {
                     self.read_ok((reads.fetch_add(1, Ordering::Relaxed) % 64) * 64);
                 }
             });
+            // Stops the reader even when an attack assertion fails.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&stop);
             attacks();
-            stop.store(true, Ordering::Relaxed);
         });
         assert!(reads.load(Ordering::Relaxed) > 0, "the victim never read");
         assert_eq!(
