@@ -205,6 +205,18 @@ pub fn check_prefix(b: &[u8]) -> Result<u8, WireError> {
 }
 
 impl Hello {
+    /// A hello from `id`'s NIC, QP `src`, to QP `dst`, with a fresh nonce.
+    pub fn new(id: &Identity, link: HelloLink, dst: u32, src: u32, epoch: u64) -> Hello {
+        Hello {
+            dst,
+            src,
+            link,
+            epoch,
+            nonce: nonce(),
+            pk: id.public(),
+        }
+    }
+
     /// Encodes the hello.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
@@ -324,6 +336,30 @@ pub fn parse_msg(b: &[u8; MSG_LEN]) -> Result<(u8, u32, [u8; KEY_LEN]), WireErro
 /// A refusal.
 pub fn refusal(code: u32) -> [u8; MSG_LEN] {
     msg(kind::REFUSE, code, &[0u8; KEY_LEN])
+}
+
+/// The body of the responder's message `r` if it is of kind `want`;
+/// otherwise the error an initiator reports (`nic` names the responder).
+pub fn expect_msg(
+    r: &[u8; MSG_LEN],
+    want: u8,
+    nic: &str,
+    dst_qpn: u32,
+) -> crate::fabric::Result<[u8; KEY_LEN]> {
+    use crate::fabric::FabricError;
+    match parse_msg(r) {
+        Ok((k, _, body)) if k == want => Ok(body),
+        Ok((kind::REFUSE, code, _)) => Err(FabricError::PeerLost(format!(
+            "{nic} refused the connection to QP {dst_qpn}: {} (code {code})",
+            refusal_reason(code)
+        ))),
+        Ok((k, _, _)) => Err(FabricError::PeerLost(format!(
+            "{nic} answered the hello with message kind {k:#x}"
+        ))),
+        Err(e) => Err(FabricError::PeerLost(format!(
+            "{nic} answered the hello with a bad message: {e}"
+        ))),
+    }
 }
 
 /// What a refusal code means (for error messages).

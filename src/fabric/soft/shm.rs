@@ -389,40 +389,20 @@ impl OutShm {
         let req = Producer::new(seg.clone(), rq, true);
         let resp = Consumer::new(seg.clone(), rs);
         let msg = Producer::new(seg.clone(), ms, true);
-        let h = Hello {
-            dst: dst_qpn,
-            src: src_qpn,
-            link: HelloLink::Shm,
-            epoch,
-            nonce: auth::nonce(),
-            pk: id.public(),
-        };
-        let lost = |what: &str, e: std::io::Error| {
-            FabricError::PeerLost(format!("shm {what} NIC {addr}: {e}"))
-        };
+        let h = Hello::new(id, HelloLink::Shm, dst_qpn, src_qpn, epoch);
+        let nic = format!("shm NIC {addr}");
+        let lost =
+            |what: &str, e: std::io::Error| FabricError::PeerLost(format!("{what} {nic}: {e}"));
         send_with_fd(&ctrl, &h.encode(), None).map_err(|e| lost("hello to", e))?;
-        let expect = |want: u8, r: &[u8; auth::MSG_LEN]| match auth::parse_msg(r) {
-            Ok((k, _, body)) if k == want => Ok(body),
-            Ok((auth::kind::REFUSE, code, _)) => Err(FabricError::PeerLost(format!(
-                "NIC {addr} refused the connection to QP {dst_qpn}: {} (code {code})",
-                auth::refusal_reason(code)
-            ))),
-            Ok((k, _, _)) => Err(FabricError::PeerLost(format!(
-                "NIC {addr} answered the shm hello with message kind {k:#x}"
-            ))),
-            Err(e) => Err(FabricError::PeerLost(format!(
-                "NIC {addr} answered the shm hello with a bad message: {e}"
-            ))),
-        };
         let mut r = [0u8; auth::MSG_LEN];
         recv_with_fd(&ctrl, &mut r).map_err(|e| lost("hello challenge from", e))?;
-        let challenge = expect(auth::kind::CHAL, &r)?;
+        let challenge = auth::expect_msg(&r, auth::kind::CHAL, &nic, dst_qpn)?;
         let mac = h.answer(&key, &challenge, remote_pk);
         let answer = auth::msg(auth::kind::AUTH, seg.len() as u32, &mac);
         send_with_fd(&ctrl, &answer, Some(seg.fd().as_raw_fd()))
             .map_err(|e| lost("hello answer to", e))?;
         let fd = recv_with_fd(&ctrl, &mut r).map_err(|e| lost("hello reply from", e))?;
-        expect(auth::kind::OK, &r)?;
+        auth::expect_msg(&r, auth::kind::OK, &nic, dst_qpn)?;
         let doorbell = fd.ok_or_else(|| {
             FabricError::PeerLost(format!("NIC {addr} sent no doorbell with its reply"))
         })?;

@@ -239,53 +239,23 @@ pub fn connect_stream(
         .map_err(|e| FabricError::io("TCP_NODELAY", e))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| FabricError::io("set_read_timeout", e))?;
-    let h = Hello {
-        dst: dst_qpn,
-        src: src_qpn,
-        link: HelloLink::Tcp,
-        epoch,
-        nonce: auth::nonce(),
-        pk: id.public(),
-    };
-    let lost = |what: &str, e: std::io::Error| {
-        FabricError::PeerLost(format!("{what} from tcp NIC {addr}: {e}"))
-    };
+    let h = Hello::new(id, HelloLink::Tcp, dst_qpn, src_qpn, epoch);
+    let nic = format!("tcp NIC {addr}");
+    let lost = |what: &str, e: std::io::Error| FabricError::PeerLost(format!("{what} {nic}: {e}"));
+    let mut r = [0u8; auth::MSG_LEN];
     s.write_all(&h.encode()).map_err(|e| lost("hello to", e))?;
-    let challenge = read_msg(&mut s, addr, dst_qpn, auth::kind::CHAL)
-        .map_err(|e| e.unwrap_or_else(|e| lost("hello challenge", e)))?;
+    s.read_exact(&mut r)
+        .map_err(|e| lost("hello challenge from", e))?;
+    let challenge = auth::expect_msg(&r, auth::kind::CHAL, &nic, dst_qpn)?;
     let mac = h.answer(&key, &challenge, remote_pk);
     s.write_all(&auth::msg(auth::kind::AUTH, 0, &mac))
         .map_err(|e| lost("hello answer to", e))?;
-    read_msg(&mut s, addr, dst_qpn, auth::kind::OK)
-        .map_err(|e| e.unwrap_or_else(|e| lost("hello reply", e)))?;
+    s.read_exact(&mut r)
+        .map_err(|e| lost("hello reply from", e))?;
+    auth::expect_msg(&r, auth::kind::OK, &nic, dst_qpn)?;
     s.set_read_timeout(None)
         .map_err(|e| FabricError::io("set_read_timeout", e))?;
     Ok(s)
-}
-
-/// Reads one hello-exchange message of kind `want`; Err(Ok) for a refusal
-/// or a malformed answer, Err(Err) for an I/O failure.
-fn read_msg(
-    s: &mut TcpStream,
-    addr: &str,
-    dst_qpn: u32,
-    want: u8,
-) -> std::result::Result<[u8; KEY_LEN], std::result::Result<FabricError, std::io::Error>> {
-    let mut r = [0u8; auth::MSG_LEN];
-    s.read_exact(&mut r).map_err(Err)?;
-    match auth::parse_msg(&r) {
-        Ok((k, _, body)) if k == want => Ok(body),
-        Ok((auth::kind::REFUSE, code, _)) => Err(Ok(FabricError::PeerLost(format!(
-            "tcp NIC {addr} refused the connection to QP {dst_qpn}: {} (code {code})",
-            auth::refusal_reason(code)
-        )))),
-        Ok((k, _, _)) => Err(Ok(FabricError::PeerLost(format!(
-            "tcp NIC {addr} answered the hello with message kind {k:#x}"
-        )))),
-        Err(e) => Err(Ok(FabricError::PeerLost(format!(
-            "tcp NIC {addr} answered the hello with a bad message: {e}"
-        )))),
-    }
 }
 
 #[cfg(test)]
