@@ -491,3 +491,51 @@ fn reconnect_after_a_protection_fault_tcp() {
 fn reconnect_after_a_protection_fault_shm() {
     reconnect_after_fault(LinkKind::Shm);
 }
+
+/// Past 256 sockets that have not authenticated, new ones are closed at
+/// once (well before the 2 s hello deadline); once those sockets go, a
+/// legitimate connect completes again, and the victim was never touched.
+#[test]
+fn unauthenticated_sockets_are_capped() {
+    let v = victim(LinkKind::Tcp);
+    let tcp = v.addr().tcp.unwrap();
+    let socks: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&tcp).unwrap())
+        .collect();
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut closed = vec![false; socks.len()];
+    while closed.iter().filter(|c| **c).count() < 44 && t0.elapsed() < Duration::from_millis(1500) {
+        for (s, c) in socks.iter().zip(closed.iter_mut()) {
+            let mut b = [0u8; 1];
+            if !*c && matches!((&*s).read(&mut b), Ok(0)) {
+                *c = true;
+            }
+        }
+        std::thread::yield_now();
+    }
+    let n = closed.iter().filter(|c| **c).count();
+    assert!(
+        (44..300).contains(&n),
+        "{n} of 300 silent sockets closed within {:?}",
+        t0.elapsed()
+    );
+    // Once they close, their slots free up (within the deadline at most).
+    drop(socks);
+    let bd: Arc<dyn Nic> = v.b.clone();
+    let t0 = Instant::now();
+    let p = loop {
+        match v.pair.share(&bd) {
+            Ok(p) => break p,
+            Err(e) if t0.elapsed() > Duration::from_secs(3) => panic!("{e}"),
+            Err(_) => std::thread::yield_now(),
+        }
+    };
+    assert_eq!(
+        p.read(p.region.rkey(), 0, 0, 64).unwrap(),
+        WcStatus::Success
+    );
+    v.read_ok(0);
+}
