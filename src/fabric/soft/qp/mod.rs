@@ -62,6 +62,9 @@ struct PeerState {
     expect: Option<PeerId>,
     /// The authenticated peer of the attached channel and its epoch.
     live: Option<(PeerId, u64)>,
+    /// The attached channel came before this QP was connected to anyone:
+    /// it is closed if the QP then connects to another peer.
+    provisional: bool,
     /// Authenticated channels from peers this QP is not connected to (yet):
     /// not served; attached when the QP connects to their sender.
     held: Vec<(PeerId, u64, Inbound)>,
@@ -242,11 +245,14 @@ impl QpInner {
     /// created towards this QP, with its connection epoch. It is attached
     /// (Ok(true): the caller starts serving it) only when this QP is
     /// connected to that peer; a live channel is replaced only by a newer
-    /// connection (epoch) of the same peer, never by a newcomer. A channel
-    /// from another peer is held back, unserved, until the QP connects to
-    /// its sender (Ok(false)): as on hardware, where an RC QP drops what
-    /// does not come from its peer and a connect never waits for the
-    /// peer's (a QP may be connected to before it connects back).
+    /// connection (epoch) of the same peer, never by a newcomer. Before
+    /// the QP is connected to anyone, a channel attaches provisionally (a
+    /// peer may use a QP before it connects back) and is closed if the QP
+    /// then connects to someone else. A channel from a peer other than the
+    /// one the QP is connected to is held back, unserved, until the QP
+    /// connects to its sender (Ok(false)): as on hardware, where an RC QP
+    /// drops what does not come from its peer and a connect never waits
+    /// for the peer's.
     pub(crate) fn attach_inbound(
         &self,
         i: Inbound,
@@ -266,10 +272,22 @@ impl QpInner {
                         return Err(refuse::LIVE);
                     }
                     ps.live = Some((id, epoch));
+                    ps.provisional = false;
                     dropped.extend(inb.replace(i));
                     true
                 }
-                _ => {
+                None => {
+                    // Not connected yet: attached at once (a peer may use a
+                    // QP before it connects back), provisionally.
+                    if live && !ps.live.is_some_and(|(l, le)| l == id && epoch > le) {
+                        return Err(refuse::LIVE);
+                    }
+                    ps.live = Some((id, epoch));
+                    ps.provisional = true;
+                    dropped.extend(inb.replace(i));
+                    true
+                }
+                Some(_) => {
                     if ps.held.iter().any(|(h, he, _)| *h == id && *he >= epoch) {
                         return Err(refuse::LIVE);
                     }
@@ -304,6 +322,10 @@ impl QpInner {
             let mut inb = self.inb.lock();
             let mut ps = self.peer.lock();
             ps.expect = Some(id);
+            if std::mem::take(&mut ps.provisional) && ps.live.is_some_and(|(l, _)| l != id) {
+                ps.live = None;
+                dropped.extend(inb.take());
+            }
             let mut best: Option<(u64, Inbound)> = None;
             let mut k = 0;
             while k < ps.held.len() {
@@ -325,6 +347,7 @@ impl QpInner {
                 }
                 Some((e, ch)) => {
                     ps.live = Some((id, e));
+                    ps.provisional = false;
                     dropped.extend(inb.replace(ch.clone()));
                     Some(ch)
                 }
