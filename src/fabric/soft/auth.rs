@@ -22,11 +22,12 @@
 //! initiator nonce || challenge || initiator pk || responder pk`; the
 //! responder checks it in constant time. Replayed bytes of a captured hello
 //! fail because the challenge is fresh. An authenticated channel is
-//! attached (served) only while the named QP is connected to an endpoint
-//! with the hello's public key and QP number, and never replaces a live
-//! channel unless it is a newer connection (epoch) of the same peer; one
-//! from another peer is held back unserved until the QP connects to it
-//! (see `QpInner::attach_inbound`). Nothing here runs on the data path: it
+//! attached (served) when the named QP is connected to an endpoint with
+//! the hello's public key and QP number, or provisionally while the QP is
+//! connected to no one yet (closed if it then connects elsewhere); it never
+//! replaces a live channel unless it is a newer connection (epoch) of the
+//! same peer; one from another peer is held back unserved until the QP
+//! connects to it (see `QpInner::attach_inbound`). Nothing here runs on the data path: it
 //! is paid once per connection.
 
 use std::collections::HashMap;
@@ -139,8 +140,8 @@ impl Identity {
             .expand(&info, &mut k)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         let mut cache = self.pairwise.lock();
-        // Bounded: one entry per peer NIC ever seen; a flood of made-up keys
-        // cannot reach here (the QP's peer key is checked first).
+        // Bounded: a flood of hellos with made-up keys (each costs one
+        // X25519 operation) cannot grow the cache past this.
         if cache.len() >= 4096 {
             cache.clear();
         }

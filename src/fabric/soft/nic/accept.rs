@@ -417,18 +417,18 @@ fn attach_shm(
     q: &Arc<QpInner>,
     h: &Hello,
 ) {
-    let refuse = |code: u32, why: &str| {
+    let deny = |code: u32, why: &str| {
         tracing::debug!("refusing an shm channel to QP {}: {why}", h.dst);
         let _ = shm::send_with_fd(&s, &auth::refusal(code), None);
     };
     let Some(fd) = fd else {
-        return refuse(refuse::BAD_SEGMENT, "no segment fd");
+        return deny(refuse::BAD_SEGMENT, "no segment fd");
     };
     if !shm::check_sealed(&fd)
         || (len as usize) < shm::seg_len()
         || len as usize > shm::seg_len() + 4096
     {
-        return refuse(refuse::BAD_SEGMENT, "segment unsealed or of a bad size");
+        return deny(refuse::BAD_SEGMENT, "segment unsealed or of a bad size");
     }
     // The control socket goes back to blocking reads (block sharing).
     let _ = s.set_nonblocking(false);
@@ -444,12 +444,12 @@ fn attach_shm(
         Ok(ch) => Arc::new(ch),
         Err(e) => {
             tracing::warn!("refusing shm channel: {e}");
-            return refuse(refuse::BAD_SEGMENT, "segment cannot be mapped");
+            return deny(refuse::BAD_SEGMENT, "segment cannot be mapped");
         }
     };
     let attached = match q.attach_inbound(Inbound::Shm(ch.clone()), &h.pk, h.src, h.epoch) {
         Ok(a) => a,
-        Err(code) => return refuse(code, auth::refusal_reason(code)),
+        Err(code) => return deny(code, auth::refusal_reason(code)),
     };
     let ok = auth::msg(kind::OK, 0, &[0u8; KEY_LEN]);
     if let Err(e) = shm::send_with_fd(&s, &ok, Some(nic.doorbell.as_raw_fd())) {

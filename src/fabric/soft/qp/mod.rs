@@ -243,8 +243,8 @@ impl QpInner {
 
     /// Takes the channel an authenticated peer (NIC key `pk`, QP `qpn`)
     /// created towards this QP, with its connection epoch. It is attached
-    /// (Ok(true): the caller starts serving it) only when this QP is
-    /// connected to that peer; a live channel is replaced only by a newer
+    /// (Ok(true): the caller starts serving it) when this QP is connected
+    /// to that peer; a live channel is replaced only by a newer
     /// connection (epoch) of the same peer, never by a newcomer. Before
     /// the QP is connected to anyone, a channel attaches provisionally (a
     /// peer may use a QP before it connects back) and is closed if the QP
