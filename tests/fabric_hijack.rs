@@ -539,3 +539,33 @@ fn unauthenticated_sockets_are_capped() {
     );
     v.read_ok(0);
 }
+
+/// A channel that reached a QP before the QP was connected (attached
+/// provisionally) is closed when the QP connects to someone else; the real
+/// peer then connects.
+#[test]
+fn an_early_channel_from_another_peer_is_closed_when_the_qp_connects() {
+    use patronus::fabric::QpCap;
+    for link in [LinkKind::Tcp, LinkKind::Shm] {
+        let (a, b, c) = (open(link), open(link), open(link));
+        let qp = |n: &Arc<SoftNic>| {
+            let pd = n.alloc_pd().unwrap();
+            let cq = n.create_cq(16).unwrap();
+            n.create_qp(pd, &cq, &cq, QpCap::default()).unwrap()
+        };
+        let (qa, qb) = (qp(&a), qp(&b));
+        let mut early = c
+            .connect_raw_tcp(&a.address(), 77, qa.qpn(), 1)
+            .expect("a QP connected to no one takes a channel provisionally");
+        qa.connect(&qb.endpoint()).unwrap();
+        early
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b1 = [0u8; 1];
+        assert!(
+            matches!(early.read(&mut b1), Ok(0)),
+            "{link:?}: the early channel from another peer stayed open"
+        );
+        qb.connect(&qa.endpoint()).unwrap();
+    }
+}
