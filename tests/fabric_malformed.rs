@@ -8,18 +8,23 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use patronus::fabric::conformance::{checksum, Pair};
-use patronus::fabric::soft::shm::OutShm;
-use patronus::fabric::soft::tcp::hello;
 use patronus::fabric::soft::wire::{FrameKind, Prefix, ReqHeader, ReqOp, MAX_RDMA_LEN};
 use patronus::fabric::soft::{LinkKind, NicAddr, SoftConfig, SoftNic};
 use patronus::fabric::{Access, Nic, QpCap, QpEndpoint, WcStatus};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+/// The (made-up) client QP number the attacker's channels come from.
+const ATTACKER_QPN: u32 = 4242;
+
 struct Victim {
     pair: Pair,
     server: Arc<dyn Nic>,
     addr: NicAddr,
+    /// The client's NIC: the attacker speaks as it (authenticated hellos
+    /// need its key), through the QP on the memory node connected to
+    /// `ATTACKER_QPN` of it.
+    cnic: Arc<SoftNic>,
     sum: u64,
     target_qpn: u32,
     _target: Arc<dyn patronus::fabric::Qp>,
@@ -33,7 +38,8 @@ fn victim(link: LinkKind) -> Victim {
     let snic = SoftNic::open(cfg.clone()).unwrap();
     let addr = NicAddr::decode(&snic.address()).unwrap();
     let server: Arc<dyn Nic> = Arc::new(snic);
-    let client: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg).unwrap());
+    let cnic = Arc::new(SoftNic::open(cfg).unwrap());
+    let client: Arc<dyn Nic> = cnic.clone();
     let pair = Pair::new(server.clone(), client, 1 << 20).unwrap();
     let mut rng = StdRng::seed_from_u64(7);
     let mut data = vec![0u8; 1 << 20];
@@ -49,7 +55,7 @@ fn victim(link: LinkKind) -> Victim {
     target
         .connect(&QpEndpoint {
             nic: pair.client.qp.endpoint().nic,
-            qpn: 999_999,
+            qpn: ATTACKER_QPN,
         })
         .ok();
     let target_qpn = target.qpn();
@@ -57,6 +63,7 @@ fn victim(link: LinkKind) -> Victim {
         pair,
         server,
         addr,
+        cnic,
         sum,
         target_qpn,
         _target: target,
@@ -131,9 +138,11 @@ fn hostile_req(rng: &mut StdRng, region: u64, rkey: u32) -> [u8; 64] {
 #[test]
 fn shm_malformed_ring_entries() {
     let v = victim(LinkKind::Shm);
-    let name = v.addr.shm.clone().unwrap();
     let mut rng = StdRng::seed_from_u64(0xfeed_beef);
-    let mut o = OutShm::connect(&name, 4242, v.target_qpn).unwrap();
+    let mut o = v
+        .cnic
+        .connect_raw_shm(&v.addr.encode(), ATTACKER_QPN, v.target_qpn, 1)
+        .unwrap();
     let total = 120_000u64;
     let mut sent = 0u64;
     let mut answered = 0u64;
@@ -207,13 +216,14 @@ fn shm_malformed_ring_entries() {
     v.assert_healthy();
 }
 
-fn tcp_connect(addr: &str, qpn: u32) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+/// An authenticated raw channel to the attacker's QP; every one is a newer
+/// connection (`epoch`) than the last, so it replaces it.
+fn tcp_connect(v: &Victim, epoch: u64) -> TcpStream {
+    let s = v
+        .cnic
+        .connect_raw_tcp(&v.addr.encode(), ATTACKER_QPN, v.target_qpn, epoch)
+        .unwrap();
     s.set_nodelay(true).unwrap();
-    s.write_all(&hello(qpn, 7)).unwrap();
-    let mut r = [0u8; 16];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(r[3], 0x11, "hello refused");
     s
 }
 
@@ -223,7 +233,7 @@ fn tcp_malformed_frames() {
     let addr = v.addr.tcp.clone().unwrap();
     let mut rng = StdRng::seed_from_u64(0xabad_cafe);
     // 1. Well-framed requests with hostile headers: answered, never fatal.
-    let mut s = tcp_connect(&addr, v.target_qpn);
+    let mut s = tcp_connect(&v, 1);
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let reader = {
@@ -269,7 +279,7 @@ fn tcp_malformed_frames() {
     // 2. Garbage streams, oversize announcements, truncated frames: each
     //    closes its own connection only.
     for i in 0..1_000u64 {
-        let mut s = tcp_connect(&addr, v.target_qpn);
+        let mut s = tcp_connect(&v, i + 2);
         let mut junk = vec![0u8; (rng.next_u64() % 512) as usize + 16];
         rng.fill_bytes(&mut junk);
         match i % 4 {

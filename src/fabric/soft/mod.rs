@@ -8,6 +8,7 @@
 //! data placement into the initiator's registered buffers) and `tcp`
 //! (framed, versioned, pipelined).
 
+pub mod auth;
 pub mod cq;
 pub mod floor;
 pub mod keys;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut};
 use parking_lot::{Mutex, RwLock};
 
+use super::auth::{self, Hello, HelloLink, Identity};
 use super::ring::{Consumer, Producer, RingLayout};
 use super::wire::{MAX_SEND, REQ_LEN, RESP_LEN};
 use crate::fabric::mem::MemBlock;
@@ -70,7 +71,7 @@ pub fn seg_len() -> usize {
 
 /// Control message kinds on the Unix socket.
 pub mod ctl {
-    /// Initiator -> target: attach a channel (fd = segment).
+    /// Version-1 hello (refused since hellos are authenticated; see `auth`).
     pub const HELLO: u32 = 1;
     /// Initiator -> target: map a memory block (fd = block).
     pub const BLOCK: u32 = 2;
@@ -146,6 +147,21 @@ pub fn send_with_fd(sock: &UnixStream, data: &[u8], fd: Option<RawFd>) -> std::i
 
 /// Receives exactly `buf.len()` bytes, returning an fd if one was attached.
 pub fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<Option<OwnedFd>> {
+    let (n, fd) = recv_some_with_fd(sock, buf)?;
+    if n < buf.len() {
+        // The rest arrives without fds.
+        (&*sock).read_exact(&mut buf[n..])?;
+    }
+    Ok(fd)
+}
+
+/// One `recvmsg` into `buf`: the bytes received (at least 1; EOF is an
+/// error) and the first fd attached, if any (extras are closed). On a
+/// non-blocking socket with nothing to read this is `WouldBlock`.
+pub fn recv_some_with_fd(
+    sock: &UnixStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -190,11 +206,7 @@ pub fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<Option
             "peer closed the control socket",
         ));
     }
-    if n < buf.len() {
-        // The rest arrives without fds.
-        (&*sock).read_exact(&mut buf[n..])?;
-    }
-    Ok(fd)
+    Ok((n, fd))
 }
 
 /// Seals a memfd so the peer can trust its size (no shrink -> no SIGBUS).
@@ -346,9 +358,20 @@ pub struct OutShm {
 
 impl OutShm {
     /// Creates a segment and attaches it to `dst_qpn` at the NIC listening on
-    /// the abstract Unix address `addr`.
-    pub fn connect(addr: &str, src_qpn: u32, dst_qpn: u32) -> Result<OutShm> {
+    /// the abstract Unix address `addr`, whose public key is `remote_pk`,
+    /// after the authenticated hello (see `auth`).
+    pub fn connect(
+        addr: &str,
+        id: &Identity,
+        remote_pk: &[u8; auth::KEY_LEN],
+        src_qpn: u32,
+        dst_qpn: u32,
+        epoch: u64,
+    ) -> Result<OutShm> {
         use std::os::linux::net::SocketAddrExt;
+        let key = id.pairwise(remote_pk).ok_or_else(|| {
+            FabricError::Invalid(format!("shm NIC {addr} has an unusable public key"))
+        })?;
         let sa = std::os::unix::net::SocketAddr::from_abstract_name(addr.as_bytes())
             .map_err(|e| FabricError::io(format!("shm address {addr}"), e))?;
         let ctrl = UnixStream::connect_addr(&sa)
@@ -366,18 +389,20 @@ impl OutShm {
         let req = Producer::new(seg.clone(), rq, true);
         let resp = Consumer::new(seg.clone(), rs);
         let msg = Producer::new(seg.clone(), ms, true);
-        let hello = ctl_msg(ctl::HELLO, dst_qpn, src_qpn as u64, seg.len() as u64);
-        send_with_fd(&ctrl, &hello, Some(seg.fd().as_raw_fd()))
-            .map_err(|e| FabricError::PeerLost(format!("shm hello to {addr}: {e}")))?;
-        let mut reply = [0u8; 32];
-        let fd = recv_with_fd(&ctrl, &mut reply)
-            .map_err(|e| FabricError::PeerLost(format!("shm hello reply from {addr}: {e}")))?;
-        let (kind, code, _, _) = ctl_parse(&reply);
-        if kind != ctl::OK {
-            return Err(FabricError::PeerLost(format!(
-                "NIC {addr} refused the connection to QP {dst_qpn} (code {code})"
-            )));
-        }
+        let h = Hello::new(id, HelloLink::Shm, dst_qpn, src_qpn, epoch);
+        let nic = format!("shm NIC {addr}");
+        let lost =
+            |what: &str, e: std::io::Error| FabricError::PeerLost(format!("{what} {nic}: {e}"));
+        send_with_fd(&ctrl, &h.encode(), None).map_err(|e| lost("hello to", e))?;
+        let mut r = [0u8; auth::MSG_LEN];
+        recv_with_fd(&ctrl, &mut r).map_err(|e| lost("hello challenge from", e))?;
+        let challenge = auth::expect_msg(&r, auth::kind::CHAL, &nic, dst_qpn)?;
+        let mac = h.answer(&key, &challenge, remote_pk);
+        let answer = auth::msg(auth::kind::AUTH, seg.len() as u32, &mac);
+        send_with_fd(&ctrl, &answer, Some(seg.fd().as_raw_fd()))
+            .map_err(|e| lost("hello answer to", e))?;
+        let fd = recv_with_fd(&ctrl, &mut r).map_err(|e| lost("hello reply from", e))?;
+        auth::expect_msg(&r, auth::kind::OK, &nic, dst_qpn)?;
         let doorbell = fd.ok_or_else(|| {
             FabricError::PeerLost(format!("NIC {addr} sent no doorbell with its reply"))
         })?;

@@ -21,6 +21,7 @@ use self::accept::control_loop;
 use self::serve_shm::shm_loop;
 use self::serve_tcp::tcp_loop;
 use self::sys::{efd_signal, epoll_ctl, eventfd, STOP_TOKEN};
+use super::auth::{Identity, KEY_LEN};
 use super::cq::SoftCq;
 use super::keys::KeyTable;
 use super::qp::{QpInner, SendSide, SoftQp};
@@ -60,6 +61,8 @@ pub(crate) struct NicInner {
     pub(crate) link: LinkKind,
     pub(crate) keys: KeyTable,
     pub(crate) addr: NicAddr,
+    /// This NIC's key pair (its public half is in `addr`).
+    pub(crate) id: Identity,
     next_pd: AtomicU32,
     mrs: RwLock<Vec<Option<Arc<Mr>>>>,
     /// Bumped on every MR (de)registration: initiators cache lookups.
@@ -154,6 +157,7 @@ impl SoftNic {
             STOP_TOKEN,
         )
         .map_err(|e| FabricError::io("epoll_ctl", e))?;
+        let id = Identity::generate();
         let link_name = match cfg.link {
             LinkKind::Shm => "soft-shm",
             LinkKind::Tcp => "soft-tcp",
@@ -176,7 +180,9 @@ impl SoftNic {
             addr: NicAddr {
                 shm: Some(name),
                 tcp: Some(tcp_addr),
+                pk: Some(id.public()),
             },
+            id,
             next_pd: AtomicU32::new(1),
             mrs: RwLock::new(Vec::new()),
             mr_epoch: AtomicU64::new(0),
@@ -205,6 +211,46 @@ impl SoftNic {
     /// This NIC's address bytes (as in every QP endpoint).
     pub fn address(&self) -> Vec<u8> {
         self.inner.addr.encode()
+    }
+
+    /// This NIC's public key (also in its address).
+    pub fn public_key(&self) -> [u8; KEY_LEN] {
+        self.inner.id.public()
+    }
+
+    /// Opens an authenticated tcp channel from this NIC, as its QP
+    /// `src_qpn`, to QP `dst_qpn` of the NIC at `remote` (address bytes),
+    /// outside any local QP: the raw stream right after the hello, for
+    /// tests and tools that speak the frame protocol themselves.
+    pub fn connect_raw_tcp(
+        &self,
+        remote: &[u8],
+        src_qpn: u32,
+        dst_qpn: u32,
+        epoch: u64,
+    ) -> Result<std::net::TcpStream> {
+        let a = NicAddr::decode(remote)?;
+        let pk = a.require_pk()?;
+        let t = a
+            .tcp
+            .ok_or_else(|| FabricError::Invalid("remote NIC has no tcp address".into()))?;
+        super::tcp::connect_stream(&t, &self.inner.id, &pk, src_qpn, dst_qpn, epoch)
+    }
+
+    /// As `connect_raw_tcp`, over the shm link: the raw initiator side.
+    pub fn connect_raw_shm(
+        &self,
+        remote: &[u8],
+        src_qpn: u32,
+        dst_qpn: u32,
+        epoch: u64,
+    ) -> Result<shm::OutShm> {
+        let a = NicAddr::decode(remote)?;
+        let pk = a.require_pk()?;
+        let n = a
+            .shm
+            .ok_or_else(|| FabricError::Invalid("remote NIC has no shm address".into()))?;
+        shm::OutShm::connect(&n, &self.inner.id, &pk, src_qpn, dst_qpn, epoch)
     }
 
     /// Number of live inbound channels (for tests and diagnostics).

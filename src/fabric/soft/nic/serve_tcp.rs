@@ -33,6 +33,19 @@ struct InTcpState {
 }
 
 impl InTcp {
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// True until the channel died or was closed.
+    pub fn alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
     /// Closes the channel (the initiator sees EOF).
     pub fn kill(&self) {
         if !self.dead.swap(true, Ordering::AcqRel) {

@@ -5,11 +5,12 @@ mod complete;
 mod post;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::auth::{refuse, KEY_LEN};
 use super::cq::SoftCq;
 use super::nic::{NicAddr, NicInner};
 use super::shm::{InShm, OutShm};
@@ -23,9 +24,50 @@ use crate::fabric::{
 };
 
 /// The inbound channel attached to a QP by its peer.
+#[derive(Clone)]
 pub(crate) enum Inbound {
     Shm(Arc<InShm>),
     Tcp(Arc<super::nic::InTcp>),
+}
+
+impl Inbound {
+    /// True until the channel died or was closed.
+    fn alive(&self) -> bool {
+        match self {
+            Inbound::Shm(s) => !s.dead.load(Ordering::Acquire),
+            Inbound::Tcp(t) => t.alive(),
+        }
+    }
+
+    fn kill(&self, why: &str) {
+        match self {
+            Inbound::Shm(s) => s.kill(why),
+            Inbound::Tcp(t) => t.kill(),
+        }
+    }
+}
+
+/// (NIC public key, QP number): who a peer QP is.
+type PeerId = ([u8; KEY_LEN], u32);
+
+/// Authenticated channels a QP holds back until it is connected to their
+/// sender.
+const MAX_HELD: usize = 4;
+
+/// Who may attach an inbound channel to a QP, and who did (under the
+/// `peer` lock, taken after `inb`).
+#[derive(Default)]
+struct PeerState {
+    /// The endpoint this QP is connected to.
+    expect: Option<PeerId>,
+    /// The authenticated peer of the attached channel and its epoch.
+    live: Option<(PeerId, u64)>,
+    /// The attached channel came before this QP was connected to anyone:
+    /// it is closed if the QP then connects to another peer.
+    provisional: bool,
+    /// Authenticated channels from peers this QP is not connected to (yet):
+    /// not served; attached when the QP connects to their sender.
+    held: Vec<(PeerId, u64, Inbound)>,
 }
 
 enum Out {
@@ -106,6 +148,9 @@ pub struct QpInner {
     recv_cq: Arc<SoftCq>,
     rq: Mutex<RecvSide>,
     pub(crate) inb: Mutex<Option<Inbound>>,
+    peer: Mutex<PeerState>,
+    /// Epoch of this QP's latest outbound channel (sent in its hello).
+    conn_epoch: AtomicU64,
     pub(crate) tcp_msgs: Mutex<VecDeque<Vec<u8>>>,
 }
 
@@ -139,6 +184,8 @@ impl QpInner {
                 scratch: vec![0u8; MAX_SEND as usize],
             }),
             inb: Mutex::new(None),
+            peer: Mutex::new(PeerState::default()),
+            conn_epoch: AtomicU64::new(0),
             tcp_msgs: Mutex::new(VecDeque::new()),
         }
     }
@@ -194,14 +241,127 @@ impl QpInner {
         Access(self.access.load(Ordering::Relaxed))
     }
 
-    /// Attaches the channel the peer created towards this QP.
-    pub(crate) fn attach_inbound(&self, i: Inbound) {
-        let old = self.inb.lock().replace(i);
-        if let Some(Inbound::Shm(o)) = old {
-            o.kill("replaced by a new connection");
+    /// Takes the channel an authenticated peer (NIC key `pk`, QP `qpn`)
+    /// created towards this QP, with its connection epoch. It is attached
+    /// (Ok(true): the caller starts serving it) when this QP is connected
+    /// to that peer; a live channel is replaced only by a newer
+    /// connection (epoch) of the same peer, never by a newcomer. Before
+    /// the QP is connected to anyone, a channel attaches provisionally (a
+    /// peer may use a QP before it connects back) and is closed if the QP
+    /// then connects to someone else. A channel from a peer other than the
+    /// one the QP is connected to is held back, unserved, until the QP
+    /// connects to its sender (Ok(false)): as on hardware, where an RC QP
+    /// drops what does not come from its peer and a connect never waits
+    /// for the peer's.
+    pub(crate) fn attach_inbound(
+        &self,
+        i: Inbound,
+        pk: &[u8; KEY_LEN],
+        qpn: u32,
+        epoch: u64,
+    ) -> std::result::Result<bool, u32> {
+        let id = (*pk, qpn);
+        let mut dropped = Vec::new();
+        let attached = {
+            let mut inb = self.inb.lock();
+            let mut ps = self.peer.lock();
+            let live = inb.as_ref().is_some_and(Inbound::alive);
+            match ps.expect {
+                Some(e) if e == id => {
+                    if live && ps.live.is_some_and(|(l, le)| l == id && epoch <= le) {
+                        return Err(refuse::LIVE);
+                    }
+                    ps.live = Some((id, epoch));
+                    ps.provisional = false;
+                    dropped.extend(inb.replace(i));
+                    true
+                }
+                None => {
+                    // Not connected yet: attached at once (a peer may use a
+                    // QP before it connects back), provisionally.
+                    if live && !ps.live.is_some_and(|(l, le)| l == id && epoch > le) {
+                        return Err(refuse::LIVE);
+                    }
+                    ps.live = Some((id, epoch));
+                    ps.provisional = true;
+                    dropped.extend(inb.replace(i));
+                    true
+                }
+                Some(_) => {
+                    if ps.held.iter().any(|(h, he, _)| *h == id && *he >= epoch) {
+                        return Err(refuse::LIVE);
+                    }
+                    let mut k = 0;
+                    while k < ps.held.len() {
+                        if ps.held[k].0 == id || ps.held.len() >= MAX_HELD {
+                            dropped.push(ps.held.remove(k).2);
+                        } else {
+                            k += 1;
+                        }
+                    }
+                    ps.held.push((id, epoch, i));
+                    false
+                }
+            }
+        };
+        for o in dropped {
+            o.kill("replaced by a newer connection");
         }
-        if self.state() == QpState::Reset {
+        if attached && self.state() == QpState::Reset {
             self.set_state(QpState::Init);
+        }
+        Ok(attached)
+    }
+
+    /// Records the endpoint this QP is connected to and attaches (and
+    /// starts serving) the newest channel held back from it.
+    fn expect_peer(&self, pk: [u8; KEY_LEN], qpn: u32) {
+        let id = (pk, qpn);
+        let mut dropped = Vec::new();
+        let promoted = {
+            let mut inb = self.inb.lock();
+            let mut ps = self.peer.lock();
+            ps.expect = Some(id);
+            if std::mem::take(&mut ps.provisional) && ps.live.is_some_and(|(l, _)| l != id) {
+                ps.live = None;
+                dropped.extend(inb.take());
+            }
+            let mut best: Option<(u64, Inbound)> = None;
+            let mut k = 0;
+            while k < ps.held.len() {
+                if ps.held[k].0 != id {
+                    k += 1;
+                    continue;
+                }
+                let (_, e, ch) = ps.held.remove(k);
+                match &best {
+                    Some((be, _)) if *be >= e => dropped.push(ch),
+                    _ => dropped.extend(best.replace((e, ch)).map(|b| b.1)),
+                }
+            }
+            let live = inb.as_ref().is_some_and(Inbound::alive);
+            match best {
+                Some((e, _)) if live && ps.live.is_some_and(|(l, le)| l == id && e <= le) => {
+                    dropped.extend(best.map(|b| b.1));
+                    None
+                }
+                Some((e, ch)) => {
+                    ps.live = Some((id, e));
+                    ps.provisional = false;
+                    dropped.extend(inb.replace(ch.clone()));
+                    Some(ch)
+                }
+                None => None,
+            }
+        };
+        for o in dropped {
+            o.kill("replaced by a newer connection");
+        }
+        if let Some(ch) = promoted {
+            self.nic.serve_inbound(&ch);
+            if self.state() == QpState::Reset {
+                self.set_state(QpState::Init);
+            }
         }
     }
 
@@ -249,18 +409,24 @@ impl QpInner {
             // The new link is built without the CQ lock (a handshake with
             // the peer NIC), then swapped in; the old one is closed after.
             let addr = NicAddr::decode(&remote.nic)?;
+            let pk = addr.require_pk()?;
+            self.expect_peer(pk, remote.qpn);
+            let epoch = self.conn_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = &self.nic.id;
             let out = match self.nic.link {
                 LinkKind::Shm => {
                     let name = addr.shm.ok_or_else(|| {
                         FabricError::Invalid("remote NIC has no shm address".into())
                     })?;
-                    Out::Shm(OutShm::connect(&name, self.qpn, remote.qpn)?)
+                    Out::Shm(OutShm::connect(
+                        &name, id, &pk, self.qpn, remote.qpn, epoch,
+                    )?)
                 }
                 LinkKind::Tcp => {
                     let a = addr.tcp.ok_or_else(|| {
                         FabricError::Invalid("remote NIC has no tcp address".into())
                     })?;
-                    Out::Tcp(tcp::connect(&a, self.qpn, remote.qpn)?)
+                    Out::Tcp(tcp::connect(&a, id, &pk, self.qpn, remote.qpn, epoch)?)
                 }
             };
             let old = self.with_sq(|sq| {
@@ -297,10 +463,10 @@ impl Drop for SoftQp {
         let sq = q.send_cq.detach(q);
         q.recv_cq.detach(q);
         if let Some(i) = q.inb.lock().take() {
-            match i {
-                Inbound::Shm(s) => s.kill("QP destroyed"),
-                Inbound::Tcp(t) => t.kill(),
-            }
+            i.kill("QP destroyed");
+        }
+        for (_, _, i) in std::mem::take(&mut q.peer.lock().held) {
+            i.kill("QP destroyed");
         }
         drop(sq);
     }
