@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fabric::mem::MemBlock;
+use crate::fabric::soft::auth;
 use crate::fabric::soft::ring::{flag, Consumer, Producer, RingLayout, CTRL};
 use crate::fabric::soft::shm::MSG_SLOT;
-use crate::fabric::soft::tcp::{self, Framed};
+use crate::fabric::soft::tcp::Framed;
 use crate::fabric::soft::wire::{
     FrameKind, Prefix, ReqHeader, ReqOp, RespHeader, FRAME_PREFIX, MAX_RDMA_LEN, MAX_SEND, REQ_LEN,
     RESP_LEN,
@@ -138,12 +139,26 @@ pub fn wire_headers(data: &[u8]) {
     }
 }
 
-/// The tcp hello a connecting peer sends first (16 bytes, zero-padded).
-/// Kept small: the hello format is being changed.
+/// The authenticated hello (88 bytes) and the 40-byte challenge, answer,
+/// refusal and acceptance messages of both links, as each side parses them
+/// before anything is attached: decoding is total, and what decodes
+/// re-encodes to the same value.
 pub fn tcp_hello(data: &[u8]) {
-    let b: [u8; 16] = padded(data);
-    if let Ok((dst, src)) = tcp::parse_hello(&b) {
-        assert_eq!(tcp::hello(dst, src)[..12], b[..12], "hello re-encoding");
+    let b: [u8; auth::HELLO_LEN] = padded(data);
+    if let Ok(h) = auth::Hello::decode(&b) {
+        assert_eq!(
+            auth::Hello::decode(&h.encode()).ok(),
+            Some(h),
+            "hello round trip"
+        );
+    }
+    let m: [u8; auth::MSG_LEN] = padded(data);
+    if let Ok((kind, word, body)) = auth::parse_msg(&m) {
+        assert_eq!(
+            auth::parse_msg(&auth::msg(kind, word, &body)).ok(),
+            Some((kind, word, body)),
+            "message round trip"
+        );
     }
 }
 
@@ -521,12 +536,29 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "lease_msg" => seed_msgs(),
         "wire_headers" => seed_wire(),
         "tcp_frames" => seed_frames(),
-        "tcp_hello" => vec![
-            tcp::hello(1, 2).to_vec(),
-            tcp::hello(u32::MAX, 0).to_vec(),
-            tcp::hello_reply(true).to_vec(),
-            tcp::hello_reply(false).to_vec(),
-        ],
+        "tcp_hello" => {
+            let h = |link, dst, src, epoch| {
+                auth::Hello {
+                    dst,
+                    src,
+                    link,
+                    epoch,
+                    nonce: [7; auth::KEY_LEN],
+                    pk: [9; auth::KEY_LEN],
+                }
+                .encode()
+                .to_vec()
+            };
+            let m = |kind, word| auth::msg(kind, word, &[5; auth::KEY_LEN]).to_vec();
+            vec![
+                h(auth::HelloLink::Tcp, 1, 2, 1),
+                h(auth::HelloLink::Shm, u32::MAX, 0, u64::MAX),
+                m(auth::kind::CHAL, 0),
+                m(auth::kind::AUTH, 0),
+                m(auth::kind::REFUSE, auth::refuse::BAD_MAC),
+                m(auth::kind::OK, 0),
+            ]
+        }
         "shm_ring" => seed_ring(),
         "endpoint" => seed_endpoints(),
         "node_memory" => [
@@ -786,10 +818,12 @@ fn seed_endpoints() -> Vec<Vec<u8>> {
     let tcp = NicAddr {
         shm: None,
         tcp: Some("127.0.0.1:4000".into()),
+        pk: Some([3; auth::KEY_LEN]),
     };
     let both = NicAddr {
         shm: Some("patronus-nic-1".into()),
         tcp: Some("127.0.0.1:4001".into()),
+        pk: Some([4; auth::KEY_LEN]),
     };
     let eps: Vec<QpEndpoint> = [(tcp, 7), (both, 8)]
         .into_iter()

@@ -102,14 +102,19 @@ fn every_target_has_a_corpus_holding_its_seeds() {
 /// decoders accept (so the corpus starts the fuzzer inside the formats).
 #[test]
 fn seeds_are_accepted_encodings() {
-    use patronus::fabric::soft::tcp::parse_hello;
+    use patronus::fabric::soft::auth;
     use patronus::fabric::QpEndpoint;
     use patronus::lease::NodeMemory;
     for s in fuzzing::seeds("lease_msg") {
         patronus::lease::msg::decode(&s).expect("lease_msg seed decodes");
     }
-    let hello = &fuzzing::seeds("tcp_hello")[0];
-    assert!(parse_hello(&hello[..16].try_into().unwrap()).is_ok());
+    let hellos = fuzzing::seeds("tcp_hello");
+    let h: [u8; auth::HELLO_LEN] = hellos[0][..].try_into().unwrap();
+    assert!(auth::Hello::decode(&h).is_ok());
+    for m in &hellos[2..] {
+        let m: [u8; auth::MSG_LEN] = m[..].try_into().unwrap();
+        assert!(auth::parse_msg(&m).is_ok());
+    }
     for s in fuzzing::seeds("endpoint") {
         assert!(
             QpEndpoint::decode(&s).is_ok() || QpEndpoint::decode_list(&s).is_ok() || s[0] == b's'
