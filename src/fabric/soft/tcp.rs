@@ -59,7 +59,20 @@ pub fn hello_reply(ok: bool) -> [u8; 16] {
     b
 }
 
+/// Input buffer size a new channel starts with.
+const RBUF_MIN: usize = 16 << 10;
+/// Size the buffers return to once a large frame has been consumed (and
+/// that the input buffer may reach with small frames alone, by doubling
+/// while reads fill it).
+pub const BUF_STEADY: usize = 256 << 10;
+
 /// A framed, non-blocking byte stream with input and output buffers.
+///
+/// Memory follows the bytes that arrived, never what a peer announced: the
+/// input buffer starts small and doubles only when a read fills it (up to
+/// the length of the frame being received, or [`BUF_STEADY`] for streams of
+/// small frames), and both buffers shrink back to [`BUF_STEADY`] once they
+/// are empty after a large frame.
 pub struct Framed {
     /// The socket (non-blocking after set-up).
     pub sock: TcpStream,
@@ -68,6 +81,8 @@ pub struct Framed {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// Total length of the incomplete frame at `rstart` (0: none known).
+    want: usize,
     /// The peer closed or broke the stream.
     pub dead: bool,
 }
@@ -90,11 +105,12 @@ impl Framed {
         sock.set_nonblocking(true)?;
         Ok(Framed {
             sock,
-            wbuf: Vec::with_capacity(64 << 10),
+            wbuf: Vec::with_capacity(RBUF_MIN),
             wpos: 0,
-            rbuf: vec![0u8; 256 << 10],
+            rbuf: vec![0u8; RBUF_MIN],
             rstart: 0,
             rend: 0,
+            want: 0,
             dead: false,
         })
     }
@@ -102,6 +118,27 @@ impl Framed {
     /// Bytes waiting to be written.
     pub fn pending_out(&self) -> usize {
         self.wbuf.len() - self.wpos
+    }
+
+    /// Bytes received and not yet consumed as frames.
+    pub fn pending_in(&self) -> usize {
+        self.rend - self.rstart
+    }
+
+    /// Size of the input buffer.
+    pub fn in_capacity(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// The input buffer is full (of frames not yet taken, or of the start
+    /// of a frame it was not allowed to grow for).
+    pub fn input_full(&self) -> bool {
+        self.rend == self.rbuf.len()
+    }
+
+    /// Bytes this stream's buffers hold allocated (input and output).
+    pub fn footprint(&self) -> usize {
+        self.rbuf.len() + self.wbuf.capacity()
     }
 
     /// Appends a request frame.
@@ -147,27 +184,31 @@ impl Framed {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+            if self.wbuf.capacity() > BUF_STEADY {
+                // A large response went out: do not keep its buffer.
+                self.wbuf = Vec::with_capacity(BUF_STEADY);
+            }
         }
         Ok(())
     }
 
-    /// Reads what is available. Returns bytes read (0: nothing now).
+    /// Reads what is available, the input buffer growing as needed up to
+    /// the frame being received. Returns bytes read (0: nothing now).
     pub fn read_some(&mut self) -> std::io::Result<usize> {
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
-        }
-        // Keep room for at least one maximal header + some payload.
-        if self.rbuf.len() - self.rend < 64 << 10 {
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
-            self.rstart = 0;
-        }
+        self.read_some_within(usize::MAX)
+    }
+
+    /// As [`Framed::read_some`], but the input buffer grows past its current
+    /// size only up to `limit` bytes; at the limit with no room left the
+    /// stream is not read (back-pressure: the peer's data waits in the
+    /// kernel and, once that fills, in the peer).
+    pub fn read_some_within(&mut self, limit: usize) -> std::io::Result<usize> {
         let mut total = 0;
         loop {
-            if self.rend == self.rbuf.len() {
+            if !self.make_room(limit) {
                 return Ok(total);
             }
+            let room = self.rbuf.len() - self.rend;
             match self.sock.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => {
                     self.dead = true;
@@ -178,7 +219,6 @@ impl Framed {
                     };
                 }
                 Ok(n) => {
-                    let room = self.rbuf.len() - self.rend;
                     self.rend += n;
                     total += n;
                     if n < room {
@@ -198,16 +238,53 @@ impl Framed {
         }
     }
 
+    /// Makes room at the end of the input buffer: shrinks an emptied large
+    /// buffer, compacts, and grows (doubling) only when the buffered bytes
+    /// fill it. Returns false when there is no room within `limit`.
+    fn make_room(&mut self, limit: usize) -> bool {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+            if self.rbuf.len() > BUF_STEADY {
+                // The large frame was consumed: give its memory back.
+                self.rbuf = vec![0u8; BUF_STEADY];
+            }
+        }
+        let len = self.rbuf.len();
+        if len - self.rend >= len / 4 {
+            return true;
+        }
+        if self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        if self.rend < len / 2 {
+            return true;
+        }
+        // More than half full of received bytes: grow, towards the frame
+        // being received (its length was validated against the maximum) or,
+        // for a stream of small frames, towards the steady size.
+        let cap = self.want.max(BUF_STEADY).min(limit.max(len));
+        if cap > len {
+            let new = (len * 2).min(cap);
+            self.rbuf.resize(new, 0);
+        }
+        self.rend < self.rbuf.len()
+    }
+
     /// The next complete frame, if buffered. A frame that fails validation
-    /// is an error (the caller closes the channel). Grows the input buffer up
-    /// to the frame size when a large payload is announced. A frame of the
-    /// wrong kind for this direction is rejected as soon as its prefix arrives.
+    /// is an error (the caller closes the channel). A frame of the wrong kind
+    /// for this direction is rejected as soon as its prefix arrives. An
+    /// announced length allocates nothing: the input buffer grows only as
+    /// the payload arrives.
     pub fn next_frame(
         &mut self,
         expect: FrameKind,
     ) -> std::result::Result<Option<Frame>, WireError> {
         let avail = self.rend - self.rstart;
         if avail < FRAME_PREFIX {
+            self.want = 0;
             return Ok(None);
         }
         let pb: [u8; FRAME_PREFIX] = self.rbuf[self.rstart..self.rstart + FRAME_PREFIX]
@@ -220,12 +297,10 @@ impl Framed {
         let hl = p.hdr_len();
         let total = FRAME_PREFIX + hl + p.payload_len as usize;
         if avail < total {
-            if self.rbuf.len() < total + (64 << 10) {
-                // payload_len was validated against the maximum above.
-                self.rbuf.resize(total + (64 << 10), 0);
-            }
+            self.want = total;
             return Ok(None);
         }
+        self.want = 0;
         let mut hdr = [0u8; REQ_LEN];
         let h0 = self.rstart + FRAME_PREFIX;
         hdr[..hl].copy_from_slice(&self.rbuf[h0..h0 + hl]);

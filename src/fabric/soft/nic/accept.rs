@@ -64,6 +64,9 @@ pub(super) fn control_loop(nic: Arc<NicInner>, ul: UnixListener, tl: TcpListener
         }
         if fds[2].revents != 0 {
             while let Ok((s, _)) = tl.accept() {
+                if !nic.admit_tcp() {
+                    continue; // dropping `s` closes it
+                }
                 accept_tcp(&nic, s);
             }
         }
