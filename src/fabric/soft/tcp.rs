@@ -195,21 +195,23 @@ impl Framed {
     /// Reads what is available, the input buffer growing as needed up to
     /// the frame being received. Returns bytes read (0: nothing now).
     pub fn read_some(&mut self) -> std::io::Result<usize> {
-        self.read_some_within(usize::MAX)
+        self.read_some_within(usize::MAX, usize::MAX)
     }
 
     /// As [`Framed::read_some`], but the input buffer grows past its current
-    /// size only up to `limit` bytes; at the limit with no room left the
-    /// stream is not read (back-pressure: the peer's data waits in the
-    /// kernel and, once that fills, in the peer).
-    pub fn read_some_within(&mut self, limit: usize) -> std::io::Result<usize> {
+    /// size only up to `limit` bytes (at the limit with no room left the
+    /// stream is not read: back-pressure, the peer's data waits in the
+    /// kernel and, once that fills, in the peer), and one call reads about
+    /// `max` bytes at most (a flooding peer's bytes cost one visit no more).
+    pub fn read_some_within(&mut self, limit: usize, max: usize) -> std::io::Result<usize> {
         let mut total = 0;
         loop {
-            if !self.make_room(limit) {
+            if total >= max || !self.make_room(limit) {
                 return Ok(total);
             }
-            let room = self.rbuf.len() - self.rend;
-            match self.sock.read(&mut self.rbuf[self.rend..]) {
+            let end = self.rbuf.len().min(self.rend.saturating_add(max - total));
+            let room = end - self.rend;
+            match self.sock.read(&mut self.rbuf[self.rend..end]) {
                 Ok(0) => {
                     self.dead = true;
                     return if total > 0 {

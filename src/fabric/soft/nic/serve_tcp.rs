@@ -47,10 +47,12 @@ struct InTcpState {
 }
 
 /// Requests one visit to a channel serves at most.
-const REQ_BUDGET: usize = 128;
+const REQ_BUDGET: usize = 64;
 /// Payload bytes (in and out) one visit serves at most (past the first
 /// request, which always runs).
-const BYTE_BUDGET: usize = 256 << 10;
+const BYTE_BUDGET: usize = 64 << 10;
+/// Bytes one visit reads from the socket at most.
+const READ_BUDGET: usize = 2 * BYTE_BUDGET;
 /// Output bytes a channel may have pending before it is neither read nor
 /// served until the peer takes them.
 const OUT_CAP: usize = 8 << 20;
@@ -173,7 +175,7 @@ impl NicInner {
                 .tcp_buffer_total
                 .saturating_sub(self.tcp_buffered.load(Ordering::Relaxed));
             let limit = IN_CAP.min(st.f.in_capacity() + left);
-            match st.f.read_some_within(limit) {
+            match st.f.read_some_within(limit, READ_BUDGET) {
                 Ok(n) => v.input = n > 0,
                 Err(_) if st.f.dead => v.input = true,
                 Err(_) => {
