@@ -8,6 +8,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,14 +74,14 @@ fn raw_channel(addr: &str, qpn: u32) -> TcpStream {
     s
 }
 
-/// The prefix and header of a WRITE frame announcing `len` payload bytes.
-fn announce(len: u32) -> Vec<u8> {
+/// The prefix and header of a request frame announcing `len` payload bytes.
+fn req_frame(op: ReqOp, len: u32, seq: u64) -> Vec<u8> {
     let mut b = Prefix::encode(FrameKind::Req, len).to_vec();
     let h = ReqHeader {
-        op: ReqOp::Write,
+        op,
         epoch: 0,
         len,
-        seq: 1,
+        seq,
         raddr: 0,
         rkey: 0,
         lblock: 0,
@@ -92,6 +93,11 @@ fn announce(len: u32) -> Vec<u8> {
     h.encode(&mut hb);
     b.extend_from_slice(&hb);
     b
+}
+
+/// A WRITE frame's prefix and header announcing `len` payload bytes.
+fn announce(len: u32) -> Vec<u8> {
+    req_frame(ReqOp::Write, len, 1)
 }
 
 /// p50 of `n` synchronous 64 B READs of the honest pair, microseconds.
@@ -259,8 +265,27 @@ fn buffered_bytes_stop_at_the_budget() {
         "RSS grew by {grown} bytes with a buffer budget of {budget}"
     );
     assert!(rate > 100.0, "honest pair starved: {rate:.0} READ/s");
+    // Closed channels give their bytes back. (Reset, not closed: a closing
+    // socket with unsent bytes waits on the NIC's zero window, and the NIC
+    // rightly keeps such a channel, unread, while its budget is spent.)
+    for (k, _) in &socks {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on an open socket with a valid linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                k.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER");
+    }
     drop(socks);
-    // Freed channels give their bytes back.
     wait_for(
         "the NIC's buffers to be released",
         Duration::from_secs(10),
@@ -283,22 +308,7 @@ fn a_flooding_peer_gets_its_share() {
     let target = spare_qp(&s, &honest);
     let mut frames = Vec::new();
     for i in 0..256u64 {
-        frames.extend_from_slice(&Prefix::encode(FrameKind::Req, 4096));
-        let h = ReqHeader {
-            op: ReqOp::Send,
-            epoch: 0,
-            len: 4096,
-            seq: i,
-            raddr: 0,
-            rkey: 0,
-            lblock: 0,
-            loff: 0,
-            arg0: 0,
-            arg1: 0,
-        };
-        let mut hb = [0u8; REQ_LEN];
-        h.encode(&mut hb);
-        frames.extend_from_slice(&hb);
+        frames.extend_from_slice(&req_frame(ReqOp::Send, 4096, i));
         frames.extend_from_slice(&[0xee; 4096]);
     }
     let stop = Arc::new(AtomicBool::new(false));

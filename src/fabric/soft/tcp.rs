@@ -83,6 +83,8 @@ pub struct Framed {
     rend: usize,
     /// Total length of the incomplete frame at `rstart` (0: none known).
     want: usize,
+    /// The last read found no room within its limit.
+    starved: bool,
     /// The peer closed or broke the stream.
     pub dead: bool,
 }
@@ -111,6 +113,7 @@ impl Framed {
             rstart: 0,
             rend: 0,
             want: 0,
+            starved: false,
             dead: false,
         })
     }
@@ -130,10 +133,11 @@ impl Framed {
         self.rbuf.len()
     }
 
-    /// The input buffer is full (of frames not yet taken, or of the start
-    /// of a frame it was not allowed to grow for).
-    pub fn input_full(&self) -> bool {
-        self.rend == self.rbuf.len()
+    /// The last read found the input buffer full and not allowed to grow
+    /// (it holds frames not yet taken, or the start of a frame too large
+    /// for the limit).
+    pub fn input_starved(&self) -> bool {
+        self.starved
     }
 
     /// Bytes this stream's buffers hold allocated (input and output).
@@ -205,8 +209,13 @@ impl Framed {
     /// `max` bytes at most (a flooding peer's bytes cost one visit no more).
     pub fn read_some_within(&mut self, limit: usize, max: usize) -> std::io::Result<usize> {
         let mut total = 0;
+        self.starved = false;
         loop {
-            if total >= max || !self.make_room(limit) {
+            if total >= max {
+                return Ok(total);
+            }
+            if !self.make_room(limit) {
+                self.starved = true;
                 return Ok(total);
             }
             let end = self.rbuf.len().min(self.rend.saturating_add(max - total));
@@ -354,6 +363,113 @@ pub fn connect(addr: &str, src_qpn: u32, dst_qpn: u32) -> Result<Framed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    fn stream_pair() -> (TcpStream, Framed) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (rx, _) = l.accept().unwrap();
+        (tx, Framed::new(rx).unwrap())
+    }
+
+    /// Reads until `f` has taken `n` bytes in total, within 10 s.
+    fn read_until(f: &mut Framed, limit: usize, n: usize, taken: &mut usize) {
+        let t = Instant::now();
+        while *taken < n {
+            *taken += f.read_some_within(limit, usize::MAX).unwrap();
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "stream stalled at {taken}"
+            );
+        }
+    }
+
+    /// The input buffer follows the bytes that arrived, not the length a
+    /// frame announced; grows (doubling) to hold a large frame that does
+    /// arrive; gives the memory back once the frame is consumed; and stops
+    /// growing at the caller's limit.
+    #[test]
+    fn input_buffer_follows_arrived_bytes() {
+        let (mut tx, mut f) = stream_pair();
+        let len = 4 << 20;
+        let h = ReqHeader {
+            op: super::super::wire::ReqOp::Write,
+            epoch: 0,
+            len: len as u32,
+            seq: 1,
+            raddr: 0,
+            rkey: 0,
+            lblock: 0,
+            loff: 0,
+            arg0: 0,
+            arg1: 0,
+        };
+        let mut hb = [0u8; REQ_LEN];
+        h.encode(&mut hb);
+        tx.write_all(&Prefix::encode(FrameKind::Req, len as u32))
+            .unwrap();
+        tx.write_all(&hb).unwrap();
+        tx.write_all(&[7u8; 1000]).unwrap();
+        let mut taken = 0;
+        read_until(
+            &mut f,
+            usize::MAX,
+            FRAME_PREFIX + REQ_LEN + 1000,
+            &mut taken,
+        );
+        assert!(f.next_frame(FrameKind::Req).unwrap().is_none());
+        assert_eq!(f.in_capacity(), RBUF_MIN, "an announced length allocated");
+        // The rest arrives: the buffer grows to hold the frame, no further.
+        let w = std::thread::spawn(move || {
+            tx.write_all(&vec![7u8; len - 1000]).unwrap();
+            tx
+        });
+        let total = FRAME_PREFIX + REQ_LEN + len;
+        let t = Instant::now();
+        let fr = loop {
+            taken += f.read_some().unwrap();
+            if let Some(fr) = f.next_frame(FrameKind::Req).unwrap() {
+                break fr;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "frame never completed"
+            );
+        };
+        assert_eq!(fr.payload.len(), len);
+        assert!(f.payload(&fr).iter().all(|b| *b == 7));
+        assert!(f.in_capacity() >= total && f.in_capacity() <= 2 * total);
+        let mut tx = w.join().unwrap();
+        // Consumed: the next read gives the memory back.
+        tx.write_all(&Prefix::encode(FrameKind::Req, 0)).unwrap();
+        tx.write_all(&hb).unwrap();
+        read_until(
+            &mut f,
+            usize::MAX,
+            taken + FRAME_PREFIX + REQ_LEN,
+            &mut taken,
+        );
+        assert_eq!(
+            f.in_capacity(),
+            BUF_STEADY,
+            "a consumed large frame kept its buffer"
+        );
+        assert!(f.next_frame(FrameKind::Req).unwrap().is_some());
+        // With a limit, the buffer stays at it and the stream is not read.
+        tx.write_all(&Prefix::encode(FrameKind::Req, len as u32))
+            .unwrap();
+        tx.write_all(&hb).unwrap();
+        tx.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let t = Instant::now();
+        while !f.input_starved() {
+            f.read_some_within(BUF_STEADY, usize::MAX).unwrap();
+            assert!(f.next_frame(FrameKind::Req).unwrap().is_none());
+            assert!(t.elapsed() < Duration::from_secs(10), "buffer never filled");
+        }
+        assert_eq!(f.in_capacity(), BUF_STEADY);
+        assert_eq!(f.read_some_within(BUF_STEADY, usize::MAX).unwrap(), 0);
+    }
 
     /// The hello layout byte for byte (recorded from the hand-written codec
     /// this one replaced), its reply, and what a target refuses.

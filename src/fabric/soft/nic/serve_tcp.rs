@@ -116,7 +116,7 @@ impl NicInner {
         // Level-triggered interest: output waiting, or input, unless the
         // input buffer is full of an incomplete frame it may not grow for
         // (then only hang-ups, until memory frees: see `tcp_loop`).
-        let stalled = !v.more && st.f.input_full();
+        let stalled = !v.more && st.f.input_starved() && st.f.pending_in() == st.f.in_capacity();
         let interest = if st.f.pending_out() > 0 {
             libc::EPOLLOUT as u32
         } else if stalled {
@@ -340,6 +340,10 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
     let mut idle_since: Option<Instant> = None;
     while !nic.stop.load(Ordering::Acquire) {
         passes = passes.wrapping_add(1);
+        if !stalled.is_empty() && nic.tcp_budget_left() {
+            // Memory freed: read the stalled channels again.
+            backlog.extend(stalled.drain(..));
+        }
         let mut timeout = match idle_since.map(|t| t.elapsed()) {
             Some(idle) if idle >= YIELD => 200,
             Some(idle) if idle >= SPIN => {
@@ -361,6 +365,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                     hot = None;
                 } else if ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
                     stalled.extend(hot.take());
+                    continue;
                 }
             }
             // Every HOT_EVERY-th pass goes to epoll even while the hot
@@ -373,10 +378,6 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 }
                 continue;
             }
-        }
-        if !stalled.is_empty() && nic.tcp_budget_left() {
-            // Memory freed: read the stalled channels again.
-            backlog.extend(stalled.drain(..));
         }
         // SAFETY: evs is a valid buffer of 64 events.
         let n = unsafe { libc::epoll_wait(nic.epoll.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
