@@ -358,9 +358,11 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
         let alone = backlog.is_empty() && passes.wrapping_sub(last_multi) > QUIET;
         if timeout == 0 && alone {
             let mut input = false;
+            let mut more = false;
             if let Some((token, ch)) = &hot {
                 let v = nic.serve_tcp(ch);
                 input = v.input || v.more;
+                more = v.more;
                 if reap(*token, ch) {
                     hot = None;
                 } else if ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
@@ -377,6 +379,12 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                     idle_since.get_or_insert_with(Instant::now);
                 }
                 continue;
+            }
+            if let Some((token, ch)) = hot.as_ref().filter(|_| more) {
+                // Its frames are in our buffer, not the socket: epoll will
+                // not report them, so queue it before another takes `hot`.
+                backlog.push_back((*token, ch.clone()));
+                timeout = 0;
             }
         }
         // SAFETY: evs is a valid buffer of 64 events.
