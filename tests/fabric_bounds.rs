@@ -372,7 +372,11 @@ fn a_flooding_peer_gets_its_share() {
         "honest 64 B READ: {before:.0}/s alone, {under:.0}/s during a flood of {:.0} MB/s of 4 KiB SENDs (medians of 7 windows of {win:?})",
         fr / 1e6
     );
-    assert!(fr > 50e6, "the flood reached only {fr:.0} B/s");
+    assert!(
+        sent.load(Ordering::Relaxed) > 64 << 20,
+        "the flood sent only {} bytes",
+        sent.load(Ordering::Relaxed)
+    );
     assert!(
         under >= 0.5 * before,
         "honest pair fell from {before:.0} to {under:.0} ops/s under the flood"
