@@ -46,13 +46,29 @@ struct InTcpState {
     counted: usize,
 }
 
-/// Requests one visit to a channel serves at most.
-const REQ_BUDGET: usize = 64;
-/// Payload bytes (in and out) one visit serves at most (past the first
-/// request, which always runs).
-const BYTE_BUDGET: usize = 64 << 10;
-/// Bytes one visit reads from the socket at most.
-const READ_BUDGET: usize = 2 * BYTE_BUDGET;
+/// What one visit to a channel may serve: requests, payload bytes (in and
+/// out, past the first request, which always runs) and bytes read from the
+/// socket.
+#[derive(Clone, Copy)]
+struct Budget {
+    reqs: usize,
+    bytes: usize,
+    read: usize,
+}
+
+/// While other channels are active: small visits, so that a request of
+/// another channel waits for at most one short visit of a flooding one.
+const CONTENDED: Budget = Budget {
+    reqs: 16,
+    bytes: 16 << 10,
+    read: 16 << 10,
+};
+/// A single busy channel (the hot fast path): large visits, few syscalls.
+const ALONE: Budget = Budget {
+    reqs: 256,
+    bytes: 256 << 10,
+    read: 256 << 10,
+};
 /// Output bytes a channel may have pending before it is neither read nor
 /// served until the peer takes them.
 const OUT_CAP: usize = 8 << 20;
@@ -101,14 +117,14 @@ impl InTcp {
 impl NicInner {
     /// Serves a tcp channel (ready by epoll, queued with frames left, or
     /// polled directly while it is the only busy one), within a budget.
-    fn serve_tcp(&self, ch: &InTcp) -> Visit {
+    fn serve_tcp(&self, ch: &InTcp, b: Budget) -> Visit {
         let Some(q) = ch.target.upgrade() else {
             ch.kill();
             return Visit::default();
         };
         let mut st = ch.st.lock();
         let st = &mut *st;
-        let v = self.serve_frames(ch, &q, st);
+        let v = self.serve_frames(ch, &q, st, b);
         self.account(st);
         if ch.dead.load(Ordering::Relaxed) {
             return v;
@@ -162,7 +178,7 @@ impl NicInner {
         self.tcp_buffered.load(Ordering::Relaxed) < self.tcp_buffer_total
     }
 
-    fn serve_frames(&self, ch: &InTcp, q: &QpInner, st: &mut InTcpState) -> Visit {
+    fn serve_frames(&self, ch: &InTcp, q: &QpInner, st: &mut InTcpState, b: Budget) -> Visit {
         let t = self.target(q);
         let mut v = Visit::default();
         if st.f.flush().is_err() {
@@ -175,7 +191,7 @@ impl NicInner {
                 .tcp_buffer_total
                 .saturating_sub(self.tcp_buffered.load(Ordering::Relaxed));
             let limit = IN_CAP.min(st.f.in_capacity() + left);
-            match st.f.read_some_within(limit, READ_BUDGET) {
+            match st.f.read_some_within(limit, b.read) {
                 Ok(n) => v.input = n > 0,
                 Err(_) if st.f.dead => v.input = true,
                 Err(_) => {
@@ -187,7 +203,7 @@ impl NicInner {
         let mut reqs = 0usize;
         let mut bytes = 0usize;
         while st.f.pending_out() < OUT_CAP {
-            if reqs >= REQ_BUDGET || (reqs > 0 && bytes >= BYTE_BUDGET) {
+            if reqs >= b.reqs || (reqs > 0 && bytes >= b.bytes) {
                 v.more = st.f.pending_in() > 0;
                 break;
             }
@@ -360,7 +376,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
             let mut input = false;
             let mut more = false;
             if let Some((token, ch)) = &hot {
-                let v = nic.serve_tcp(ch);
+                let v = nic.serve_tcp(ch, ALONE);
                 input = v.input || v.more;
                 more = v.more;
                 if reap(*token, ch) {
@@ -389,6 +405,22 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
         }
         // SAFETY: evs is a valid buffer of 64 events.
         let n = unsafe { libc::epoll_wait(nic.epoll.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
+        // Small visits while more than one channel wants serving, or did
+        // within the last QUIET passes.
+        let ready = &evs[..n.max(0) as usize];
+        let budget = if passes.wrapping_sub(last_multi) <= QUIET
+            || backlog.len() > 1
+            || ready
+                .iter()
+                .filter(|e| e.u64 != STOP_TOKEN && backlog.front().is_none_or(|(t, _)| *t != e.u64))
+                .count()
+                + backlog.len()
+                > 1
+        {
+            CONTENDED
+        } else {
+            ALONE
+        };
         let mut served = 0u32;
         let mut last: Option<(u64, Arc<InTcp>)> = None;
         let mut visit = |token: u64, ch: Arc<InTcp>, hup: bool, backlog: &mut VecDeque<_>| {
@@ -396,7 +428,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 return; // already served this pass
             }
             served += 1;
-            let v = nic.serve_tcp(&ch);
+            let v = nic.serve_tcp(&ch, budget);
             if hup && ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
                 // Stalled on an incomplete frame and the peer hung up: that
                 // frame can never complete.
