@@ -82,6 +82,7 @@ pub fn open_nic(fabric: &str, tcp_listen: &str, max_keys: u32) -> Result<Arc<dyn
             link: fabric.parse()?,
             tcp_listen: tcp_listen.to_string(),
             max_keys,
+            ..soft::SoftConfig::default()
         })?)),
         #[cfg(feature = "verbs")]
         "verbs" => Ok(Arc::new(verbs::VerbsNic::open(

@@ -14,7 +14,20 @@ use super::wire::{
 };
 use crate::fabric::{FabricError, Result};
 
+/// Input buffer size a new channel starts with.
+const RBUF_MIN: usize = 16 << 10;
+/// Size the buffers return to once a large frame has been consumed (and
+/// that the input buffer may reach with small frames alone, by doubling
+/// while reads fill it).
+pub const BUF_STEADY: usize = 256 << 10;
+
 /// A framed, non-blocking byte stream with input and output buffers.
+///
+/// Memory follows the bytes that arrived, never what a peer announced: the
+/// input buffer starts small and doubles only when a read fills it (up to
+/// the length of the frame being received, or [`BUF_STEADY`] for streams of
+/// small frames), and both buffers shrink back to [`BUF_STEADY`] once they
+/// are empty after a large frame.
 pub struct Framed {
     /// The socket (non-blocking after set-up).
     pub sock: TcpStream,
@@ -23,6 +36,10 @@ pub struct Framed {
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// Total length of the incomplete frame at `rstart` (0: none known).
+    want: usize,
+    /// The last read found no room within its limit.
+    starved: bool,
     /// The peer closed or broke the stream.
     pub dead: bool,
 }
@@ -45,11 +62,13 @@ impl Framed {
         sock.set_nonblocking(true)?;
         Ok(Framed {
             sock,
-            wbuf: Vec::with_capacity(64 << 10),
+            wbuf: Vec::with_capacity(RBUF_MIN),
             wpos: 0,
-            rbuf: vec![0u8; 256 << 10],
+            rbuf: vec![0u8; RBUF_MIN],
             rstart: 0,
             rend: 0,
+            want: 0,
+            starved: false,
             dead: false,
         })
     }
@@ -57,6 +76,28 @@ impl Framed {
     /// Bytes waiting to be written.
     pub fn pending_out(&self) -> usize {
         self.wbuf.len() - self.wpos
+    }
+
+    /// Bytes received and not yet consumed as frames.
+    pub fn pending_in(&self) -> usize {
+        self.rend - self.rstart
+    }
+
+    /// Size of the input buffer.
+    pub fn in_capacity(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// The last read found the input buffer full and not allowed to grow
+    /// (it holds frames not yet taken, or the start of a frame too large
+    /// for the limit).
+    pub fn input_starved(&self) -> bool {
+        self.starved
+    }
+
+    /// Bytes this stream's buffers hold allocated (input and output).
+    pub fn footprint(&self) -> usize {
+        self.rbuf.len() + self.wbuf.capacity()
     }
 
     /// Appends a request frame.
@@ -102,28 +143,39 @@ impl Framed {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+            if self.wbuf.capacity() > BUF_STEADY {
+                // A large response went out: do not keep its buffer.
+                self.wbuf = Vec::with_capacity(BUF_STEADY);
+            }
         }
         Ok(())
     }
 
-    /// Reads what is available. Returns bytes read (0: nothing now).
+    /// Reads what is available, the input buffer growing as needed up to
+    /// the frame being received. Returns bytes read (0: nothing now).
     pub fn read_some(&mut self) -> std::io::Result<usize> {
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
-        }
-        // Keep room for at least one maximal header + some payload.
-        if self.rbuf.len() - self.rend < 64 << 10 {
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
-            self.rstart = 0;
-        }
+        self.read_some_within(usize::MAX, usize::MAX)
+    }
+
+    /// As [`Framed::read_some`], but the input buffer grows past its current
+    /// size only up to `limit` bytes (at the limit with no room left the
+    /// stream is not read: back-pressure, the peer's data waits in the
+    /// kernel and, once that fills, in the peer), and one call reads about
+    /// `max` bytes at most (a flooding peer's bytes cost one visit no more).
+    pub fn read_some_within(&mut self, limit: usize, max: usize) -> std::io::Result<usize> {
         let mut total = 0;
+        self.starved = false;
         loop {
-            if self.rend == self.rbuf.len() {
+            if total >= max {
                 return Ok(total);
             }
-            match self.sock.read(&mut self.rbuf[self.rend..]) {
+            if !self.make_room(limit) {
+                self.starved = true;
+                return Ok(total);
+            }
+            let end = self.rbuf.len().min(self.rend.saturating_add(max - total));
+            let room = end - self.rend;
+            match self.sock.read(&mut self.rbuf[self.rend..end]) {
                 Ok(0) => {
                     self.dead = true;
                     return if total > 0 {
@@ -133,7 +185,6 @@ impl Framed {
                     };
                 }
                 Ok(n) => {
-                    let room = self.rbuf.len() - self.rend;
                     self.rend += n;
                     total += n;
                     if n < room {
@@ -153,16 +204,53 @@ impl Framed {
         }
     }
 
+    /// Makes room at the end of the input buffer: shrinks an emptied large
+    /// buffer, compacts, and grows (doubling) only when the buffered bytes
+    /// fill it. Returns false when there is no room within `limit`.
+    fn make_room(&mut self, limit: usize) -> bool {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+            if self.rbuf.len() > BUF_STEADY {
+                // The large frame was consumed: give its memory back.
+                self.rbuf = vec![0u8; BUF_STEADY];
+            }
+        }
+        let len = self.rbuf.len();
+        if len - self.rend >= len / 4 {
+            return true;
+        }
+        if self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        if self.rend < len / 2 {
+            return true;
+        }
+        // More than half full of received bytes: grow, towards the frame
+        // being received (its length was validated against the maximum) or,
+        // for a stream of small frames, towards the steady size.
+        let cap = self.want.max(BUF_STEADY).min(limit.max(len));
+        if cap > len {
+            let new = (len * 2).min(cap);
+            self.rbuf.resize(new, 0);
+        }
+        self.rend < self.rbuf.len()
+    }
+
     /// The next complete frame, if buffered. A frame that fails validation
-    /// is an error (the caller closes the channel). Grows the input buffer up
-    /// to the frame size when a large payload is announced. A frame of the
-    /// wrong kind for this direction is rejected as soon as its prefix arrives.
+    /// is an error (the caller closes the channel). A frame of the wrong kind
+    /// for this direction is rejected as soon as its prefix arrives. An
+    /// announced length allocates nothing: the input buffer grows only as
+    /// the payload arrives.
     pub fn next_frame(
         &mut self,
         expect: FrameKind,
     ) -> std::result::Result<Option<Frame>, WireError> {
         let avail = self.rend - self.rstart;
         if avail < FRAME_PREFIX {
+            self.want = 0;
             return Ok(None);
         }
         let pb: [u8; FRAME_PREFIX] = self.rbuf[self.rstart..self.rstart + FRAME_PREFIX]
@@ -175,12 +263,10 @@ impl Framed {
         let hl = p.hdr_len();
         let total = FRAME_PREFIX + hl + p.payload_len as usize;
         if avail < total {
-            if self.rbuf.len() < total + (64 << 10) {
-                // payload_len was validated against the maximum above.
-                self.rbuf.resize(total + (64 << 10), 0);
-            }
+            self.want = total;
             return Ok(None);
         }
+        self.want = 0;
         let mut hdr = [0u8; REQ_LEN];
         let h0 = self.rstart + FRAME_PREFIX;
         hdr[..hl].copy_from_slice(&self.rbuf[h0..h0 + hl]);
@@ -261,6 +347,113 @@ pub fn connect_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    fn stream_pair() -> (TcpStream, Framed) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (rx, _) = l.accept().unwrap();
+        (tx, Framed::new(rx).unwrap())
+    }
+
+    /// Reads until `f` has taken `n` bytes in total, within 10 s.
+    fn read_until(f: &mut Framed, limit: usize, n: usize, taken: &mut usize) {
+        let t = Instant::now();
+        while *taken < n {
+            *taken += f.read_some_within(limit, usize::MAX).unwrap();
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "stream stalled at {taken}"
+            );
+        }
+    }
+
+    /// The input buffer follows the bytes that arrived, not the length a
+    /// frame announced; grows (doubling) to hold a large frame that does
+    /// arrive; gives the memory back once the frame is consumed; and stops
+    /// growing at the caller's limit.
+    #[test]
+    fn input_buffer_follows_arrived_bytes() {
+        let (mut tx, mut f) = stream_pair();
+        let len = 4 << 20;
+        let h = ReqHeader {
+            op: super::super::wire::ReqOp::Write,
+            epoch: 0,
+            len: len as u32,
+            seq: 1,
+            raddr: 0,
+            rkey: 0,
+            lblock: 0,
+            loff: 0,
+            arg0: 0,
+            arg1: 0,
+        };
+        let mut hb = [0u8; REQ_LEN];
+        h.encode(&mut hb);
+        tx.write_all(&Prefix::encode(FrameKind::Req, len as u32))
+            .unwrap();
+        tx.write_all(&hb).unwrap();
+        tx.write_all(&[7u8; 1000]).unwrap();
+        let mut taken = 0;
+        read_until(
+            &mut f,
+            usize::MAX,
+            FRAME_PREFIX + REQ_LEN + 1000,
+            &mut taken,
+        );
+        assert!(f.next_frame(FrameKind::Req).unwrap().is_none());
+        assert_eq!(f.in_capacity(), RBUF_MIN, "an announced length allocated");
+        // The rest arrives: the buffer grows to hold the frame, no further.
+        let w = std::thread::spawn(move || {
+            tx.write_all(&vec![7u8; len - 1000]).unwrap();
+            tx
+        });
+        let total = FRAME_PREFIX + REQ_LEN + len;
+        let t = Instant::now();
+        let fr = loop {
+            taken += f.read_some().unwrap();
+            if let Some(fr) = f.next_frame(FrameKind::Req).unwrap() {
+                break fr;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "frame never completed"
+            );
+        };
+        assert_eq!(fr.payload.len(), len);
+        assert!(f.payload(&fr).iter().all(|b| *b == 7));
+        assert!(f.in_capacity() >= total && f.in_capacity() <= 2 * total);
+        let mut tx = w.join().unwrap();
+        // Consumed: the next read gives the memory back.
+        tx.write_all(&Prefix::encode(FrameKind::Req, 0)).unwrap();
+        tx.write_all(&hb).unwrap();
+        read_until(
+            &mut f,
+            usize::MAX,
+            taken + FRAME_PREFIX + REQ_LEN,
+            &mut taken,
+        );
+        assert_eq!(
+            f.in_capacity(),
+            BUF_STEADY,
+            "a consumed large frame kept its buffer"
+        );
+        assert!(f.next_frame(FrameKind::Req).unwrap().is_some());
+        // With a limit, the buffer stays at it and the stream is not read.
+        tx.write_all(&Prefix::encode(FrameKind::Req, len as u32))
+            .unwrap();
+        tx.write_all(&hb).unwrap();
+        tx.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let t = Instant::now();
+        while !f.input_starved() {
+            f.read_some_within(BUF_STEADY, usize::MAX).unwrap();
+            assert!(f.next_frame(FrameKind::Req).unwrap().is_none());
+            assert!(t.elapsed() < Duration::from_secs(10), "buffer never filled");
+        }
+        assert_eq!(f.in_capacity(), BUF_STEADY);
+        assert_eq!(f.read_some_within(BUF_STEADY, usize::MAX).unwrap(), 0);
+    }
 
     /// A framed stream carries frames; the hello lives in `auth`.
     #[test]

@@ -22,6 +22,9 @@ pub const FRAME_PREFIX: usize = 16;
 pub const MAX_RDMA_LEN: u32 = 16 << 20;
 /// Largest SEND payload.
 pub const MAX_SEND: u32 = 4096;
+/// Largest tcp frame (prefix, request header and a maximal payload): the
+/// most one channel's input buffer ever needs to hold.
+pub const MAX_FRAME: usize = FRAME_PREFIX + REQ_LEN + MAX_RDMA_LEN as usize;
 
 /// Request opcodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -304,7 +304,11 @@ pub(super) fn control_loop(nic: Arc<NicInner>, ul: UnixListener, tl: TcpListener
             }
             if fds[2].revents != 0 {
                 while let Ok((s, _)) = tl.accept() {
-                    admit(&nic, &mut pending, Sock::Tcp(s));
+                    // Past the channel cap a new connection is closed at
+                    // once (dropping `s`), before any hello work.
+                    if nic.admit_tcp() {
+                        admit(&nic, &mut pending, Sock::Tcp(s));
+                    }
                 }
             }
             let mut removed = false;

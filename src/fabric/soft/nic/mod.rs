@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -44,6 +44,13 @@ pub struct SoftConfig {
     pub tcp_listen: String,
     /// Key-table slots (MRs + MWs).
     pub max_keys: u32,
+    /// Most inbound tcp channels at once; past it a new connection is
+    /// closed right after accept.
+    pub max_tcp_channels: usize,
+    /// Most bytes all inbound tcp channels may hold buffered (input and
+    /// output, allocated); past it channels stop growing and are read only
+    /// into the buffers they have (back-pressure).
+    pub tcp_buffer_total: usize,
 }
 
 impl Default for SoftConfig {
@@ -52,6 +59,8 @@ impl Default for SoftConfig {
             link: LinkKind::Shm,
             tcp_listen: "127.0.0.1:0".into(),
             max_keys: 1 << 18,
+            max_tcp_channels: 1024,
+            tcp_buffer_total: 64 << 20,
         }
     }
 }
@@ -78,6 +87,13 @@ pub(crate) struct NicInner {
     in_shm_ver: AtomicU64,
     in_tcp: Mutex<HashMap<u64, Arc<InTcp>>>,
     next_token: AtomicU64,
+    /// Limits of the inbound tcp channels (from `SoftConfig`).
+    max_tcp_channels: usize,
+    tcp_buffer_total: usize,
+    /// Bytes the inbound tcp channels' buffers hold allocated now.
+    tcp_buffered: AtomicUsize,
+    /// Connections closed at accept because the channel cap was reached.
+    tcp_refused: AtomicU64,
 }
 
 impl NicInner {
@@ -98,6 +114,27 @@ impl NicInner {
         }
         l[idx as usize] = m;
         self.mr_epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether one more inbound tcp channel may be set up. The acceptor
+    /// calls this right after accept and closes the connection when false.
+    pub(crate) fn admit_tcp(&self) -> bool {
+        let n = self.in_tcp.lock().len();
+        if n < self.max_tcp_channels {
+            return true;
+        }
+        let refused = self.tcp_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(
+                channels = n,
+                refused,
+                "tcp channel cap ({}) reached: closing new connections",
+                self.max_tcp_channels
+            );
+        } else {
+            tracing::debug!(channels = n, "tcp channel cap reached: connection closed");
+        }
+        false
     }
 
     fn target(&self, q: &QpInner) -> Target {
@@ -197,6 +234,10 @@ impl SoftNic {
             in_shm_ver: AtomicU64::new(0),
             in_tcp: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            max_tcp_channels: cfg.max_tcp_channels,
+            tcp_buffer_total: cfg.tcp_buffer_total,
+            tcp_buffered: AtomicUsize::new(0),
+            tcp_refused: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -262,6 +303,15 @@ impl SoftNic {
             .filter(|c| !c.dead.load(Ordering::Relaxed))
             .count()
             + self.inner.in_tcp.lock().len()
+    }
+
+    /// Bytes the inbound tcp channels' buffers hold allocated, and the tcp
+    /// connections refused at the channel cap (for tests and diagnostics).
+    pub fn tcp_usage(&self) -> (usize, u64) {
+        (
+            self.inner.tcp_buffered.load(Ordering::Relaxed),
+            self.inner.tcp_refused.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -18,8 +18,13 @@ use crate::fabric::soft::shm::{self, InShm, RespState};
 use crate::fabric::soft::wire::{ReqHeader, ReqOp, RespHeader, REQ_LEN, RESP_LEN};
 use crate::fabric::{QpState, WcStatus};
 
+/// Requests one visit to a channel serves at most.
+const REQ_BUDGET: u64 = 256;
+/// Bytes (READ/WRITE lengths) one visit serves at most, past the first request.
+const BYTE_BUDGET: u64 = 1 << 20;
+
 impl NicInner {
-    /// Serves up to a batch of requests on one shm channel towards local
+    /// Serves up to a budget of requests on one shm channel towards local
     /// QP `q`. Returns work done.
     fn serve_shm(&self, ch: &InShm, q: &QpInner, st: &mut RespState) -> usize {
         let t = self.target(q);
@@ -43,7 +48,7 @@ impl NicInner {
                 return 0;
             }
         };
-        let n = avail.min(free).min(256);
+        let n = avail.min(free).min(REQ_BUDGET);
         let v = ch.blocks_ver.load(Ordering::Acquire);
         if v != st.blocks_ver {
             st.blocks = ch
@@ -55,7 +60,12 @@ impl NicInner {
             st.blocks_ver = v;
         }
         let blocks = &st.blocks;
-        for _ in 0..n {
+        // Fairness: past the first request, stop at the byte budget and let
+        // the other channels have their turn.
+        let mut bytes = 0u64;
+        let mut served = 0u64;
+        while served < n && (served == 0 || bytes < BYTE_BUDGET) {
+            served += 1;
             let mut b = [0u8; REQ_LEN];
             st.req.pop_prefix::<{ REQ_LEN - 8 }, REQ_LEN>(&mut b);
             let (seq, epoch, op, status, value, len) = match ReqHeader::decode(&b) {
@@ -70,6 +80,7 @@ impl NicInner {
                     } else {
                         exec_shm(&self.keys, &t, &h, blocks)
                     };
+                    bytes += h.len as u64;
                     (h.seq, h.epoch, h.op as u8, s, v, h.len)
                 }
             };
@@ -91,7 +102,7 @@ impl NicInner {
         st.resp.publish();
         st.req.release();
         ch.req_head.store(st.req.head(), Ordering::Relaxed);
-        n as usize
+        served as usize
     }
 }
 

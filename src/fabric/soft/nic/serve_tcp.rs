@@ -1,9 +1,18 @@
 //! The tcp responder: one thread waits on epoll for every inbound tcp
-//! channel (reading the busiest one directly while it stays busy), checks
+//! channel (reading the busy one directly while no other is active), checks
 //! frames and executes requests.
+//!
+//! Bounds against a hostile peer: each visit serves at most a budget of
+//! requests and bytes of one channel, then moves on (a channel with frames
+//! left is queued for the next pass), so a flooding peer gets its share of
+//! this thread and no more; a channel's buffers grow with the bytes that
+//! arrived up to one maximal frame, and all channels together up to the
+//! NIC's `tcp_buffer_total`, past which a channel is read only into the
+//! buffer it has and, once that is full, not at all until memory frees.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +23,7 @@ use super::NicInner;
 use crate::fabric::soft::qp::{QpInner, MAX_BUFFERED_MSGS};
 use crate::fabric::soft::responder;
 use crate::fabric::soft::tcp::Framed;
-use crate::fabric::soft::wire::{FrameKind, ReqHeader, ReqOp, RespHeader};
+use crate::fabric::soft::wire::{FrameKind, ReqHeader, ReqOp, RespHeader, MAX_FRAME};
 use crate::fabric::{QpState, WcStatus};
 
 /// Target side of a tcp channel.
@@ -24,12 +33,55 @@ pub struct InTcp {
     target: std::sync::Weak<QpInner>,
     token: u64,
     fd: RawFd,
+    /// The responder pass that served this channel last (responder only).
+    pass: AtomicU32,
 }
 
 struct InTcpState {
     f: Framed,
     err_epoch: Option<u8>,
-    want_out: bool,
+    /// The epoll events registered for the socket now.
+    interest: u32,
+    /// Buffer bytes of this channel counted in the NIC's total.
+    counted: usize,
+}
+
+/// What one visit to a channel may serve: requests, payload bytes (in and
+/// out, past the first request, which always runs) and bytes read from the
+/// socket.
+#[derive(Clone, Copy)]
+struct Budget {
+    reqs: usize,
+    bytes: usize,
+    read: usize,
+}
+
+/// While other channels are active: small visits, so that a request of
+/// another channel waits for at most one short visit of a flooding one.
+const CONTENDED: Budget = Budget {
+    reqs: 16,
+    bytes: 16 << 10,
+    read: 16 << 10,
+};
+/// A single busy channel (the hot fast path): large visits, few syscalls.
+const ALONE: Budget = Budget {
+    reqs: 256,
+    bytes: 256 << 10,
+    read: 256 << 10,
+};
+/// Output bytes a channel may have pending before it is neither read nor
+/// served until the peer takes them.
+const OUT_CAP: usize = 8 << 20;
+/// Largest input buffer of one channel: one maximal frame and some slack.
+const IN_CAP: usize = MAX_FRAME + (64 << 10);
+
+/// What one visit to a channel did.
+#[derive(Clone, Copy, Default)]
+struct Visit {
+    /// New input was read.
+    input: bool,
+    /// The budget ran out with frames left: serve it again soon.
+    more: bool,
 }
 
 impl InTcp {
@@ -63,53 +115,126 @@ impl InTcp {
             st: Mutex::new(InTcpState {
                 f,
                 err_epoch: None,
-                want_out: false,
+                interest: libc::EPOLLIN as u32,
+                counted: 0,
             }),
             dead: AtomicBool::new(false),
             target,
             token,
             fd,
+            pass: AtomicU32::new(0),
         }
     }
 }
 
 impl NicInner {
-    /// Serves a tcp channel (ready by epoll, or polled directly while it is
-    /// the hot one); returns true when it read new input.
-    fn serve_tcp(&self, ch: &InTcp) -> bool {
+    /// Serves a tcp channel (ready by epoll, queued with frames left, or
+    /// polled directly while it is the only busy one), within a budget.
+    fn serve_tcp(&self, ch: &InTcp, b: Budget) -> Visit {
         let Some(q) = ch.target.upgrade() else {
             ch.kill();
-            return false;
+            return Visit::default();
         };
-        let t = self.target(&q);
         let mut st = ch.st.lock();
         let st = &mut *st;
-        const BACKPRESSURE: usize = 8 << 20;
+        let v = self.serve_frames(ch, &q, st, b);
+        self.account(st);
+        if ch.dead.load(Ordering::Relaxed) {
+            return v;
+        }
+        // Level-triggered interest: output waiting, or input, unless the
+        // input buffer is full of an incomplete frame it may not grow for
+        // (then only hang-ups, until memory frees: see `tcp_loop`).
+        let stalled = !v.more && st.f.input_starved() && st.f.pending_in() == st.f.in_capacity();
+        let interest = if st.f.pending_out() > 0 {
+            libc::EPOLLOUT as u32
+        } else if stalled {
+            libc::EPOLLRDHUP as u32
+        } else {
+            libc::EPOLLIN as u32
+        };
+        if interest != st.interest {
+            st.interest = interest;
+            if stalled {
+                tracing::debug!(
+                    token = ch.token,
+                    buffered = self.tcp_buffered.load(Ordering::Relaxed),
+                    "tcp buffer budget spent: channel not read until memory frees"
+                );
+            }
+            let _ = epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_MOD,
+                ch.fd,
+                interest,
+                ch.token,
+            );
+        }
+        v
+    }
+
+    /// Brings the NIC's total of buffered bytes up to date with `st`.
+    fn account(&self, st: &mut InTcpState) {
+        let now = st.f.footprint();
+        if now > st.counted {
+            self.tcp_buffered
+                .fetch_add(now - st.counted, Ordering::Relaxed);
+        } else {
+            self.tcp_buffered
+                .fetch_sub(st.counted - now, Ordering::Relaxed);
+        }
+        st.counted = now;
+    }
+
+    /// Whether a stalled channel may be read again.
+    fn tcp_budget_left(&self) -> bool {
+        self.tcp_buffered.load(Ordering::Relaxed) < self.tcp_buffer_total
+    }
+
+    fn serve_frames(&self, ch: &InTcp, q: &QpInner, st: &mut InTcpState, b: Budget) -> Visit {
+        let t = self.target(q);
+        let mut v = Visit::default();
         if st.f.flush().is_err() {
             ch.kill();
-            return false;
+            return v;
         }
-        let mut input = false;
-        if st.f.pending_out() < BACKPRESSURE {
-            match st.f.read_some() {
-                Ok(n) => input = n > 0,
-                Err(_) if st.f.dead => input = true,
+        if st.f.pending_out() < OUT_CAP {
+            // Grow the input buffer only into what the NIC-wide budget has left.
+            let left = self
+                .tcp_buffer_total
+                .saturating_sub(self.tcp_buffered.load(Ordering::Relaxed));
+            let limit = IN_CAP.min(st.f.in_capacity() + left);
+            match st.f.read_some_within(limit, b.read) {
+                Ok(n) => v.input = n > 0,
+                Err(_) if st.f.dead => v.input = true,
                 Err(_) => {
                     ch.kill();
-                    return false;
+                    return v;
                 }
             }
         }
-        while st.f.pending_out() < BACKPRESSURE {
+        let mut reqs = 0usize;
+        let mut bytes = 0usize;
+        while st.f.pending_out() < OUT_CAP {
+            if reqs >= b.reqs || (reqs > 0 && bytes >= b.bytes) {
+                v.more = st.f.pending_in() > 0;
+                break;
+            }
+            if reqs > 0 && st.f.pending_out() > 0 && !self.tcp_budget_left() {
+                // Over the NIC-wide budget: let this output drain first.
+                v.more = st.f.pending_in() > 0;
+                break;
+            }
             let fr = match st.f.next_frame(FrameKind::Req) {
                 Ok(Some(fr)) if fr.kind == FrameKind::Req => fr,
                 Ok(None) => break,
                 Ok(Some(_)) | Err(_) => {
                     tracing::warn!(qpn = t.qpn, "malformed tcp frame: closing the channel");
                     ch.kill();
-                    return input;
+                    return v;
                 }
             };
+            reqs += 1;
             let h = match ReqHeader::decode(&fr.hdr) {
                 Ok(h) => h,
                 Err((e, seq, epoch)) => {
@@ -132,6 +257,7 @@ impl NicInner {
             }
             st.err_epoch = None;
             let plen = fr.payload.len();
+            bytes += plen;
             let expect = match h.op {
                 ReqOp::Write | ReqOp::Send => h.len as usize,
                 _ => 0,
@@ -142,7 +268,7 @@ impl NicInner {
                     "frame payload {plen} B, header says {expect}: closing"
                 );
                 ch.kill();
-                return input;
+                return v;
             }
             let mut r = RespHeader {
                 seq: h.seq,
@@ -168,6 +294,7 @@ impl NicInner {
                 }
                 Ok(p) => match h.op {
                     ReqOp::Read => {
+                        bytes += h.len as usize;
                         let dst = st.f.push_resp(&r, h.len as usize);
                         // SAFETY: `p` is valid for h.len bytes (key check),
                         // dst is a fresh buffer of h.len bytes.
@@ -198,25 +325,8 @@ impl NicInner {
         }
         if st.f.flush().is_err() || st.f.dead {
             ch.kill();
-            return input;
         }
-        let want_out = st.f.pending_out() > 0;
-        if want_out != st.want_out {
-            st.want_out = want_out;
-            let ev = if want_out {
-                libc::EPOLLOUT as u32
-            } else {
-                libc::EPOLLIN as u32
-            };
-            let _ = epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_MOD,
-                ch.fd,
-                ev,
-                ch.token,
-            );
-        }
-        input
+        v
     }
 }
 
@@ -228,16 +338,28 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
     // microseconds on a VM; a busy NIC never pays it).
     const SPIN: Duration = Duration::from_micros(30);
     const YIELD: Duration = Duration::from_micros(300);
-    // While polling, the channel served last is read directly (one system
-    // call finds and fetches its next request, where epoll_wait and then
-    // read take two on the critical path); epoll_wait runs every
-    // HOT_EVERY-th pass for the other channels.
+    // While polling with one busy channel, that channel is read directly
+    // (one system call finds and fetches its next request, where epoll_wait
+    // and then read take two on the critical path); epoll_wait runs every
+    // HOT_EVERY-th pass for the other channels. Once a pass served more than
+    // one channel, every pass goes to epoll for QUIET passes (others are
+    // waiting: the busy channel gets its budget per pass like everyone).
     const HOT_EVERY: u32 = 8;
+    const QUIET: u32 = 64;
     let mut hot: Option<(u64, Arc<InTcp>)> = None;
+    // Channels whose budget ran out with frames left, served next pass.
+    let mut backlog: VecDeque<(u64, Arc<InTcp>)> = VecDeque::new();
+    // Channels not read for lack of buffer memory, retried as it frees.
+    let mut stalled: Vec<(u64, Arc<InTcp>)> = Vec::new();
     let mut passes = 0u32;
+    let mut last_multi = 0u32;
     let reap = |token: u64, ch: &InTcp| {
         if ch.dead.load(Ordering::Acquire) {
             let _ = epoll_ctl(nic.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, ch.fd, 0, 0);
+            let mut st = ch.st.lock();
+            nic.tcp_buffered.fetch_sub(st.counted, Ordering::Relaxed);
+            st.counted = 0;
+            drop(st);
             nic.in_tcp.lock().remove(&token);
             true
         } else {
@@ -246,7 +368,12 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
     };
     let mut idle_since: Option<Instant> = None;
     while !nic.stop.load(Ordering::Acquire) {
-        let timeout = match idle_since.map(|t| t.elapsed()) {
+        passes = passes.wrapping_add(1);
+        if !stalled.is_empty() && nic.tcp_budget_left() {
+            // Memory freed: read the stalled channels again.
+            backlog.extend(stalled.drain(..));
+        }
+        let mut timeout = match idle_since.map(|t| t.elapsed()) {
             Some(idle) if idle >= YIELD => 200,
             Some(idle) if idle >= SPIN => {
                 std::thread::yield_now();
@@ -254,17 +381,26 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
             }
             _ => 0,
         };
-        if timeout == 0 {
-            // Every HOT_EVERY-th pass goes to epoll even while the hot
-            // channel is busy, so it cannot starve the others.
-            passes = passes.wrapping_add(1);
+        if !backlog.is_empty() {
+            timeout = 0;
+        }
+        let alone = backlog.is_empty() && passes.wrapping_sub(last_multi) > QUIET;
+        if timeout == 0 && alone {
             let mut input = false;
+            let mut more = false;
             if let Some((token, ch)) = &hot {
-                input = nic.serve_tcp(ch);
+                let v = nic.serve_tcp(ch, ALONE);
+                input = v.input || v.more;
+                more = v.more;
                 if reap(*token, ch) {
                     hot = None;
+                } else if ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
+                    stalled.extend(hot.take());
+                    continue;
                 }
             }
+            // Every HOT_EVERY-th pass goes to epoll even while the hot
+            // channel is busy, so it cannot starve the others.
             if hot.is_some() && passes % HOT_EVERY != 0 {
                 if input {
                     idle_since = None;
@@ -273,10 +409,84 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 }
                 continue;
             }
+            if let Some((token, ch)) = hot.as_ref().filter(|_| more) {
+                // Its frames are in our buffer, not the socket: epoll will
+                // not report them, so queue it before another takes `hot`.
+                backlog.push_back((*token, ch.clone()));
+                timeout = 0;
+            }
         }
         // SAFETY: evs is a valid buffer of 64 events.
         let n = unsafe { libc::epoll_wait(nic.epoll.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
-        if n <= 0 {
+        // Small visits while more than one channel wants serving, or did
+        // within the last QUIET passes.
+        let ready = &evs[..n.max(0) as usize];
+        let budget = if passes.wrapping_sub(last_multi) <= QUIET
+            || backlog.len() > 1
+            || ready
+                .iter()
+                .filter(|e| e.u64 != STOP_TOKEN && backlog.front().is_none_or(|(t, _)| *t != e.u64))
+                .count()
+                + backlog.len()
+                > 1
+        {
+            CONTENDED
+        } else {
+            ALONE
+        };
+        let mut served = 0u32;
+        let mut last: Option<(u64, Arc<InTcp>)> = None;
+        let mut visit = |token: u64, ch: Arc<InTcp>, hup: bool, backlog: &mut VecDeque<_>| {
+            if ch.pass.swap(passes, Ordering::Relaxed) == passes {
+                return; // already served this pass
+            }
+            served += 1;
+            let v = nic.serve_tcp(&ch, budget);
+            if hup && ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
+                // Stalled on an incomplete frame and the peer hung up: that
+                // frame can never complete.
+                ch.kill();
+            }
+            if reap(token, &ch) {
+                if hot.as_ref().is_some_and(|(t, _)| *t == token) {
+                    hot = None;
+                }
+                return;
+            }
+            let interest = ch.st.lock().interest;
+            if v.more {
+                backlog.push_back((token, ch.clone()));
+            } else if interest == libc::EPOLLRDHUP as u32 {
+                stalled.push((token, ch.clone()));
+            }
+            last = Some((token, ch));
+        };
+        for _ in 0..backlog.len() {
+            let Some((token, ch)) = backlog.pop_front() else {
+                break;
+            };
+            visit(token, ch, false, &mut backlog);
+        }
+        if n > 0 {
+            for ev in &evs[..n as usize] {
+                let token = ev.u64;
+                if token == STOP_TOKEN {
+                    continue;
+                }
+                let ch = nic.in_tcp.lock().get(&token).cloned();
+                let Some(ch) = ch else { continue };
+                let hup =
+                    ev.events & (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0;
+                visit(token, ch, hup, &mut backlog);
+            }
+        }
+        if served > 1 {
+            last_multi = passes;
+        }
+        if let Some(l) = last {
+            hot = Some(l);
+        }
+        if served == 0 {
             if timeout > 0 {
                 // Woken by the timeout with nothing to do: stay parked.
                 idle_since = Some(Instant::now() - YIELD);
@@ -286,21 +496,5 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
             continue;
         }
         idle_since = None;
-        for ev in &evs[..n as usize] {
-            let token = ev.u64;
-            if token == STOP_TOKEN {
-                continue;
-            }
-            let ch = nic.in_tcp.lock().get(&token).cloned();
-            let Some(ch) = ch else { continue };
-            nic.serve_tcp(&ch);
-            if reap(token, &ch) {
-                if hot.as_ref().is_some_and(|(t, _)| *t == token) {
-                    hot = None;
-                }
-            } else {
-                hot = Some((token, ch));
-            }
-        }
     }
 }
