@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::fabric::msg::Messenger;
 use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpEndpoint, Wc};
 use crate::lease::msg;
-use crate::lease::{BufOff, GlobalAddress, NodeMemory};
+use crate::lease::{BufOff, NodeMemory};
 use crate::time::Clock;
 use crate::{Error, Result};
 
@@ -84,18 +84,12 @@ impl ClientShared {
 
     /// Takes a free slot and makes it a client thread.
     pub fn register(self: &Arc<Self>) -> Result<ClientThread> {
-        let mut l = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (i, slot) = l
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, s)| s.take().map(|s| (i, s)))
-            .ok_or_else(|| {
-                Error::NoMem(format!(
-                    "all {} client thread slots are taken (Config::client_threads)",
-                    self.cfg.client_threads
-                ))
-            })?;
-        drop(l);
+        let (i, slot) = take_free(&self.slots).ok_or_else(|| {
+            Error::NoMem(format!(
+                "all {} client thread slots are taken (Config::client_threads)",
+                self.cfg.client_threads
+            ))
+        })?;
         ClientThread::new(self.clone(), i as u16, slot)
     }
 
@@ -108,6 +102,16 @@ impl ClientShared {
             ))
         })
     }
+}
+
+/// Takes the first free entry of a pool of pre-built per-thread resources
+/// (client thread slots, directories) with its index.
+pub(crate) fn take_free<T>(pool: &Mutex<Vec<Option<T>>>) -> Option<(usize, T)> {
+    pool.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+        .enumerate()
+        .find_map(|(i, s)| s.take().map(|s| (i, s)))
 }
 
 /// A registered client thread.
@@ -193,11 +197,5 @@ impl ClientThread {
             .get(lease.node as usize)
             .map_or(BufOff(0), |p| lease.buf_off(&p.layout));
         (lease.node, off.0)
-    }
-
-    /// The leased object's GlobalAddress.
-    pub fn global_address(&self, lease: &Lease) -> GlobalAddress {
-        let (n, off) = self.get_gaddr(lease);
-        GlobalAddress::new(n, off)
     }
 }

@@ -118,8 +118,6 @@ pub struct LeaseTable {
     free_prs: Vec<u32>,
     /// Live leases per peer.
     held: HashMap<usize, u32>,
-    /// Live leases with a GC task (not NO_GC).
-    collected: usize,
 }
 
 impl LeaseTable {
@@ -130,13 +128,7 @@ impl LeaseTable {
             free_slots: (0..n).rev().collect(),
             free_prs: (0..n).rev().collect(),
             held: HashMap::new(),
-            collected: 0,
         }
-    }
-
-    /// Live leases the GC must still collect (granted with a term).
-    pub fn pending_gc(&self) -> usize {
-        self.collected
     }
 
     /// Live leases `peer` holds.
@@ -167,7 +159,6 @@ impl LeaseTable {
     /// Installs `e` in `slot` (from [`LeaseTable::take_slot`]).
     pub fn install(&mut self, slot: u32, e: Entry) {
         *self.held.entry(e.peer).or_default() += 1;
-        self.collected += usize::from(!e.no_gc);
         self.slots[slot as usize] = Some(e);
     }
 
@@ -178,21 +169,11 @@ impl LeaseTable {
         if let Some(n) = self.held.get_mut(&e.peer) {
             *n = n.saturating_sub(1);
         }
-        self.collected -= usize::from(!e.no_gc);
         if let Some(pr) = e.pr {
             self.free_prs.push(pr);
         }
         self.free_slots.push(slot);
         Some(e)
-    }
-
-    /// Frees a slot and protection region taken for an acquire that failed
-    /// before [`LeaseTable::install`].
-    pub fn give_back(&mut self, slot: u32, pr: Option<u32>) {
-        if let Some(pr) = pr {
-            self.free_prs.push(pr);
-        }
-        self.free_slots.push(slot);
     }
 
     /// Slots of every live lease.
@@ -360,11 +341,9 @@ mod tests {
         let (a, _) = granted(&mut t, 1, 0);
         let (b, _) = granted(&mut t, 2, 0);
         assert_eq!(t.live(), 2);
-        assert_eq!(t.pending_gc(), 2);
         assert!(t.take_slot().is_none(), "every slot granted");
         assert!(t.remove(a).is_some());
         assert!(t.remove(a).is_none(), "a second remove finds nothing");
-        assert_eq!(t.pending_gc(), 1);
         let (c, _) = granted(&mut t, 3, 0);
         assert_eq!(c, a, "the freed slot is reused");
         assert!(t.get(a, 1).is_none(), "the old generation is gone");

@@ -286,18 +286,12 @@ impl Patronus {
 
     /// Takes a directory: the server thread that serves its RPCs.
     pub fn register_server_thread(&self) -> Result<Directory> {
-        let mut l = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        let (i, slot) = l
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, s)| s.take().map(|s| (i, s)))
-            .ok_or_else(|| {
-                Error::NoMem(format!(
-                    "all {} directories have a server thread (Config::dir_nr)",
-                    self.cfg.dir_nr
-                ))
-            })?;
-        drop(l);
+        let (i, slot) = crate::client::take_free(&self.dirs).ok_or_else(|| {
+            Error::NoMem(format!(
+                "all {} directories have a server thread (Config::dir_nr)",
+                self.cfg.dir_nr
+            ))
+        })?;
         Directory::new(
             self.dir_shared.clone(),
             self.control.clone(),
