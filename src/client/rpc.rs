@@ -29,13 +29,15 @@ impl ClientThread {
         let r = self.msgr.send(peer, &out);
         self.out = out;
         r?;
+        // Replies to earlier calls that timed out hold receive slots (the
+        // peer's credit): drop them.
+        self.msgr
+            .discard(|i| i.data.len() < 16 || reply_id(&i.data) < id);
         let timeout = self.sh.cfg.rpc_timeout;
         let inc = self
             .msgr
             .recv_match(timeout, |i| {
-                i.peer == peer
-                    && i.data.len() >= 16
-                    && u64::from_le_bytes(i.data[8..16].try_into().expect("8")) == id
+                i.peer == peer && i.data.len() >= 16 && reply_id(&i.data) == id
             })?
             .ok_or_else(|| {
                 Error::Timeout(format!(
@@ -65,4 +67,10 @@ impl ClientThread {
             ))),
         }
     }
+}
+
+/// The RPC id of a reply (bytes 8..16 of its header; the caller checks the
+/// length).
+fn reply_id(data: &[u8]) -> u64 {
+    u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"))
 }

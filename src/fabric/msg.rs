@@ -3,6 +3,13 @@
 //! reclaimed on completion. Used for the Patronus RPCs (client threads and
 //! directories); the one-sided data path uses separate QPs so that a
 //! protection fault never breaks the RPC channel.
+//!
+//! Fairness: received messages queue per peer and [`Messenger::try_recv`]
+//! takes them round-robin across peers, and a receive slot is posted again
+//! only once its message was taken. A peer's receive slots are its credit:
+//! however fast one peer floods, at most `per_qp` of its messages wait
+//! here, and a message of any other peer waits for at most one message of
+//! each busy peer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,7 +39,13 @@ pub struct Messenger {
     send_mr: Arc<Mr>,
     per_qp: u32,
     send_free: Vec<u32>,
-    inbox: VecDeque<Incoming>,
+    /// Received messages per peer with their receive slot (posted again
+    /// when the message is taken).
+    queues: Vec<VecDeque<(u32, Incoming)>>,
+    /// Peers with queued messages, in round-robin order, each at most once
+    /// (`listed`); a peer may be listed with a queue `recv_match` emptied.
+    ready: VecDeque<usize>,
+    listed: Vec<bool>,
     wc: [Wc; 32],
     max_qps: usize,
 }
@@ -50,7 +63,9 @@ impl Messenger {
             send_mr: self.send_mr.clone(),
             per_qp: self.per_qp,
             send_free: std::mem::take(&mut self.send_free),
-            inbox: std::mem::take(&mut self.inbox),
+            queues: std::mem::take(&mut self.queues),
+            ready: std::mem::take(&mut self.ready),
+            listed: std::mem::take(&mut self.listed),
             wc: self.wc,
             max_qps: self.max_qps,
         }
@@ -80,7 +95,9 @@ impl Messenger {
             send_mr,
             per_qp,
             send_free: (0..sends).rev().collect(),
-            inbox: VecDeque::new(),
+            queues: Vec::new(),
+            ready: VecDeque::new(),
+            listed: Vec::new(),
             wc: [Wc::default(); 32],
             max_qps,
         })
@@ -101,6 +118,8 @@ impl Messenger {
             )));
         }
         self.qps.push(qp);
+        self.queues.push(VecDeque::new());
+        self.listed.push(false);
         for s in 0..self.per_qp {
             self.post_recv(i, s)?;
         }
@@ -165,8 +184,9 @@ impl Messenger {
         r
     }
 
-    /// Drains the CQ: reclaims send slots, moves received messages to the
-    /// inbox (reposting their slots). Returns completions seen.
+    /// Drains the CQ: reclaims send slots, queues received messages by
+    /// peer (their slots are posted again when they are taken). Returns
+    /// completions seen.
     pub fn progress(&mut self) -> Result<usize> {
         let n = self.cq.poll(&mut self.wc);
         for i in 0..n {
@@ -190,26 +210,80 @@ impl Messenger {
             if wc.status.is_ok() {
                 let mut data = vec![0u8; (wc.byte_len as usize).min(SLOT)];
                 self.recv_mr.read(idx * SLOT as u64, &mut data)?;
-                self.inbox.push_back(Incoming { peer, data });
-            }
-            // Repost unless the QP is broken (flushed receives).
-            if wc.status != super::WcStatus::WrFlushErr {
-                self.post_recv(peer, slot)?;
+                self.queues[peer].push_back((slot, Incoming { peer, data }));
+                if !self.listed[peer] {
+                    self.listed[peer] = true;
+                    self.ready.push_back(peer);
+                }
+            } else if wc.status != super::WcStatus::WrFlushErr {
+                // Failed without a message: the slot is free again (a
+                // flushed one stays down with its broken QP).
+                self.repost(peer, slot);
             }
         }
         Ok(n)
     }
 
-    /// Next received message, if any (non-blocking).
+    /// Posts a taken message's slot again. A QP that refuses it is broken:
+    /// the slot stays down with it (logged), the other peers are unaffected.
+    fn repost(&self, peer: usize, slot: u32) {
+        if let Err(e) = self.post_recv(peer, slot) {
+            tracing::debug!(peer, slot, "receive slot not posted again: {e}");
+        }
+    }
+
+    /// Takes the next message of `peer`'s queue, posting its slot again.
+    fn take_msg(&mut self, peer: usize, pos: usize) -> Option<Incoming> {
+        let (slot, inc) = self.queues.get_mut(peer)?.remove(pos)?;
+        self.repost(peer, slot);
+        Some(inc)
+    }
+
+    /// Next received message, if any (non-blocking), round-robin across
+    /// peers.
     pub fn try_recv(&mut self) -> Result<Option<Incoming>> {
-        if self.inbox.is_empty() {
+        if self.ready.is_empty() {
             self.progress()?;
         }
-        Ok(self.inbox.pop_front())
+        while let Some(peer) = self.ready.pop_front() {
+            let inc = self.take_msg(peer, 0);
+            if self.queues[peer].is_empty() {
+                self.listed[peer] = false;
+            } else {
+                self.ready.push_back(peer);
+            }
+            if let Some(inc) = inc {
+                return Ok(Some(inc));
+            } // else emptied by recv_match: next peer
+        }
+        Ok(None)
+    }
+
+    /// Drops queued messages for which `stale` holds (e.g. replies to calls
+    /// that timed out), posting their slots again; returns how many.
+    pub fn discard(&mut self, mut stale: impl FnMut(&Incoming) -> bool) -> usize {
+        let mut n = 0;
+        for peer in 0..self.queues.len() {
+            let mut i = 0;
+            while i < self.queues[peer].len() {
+                if stale(&self.queues[peer][i].1) {
+                    self.take_msg(peer, i);
+                    n += 1;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Messages received and not yet taken (all peers).
+    pub fn queued(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
     }
 
     /// Waits for a message matching `pred` for at most `timeout`; others
-    /// stay in the inbox.
+    /// stay queued.
     pub fn recv_match(
         &mut self,
         timeout: Duration,
@@ -218,8 +292,13 @@ impl Messenger {
         let t0 = Instant::now();
         let mut spins = 0u32;
         loop {
-            if let Some(i) = self.inbox.iter().position(&mut pred) {
-                return Ok(self.inbox.remove(i));
+            let hit = self
+                .queues
+                .iter()
+                .enumerate()
+                .find_map(|(p, q)| q.iter().position(|(_, inc)| pred(inc)).map(|i| (p, i)));
+            if let Some((p, i)) = hit {
+                return Ok(self.take_msg(p, i));
             }
             if self.progress()? > 0 {
                 spins = 0;
@@ -235,5 +314,135 @@ impl Messenger {
                 self.cq.wait(Duration::from_micros(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::soft::{SoftConfig, SoftNic};
+    use crate::fabric::QpCap;
+
+    struct Sender {
+        qp: Arc<dyn Qp>,
+        cq: Arc<dyn Cq>,
+        buf: Arc<Mr>,
+    }
+
+    impl Sender {
+        fn send(&self, byte: u8) {
+            self.buf.write(0, &[byte; 64]).unwrap();
+            self.qp
+                .post_send(&[SendWr {
+                    wr_id: 0,
+                    op: WrOp::Send {
+                        local: Sge {
+                            lkey: self.buf.lkey(),
+                            offset: 0,
+                            len: 64,
+                        },
+                    },
+                    signaled: true,
+                }])
+                .unwrap();
+            let wc =
+                crate::fabric::conformance::wait_wc(&*self.cq, Duration::from_secs(5)).unwrap();
+            assert!(wc.status.is_ok(), "{wc:?}");
+        }
+    }
+
+    /// A messenger with `peers` QPs of 8 slots, each connected to a sender.
+    fn setup(peers: usize) -> (Messenger, Vec<Sender>) {
+        let a: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig::default()).unwrap());
+        let b: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig::default()).unwrap());
+        let (pa, pb) = (a.alloc_pd().unwrap(), b.alloc_pd().unwrap());
+        let cq = a.create_cq(1024).unwrap();
+        let mut m = Messenger::new(&a, pa, cq.clone(), peers, 8, 8).unwrap();
+        let mut senders = Vec::new();
+        for _ in 0..peers {
+            let q = a.create_qp(pa, &cq, &cq, QpCap::default()).unwrap();
+            let scq = b.create_cq(64).unwrap();
+            let s = b.create_qp(pb, &scq, &scq, QpCap::default()).unwrap();
+            q.connect(&s.endpoint()).unwrap();
+            s.connect(&q.endpoint()).unwrap();
+            m.add_qp(q).unwrap();
+            senders.push(Sender {
+                qp: s,
+                cq: scq,
+                buf: b.alloc_mr(pb, 4096, Access::LOCAL_WRITE).unwrap(),
+            });
+        }
+        (m, senders)
+    }
+
+    fn wait_queued(m: &mut Messenger, n: usize) {
+        let t0 = Instant::now();
+        while m.queued() < n {
+            m.progress().unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{} of {n} queued",
+                m.queued()
+            );
+        }
+    }
+
+    #[test]
+    fn a_flooding_peer_gets_one_turn_in_each_round() {
+        let (mut m, s) = setup(3);
+        // Peer 0 floods: 8 messages (its whole credit) plus 8 more that wait
+        // in the NIC for slots; peers 1 and 2 send one each, after it.
+        for i in 0..16 {
+            s[0].send(i);
+        }
+        s[1].send(100);
+        s[2].send(200);
+        wait_queued(&mut m, 10);
+        assert_eq!(m.queued(), 10, "peer 0 holds at most its 8 slots");
+        let first: Vec<usize> = (0..3)
+            .map(|_| m.try_recv().unwrap().unwrap().peer)
+            .collect();
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![0, 1, 2],
+            "one message of each peer first: {first:?}"
+        );
+        // The flood's messages all arrive, in order, as its slots come back.
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        while got.len() < 15 && t0.elapsed() < Duration::from_secs(5) {
+            if let Some(inc) = m.try_recv().unwrap() {
+                assert_eq!(inc.peer, 0);
+                got.push(inc.data[0]);
+            }
+        }
+        assert_eq!(got, (1..16).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn recv_match_takes_from_any_peer_and_keeps_the_rest_fair() {
+        let (mut m, s) = setup(2);
+        for i in 0..3 {
+            s[0].send(i);
+        }
+        s[1].send(7);
+        wait_queued(&mut m, 4);
+        let hit = m
+            .recv_match(Duration::from_secs(1), |i| i.data[0] == 7)
+            .unwrap()
+            .unwrap();
+        assert_eq!(hit.peer, 1);
+        s[1].send(8);
+        wait_queued(&mut m, 4);
+        let order: Vec<(usize, u8)> = (0..4)
+            .map(|_| {
+                let i = m.try_recv().unwrap().unwrap();
+                (i.peer, i.data[0])
+            })
+            .collect();
+        assert_eq!(order, vec![(0, 0), (1, 8), (0, 1), (0, 2)]);
+        assert!(m.try_recv().unwrap().is_none());
     }
 }
