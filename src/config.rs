@@ -53,6 +53,9 @@ pub struct Config {
     /// Default slab classes of each directory's allocator: (block bytes,
     /// ratio of the directory's alloc-buffer slice).
     pub alloc_classes: Vec<(u64, u32)>,
+    /// Calls one client thread may have in flight (posted, completion not
+    /// polled yet); 0: the default, 64. At most 1 024.
+    pub max_inflight: u32,
     /// Live leases one client thread may hold on one directory (0: a
     /// quarter of `leases_per_dir`). Past it an acquire gets `NoMw`.
     pub lease_quota_per_thread: u32,
@@ -93,6 +96,7 @@ impl Default for Config {
             keeper_timeout: Duration::from_secs(60),
             magic_mw_fault: false,
             alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
+            max_inflight: 0,
             lease_quota_per_thread: 0,
             lease_quota_per_node: 0,
             alloc_quota_per_node: 0,

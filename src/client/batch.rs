@@ -1,11 +1,10 @@
 //! Batches of one-sided operations on leases of one directory, posted as
 //! one chain and completed by one signalled completion (`commit`).
 
-use std::time::Instant;
-
-use super::data::SPIN_FOR;
+use super::calls::{DataKind, DataOp, Op, Post, Prepared};
+use super::data::done;
 use super::{ClientThread, DATA_BUF};
-use crate::fabric::{SendWr, Sge, Wc, WrOp};
+use crate::fabric::{Sge, WrOp};
 use crate::lease::{Lease, Rc};
 use crate::{Error, Result};
 
@@ -27,6 +26,8 @@ pub struct Batch {
     wrs: Vec<WrOp>,
     kinds: Vec<(BatchOp, u64)>,
     used: u64,
+    /// The staging image: write payloads at their offsets.
+    image: Vec<u8>,
     results: Vec<Vec<u8>>,
 }
 
@@ -85,9 +86,10 @@ impl ClientThread {
         Ok(Rc::Ok)
     }
 
+    /// A local range of the batch's staging area (placed at commit).
     fn local(&self, off: u64, len: u64) -> Sge {
         Sge {
-            lkey: self.buf.lkey(),
+            lkey: 0,
             offset: off,
             len: len as u32,
         }
@@ -123,7 +125,9 @@ impl ClientThread {
         if b.used + (src.len() as u64).next_multiple_of(8) <= DATA_BUF as u64
             && b.wrs.len() < BATCH_MAX
         {
-            self.buf.write(b.used, src)?;
+            let at = b.used as usize;
+            b.image.resize(at + src.len(), 0);
+            b.image[at..].copy_from_slice(src);
         }
         let (raddr, rkey) = self.remote(lease, offset, flag);
         let op = WrOp::Write {
@@ -174,69 +178,55 @@ impl ClientThread {
         self.prepare(b, lease, op, BatchOp::Atomic, 8)
     }
 
+    /// The batch's chain as a call; the batch is emptied.
+    fn prep_commit(&mut self, b: &mut Batch) -> Result<Prepared> {
+        b.results.clear();
+        let Some((node, dir)) = b.target.take() else {
+            return Ok(Prepared::Done(done(Rc::Ok)));
+        };
+        let kinds = std::mem::take(&mut b.kinds);
+        let wrs = std::mem::take(&mut b.wrs);
+        let image = std::mem::take(&mut b.image);
+        let used = std::mem::take(&mut b.used);
+        let outs = kinds
+            .into_iter()
+            .map(|(k, off)| {
+                let len = match k {
+                    BatchOp::Read { len } => len,
+                    BatchOp::Atomic => 8,
+                    BatchOp::Write => 0,
+                };
+                (len, off)
+            })
+            .collect();
+        Ok(Prepared::Op(Op::Data(DataOp {
+            node,
+            dir,
+            kind: DataKind::Batch { wrs, outs },
+            raddr: 0,
+            rkey: 0,
+            total: used as usize,
+            done: 0,
+            data: image,
+            pre: None,
+            cache: None,
+            units: None,
+        })))
+    }
+
     /// Posts the batch as one chain (only the last request signalled) and
     /// waits. An empty batch is OK. The batch is cleared either way; results
     /// are available through [`Batch::result`] on success.
     pub fn commit(&mut self, b: &mut Batch) -> Result<Rc> {
-        b.results.clear();
-        let Some((node, dir)) = b.target else {
-            return Ok(Rc::Ok);
-        };
-        let i = self.sh.dir_index(node, dir);
-        let qp = self.data[i].clone();
-        let n = b.wrs.len();
-        let wrs: Vec<SendWr> = b
-            .wrs
-            .iter()
-            .enumerate()
-            .map(|(k, op)| SendWr {
-                wr_id: 100 + k as u64,
-                op: *op,
-                signaled: k + 1 == n,
-            })
-            .collect();
-        let kinds = std::mem::take(&mut b.kinds);
-        b.wrs.clear();
-        b.target = None;
-        b.used = 0;
-        qp.post_send(&wrs)?;
-        let mut wc = [Wc::default(); 1];
-        let t0 = Instant::now();
-        let mut failed = false;
-        loop {
-            if self.data_cq.poll(&mut wc) == 1 {
-                if !wc[0].status.is_ok() {
-                    failed = true;
-                }
-                if wc[0].wr_id == 100 + n as u64 - 1 {
-                    break;
-                }
-                continue;
-            }
-            let waited = t0.elapsed();
-            if waited > self.sh.cfg.rpc_timeout {
-                failed = true;
-                break;
-            }
-            if waited > SPIN_FOR {
-                self.data_cq.wait(std::time::Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        if failed {
-            self.recover_data_qp(node, dir)?;
-            return Ok(Rc::RdmaProtectionErr);
-        }
-        for (k, off) in kinds {
-            let mut v = match k {
-                BatchOp::Read { len } => vec![0u8; len],
-                BatchOp::Atomic => vec![0u8; 8],
-                BatchOp::Write => Vec::new(),
-            };
-            self.buf.read(off, &mut v)?;
-            b.results.push(v);
-        }
-        Ok(Rc::Ok)
+        let p = self.prep_commit(b);
+        let c = self.run(p)?;
+        b.results = c.batch;
+        c.result
+    }
+
+    /// Posts the batch as one chain; the completion's `batch` holds the
+    /// results. The batch is empty afterwards (ready for the next one).
+    pub fn post_commit(&mut self, b: &mut Batch, user_data: u64) -> Result<Post> {
+        self.post(user_data, |t| t.prep_commit(b))
     }
 }

@@ -2,10 +2,8 @@
 //! the local expiry check (`now + epsilon < deadline`), auto-extension, the
 //! lease cache, and recovery of the data QP after a failed request.
 
-use std::time::Instant;
-
-use super::{ClientThread, DATA_BUF};
-use crate::fabric::{SendWr, Sge, Wc, WcStatus, WrOp};
+use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared};
+use super::ClientThread;
 use crate::lease::flags::rw;
 use crate::lease::msg::{AdminOp, MemOp};
 use crate::lease::{Lease, Rc};
@@ -28,51 +26,20 @@ impl ClientThread {
         let i = self.sh.dir_index(node, dir);
         let qp = self.data[i].clone();
         qp.reset()?;
-        let mut wc = [Wc::default(); 8];
-        while self.data_cq.poll(&mut wc) > 0 {}
+        // Completions the reset flushes are recognised as stale by the call
+        // engine (their sequence numbers were retired); other QPs' stay.
         if self.sh.nic.caps().peer_errs_with_requester {
-            self.admin(node, dir, AdminOp::QpReset, 0)?;
+            // Directly, not through the engine: recovery runs inside its
+            // progress.
+            self.admin_direct(node, dir, AdminOp::QpReset, 0)?;
         }
         qp.connect(&self.data_remote[i])?;
         Ok(())
     }
 
-    /// Runs one one-sided work request on the data QP to the lease's
-    /// directory; a failed completion recovers the QP before returning.
-    pub(super) fn one_sided(&mut self, lease: &Lease, op: WrOp) -> Result<Rc> {
-        let i = self.sh.dir_index(lease.node, lease.dir);
-        let qp = self.data[i].clone();
-        qp.post_send(&[SendWr {
-            wr_id: 1,
-            op,
-            signaled: true,
-        }])?;
-        let mut wc = [Wc::default(); 1];
-        let t0 = Instant::now();
-        let st = loop {
-            if self.data_cq.poll(&mut wc) == 1 {
-                break wc[0].status;
-            }
-            let waited = t0.elapsed();
-            if waited > self.sh.cfg.rpc_timeout {
-                break WcStatus::RetryExcErr;
-            }
-            // A round trip is a few hundred ns on shm: poll hot first, give
-            // the core away only when the answer is late.
-            if waited > SPIN_FOR {
-                self.data_cq.wait(std::time::Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
-            }
-        };
-        if st == WcStatus::Success {
-            return Ok(Rc::Ok);
-        }
-        self.recover_data_qp(lease.node, lease.dir)?;
-        Ok(Rc::RdmaProtectionErr)
-    }
-
-    fn check_rw(&mut self, lease: &mut Lease, flag: u64) -> Result<Option<Rc>> {
+    /// Whether an access may go ahead (with an auto-extension posted
+    /// before it), or what it returns at once.
+    fn check_rw(&self, lease: &Lease, flag: u64) -> Result<Check> {
         if flag & !rw::ALL != 0 {
             return Err(Error::Invalid(format!("unknown RW flag bits {flag:#x}")));
         }
@@ -82,24 +49,29 @@ impl ClientThread {
             ));
         }
         if flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease) {
-            return Ok(Some(Rc::LeaseLocalExpiredErr));
+            return Ok(Check::Stop(Rc::LeaseLocalExpiredErr));
         }
+        let mut pre = None;
         if flag & rw::WITH_AUTO_EXTEND != 0 && !lease.never_expires() {
             let left = lease.ddl.saturating_sub(self.sh.clock.now());
             let margin = lease.term.unit.saturating_mul(2).max(100_000);
             if left > self.sh.clock.epsilon() + 2_000 && left <= margin {
                 let step = lease.auto_step;
                 let ns = (lease.term.unit as u64).saturating_mul(step as u64);
-                match self.extend(lease, ns, 0) {
-                    Ok(Rc::Ok) => lease.auto_step = step.saturating_mul(2).min(1 << 10),
-                    // Refused (closed, capped) or failed at the NIC: the
-                    // access itself reports what happens next.
-                    Ok(_) | Err(Error::Invalid(_)) => {}
-                    Err(e) => return Err(e),
+                // Refused (no region, capped): the access itself reports
+                // what happens next.
+                if let Ok((from, to)) = lease.extension(ns) {
+                    pre = Some(PreExtend {
+                        from,
+                        to,
+                        raddr: self.sh.peer(lease.node)?.region_addr + lease.pr_word().0,
+                        rkey: lease.pr_rkey,
+                        step,
+                    });
                 }
             }
         }
-        Ok(None)
+        Ok(Check::Go(pre))
     }
 
     pub(super) fn remote(&self, lease: &Lease, offset: u64, flag: u64) -> (u64, u32) {
@@ -121,6 +93,125 @@ impl ClientThread {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn data_op(
+        &self,
+        lease: &Lease,
+        kind: DataKind,
+        offset: u64,
+        total: usize,
+        data: Vec<u8>,
+        flag: u64,
+        pre: Option<PreExtend>,
+    ) -> Prepared {
+        let (raddr, rkey) = self.remote(lease, offset, flag);
+        Prepared::Op(Op::Data(DataOp {
+            node: lease.node,
+            dir: lease.dir,
+            kind,
+            raddr,
+            rkey,
+            total,
+            done: 0,
+            data,
+            pre,
+            cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
+            units: None,
+        }))
+    }
+
+    fn prep_read(
+        &mut self,
+        lease: &mut Lease,
+        len: usize,
+        offset: u64,
+        flag: u64,
+    ) -> Result<Prepared> {
+        if flag & rw::USE_TWO_SIDED != 0 {
+            return self.prep_rpc_read(lease, len, offset);
+        }
+        let pre = match self.check_rw(lease, flag)? {
+            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Go(p) => p,
+        };
+        if flag & rw::WITH_CACHE != 0 {
+            let mut data = vec![0u8; len];
+            if lease.cache.lookup(offset, &mut data) {
+                let mut c = done(Rc::Ok);
+                c.data = data;
+                return Ok(Prepared::Done(c));
+            }
+        }
+        Ok(self.data_op(
+            lease,
+            DataKind::Read,
+            offset,
+            len,
+            vec![0u8; len],
+            flag,
+            pre,
+        ))
+    }
+
+    fn prep_write(
+        &mut self,
+        lease: &mut Lease,
+        src: &[u8],
+        offset: u64,
+        flag: u64,
+    ) -> Result<Prepared> {
+        if flag & rw::USE_TWO_SIDED != 0 {
+            return self.prep_rpc_write(lease, src, offset);
+        }
+        let pre = match self.check_rw(lease, flag)? {
+            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Go(p) => p,
+        };
+        // Cached bytes of the range are stale from now on (a WITH_CACHE
+        // write puts them back once it succeeded).
+        lease.cache.invalidate(offset, src.len() as u64);
+        Ok(self.data_op(
+            lease,
+            DataKind::Write,
+            offset,
+            src.len(),
+            src.to_vec(),
+            flag,
+            pre,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prep_atomic(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        a0: u64,
+        a1: u64,
+        cas: bool,
+        flag: u64,
+    ) -> Result<Prepared> {
+        if flag & rw::USE_TWO_SIDED != 0 {
+            let op = if cas { MemOp::Cas } else { MemOp::Faa };
+            return self.prep_mem(lease, op, offset, 8, a0, a1, vec![]);
+        }
+        let pre = match self.check_rw(lease, flag)? {
+            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Go(p) => p,
+        };
+        lease.cache.invalidate(offset, 8);
+        let kind = if cas {
+            DataKind::Cas {
+                compare: a0,
+                swap: a1,
+            }
+        } else {
+            DataKind::Faa { add: a0 }
+        };
+        // Atomics never go through the cache.
+        Ok(self.data_op(lease, kind, offset, 8, vec![], flag & !rw::WITH_CACHE, pre))
+    }
+
     /// Reads `dst.len()` bytes at `offset` of the leased object.
     pub fn read(
         &mut self,
@@ -129,125 +220,21 @@ impl ClientThread {
         offset: u64,
         flag: u64,
     ) -> Result<Rc> {
-        if flag & rw::USE_TWO_SIDED != 0 {
-            return self.rpc_read(lease, dst, offset);
+        let p = self.prep_read(lease, dst.len(), offset, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        if matches!(c.result, Ok(Rc::Ok)) && c.data.len() == dst.len() {
+            dst.copy_from_slice(&c.data);
         }
-        if let Some(rc) = self.check_rw(lease, flag)? {
-            return Ok(rc);
-        }
-        if flag & rw::WITH_CACHE != 0 && lease.cache.lookup(offset, dst) {
-            return Ok(Rc::Ok);
-        }
-        let mut done = 0usize;
-        while done < dst.len() {
-            let n = (dst.len() - done).min(DATA_BUF);
-            let (raddr, rkey) = self.remote(lease, offset + done as u64, flag);
-            let rc = self.one_sided(
-                lease,
-                WrOp::Read {
-                    local: Sge {
-                        lkey: self.buf.lkey(),
-                        offset: 0,
-                        len: n as u32,
-                    },
-                    raddr,
-                    rkey,
-                },
-            )?;
-            if rc != Rc::Ok {
-                return Ok(rc);
-            }
-            self.buf.read(0, &mut dst[done..done + n])?;
-            done += n;
-        }
-        if flag & rw::WITH_CACHE != 0 {
-            lease.cache.insert(offset, dst);
-        }
-        Ok(Rc::Ok)
+        c.result
     }
 
     /// Writes `src` at `offset` of the leased object.
     pub fn write(&mut self, lease: &mut Lease, src: &[u8], offset: u64, flag: u64) -> Result<Rc> {
-        if flag & rw::USE_TWO_SIDED != 0 {
-            return self.rpc_write(lease, src, offset);
-        }
-        if let Some(rc) = self.check_rw(lease, flag)? {
-            return Ok(rc);
-        }
-        let mut done = 0usize;
-        while done < src.len() {
-            let n = (src.len() - done).min(DATA_BUF);
-            self.buf.write(0, &src[done..done + n])?;
-            let (raddr, rkey) = self.remote(lease, offset + done as u64, flag);
-            let rc = self.one_sided(
-                lease,
-                WrOp::Write {
-                    local: Sge {
-                        lkey: self.buf.lkey(),
-                        offset: 0,
-                        len: n as u32,
-                    },
-                    raddr,
-                    rkey,
-                },
-            )?;
-            if rc != Rc::Ok {
-                lease.cache.invalidate(offset, src.len() as u64);
-                return Ok(rc);
-            }
-            done += n;
-        }
-        if flag & rw::WITH_CACHE != 0 {
-            lease.cache.write(offset, src);
-        } else {
-            lease.cache.invalidate(offset, src.len() as u64);
-        }
-        Ok(Rc::Ok)
-    }
-
-    fn atomic(
-        &mut self,
-        lease: &mut Lease,
-        offset: u64,
-        a0: u64,
-        a1: u64,
-        cas: bool,
-        flag: u64,
-    ) -> Result<(Rc, u64)> {
-        if flag & rw::USE_TWO_SIDED != 0 {
-            let op = if cas { MemOp::Cas } else { MemOp::Faa };
-            return self
-                .rpc_mem(lease, op, offset, 8, a0, a1, vec![])
-                .map(|(rc, old, _)| (rc, old));
-        }
-        if let Some(rc) = self.check_rw(lease, flag)? {
-            return Ok((rc, 0));
-        }
-        let (raddr, rkey) = self.remote(lease, offset, flag);
-        let local = Sge {
-            lkey: self.buf.lkey(),
-            offset: 0,
-            len: 8,
-        };
-        let op = if cas {
-            WrOp::Cas {
-                local,
-                raddr,
-                rkey,
-                compare: a0,
-                swap: a1,
-            }
-        } else {
-            WrOp::Faa {
-                local,
-                raddr,
-                rkey,
-                add: a0,
-            }
-        };
-        let rc = self.one_sided(lease, op)?;
-        lease.cache.invalidate(offset, 8);
-        Ok((rc, self.buf.load_u64(0)?))
+        let p = self.prep_write(lease, src, offset, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        c.result
     }
 
     /// 8-byte compare-and-swap; returns the code and the old value.
@@ -259,7 +246,10 @@ impl ClientThread {
         swap: u64,
         flag: u64,
     ) -> Result<(Rc, u64)> {
-        self.atomic(lease, offset, compare, swap, true, flag)
+        let p = self.prep_atomic(lease, offset, compare, swap, true, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        Ok((c.result?, c.value))
     }
 
     /// 8-byte fetch-and-add; returns the code and the old value.
@@ -270,6 +260,78 @@ impl ClientThread {
         add: i64,
         flag: u64,
     ) -> Result<(Rc, u64)> {
-        self.atomic(lease, offset, add as u64, 0, false, flag)
+        let p = self.prep_atomic(lease, offset, add as u64, 0, false, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        Ok((c.result?, c.value))
     }
+
+    /// Posts a READ of `len` bytes at `offset`: the completion's `data`
+    /// holds them. The lease must stay as it is until the completion is
+    /// polled; [`Completion::apply`] brings it up to date afterwards.
+    pub fn post_read(
+        &mut self,
+        lease: &mut Lease,
+        len: usize,
+        offset: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_read(lease, len, offset, flag))
+    }
+
+    /// Posts a WRITE of `src` at `offset` (copied at once: `src` is free
+    /// after the call).
+    pub fn post_write(
+        &mut self,
+        lease: &mut Lease,
+        src: &[u8],
+        offset: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_write(lease, src, offset, flag))
+    }
+
+    /// Posts an 8-byte CAS: the completion's `value` is the old value.
+    pub fn post_cas(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        compare: u64,
+        swap: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            t.prep_atomic(lease, offset, compare, swap, true, flag)
+        })
+    }
+
+    /// Posts an 8-byte FAA: the completion's `value` is the old value.
+    pub fn post_faa(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        add: i64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            t.prep_atomic(lease, offset, add as u64, 0, false, flag)
+        })
+    }
+}
+
+/// What an access check decided.
+enum Check {
+    /// Go ahead, after this auto-extension.
+    Go(Option<PreExtend>),
+    /// Return this code without touching the fabric.
+    Stop(Rc),
+}
+
+/// A call decided at post time.
+pub(super) fn done(rc: Rc) -> Completion {
+    Completion::new(0, Ok(rc))
 }

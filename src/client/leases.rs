@@ -2,16 +2,58 @@
 //! control path. Each call sends one RPC (or one CAS, for the one-sided
 //! extension) and feeds the reply to the lease state.
 
+use super::calls::{Completion, DataKind, DataOp, Op, Post, Prepared, RpcOp, Then};
+use super::data::done;
 use super::ClientThread;
-use crate::fabric::{Sge, WrOp};
 use crate::lease::flags::{acquire, modify};
-use crate::lease::msg::{AcquireReq, ModifyReq, Msg, MsgType};
-use crate::lease::pr::{Refusal, Word};
+use crate::lease::msg::{AcquireReq, ModifyReq};
+use crate::lease::pr::Refusal;
 use crate::lease::AcquireStatus as St;
 use crate::lease::{BufOff, Lease, Rc};
 use crate::{Error, Result};
 
 impl ClientThread {
+    #[allow(clippy::too_many_arguments)]
+    fn prep_acquire(
+        &mut self,
+        write: bool,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+        then: Then,
+    ) -> Result<Prepared> {
+        if flag & !acquire::ALL != 0 {
+            return Err(Error::Invalid(format!(
+                "unknown acquire flag bits {flag:#x}"
+            )));
+        }
+        if flag & acquire::NO_RPC != 0 {
+            let base = self.sh.peer(node)?.layout.region(BufOff(offset));
+            let mut c = done(Rc::Ok);
+            c.lease = Some(Lease::local(node, dir, base, size, write));
+            return Ok(Prepared::Done(c));
+        }
+        self.check_dir(node, dir)?;
+        Ok(Prepared::Op(Op::Rpc(RpcOp::Acquire {
+            write,
+            node,
+            dir,
+            req: AcquireReq {
+                key: offset,
+                size,
+                ns,
+                flag,
+                dir,
+            },
+            attempts: 0,
+            then,
+            got: None,
+        })))
+    }
+
     /// Acquires a read (`write = false`) or write lease on `[offset,
     /// offset+size)` of node `node`'s buffer, for `ns` nanoseconds.
     #[allow(clippy::too_many_arguments)]
@@ -25,52 +67,8 @@ impl ClientThread {
         ns: u64,
         flag: u64,
     ) -> Result<Lease> {
-        if flag & !acquire::ALL != 0 {
-            return Err(Error::Invalid(format!(
-                "unknown acquire flag bits {flag:#x}"
-            )));
-        }
-        if flag & acquire::NO_RPC != 0 {
-            let base = self.sh.peer(node)?.layout.region(BufOff(offset));
-            return Ok(Lease::local(node, dir, base, size, write));
-        }
-        let ty = if write {
-            MsgType::AcquireW
-        } else {
-            MsgType::AcquireR
-        };
-        // A magic-MW fault (injected, PATRONUS.md §4.10) is retried
-        // transparently, as the original does; it cannot recur within 1 024
-        // binds on one connection, so a few attempts always suffice.
-        let mut attempts = 0;
-        let a = loop {
-            let m = self.rpc(
-                node,
-                dir,
-                ty,
-                Msg::Acquire(AcquireReq {
-                    key: offset,
-                    size,
-                    ns,
-                    flag,
-                    dir,
-                }),
-            )?;
-            let Msg::AcquireResp(a) = m else {
-                return Err(Error::Invalid(format!(
-                    "acquire on node {node} dir {dir} answered with another message"
-                )));
-            };
-            attempts += 1;
-            if a.status != St::MagicMwErr as u8 || attempts >= 8 {
-                break a;
-            }
-            self.magic_retries += 1;
-        };
-        if a.status != St::Success as u8 {
-            return Ok(Lease::failed(a.status, node, dir));
-        }
-        Ok(Lease::granted(node, dir, size, write, flag, ns, &a))
+        let p = self.prep_acquire(write, node, dir, offset, size, ns, flag, Then::Lease);
+        lease_of(self.run(p)?)
     }
 
     /// `get_rlease` of API.md: `offset` is the object's buffer offset
@@ -108,11 +106,52 @@ impl ClientThread {
         self.get_lease(true, node, dir, key, size, ns, flag)
     }
 
+    /// Posts an acquisition of a read lease (see
+    /// [`ClientThread::get_rlease`]): the completion's `lease` is the new
+    /// lease, granted or not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn post_get_rlease(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        alloc_hint: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            let key = acquire_key(offset, alloc_hint, flag)?;
+            t.prep_acquire(false, node, dir, key, size, ns, flag, Then::Lease)
+        })
+    }
+
+    /// Posts an acquisition of a write lease (see
+    /// [`ClientThread::post_get_rlease`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn post_get_wlease(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        alloc_hint: u64,
+        size: u64,
+        ns: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            let key = acquire_key(offset, alloc_hint, flag)?;
+            t.prep_acquire(true, node, dir, key, size, ns, flag, Then::Lease)
+        })
+    }
+
     /// Allocates `size` bytes on directory `dir` of node `node` with the
     /// allocator registered for `hint` (0: the default slab); returns the
     /// buffer offset, or None when the allocator has nothing.
     pub fn alloc(&mut self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Option<u64>> {
-        let l = self.get_lease(
+        let p = self.prep_acquire(
             true,
             node,
             dir,
@@ -120,11 +159,15 @@ impl ClientThread {
             size,
             0,
             acquire::NO_GC | acquire::ONLY_ALLOCATION | acquire::NO_BIND_PR,
-        )?;
+            Then::Alloc,
+        );
+        let c = self.run(p)?;
+        let value = c.value;
+        let l = lease_of(c)?;
         if l.status != St::Success as u8 {
             return Ok(None);
         }
-        Ok(Some(l.buf_off(&self.sh.peer(node)?.layout).0))
+        Ok(Some(value))
     }
 
     /// Frees a block from [`ClientThread::alloc`]; the memory node checks
@@ -139,11 +182,11 @@ impl ClientThread {
         hint: u64,
     ) -> Result<Rc> {
         let addr = self.sh.peer(node)?.layout.region(BufOff(offset));
-        let m = self.rpc(
+        self.check_dir(node, dir)?;
+        let c = self.run(Ok(Prepared::Op(Op::Rpc(RpcOp::Dealloc {
             node,
             dir,
-            MsgType::Relinquish,
-            Msg::Relinquish(ModifyReq {
+            req: ModifyReq {
                 slot: u32::MAX,
                 generation: 0,
                 ns: 0,
@@ -152,18 +195,10 @@ impl ClientThread {
                 addr: addr.0,
                 size,
                 dir,
-            }),
-        )?;
-        match m {
-            Msg::RelinquishResp(r) if r.rc == Rc::Ok as u8 => Ok(Rc::Ok),
-            Msg::RelinquishResp(_) => Err(Error::Invalid(format!(
-                "dealloc of {size} bytes at offset {offset:#x} (hint {hint}) on node {node} dir {dir} \
-                 refused: not a live block of that allocator"
-            ))),
-            m => Err(Error::Invalid(format!(
-                "dealloc on node {node} dir {dir}: unexpected reply {m:?}"
-            ))),
-        }
+            },
+            offset,
+        }))))?;
+        c.result
     }
 
     /// Turns a read lease into a write lease on the same range: acquires
@@ -171,6 +206,13 @@ impl ClientThread {
     /// When the write lease is refused the read lease is kept and the
     /// failed lease is returned.
     pub fn upgrade(&mut self, lease: &mut Lease, flag: u64) -> Result<Lease> {
+        let p = self.prep_upgrade(lease, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        lease_of(c)
+    }
+
+    fn prep_upgrade(&mut self, lease: &Lease, flag: u64) -> Result<Prepared> {
         if !lease.live {
             return Err(Error::Invalid("upgrade of a lease that is not held".into()));
         }
@@ -183,7 +225,22 @@ impl ClientThread {
         } else {
             (lease.term.unit as u64, 0)
         };
-        let w = self.get_lease(
+        let give_back = ModifyReq {
+            slot: lease.slot,
+            generation: lease.generation,
+            ns: 0,
+            hint: 0,
+            flag: 0,
+            addr: lease.base.0,
+            size: lease.size,
+            dir: lease.dir,
+        };
+        let then = if lease.has_server_context() {
+            Then::Upgrade(give_back)
+        } else {
+            Then::Lease
+        };
+        self.prep_acquire(
             true,
             lease.node,
             lease.dir,
@@ -191,33 +248,27 @@ impl ClientThread {
             lease.size,
             ns,
             flag | nf,
-        )?;
-        if w.success() {
-            self.relinquish(lease, 0, 0)?;
-        }
-        Ok(w)
+            then,
+        )
     }
 
-    /// Gives a lease back; the memory node revokes its windows before it
-    /// answers.
-    pub fn relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Rc> {
+    fn prep_relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Prepared> {
         if flag & !modify::ALL != 0 || flag & modify::ONLY_DEALLOCATION != 0 {
             return Err(Error::Invalid(format!(
                 "relinquish flag {flag:#x}: unknown bits or ONLY_DEALLOCATION (use dealloc)"
             )));
         }
         if !lease.live {
-            return Ok(Rc::Ok);
+            return Ok(Prepared::Done(done(Rc::Ok)));
         }
         lease.release();
         if flag & modify::NO_RPC != 0 || !lease.has_server_context() {
-            return Ok(Rc::Ok);
+            return Ok(Prepared::Done(done(Rc::Ok)));
         }
-        let m = self.rpc(
-            lease.node,
-            lease.dir,
-            MsgType::Relinquish,
-            Msg::Relinquish(ModifyReq {
+        Ok(Prepared::Op(Op::Rpc(RpcOp::Relinquish {
+            node: lease.node,
+            dir: lease.dir,
+            req: ModifyReq {
                 slot: lease.slot,
                 generation: lease.generation,
                 ns: 0,
@@ -226,15 +277,40 @@ impl ClientThread {
                 addr: lease.base.0,
                 size: lease.size,
                 dir: lease.dir,
-            }),
-        )?;
-        match m {
-            Msg::RelinquishResp(r) if r.rc == Rc::Ok as u8 => Ok(Rc::Ok),
-            _ => Err(Error::Invalid(format!(
-                "relinquish of lease slot {} generation {} refused by node {} dir {}: it is not this thread's lease",
-                lease.slot, lease.generation, lease.node, lease.dir
-            ))),
-        }
+            },
+        })))
+    }
+
+    /// Gives a lease back; the memory node revokes its windows before it
+    /// answers.
+    pub fn relinquish(&mut self, lease: &mut Lease, hint: u64, flag: u64) -> Result<Rc> {
+        let p = self.prep_relinquish(lease, hint, flag);
+        self.run(p)?.result
+    }
+
+    fn prep_extend(&mut self, lease: &Lease, ns: u64) -> Result<Prepared> {
+        let (from, to) = lease
+            .extension(ns)
+            .map_err(|r| refused("extend", lease, r))?;
+        let raddr = self.sh.peer(lease.node)?.region_addr + lease.pr_word().0;
+        Ok(Prepared::Op(Op::Data(DataOp {
+            node: lease.node,
+            dir: lease.dir,
+            kind: DataKind::Extend {
+                from,
+                to,
+                slot: lease.slot,
+                generation: lease.generation,
+            },
+            raddr,
+            rkey: lease.pr_rkey,
+            total: 8,
+            done: 0,
+            data: Vec::new(),
+            pre: None,
+            cache: None,
+            units: None,
+        })))
     }
 
     /// One-sided extension: CAS on the lease's protection region, checked
@@ -242,51 +318,20 @@ impl ClientThread {
     /// region, passed the cap, or was closed by the memory node) is an
     /// error naming why.
     pub fn extend(&mut self, lease: &mut Lease, ns: u64, _flag: u64) -> Result<Rc> {
-        let (from, to) = lease
-            .extension(ns)
-            .map_err(|r| refused("extend", lease, r))?;
-        let raddr = self.sh.peer(lease.node)?.region_addr + lease.pr_word().0;
-        let rc = self.one_sided(
-            lease,
-            WrOp::Cas {
-                local: Sge {
-                    lkey: self.buf.lkey(),
-                    offset: 0,
-                    len: 8,
-                },
-                raddr,
-                rkey: lease.pr_rkey,
-                compare: from.pack(),
-                swap: to.pack(),
-            },
-        )?;
-        if rc != Rc::Ok {
-            return Ok(rc);
-        }
-        let found = Word::unpack(self.buf.load_u64(0)?);
-        if found != from {
-            let why = if found.is_closed() {
-                Refusal::Closed
-            } else {
-                Refusal::Changed(found)
-            };
-            tracing::debug!(?found, "extension refused");
-            return Err(refused("extend", lease, why));
-        }
-        lease.set_units(to.units);
-        Ok(Rc::Ok)
+        let p = self.prep_extend(lease, ns);
+        let c = self.run(p)?;
+        c.apply(lease);
+        c.result
     }
 
-    /// Two-sided extension.
-    pub fn rpc_extend(&mut self, lease: &mut Lease, ns: u64, flag: u64) -> Result<Rc> {
+    fn prep_rpc_extend(&mut self, lease: &Lease, ns: u64, flag: u64) -> Result<Prepared> {
         if !lease.live {
             return Err(refused("rpc_extend", lease, Refusal::NoTerm));
         }
-        let m = self.rpc(
-            lease.node,
-            lease.dir,
-            MsgType::Extend,
-            Msg::Extend(ModifyReq {
+        Ok(Prepared::Op(Op::Rpc(RpcOp::Extend {
+            node: lease.node,
+            dir: lease.dir,
+            req: ModifyReq {
                 slot: lease.slot,
                 generation: lease.generation,
                 ns,
@@ -295,21 +340,65 @@ impl ClientThread {
                 addr: 0,
                 size: 0,
                 dir: lease.dir,
-            }),
-        )?;
-        match m {
-            Msg::ExtendResp(r) if r.rc == Rc::Ok as u8 => {
-                let more = u32::try_from(r.units).unwrap_or(u32::MAX);
-                lease.set_units(lease.units.saturating_add(more));
-                Ok(Rc::Ok)
-            }
-            _ => Err(Error::Invalid(format!(
-                "rpc_extend of lease slot {} generation {} on node {} dir {} refused: \
-                 it expired, was relinquished, has no protection region, or would pass the cap",
-                lease.slot, lease.generation, lease.node, lease.dir
-            ))),
-        }
+            },
+        })))
     }
+
+    /// Two-sided extension.
+    pub fn rpc_extend(&mut self, lease: &mut Lease, ns: u64, flag: u64) -> Result<Rc> {
+        let p = self.prep_rpc_extend(lease, ns, flag);
+        let c = self.run(p)?;
+        c.apply(lease);
+        c.result
+    }
+
+    /// Posts a relinquish (the lease is marked given back at once).
+    pub fn post_relinquish(
+        &mut self,
+        lease: &mut Lease,
+        hint: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_relinquish(lease, hint, flag))
+    }
+
+    /// Posts a one-sided extension; [`Completion::apply`] records the new
+    /// term in the lease.
+    pub fn post_extend(
+        &mut self,
+        lease: &mut Lease,
+        ns: u64,
+        _flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_extend(lease, ns))
+    }
+
+    /// Posts a two-sided extension.
+    pub fn post_rpc_extend(
+        &mut self,
+        lease: &mut Lease,
+        ns: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_rpc_extend(lease, ns, flag))
+    }
+
+    /// Posts an upgrade: the completion's `lease` is the write lease;
+    /// [`Completion::apply`] marks the read lease given back when it was
+    /// granted.
+    pub fn post_upgrade(&mut self, lease: &mut Lease, flag: u64, user_data: u64) -> Result<Post> {
+        self.post(user_data, |t| t.prep_upgrade(lease, flag))
+    }
+}
+
+/// The lease a completed acquisition returns.
+fn lease_of(c: Completion) -> Result<Lease> {
+    c.result?;
+    c.lease
+        .ok_or_else(|| Error::Invalid("acquisition completed without a lease".into()))
 }
 
 fn refused(what: &str, l: &Lease, why: Refusal) -> Error {

@@ -20,6 +20,7 @@ use crate::time::Clock;
 use crate::{Error, Result};
 
 mod batch;
+mod calls;
 mod data;
 mod leases;
 mod rpc;
@@ -28,6 +29,8 @@ mod two_sided;
 pub use crate::lease::cache::CACHE_ENTRIES;
 pub use crate::lease::Lease;
 pub use batch::{Batch, BATCH_MAX};
+pub(crate) use calls::RPC_PER_DIR;
+pub use calls::{Completion, Post, DEFAULT_MAX_INFLIGHT, MAX_INFLIGHT};
 
 /// Bytes of a client thread's registered data buffer.
 pub const DATA_BUF: usize = 1 << 20;
@@ -45,6 +48,8 @@ pub struct ClientSlot {
     pub data_cq: Arc<dyn Cq>,
     /// The thread's registered data buffer (kept across registrations).
     pub buf: Option<Arc<Mr>>,
+    /// Its registered staging slots of calls in flight (kept likewise).
+    pub stage: Option<Arc<Mr>>,
     /// Last RPC id used on this slot (ids never repeat across threads).
     pub rpc_id: u64,
 }
@@ -123,9 +128,11 @@ pub struct ClientThread {
     data_remote: Vec<QpEndpoint>,
     data_cq: Arc<dyn Cq>,
     buf: Arc<Mr>,
+    stage: Arc<Mr>,
     rpc_id: u64,
     out: Vec<u8>,
     magic_retries: u64,
+    calls: calls::Calls,
 }
 
 impl Drop for ClientThread {
@@ -141,6 +148,7 @@ impl Drop for ClientThread {
             data_remote: std::mem::take(&mut self.data_remote),
             data_cq: self.data_cq.clone(),
             buf: Some(self.buf.clone()),
+            stage: Some(self.stage.clone()),
             rpc_id: self.rpc_id,
         };
         let mut l = self.sh.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,18 +160,33 @@ impl Drop for ClientThread {
 
 impl ClientThread {
     fn new(sh: Arc<ClientShared>, slot: u16, s: ClientSlot) -> Result<ClientThread> {
-        let buf = match s.buf.clone() {
-            Some(b) => b,
-            None => match sh.nic.alloc_mr(sh.pd, DATA_BUF, Access::LOCAL_WRITE) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Give the slot back before failing.
-                    sh.slots.lock().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(s);
-                    return Err(e.into());
-                }
-            },
+        let calls = calls::Calls::new(
+            sh.cfg.max_inflight,
+            sh.cfg.machine_nr as usize * sh.cfg.dir_nr as usize,
+        );
+        let stage_len = calls.slots() * calls::SMALL;
+        let mrs = (|| -> Result<(Arc<Mr>, Arc<Mr>)> {
+            let buf = match s.buf.clone() {
+                Some(b) => b,
+                None => sh.nic.alloc_mr(sh.pd, DATA_BUF, Access::LOCAL_WRITE)?,
+            };
+            let stage = match s.stage.clone() {
+                Some(b) if b.len() >= stage_len as u64 => b,
+                _ => sh.nic.alloc_mr(sh.pd, stage_len, Access::LOCAL_WRITE)?,
+            };
+            Ok((buf, stage))
+        })();
+        let (buf, stage) = match mrs {
+            Ok(x) => x,
+            Err(e) => {
+                // Give the slot back before failing.
+                sh.slots.lock().unwrap_or_else(|e| e.into_inner())[slot as usize] = Some(s);
+                return Err(e);
+            }
         };
         Ok(ClientThread {
+            stage,
+            calls,
             slot,
             msgr: s.msgr,
             data: s.data,

@@ -1,13 +1,16 @@
-//! RPC plumbing: one request to a directory, its reply matched by RPC id
-//! within the configured timeout.
+//! RPC plumbing outside the call engine: a request to a directory and its
+//! reply matched by RPC id (used by QP recovery, which runs inside the
+//! engine's progress), and administrative requests.
 
+use super::calls::{Op, Prepared, RpcOp};
 use super::ClientThread;
 use crate::lease::msg::{self, AdminOp, AdminReq, Header, Msg, MsgType};
 use crate::lease::Rc;
 use crate::{Error, Result};
 
 impl ClientThread {
-    pub(super) fn rpc(&mut self, node: u16, dir: u16, ty: MsgType, m: Msg) -> Result<Msg> {
+    /// Checks that (node, dir) is a directory of the cluster.
+    pub(super) fn check_dir(&self, node: u16, dir: u16) -> Result<()> {
         let cfg = &self.sh.cfg;
         if node >= cfg.machine_nr || dir >= cfg.dir_nr {
             return Err(Error::Invalid(format!(
@@ -15,6 +18,12 @@ impl ClientThread {
                 cfg.machine_nr, cfg.dir_nr
             )));
         }
+        Ok(())
+    }
+
+    /// One RPC sent and waited for here, bypassing the call engine.
+    fn rpc_direct(&mut self, node: u16, dir: u16, ty: MsgType, m: Msg) -> Result<Msg> {
+        self.check_dir(node, dir)?;
         self.rpc_id += 1;
         let id = self.rpc_id;
         let h = Header {
@@ -29,10 +38,6 @@ impl ClientThread {
         let r = self.msgr.send(peer, &out);
         self.out = out;
         r?;
-        // Replies to earlier calls that timed out hold receive slots (the
-        // peer's credit): drop them.
-        self.msgr
-            .discard(|i| i.data.len() < 16 || reply_id(&i.data) < id);
         let timeout = self.sh.cfg.rpc_timeout;
         let inc = self
             .msgr
@@ -48,10 +53,14 @@ impl ClientThread {
         Ok(m)
     }
 
-    /// An administrative RPC to directory `dir` of node `node`; returns the
-    /// reply value (e.g. live leases for [`AdminOp::Stats`]).
-    pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
-        match self.rpc(
+    pub(super) fn admin_direct(
+        &mut self,
+        node: u16,
+        dir: u16,
+        op: AdminOp,
+        arg: u64,
+    ) -> Result<i64> {
+        match self.rpc_direct(
             node,
             dir,
             MsgType::Admin,
@@ -66,6 +75,19 @@ impl ClientThread {
                 "admin {op:?}: unexpected reply {m:?}"
             ))),
         }
+    }
+
+    /// An administrative RPC to directory `dir` of node `node`; returns the
+    /// reply value (e.g. live leases for [`AdminOp::Stats`]).
+    pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
+        self.check_dir(node, dir)?;
+        let c = self.run(Ok(Prepared::Op(Op::Rpc(RpcOp::Admin {
+            node,
+            dir,
+            req: AdminReq { op, arg, dir },
+        }))))?;
+        c.result?;
+        Ok(c.value as i64)
     }
 }
 

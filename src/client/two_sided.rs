@@ -4,102 +4,125 @@
 //! are always split into chunks (the original needed
 //! `USE_TWO_SIDED_AUTO_PACKING` for that; the flag is accepted and implied).
 
+use super::calls::{Op, Post, Prepared, RpcOp};
 use super::ClientThread;
-use crate::lease::msg::{self, MemOp, MemReq, Msg, MsgType};
+use crate::lease::msg::{MemOp, MemReq};
 use crate::lease::{Lease, Rc};
-use crate::{Error, Result};
+use crate::Result;
 
 impl ClientThread {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn rpc_mem(
+    pub(super) fn prep_mem(
         &mut self,
         lease: &Lease,
         op: MemOp,
         offset: u64,
-        size: u32,
+        size: usize,
         a0: u64,
         a1: u64,
-        payload: Vec<u8>,
-    ) -> Result<(Rc, u64, Vec<u8>)> {
-        let m = self.rpc(
-            lease.node,
-            lease.dir,
-            MsgType::Memory,
-            Msg::Memory(MemReq {
+        data: Vec<u8>,
+    ) -> Result<Prepared> {
+        self.check_dir(lease.node, lease.dir)?;
+        Ok(Prepared::Op(Op::Rpc(RpcOp::Mem {
+            node: lease.node,
+            dir: lease.dir,
+            req: MemReq {
                 op,
                 slot: lease.slot,
                 generation: lease.generation,
                 offset,
-                size,
+                size: size.min(u32::MAX as usize) as u32,
                 arg0: a0,
                 arg1: a1,
                 dir: lease.dir,
-                payload,
-            }),
-        )?;
-        match m {
-            Msg::MemoryResp(r) => match Rc::from_u8(r.rc) {
-                rc @ (Rc::Ok | Rc::RdmaProtectionErr | Rc::LeaseLocalExpiredErr) => {
-                    Ok((rc, r.old, r.payload))
-                }
-                rc => Err(Error::Invalid(format!(
-                    "memory RPC {op:?} of {size} bytes at offset {offset} on lease slot {} \
-                     generation {} of node {} dir {} refused ({rc:?}): no live lease of this thread",
-                    lease.slot, lease.generation, lease.node, lease.dir
-                ))),
+                payload: Vec::new(),
             },
-            m => Err(Error::Invalid(format!(
-                "memory RPC to node {} dir {} answered with another message: {m:?}",
-                lease.node, lease.dir
-            ))),
-        }
+            total: size,
+            done: 0,
+            data,
+        })))
+    }
+
+    pub(super) fn prep_rpc_read(
+        &mut self,
+        lease: &Lease,
+        len: usize,
+        offset: u64,
+    ) -> Result<Prepared> {
+        self.prep_mem(lease, MemOp::Read, offset, len, 0, 0, vec![0u8; len])
+    }
+
+    pub(super) fn prep_rpc_write(
+        &mut self,
+        lease: &Lease,
+        src: &[u8],
+        offset: u64,
+    ) -> Result<Prepared> {
+        self.prep_mem(lease, MemOp::Write, offset, src.len(), 0, 0, src.to_vec())
     }
 
     /// Two-sided read, checked by the memory node against the lease.
     pub fn rpc_read(&mut self, lease: &mut Lease, dst: &mut [u8], offset: u64) -> Result<Rc> {
-        let mut done = 0;
-        while done < dst.len() {
-            let n = (dst.len() - done).min(msg::MAX_MEM_PAYLOAD);
-            let (rc, _, p) = self.rpc_mem(
-                lease,
-                MemOp::Read,
-                offset + done as u64,
-                n as u32,
-                0,
-                0,
-                vec![],
-            )?;
-            if rc != Rc::Ok {
-                return Ok(rc);
-            }
-            if p.len() != n {
-                return Err(Error::Invalid("short rpc_read reply".into()));
-            }
-            dst[done..done + n].copy_from_slice(&p);
-            done += n;
+        let p = self.prep_rpc_read(lease, dst.len(), offset);
+        let c = self.run(p)?;
+        if matches!(c.result, Ok(Rc::Ok)) && c.data.len() == dst.len() {
+            dst.copy_from_slice(&c.data);
         }
-        Ok(Rc::Ok)
+        c.result
     }
 
     /// Two-sided write, checked by the memory node against the lease.
     pub fn rpc_write(&mut self, lease: &mut Lease, src: &[u8], offset: u64) -> Result<Rc> {
-        let mut done = 0;
-        while done < src.len() {
-            let n = (src.len() - done).min(msg::MAX_MEM_PAYLOAD);
-            let (rc, _, _) = self.rpc_mem(
-                lease,
-                MemOp::Write,
-                offset + done as u64,
-                n as u32,
-                0,
-                0,
-                src[done..done + n].to_vec(),
-            )?;
-            if rc != Rc::Ok {
-                return Ok(rc);
-            }
-            done += n;
-        }
-        Ok(Rc::Ok)
+        let p = self.prep_rpc_write(lease, src, offset);
+        self.run(p)?.result
+    }
+
+    /// Posts a two-sided read: the completion's `data` holds the bytes.
+    pub fn post_rpc_read(
+        &mut self,
+        lease: &mut Lease,
+        len: usize,
+        offset: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_rpc_read(lease, len, offset))
+    }
+
+    /// Posts a two-sided write (`src` is copied at once).
+    pub fn post_rpc_write(
+        &mut self,
+        lease: &mut Lease,
+        src: &[u8],
+        offset: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_rpc_write(lease, src, offset))
+    }
+
+    /// Posts a two-sided CAS: the completion's `value` is the old value.
+    pub fn post_rpc_cas(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        compare: u64,
+        swap: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            t.prep_mem(lease, MemOp::Cas, offset, 8, compare, swap, vec![])
+        })
+    }
+
+    /// Posts a two-sided FAA: the completion's `value` is the old value.
+    pub fn post_rpc_faa(
+        &mut self,
+        lease: &mut Lease,
+        offset: u64,
+        add: i64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| {
+            t.prep_mem(lease, MemOp::Faa, offset, 8, add as u64, 0, vec![])
+        })
     }
 }

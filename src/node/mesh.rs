@@ -46,7 +46,10 @@ pub(super) fn build(
     for _t in 0..tn {
         let rcq = nic.create_cq(1024)?;
         let dcq = nic.create_cq(1024)?;
-        let mut msgr = Messenger::new(nic, pd, rcq.clone(), (m * dn) as usize, 8, 16)?;
+        // Receive slots per directory: the RPCs a thread keeps outstanding
+        // there; send slots: as many.
+        let per = crate::client::RPC_PER_DIR as u32;
+        let mut msgr = Messenger::new(nic, pd, rcq.clone(), (m * dn) as usize, per, 2 * per)?;
         let mut data = Vec::new();
         let mut rpcs = Vec::new();
         for _ in 0..m * dn {
@@ -159,6 +162,7 @@ pub(super) fn build(
             data_remote,
             data_cq,
             buf: None,
+            stage: None,
             rpc_id: 0,
         })
         .collect();

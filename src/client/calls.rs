@@ -1,0 +1,1313 @@
+//! Calls in flight: every client call (lease, data, two-sided, batch) is a
+//! small state machine posted to the thread's engine and completed later on
+//! the same thread, as RDMA users know from `ibv_post_send` +
+//! `ibv_poll_cq` (the original reaches the same effect with coroutines).
+//! Blocking calls are post + wait on the same machinery.
+//!
+//! - A call waits for one thing at a time: an RPC reply (matched by RPC id)
+//!   or one signalled work request on a data QP (matched by slot and a
+//!   per-slot sequence number, so completions of a call that was re-posted
+//!   or finished are recognised as stale and dropped).
+//! - Staging: each call slot owns `SMALL` bytes of a registered buffer;
+//!   transfers larger than that use the thread's large buffer, one call at
+//!   a time (others wait for it in the backlog, not with an error).
+//! - Faults: a failed work request fails its own call with
+//!   RDMA_PROTECTION_ERR; the QP is recovered in place, and the other calls
+//!   that were waiting on that QP (posted after it: RC completes in order,
+//!   so they never executed) are posted again and complete normally.
+//! - Resources that run out (RPC receive credit at a directory, send queue
+//!   depth, the large buffer) make a call wait in the backlog; only the
+//!   per-thread limit `max_inflight` makes a post return [`Post::Retry`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::{ClientThread, DATA_BUF};
+use crate::fabric::{Mr, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::lease::msg::{
+    self, AcquireReq, AdminReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType,
+};
+use crate::lease::pr::{Refusal, Word};
+use crate::lease::{AcquireStatus as St, Lease, Rc};
+use crate::{Error, Result};
+
+/// Staging bytes each call slot owns (one 4 KiB page).
+pub const SMALL: usize = 4096;
+/// The default per-thread limit of calls in flight.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 64;
+/// The largest per-thread limit (staging is `SMALL` bytes per slot).
+pub const MAX_INFLIGHT: u32 = 1024;
+/// Slots beyond the limit kept for blocking calls, so that a blocking call
+/// works on a thread whose posted calls are at the limit.
+const RESERVED: usize = 2;
+/// RPCs one thread keeps outstanding at one directory (its receive slots
+/// for that directory's replies).
+pub(crate) const RPC_PER_DIR: usize = 32;
+/// Work requests one thread keeps outstanding on one data QP.
+const WR_PER_QP: usize = 256;
+
+/// What a post did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Post {
+    /// Posted: exactly one completion will follow.
+    Posted,
+    /// The thread has its maximum of calls in flight: nothing was posted
+    /// (poll, then post again).
+    Retry,
+}
+
+/// What the lease a call was given learns from its completion (applied by
+/// [`Completion::apply`]; blocking calls apply it themselves).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Update {
+    /// An honoured one-sided extension: the units the region now holds.
+    units: Option<u32>,
+    /// An honoured two-sided extension: units added.
+    add_units: Option<u32>,
+    /// Auto-extension step to use next.
+    auto_step: Option<u32>,
+    /// READ with WITH_CACHE: cache the data at this offset.
+    cache_insert: Option<u64>,
+    /// WRITE with WITH_CACHE: write these bytes through the cache.
+    cache_write: Option<(u64, Vec<u8>)>,
+    /// An upgrade succeeded: the read lease was given back.
+    release: bool,
+}
+
+/// The result of a posted call.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to the post call.
+    pub user_data: u64,
+    /// What the blocking call would have returned.
+    pub result: Result<Rc>,
+    /// Old 8-byte value of a CAS/FAA (also of an allocation: its buffer
+    /// offset), else 0.
+    pub value: u64,
+    /// The new lease of an acquisition or upgrade (granted or not).
+    pub lease: Option<Lease>,
+    /// READ data.
+    pub data: Vec<u8>,
+    /// Results of a committed batch (per operation: READ data, or the old
+    /// value of a CAS/FAA as 8 little-endian bytes).
+    pub batch: Vec<Vec<u8>>,
+    update: Update,
+}
+
+impl Completion {
+    pub(super) fn new(user_data: u64, result: Result<Rc>) -> Completion {
+        Completion {
+            user_data,
+            result,
+            value: 0,
+            lease: None,
+            data: Vec::new(),
+            batch: Vec::new(),
+            update: Update::default(),
+        }
+    }
+
+    /// The return code: the call's code, or the code of its error.
+    pub fn rc(&self) -> Rc {
+        match &self.result {
+            Ok(rc) => *rc,
+            Err(e) => rc_of(e),
+        }
+    }
+
+    /// Brings the lease the call was given up to date with what the call
+    /// learnt: an honoured extension's new deadline, WITH_CACHE data, an
+    /// upgrade's release of the read lease. Skipping it is safe (the lease
+    /// then expires locally at its older deadline and caches less).
+    pub fn apply(&self, lease: &mut Lease) {
+        let u = &self.update;
+        if let Some(units) = u.units {
+            lease.set_units(units);
+        }
+        if let Some(more) = u.add_units {
+            lease.set_units(lease.units.saturating_add(more));
+        }
+        if let Some(step) = u.auto_step {
+            lease.auto_step = step;
+        }
+        if let Some(off) = u.cache_insert {
+            lease.cache.insert(off, &self.data);
+        }
+        if let Some((off, bytes)) = &u.cache_write {
+            lease.cache.write(*off, bytes);
+        }
+        if u.release {
+            lease.release();
+        }
+    }
+}
+
+/// The code of a core error (as the C boundary maps it).
+pub(crate) fn rc_of(e: &Error) -> Rc {
+    match e {
+        Error::Invalid(_) => Rc::Invalid,
+        Error::NotFound(_) => Rc::NotFound,
+        Error::NoMem(_) => Rc::NoMem,
+        Error::Timeout(_) | Error::Fabric(_) => Rc::RdmaExecutionErr,
+        Error::Keeper(_) => Rc::Retry,
+        Error::Io { .. } => Rc::Invalid,
+    }
+}
+
+/// A call, prepared by its post function: either work to do, or already
+/// decided (an expired lease, a cache hit, a NO_RPC lease).
+pub(super) enum Prepared {
+    Op(Op),
+    Done(Completion),
+}
+
+/// What a call does.
+pub(super) enum Op {
+    Rpc(RpcOp),
+    Data(DataOp),
+}
+
+/// After an acquisition's reply.
+pub(super) enum Then {
+    /// Return the lease.
+    Lease,
+    /// An allocation: return the buffer offset (or None: NoMem).
+    Alloc,
+    /// An upgrade: give the read lease back (this request) on success.
+    Upgrade(ModifyReq),
+}
+
+/// Calls that are RPCs to a directory (one or more in sequence).
+pub(super) enum RpcOp {
+    Acquire {
+        write: bool,
+        node: u16,
+        dir: u16,
+        req: AcquireReq,
+        attempts: u32,
+        then: Then,
+        /// The upgrade's new lease, kept while the read lease is given back.
+        got: Option<Lease>,
+    },
+    Relinquish {
+        node: u16,
+        dir: u16,
+        req: ModifyReq,
+    },
+    Dealloc {
+        node: u16,
+        dir: u16,
+        req: ModifyReq,
+        offset: u64,
+    },
+    Extend {
+        node: u16,
+        dir: u16,
+        req: ModifyReq,
+    },
+    /// A two-sided memory call, split in chunks of one message.
+    Mem {
+        node: u16,
+        dir: u16,
+        req: MemReq,
+        total: usize,
+        done: usize,
+        /// READ: the data so far; WRITE: the source.
+        data: Vec<u8>,
+    },
+    Admin {
+        node: u16,
+        dir: u16,
+        req: AdminReq,
+    },
+}
+
+impl RpcOp {
+    fn target(&self) -> (u16, u16) {
+        match self {
+            RpcOp::Acquire { node, dir, .. }
+            | RpcOp::Relinquish { node, dir, .. }
+            | RpcOp::Dealloc { node, dir, .. }
+            | RpcOp::Extend { node, dir, .. }
+            | RpcOp::Mem { node, dir, .. }
+            | RpcOp::Admin { node, dir, .. } => (*node, *dir),
+        }
+    }
+
+    /// The request to send now.
+    fn request(&self) -> (MsgType, Msg) {
+        match self {
+            RpcOp::Acquire {
+                write,
+                req,
+                then,
+                got,
+                ..
+            } => match (then, got) {
+                (Then::Upgrade(r), Some(_)) => (MsgType::Relinquish, Msg::Relinquish(*r)),
+                _ => (
+                    if *write {
+                        MsgType::AcquireW
+                    } else {
+                        MsgType::AcquireR
+                    },
+                    Msg::Acquire(*req),
+                ),
+            },
+            RpcOp::Relinquish { req, .. } | RpcOp::Dealloc { req, .. } => {
+                (MsgType::Relinquish, Msg::Relinquish(*req))
+            }
+            RpcOp::Extend { req, .. } => (MsgType::Extend, Msg::Extend(*req)),
+            RpcOp::Mem {
+                req,
+                total,
+                done,
+                data,
+                ..
+            } => {
+                let n = (total - done).min(msg::MAX_MEM_PAYLOAD);
+                let mut r = req.clone();
+                r.offset = req.offset + *done as u64;
+                if r.op == MemOp::Read || r.op == MemOp::Write {
+                    r.size = n as u32;
+                }
+                if r.op == MemOp::Write {
+                    r.payload = data[*done..*done + n].to_vec();
+                }
+                (MsgType::Memory, Msg::Memory(r))
+            }
+            RpcOp::Admin { req, .. } => (MsgType::Admin, Msg::Admin(*req)),
+        }
+    }
+}
+
+/// What a one-sided call does.
+pub(super) enum DataKind {
+    Read,
+    Write,
+    Cas {
+        compare: u64,
+        swap: u64,
+    },
+    Faa {
+        add: u64,
+    },
+    /// One-sided extension: CAS on the protection region's word of lease
+    /// (slot, generation).
+    Extend {
+        from: Word,
+        to: Word,
+        slot: u32,
+        generation: u64,
+    },
+    /// A committed batch: its chain (local offsets relative to the
+    /// staging area) and per operation (result bytes, staging offset).
+    Batch {
+        wrs: Vec<WrOp>,
+        outs: Vec<(usize, u64)>,
+    },
+}
+
+/// An auto-extension posted before the access (WITH_AUTO_EXTEND).
+pub(super) struct PreExtend {
+    pub from: Word,
+    pub to: Word,
+    pub raddr: u64,
+    pub rkey: u32,
+    pub step: u32,
+}
+
+/// One-sided calls on a data QP.
+pub(super) struct DataOp {
+    pub node: u16,
+    pub dir: u16,
+    pub kind: DataKind,
+    /// Remote address of byte 0 of the transfer and its rkey.
+    pub raddr: u64,
+    pub rkey: u32,
+    /// Bytes in all; done so far.
+    pub total: usize,
+    pub done: usize,
+    /// READ: the data so far; WRITE: the source.
+    pub data: Vec<u8>,
+    pub pre: Option<PreExtend>,
+    /// WITH_CACHE: the lease offset to cache at.
+    pub cache: Option<u64>,
+    /// Set once the auto-extension was honoured.
+    pub units: Option<u32>,
+}
+
+impl DataOp {
+    /// True when the call stages through the large buffer.
+    fn large(&self) -> bool {
+        match &self.kind {
+            DataKind::Read | DataKind::Write => self.total > SMALL,
+            DataKind::Batch { outs, .. } => outs
+                .iter()
+                .map(|(n, off)| off + *n as u64)
+                .max()
+                .is_some_and(|end| end > SMALL as u64),
+            _ => false,
+        }
+    }
+
+    fn wrs(&self) -> usize {
+        match &self.kind {
+            DataKind::Batch { wrs, .. } => wrs.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// What a call waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// In the backlog: not posted yet (or to be posted again).
+    Backlog,
+    /// The reply to this RPC id from directory index `peer`.
+    Rpc { id: u64, peer: usize },
+    /// A completion on data QP `qp` of `wrs` work requests.
+    Wr { qp: usize, wrs: usize },
+}
+
+struct Call {
+    user_data: u64,
+    /// A blocking call's: its completion stays with the slot, never polled.
+    internal: bool,
+    op: Op,
+    wait: Wait,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Sequence of the work request posted last for this slot.
+    seq: u32,
+    call: Option<Call>,
+    /// A finished blocking call's completion.
+    done: Option<Completion>,
+}
+
+/// A thread's engine state.
+pub(super) struct Calls {
+    max: usize,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Posted calls not yet polled (finished ones included).
+    user: usize,
+    ready: VecDeque<Completion>,
+    backlog: VecDeque<u32>,
+    rpcs: HashMap<u64, u32>,
+    rpc_out: Vec<usize>,
+    wr_out: Vec<usize>,
+    large_owner: Option<u32>,
+    next_deadline: Option<Instant>,
+    /// Calls in flight at once, highest seen (a statistic for tests).
+    pub(super) peak: usize,
+    wc: [Wc; 32],
+}
+
+impl Calls {
+    pub(super) fn new(max: u32, dirs: usize) -> Calls {
+        let max = if max == 0 { DEFAULT_MAX_INFLIGHT } else { max }.min(MAX_INFLIGHT) as usize;
+        let n = max + RESERVED;
+        Calls {
+            max,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            free: (0..n as u32).rev().collect(),
+            user: 0,
+            ready: VecDeque::new(),
+            backlog: VecDeque::new(),
+            rpcs: HashMap::new(),
+            rpc_out: vec![0; dirs],
+            wr_out: vec![0; dirs],
+            large_owner: None,
+            next_deadline: None,
+            peak: 0,
+            wc: [Wc::default(); 32],
+        }
+    }
+
+    /// Staging slots needed (bytes: `slots() * SMALL`).
+    pub(super) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The per-thread limit.
+    pub(super) fn max(&self) -> usize {
+        self.max
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+fn wr_id(idx: u32, seq: u32) -> u64 {
+    idx as u64 | (seq as u64) << 32
+}
+
+impl ClientThread {
+    /// Calls posted by this thread whose completions were not polled yet.
+    pub fn inflight(&self) -> usize {
+        self.calls.user
+    }
+
+    /// The per-thread limit of calls in flight (`Config::max_inflight`).
+    pub fn max_inflight(&self) -> usize {
+        self.calls.max()
+    }
+
+    /// The most calls this thread had in flight at once.
+    pub fn peak_inflight(&self) -> usize {
+        self.calls.peak
+    }
+
+    /// Posts the call `prep` prepares, for `user_data`; nothing is prepared
+    /// (the lease is untouched) when the thread is at its limit.
+    pub(super) fn post(
+        &mut self,
+        user_data: u64,
+        prep: impl FnOnce(&mut Self) -> Result<Prepared>,
+    ) -> Result<Post> {
+        if self.calls.user >= self.calls.max {
+            return Ok(Post::Retry);
+        }
+        match prep(self)? {
+            Prepared::Done(mut c) => {
+                c.user_data = user_data;
+                self.calls.user += 1;
+                self.calls.ready.push_back(c);
+            }
+            Prepared::Op(op) => {
+                self.calls.user += 1;
+                self.enqueue(op, user_data, false);
+            }
+        }
+        Ok(Post::Posted)
+    }
+
+    /// Runs a prepared call to its end (a blocking call): other calls in
+    /// flight make progress meanwhile; their completions wait for `poll`.
+    pub(super) fn run(&mut self, p: Result<Prepared>) -> Result<Completion> {
+        let op = match p? {
+            Prepared::Done(c) => return Ok(c),
+            Prepared::Op(op) => op,
+        };
+        let idx = self.enqueue(op, 0, true);
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if let Some(c) = self.calls.slots[idx as usize].done.take() {
+                self.calls.free.push(idx);
+                return Ok(c);
+            }
+            if self.progress()? > 0 {
+                spins = 0;
+                continue;
+            }
+            spins += 1;
+            self.idle(t0, spins);
+        }
+    }
+
+    /// Gives the core away a little when nothing happened for a while.
+    fn idle(&self, t0: Instant, spins: u32) {
+        let waited = t0.elapsed();
+        if waited <= super::data::SPIN_FOR || spins < 64 {
+            std::hint::spin_loop();
+            return;
+        }
+        let rpc = !self.calls.rpcs.is_empty();
+        let data = self.calls.wr_out.iter().any(|&n| n > 0);
+        match (rpc, data) {
+            (false, true) => self.data_cq.wait(Duration::from_micros(50)),
+            (true, false) => {
+                self.msgr.cq().wait(Duration::from_micros(5));
+            }
+            _ => std::thread::yield_now(),
+        }
+    }
+
+    /// Makes progress and returns up to `max` completions (never blocks).
+    pub fn poll(&mut self, max: usize) -> Result<Vec<Completion>> {
+        if self.calls.ready.len() < max {
+            self.progress()?;
+        }
+        Ok(self.take_ready(max))
+    }
+
+    /// As [`ClientThread::poll`], but waits up to `timeout` for at least one
+    /// completion.
+    pub fn wait(&mut self, max: usize, timeout: Duration) -> Result<Vec<Completion>> {
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let got = self.poll(max)?;
+            if !got.is_empty() || max == 0 || t0.elapsed() >= timeout || self.calls.user == 0 {
+                return Ok(got);
+            }
+            spins += 1;
+            self.idle(t0, spins);
+        }
+    }
+
+    fn take_ready(&mut self, max: usize) -> Vec<Completion> {
+        let n = max.min(self.calls.ready.len());
+        self.calls.user -= n;
+        self.calls.ready.drain(..n).collect()
+    }
+
+    fn enqueue(&mut self, op: Op, user_data: u64, internal: bool) -> u32 {
+        let idx = self
+            .calls
+            .free
+            .pop()
+            .expect("a free call slot (limit checked, blocking calls reserved)");
+        self.calls.slots[idx as usize].call = Some(Call {
+            user_data,
+            internal,
+            op,
+            wait: Wait::Backlog,
+            deadline: Instant::now(),
+        });
+        let live = self.calls.in_flight();
+        self.calls.peak = self.calls.peak.max(live);
+        // Post at once when the backlog is empty (order is kept otherwise).
+        if self.calls.backlog.is_empty() {
+            if !self.start(idx) {
+                self.calls.backlog.push_back(idx);
+            }
+        } else {
+            self.calls.backlog.push_back(idx);
+            self.drain_backlog();
+        }
+        idx
+    }
+
+    /// Posts call `idx`'s next step if its resources are there; false
+    /// leaves it for the backlog.
+    fn start(&mut self, idx: u32) -> bool {
+        let Some(mut call) = self.calls.slots[idx as usize].call.take() else {
+            return true;
+        };
+        let posted = match &mut call.op {
+            Op::Rpc(r) => self.start_rpc(idx, r),
+            Op::Data(d) => self.start_data(idx, d),
+        };
+        let ok = match posted {
+            Ok(Some(w)) => {
+                call.wait = w;
+                call.deadline = Instant::now() + self.sh.cfg.rpc_timeout;
+                let d = call.deadline;
+                if self.calls.next_deadline.is_none_or(|n| d < n) {
+                    self.calls.next_deadline = Some(d);
+                }
+                true
+            }
+            Ok(None) => {
+                call.wait = Wait::Backlog;
+                false
+            }
+            Err(e) => {
+                self.calls.slots[idx as usize].call = Some(call);
+                self.finish(idx, Completion::new(0, Err(e)));
+                return true;
+            }
+        };
+        self.calls.slots[idx as usize].call = Some(call);
+        ok
+    }
+
+    fn start_rpc(&mut self, idx: u32, r: &mut RpcOp) -> Result<Option<Wait>> {
+        let (node, dir) = r.target();
+        let peer = self.sh.dir_index(node, dir);
+        if self.calls.rpc_out[peer] >= RPC_PER_DIR {
+            return Ok(None);
+        }
+        let (ty, m) = r.request();
+        self.rpc_id += 1;
+        let id = self.rpc_id;
+        let h = Header {
+            ty,
+            rpc_id: id,
+            node: self.sh.node_id,
+            thread: self.slot,
+        };
+        msg::encode(&h, &m, &mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let res = self.msgr.send(peer, &out);
+        self.out = out;
+        res?;
+        self.calls.rpc_out[peer] += 1;
+        self.calls.rpcs.insert(id, idx);
+        Ok(Some(Wait::Rpc { id, peer }))
+    }
+
+    fn start_data(&mut self, idx: u32, d: &mut DataOp) -> Result<Option<Wait>> {
+        let qp = self.sh.dir_index(d.node, d.dir);
+        let large = d.large();
+        if large && self.calls.large_owner.is_some_and(|o| o != idx) {
+            return Ok(None);
+        }
+        let wrs = if d.pre.is_some() { 1 } else { d.wrs() };
+        if self.calls.wr_out[qp] + wrs > WR_PER_QP {
+            return Ok(None);
+        }
+        if large {
+            self.calls.large_owner = Some(idx);
+        }
+        let (mr, base): (&Mr, u64) = if large {
+            (&self.buf, 0)
+        } else {
+            (&self.stage, idx as u64 * SMALL as u64)
+        };
+        let local = |off: u64, len: usize| Sge {
+            lkey: mr.lkey(),
+            offset: base + off,
+            len: len as u32,
+        };
+        let seq = {
+            let s = &mut self.calls.slots[idx as usize];
+            s.seq = s.seq.wrapping_add(1);
+            s.seq
+        };
+        let id = wr_id(idx, seq);
+        let chunk = if large { DATA_BUF } else { SMALL };
+        let one = |op: WrOp| {
+            vec![SendWr {
+                wr_id: id,
+                op,
+                signaled: true,
+            }]
+        };
+        let list = if let Some(p) = &d.pre {
+            one(WrOp::Cas {
+                local: local(0, 8),
+                raddr: p.raddr,
+                rkey: p.rkey,
+                compare: p.from.pack(),
+                swap: p.to.pack(),
+            })
+        } else {
+            match &d.kind {
+                DataKind::Read => {
+                    let n = (d.total - d.done).min(chunk);
+                    one(WrOp::Read {
+                        local: local(0, n),
+                        raddr: d.raddr.wrapping_add(d.done as u64),
+                        rkey: d.rkey,
+                    })
+                }
+                DataKind::Write => {
+                    let n = (d.total - d.done).min(chunk);
+                    mr.write(base, &d.data[d.done..d.done + n])?;
+                    one(WrOp::Write {
+                        local: local(0, n),
+                        raddr: d.raddr.wrapping_add(d.done as u64),
+                        rkey: d.rkey,
+                    })
+                }
+                DataKind::Cas { compare, swap } => one(WrOp::Cas {
+                    local: local(0, 8),
+                    raddr: d.raddr,
+                    rkey: d.rkey,
+                    compare: *compare,
+                    swap: *swap,
+                }),
+                DataKind::Faa { add } => one(WrOp::Faa {
+                    local: local(0, 8),
+                    raddr: d.raddr,
+                    rkey: d.rkey,
+                    add: *add,
+                }),
+                DataKind::Extend { from, to, .. } => one(WrOp::Cas {
+                    local: local(0, 8),
+                    raddr: d.raddr,
+                    rkey: d.rkey,
+                    compare: from.pack(),
+                    swap: to.pack(),
+                }),
+                DataKind::Batch { wrs, .. } => {
+                    // Write payloads were staged by `prepare_batch` into the
+                    // data vector at their offsets.
+                    if !d.data.is_empty() {
+                        mr.write(base, &d.data)?;
+                    }
+                    let n = wrs.len();
+                    wrs.iter()
+                        .enumerate()
+                        .map(|(k, op)| SendWr {
+                            wr_id: id,
+                            op: rebase(*op, mr.lkey(), base),
+                            signaled: k + 1 == n,
+                        })
+                        .collect()
+                }
+            }
+        };
+        self.data[qp].post_send(&list)?;
+        self.calls.wr_out[qp] += list.len();
+        Ok(Some(Wait::Wr {
+            qp,
+            wrs: list.len(),
+        }))
+    }
+
+    /// Ends call `idx` with `c` (its tag and internal flag are the call's).
+    fn finish(&mut self, idx: u32, mut c: Completion) {
+        let slot = &mut self.calls.slots[idx as usize];
+        let Some(call) = slot.call.take() else {
+            return;
+        };
+        self.release_wait(call.wait);
+        if self.calls.large_owner == Some(idx) {
+            self.calls.large_owner = None;
+        }
+        c.user_data = call.user_data;
+        if call.internal {
+            self.calls.slots[idx as usize].done = Some(c);
+        } else {
+            self.calls.ready.push_back(c);
+            self.calls.free.push(idx);
+        }
+    }
+
+    /// Gives back what a call's wait held (RPC credit, send queue depth).
+    fn release_wait(&mut self, w: Wait) {
+        match w {
+            Wait::Rpc { id, peer } => {
+                if self.calls.rpcs.remove(&id).is_some() {
+                    self.calls.rpc_out[peer] = self.calls.rpc_out[peer].saturating_sub(1);
+                }
+            }
+            Wait::Wr { qp, wrs } => self.calls.wr_out[qp] -= wrs,
+            Wait::Backlog => {}
+        }
+    }
+
+    /// One round: data completions, RPC replies, deadlines, the backlog.
+    /// Returns the events handled.
+    pub(super) fn progress(&mut self) -> Result<usize> {
+        let mut n = 0;
+        // Data QPs.
+        loop {
+            let k = self.data_cq.poll(&mut self.calls.wc);
+            for i in 0..k {
+                let wc = self.calls.wc[i];
+                self.on_wc(wc)?;
+            }
+            n += k;
+            if k < self.calls.wc.len() {
+                break;
+            }
+        }
+        // RPC replies.
+        while let Some(inc) = self.msgr.try_recv()? {
+            n += 1;
+            if inc.data.len() < 16 {
+                continue;
+            }
+            let id = u64::from_le_bytes(inc.data[8..16].try_into().expect("8 bytes"));
+            let Some(idx) = self.calls.rpcs.remove(&id) else {
+                continue; // a reply to a call that timed out
+            };
+            self.calls.rpc_out[inc.peer] = self.calls.rpc_out[inc.peer].saturating_sub(1);
+            if let Some(c) = self.calls.slots[idx as usize].call.as_mut() {
+                c.wait = Wait::Backlog;
+            }
+            match msg::decode(&inc.data) {
+                Ok((_, m)) => self.on_reply(idx, m)?,
+                Err(e) => self.finish(idx, Completion::new(0, Err(Error::Invalid(e.to_string())))),
+            }
+        }
+        if let Some(d) = self.calls.next_deadline {
+            if Instant::now() >= d {
+                n += self.expire()?;
+            }
+        }
+        n += self.drain_backlog();
+        Ok(n)
+    }
+
+    /// Starts backlogged calls as far as resources allow. A call that must
+    /// wait holds back the later calls to the same directory (so that calls
+    /// to one QP are posted in the order they were made); returns how many
+    /// started.
+    fn drain_backlog(&mut self) -> usize {
+        let mut started = 0;
+        let mut held: Vec<(bool, usize)> = Vec::new();
+        for _ in 0..self.calls.backlog.len() {
+            let Some(idx) = self.calls.backlog.pop_front() else {
+                break;
+            };
+            let target = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
+                Some(Op::Rpc(r)) => {
+                    let (node, dir) = r.target();
+                    (true, self.sh.dir_index(node, dir))
+                }
+                Some(Op::Data(d)) => (false, self.sh.dir_index(d.node, d.dir)),
+                None => continue,
+            };
+            if held.contains(&target) || !self.start(idx) {
+                if !held.contains(&target) {
+                    held.push(target);
+                }
+                self.calls.backlog.push_back(idx);
+            } else {
+                started += 1;
+            }
+        }
+        started
+    }
+
+    /// Fails calls past their deadline: an RPC without reply times out; a
+    /// work request without completion is treated as failed at the NIC.
+    fn expire(&mut self) -> Result<usize> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut late = Vec::new();
+        for (i, s) in self.calls.slots.iter().enumerate() {
+            let Some(c) = &s.call else { continue };
+            if c.wait == Wait::Backlog {
+                continue;
+            }
+            if c.deadline <= now {
+                late.push((i as u32, c.wait));
+            } else if next.is_none_or(|n| c.deadline < n) {
+                next = Some(c.deadline);
+            }
+        }
+        self.calls.next_deadline = next;
+        for (idx, w) in &late {
+            match *w {
+                Wait::Rpc { peer, .. } => {
+                    let nd = self.sh.cfg.dir_nr as usize;
+                    let (node, dir) = (peer / nd, peer % nd);
+                    let timeout = self.sh.cfg.rpc_timeout;
+                    self.finish(
+                        *idx,
+                        Completion::new(
+                            0,
+                            Err(Error::Timeout(format!(
+                                "no reply from node {node} dir {dir} within {timeout:?}"
+                            ))),
+                        ),
+                    );
+                }
+                Wait::Wr { qp, .. } => self.data_failed(*idx, qp)?,
+                Wait::Backlog => {}
+            }
+        }
+        Ok(late.len())
+    }
+
+    fn on_wc(&mut self, wc: Wc) -> Result<()> {
+        let idx = (wc.wr_id & 0xffff_ffff) as u32;
+        let seq = (wc.wr_id >> 32) as u32;
+        let Some(s) = self.calls.slots.get(idx as usize) else {
+            return Ok(());
+        };
+        let Some(Wait::Wr { qp, wrs }) = s.call.as_ref().map(|c| c.wait) else {
+            return Ok(()); // stale: the call finished or was re-posted
+        };
+        if s.seq != seq {
+            return Ok(());
+        }
+        if wc.status == WcStatus::Success {
+            // Unsignaled requests of a chain complete silently; the
+            // signalled last one ends the wait.
+            self.calls.wr_out[qp] -= wrs;
+            if let Some(c) = self.calls.slots[idx as usize].call.as_mut() {
+                c.wait = Wait::Backlog;
+            }
+            return self.on_data_done(idx);
+        }
+        if wc.status == WcStatus::WrFlushErr {
+            // Flushed without an error of its own: the QP broke under it
+            // (e.g. the peer reset); recover and post it again.
+            self.recover_qp(qp, None)?;
+            return Ok(());
+        }
+        self.data_failed(idx, qp)
+    }
+
+    /// Call `idx`'s request on `qp` failed: recover the QP, fail the call,
+    /// post the other calls waiting on that QP again.
+    fn data_failed(&mut self, idx: u32, qp: usize) -> Result<()> {
+        self.recover_qp(qp, Some(idx))?;
+        self.finish(idx, Completion::new(0, Ok(Rc::RdmaProtectionErr)));
+        Ok(())
+    }
+
+    /// Resets and reconnects data QP `qp` in place; every call waiting on
+    /// it except `failed` is posted again (its requests never executed).
+    fn recover_qp(&mut self, qp: usize, failed: Option<u32>) -> Result<()> {
+        let (node, dir) = (
+            (qp / self.sh.cfg.dir_nr as usize) as u16,
+            (qp % self.sh.cfg.dir_nr as usize) as u16,
+        );
+        let mut again = Vec::new();
+        for (i, s) in self.calls.slots.iter_mut().enumerate() {
+            let Some(c) = s.call.as_mut() else { continue };
+            if let Wait::Wr { qp: q, wrs } = c.wait {
+                if q == qp {
+                    self.calls.wr_out[qp] -= wrs;
+                    c.wait = Wait::Backlog;
+                    // Completions still to come for it are stale now.
+                    s.seq = s.seq.wrapping_add(1);
+                    if Some(i as u32) != failed {
+                        again.push(i as u32);
+                    }
+                }
+            }
+        }
+        self.recover_data_qp(node, dir)?;
+        // Re-posted first, in their order, ahead of calls not yet posted.
+        for idx in again.into_iter().rev() {
+            self.calls.backlog.push_front(idx);
+        }
+        Ok(())
+    }
+
+    fn on_data_done(&mut self, idx: u32) -> Result<()> {
+        let large;
+        let again;
+        let mut c = Completion::new(0, Ok(Rc::Ok));
+        {
+            let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
+                return Ok(());
+            };
+            let Op::Data(d) = &mut call.op else {
+                return Ok(());
+            };
+            large = d.large();
+            let (mr, base) = if large {
+                (&self.buf, 0)
+            } else {
+                (&self.stage, idx as u64 * SMALL as u64)
+            };
+            if let Some(p) = d.pre.take() {
+                let found = Word::unpack(mr.load_u64(base)?);
+                if found == p.from {
+                    d.units = Some(p.to.units);
+                    c.update.auto_step = Some(p.step.saturating_mul(2).min(1 << 10));
+                }
+                again = true;
+            } else {
+                let chunk = if large { DATA_BUF } else { SMALL };
+                match &d.kind {
+                    DataKind::Read => {
+                        let n = (d.total - d.done).min(chunk);
+                        let at = d.done;
+                        mr.read(base, &mut d.data[at..at + n])?;
+                        d.done += n;
+                        again = d.done < d.total;
+                    }
+                    DataKind::Write => {
+                        d.done += (d.total - d.done).min(chunk);
+                        again = d.done < d.total;
+                    }
+                    DataKind::Cas { .. } | DataKind::Faa { .. } => {
+                        c.value = mr.load_u64(base)?;
+                        again = false;
+                    }
+                    DataKind::Extend {
+                        from,
+                        to,
+                        slot,
+                        generation,
+                    } => {
+                        let found = Word::unpack(mr.load_u64(base)?);
+                        if found == *from {
+                            c.update.units = Some(to.units);
+                        } else {
+                            let why = if found.is_closed() {
+                                Refusal::Closed
+                            } else {
+                                Refusal::Changed(found)
+                            };
+                            tracing::debug!(?found, "extension refused");
+                            c.result = Err(Error::Invalid(format!(
+                                "extend of lease slot {slot} generation {generation} on node {} dir {} refused: {why}",
+                                d.node, d.dir
+                            )));
+                        }
+                        again = false;
+                    }
+                    DataKind::Batch { outs, .. } => {
+                        for (len, off) in outs {
+                            let mut v = vec![0u8; *len];
+                            mr.read(base + off, &mut v)?;
+                            c.batch.push(v);
+                        }
+                        again = false;
+                    }
+                }
+            }
+            if !again {
+                if let Some(u) = d.units {
+                    c.update.units = c.update.units.or(Some(u));
+                }
+                match &d.kind {
+                    DataKind::Read => {
+                        c.data = std::mem::take(&mut d.data);
+                        c.update.cache_insert = d.cache;
+                    }
+                    DataKind::Write => {
+                        if let Some(off) = d.cache {
+                            c.update.cache_write = Some((off, std::mem::take(&mut d.data)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if again {
+            // The next chunk (or the access after the auto-extension).
+            if !self.start(idx) {
+                self.calls.backlog.push_front(idx);
+            }
+        } else {
+            self.finish(idx, c);
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, idx: u32, m: Msg) -> Result<()> {
+        let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
+            return Ok(());
+        };
+        let Op::Rpc(r) = &mut call.op else {
+            return Ok(());
+        };
+        let mut again = false;
+        let mut magic = false;
+        let mut c = Completion::new(0, Ok(Rc::Ok));
+        match r {
+            RpcOp::Acquire {
+                write,
+                node,
+                dir,
+                req,
+                attempts,
+                then,
+                got,
+            } => {
+                if let Some(w) = got.take() {
+                    // The upgrade's relinquish of the read lease.
+                    match m {
+                        Msg::RelinquishResp(x) if x.rc == Rc::Ok as u8 => {}
+                        _ => {
+                            c.result = Err(Error::Invalid(format!(
+                                "upgrade on node {node} dir {dir}: the read lease could not be given back"
+                            )))
+                        }
+                    }
+                    c.update.release = true;
+                    c.lease = Some(w);
+                } else {
+                    match m {
+                        Msg::AcquireResp(a) => {
+                            *attempts += 1;
+                            // A magic-MW fault (injected, PATRONUS.md §4.10)
+                            // is retried transparently, as the original
+                            // does; it cannot recur within 1 024 binds on
+                            // one connection, so a few attempts suffice.
+                            if a.status == St::MagicMwErr as u8 && *attempts < 8 {
+                                magic = true;
+                                again = true;
+                            } else if a.status != St::Success as u8 {
+                                c.lease = Some(Lease::failed(a.status, *node, *dir));
+                            } else {
+                                let l = Lease::granted(
+                                    *node, *dir, req.size, *write, req.flag, req.ns, &a,
+                                );
+                                match then {
+                                    Then::Upgrade(_) => {
+                                        *got = Some(l);
+                                        again = true;
+                                    }
+                                    Then::Alloc => {
+                                        let layout = self.sh.peer(*node)?.layout;
+                                        c.value = l.buf_off(&layout).0;
+                                        c.lease = Some(l);
+                                    }
+                                    Then::Lease => c.lease = Some(l),
+                                }
+                            }
+                        }
+                        m => {
+                            c.result = Err(Error::Invalid(format!(
+                                "acquire on node {node} dir {dir} answered with another message: {m:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+            RpcOp::Relinquish { node, dir, req } => match m {
+                Msg::RelinquishResp(x) if x.rc == Rc::Ok as u8 => {}
+                _ => {
+                    c.result = Err(Error::Invalid(format!(
+                        "relinquish of lease slot {} generation {} refused by node {node} dir {dir}: it is not this thread's lease",
+                        req.slot, req.generation
+                    )))
+                }
+            },
+            RpcOp::Dealloc {
+                node,
+                dir,
+                req,
+                offset,
+            } => match m {
+                Msg::RelinquishResp(x) if x.rc == Rc::Ok as u8 => {}
+                Msg::RelinquishResp(_) => {
+                    c.result = Err(Error::Invalid(format!(
+                        "dealloc of {} bytes at offset {offset:#x} (hint {}) on node {node} dir {dir} \
+                         refused: not a live block of that allocator",
+                        req.size, req.hint
+                    )))
+                }
+                m => {
+                    c.result = Err(Error::Invalid(format!(
+                        "dealloc on node {node} dir {dir}: unexpected reply {m:?}"
+                    )))
+                }
+            },
+            RpcOp::Extend { node, dir, req } => match m {
+                Msg::ExtendResp(x) if x.rc == Rc::Ok as u8 => {
+                    c.update.add_units = Some(u32::try_from(x.units).unwrap_or(u32::MAX));
+                }
+                _ => {
+                    c.result = Err(Error::Invalid(format!(
+                        "rpc_extend of lease slot {} generation {} on node {node} dir {dir} refused: \
+                         it expired, was relinquished, has no protection region, or would pass the cap",
+                        req.slot, req.generation
+                    )))
+                }
+            },
+            RpcOp::Mem {
+                node,
+                dir,
+                req,
+                total,
+                done,
+                data,
+            } => match m {
+                Msg::MemoryResp(x) => match Rc::from_u8(x.rc) {
+                    Rc::Ok => {
+                        let n = (*total - *done).min(msg::MAX_MEM_PAYLOAD);
+                        match req.op {
+                            MemOp::Read => {
+                                if x.payload.len() != n {
+                                    c.result = Err(Error::Invalid("short rpc_read reply".into()));
+                                } else {
+                                    data[*done..*done + n].copy_from_slice(&x.payload);
+                                    *done += n;
+                                    again = *done < *total;
+                                    if !again {
+                                        c.data = std::mem::take(data);
+                                    }
+                                }
+                            }
+                            MemOp::Write => {
+                                *done += n;
+                                again = *done < *total;
+                            }
+                            _ => c.value = x.old,
+                        }
+                    }
+                    rc @ (Rc::RdmaProtectionErr | Rc::LeaseLocalExpiredErr) => {
+                        c.result = Ok(rc);
+                        c.value = x.old;
+                    }
+                    rc => {
+                        c.result = Err(Error::Invalid(format!(
+                            "memory RPC {:?} of {} bytes at offset {} on lease slot {} \
+                             generation {} of node {node} dir {dir} refused ({rc:?}): no live lease of this thread",
+                            req.op, req.size, req.offset, req.slot, req.generation
+                        )))
+                    }
+                },
+                m => {
+                    c.result = Err(Error::Invalid(format!(
+                        "memory RPC to node {node} dir {dir} answered with another message: {m:?}"
+                    )))
+                }
+            },
+            RpcOp::Admin { node, dir, req } => match m {
+                Msg::AdminResp(x) if x.rc == 0 => c.value = x.value as u64,
+                Msg::AdminResp(x) => {
+                    c.result = Err(Error::Invalid(format!(
+                        "admin {:?} on node {node} dir {dir} refused ({:?})",
+                        req.op,
+                        Rc::from_u8(x.rc)
+                    )))
+                }
+                m => {
+                    c.result = Err(Error::Invalid(format!(
+                        "admin {:?}: unexpected reply {m:?}",
+                        req.op
+                    )))
+                }
+            },
+        }
+        if magic {
+            self.magic_retries += 1;
+        }
+        if again {
+            if !self.start(idx) {
+                self.calls.backlog.push_front(idx);
+            }
+        } else {
+            self.finish(idx, c);
+        }
+        Ok(())
+    }
+}
+
+/// A batch's request with its local offset moved into the staging area.
+fn rebase(op: WrOp, lkey: u32, base: u64) -> WrOp {
+    let fix = |s: Sge| Sge {
+        lkey,
+        offset: base + s.offset,
+        len: s.len,
+    };
+    match op {
+        WrOp::Read { local, raddr, rkey } => WrOp::Read {
+            local: fix(local),
+            raddr,
+            rkey,
+        },
+        WrOp::Write { local, raddr, rkey } => WrOp::Write {
+            local: fix(local),
+            raddr,
+            rkey,
+        },
+        WrOp::Cas {
+            local,
+            raddr,
+            rkey,
+            compare,
+            swap,
+        } => WrOp::Cas {
+            local: fix(local),
+            raddr,
+            rkey,
+            compare,
+            swap,
+        },
+        WrOp::Faa {
+            local,
+            raddr,
+            rkey,
+            add,
+        } => WrOp::Faa {
+            local: fix(local),
+            raddr,
+            rkey,
+            add,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,415 @@
+//! Many calls in flight on one client thread (issue 12): posted calls and
+//! their completions on an in-process cluster (soft NIC, shm). Mixed
+//! acquisitions, reads, writes, CAS, FAA and relinquishes complete exactly
+//! once each, byte-exact; FAAs in flight on one word sum exactly; the
+//! per-thread limit pushes back with Retry and loses nothing; a refused
+//! access fails alone while the calls the fault flushed complete normally;
+//! expiry with calls in flight; bad posts; blocking calls mixed in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use patronus::client::{ClientThread, Completion, Lease, Post};
+use patronus::lease::flags::{acquire, rw};
+use patronus::lease::msg::AdminOp;
+use patronus::lease::Rc;
+use patronus::node::{Config, Patronus};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Node 0 serves `dirs` directories; `f` gets a client thread of node 1.
+fn with_client(dirs: u16, max_inflight: u32, f: impl FnOnce(&Patronus, &mut ClientThread)) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: dirs,
+        client_threads: 2,
+        cluster: format!(
+            "inflight-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 512,
+        lease_quota_per_thread: 256,
+        max_inflight,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cfg.clone();
+            thread::spawn(move || Patronus::new(c).expect("node"))
+        })
+        .collect();
+    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    nodes.sort_by_key(|n| n.get_node_id());
+    let client = nodes.pop().unwrap();
+    let server = nodes.pop().unwrap();
+    thread::scope(|s| {
+        let hs: Vec<_> = (0..dirs)
+            .map(|_| {
+                let mut d = server.register_server_thread().unwrap();
+                s.spawn(move || d.server_serve(0))
+            })
+            .collect();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut c = client.register_client_thread().unwrap();
+            f(&server, &mut c);
+        }));
+        server.finished(0).unwrap();
+        client.finished(0).unwrap();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    });
+}
+
+/// Waits for exactly `n` completions (10 s at most), each user_data once.
+fn collect(c: &mut ClientThread, n: usize) -> HashMap<u64, Completion> {
+    let mut got = HashMap::new();
+    let t0 = Instant::now();
+    while got.len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} of {n} completions after 10 s ({} in flight)",
+            got.len(),
+            c.inflight()
+        );
+        for x in c.wait(64, Duration::from_millis(10)).unwrap() {
+            let tag = x.user_data;
+            assert!(
+                got.insert(tag, x).is_none(),
+                "user_data {tag} completed twice"
+            );
+        }
+    }
+    assert_eq!(c.inflight(), 0);
+    assert!(
+        c.poll(64).unwrap().is_empty(),
+        "no completion beyond the posted ones"
+    );
+    got
+}
+
+fn posted(p: patronus::Result<Post>) {
+    assert_eq!(p.unwrap(), Post::Posted);
+}
+
+fn pattern(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|k| (k * 31 + i * 7 + 1) as u8).collect()
+}
+
+fn live_leases(c: &mut ClientThread, dirs: u16) -> i64 {
+    (0..dirs)
+        .map(|d| c.admin(0, d, AdminOp::Stats, 0).unwrap())
+        .sum()
+}
+
+const OBJ: u64 = 16 << 10;
+
+#[test]
+fn mixed_calls_in_flight_complete_once_and_byte_exact() {
+    with_client(2, 128, |_srv, c| {
+        let n = 32usize;
+        // 32 acquisitions in flight, over both directories.
+        for i in 0..n {
+            posted(c.post_get_wlease(
+                0,
+                (i % 2) as u16,
+                i as u64 * OBJ,
+                0,
+                OBJ,
+                0,
+                acquire::NO_GC,
+                i as u64,
+            ));
+        }
+        assert!(c.inflight() == n);
+        let mut got = collect(c, n);
+        let mut leases: Vec<Lease> = (0..n)
+            .map(|i| {
+                let x = got.remove(&(i as u64)).unwrap();
+                assert_eq!(x.rc(), Rc::Ok);
+                let l = x.lease.unwrap();
+                assert!(l.success(), "lease {i}: {}", l.ec());
+                l
+            })
+            .collect();
+        assert!(c.peak_inflight() >= n, "peak {}", c.peak_inflight());
+        // Writes of various sizes (some through the large staging buffer)
+        // at unaligned offsets, a CAS and an FAA per lease, all in flight.
+        let size = |i: usize| [1usize, 64, 4095, 4096, 4097, 9000][i % 6];
+        for (i, l) in leases.iter_mut().enumerate() {
+            posted(c.post_write(l, &pattern(i, size(i)), 3, 0, 1000 + i as u64));
+            posted(c.post_write(l, &(i as u64).to_le_bytes(), 12 << 10, 0, 2000 + i as u64));
+        }
+        let got = collect(c, 2 * n);
+        assert!(got.values().all(|x| x.rc() == Rc::Ok));
+        for (i, l) in leases.iter_mut().enumerate() {
+            posted(c.post_cas(
+                l,
+                12 << 10,
+                i as u64,
+                1_000_000 + i as u64,
+                0,
+                3000 + i as u64,
+            ));
+            posted(c.post_faa(l, 12 << 10, 5, 0, 4000 + i as u64));
+            posted(c.post_read(l, size(i), 3, 0, 5000 + i as u64));
+        }
+        let got = collect(c, 3 * n);
+        for i in 0..n {
+            let cas = &got[&(3000 + i as u64)];
+            assert_eq!((cas.rc(), cas.value), (Rc::Ok, i as u64), "CAS {i}");
+            let faa = &got[&(4000 + i as u64)];
+            assert_eq!(
+                (faa.rc(), faa.value),
+                (Rc::Ok, 1_000_000 + i as u64),
+                "FAA {i}"
+            );
+            let rd = &got[&(5000 + i as u64)];
+            assert_eq!(rd.rc(), Rc::Ok);
+            assert!(rd.data == pattern(i, size(i)), "read {i} differs");
+        }
+        // Every word ended as CAS then FAA made it.
+        for (i, l) in leases.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            assert_eq!(c.read(l, &mut b, 12 << 10, 0).unwrap(), Rc::Ok);
+            assert_eq!(u64::from_le_bytes(b), 1_000_005 + i as u64);
+        }
+        assert_eq!(live_leases(c, 2), n as i64);
+        for (i, l) in leases.iter_mut().enumerate() {
+            posted(c.post_relinquish(l, 0, 0, 6000 + i as u64));
+        }
+        let got = collect(c, n);
+        assert!(got.values().all(|x| matches!(x.result, Ok(Rc::Ok))));
+        assert_eq!(
+            live_leases(c, 2),
+            0,
+            "every relinquish reached its directory"
+        );
+    });
+}
+
+#[test]
+fn sixty_four_faas_in_flight_on_one_word_sum_exactly() {
+    with_client(1, 64, |srv, c| {
+        let mut l = c.get_wlease(0, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
+        assert!(l.success());
+        for round in 0..20u64 {
+            for i in 0..64 {
+                posted(c.post_faa(&mut l, 8, 1, 0, i));
+            }
+            let got = collect(c, 64);
+            let mut olds: Vec<u64> = got
+                .values()
+                .map(|x| {
+                    assert_eq!(x.rc(), Rc::Ok);
+                    x.value
+                })
+                .collect();
+            olds.sort();
+            let base = round * 64;
+            assert_eq!(
+                olds,
+                (base..base + 64).collect::<Vec<_>>(),
+                "each old value once"
+            );
+        }
+        let mut b = [0u8; 8];
+        srv.buffer_read(8, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 20 * 64);
+        c.relinquish(&mut l, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn the_limit_pushes_back_with_retry_and_loses_nothing() {
+    with_client(1, 8, |srv, c| {
+        assert_eq!(c.max_inflight(), 8);
+        let mut l = c.get_wlease(0, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
+        let (mut posted_n, mut retries, mut done) = (0u64, 0u64, 0u64);
+        let t0 = Instant::now();
+        while done < 1000 {
+            assert!(t0.elapsed() < Duration::from_secs(20));
+            if posted_n < 1000 {
+                match c.post_faa(&mut l, 0, 1, 0, posted_n).unwrap() {
+                    Post::Posted => posted_n += 1,
+                    Post::Retry => {
+                        assert_eq!(c.inflight(), 8, "Retry only at the limit");
+                        retries += 1;
+                    }
+                }
+            }
+            assert!(c.inflight() <= 8);
+            if c.inflight() == 8 || posted_n == 1000 {
+                done += c.poll(3).unwrap().len() as u64;
+            }
+        }
+        assert!(retries > 0, "the limit was never reached");
+        let mut b = [0u8; 8];
+        srv.buffer_read(0, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 1000, "every posted FAA ran once");
+        // A blocking call works while the posted ones fill the limit.
+        for i in 0..8 {
+            posted(c.post_faa(&mut l, 0, 1, 0, i));
+        }
+        assert_eq!(c.post_faa(&mut l, 0, 1, 0, 99).unwrap(), Post::Retry);
+        assert_eq!(c.faa(&mut l, 0, 1, 0).unwrap().0, Rc::Ok);
+        collect(c, 8);
+        srv.buffer_read(0, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 1009);
+    });
+}
+
+#[test]
+fn a_refused_access_fails_alone_and_flushed_calls_complete() {
+    with_client(1, 64, |srv, c| {
+        let mut a = c.get_wlease(0, 0, 0, 0, 4096, 0, acquire::NO_GC).unwrap();
+        let mut b = c
+            .get_wlease(0, 0, 8192, 0, 4096, 0, acquire::NO_GC)
+            .unwrap();
+        srv.buffer_write(0, &pattern(1, 4096)).unwrap();
+        srv.buffer_write(8192, &pattern(2, 4096)).unwrap();
+        for round in 0..50u64 {
+            for i in 0..10 {
+                posted(c.post_read(&mut a, 64, i * 64, 0, i));
+            }
+            // Past the end of a's window: refused by the NIC.
+            posted(c.post_read(&mut a, 64, 4096, 0, 100));
+            for i in 0..10 {
+                posted(c.post_read(&mut a, 64, i * 64, 0, 10 + i));
+                posted(c.post_write(
+                    &mut b,
+                    &pattern(round as usize + i as usize, 32),
+                    i * 32,
+                    0,
+                    200 + i,
+                ));
+            }
+            let got = collect(c, 31);
+            assert_eq!(got[&100].rc(), Rc::RdmaProtectionErr, "round {round}");
+            let want = pattern(1, 4096);
+            for i in 0..20u64 {
+                let x = &got[&i];
+                assert_eq!(x.rc(), Rc::Ok, "read {i} of round {round}");
+                let o = (i % 10) as usize * 64;
+                assert!(
+                    x.data == want[o..o + 64],
+                    "read {i} of round {round} differs"
+                );
+            }
+            for i in 0..10u64 {
+                assert_eq!(got[&(200 + i)].rc(), Rc::Ok, "write {i} of round {round}");
+                let mut m = [0u8; 32];
+                srv.buffer_read(8192 + i * 32, &mut m).unwrap();
+                assert_eq!(m.to_vec(), pattern(round as usize + i as usize, 32));
+            }
+        }
+        c.relinquish(&mut a, 0, 0).unwrap();
+        c.relinquish(&mut b, 0, 0).unwrap();
+    });
+}
+
+#[test]
+fn a_lease_that_expires_with_calls_in_flight() {
+    with_client(1, 64, |_srv, c| {
+        let mut l = c.get_rlease(0, 0, 0, 0, 64, 30_000_000, 0).unwrap();
+        assert!(l.success());
+        let t0 = Instant::now();
+        let (mut ok, mut expired, mut refused, mut tag) = (0, 0, 0, 0u64);
+        // Keep 32 reads in flight (NO_LOCAL_EXPIRE_CHECK: the NIC decides
+        // after the deadline) until the memory node revoked the lease.
+        while refused == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never revoked");
+            while c.inflight() < 32 {
+                posted(c.post_read(&mut l, 64, 0, rw::NO_LOCAL_EXPIRE_CHECK, tag));
+                tag += 1;
+            }
+            for x in c.wait(64, Duration::from_millis(5)).unwrap() {
+                match x.rc() {
+                    Rc::Ok => ok += 1,
+                    Rc::RdmaProtectionErr => refused += 1,
+                    rc => panic!("read {}: {rc:?}", x.user_data),
+                }
+            }
+        }
+        collect(c, c.inflight());
+        // With the local check the expired lease is refused at post time.
+        posted(c.post_read(&mut l, 64, 0, 0, 1));
+        let x = c.wait(1, Duration::from_secs(1)).unwrap().pop().unwrap();
+        assert_eq!(x.rc(), Rc::LeaseLocalExpiredErr);
+        expired += 1;
+        assert!(
+            ok > 0 && refused > 0 && expired == 1,
+            "{ok} ok, {refused} refused"
+        );
+    });
+}
+
+#[test]
+fn bad_posts_are_invalid_and_complete_nothing() {
+    with_client(1, 64, |_srv, c| {
+        let mut l = c.get_wlease(0, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
+        assert!(
+            c.post_read(&mut l, 8, 0, 1 << 40, 1).is_err(),
+            "unknown RW flag"
+        );
+        assert!(
+            c.post_get_rlease(9, 0, 0, 0, 64, 0, 0, 2).is_err(),
+            "node outside the cluster"
+        );
+        assert!(
+            c.post_get_rlease(0, 0, 64, 3, 64, 0, 0, 3).is_err(),
+            "hint without allocation"
+        );
+        c.relinquish(&mut l, 0, 0).unwrap();
+        assert!(
+            c.post_write(&mut l, &[1], 0, 0, 4).is_err(),
+            "relinquished lease"
+        );
+        assert!(
+            c.post_extend(&mut l, 1000, 0, 5).is_err(),
+            "relinquished lease"
+        );
+        assert_eq!(c.inflight(), 0);
+        assert!(c.wait(8, Duration::from_millis(50)).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn blocking_calls_mixed_with_posted_ones() {
+    with_client(2, 64, |_srv, c| {
+        let mut a = c.get_wlease(0, 0, 0, 0, 4096, 0, acquire::NO_GC).unwrap();
+        let mut b = c.get_wlease(0, 1, OBJ, 0, 4096, 0, acquire::NO_GC).unwrap();
+        for i in 0..16u64 {
+            posted(c.post_write(&mut a, &pattern(i as usize, 64), i * 64, 0, i));
+        }
+        // Blocking calls in between: on another directory and the same one.
+        assert_eq!(c.write(&mut b, &pattern(99, 128), 0, 0).unwrap(), Rc::Ok);
+        let mut got = [0u8; 128];
+        assert_eq!(c.read(&mut b, &mut got, 0, 0).unwrap(), Rc::Ok);
+        assert_eq!(got.to_vec(), pattern(99, 128));
+        let mut w = c
+            .get_wlease(0, 0, 2 * OBJ, 0, 64, 0, acquire::NO_GC)
+            .unwrap();
+        assert!(w.success());
+        let done = collect(c, 16);
+        assert!(done.values().all(|x| x.rc() == Rc::Ok));
+        for i in 0..16u64 {
+            let mut m = [0u8; 64];
+            assert_eq!(c.read(&mut a, &mut m, i * 64, 0).unwrap(), Rc::Ok);
+            assert_eq!(m.to_vec(), pattern(i as usize, 64));
+        }
+        for l in [&mut a, &mut b, &mut w] {
+            c.relinquish(l, 0, 0).unwrap();
+        }
+    });
+}
