@@ -19,7 +19,7 @@
  * The C ABI version this library implements (bumped on incompatible
  * changes); bindings compare it with what they were written for.
  */
-#define PATRONUS_ABI_VERSION 2
+#define PATRONUS_ABI_VERSION 3
 
 /**
  * No server GC task; the lease never expires (client deadline infinite).
@@ -349,7 +349,38 @@ typedef struct {
    * protection regions or the time area.
    */
   bool allow_universal_rkey;
+  /**
+   * Calls one client thread may have in flight (posted, completion not
+   * polled yet; 0: 64, at most 1024). Past it a post returns
+   * PATRONUS_RC_RETRY.
+   */
+  uint32_t max_inflight;
 } patronus_config_t;
+
+/**
+ * One completed posted call.
+ */
+typedef struct {
+  /**
+   * The tag given to the post call.
+   */
+  uint64_t user_data;
+  /**
+   * What the blocking call would have returned (PATRONUS_RC_OK whenever
+   * a lease is returned, granted or not).
+   */
+  patronus_rc_t rc;
+  /**
+   * Posted acquisitions and upgrades: the new lease (the caller owns
+   * it; check `patronus_lease_success`, free with
+   * `patronus_lease_free`). Other calls: the lease they were given.
+   */
+  patronus_lease_t *lease;
+  /**
+   * CAS/FAA: the old 8-byte value (also written to `iobuf`); else 0.
+   */
+  uint64_t value;
+} patronus_completion_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -834,6 +865,187 @@ patronus_rc_t patronus_prepare_faa(patronus_t *p,
  * again from one).
  */
 patronus_rc_t patronus_commit(patronus_t *p, patronus_batch_t *b);
+
+/**
+ * Makes progress on this thread's posted calls and stores up to `max` of
+ * their completions in `out`; never blocks. Returns how many it stored (0
+ * with the last error set for bad arguments).
+ */
+size_t patronus_poll(patronus_t *p, patronus_completion_t *out, size_t max);
+
+/**
+ * As `patronus_poll`, but waits until at least one completion is there or
+ * `timeout_ns` passed (returns at once when nothing is in flight).
+ */
+size_t patronus_wait(patronus_t *p, patronus_completion_t *out, size_t max, uint64_t timeout_ns);
+
+/**
+ * Calls this thread posted on `p` whose completions were not polled yet
+ * (0 when this thread is not a client thread of `p`).
+ */
+size_t patronus_inflight(const patronus_t *p);
+
+/**
+ * Posted `patronus_get_rlease`: the completion's `lease` is the new lease.
+ * Returns PATRONUS_RC_OK (posted: one completion follows),
+ * PATRONUS_RC_RETRY (at the thread's limit: nothing posted) or
+ * PATRONUS_RC_INVALID (bad arguments: nothing posted, last error set);
+ * every `patronus_post_*` call returns these.
+ */
+patronus_rc_t patronus_post_get_rlease(patronus_t *p,
+                                       uint16_t node_id,
+                                       uint16_t dir_id,
+                                       patronus_gaddr_t bind_gaddr,
+                                       uint64_t alloc_hint,
+                                       size_t size,
+                                       uint64_t ns,
+                                       uint64_t flag,
+                                       uint64_t user_data);
+
+/**
+ * Posted `patronus_get_wlease`.
+ */
+patronus_rc_t patronus_post_get_wlease(patronus_t *p,
+                                       uint16_t node_id,
+                                       uint16_t dir_id,
+                                       patronus_gaddr_t bind_gaddr,
+                                       uint64_t alloc_hint,
+                                       size_t size,
+                                       uint64_t ns,
+                                       uint64_t flag,
+                                       uint64_t user_data);
+
+/**
+ * Posted `patronus_relinquish` (the lease counts as given back at once).
+ */
+patronus_rc_t patronus_post_relinquish(patronus_t *p,
+                                       patronus_lease_t *lease,
+                                       uint64_t hint,
+                                       uint64_t flag,
+                                       uint64_t user_data);
+
+/**
+ * Posted `patronus_extend` (one-sided).
+ */
+patronus_rc_t patronus_post_extend(patronus_t *p,
+                                   patronus_lease_t *lease,
+                                   uint64_t ns,
+                                   uint64_t flag,
+                                   uint64_t user_data);
+
+/**
+ * Posted `patronus_rpc_extend`.
+ */
+patronus_rc_t patronus_post_rpc_extend(patronus_t *p,
+                                       patronus_lease_t *lease,
+                                       uint64_t ns,
+                                       uint64_t flag,
+                                       uint64_t user_data);
+
+/**
+ * Posted `patronus_upgrade`: the completion's `lease` is the write lease;
+ * when it was granted, `lease` (the read lease) is given back.
+ */
+patronus_rc_t patronus_post_upgrade(patronus_t *p,
+                                    patronus_lease_t *lease,
+                                    uint64_t flag,
+                                    uint64_t user_data);
+
+/**
+ * Posted `patronus_read`: `obuf` is filled when the completion is polled
+ * and must stay valid until then.
+ */
+patronus_rc_t patronus_post_read(patronus_t *p,
+                                 patronus_lease_t *lease,
+                                 char *obuf,
+                                 size_t size,
+                                 size_t offset,
+                                 uint64_t flag,
+                                 uint64_t user_data);
+
+/**
+ * Posted `patronus_write` (`ibuf` is copied at once).
+ */
+patronus_rc_t patronus_post_write(patronus_t *p,
+                                  patronus_lease_t *lease,
+                                  const char *ibuf,
+                                  size_t size,
+                                  size_t offset,
+                                  uint64_t flag,
+                                  uint64_t user_data);
+
+/**
+ * Posted `patronus_cas`: `iobuf` receives the old value at completion.
+ */
+patronus_rc_t patronus_post_cas(patronus_t *p,
+                                patronus_lease_t *lease,
+                                char *iobuf,
+                                size_t offset,
+                                uint64_t compare,
+                                uint64_t swap,
+                                uint64_t flag,
+                                uint64_t user_data);
+
+/**
+ * Posted `patronus_faa`.
+ */
+patronus_rc_t patronus_post_faa(patronus_t *p,
+                                patronus_lease_t *lease,
+                                char *iobuf,
+                                size_t offset,
+                                int64_t value,
+                                uint64_t flag,
+                                uint64_t user_data);
+
+/**
+ * Posted `patronus_rpc_read`.
+ */
+patronus_rc_t patronus_post_rpc_read(patronus_t *p,
+                                     patronus_lease_t *lease,
+                                     char *obuf,
+                                     size_t size,
+                                     size_t offset,
+                                     uint64_t flag,
+                                     uint64_t user_data);
+
+/**
+ * Posted `patronus_rpc_write`.
+ */
+patronus_rc_t patronus_post_rpc_write(patronus_t *p,
+                                      patronus_lease_t *lease,
+                                      const char *ibuf,
+                                      size_t size,
+                                      size_t offset,
+                                      uint64_t flag,
+                                      uint64_t user_data);
+
+/**
+ * Posted `patronus_rpc_cas`.
+ */
+patronus_rc_t patronus_post_rpc_cas(patronus_t *p,
+                                    patronus_lease_t *lease,
+                                    char *iobuf,
+                                    size_t offset,
+                                    uint64_t compare,
+                                    uint64_t swap,
+                                    uint64_t user_data);
+
+/**
+ * Posted `patronus_rpc_faa`.
+ */
+patronus_rc_t patronus_post_rpc_faa(patronus_t *p,
+                                    patronus_lease_t *lease,
+                                    char *iobuf,
+                                    size_t offset,
+                                    int64_t value,
+                                    uint64_t user_data);
+
+/**
+ * Posted `patronus_commit`: the read buffers and iobufs the batch's
+ * operations named are filled when the completion is polled. The batch
+ * is empty once posted (ready for the next operations).
+ */
+patronus_rc_t patronus_post_commit(patronus_t *p, patronus_batch_t *b, uint64_t user_data);
 
 /**
  * Allocates `size` bytes on directory `dir_id` of node `node_id` with the

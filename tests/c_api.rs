@@ -86,6 +86,21 @@ fn test_boundary_c() {
 }
 
 #[test]
+fn test_posted_c_under_address_sanitizer() {
+    let exe = build(
+        &root().join("tests/c/test_posted.c"),
+        "test_posted_asan",
+        &["-fsanitize=address", "-fno-omit-frame-pointer"],
+    );
+    let out = run(
+        &exe,
+        &[],
+        &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")],
+    );
+    assert!(out.contains("test_posted: ok"));
+}
+
+#[test]
 fn test_api_c_under_address_sanitizer() {
     let exe = build(
         &root().join("tests/c/test_api.c"),

@@ -221,7 +221,7 @@ int main(void) {
     CHECK(strcmp(patronus_rc_str(PATRONUS_RC_RDMA_PROTECTION_ERR), "RDMA protection error") == 0);
     CHECK(strcmp(patronus_rc_str(99), "unknown return code") == 0);
     CHECK(strcmp(patronus_rc_str(-1), "unknown return code") == 0);
-    CHECK(patronus_abi_version() == 2);
+    CHECK(patronus_abi_version() == 3);
     printf("ok\n");
     return 0;
 }

@@ -64,7 +64,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .args(flags.split_whitespace())
         .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()));
     ok(&mut cc);
-    assert!(ok(&mut Command::new(&exe)).contains("patronus ABI 2: ok"));
+    assert!(ok(&mut Command::new(&exe)).contains("patronus ABI 3: ok"));
     // The examples' Makefile (pkg-config), out of tree.
     let mk = tmp.join("make");
     std::fs::create_dir_all(&mk).unwrap();
@@ -86,7 +86,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
         .arg("-DCMAKE_BUILD_RPATH=".to_string() + &prefix.join("lib").display().to_string()));
     ok(Command::new("cmake").arg("--build").arg(&build));
-    assert!(ok(&mut Command::new(build.join("version"))).contains("patronus ABI 2: ok"));
+    assert!(ok(&mut Command::new(build.join("version"))).contains("patronus ABI 3: ok"));
     assert!(ok(&mut Command::new(build.join("quickstart"))).contains("quickstart: ok"));
     assert!(ok(Command::new(build.join("kv")).args(["2", "50"])).contains("100 of 100 keys"));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -7,7 +7,10 @@
 //!   recovery of the data QP after a protection fault (same QP, same
 //!   thread, in microseconds);
 //! - `two_sided.rs`: memory RPCs checked by the memory node against the lease;
-//! - `batch.rs`: batches of one-sided operations posted as one chain.
+//! - `batch.rs`: batches of one-sided operations posted as one chain;
+//! - `calls.rs`: the per-thread engine every call runs on (calls in flight,
+//!   completions, recovery among them);
+//! - `aio.rs`: async forms of the calls and a one-thread executor.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +22,7 @@ use crate::lease::{BufOff, NodeMemory};
 use crate::time::Clock;
 use crate::{Error, Result};
 
+mod aio;
 mod batch;
 mod calls;
 mod data;
@@ -28,6 +32,7 @@ mod two_sided;
 
 pub use crate::lease::cache::CACHE_ENTRIES;
 pub use crate::lease::Lease;
+pub use aio::AsyncThread;
 pub use batch::{Batch, BATCH_MAX};
 pub(crate) use calls::RPC_PER_DIR;
 pub use calls::{Completion, Post, DEFAULT_MAX_INFLIGHT, MAX_INFLIGHT};

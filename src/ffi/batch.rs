@@ -22,6 +22,13 @@ pub(crate) struct BatchState {
     outs: Vec<(*mut u8, usize)>,
 }
 
+impl BatchState {
+    /// The output pointers and the batch (for posting).
+    pub(crate) fn parts(&mut self) -> (&mut Vec<(*mut u8, usize)>, &mut Batch) {
+        (&mut self.outs, &mut self.b)
+    }
+}
+
 /// A new, empty batch (at most 16 operations, all towards one directory).
 /// Ownership: free with `patronus_batch_free`.
 #[no_mangle]

@@ -69,6 +69,10 @@ pub struct patronus_config_t {
     /// and allocation buffers without a lease. Off by default; never covers
     /// protection regions or the time area.
     pub allow_universal_rkey: CBool,
+    /// Calls one client thread may have in flight (posted, completion not
+    /// polled yet; 0: 64, at most 1024). Past it a post returns
+    /// PATRONUS_RC_RETRY.
+    pub max_inflight: u32,
 }
 
 impl patronus_config_t {
@@ -91,6 +95,7 @@ impl patronus_config_t {
             leases_per_dir: d.leases_per_dir,
             rpc_timeout_ms: d.rpc_timeout.as_millis() as u64,
             allow_universal_rkey: false.into(),
+            max_inflight: crate::client::DEFAULT_MAX_INFLIGHT,
         }
     }
 
@@ -135,6 +140,14 @@ impl patronus_config_t {
         }
         cfg.simplify = c.simplify.get();
         cfg.allow_universal_rkey = c.allow_universal_rkey.get();
+        if c.max_inflight > crate::client::MAX_INFLIGHT {
+            return Err(Failure::invalid(format!(
+                "max_inflight {} is above {}",
+                c.max_inflight,
+                crate::client::MAX_INFLIGHT
+            )));
+        }
+        cfg.max_inflight = c.max_inflight;
         if c.client_threads != 0 {
             cfg.client_threads = c.client_threads;
         }

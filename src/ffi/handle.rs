@@ -128,6 +128,22 @@ pub(crate) fn try_mut<'a, C: Castable<Ownership = OwnershipBox>>(
     Ok(unsafe { &mut *(p as *mut C::RustType) })
 }
 
+/// `n` writable elements of caller memory at `ptr` (an output array).
+pub(crate) fn out_slice<'a, T>(ptr: *mut T, n: usize, param: &str) -> FfiResult<&'a mut [T]> {
+    if ptr.is_null() {
+        return Err(Failure::null(param));
+    }
+    if n > MAX_IO / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::invalid(format!(
+            "{param}: {n} elements is too many"
+        )));
+    }
+    // SAFETY: `ptr` points to `n` writable, initialised-or-not elements of
+    // T owned by the caller for the duration of the call (contract); T is
+    // a plain C struct, so writing over it drops nothing.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+}
+
 /// Largest single transfer the C API accepts.
 pub(crate) const MAX_IO: usize = 1 << 30;
 

@@ -46,4 +46,6 @@ pub mod data;
 
 pub mod batch;
 
+pub mod posted;
+
 pub mod alloc;

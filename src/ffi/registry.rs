@@ -55,6 +55,8 @@ pub(crate) struct Roles {
 struct RoleState {
     client: Option<ClientThread>,
     server: Option<Directory>,
+    /// Posted calls of the client thread.
+    posted: super::posted::Table,
     /// The node was freed: the roles are gone for good.
     released: bool,
 }
@@ -130,14 +132,24 @@ pub(crate) fn with_client<T>(
     p: *const patronus_t,
     f: impl FnOnce(&mut ClientThread) -> T,
 ) -> FfiResult<T> {
+    with_client_table(p, |c, _| f(c))
+}
+
+/// Runs `f` with the calling thread's client thread of `p` and its table
+/// of posted calls.
+pub(crate) fn with_client_table<T>(
+    p: *const patronus_t,
+    f: impl FnOnce(&mut ClientThread, &mut super::posted::Table) -> T,
+) -> FfiResult<T> {
     let addr = not_null(p)?;
     if let Some(roles) = my_roles(addr) {
         let mut s = roles.state.lock();
         if s.released {
             return Err(freed());
         }
+        let s = &mut *s;
         if let Some(c) = s.client.as_mut() {
-            return Ok(f(c));
+            return Ok(f(c, &mut s.posted));
         }
     }
     let n = node(p)?;

@@ -28,10 +28,12 @@ import enum
 import threading
 
 from ._lib import LIB, LIB_PATH, ABI_VERSION, Config, GAddr, LoadError, cstr
+from ._lib import Completion as _CCompletion
 
 __all__ = [
     "ABI_VERSION",
     "Batch",
+    "Completion",
     "Lease",
     "Patronus",
     "AcquireFlag",
@@ -282,6 +284,7 @@ class Patronus:
         if not self._p:
             raise PatronusError(RC.INVALID, last_error() or "patronus_new failed")
         self._lock = threading.Lock()
+        self._tls = threading.local()  # per thread: its posted calls
 
     # lifecycle -----------------------------------------------------------
 
@@ -451,6 +454,137 @@ class Patronus:
         """A new ``Batch`` of one-sided operations."""
         return Batch(self)
 
+    # calls in flight -----------------------------------------------------
+    #
+    # Each post_* takes the blocking method's arguments plus ``user_data``
+    # and returns True when posted, False when this thread already has its
+    # maximum of calls in flight (nothing was posted: poll, then post
+    # again); bad arguments raise. Results arrive as ``Completion`` objects
+    # from ``poll``/``wait`` on the same thread.
+
+    def _posted(self):
+        t = self._tls
+        if not hasattr(t, "calls"):
+            t.calls, t.next = {}, 0
+        return t
+
+    def _post(self, fn, args, user_data, kind, keep, lease=None):
+        t = self._posted()
+        t.next += 1
+        rc = fn(self._node(), *args, t.next)
+        if rc == RC.RETRY:
+            return False
+        check(rc)
+        t.calls[t.next] = (user_data, kind, keep, lease)
+        return True
+
+    def post_get_rlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0,
+                        user_data=0):
+        """Posted ``get_rlease``: the completion's ``lease`` is the new Lease
+        (check ``lease.success``; ``rc`` is OK whether or not it was granted)."""
+        return self._post(LIB.patronus_post_get_rlease,
+                          (node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag)),
+                          user_data, "acquire", None)
+
+    def post_get_wlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0,
+                        user_data=0):
+        """Posted ``get_wlease``."""
+        return self._post(LIB.patronus_post_get_wlease,
+                          (node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag)),
+                          user_data, "acquire", None)
+
+    def post_relinquish(self, lease, hint=0, flag=0, user_data=0):
+        """Posted ``relinquish``."""
+        return self._post(LIB.patronus_post_relinquish, (_lh(lease), hint, int(flag)),
+                          user_data, "lease", None, lease)
+
+    def post_extend(self, lease, ns, flag=0, user_data=0):
+        """Posted one-sided ``extend``."""
+        return self._post(LIB.patronus_post_extend, (_lh(lease), ns, int(flag)), user_data,
+                          "lease", None, lease)
+
+    def post_rpc_extend(self, lease, ns, flag=0, user_data=0):
+        """Posted ``rpc_extend``."""
+        return self._post(LIB.patronus_post_rpc_extend, (_lh(lease), ns, int(flag)),
+                          user_data, "lease", None, lease)
+
+    def post_read(self, lease, size, offset=0, flag=0, user_data=0):
+        """Posted ``read``: the completion's ``data`` holds the bytes."""
+        buf = ctypes.create_string_buffer(size)
+        return self._post(LIB.patronus_post_read, (_lh(lease), buf, size, offset, int(flag)),
+                          user_data, "read", buf, lease)
+
+    def post_write(self, lease, data, offset=0, flag=0, user_data=0):
+        """Posted ``write`` (``data`` is copied at once)."""
+        data = bytes(data)
+        return self._post(LIB.patronus_post_write,
+                          (_lh(lease), data, len(data), offset, int(flag)), user_data,
+                          "lease", None, lease)
+
+    def post_cas(self, lease, offset, compare, swap, flag=0, user_data=0):
+        """Posted ``cas``: the completion's ``value`` is the old value."""
+        io = ctypes.c_uint64()
+        return self._post(LIB.patronus_post_cas,
+                          (_lh(lease), ctypes.byref(io), offset, compare, swap, int(flag)),
+                          user_data, "atomic", io, lease)
+
+    def post_faa(self, lease, offset, value, flag=0, user_data=0):
+        """Posted ``faa``: the completion's ``value`` is the old value."""
+        io = ctypes.c_uint64()
+        return self._post(LIB.patronus_post_faa,
+                          (_lh(lease), ctypes.byref(io), offset, value, int(flag)), user_data,
+                          "atomic", io, lease)
+
+    def post_commit(self, batch, user_data=0):
+        """Posted ``Batch.commit``: the completion's ``results`` is what
+        ``commit()`` returns. The batch is empty once posted."""
+        outs = batch._outs
+        if not self._post(LIB.patronus_post_commit, (batch._b,), user_data, "batch", outs):
+            return False
+        batch._outs = []
+        return True
+
+    def _completions(self, cs, n):
+        t = self._posted()
+        out = []
+        for i in range(n):
+            c = cs[i]
+            user_data, kind, keep, lease = t.calls.pop(c.user_data, (c.user_data, "lease", None,
+                                                                     None))
+            rc = RC(c.rc)
+            data, results, value = None, None, c.value
+            if kind == "acquire":
+                lease = Lease(self, c.lease) if c.lease else None
+                value = 0
+            elif kind == "read":
+                data = keep.raw if rc == RC.OK else None
+            elif kind == "batch" and rc == RC.OK:
+                results = [obj.raw if k == "read" else obj.value if k == "atomic" else None
+                           for k, obj in keep]
+            out.append(Completion(user_data, rc, lease, value, data, results))
+        return out
+
+    def poll(self, max=64):
+        """Completions of this thread's posted calls, at most ``max``, without
+        waiting."""
+        cs = (_CCompletion * max)()
+        n = LIB.patronus_poll(self._node(), cs, max) if max else 0
+        if not n and last_error():
+            raise PatronusError(RC.INVALID, last_error())
+        return self._completions(cs, n)
+
+    def wait(self, max=64, timeout_ns=1_000_000_000):
+        """As ``poll``, but waits up to ``timeout_ns`` for at least one."""
+        cs = (_CCompletion * max)()
+        n = LIB.patronus_wait(self._node(), cs, max, timeout_ns) if max else 0
+        if not n and last_error():
+            raise PatronusError(RC.INVALID, last_error())
+        return self._completions(cs, n)
+
+    def inflight(self):
+        """Calls this thread posted whose completions were not polled yet."""
+        return LIB.patronus_inflight(self._node())
+
     # allocation, memory-node buffers, keeper ----------------------------
 
     def alloc(self, node_id, dir_id, size, hint=0):
@@ -503,6 +637,27 @@ class Patronus:
     def keeper_barrier(self, key):
         """Waits until every node of the cluster reached barrier ``key``."""
         check(LIB.patronus_keeper_barrier(self._node(), key.encode()))
+
+
+class Completion:
+    """One completed posted call: ``user_data`` (the caller's tag), ``rc``
+    (an ``RC``: what the blocking call would have returned), ``lease`` (the
+    new Lease of an acquisition, else the Lease the call was given),
+    ``value`` (the old value of a CAS/FAA), ``data`` (bytes of a READ) and
+    ``results`` (a committed batch's results)."""
+
+    __slots__ = ("user_data", "rc", "lease", "value", "data", "results")
+
+    def __init__(self, user_data, rc, lease, value, data=None, results=None):
+        self.user_data = user_data
+        self.rc = rc
+        self.lease = lease
+        self.value = value
+        self.data = data
+        self.results = results
+
+    def __repr__(self):
+        return f"Completion(user_data={self.user_data}, rc={self.rc.name}, value={self.value})"
 
 
 class Lease:

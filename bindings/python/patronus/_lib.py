@@ -25,7 +25,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class GAddr(ctypes.Structure):
@@ -53,6 +53,7 @@ class Config(ctypes.Structure):
         ("leases_per_dir", c_uint32),
         ("rpc_timeout_ms", c_uint64),
         ("allow_universal_rkey", c_bool),
+        ("max_inflight", c_uint32),
     ]
 
 
@@ -62,6 +63,17 @@ class Node(ctypes.Structure):
 
 class LeaseHandle(ctypes.Structure):
     """Opaque patronus_lease_t."""
+
+
+class Completion(ctypes.Structure):
+    """patronus_completion_t."""
+
+    _fields_ = [
+        ("user_data", ctypes.c_uint64),
+        ("rc", ctypes.c_int),
+        ("lease", ctypes.POINTER(LeaseHandle)),
+        ("value", ctypes.c_uint64),
+    ]
 
 
 class BatchHandle(ctypes.Structure):
@@ -135,6 +147,25 @@ DECLS = [
     ("patronus_prepare_cas", [P, B, L, BUF, usize, u64, u64, u64], RC_T),
     ("patronus_prepare_faa", [P, B, L, BUF, usize, i64, u64], RC_T),
     ("patronus_commit", [P, B], RC_T),
+    # calls in flight
+    ("patronus_post_get_rlease", [P, u16, u16, GAddr, u64, usize, u64, u64, u64], RC_T),
+    ("patronus_post_get_wlease", [P, u16, u16, GAddr, u64, usize, u64, u64, u64], RC_T),
+    ("patronus_post_relinquish", [P, L, u64, u64, u64], RC_T),
+    ("patronus_post_extend", [P, L, u64, u64, u64], RC_T),
+    ("patronus_post_rpc_extend", [P, L, u64, u64, u64], RC_T),
+    ("patronus_post_upgrade", [P, L, u64, u64], RC_T),
+    ("patronus_post_read", [P, L, BUF, usize, usize, u64, u64], RC_T),
+    ("patronus_post_write", [P, L, BUF, usize, usize, u64, u64], RC_T),
+    ("patronus_post_cas", [P, L, BUF, usize, u64, u64, u64, u64], RC_T),
+    ("patronus_post_faa", [P, L, BUF, usize, i64, u64, u64], RC_T),
+    ("patronus_post_rpc_read", [P, L, BUF, usize, usize, u64, u64], RC_T),
+    ("patronus_post_rpc_write", [P, L, BUF, usize, usize, u64, u64], RC_T),
+    ("patronus_post_rpc_cas", [P, L, BUF, usize, u64, u64, u64], RC_T),
+    ("patronus_post_rpc_faa", [P, L, BUF, usize, i64, u64], RC_T),
+    ("patronus_post_commit", [P, B, u64], RC_T),
+    ("patronus_poll", [P, POINTER(Completion), usize], usize),
+    ("patronus_wait", [P, POINTER(Completion), usize, u64], usize),
+    ("patronus_inflight", [P], usize),
     ("patronus_get_rdma_buffer", [P, usize], c_void_p),
     ("patronus_put_rdma_buffer", [P, c_void_p], None),
     # allocation and memory-node buffers

@@ -32,6 +32,7 @@ CTYPES = {
     "void*": ctypes.c_void_p,
     "const void*": ctypes.c_void_p,
     "size_t*": ctypes.POINTER(ctypes.c_size_t),
+    "patronus_completion_t*": ctypes.POINTER(_lib.Completion),
 }
 
 # Parameters that are C strings (declared c_char_p so str/bytes pass).

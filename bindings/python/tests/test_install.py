@@ -19,7 +19,7 @@ def test_pip_install_then_import(tmp_path):
         [sys.executable, "-c", "import patronus, patronus._lib as l; print(l.LIB_PATH, patronus.ABI_VERSION)"],
         check=True, capture_output=True, text=True, env=env, cwd=str(tmp_path),
     )
-    assert out.stdout.strip().endswith(" 2")
+    assert out.stdout.strip().endswith(" 3")
     # Without the library the import fails with the paths it tried.
     env.pop("PATRONUS_LIB", None)
     env["LD_LIBRARY_PATH"] = ""
