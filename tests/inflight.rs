@@ -22,6 +22,14 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Node 0 serves `dirs` directories; `f` gets a client thread of node 1.
 fn with_client(dirs: u16, max_inflight: u32, f: impl FnOnce(&Patronus, &mut ClientThread)) {
+    with_nodes(dirs, max_inflight, |srv, cl| {
+        let mut c = cl.register_client_thread().unwrap();
+        f(srv, &mut c);
+    })
+}
+
+/// Node 0 serves `dirs` directories; `f` gets it and the client node 1.
+fn with_nodes(dirs: u16, max_inflight: u32, f: impl FnOnce(&Patronus, &Patronus)) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cfg = Config {
         machine_nr: 2,
@@ -56,10 +64,7 @@ fn with_client(dirs: u16, max_inflight: u32, f: impl FnOnce(&Patronus, &mut Clie
                 s.spawn(move || d.server_serve(0))
             })
             .collect();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut c = client.register_client_thread().unwrap();
-            f(&server, &mut c);
-        }));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &client)));
         server.finished(0).unwrap();
         client.finished(0).unwrap();
         for h in hs {
@@ -412,4 +417,152 @@ fn blocking_calls_mixed_with_posted_ones() {
             c.relinquish(l, 0, 0).unwrap();
         }
     });
+}
+
+mod asynch {
+    use super::*;
+    use futures::future::{join_all, select, Either};
+    use patronus::client::AsyncThread;
+
+    /// 32 tasks on one thread, each: acquire, write, 16 reads, relinquish
+    /// (the original's bench_patronus_concurrent task), all byte-exact.
+    #[test]
+    fn tasks_on_one_thread_overlap_and_stay_byte_exact() {
+        with_nodes(1, 64, |_srv, cl| {
+            let t = AsyncThread::new(cl.register_client_thread().unwrap());
+            let task = |i: usize| {
+                let t = &t;
+                async move {
+                    let mut l = t
+                        .get_wlease(0, 0, i as u64 * 4096, 0, 4096, 0, acquire::NO_GC)
+                        .await
+                        .unwrap();
+                    assert!(l.success(), "task {i}: {}", l.ec());
+                    let p = pattern(i, 256);
+                    assert_eq!(t.write(&mut l, &p, 64, 0).await.unwrap(), Rc::Ok);
+                    for k in 0..16 {
+                        let (rc, b) = t.read(&mut l, 64, 64 + 64 * (k % 4), 0).await.unwrap();
+                        assert_eq!(rc, Rc::Ok);
+                        let o = 64 * (k % 4) as usize;
+                        assert!(b == p[o..o + 64], "task {i} read {k}");
+                    }
+                    assert_eq!(t.relinquish(&mut l, 0, 0).await.unwrap(), Rc::Ok);
+                    i
+                }
+            };
+            for _ in 0..3 {
+                let done = t.block_on(join_all((0..32).map(task)));
+                assert_eq!(done, (0..32).collect::<Vec<_>>());
+            }
+            let inner = t.into_inner();
+            assert!(
+                inner.peak_inflight() >= 16,
+                "calls overlapped: peak {}",
+                inner.peak_inflight()
+            );
+        });
+    }
+
+    /// Coroutine B retries a lock that coroutine A of the same thread holds:
+    /// it gets it as soon as A gives it back, far inside the lease term
+    /// (one blocking thread would wait for the term to end).
+    #[test]
+    fn a_same_thread_conflict_resolves_without_waiting_for_the_term() {
+        with_nodes(1, 64, |_srv, cl| {
+            let t = AsyncThread::new(cl.register_client_thread().unwrap());
+            let term = 2_000_000_000u64; // 2 s
+            let lock = |who: u64| {
+                let t = &t;
+                async move {
+                    let t0 = Instant::now();
+                    let mut tries = 0;
+                    let mut l = loop {
+                        let l = t
+                            .get_wlease(0, 0, 1 << 20, 0, 64, term, acquire::WITH_CONFLICT_DETECT)
+                            .await
+                            .unwrap();
+                        if l.success() {
+                            break l;
+                        }
+                        tries += 1;
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(5),
+                            "{who} never got the lock"
+                        );
+                        // Yield to the other task (the lock holder).
+                        yield_now().await;
+                    };
+                    let (_, old) = t.faa(&mut l, 0, 1, 0).await.unwrap();
+                    for _ in 0..4 {
+                        t.read(&mut l, 8, 0, 0).await.unwrap();
+                    }
+                    t.relinquish(&mut l, 0, 0).await.unwrap();
+                    (who, tries, old, t0.elapsed())
+                }
+            };
+            let r = t.block_on(join_all([lock(1), lock(2)]));
+            let waited = r.iter().map(|x| x.3).max().unwrap();
+            assert!(r.iter().any(|x| x.1 > 0), "the tasks did conflict: {r:?}");
+            let mut olds: Vec<u64> = r.iter().map(|x| x.2).collect();
+            olds.sort();
+            assert_eq!(olds, vec![0, 1], "one holder at a time");
+            assert!(
+                waited < Duration::from_millis(500),
+                "took {waited:?} of a 2 s term"
+            );
+        });
+    }
+
+    /// The losing side of a select is dropped with its call in flight: the
+    /// thread stays usable and nothing leaks into later calls.
+    #[test]
+    fn a_dropped_future_loses_nothing() {
+        with_nodes(1, 64, |_srv, cl| {
+            let t = AsyncThread::new(cl.register_client_thread().unwrap());
+            let mut a = t
+                .with(|c| c.get_wlease(0, 0, 0, 0, 64, 0, acquire::NO_GC))
+                .unwrap();
+            let mut b = t
+                .with(|c| c.get_wlease(0, 0, 4096, 0, 64, 0, acquire::NO_GC))
+                .unwrap();
+            for _ in 0..100 {
+                let fa = Box::pin(t.faa(&mut a, 0, 1, 0));
+                let fb = Box::pin(t.faa(&mut b, 0, 1, 0));
+                match t.block_on(select(fa, fb)) {
+                    Either::Left((r, _)) | Either::Right((r, _)) => {
+                        assert_eq!(r.unwrap().0, Rc::Ok)
+                    }
+                }
+            }
+            // Every FAA ran once (dropped ones too), and later calls match.
+            let (ra, va) = t.block_on(t.faa(&mut a, 0, 0, 0)).unwrap();
+            let (rb, vb) = t.block_on(t.faa(&mut b, 0, 0, 0)).unwrap();
+            assert_eq!((ra, rb), (Rc::Ok, Rc::Ok));
+            t.block_on(async {
+                // Drain what the dropped futures left.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while t.with(|c| c.inflight()) > 0 && Instant::now() < deadline {
+                    yield_now().await;
+                }
+            });
+            let (_, va2) = t.block_on(t.faa(&mut a, 0, 0, 0)).unwrap();
+            let (_, vb2) = t.block_on(t.faa(&mut b, 0, 0, 0)).unwrap();
+            assert_eq!(va2 + vb2, 200, "{va}/{vb} then {va2}/{vb2}");
+        });
+    }
+
+    /// Lets the other tasks run once.
+    async fn yield_now() {
+        let mut once = false;
+        futures::future::poll_fn(|cx| {
+            if once {
+                std::task::Poll::Ready(())
+            } else {
+                once = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
