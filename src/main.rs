@@ -227,6 +227,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Calls in flight per client thread (1, 4, 16, 32): 64 B READs, lease
+    /// cycles with 2/1/0 binds, the concurrent task, and the fabric's own
+    /// pipelined READ, each against its 1-in-flight rate.
+    Inflight {
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Which link (shm or tcp).
+        #[arg(long, value_enum, default_value = "shm")]
+        fabric: FabricArg,
+        /// Small counts (CI smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Time per measurement, seconds.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Calls in flight to measure (repeatable; default 1, 4, 16, 32).
+        #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
+        depths: Vec<u64>,
+    },
 }
 
 type Pair = (
@@ -336,6 +356,43 @@ fn main() -> ExitCode {
                 bench::print_json(&mut out, &recs)?;
             } else {
                 patronus::bench::lease::print_table(&mut out, &recs)?;
+            }
+            Ok(true)
+        })(),
+        Cmd::Bench {
+            what:
+                BenchCmd::Inflight {
+                    json,
+                    fabric: f,
+                    quick,
+                    seconds,
+                    depths,
+                },
+        } => (|| {
+            let fabrics = match f {
+                FabricArg::Shm => vec!["shm"],
+                FabricArg::Tcp => vec!["tcp"],
+                FabricArg::All => vec!["shm", "tcp"],
+                FabricArg::Verbs => {
+                    return Err("bench inflight runs on the soft fabric (shm or tcp)".into())
+                }
+            };
+            let mut recs = Vec::new();
+            for fab in fabrics {
+                let o = patronus::bench::inflight::Opts {
+                    fabric: fab.into(),
+                    budget: Duration::from_secs_f64(if quick { 0.1 } else { seconds }),
+                    depths: depths.iter().map(|&d| d as usize).collect(),
+                };
+                recs.extend(patronus::bench::inflight::run(&o)?);
+            }
+            let mut out = std::io::stdout().lock();
+            if json {
+                for r in &recs {
+                    std::io::Write::write_fmt(&mut out, format_args!("{}\n", serde_json::to_string(r)?))?;
+                }
+            } else {
+                patronus::bench::inflight::print_table(&mut out, &recs)?;
             }
             Ok(true)
         })(),

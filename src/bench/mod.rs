@@ -3,6 +3,7 @@
 //! shared and noisy. Loops are bounded by an op count and a time budget.
 
 pub mod fabric;
+pub mod inflight;
 pub mod lease;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,341 @@
+//! `patronus bench inflight`: calls in flight per client thread (issue 12).
+//! On an in-process two-node cluster (memory node on its own server
+//! thread, one client thread), for 1, 4, 16 and 32 calls in flight:
+//! - `read`: 64 B READs through one lease (posted calls);
+//! - `cycle-2bind`, `cycle-1bind`, `cycle-0bind`: lease cycles (acquire +
+//!   relinquish) with the default two binds, NO_BIND_PR (one), NO_BIND_ANY
+//!   (none), each on its own object;
+//! - `task`: the original's bench_patronus_concurrent task (acquire, 16
+//!   reads, relinquish) as async tasks on [`AsyncThread`];
+//!
+//! plus the soft fabric's own pipelined 64 B READ rate between two NICs of
+//! this process (the `floor` row). Every rate is reported against the same
+//! scenario's 1-in-flight rate of the same run.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{AsyncThread, ClientThread, Lease, Post};
+use crate::fabric::conformance::Pair;
+use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
+use crate::fabric::{Nic, SendWr, Wc, WrOp};
+use crate::lease::flags::acquire;
+use crate::lease::Rc;
+use crate::node::{Config, Patronus};
+use crate::{Error, Result};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// "shm" or "tcp".
+    pub fabric: String,
+    /// Time per measurement.
+    pub budget: Duration,
+    /// Calls in flight to measure.
+    pub depths: Vec<usize>,
+}
+
+/// One measured rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct InflightRecord {
+    /// "read", "cycle-2bind", "cycle-1bind", "cycle-0bind", "task", "floor".
+    pub scenario: String,
+    /// Fabric.
+    pub fabric: String,
+    /// Calls in flight on the thread.
+    pub inflight: usize,
+    /// Million calls (or tasks, or cycles) per second on one thread.
+    pub mops: f64,
+    /// `mops` over the same scenario's 1-in-flight rate.
+    pub vs_one: f64,
+    /// Calls (tasks, cycles) completed.
+    pub ops: u64,
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn bad(what: &str, rc: Rc) -> Error {
+    Error::Invalid(format!("bench inflight: {what} returned {rc:?}"))
+}
+
+/// Keeps `depth` 64 B READs in flight on one lease for `budget`.
+fn reads(c: &mut ClientThread, l: &mut Lease, depth: usize, budget: Duration) -> Result<u64> {
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    while t0.elapsed() < budget {
+        while c.inflight() < depth {
+            if c.post_read(l, 64, 0, 0, 0)? == Post::Retry {
+                break;
+            }
+        }
+        for x in c.poll(64)? {
+            if x.rc() != Rc::Ok {
+                return Err(bad("read", x.rc()));
+            }
+            done += 1;
+        }
+    }
+    while c.inflight() > 0 {
+        c.wait(64, Duration::from_secs(5))?;
+    }
+    Ok(done)
+}
+
+/// Keeps `depth` lease cycles in flight, each on its own object.
+fn cycles(c: &mut ClientThread, flag: u64, depth: usize, budget: Duration) -> Result<u64> {
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    let mut free: Vec<u64> = (0..depth as u64).collect();
+    let mut held: Vec<Option<Lease>> = (0..depth).map(|_| None).collect();
+    let obj = |k: u64| k * 4096;
+    loop {
+        let running = t0.elapsed() < budget;
+        while running {
+            let Some(k) = free.pop() else { break };
+            let p = c.post_get_wlease(0, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
+            if p == Post::Retry {
+                free.push(k);
+                break;
+            }
+        }
+        if c.inflight() == 0 && !running {
+            return Ok(done);
+        }
+        for x in c.poll(64)? {
+            let k = x.user_data & 0xffff;
+            if x.user_data & (1 << 32) != 0 {
+                // A relinquish came back: the cycle is done.
+                if x.rc() != Rc::Ok {
+                    return Err(bad("relinquish", x.rc()));
+                }
+                done += 1;
+                free.push(k);
+                continue;
+            }
+            let rc = x.rc();
+            let mut l = x.lease.ok_or_else(|| bad("acquire", rc))?;
+            if !l.success() {
+                return Err(Error::Invalid(format!(
+                    "bench inflight: acquire refused ({})",
+                    l.ec()
+                )));
+            }
+            match c.post_relinquish(&mut l, 0, 0, k | 1 << 32)? {
+                Post::Posted => {}
+                Post::Retry => {
+                    // Cannot happen (a completion was just taken); keep it.
+                    held[k as usize] = Some(l);
+                }
+            }
+        }
+        for k in 0..depth {
+            if let Some(mut l) = held[k].take() {
+                if c.post_relinquish(&mut l, 0, 0, k as u64 | 1 << 32)? == Post::Retry {
+                    held[k] = Some(l);
+                }
+            }
+        }
+    }
+}
+
+/// `depth` async tasks, each looping acquire, 16 reads, relinquish.
+fn tasks(t: &AsyncThread, depth: usize, budget: Duration) -> Result<u64> {
+    let t0 = Instant::now();
+    let one = |k: usize| async move {
+        let mut n = 0u64;
+        while t0.elapsed() < budget {
+            let mut l = t
+                .get_rlease(0, 0, k as u64 * 4096, 0, 64, 0, acquire::NO_GC)
+                .await?;
+            if !l.success() {
+                return Err(Error::Invalid(format!("task: acquire refused ({})", l.ec())));
+            }
+            for _ in 0..16 {
+                let (rc, _) = t.read(&mut l, 64, 0, 0).await?;
+                if rc != Rc::Ok {
+                    return Err(bad("task read", rc));
+                }
+            }
+            t.relinquish(&mut l, 0, 0).await?;
+            n += 1;
+        }
+        Ok::<u64, Error>(n)
+    };
+    let all = t.block_on(futures::future::join_all((0..depth).map(one)));
+    all.into_iter().sum()
+}
+
+/// The soft fabric's pipelined 64 B READ rate with `depth` outstanding.
+fn floor(link: LinkKind, depth: usize, budget: Duration) -> Result<u64> {
+    let cfg = SoftConfig {
+        link,
+        ..SoftConfig::default()
+    };
+    let a: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg.clone())?);
+    let b: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg)?);
+    let p = Pair::new(a, b, 1 << 16)?;
+    let (raddr, rkey) = (p.region.addr(), p.region.rkey());
+    let post = |slot: u64| {
+        p.client.qp.post_send(&[SendWr {
+            wr_id: slot,
+            op: WrOp::Read {
+                local: p.client.sge(slot * 64, 64),
+                raddr,
+                rkey,
+            },
+            signaled: true,
+        }])
+    };
+    let t0 = Instant::now();
+    let mut out = 0usize;
+    let mut done = 0u64;
+    let mut wc = [Wc::default(); 32];
+    loop {
+        let running = t0.elapsed() < budget;
+        while running && out < depth {
+            post(out as u64)?;
+            out += 1;
+        }
+        let n = p.client.cq.poll(&mut wc);
+        for w in &wc[..n] {
+            if !w.status.is_ok() {
+                return Err(Error::Invalid(format!("floor read: {w:?}")));
+            }
+        }
+        out -= n;
+        done += n as u64;
+        if !running && out == 0 {
+            return Ok(done);
+        }
+    }
+}
+
+/// Runs every scenario at every depth.
+pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
+    let link = match o.fabric.as_str() {
+        "shm" => LinkKind::Shm,
+        "tcp" => LinkKind::Tcp,
+        f => return Err(Error::Invalid(format!("bench inflight: fabric {f}: shm or tcp"))),
+    };
+    let depths: Vec<usize> = if o.depths.is_empty() {
+        vec![1, 4, 16, 32]
+    } else {
+        o.depths.clone()
+    };
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 2,
+        cluster: format!(
+            "bench-inflight-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: o.fabric.clone(),
+        keeper: None,
+        leases_per_dir: 4096,
+        lease_quota_per_thread: 1024,
+        max_inflight: 64,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cfg.clone();
+            std::thread::spawn(move || Patronus::new(c))
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for h in hs {
+        nodes.push(
+            h.join()
+                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
+        );
+    }
+    nodes.sort_by_key(|n| n.get_node_id());
+    let (server, client) = (&nodes[0], &nodes[1]);
+    let mut dir = server.register_server_thread()?;
+    let mut out: Vec<InflightRecord> = Vec::new();
+    let mut push = |scenario: &str, inflight: usize, ops: u64, secs: f64| {
+        out.push(InflightRecord {
+            scenario: scenario.into(),
+            fabric: o.fabric.clone(),
+            inflight,
+            mops: ops as f64 / secs / 1e6,
+            vs_one: 0.0,
+            ops,
+        })
+    };
+    let secs = o.budget.as_secs_f64();
+    std::thread::scope(|s| {
+        let h = s.spawn(move || dir.server_serve(0));
+        let r = (|| -> Result<()> {
+            let mut c = client.register_client_thread()?;
+            let mut l = c.get_rlease(0, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?;
+            for &d in &depths {
+                let n = reads(&mut c, &mut l, d, o.budget)?;
+                push("read", d, n, secs);
+            }
+            c.relinquish(&mut l, 0, 0)?;
+            for (name, flag) in [
+                ("cycle-2bind", 0),
+                ("cycle-1bind", acquire::NO_BIND_PR),
+                ("cycle-0bind", acquire::NO_BIND_ANY),
+            ] {
+                for &d in &depths {
+                    let n = cycles(&mut c, flag, d, o.budget)?;
+                    push(name, d, n, secs);
+                }
+            }
+            let t = AsyncThread::new(c);
+            for &d in &depths {
+                let n = tasks(&t, d, o.budget)?;
+                push("task", d, n, secs);
+            }
+            drop(t);
+            for &d in &depths {
+                let n = floor(link, d, o.budget)?;
+                push("floor", d, n, secs);
+            }
+            Ok(())
+        })();
+        let _ = server.finished(0);
+        let _ = client.finished(0);
+        let served = h
+            .join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
+        served?;
+        r
+    })?;
+    let ones: Vec<(String, f64)> = out
+        .iter()
+        .filter(|r| r.inflight == 1)
+        .map(|r| (r.scenario.clone(), r.mops))
+        .collect();
+    for r in &mut out {
+        if let Some((_, one)) = ones.iter().find(|(s, _)| *s == r.scenario) {
+            r.vs_one = r.mops / one.max(1e-12);
+        }
+    }
+    Ok(out)
+}
+
+/// A table: one row per scenario and depth.
+pub fn print_table(w: &mut dyn Write, recs: &[InflightRecord]) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "{:<12} {:<5} {:>9} {:>12} {:>9} {:>10}",
+        "scenario", "fab", "inflight", "Mops/thread", "vs 1", "ops"
+    )?;
+    for r in recs {
+        writeln!(
+            w,
+            "{:<12} {:<5} {:>9} {:>12.3} {:>8.2}x {:>10}",
+            r.scenario, r.fabric, r.inflight, r.mops, r.vs_one, r.ops
+        )?;
+    }
+    Ok(())
+}
