@@ -358,11 +358,15 @@ fn an_unfinished_frame_is_closed_after_the_stall_timeout() {
     k.write_all(&announce(16 << 20)).unwrap();
     k.write_all(&vec![0xa5; 1 << 20]).unwrap();
     let mut i = 0u64;
-    wait_for("the NIC to buffer the 1 MiB", Duration::from_secs(10), || {
-        honest_read(&p, &data, i);
-        i += 1;
-        s.soft.tcp_usage().0 >= before + (1 << 20)
-    });
+    wait_for(
+        "the NIC to buffer the 1 MiB",
+        Duration::from_secs(10),
+        || {
+            honest_read(&p, &data, i);
+            i += 1;
+            s.soft.tcp_usage().0 >= before + (1 << 20)
+        },
+    );
     // The NIC holds the bytes: from here on nothing more arrives.
     let t0 = Instant::now();
     let held = s.soft.tcp_usage().0;
@@ -415,7 +419,8 @@ fn a_slow_sender_that_keeps_sending_is_served() {
     let q = spare_qp(&s, &p);
     let mut k = raw_channel(&c, &s, q.qpn());
     let len = 4usize << 20;
-    k.write_all(&req_frame(ReqOp::Write, len as u32, 42)).unwrap();
+    k.write_all(&req_frame(ReqOp::Write, len as u32, 42))
+        .unwrap();
     let pieces = 50;
     let payload = vec![0x3c; len];
     let every = stall.mul_f64(2.5) / pieces as u32;

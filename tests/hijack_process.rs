@@ -89,7 +89,10 @@ fn victim_process() {
         .get_lease(true, s, 0, 0, OBJ_SIZE, 0, acquire::NO_GC)
         .unwrap();
     assert!(l.success(), "lease refused: {}", l.ec());
-    println!("victim node={me} server={s} rkey={} base={}", l.rkey, l.base.0);
+    println!(
+        "victim node={me} server={s} rkey={} base={}",
+        l.rkey, l.base.0
+    );
     let t0 = Instant::now();
     let mut rounds = 0u64;
     let mut started_at = None;
@@ -98,9 +101,17 @@ fn victim_process() {
         let pat: Vec<u8> = (0..OBJ_SIZE)
             .map(|i| (i as u8).wrapping_mul(7) ^ (rounds as u8).wrapping_add(0x5b))
             .collect();
-        assert_eq!(c.write(&mut l, &pat, 0, 0).unwrap(), Rc::Ok, "write {rounds}");
+        assert_eq!(
+            c.write(&mut l, &pat, 0, 0).unwrap(),
+            Rc::Ok,
+            "write {rounds}"
+        );
         back.fill(0);
-        assert_eq!(c.read(&mut l, &mut back, 0, 0).unwrap(), Rc::Ok, "read {rounds}");
+        assert_eq!(
+            c.read(&mut l, &mut back, 0, 0).unwrap(),
+            Rc::Ok,
+            "read {rounds}"
+        );
         assert!(back == pat, "round {rounds}: read back differs");
         rounds += 1;
         if rounds == 1 {
@@ -138,36 +149,43 @@ struct Target {
     rkey: u32,
 }
 
-/// A READ of the victim's window, as a tcp request frame.
-fn read_frame(t: &Target) -> Vec<u8> {
-    let h = ReqHeader {
-        op: ReqOp::Read,
-        epoch: 0,
-        len: 64,
-        seq: 1,
-        raddr: t.raddr,
-        rkey: t.rkey,
-        lblock: 0,
-        loff: 0,
-        arg0: 0,
-        arg1: 0,
-    };
-    let mut hb = [0u8; REQ_LEN];
-    h.encode(&mut hb);
-    let mut f = Prefix::encode(FrameKind::Req, 0).to_vec();
-    f.extend_from_slice(&hb);
+/// A READ and a WRITE (64 B of 0xee) of the victim's window, as tcp
+/// request frames.
+fn attack_frames(t: &Target) -> Vec<u8> {
+    let mut f = Vec::new();
+    for (op, len, seq) in [(ReqOp::Read, 0u32, 1u64), (ReqOp::Write, 64, 2)] {
+        let h = ReqHeader {
+            op,
+            epoch: 0,
+            len: 64,
+            seq,
+            raddr: t.raddr,
+            rkey: t.rkey,
+            lblock: 0,
+            loff: 0,
+            arg0: 0,
+            arg1: 0,
+        };
+        let mut hb = [0u8; REQ_LEN];
+        h.encode(&mut hb);
+        f.extend_from_slice(&Prefix::encode(FrameKind::Req, len));
+        f.extend_from_slice(&hb);
+        f.extend(std::iter::repeat_n(0xee, len as usize));
+    }
     f
 }
 
-/// Sends a READ of the victim's window on `s` and checks nothing is
-/// answered for a second (EOF or a reset also count as refused).
+/// Sends a READ and a WRITE of the victim's window on `s` and checks
+/// nothing is answered for a second (EOF or a reset also count as
+/// refused). A WRITE that landed would also fail the victim's next
+/// read-back.
 fn assert_unserved(mut s: TcpStream, t: &Target) {
-    let _ = s.write_all(&read_frame(t));
+    let _ = s.write_all(&attack_frames(t));
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut b = [0u8; 64];
     match s.read(&mut b) {
         Ok(0) | Err(_) => {}
-        Ok(n) => panic!("the attacker's READ was answered ({n} bytes)"),
+        Ok(n) => panic!("the attacker's READ/WRITE was answered ({n} bytes)"),
     }
 }
 
@@ -490,8 +508,17 @@ fn hijack_through_the_keeper(fabric: &str) {
     }
     let mut tried = own_key(&t) + no_secret(&t);
     if let Some(c) = tcp_cap {
-        let cap = c.lock().unwrap().clone().expect("the victim's hello was captured");
-        assert_eq!(Hello::decode(cap[..HELLO_LEN].try_into().unwrap()).unwrap().dst, t.dst);
+        let cap = c
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the victim's hello was captured");
+        assert_eq!(
+            Hello::decode(cap[..HELLO_LEN].try_into().unwrap())
+                .unwrap()
+                .dst,
+            t.dst
+        );
         tried += replay_tcp(&t, &cap);
     }
     if let Some(c) = shm_cap {
@@ -511,7 +538,10 @@ fn hijack_through_the_keeper(fabric: &str) {
     eprintln!(
         "{fabric} memory node: {tried} hijack attempts by another process, all refused; the victim ran {rounds} byte-exact write+read rounds of {OBJ_SIZE} B, {during} of them during the attacks"
     );
-    assert!(during > 16, "the victim ran only {during} rounds during the attacks");
+    assert!(
+        during > 16,
+        "the victim ran only {during} rounds during the attacks"
+    );
 }
 
 #[test]

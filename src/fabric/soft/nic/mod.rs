@@ -56,10 +56,14 @@ pub struct SoftConfig {
     /// without a single new byte arriving. Past it the channel is closed
     /// and its buffers freed (a peer that announces a large frame, sends
     /// part of it and stops no longer holds its share of
-    /// `tcp_buffer_total` forever). Checked about every 100 ms, so the
-    /// bound is this plus up to 100 ms. A sender that keeps sending, however
-    /// slowly, is never closed by it; a channel the NIC stopped reading for
-    /// lack of buffer budget is not exempt (closing it frees budget).
+    /// `tcp_buffer_total` forever). The tcp responder compares each
+    /// channel's byte count about every 100 ms, so a channel goes between
+    /// this and about 200 ms past it. A sender that keeps sending, however
+    /// slowly, is never closed by it. Not exempt: a channel the NIC stopped
+    /// reading for lack of buffer budget (closing it frees budget), and a
+    /// soft-NIC initiator that posted a frame larger than the socket
+    /// buffers and then did not poll its CQ for this long (it writes only
+    /// while posting and polling).
     pub tcp_stall_timeout: std::time::Duration,
 }
 
