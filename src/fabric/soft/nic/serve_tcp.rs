@@ -425,11 +425,13 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
     };
     let mut idle_since: Option<Instant> = None;
     let mut last_scan = Instant::now();
+    // The last epoll_wait blocked (the NIC is parked, passes are rare).
+    let mut parked = false;
     while !nic.stop.load(Ordering::Acquire) {
         passes = passes.wrapping_add(1);
-        // The stall scan: the clock is read every 256th pass while busy
-        // (and on idle passes, which read it anyway).
-        if (passes % 256 == 0 || idle_since.is_some()) && last_scan.elapsed() >= STALL_SCAN {
+        // The stall scan: the clock is read for it every 256th pass while
+        // busy or spinning, and after every parked wait.
+        if (passes % 256 == 0 || parked) && last_scan.elapsed() >= STALL_SCAN {
             last_scan = Instant::now();
             let closed = nic.close_stalled(last_scan);
             if !closed.is_empty() {
@@ -489,6 +491,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 timeout = 0;
             }
         }
+        parked = timeout > 0;
         // SAFETY: evs is a valid buffer of 64 events.
         let n = unsafe { libc::epoll_wait(nic.epoll.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
         // Small visits while more than one channel wants serving, or did
