@@ -428,7 +428,8 @@ fn a_slow_sender_that_keeps_sending_is_served() {
     let t0 = Instant::now();
     let mut i = 0u64;
     for (n, piece) in payload.chunks(len.div_ceil(pieces)).enumerate() {
-        k.write_all(piece).unwrap();
+        k.write_all(piece)
+            .expect("the NIC closed the slow sender's channel");
         // Paced by the clock, with honest reads in between.
         while t0.elapsed() < every * (n as u32 + 1) {
             honest_read(&p, &data, i);

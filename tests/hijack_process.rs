@@ -22,7 +22,8 @@
 //! Asserted: every attempt is refused (a refusal message or a closed
 //! connection, never the OK that attaches a channel) and no READ with the
 //! victim's rkey sent after it is answered; the victim's run completes with
-//! every round byte-exact and no error (its channel was never replaced).
+//! every round byte-exact and no error, and its data QP connected once (the
+//! relay saw one connection: its channel was never lost or replaced).
 
 mod common;
 
@@ -32,6 +33,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -319,9 +321,10 @@ fn unix_recv(s: &UnixStream) -> Option<(u8, u32)> {
 type TcpCapture = Arc<Mutex<Option<Vec<u8>>>>;
 
 /// A transparent tcp relay to `target` on a free loopback port (up to 16
-/// connections, each relayed both ways until either side closes); the
-/// first connection's hello and answer are copied into the capture.
-fn tcp_relay(target: String) -> (String, TcpCapture) {
+/// connections, counted in `conns`, each relayed both ways until either
+/// side closes); the first connection's hello and answer are copied into
+/// the capture.
+fn tcp_relay(target: String, conns: Arc<AtomicUsize>) -> (String, TcpCapture) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let cap: TcpCapture = Arc::new(Mutex::new(None));
@@ -331,6 +334,7 @@ fn tcp_relay(target: String) -> (String, TcpCapture) {
             let Ok((mut from, _)) = l.accept() else {
                 return;
             };
+            conns.fetch_add(1, Ordering::SeqCst);
             let Ok(mut to) = TcpStream::connect(&target) else {
                 return;
             };
@@ -379,7 +383,7 @@ fn unix_pump(from: UnixStream, to: UnixStream) {
 }
 
 /// As `tcp_relay`, for an shm NIC's abstract Unix socket, passing fds on.
-fn unix_relay(target: String) -> (String, ShmCapture) {
+fn unix_relay(target: String, conns: Arc<AtomicUsize>) -> (String, ShmCapture) {
     let name = unique("patronus-hijack-proc-relay");
     let sa = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let l = UnixListener::bind_addr(&sa).unwrap();
@@ -390,6 +394,7 @@ fn unix_relay(target: String) -> (String, ShmCapture) {
             let Ok((from, _)) = l.accept() else {
                 return;
             };
+            conns.fetch_add(1, Ordering::SeqCst);
             let to_sa = SocketAddr::from_abstract_name(target.as_bytes()).unwrap();
             let Ok(to) = UnixStream::connect_addr(&to_sa) else {
                 return;
@@ -459,12 +464,15 @@ fn hijack_through_the_keeper(fabric: &str) {
     let mut eps = QpEndpoint::decode_list(&keeper_wait(&k, &ep_key)).unwrap();
     let real = NicAddr::decode(&eps[DIR_DATA].nic).unwrap();
     let mut relayed = real.clone();
+    // Connections the victim's data QP made (through the relay): one, unless
+    // its channel was lost and re-made.
+    let conns = Arc::new(AtomicUsize::new(0));
     let (tcp_cap, shm_cap) = if fabric == "tcp" {
-        let (a, c) = tcp_relay(real.tcp.clone().unwrap());
+        let (a, c) = tcp_relay(real.tcp.clone().unwrap(), conns.clone());
         relayed.tcp = Some(a);
         (Some(c), None)
     } else {
-        let (a, c) = unix_relay(real.shm.clone().unwrap());
+        let (a, c) = unix_relay(real.shm.clone().unwrap(), conns.clone());
         relayed.shm = Some(a);
         (None, Some(c))
     };
@@ -534,6 +542,11 @@ fn hijack_through_the_keeper(fabric: &str) {
     let during: u64 = victim.wait_for("during", T).parse().unwrap();
     assert_eq!(victim.wait_for("bad", T), "0");
     assert!(victim.wait_exit(T).success(), "the victim failed");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the victim's data channel was made more than once"
+    );
     assert!(srv.wait_exit(T).success(), "the memory node failed");
     eprintln!(
         "{fabric} memory node: {tried} hijack attempts by another process, all refused; the victim ran {rounds} byte-exact write+read rounds of {OBJ_SIZE} B, {during} of them during the attacks"
