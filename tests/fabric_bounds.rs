@@ -1,7 +1,9 @@
 //! Bounded resources on the soft NIC's tcp link against a hostile peer:
 //! announced frame lengths allocate nothing, buffered bytes have a NIC-wide
-//! ceiling, a flooding QP pair gets its share of the responder and no more,
-//! and connections past the channel cap are closed while the NIC stays up.
+//! ceiling, a channel that holds an unfinished frame without progress is
+//! closed after the stall timeout (a slow sender that keeps sending is not),
+//! a flooding QP pair gets its share of the responder and no more, and
+//! connections past the channel cap are closed while the NIC stays up.
 //!
 //! The tests share the process's memory and cores, so they run one at a
 //! time (the `SERIAL` lock). Every loop is bounded in count and time.
@@ -14,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use patronus::fabric::conformance::Pair;
-use patronus::fabric::soft::wire::{FrameKind, Prefix, ReqHeader, ReqOp, REQ_LEN};
+use patronus::fabric::soft::wire::{
+    FrameKind, Prefix, ReqHeader, ReqOp, RespHeader, FRAME_PREFIX, REQ_LEN, RESP_LEN,
+};
 use patronus::fabric::soft::{LinkKind, NicAddr, SoftConfig, SoftNic};
 use patronus::fabric::{Nic, Qp, QpCap, WcStatus};
 
@@ -193,6 +197,9 @@ fn buffered_bytes_stop_at_the_budget() {
     let budget = 16 << 20;
     let s = node(SoftConfig {
         tcp_buffer_total: budget,
+        // This test is about the budget: its stalled senders must not be
+        // closed by the stall timeout while it measures.
+        tcp_stall_timeout: Duration::from_secs(120),
         ..tcp_cfg()
     });
     let c = node(tcp_cfg());
@@ -290,6 +297,165 @@ fn buffered_bytes_stop_at_the_budget() {
         Duration::from_secs(10),
         || s.soft.tcp_usage().0 < 1 << 20,
     );
+}
+
+/// The honest pair reads 64 B at a rotating offset, byte-exact against
+/// `data` (what the region holds).
+fn honest_read(p: &Pair, data: &[u8], i: u64) {
+    let off = (i % 1024) * 64;
+    p.client.buf.fill(0, 64, 0).unwrap();
+    assert_eq!(
+        p.read(p.region.rkey(), off, 0, 64).unwrap(),
+        WcStatus::Success
+    );
+    let mut got = [0u8; 64];
+    p.client.buf.read(0, &mut got).unwrap();
+    assert_eq!(&got[..], &data[off as usize..off as usize + 64], "read {i}");
+}
+
+/// An honest pair over `s` with a known pattern in its region.
+fn honest_pair(s: &Node, c: &Node) -> (Pair, Vec<u8>) {
+    let p = Pair::new(s.nic.clone(), c.nic.clone(), 1 << 16).unwrap();
+    let data: Vec<u8> = (0..1usize << 16)
+        .map(|i| (i as u8) ^ ((i >> 8) as u8).wrapping_mul(31))
+        .collect();
+    p.region.write(0, &data).unwrap();
+    (p, data)
+}
+
+/// Whether the NIC closed `k` (EOF or reset); false if nothing came yet.
+fn closed_by_peer(k: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match k.read(&mut b) {
+        Ok(0) => true,
+        Ok(n) => panic!("the stalled channel got {n} bytes"),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        Err(e) => panic!("stalled channel read: {e}"),
+    }
+}
+
+/// A channel announces a 16 MiB frame, sends 1 MiB of it and stops: once
+/// the stall timeout passed (not before), the NIC closes it and its buffer
+/// bytes leave the NIC's total; an honest pair on the same NIC reads
+/// byte-exact before, during and after.
+#[test]
+fn an_unfinished_frame_is_closed_after_the_stall_timeout() {
+    let _g = serial();
+    let stall = Duration::from_secs(1);
+    let s = node(SoftConfig {
+        tcp_stall_timeout: stall,
+        ..tcp_cfg()
+    });
+    let c = node(tcp_cfg());
+    let (p, data) = honest_pair(&s, &c);
+    for i in 0..2000 {
+        honest_read(&p, &data, i);
+    }
+    let before = s.soft.tcp_usage().0;
+    let q = spare_qp(&s, &p);
+    let mut k = raw_channel(&c, &s, q.qpn());
+    k.write_all(&announce(16 << 20)).unwrap();
+    k.write_all(&vec![0xa5; 1 << 20]).unwrap();
+    // Every byte reaches the NIC after this: its stall clock starts later.
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    wait_for(
+        "the NIC to buffer the 1 MiB",
+        Duration::from_secs(10),
+        || {
+            honest_read(&p, &data, i);
+            i += 1;
+            s.soft.tcp_usage().0 >= before + (1 << 20)
+        },
+    );
+    // The NIC holds the bytes: from here on nothing more arrives.
+    let held = s.soft.tcp_usage().0;
+    k.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let mut closed_at = None;
+    while t0.elapsed() < stall + Duration::from_secs(3) {
+        honest_read(&p, &data, i);
+        i += 1;
+        if closed_at.is_none() && closed_by_peer(&mut k) {
+            closed_at = Some(t0.elapsed());
+        }
+        if closed_at.is_some() && s.soft.tcp_usage().0 <= before {
+            break;
+        }
+    }
+    let after = s.soft.tcp_usage().0;
+    eprintln!(
+        "1 MiB of an announced 16 MiB frame, then silence: NIC buffers {before} B before, {held} B held, {after} B after; closed after {closed_at:?} (stall timeout {stall:?})"
+    );
+    let closed_at = closed_at.expect("the NIC never closed the stalled channel");
+    assert!(
+        closed_at >= stall,
+        "closed after {closed_at:?}, before the stall timeout {stall:?}"
+    );
+    assert!(
+        after <= before,
+        "NIC buffers {after} B after the close, {before} B before"
+    );
+    assert_eq!(s.soft.tcp_stalled_closed(), 1);
+    assert_eq!(s.soft.inbound_channels(), 1, "the honest channel only");
+    for j in 0..2000 {
+        honest_read(&p, &data, i + j);
+    }
+}
+
+/// A sender drips a 4 MiB WRITE frame in steady pieces over 2.5x the stall
+/// timeout: it keeps making progress, so the NIC serves it (the response
+/// comes back) instead of closing it; an honest pair reads byte-exact
+/// meanwhile.
+#[test]
+fn a_slow_sender_that_keeps_sending_is_served() {
+    let _g = serial();
+    let stall = Duration::from_secs(1);
+    let s = node(SoftConfig {
+        tcp_stall_timeout: stall,
+        ..tcp_cfg()
+    });
+    let c = node(tcp_cfg());
+    let (p, data) = honest_pair(&s, &c);
+    let q = spare_qp(&s, &p);
+    let mut k = raw_channel(&c, &s, q.qpn());
+    let len = 4usize << 20;
+    k.write_all(&req_frame(ReqOp::Write, len as u32, 42))
+        .unwrap();
+    let pieces = 50;
+    let payload = vec![0x3c; len];
+    let every = stall.mul_f64(2.5) / pieces as u32;
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    for (n, piece) in payload.chunks(len.div_ceil(pieces)).enumerate() {
+        k.write_all(piece)
+            .expect("the NIC closed the slow sender's channel");
+        // Paced by the clock, with honest reads in between.
+        while t0.elapsed() < every * (n as u32 + 1) {
+            honest_read(&p, &data, i);
+            i += 1;
+        }
+    }
+    let took = t0.elapsed();
+    // Served: the response to seq 42 comes back (the spare QP is not
+    // connected, so it carries an error status; what matters is that the
+    // channel was served, not closed).
+    k.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = [0u8; FRAME_PREFIX + RESP_LEN];
+    if let Err(e) = k.read_exact(&mut r) {
+        panic!(
+            "the slow sender's channel was closed instead of served ({e}; {} closed as stalled)",
+            s.soft.tcp_stalled_closed()
+        );
+    }
+    let pfx = Prefix::decode(r[..FRAME_PREFIX].try_into().unwrap()).unwrap();
+    assert_eq!(pfx.kind, FrameKind::Resp);
+    let h = RespHeader::decode(r[FRAME_PREFIX..].try_into().unwrap());
+    assert_eq!(h.seq, 42);
+    eprintln!("a 4 MiB frame dripped over {took:?} (stall timeout {stall:?}) was served");
+    assert!(took > stall * 2, "the drip took only {took:?}");
+    assert_eq!(s.soft.tcp_stalled_closed(), 0);
+    honest_read(&p, &data, i);
 }
 
 /// A QP pair's worth of SENDs (4 KiB, garbage payload) written to the NIC

@@ -101,13 +101,20 @@ pub struct Proc {
 impl Proc {
     /// Starts the `patronus` binary with `args`.
     pub fn start(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_patronus"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus"));
+        cmd.args(args);
+        Proc::spawn(name, cmd)
+    }
+
+    /// Starts `cmd` (any program, e.g. this test binary re-run as a child)
+    /// with its stdout lines awaitable like `start`'s.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
             .env("PATRONUS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn patronus");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

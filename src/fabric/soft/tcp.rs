@@ -40,6 +40,8 @@ pub struct Framed {
     want: usize,
     /// The last read found no room within its limit.
     starved: bool,
+    /// Bytes read from the socket so far (progress, for the stall check).
+    received: u64,
     /// The peer closed or broke the stream.
     pub dead: bool,
 }
@@ -69,6 +71,7 @@ impl Framed {
             rend: 0,
             want: 0,
             starved: false,
+            received: 0,
             dead: false,
         })
     }
@@ -98,6 +101,25 @@ impl Framed {
     /// Bytes this stream's buffers hold allocated (input and output).
     pub fn footprint(&self) -> usize {
         self.rbuf.len() + self.wbuf.capacity()
+    }
+
+    /// Bytes read from the socket since the stream was made: it grows
+    /// whenever the peer's data arrives (the responder's stall check
+    /// compares it between scans; nothing on the data path reads a clock).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Drops both buffers and whatever they held (the stream is dead or
+    /// about to be closed): its footprint becomes 0.
+    pub fn release(&mut self) {
+        self.rbuf = Vec::new();
+        self.wbuf = Vec::new();
+        self.rstart = 0;
+        self.rend = 0;
+        self.wpos = 0;
+        self.want = 0;
+        self.dead = true;
     }
 
     /// Appends a request frame.
@@ -186,6 +208,7 @@ impl Framed {
                 }
                 Ok(n) => {
                     self.rend += n;
+                    self.received += n as u64;
                     total += n;
                     if n < room {
                         // A short read drained the socket: asking again

@@ -51,6 +51,20 @@ pub struct SoftConfig {
     /// output, allocated); past it channels stop growing and are read only
     /// into the buffers they have (back-pressure).
     pub tcp_buffer_total: usize,
+    /// How long an inbound tcp channel may hold buffered input (the start
+    /// of a frame not yet complete, or frames it cannot be served yet)
+    /// without a single new byte arriving. Past it the channel is closed
+    /// and its buffers freed (a peer that announces a large frame, sends
+    /// part of it and stops no longer holds its share of
+    /// `tcp_buffer_total` forever). The tcp responder compares each
+    /// channel's byte count about every 100 ms, so a channel goes between
+    /// this and about 200 ms past it. A sender that keeps sending, however
+    /// slowly, is never closed by it. Not exempt: a channel the NIC stopped
+    /// reading for lack of buffer budget (closing it frees budget), and a
+    /// soft-NIC initiator that posted a frame larger than the socket
+    /// buffers and then did not poll its CQ for this long (it writes only
+    /// while posting and polling).
+    pub tcp_stall_timeout: std::time::Duration,
 }
 
 impl Default for SoftConfig {
@@ -61,6 +75,7 @@ impl Default for SoftConfig {
             max_keys: 1 << 18,
             max_tcp_channels: 1024,
             tcp_buffer_total: 64 << 20,
+            tcp_stall_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -90,10 +105,14 @@ pub(crate) struct NicInner {
     /// Limits of the inbound tcp channels (from `SoftConfig`).
     max_tcp_channels: usize,
     tcp_buffer_total: usize,
+    tcp_stall_timeout: std::time::Duration,
     /// Bytes the inbound tcp channels' buffers hold allocated now.
     tcp_buffered: AtomicUsize,
     /// Connections closed at accept because the channel cap was reached.
     tcp_refused: AtomicU64,
+    /// Channels closed because their buffered input made no progress
+    /// within `tcp_stall_timeout`.
+    tcp_stalled_closed: AtomicU64,
 }
 
 impl NicInner {
@@ -236,8 +255,10 @@ impl SoftNic {
             next_token: AtomicU64::new(1),
             max_tcp_channels: cfg.max_tcp_channels,
             tcp_buffer_total: cfg.tcp_buffer_total,
+            tcp_stall_timeout: cfg.tcp_stall_timeout,
             tcp_buffered: AtomicUsize::new(0),
             tcp_refused: AtomicU64::new(0),
+            tcp_stalled_closed: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -312,6 +333,13 @@ impl SoftNic {
             self.inner.tcp_buffered.load(Ordering::Relaxed),
             self.inner.tcp_refused.load(Ordering::Relaxed),
         )
+    }
+
+    /// Inbound tcp channels closed because their buffered input made no
+    /// progress within `SoftConfig::tcp_stall_timeout` (for tests and
+    /// diagnostics).
+    pub fn tcp_stalled_closed(&self) -> u64 {
+        self.inner.tcp_stalled_closed.load(Ordering::Relaxed)
     }
 }
 

@@ -9,6 +9,11 @@
 //! arrived up to one maximal frame, and all channels together up to the
 //! NIC's `tcp_buffer_total`, past which a channel is read only into the
 //! buffer it has and, once that is full, not at all until memory frees.
+//! A channel that holds buffered input (an unfinished frame, or frames it
+//! cannot be served yet) while not one new byte arrives for the NIC's
+//! `tcp_stall_timeout` is closed and its buffers freed: the loop scans for
+//! such channels about every [`STALL_SCAN`], comparing each one's byte
+//! count between scans, so the data path reads no clock for it.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,6 +49,9 @@ struct InTcpState {
     interest: u32,
     /// Buffer bytes of this channel counted in the NIC's total.
     counted: usize,
+    /// While input is buffered: the byte count a stall scan saw and when
+    /// it first saw it (see `NicInner::close_stalled`).
+    watch: Option<(u64, Instant)>,
 }
 
 /// What one visit to a channel may serve: requests, payload bytes (in and
@@ -74,6 +82,8 @@ const ALONE: Budget = Budget {
 const OUT_CAP: usize = 8 << 20;
 /// Largest input buffer of one channel: one maximal frame and some slack.
 const IN_CAP: usize = MAX_FRAME + (64 << 10);
+/// How often the loop looks for channels whose buffered input stalled.
+pub(super) const STALL_SCAN: Duration = Duration::from_millis(100);
 
 /// What one visit to a channel did.
 #[derive(Clone, Copy, Default)]
@@ -117,6 +127,7 @@ impl InTcp {
                 err_epoch: None,
                 interest: libc::EPOLLIN as u32,
                 counted: 0,
+                watch: None,
             }),
             dead: AtomicBool::new(false),
             target,
@@ -184,6 +195,52 @@ impl NicInner {
                 .fetch_sub(st.counted - now, Ordering::Relaxed);
         }
         st.counted = now;
+    }
+
+    /// Closes the channels that have held buffered input without a new
+    /// byte arriving for `tcp_stall_timeout` (as seen by scans at `now`,
+    /// about every [`STALL_SCAN`]): their buffers are freed and their bytes
+    /// leave the NIC's total at once. Returns them for the loop to reap.
+    fn close_stalled(&self, now: Instant) -> Vec<(u64, Arc<InTcp>)> {
+        let chans: Vec<(u64, Arc<InTcp>)> = self
+            .in_tcp
+            .lock()
+            .iter()
+            .map(|(t, c)| (*t, c.clone()))
+            .collect();
+        let mut closed = Vec::new();
+        for (token, ch) in chans {
+            let Some(mut st) = ch.st.try_lock() else {
+                continue;
+            };
+            let st = &mut *st;
+            if !ch.alive() || st.f.pending_in() == 0 {
+                st.watch = None;
+                continue;
+            }
+            let rx = st.f.received();
+            match st.watch {
+                Some((seen, since)) if seen == rx => {
+                    if now.saturating_duration_since(since) < self.tcp_stall_timeout {
+                        continue;
+                    }
+                    tracing::warn!(
+                        token,
+                        buffered = st.f.pending_in(),
+                        "tcp channel's buffered input made no progress for {:?}: closing it",
+                        self.tcp_stall_timeout
+                    );
+                    ch.kill();
+                    st.f.release();
+                    self.account(st);
+                    st.watch = None;
+                    self.tcp_stalled_closed.fetch_add(1, Ordering::Relaxed);
+                    closed.push((token, ch.clone()));
+                }
+                _ => st.watch = Some((rx, now)),
+            }
+        }
+        closed
     }
 
     /// Whether a stalled channel may be read again.
@@ -367,14 +424,32 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
         }
     };
     let mut idle_since: Option<Instant> = None;
+    let mut last_scan = Instant::now();
+    // The last epoll_wait blocked (the NIC is parked, passes are rare).
+    let mut parked = false;
     while !nic.stop.load(Ordering::Acquire) {
         passes = passes.wrapping_add(1);
+        // The stall scan: the clock is read for it every 256th pass while
+        // busy or spinning, and after every parked wait.
+        if (passes % 256 == 0 || parked) && last_scan.elapsed() >= STALL_SCAN {
+            last_scan = Instant::now();
+            let closed = nic.close_stalled(last_scan);
+            if !closed.is_empty() {
+                for (token, ch) in &closed {
+                    reap(*token, ch);
+                }
+                backlog.retain(|(_, c)| c.alive());
+                stalled.retain(|(_, c)| c.alive());
+                hot = hot.filter(|(_, c)| c.alive());
+            }
+        }
         if !stalled.is_empty() && nic.tcp_budget_left() {
             // Memory freed: read the stalled channels again.
             backlog.extend(stalled.drain(..));
         }
         let mut timeout = match idle_since.map(|t| t.elapsed()) {
-            Some(idle) if idle >= YIELD => 200,
+            // Parked: woken by a socket, or after one stall-scan period.
+            Some(idle) if idle >= YIELD => STALL_SCAN.as_millis() as i32,
             Some(idle) if idle >= SPIN => {
                 std::thread::yield_now();
                 0
@@ -416,6 +491,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 timeout = 0;
             }
         }
+        parked = timeout > 0;
         // SAFETY: evs is a valid buffer of 64 events.
         let n = unsafe { libc::epoll_wait(nic.epoll.as_raw_fd(), evs.as_mut_ptr(), 64, timeout) };
         // Small visits while more than one channel wants serving, or did
