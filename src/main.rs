@@ -389,7 +389,10 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             if json {
                 for r in &recs {
-                    std::io::Write::write_fmt(&mut out, format_args!("{}\n", serde_json::to_string(r)?))?;
+                    std::io::Write::write_fmt(
+                        &mut out,
+                        format_args!("{}\n", serde_json::to_string(r)?),
+                    )?;
                 }
             } else {
                 patronus::bench::inflight::print_table(&mut out, &recs)?;

@@ -152,7 +152,10 @@ fn tasks(t: &AsyncThread, depth: usize, budget: Duration) -> Result<u64> {
                 .get_rlease(0, 0, k as u64 * 4096, 0, 64, 0, acquire::NO_GC)
                 .await?;
             if !l.success() {
-                return Err(Error::Invalid(format!("task: acquire refused ({})", l.ec())));
+                return Err(Error::Invalid(format!(
+                    "task: acquire refused ({})",
+                    l.ec()
+                )));
             }
             for _ in 0..16 {
                 let (rc, _) = t.read(&mut l, 64, 0, 0).await?;
@@ -169,15 +172,19 @@ fn tasks(t: &AsyncThread, depth: usize, budget: Duration) -> Result<u64> {
     all.into_iter().sum()
 }
 
-/// The soft fabric's pipelined 64 B READ rate with `depth` outstanding.
-fn floor(link: LinkKind, depth: usize, budget: Duration) -> Result<u64> {
+/// Two NICs of this process, connected.
+fn floor_pair(link: LinkKind) -> Result<Pair> {
     let cfg = SoftConfig {
         link,
         ..SoftConfig::default()
     };
     let a: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg.clone())?);
     let b: Arc<dyn Nic> = Arc::new(SoftNic::open(cfg)?);
-    let p = Pair::new(a, b, 1 << 16)?;
+    Ok(Pair::new(a, b, 1 << 16)?)
+}
+
+/// The soft fabric's pipelined 64 B READ rate with `depth` outstanding.
+fn floor(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
     let (raddr, rkey) = (p.region.addr(), p.region.rkey());
     let post = |slot: u64| {
         p.client.qp.post_send(&[SendWr {
@@ -219,7 +226,11 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
     let link = match o.fabric.as_str() {
         "shm" => LinkKind::Shm,
         "tcp" => LinkKind::Tcp,
-        f => return Err(Error::Invalid(format!("bench inflight: fabric {f}: shm or tcp"))),
+        f => {
+            return Err(Error::Invalid(format!(
+                "bench inflight: fabric {f}: shm or tcp"
+            )))
+        }
     };
     let depths: Vec<usize> = if o.depths.is_empty() {
         vec![1, 4, 16, 32]
@@ -296,8 +307,9 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
                 push("task", d, n, secs);
             }
             drop(t);
+            let p = floor_pair(link)?;
             for &d in &depths {
-                let n = floor(link, d, o.budget)?;
+                let n = floor(&p, d, o.budget)?;
                 push("floor", d, n, secs);
             }
             Ok(())
