@@ -94,8 +94,7 @@ fn cycles(c: &mut ClientThread, flag: u64, depth: usize, budget: Duration) -> Re
     let obj = |k: u64| k * 4096;
     loop {
         let running = t0.elapsed() < budget;
-        while running {
-            let Some(k) = free.pop() else { break };
+        while let Some(k) = free.pop().filter(|_| running) {
             let p = c.post_get_wlease(0, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
             if p == Post::Retry {
                 free.push(k);
@@ -132,10 +131,10 @@ fn cycles(c: &mut ClientThread, flag: u64, depth: usize, budget: Duration) -> Re
                 }
             }
         }
-        for k in 0..depth {
-            if let Some(mut l) = held[k].take() {
+        for (k, h) in held.iter_mut().enumerate() {
+            if let Some(mut l) = h.take() {
                 if c.post_relinquish(&mut l, 0, 0, k as u64 | 1 << 32)? == Post::Retry {
-                    held[k] = Some(l);
+                    *h = Some(l);
                 }
             }
         }

@@ -31,7 +31,7 @@ use crate::Result;
 
 enum Slot {
     Waiting(Waker),
-    Done(Completion),
+    Done(Box<Completion>),
     /// Its future was dropped before the call completed (e.g. the losing
     /// side of a `select`): the completion is dropped when it arrives.
     Abandoned,
@@ -108,7 +108,7 @@ where
         match calls.remove(&self.tag) {
             Some(Slot::Done(c)) => {
                 self.tag = 0;
-                Poll::Ready(Ok(c))
+                Poll::Ready(Ok(*c))
             }
             Some(Slot::Waiting(_) | Slot::Abandoned) | None => {
                 calls.insert(self.tag, Slot::Waiting(cx.waker().clone()));
@@ -183,7 +183,7 @@ impl AsyncThread {
                 let tag = c.user_data;
                 match calls.remove(&tag) {
                     Some(Slot::Waiting(w)) => {
-                        calls.insert(tag, Slot::Done(c));
+                        calls.insert(tag, Slot::Done(Box::new(c)));
                         wake.push(w);
                     }
                     Some(Slot::Abandoned) => {}
