@@ -77,6 +77,18 @@ impl ClientThread {
         }
     }
 
+    /// Sends `bytes` as one message on this thread's RPC connection to
+    /// directory `dir` of node `node`, as they are: what a hostile client can
+    /// always do on its own connection (tests of the directory's defences
+    /// use it to flood). Replies, if any, are dropped by the engine.
+    #[doc(hidden)]
+    pub fn raw_rpc_send(&mut self, node: u16, dir: u16, bytes: &[u8]) -> Result<()> {
+        self.check_dir(node, dir)?;
+        let peer = self.sh.dir_index(node, dir);
+        self.msgr.send(peer, bytes)?;
+        Ok(())
+    }
+
     /// An administrative RPC to directory `dir` of node `node`; returns the
     /// reply value (e.g. live leases for [`AdminOp::Stats`]).
     pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
