@@ -1,7 +1,8 @@
 //! The header-only C++ shim (bindings/cpp/patronus.hpp) against the real
 //! libpatronus.so: tests/cpp/test_patronus.cpp built with
 //! `-std=c++17 -Wall -Wextra -Werror -pedantic` and run; the header also
-//! compiles as C++20.
+//! compiles as C++20 and without Boost; tests/cpp/test_coro.cpp runs the
+//! original's coroutine model (Boost.Coroutine master + 16 workers).
 
 mod common;
 
@@ -17,6 +18,10 @@ fn libdir() -> PathBuf {
 }
 
 fn build(std: &str, out: &str) -> PathBuf {
+    build_src(std, "tests/cpp/test_patronus.cpp", out, &[])
+}
+
+fn build_src(std: &str, src: &str, out: &str, libs: &[&str]) -> PathBuf {
     let lib = libdir();
     let exe = lib.join(out);
     let o = Command::new("g++")
@@ -31,12 +36,13 @@ fn build(std: &str, out: &str) -> PathBuf {
         ])
         .arg(format!("-I{}", root().join("include").display()))
         .arg(format!("-I{}", root().join("bindings/cpp").display()))
-        .arg(root().join("tests/cpp/test_patronus.cpp"))
+        .arg(root().join(src))
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .arg("-lpatronus")
+        .args(libs)
         .output()
         .unwrap();
     assert!(
@@ -70,4 +76,46 @@ fn cpp_class_api_in_the_original_style() {
 #[test]
 fn cpp_header_compiles_as_cpp20() {
     build("c++20", "test_patronus20");
+}
+
+#[test]
+fn cpp_coroutines_in_the_original_style_overlap_calls() {
+    let exe = build_src(
+        "c++17",
+        "tests/cpp/test_coro.cpp",
+        "test_coro",
+        &["-lboost_coroutine", "-lboost_context"],
+    );
+    let o = Command::new(&exe)
+        .env("PATRONUS_LOG", "warn")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{out}");
+    assert!(out.contains("test_coro: ok"), "{out}");
+}
+
+#[test]
+fn cpp_header_compiles_without_boost() {
+    let o = Command::new("g++")
+        .args([
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-fsyntax-only",
+        ])
+        .arg("-DPATRONUS_NO_BOOST")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(format!("-I{}", root().join("bindings/cpp").display()))
+        .arg(root().join("tests/cpp/test_patronus.cpp"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

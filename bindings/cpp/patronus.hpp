@@ -2,8 +2,15 @@
 // original Patronus.h names (namespace patronus, RC/RetCode, GlobalAddress,
 // the flag enums) so code written for the original compiles unchanged for
 // the calls it uses: Patronus::ins(config), leases (move-only RAII), the data
-// path, batches, allocation, keeper helpers. The API is synchronous: every
-// `CoroContext *ctx` parameter is accepted and ignored (pass nullptr).
+// path, batches, allocation, keeper helpers, and the original's coroutine
+// model: a call given a worker's `CoroContext *` posts its request and yields
+// to the master, which resumes the workers whose calls completed
+// (`try_get_client_continue_coros`); nullptr (or the master's or nullctx)
+// blocks. The coroutine types of the original (`CoroYield`, `CoroCall`,
+// Boost.Coroutine symmetric coroutines) are defined when
+// <boost/coroutine/all.hpp> is available (Debian: libboost-coroutine-dev; link
+// -lboost_coroutine -lboost_context) unless PATRONUS_NO_BOOST is defined;
+// this header itself needs no Boost.
 // Ownership: a Lease owns its patronus_lease_t and frees it (without
 // relinquishing) when destroyed; a PatronusBatchContext owns its batch; a
 // Patronus owns its node and frees it when the last shared_ptr goes away.
@@ -14,11 +21,36 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <ostream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
+
+#if !defined(PATRONUS_NO_BOOST) && defined(__has_include)
+#if __has_include(<boost/coroutine/all.hpp>)
+#ifndef BOOST_COROUTINES_NO_DEPRECATION_WARNING
+#define BOOST_COROUTINES_NO_DEPRECATION_WARNING
+#endif
+#ifndef BOOST_ALLOW_DEPRECATED_HEADERS
+#define BOOST_ALLOW_DEPRECATED_HEADERS
+#endif
+#include <boost/coroutine/all.hpp>
+#define PATRONUS_HAS_BOOST_CORO 1
+using CoroYield = boost::coroutines::symmetric_coroutine<void>::yield_type;
+using CoroCall = boost::coroutines::symmetric_coroutine<void>::call_type;
+#endif
+#endif
+
+// Coroutine ids, as the original.
+using coro_t = uint8_t;
+static constexpr coro_t kMasterCoro = coro_t(-1);
+static constexpr coro_t kNotACoro = coro_t(-2);
 
 // The original's global GlobalAddress and RC live outside the namespace too.
 enum RC : int {
@@ -46,6 +78,14 @@ public:
     constexpr bool operator!=(const RetCode &o) const { return c_ != o.c_; }
     constexpr RC code() const { return c_; }
     std::string str() const { return patronus_rc_str(static_cast<int>(c_)); }
+    /// Aborts with a message unless the code is `c` (as the original).
+    void expect(RC c) const {
+        if (c_ != c) {
+            std::fprintf(stderr, "RetCode::expect: got %s, expected %s\n", str().c_str(),
+                         patronus_rc_str(static_cast<int>(c)));
+            std::abort();
+        }
+    }
 
 private:
     RC c_;
@@ -67,6 +107,11 @@ struct GlobalAddress {
     bool operator<(const GlobalAddress &o) const { return val() < o.val(); }
 };
 static_assert(sizeof(GlobalAddress) == 8, "GlobalAddress is 64 bits");
+
+inline std::ostream &operator<<(std::ostream &os, const GlobalAddress &g) {
+    return os << "{GA " << g.nodeID << ", " << g.offset << "}";
+}
+static const GlobalAddress nullgaddr{};
 
 namespace patronus {
 
@@ -130,8 +175,76 @@ constexpr flag_t operator|(flag_t a, E b) {
     return a | static_cast<flag_t>(b);
 }
 
-// The original's CoroContext; nullptr is always accepted (synchronous calls).
-class CoroContext;
+inline std::ostream &operator<<(std::ostream &os, AcquireRequestStatus s) {
+    static const char *names[] = {"kSuccess", "kMagicMwErr", "kLockedErr", "kBindErr",
+                                  "kRegMrErr", "kAddressOutOfRangeErr", "kNoMem", "kNoMw",
+                                  "kReserved", "kReservedNoReturn"};
+    auto i = static_cast<unsigned>(s);
+    return os << (i < sizeof(names) / sizeof(names[0]) ? names[i] : "kUnknown");
+}
+
+/// The original's coroutine context. A worker's context (thread id, its
+/// yield, the master it yields to, its id) makes calls post and yield; the
+/// master's (thread id, its yield, the array of workers) resumes workers;
+/// the default one is nullctx (calls block). The yield and call types are
+/// whatever the program uses (Boost's symmetric coroutines in the
+/// original's programs: `CoroYield`, `CoroCall`).
+class CoroContext {
+public:
+    CoroContext() = default;
+    template <typename Y, typename C>
+    CoroContext(size_t thread_id, Y *yield, C *master, coro_t coro_id)
+        : thread_id_(thread_id), yield_(yield), target_(master), coro_id_(coro_id),
+          jump_(&jump<Y, C>) {
+        if (coro_id == kMasterCoro || coro_id == kNotACoro)
+            throw std::invalid_argument("CoroContext: a worker needs a worker id");
+    }
+    template <typename Y, typename C>
+    CoroContext(size_t thread_id, Y *yield, C *workers)
+        : thread_id_(thread_id), yield_(yield), target_(workers), coro_id_(kMasterCoro),
+          jump_(&jump<Y, C>) {}
+    CoroContext(const CoroContext &) = delete;
+    CoroContext &operator=(const CoroContext &) = delete;
+
+    /// A worker gives the thread back to its master.
+    void yield_to_master() const {
+        if (!is_worker()) throw std::logic_error("yield_to_master: not a worker");
+        jump_(yield_, target_, 0);
+    }
+    /// The master resumes worker `wid`.
+    void yield_to_worker(coro_t wid) const {
+        if (!is_master()) throw std::logic_error("yield_to_worker: not the master");
+        jump_(yield_, target_, wid);
+    }
+    bool is_master() const { return coro_id_ == kMasterCoro; }
+    bool is_worker() const { return coro_id_ != kMasterCoro && coro_id_ != kNotACoro; }
+    bool is_nullctx() const { return coro_id_ == kNotACoro; }
+    coro_t coro_id() const { return coro_id_; }
+    size_t thread_id() const { return thread_id_; }
+
+private:
+    template <typename Y, typename C>
+    static void jump(void *y, void *t, size_t i) {
+        (*static_cast<Y *>(y))(static_cast<C *>(t)[i]);
+    }
+    size_t thread_id_{0};
+    void *yield_{nullptr};
+    void *target_{nullptr};
+    coro_t coro_id_{kNotACoro};
+    void (*jump_)(void *, void *, size_t){nullptr};
+};
+
+static CoroContext nullctx;
+
+inline std::ostream &operator<<(std::ostream &os, const CoroContext &ctx) {
+    if (ctx.is_master()) return os << "{Coro T(" << ctx.thread_id() << ") Master }";
+    if (ctx.is_nullctx()) return os << "{Coro Not a coro}";
+    return os << "{Coro T(" << ctx.thread_id() << ") " << int(ctx.coro_id()) << "}";
+}
+
+namespace time {
+using ns_t = int64_t;
+}
 
 inline std::string last_error() {
     const char *e = patronus_last_error();
@@ -172,6 +285,12 @@ struct PatronusTime {
     uint64_t term() const { return val; }
 };
 
+/// `lease.ddl_term() - p->patronus_now()`: nanoseconds left (negative once
+/// past), as the original.
+inline int64_t operator-(uint64_t ddl, PatronusTime now) {
+    return static_cast<int64_t>(ddl - now.val);
+}
+
 class Patronus;
 
 /// A lease. Move-only; destroying it frees the handle but does not
@@ -211,6 +330,13 @@ private:
     patronus_lease_t *h_{nullptr};
 };
 
+inline std::ostream &operator<<(std::ostream &os, const Lease &l) {
+    if (!l.native()) return os << "{Lease null}";
+    return os << "{Lease id " << l.id() << ", dir " << l.dir_id() << ", size " << l.buffer_size()
+              << ", " << (l.success() ? "granted" : "not granted") << " ec " << l.ec()
+              << ", ddl " << l.ddl_term() << "}";
+}
+
 /// A batch of one-sided operations (at most 16, towards one directory).
 class PatronusBatchContext {
 public:
@@ -229,9 +355,16 @@ public:
     }
     ~PatronusBatchContext() { patronus_batch_free(b_); }
     patronus_batch_t *native() const { return b_; }
+    /// Operations one batch holds at most.
+    static constexpr size_t kMaxOp = 16;
+    /// True when nothing is prepared.
+    bool empty() const { return ops_ == 0; }
+    void count_op() { ops_++; }
+    void clear_ops() { ops_ = 0; }
 
 private:
     patronus_batch_t *b_;
+    size_t ops_{0};
 };
 
 /// One node of a Patronus cluster.
@@ -283,33 +416,39 @@ public:
     Lease get_rlease(uint16_t node_id, uint16_t dir_id, GlobalAddress bind_gaddr,
                      uint64_t alloc_hint, size_t size, std::chrono::nanoseconds ns, flag_t flag,
                      CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return Lease(await(ctx, [&](uint64_t tag) { return patronus_post_get_rlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint, size, ns_of(ns), flag, tag); }).lease);
         return Lease(patronus_get_rlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint,
                                          size, ns_of(ns), flag));
     }
     Lease get_wlease(uint16_t node_id, uint16_t dir_id, GlobalAddress bind_gaddr,
                      uint64_t alloc_hint, size_t size, std::chrono::nanoseconds ns, flag_t flag,
                      CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return Lease(await(ctx, [&](uint64_t tag) { return patronus_post_get_wlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint, size, ns_of(ns), flag, tag); }).lease);
         return Lease(patronus_get_wlease(p_, node_id, dir_id, bind_gaddr.to_c(), alloc_hint,
                                          size, ns_of(ns), flag));
     }
     RetCode relinquish(Lease &lease, uint64_t hint, flag_t flag, CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_relinquish(p_, lease.native(), hint, flag, tag); }).rc);
         return rc(patronus_relinquish(p_, lease.native(), hint, flag));
     }
     RetCode extend(Lease &lease, std::chrono::nanoseconds ns, flag_t flag,
                    CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_extend(p_, lease.native(), ns_of(ns), flag, tag); }).rc);
         return rc(patronus_extend(p_, lease.native(), ns_of(ns), flag));
     }
     RetCode rpc_extend(Lease &lease, std::chrono::nanoseconds ns, flag_t flag,
                        CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_rpc_extend(p_, lease.native(), ns_of(ns), flag, tag); }).rc);
         return rc(patronus_rpc_extend(p_, lease.native(), ns_of(ns), flag));
     }
     Lease upgrade(Lease &lease, flag_t flag, CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return Lease(await(ctx, [&](uint64_t tag) { return patronus_post_upgrade(p_, lease.native(), flag, tag); }).lease);
         return Lease(patronus_upgrade(p_, lease.native(), flag));
     }
     GlobalAddress get_gaddr(const Lease &lease) const {
@@ -319,69 +458,83 @@ public:
     // data path -----------------------------------------------------------
     RetCode read(Lease &lease, char *obuf, size_t size, size_t offset, flag_t flag,
                  CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_read(p_, lease.native(), obuf, size, offset, flag, tag); }).rc);
         return rc(patronus_read(p_, lease.native(), obuf, size, offset, flag));
     }
     RetCode write(Lease &lease, const char *ibuf, size_t size, size_t offset, flag_t flag,
                   CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_write(p_, lease.native(), ibuf, size, offset, flag, tag); }).rc);
         return rc(patronus_write(p_, lease.native(), ibuf, size, offset, flag));
     }
     RetCode cas(Lease &lease, char *iobuf, size_t offset, uint64_t compare, uint64_t swap,
                 flag_t flag, CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_cas(p_, lease.native(), iobuf, offset, compare, swap, flag, tag); }).rc);
         return rc(patronus_cas(p_, lease.native(), iobuf, offset, compare, swap, flag));
     }
     RetCode faa(Lease &lease, char *iobuf, size_t offset, int64_t value, flag_t flag,
                 CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_faa(p_, lease.native(), iobuf, offset, value, flag, tag); }).rc);
         return rc(patronus_faa(p_, lease.native(), iobuf, offset, value, flag));
     }
     RetCode rpc_read(Lease &lease, char *obuf, size_t size, size_t offset, flag_t flag,
                      CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_rpc_read(p_, lease.native(), obuf, size, offset, flag, tag); }).rc);
         return rc(patronus_rpc_read(p_, lease.native(), obuf, size, offset, flag));
     }
     RetCode rpc_write(Lease &lease, const char *ibuf, size_t size, size_t offset, flag_t flag,
                       CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_rpc_write(p_, lease.native(), ibuf, size, offset, flag, tag); }).rc);
         return rc(patronus_rpc_write(p_, lease.native(), ibuf, size, offset, flag));
     }
     RetCode rpc_cas(Lease &lease, char *iobuf, size_t offset, uint64_t compare, uint64_t swap,
                     CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_rpc_cas(p_, lease.native(), iobuf, offset, compare, swap, tag); }).rc);
         return rc(patronus_rpc_cas(p_, lease.native(), iobuf, offset, compare, swap));
     }
     RetCode rpc_faa(Lease &lease, char *iobuf, size_t offset, int64_t value,
                     CoroContext *ctx = nullptr) {
-        (void)ctx;
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_rpc_faa(p_, lease.native(), iobuf, offset, value, tag); }).rc);
         return rc(patronus_rpc_faa(p_, lease.native(), iobuf, offset, value));
     }
     RetCode prepare_read(PatronusBatchContext &b, Lease &lease, char *obuf, size_t size,
                          size_t offset, flag_t flag, CoroContext *ctx = nullptr) {
         (void)ctx;
+        b.count_op();
         return rc(patronus_prepare_read(p_, b.native(), lease.native(), obuf, size, offset, flag));
     }
     RetCode prepare_write(PatronusBatchContext &b, Lease &lease, const char *ibuf, size_t size,
                           size_t offset, flag_t flag, CoroContext *ctx = nullptr) {
         (void)ctx;
+        b.count_op();
         return rc(
             patronus_prepare_write(p_, b.native(), lease.native(), ibuf, size, offset, flag));
     }
     RetCode prepare_cas(PatronusBatchContext &b, Lease &lease, char *iobuf, size_t offset,
                         uint64_t compare, uint64_t swap, flag_t flag, CoroContext *ctx = nullptr) {
         (void)ctx;
+        b.count_op();
         return rc(patronus_prepare_cas(p_, b.native(), lease.native(), iobuf, offset, compare,
                                        swap, flag));
     }
     RetCode prepare_faa(PatronusBatchContext &b, Lease &lease, char *iobuf, size_t offset,
                         int64_t value, flag_t flag, CoroContext *ctx = nullptr) {
         (void)ctx;
+        b.count_op();
         return rc(
             patronus_prepare_faa(p_, b.native(), lease.native(), iobuf, offset, value, flag));
     }
     RetCode commit(PatronusBatchContext &b, CoroContext *ctx = nullptr) {
-        (void)ctx;
+        b.clear_ops();
+        if (worker(ctx))
+            return rc(await(ctx, [&](uint64_t tag) { return patronus_post_commit(p_, b.native(), tag); }).rc);
         return rc(patronus_commit(p_, b.native()));
     }
     Buffer get_rdma_buffer(size_t size) {
@@ -442,8 +595,76 @@ public:
         check(patronus_keeper_barrier(p_, key.c_str()), "keeper_barrier");
     }
 
+    // coroutines -------------------------------------------------------------
+    /// The master's poll: stores up to `limit` ids of workers whose calls
+    /// completed in `buf` (resume each with `yield_to_worker`); never blocks.
+    size_t try_get_client_continue_coros(coro_t *buf, size_t limit) {
+        size_t n = 0;
+        auto &r = ready();
+        while (n < limit && !r.empty()) {
+            buf[n++] = r.back();
+            r.pop_back();
+        }
+        if (n < limit) {
+            patronus_completion_t cs[64];
+            size_t want = limit - n < 64 ? limit - n : 64;
+            size_t k = patronus_poll(p_, cs, want);
+            for (size_t i = 0; i < k; i++) {
+                done()[cs[i].user_data] = cs[i];
+                buf[n++] = coro_of(cs[i].user_data);
+            }
+        }
+        return n;
+    }
+    /// Calls this thread has in flight.
+    size_t inflight() const { return patronus_inflight(p_); }
+
 private:
     explicit Patronus(patronus_t *p) : p_(p) {}
+    static bool worker(CoroContext *ctx) { return ctx && ctx->is_worker(); }
+    static coro_t coro_of(uint64_t tag) { return static_cast<coro_t>(tag >> 56); }
+    // Per thread: completions waiting for their worker, workers to resume
+    // (completions taken while a post met the limit), the tag sequence.
+    static std::unordered_map<uint64_t, patronus_completion_t> &done() {
+        static thread_local std::unordered_map<uint64_t, patronus_completion_t> m;
+        return m;
+    }
+    static std::vector<coro_t> &ready() {
+        static thread_local std::vector<coro_t> v;
+        return v;
+    }
+    static uint64_t next_tag(coro_t id) {
+        static thread_local uint64_t seq = 0;
+        seq = (seq + 1) & ((uint64_t(1) << 56) - 1);
+        return (uint64_t(id) << 56) | seq;
+    }
+    /// Posts through `post(tag)` and yields to the master until the call's
+    /// completion is there (the master stores it when it polls).
+    template <typename F>
+    patronus_completion_t await(CoroContext *ctx, F post) {
+        uint64_t tag = next_tag(ctx->coro_id());
+        patronus_rc_t r;
+        while ((r = post(tag)) == PATRONUS_RC_RETRY) {
+            // At the thread's limit: take one completion (for whichever
+            // worker) so that this post fits; its worker runs next time.
+            patronus_completion_t c;
+            if (patronus_wait(p_, &c, 1, 1000000) == 1) {
+                done()[c.user_data] = c;
+                ready().push_back(coro_of(c.user_data));
+            }
+        }
+        if (r != PATRONUS_RC_OK) return patronus_completion_t{tag, r, nullptr, 0};
+        for (;;) {
+            ctx->yield_to_master();
+            auto &m = done();
+            auto it = m.find(tag);
+            if (it != m.end()) {
+                patronus_completion_t c = it->second;
+                m.erase(it);
+                return c;
+            }
+        }
+    }
     static RetCode rc(patronus_rc_t r) { return RetCode(static_cast<RC>(r)); }
     static uint64_t ns_of(std::chrono::nanoseconds ns) {
         return ns.count() < 0 ? 0 : static_cast<uint64_t>(ns.count());
