@@ -28,6 +28,7 @@
 #include <ostream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -403,7 +404,15 @@ public:
 
     // threads, time, sync -------------------------------------------------
     RetCode registerClientThread() { return rc(patronus_register_client_thread(p_)); }
-    RetCode registerServerThread() { return rc(patronus_register_server_thread(p_)); }
+    /// Makes this thread a server thread (a directory). Throws
+    /// std::runtime_error with the library's message when it cannot (e.g.
+    /// every directory is taken): code written for the original ignores the
+    /// result, so a failure must not pass silently.
+    RetCode registerServerThread() {
+        RetCode r = rc(patronus_register_server_thread(p_));
+        if (r != RC::kOk) throw std::runtime_error("registerServerThread: " + last_error());
+        return r;
+    }
     void server_serve(uint64_t key) { patronus_server_serve(p_, key); }
     void finished(uint64_t key) { patronus_finished(p_, key); }
     bool should_exit(uint64_t key) const { return patronus_should_exit(p_, key); }
@@ -575,6 +584,36 @@ public:
     // keeper ---------------------------------------------------------------
     void put(const std::string &key, const std::string &value) {
         check(patronus_put(p_, key.c_str(), value.data(), value.size()), "put");
+    }
+    /// As the original: `sleep_time` was its polling interval (the library
+    /// waits on its own).
+    template <typename T>
+    void put(const std::string &key, const T &value, std::chrono::nanoseconds sleep_time) {
+        (void)sleep_time;
+        static_assert(std::is_trivially_copyable<T>::value, "put: trivially copyable values");
+        put(key, std::string(reinterpret_cast<const char *>(&value), sizeof(T)));
+    }
+    void put(const std::string &key, const std::string &value,
+             std::chrono::nanoseconds sleep_time) {
+        (void)sleep_time;
+        put(key, value);
+    }
+    std::string get(const std::string &key, std::chrono::nanoseconds sleep_time) {
+        (void)sleep_time;
+        return get(key);
+    }
+    /// `get` and a byte copy into a T (throws when the value is shorter).
+    template <typename T>
+    T get_object(const std::string &key,
+                 std::chrono::nanoseconds sleep_time = std::chrono::milliseconds(1)) {
+        (void)sleep_time;
+        static_assert(std::is_trivially_copyable<T>::value, "get_object: trivially copyable T");
+        std::string v = get(key);
+        if (v.size() < sizeof(T))
+            throw std::runtime_error("get_object: value of " + key + " is shorter than T");
+        T t;
+        std::memcpy(&t, v.data(), sizeof(T));
+        return t;
     }
     /// Waits until `key` exists.
     std::string get(const std::string &key) {

@@ -150,8 +150,27 @@ int main() {
     EXPECT(l.ddl_term() - p->patronus_now() > 0);
     EXPECT(p->relinquish(l, 0, 0) == RC::kOk);
 
+    struct Pt {
+        uint64_t a;
+        uint32_t b;
+    };
+    p->put("coro-obj", Pt{7, 9}, 1ms);
+    auto pt = p->get_object<Pt>("coro-obj");
+    EXPECT(pt.a == 7 && pt.b == 9);
+    EXPECT(p->get("coro-obj", 1ms).size() == sizeof(Pt));
+
     p->finished(0);
     srv.join();
+    // Every directory is taken (dir_nr 1, served above): loud, not silent.
+    bool threw = false;
+    std::thread([&] {
+        try {
+            p->registerServerThread();
+        } catch (const std::runtime_error &) {
+            threw = true;
+        }
+    }).join();
+    EXPECT(threw);
     if (failures) {
         std::fprintf(stderr, "test_coro: %d failures\n", failures);
         return 1;
