@@ -511,6 +511,34 @@ impl ClientThread {
         }
     }
 
+    /// Runs the engine until no call is in flight (every call ends by its
+    /// deadline), dropping unpolled completions: for a thread that goes
+    /// away.
+    pub(super) fn settle(&mut self) {
+        let t0 = Instant::now();
+        let limit = self.sh.cfg.rpc_timeout.saturating_mul(2) + Duration::from_secs(1);
+        let mut spins = 0u32;
+        while self.calls.in_flight() > 0 && t0.elapsed() < limit {
+            // Unpolled completions of posted calls free their slots.
+            let n = self.calls.ready.len();
+            self.take_ready(n);
+            let busy = self.calls.slots.iter().any(|s| s.call.is_some());
+            if !busy {
+                break;
+            }
+            match self.progress() {
+                Ok(0) => {
+                    spins += 1;
+                    self.idle(t0, spins);
+                }
+                Ok(_) => spins = 0,
+                Err(_) => break,
+            }
+        }
+        let n = self.calls.ready.len();
+        self.take_ready(n);
+    }
+
     /// Gives the core away a little when nothing happened for a while.
     fn idle(&self, t0: Instant, spins: u32) {
         let waited = t0.elapsed();

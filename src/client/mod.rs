@@ -144,7 +144,9 @@ impl Drop for ClientThread {
     /// Hands the slot (QPs, buffer) back to the node for the next
     /// `register_client_thread`.
     fn drop(&mut self) {
-        // Drain completions of this thread so the next one starts clean.
+        // Let calls still in flight finish (each within its deadline), so
+        // that none completes into the next thread's engine; then drain.
+        self.settle();
         let mut wc = [Wc::default(); 16];
         while self.data_cq.poll(&mut wc) > 0 {}
         let slot = ClientSlot {
