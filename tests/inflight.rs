@@ -359,6 +359,58 @@ fn a_lease_that_expires_with_calls_in_flight() {
     });
 }
 
+/// Reads that passed the local expiry check when posted never report a
+/// protection error because the lease ran out while they were in flight:
+/// they complete as LEASE_LOCAL_EXPIRED_ERR (the call-time contract).
+#[test]
+fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
+    with_client(1, 64, |_srv, c| {
+        let (mut expired_posted, mut expired_in_flight) = (0, 0);
+        for round in 0..10u64 {
+            let mut l = c
+                .get_rlease(0, 0, 4096 * round, 0, 64, 20_000_000, 0)
+                .unwrap();
+            assert!(l.success());
+            let t0 = Instant::now();
+            let mut first_bad = None;
+            while first_bad.is_none() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "round {round}: never expired"
+                );
+                while c.inflight() < 16 {
+                    posted(c.post_read(&mut l, 64, 0, 0, 0));
+                }
+                for x in c.wait(64, Duration::from_millis(5)).unwrap() {
+                    match x.rc() {
+                        Rc::Ok => {}
+                        Rc::LeaseLocalExpiredErr => {
+                            first_bad.get_or_insert(Rc::LeaseLocalExpiredErr);
+                        }
+                        rc => {
+                            panic!("round {round}: a read that passed the local check got {rc:?}")
+                        }
+                    }
+                }
+            }
+            for x in collect(c, c.inflight()).into_values() {
+                let rc = x.rc();
+                assert!(
+                    matches!(rc, Rc::Ok | Rc::LeaseLocalExpiredErr),
+                    "round {round}: {rc:?}"
+                );
+                if rc == Rc::LeaseLocalExpiredErr {
+                    expired_in_flight += 1;
+                }
+            }
+            expired_posted += 1;
+        }
+        eprintln!(
+            "{expired_posted} rounds, {expired_in_flight} reads expired in flight or at post"
+        );
+    });
+}
+
 #[test]
 fn bad_posts_are_invalid_and_complete_nothing() {
     with_client(1, 64, |_srv, c| {

@@ -211,6 +211,7 @@ impl ClientThread {
             pre: None,
             cache: None,
             units: None,
+            ddl: None,
         })))
     }
 

@@ -335,6 +335,10 @@ pub(super) struct DataOp {
     pub cache: Option<u64>,
     /// Set once the auto-extension was honoured.
     pub units: Option<u32>,
+    /// The lease's deadline when the call was checked against it locally:
+    /// a refusal once that deadline is in doubt means the lease ran out
+    /// while the call was in flight (LEASE_LOCAL_EXPIRED_ERR).
+    pub ddl: Option<i64>,
 }
 
 impl DataOp {
@@ -964,7 +968,17 @@ impl ClientThread {
     /// post the other calls waiting on that QP again.
     fn data_failed(&mut self, idx: u32, qp: usize) -> Result<()> {
         self.recover_qp(qp, Some(idx))?;
-        self.finish(idx, Completion::new(0, Ok(Rc::RdmaProtectionErr)));
+        let ddl = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
+            Some(Op::Data(d)) => d.ddl,
+            _ => None,
+        };
+        let rc = match ddl {
+            // It passed the local check at post time and the deadline is in
+            // doubt now: it expired in flight.
+            Some(t) if !self.sh.clock.before_deadline(t) => Rc::LeaseLocalExpiredErr,
+            _ => Rc::RdmaProtectionErr,
+        };
+        self.finish(idx, Completion::new(0, Ok(rc)));
         Ok(())
     }
 

@@ -117,6 +117,8 @@ impl ClientThread {
             pre,
             cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
             units: None,
+            ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
+                .then_some(lease.ddl),
         }))
     }
 

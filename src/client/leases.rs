@@ -310,6 +310,7 @@ impl ClientThread {
             pre: None,
             cache: None,
             units: None,
+            ddl: None,
         })))
     }
 
