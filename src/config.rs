@@ -43,6 +43,10 @@ pub struct Config {
     pub epsilon_ns: i64,
     /// How often non-parent nodes re-synchronise their clock.
     pub time_resync: Duration,
+    /// Synchronise clocks by measurement even between nodes that share one
+    /// kernel clock (same boot id and time namespace, where the offset is
+    /// exactly 0): for tests of the estimator.
+    pub measured_time_sync: bool,
     /// How long `get` and barriers wait for other nodes.
     pub keeper_timeout: Duration,
     /// Fault injection: the original's "magic MW" quirk (PATRONUS.md §4.10).
@@ -93,6 +97,7 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(2),
             epsilon_ns: 10_000,
             time_resync: Duration::from_secs(1),
+            measured_time_sync: false,
             keeper_timeout: Duration::from_secs(60),
             magic_mw_fault: false,
             alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],

@@ -20,6 +20,25 @@ pub use sync::{
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
+/// What identifies this process's CLOCK_MONOTONIC: the kernel's boot id and
+/// the time namespace's monotonic offset. Two nodes with the same id read
+/// one clock, so their true offset is exactly 0. None where the kernel does
+/// not say (then clocks are synchronised by measurement).
+pub fn clock_id() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    // A time namespace shifts CLOCK_MONOTONIC (Linux >= 5.6); without the
+    // file there is none.
+    let ns = std::fs::read_to_string("/proc/self/timens_offsets")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("monotonic"))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join("."))
+        })
+        .unwrap_or_else(|| "0.0".into());
+    Some(format!("{}/{ns}", boot.trim()))
+}
+
 /// A node's clock: monotonic ns plus the synchronised offset, and the
 /// cluster's clock uncertainty.
 #[derive(Debug)]
