@@ -23,11 +23,14 @@ impl Directory {
 
     /// Runs due GC tasks. A task whose lease was extended re-arms; otherwise
     /// the PR is closed by CAS (atomic with client extensions) and the lease
-    /// revoked.
+    /// revoked. A task is due once its deadline plus the cluster epsilon has
+    /// passed on this node's clock: no client clock can still place the
+    /// deadline ahead (clients stop at `now + epsilon < deadline`).
     pub(super) fn run_gc(&mut self, now: i64) -> Result<usize> {
         let mut n = 0;
+        let due = now.saturating_sub(self.sh.clock.epsilon());
         while n < GC_BATCH {
-            let Some((_, (slot, gen))) = self.ddl.pop_due(now) else {
+            let Some((_, (slot, gen))) = self.ddl.pop_due(due) else {
                 break;
             };
             n += 1;
