@@ -411,6 +411,61 @@ fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
     });
 }
 
+/// The expiry probe under two busy-loop hogs on the 2 cores: 20 ms leases
+/// read (blocking, local check on) until the first failure, which must be
+/// LEASE_LOCAL_EXPIRED_ERR every time (measured before the call-time
+/// contract: 58 of 300 rounds ended with a protection error).
+#[test]
+fn the_expiry_probe_under_two_hogs_never_sees_a_fault() {
+    with_client(1, 64, |_srv, c| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hogs: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        let mut faults = Vec::new();
+        let t0 = Instant::now();
+        let mut rounds = 0;
+        while rounds < 40 && t0.elapsed() < Duration::from_secs(30) {
+            let mut l = c
+                .get_rlease(0, 0, 64 * rounds, 0, 64, 20_000_000, 0)
+                .unwrap();
+            if !l.success() {
+                continue;
+            }
+            let mut b = [0u8; 64];
+            let end = loop {
+                match c.read(&mut l, &mut b, 0, 0).unwrap() {
+                    Rc::Ok => {}
+                    rc => break rc,
+                }
+            };
+            if end != Rc::LeaseLocalExpiredErr {
+                faults.push((rounds, end));
+            }
+            rounds += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+        assert!(rounds >= 10, "only {rounds} rounds in 30 s");
+        assert!(
+            faults.is_empty(),
+            "rounds ending in a fault: {faults:?} of {rounds}"
+        );
+    });
+}
+
 #[test]
 fn bad_posts_are_invalid_and_complete_nothing() {
     with_client(1, 64, |_srv, c| {
