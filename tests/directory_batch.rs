@@ -152,7 +152,10 @@ fn one_pass_binds_sixteen_clients_acquires_and_unbinds_their_relinquishes() {
                         let mut stale = l.clone();
                         phase.wait(); // all verified: relinquish together
                         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
-                        assert!(revoked(&mut c, &mut stale), "client {i}: window still works");
+                        assert!(
+                            revoked(&mut c, &mut stale),
+                            "client {i}: window still works"
+                        );
                     })
                 })
                 .collect();
@@ -162,7 +165,10 @@ fn one_pass_binds_sixteen_clients_acquires_and_unbinds_their_relinquishes() {
             assert_eq!(st.max_requests_per_pass, n as u64, "{st:?}");
             assert_eq!(st.binds - before.binds, 2 * n as u64, "{st:?}");
             assert_eq!(st.max_pass_bind_requests, n as u64, "{st:?}");
-            assert_eq!(st.max_pass_chains, n as u64, "one chain per data QP: {st:?}");
+            assert_eq!(
+                st.max_pass_chains, n as u64,
+                "one chain per data QP: {st:?}"
+            );
             assert_eq!(st.chains - before.chains, n as u64, "{st:?}");
             assert_eq!(st.max_pass_wrs, 2 * n as u64, "{st:?}");
             assert_eq!(d.live_leases(), n);
@@ -247,17 +253,33 @@ fn a_bind_failing_inside_a_chain_fails_only_its_request() {
             }
             phase.wait();
             let before = d.stats();
-            assert_eq!(d.live_leases(), 1, "client 0's expired lease, not yet collected");
+            assert_eq!(
+                d.live_leases(),
+                1,
+                "client 0's expired lease, not yet collected"
+            );
             let tid0 = rx.recv().unwrap();
             d.inject_bind_fault(nid, tid0);
-            assert_eq!(one_pass_of(d, n), n + 1, "4 requests and 1 GC task in one pass");
+            assert_eq!(
+                one_pass_of(d, n),
+                n + 1,
+                "4 requests and 1 GC task in one pass"
+            );
             let st = d.stats();
-            assert_eq!(st.failed_wrs - before.failed_wrs, 1, "one bind failed: {st:?}");
+            assert_eq!(
+                st.failed_wrs - before.failed_wrs,
+                1,
+                "one bind failed: {st:?}"
+            );
             assert!(
                 st.reposted_wrs - before.reposted_wrs >= 3,
                 "the flushed region bind and the 2 GC unbinds went again: {st:?}"
             );
-            assert_eq!(d.live_leases(), n - 1, "3 granted, the failed one and the expired one gone");
+            assert_eq!(
+                d.live_leases(),
+                n - 1,
+                "3 granted, the failed one and the expired one gone"
+            );
             serve_until(d, || hs.iter().all(|h| h.is_finished()));
             let mut res: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
             res.sort_by_key(|r| r.0);
@@ -267,7 +289,10 @@ fn a_bind_failing_inside_a_chain_fails_only_its_request() {
                     assert_eq!(*ec, St::BindErr as u8, "client 0's acquire fails");
                     failed += 1;
                     let mut old = old.take().expect("client 0 held the old lease");
-                    assert!(revoked(c, &mut old), "the GC's flushed unbinds were re-posted");
+                    assert!(
+                        revoked(c, &mut old),
+                        "the GC's flushed unbinds were re-posted"
+                    );
                 } else {
                     assert_eq!(*ec, St::Success as u8, "thread {tid}: the others succeed");
                 }
@@ -344,7 +369,10 @@ fn under_load_passes_batch_and_gc_still_revokes() {
                         assert_eq!(b, p, "client {i} round {rounds}");
                         let mut stale = l.clone();
                         assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
-                        assert!(revoked(&mut c, &mut stale), "client {i}: relinquished window works");
+                        assert!(
+                            revoked(&mut c, &mut stale),
+                            "client {i}: relinquished window works"
+                        );
                         if rounds % 20 == 0 {
                             // Left to the GC (10 ms).
                             let l = c
@@ -386,7 +414,13 @@ fn under_load_passes_batch_and_gc_still_revokes() {
         srv.join().unwrap().unwrap()
     });
     eprintln!("{stats:?}");
-    assert!(stats.multi_request_passes > 0, "no pass held 2 requests: {stats:?}");
-    assert!(stats.max_pass_bind_requests > 1, "no pass bound for 2 requests: {stats:?}");
+    assert!(
+        stats.multi_request_passes > 0,
+        "no pass held 2 requests: {stats:?}"
+    );
+    assert!(
+        stats.max_pass_bind_requests > 1,
+        "no pass bound for 2 requests: {stats:?}"
+    );
     assert_eq!(stats.failed_wrs, 0, "{stats:?}");
 }

@@ -507,12 +507,12 @@ pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<BenchRe
         let st = served?;
         eprintln!(
             "node-rate {fabric} {threads} threads: {} passes, {:.2} requests/pass (max {}), \
-             {} chains, {:.2} binds/chain, most chains in one wait {}",
+             {} chains, {:.2} window operations/chain, most chains in one wait {}",
             st.passes,
             st.requests as f64 / st.passes.max(1) as f64,
             st.max_requests_per_pass,
             st.chains,
-            st.binds as f64 / st.chains.max(1) as f64,
+            (st.binds + st.unbinds) as f64 / st.chains.max(1) as f64,
             st.max_pass_chains,
         );
         let all = r?;
