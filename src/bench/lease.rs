@@ -507,13 +507,15 @@ pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<BenchRe
         let st = served?;
         eprintln!(
             "node-rate {fabric} {threads} threads: {} passes, {:.2} requests/pass (max {}), \
-             {} chains, {:.2} window operations/chain, most chains in one wait {}",
+             {} chains, {:.2} window operations/chain, most chains in one wait {}, \
+             directory busy {:.0} ns per request",
             st.passes,
             st.requests as f64 / st.passes.max(1) as f64,
             st.max_requests_per_pass,
             st.chains,
             (st.binds + st.unbinds) as f64 / st.chains.max(1) as f64,
             st.max_pass_chains,
+            st.busy_ns as f64 / st.requests.max(1) as f64,
         );
         let all = r?;
         Ok(rec(

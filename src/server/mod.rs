@@ -206,8 +206,10 @@ impl Directory {
         let mut idle_since: Option<Instant> = None;
         let mut last_check = Instant::now();
         loop {
+            let t0 = Instant::now();
             let did = self.serve_once()?;
             if did > 0 {
+                self.stats.busy_ns += t0.elapsed().as_nanos() as u64;
                 idle_since = None;
                 continue;
             }

@@ -65,6 +65,9 @@ pub struct DirStats {
     pub failed_wrs: u64,
     /// Flushed window operations posted again after a QP reset.
     pub reposted_wrs: u64,
+    /// Time `server_serve` spent in passes that did work (the directory's
+    /// busy time; `busy_ns / requests` is its cost per request).
+    pub busy_ns: u64,
 }
 
 /// A window operation of the pass.
