@@ -226,6 +226,10 @@ enum BenchCmd {
         /// Time budget per scenario, seconds.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+        /// Only the per-memory-node acquire rate with this many client
+        /// threads (repeatable), instead of the other scenarios.
+        #[arg(long = "client-threads", value_parser = clap::value_parser!(u16).range(1..=64))]
+        client_threads: Vec<u16>,
     },
     /// Calls in flight per client thread (1, 4, 16, 32): 64 B READs, lease
     /// cycles with 2/1/0 binds, the concurrent task, and the fabric's own
@@ -334,6 +338,7 @@ fn main() -> ExitCode {
                     quick,
                     ops,
                     seconds,
+                    client_threads,
                 },
         } => (|| {
             let fabrics = match f {
@@ -344,6 +349,13 @@ fn main() -> ExitCode {
             };
             let mut recs = Vec::new();
             for fab in fabrics {
+                let secs = Duration::from_secs_f64(if quick { 0.3 } else { seconds });
+                for &t in &client_threads {
+                    recs.push(patronus::bench::lease::node_rate(fab, t, secs)?);
+                }
+                if !client_threads.is_empty() {
+                    continue;
+                }
                 let o = patronus::bench::lease::Opts {
                     fabric: fab.into(),
                     ops: if quick { 500 } else { ops },

@@ -373,13 +373,15 @@ fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
             assert!(l.success());
             let t0 = Instant::now();
             let mut first_bad = None;
+            let mut tag = 0u64;
             while first_bad.is_none() {
                 assert!(
                     t0.elapsed() < Duration::from_secs(10),
                     "round {round}: never expired"
                 );
                 while c.inflight() < 16 {
-                    posted(c.post_read(&mut l, 64, 0, 0, 0));
+                    posted(c.post_read(&mut l, 64, 0, 0, tag));
+                    tag += 1;
                 }
                 for x in c.wait(64, Duration::from_millis(5)).unwrap() {
                     match x.rc() {

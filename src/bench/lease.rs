@@ -427,3 +427,103 @@ pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result
     }
     Ok(())
 }
+
+/// Per-memory-node acquire rate: `threads` client threads of one client
+/// node, each in an acquire (2 binds, no GC) + relinquish loop for
+/// `budget` (started together), against one directory of the memory node.
+/// One record per thread count: `mops` is the node's cycle rate (all
+/// threads), `p50_ns`/`p99_ns` one cycle's latency. The directory's pass
+/// statistics go to stderr.
+pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<BenchRecord> {
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: threads.max(1),
+        cluster: format!(
+            "bench-node-rate-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: fabric.into(),
+        keeper: None,
+        leases_per_dir: 4096,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cfg.clone();
+            std::thread::spawn(move || Patronus::new(c))
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for h in hs {
+        nodes.push(
+            h.join()
+                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
+        );
+    }
+    nodes.sort_by_key(|n| n.get_node_id());
+    let (server, client) = (&nodes[0], &nodes[1]);
+    let mut dir = server.register_server_thread()?;
+    let start = std::sync::Barrier::new(threads as usize);
+    std::thread::scope(|s| {
+        let h = s.spawn(move || dir.server_serve(0).map(|_| dir.stats()));
+        let r = (|| -> Result<super::Lat> {
+            let ws: Vec<_> = (0..threads as u64)
+                .map(|t| {
+                    let start = &start;
+                    s.spawn(move || -> Result<super::Lat> {
+                        let mut c = client.register_client_thread();
+                        start.wait();
+                        let c = c.as_mut().map_err(|e| Error::Invalid(e.to_string()))?;
+                        let mut i = 0u64;
+                        run_latency(u64::MAX, budget, || {
+                            i += 1;
+                            let key = (t * 1024 + i % 1024) * 64;
+                            let mut l = c.get_lease(true, 0, 0, key, 64, 0, acquire::NO_GC)?;
+                            granted(&l, "acquire")?;
+                            ok(c.relinquish(&mut l, 0, 0)?, "relinquish")
+                        })
+                    })
+                })
+                .collect();
+            let mut all = super::Lat::new()?;
+            let mut wall = Duration::ZERO;
+            for w in ws {
+                let l = w
+                    .join()
+                    .map_err(|_| Error::Invalid("client thread panicked".into()))??;
+                wall = wall.max(l.elapsed);
+                all.merge(&l)?;
+            }
+            all.elapsed = wall;
+            Ok(all)
+        })();
+        let _ = server.finished(0);
+        let _ = client.finished(0);
+        let served = h
+            .join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
+        let st = served?;
+        eprintln!(
+            "node-rate {fabric} {threads} threads: {} passes, {:.2} requests/pass (max {}), \
+             {} chains, {:.2} window operations/chain, most chains in one wait {}, \
+             directory busy {:.0} ns per request",
+            st.passes,
+            st.requests as f64 / st.passes.max(1) as f64,
+            st.max_requests_per_pass,
+            st.chains,
+            (st.binds + st.unbinds) as f64 / st.chains.max(1) as f64,
+            st.max_pass_chains,
+            st.busy_ns as f64 / st.requests.max(1) as f64,
+        );
+        let all = r?;
+        Ok(rec(
+            "node-rate",
+            fabric,
+            &format!("{threads}-threads"),
+            64,
+            &all,
+        ))
+    })
+}

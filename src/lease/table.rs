@@ -165,15 +165,30 @@ impl LeaseTable {
     /// Removes the lease in `slot` and frees the slot and its protection
     /// region; returns it so that the caller revokes what it holds.
     pub fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let e = self.remove_keeping_pr(slot)?;
+        if let Some(pr) = e.pr {
+            self.give_pr(pr);
+        }
+        Some(e)
+    }
+
+    /// Removes the lease in `slot` and frees the slot, but not its
+    /// protection region: the caller gives that back with
+    /// [`LeaseTable::give_pr`] once the region's window is unbound (a region
+    /// still reachable by its old holder must not serve a new lease).
+    pub fn remove_keeping_pr(&mut self, slot: u32) -> Option<Entry> {
         let e = self.slots.get_mut(slot as usize)?.take()?;
         if let Some(n) = self.held.get_mut(&e.peer) {
             *n = n.saturating_sub(1);
         }
-        if let Some(pr) = e.pr {
-            self.free_prs.push(pr);
-        }
         self.free_slots.push(slot);
         Some(e)
+    }
+
+    /// Gives back protection region `pr` (of a lease removed with
+    /// [`LeaseTable::remove_keeping_pr`]).
+    pub fn give_pr(&mut self, pr: u32) {
+        self.free_prs.push(pr);
     }
 
     /// Slots of every live lease.

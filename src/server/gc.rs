@@ -1,7 +1,7 @@
 //! The lease GC: due tasks from the deadline queue, decided by
 //! `LeaseTable::gc_step` and carried out here.
 
-use super::Directory;
+use super::{Directory, PASS_WRS};
 use crate::lease::table::GcStep;
 use crate::Result;
 
@@ -10,26 +10,37 @@ const GC_BATCH: usize = 64;
 
 impl Directory {
     /// Revokes every live lease (closing its protection region first) and
-    /// drops the GC queue: the end of serving.
+    /// drops the GC queue: the end of serving. The unbinds go in chains of
+    /// at most [`PASS_WRS`] operations.
     pub(super) fn revoke_all(&mut self) {
         for slot in self.table.live_slots() {
             if let Some(pr) = self.table.slot_pr(slot) {
                 let _ = self.prs().close(self.pr_off(pr));
             }
             self.revoke(slot, true);
+            if self.pass.ops.len() + 2 > PASS_WRS {
+                self.commit();
+                self.release_quarantine();
+            }
         }
+        self.commit();
+        self.release_quarantine();
         self.ddl = Default::default();
     }
 
-    /// Runs due GC tasks. A task whose lease was extended re-arms; otherwise
-    /// the PR is closed by CAS (atomic with client extensions) and the lease
-    /// revoked. A task is due once its deadline plus the cluster epsilon has
-    /// passed on this node's clock: no client clock can still place the
-    /// deadline ahead (clients stop at `now + epsilon < deadline`).
+    /// Runs due GC tasks (at most [`GC_BATCH`], and only while the pass has
+    /// room for their unbinds). A task is due once its deadline plus the
+    /// cluster epsilon has passed on this node's clock: no client clock can
+    /// still place the deadline ahead (clients stop at `now + epsilon <
+    /// deadline`). A task whose lease was extended re-arms; otherwise the PR
+    /// is closed by CAS (atomic with client extensions) and the lease
+    /// revoked (its unbinds join the pass's chain, which completes before the
+    /// pass replies to anyone).
     pub(super) fn run_gc(&mut self, now: i64) -> Result<usize> {
         let mut n = 0;
         let due = now.saturating_sub(self.sh.clock.epsilon());
-        while n < GC_BATCH {
+        // A revocation queues up to 2 unbinds on the pass.
+        while n < GC_BATCH && self.pass.ops.len() + 2 <= PASS_WRS {
             let Some((_, (slot, gen))) = self.ddl.pop_due(due) else {
                 break;
             };

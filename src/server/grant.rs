@@ -1,6 +1,7 @@
 //! Acquire, relinquish (and dealloc) and two-sided extension: the lease
 //! table's grant path driven through windows and protection regions.
 
+use super::pass::PendingAcquire;
 use super::Directory;
 use crate::fabric::Access;
 use crate::lease::flags::{acquire, modify};
@@ -153,41 +154,66 @@ impl Directory {
             slot,
             ..Default::default()
         };
-        let r = self.bind_lease(&mut e, &mut resp, slot, f, with_pr, no_bind);
-        let magic = std::mem::take(&mut self.magic_hit);
-        if r.is_err() || magic {
-            self.table.install(slot, e);
-            self.revoke(slot, true);
-            release(self);
-            return fail(match r {
-                Ok(()) => St::MagicMwErr,
-                Err(Failed::NoMw(why)) => {
-                    tracing::debug!(dir = self.id, "acquire failed: {why}");
-                    St::NoMw
-                }
-                Err(Failed::RegMr(err)) => {
-                    tracing::debug!(dir = self.id, "acquire failed: {err}");
-                    St::RegMrErr
-                }
-                Err(Failed::Bind(err)) => {
-                    tracing::debug!(dir = self.id, "acquire failed: {err}");
-                    St::BindErr
-                }
-            });
-        }
-        resp.generation = e.gen;
-        if !e.no_gc {
-            self.ddl.push(term.deadline(1), (slot, e.gen));
-        }
+        // The pending acquire this lease's binds belong to (it is recorded
+        // only when binds were queued).
+        let owner = self.pass.acquires.len();
+        let ops_before = self.pass.ops.len();
+        let r = self.bind_lease(&mut e, &mut resp, slot, f, with_pr, no_bind, owner);
+        let (gen, ddl) = (e.gen, (!e.no_gc).then(|| term.deadline(1)));
+        let (mw_buf, mw_pr, peer_of) = (e.mw_buf, e.mw_pr, e.peer);
         self.table.install(slot, e);
-        self.purge_stale_gc();
+        let magic = match r {
+            Ok(magic) => magic,
+            Err(err) => {
+                // Binds it queued run, then are unbound by its revocation.
+                for o in &mut self.pass.ops[ops_before..] {
+                    o.owner = None;
+                }
+                self.revoke(slot, true);
+                release(self);
+                return fail(match err {
+                    Failed::NoMw(why) => {
+                        tracing::debug!(dir = self.id, "acquire failed: {why}");
+                        St::NoMw
+                    }
+                    Failed::RegMr(err) => {
+                        tracing::debug!(dir = self.id, "acquire failed: {err}");
+                        St::RegMrErr
+                    }
+                    Failed::Bind(err) => {
+                        tracing::debug!(dir = self.id, "acquire failed: {err}");
+                        St::BindErr
+                    }
+                });
+            }
+        };
+        resp.generation = gen;
+        if self.pass.ops.len() > ops_before || magic {
+            // Finished once the pass's chains completed (`finish_acquires`).
+            self.pass.bind_requests += 1;
+            self.pass.acquires.push(PendingAcquire {
+                peer: peer_of,
+                reply: self.pass.replies.len(),
+                slot,
+                gen,
+                resp,
+                ddl,
+                mw_buf,
+                mw_pr,
+                magic,
+            });
+            return resp;
+        }
+        if let Some(at) = ddl {
+            self.ddl.push(at, (slot, gen));
+        }
         resp
     }
 
     /// Relinquished leases leave their GC tasks queued until their deadline;
     /// when they outnumber the live leases, drop them (O(n), amortised over
     /// at least 1024 grants), so the queue stays bounded by the live leases.
-    fn purge_stale_gc(&mut self) {
+    pub(super) fn purge_stale_gc(&mut self) {
         if self.ddl.len() > 2 * self.table.live() + 1024 {
             let table = &self.table;
             self.ddl
@@ -195,8 +221,11 @@ impl Directory {
         }
     }
 
-    /// Takes the protection region and windows of a new lease and binds
-    /// them; what it took is recorded in `e` so that a failure revokes it.
+    /// Takes the protection region and windows of a new lease and queues
+    /// their binds (for pending acquire `owner`); what it took is recorded
+    /// in `e` so that a failure revokes it. Returns true when a bind has the
+    /// magic index (`Config::magic_mw_fault`).
+    #[allow(clippy::too_many_arguments)]
     fn bind_lease(
         &mut self,
         e: &mut Entry,
@@ -205,7 +234,8 @@ impl Directory {
         f: u64,
         with_pr: bool,
         no_bind: bool,
-    ) -> std::result::Result<(), Failed> {
+        owner: usize,
+    ) -> std::result::Result<bool, Failed> {
         let access = if e.write {
             Access::WRITE_WINDOW
         } else {
@@ -223,8 +253,9 @@ impl Directory {
             resp.aba = w.aba;
         }
         if no_bind {
-            return Ok(());
+            return Ok(false);
         }
+        let mut magic = false;
         if f & acquire::USE_MR != 0 {
             let mr = self
                 .sh
@@ -239,9 +270,7 @@ impl Directory {
                 .pop()
                 .ok_or_else(|| Failed::NoMw("no window left".into()))?;
             e.mw_buf = Some(mw);
-            resp.rkey = self
-                .bind(e.peer, mw, e.base, e.size, access)
-                .map_err(Failed::Bind)?;
+            magic |= self.bind(e.peer, mw, e.base, e.size, access, owner);
         }
         if let Some(pr) = e.pr {
             let mw = self
@@ -250,17 +279,16 @@ impl Directory {
                 .ok_or_else(|| Failed::NoMw("no window left".into()))?;
             e.mw_pr = Some(mw);
             let at = self.pr_off(pr);
-            resp.pr_rkey = self
-                .bind(
-                    e.peer,
-                    mw,
-                    at,
-                    pr::SIZE,
-                    Access::REMOTE_READ | Access::REMOTE_ATOMIC,
-                )
-                .map_err(Failed::Bind)?;
+            magic |= self.bind(
+                e.peer,
+                mw,
+                at,
+                pr::SIZE,
+                Access::REMOTE_READ | Access::REMOTE_ATOMIC,
+                owner,
+            );
         }
-        Ok(())
+        Ok(magic)
     }
 
     /// Relinquish (and the dealloc path). Flags of the original that have

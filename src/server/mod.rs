@@ -9,6 +9,9 @@
 //! fails.
 //!
 //! - `mod.rs`: the directory's resources, the serve loop and dispatch;
+//! - `pass.rs`: a serve pass: up to 32 requests, their binds and unbinds
+//!   (and the due GC tasks') posted as one chain per data QP signalled
+//!   once, replies after the chains completed;
 //! - `grant.rs`: acquire, relinquish, dealloc and two-sided extension;
 //! - `windows.rs`: binding and revoking windows, revoking a lease;
 //! - `gc.rs`: the deadline-driven GC;
@@ -34,10 +37,12 @@ pub mod alloc;
 mod gc;
 mod grant;
 mod memory;
+mod pass;
 mod region;
 mod windows;
 
 pub use alloc::{Allocator, RefillableSlab, SlabAllocator};
+pub use pass::{DirStats, PASS_REQUESTS, PASS_WRS};
 
 /// What every directory of a node shares (handed over by `src/node`).
 pub struct DirShared {
@@ -112,8 +117,13 @@ pub struct Directory {
     /// Binds posted per connection (the magic-MW fault's index; counted only
     /// with `Config::magic_mw_fault`).
     binds: Vec<u64>,
-    /// A bind of the current acquire hit the magic index.
-    magic_hit: bool,
+    /// The pass being served.
+    pass: pass::Pass,
+    /// Tag of the current chain round (in the high half of wr_ids).
+    chain_seq: u32,
+    stats: DirStats,
+    /// Test hook: the next bind towards this peer is posted with a bad key.
+    bind_fault: Option<usize>,
 }
 
 impl Directory {
@@ -157,7 +167,10 @@ impl Directory {
             ddl: DdlQueue::default(),
             out: Vec::with_capacity(msg::MAX_MSG),
             binds: vec![0; peers],
-            magic_hit: false,
+            pass: Default::default(),
+            chain_seq: 0,
+            stats: DirStats::default(),
+            bind_fault: None,
             control,
             sh,
         })
@@ -193,8 +206,10 @@ impl Directory {
         let mut idle_since: Option<Instant> = None;
         let mut last_check = Instant::now();
         loop {
+            let t0 = Instant::now();
             let did = self.serve_once()?;
             if did > 0 {
+                self.stats.busy_ns += t0.elapsed().as_nanos() as u64;
                 idle_since = None;
                 continue;
             }
@@ -224,11 +239,39 @@ impl Directory {
         }
     }
 
-    /// Handles what is pending now; returns the work done.
+    /// Counters of this directory's passes.
+    pub fn stats(&self) -> DirStats {
+        self.stats
+    }
+
+    /// Requests received and not yet served (drains the RPC completion
+    /// queue first). For tests that let requests pile up before a pass.
+    pub fn queued_requests(&mut self) -> Result<usize> {
+        self.msgr.progress()?;
+        Ok(self.msgr.queued())
+    }
+
+    /// Fault injection for tests: the next bind this directory posts
+    /// towards client thread `(node, thread)` names an invalid memory
+    /// region, so the NIC fails it (and flushes what follows it on that
+    /// QP).
+    #[doc(hidden)]
+    pub fn inject_bind_fault(&mut self, node: u16, thread: u16) {
+        self.bind_fault = Some(self.sh.peer_index(node, thread));
+    }
+
+    /// Serves one pass: up to [`PASS_REQUESTS`] pending requests (taken
+    /// round-robin across client threads) and the due GC tasks, their
+    /// window operations posted as one chain per data QP and completed
+    /// before any reply of the pass is sent. Returns the requests and GC
+    /// tasks handled.
     pub fn serve_once(&mut self) -> Result<usize> {
-        let mut n = self.run_gc(self.sh.clock.now())?;
-        while let Some(inc) = self.msgr.try_recv()? {
-            n += 1;
+        let mut reqs = 0;
+        while reqs < PASS_REQUESTS {
+            let Some(inc) = self.msgr.try_recv()? else {
+                break;
+            };
+            reqs += 1;
             let (h, m) = match msg::decode(&inc.data) {
                 Ok(x) => x,
                 Err(e) => {
@@ -244,21 +287,47 @@ impl Directory {
             let Some((ty, r)) = self.handle(inc.peer, &h, m) else {
                 continue;
             };
-            let rh = Header {
+            let hdr = Header {
                 ty,
                 rpc_id: h.rpc_id,
                 node: self.sh.node_id,
                 thread: self.id,
             };
-            msg::encode(&rh, &r, &mut self.out);
+            self.pass.replies.push(pass::Reply {
+                peer: inc.peer,
+                hdr,
+                ty,
+                msg: r,
+            });
+        }
+        let gc = self.run_gc(self.sh.clock.now());
+        // Binds of the acquires, unbinds of relinquishes and of the GC.
+        self.commit();
+        // Acquires whose binds failed give back what they took: their
+        // unbinds form a second chain before anyone is answered.
+        self.finish_acquires();
+        self.commit();
+        self.release_quarantine();
+        if reqs > 0 {
+            self.purge_stale_gc();
+        }
+        self.count_pass(reqs, *gc.as_ref().unwrap_or(&0));
+        self.send_replies();
+        Ok(reqs + gc?)
+    }
+
+    fn send_replies(&mut self) {
+        let mut replies = std::mem::take(&mut self.pass.replies);
+        for r in replies.drain(..) {
+            msg::encode(&r.hdr, &r.msg, &mut self.out);
             let out = std::mem::take(&mut self.out);
-            let res = self.msgr.send(inc.peer, &out);
+            let res = self.msgr.send(r.peer, &out);
             self.out = out;
             if let Err(e) = res {
-                tracing::debug!(dir = self.id, "reply lost: {e}");
+                tracing::debug!(dir = self.id, ty = ?r.ty, "reply lost: {e}");
             }
         }
-        Ok(n)
+        self.pass.replies = replies;
     }
 
     fn handle(&mut self, peer: usize, h: &Header, m: Msg) -> Option<(MsgType, Msg)> {

@@ -1,14 +1,12 @@
 //! Binding and revoking memory windows on the directory's data QP towards a
-//! lease's holder, and revoking everything a lease holds.
-
-use std::time::{Duration, Instant};
+//! lease's holder, and revoking everything a lease holds: both queue their
+//! window operations on the current pass (`pass.rs` posts them).
 
 use super::region::Prs;
 use super::Directory;
-use crate::fabric::{Access, QpState, SendWr, Wc, WcStatus, WrOp};
+use crate::fabric::{Access, WrOp};
 use crate::lease::table::Entry;
 use crate::lease::RegionOff;
-use crate::{Error, Result};
 
 impl Directory {
     pub(super) fn prs(&self) -> Prs<'_> {
@@ -22,8 +20,9 @@ impl Directory {
         self.sh.layout.pr(self.id, pr as u64)
     }
 
-    /// Binds window `mw` over `[at, at + len)` towards `peer`; returns its
-    /// new rkey.
+    /// Queues the bind of window `mw` over `[at, at + len)` towards `peer`
+    /// for pending acquire `owner` (posted by the pass's commit). Returns
+    /// true when the bind has the magic index (`Config::magic_mw_fault`).
     pub(super) fn bind(
         &mut self,
         peer: usize,
@@ -31,93 +30,52 @@ impl Directory {
         at: RegionOff,
         len: u64,
         access: Access,
-    ) -> Result<u32> {
-        let wr = SendWr {
-            wr_id: mw as u64,
-            op: WrOp::Bind {
-                mw,
-                lkey: self.sh.region.lkey(),
-                offset: at.0,
-                len,
-                access,
-            },
-            signaled: true,
+        owner: usize,
+    ) -> bool {
+        let mut lkey = self.sh.region.lkey();
+        if self.bind_fault == Some(peer) {
+            self.bind_fault = None;
+            lkey = !lkey; // no such region: the NIC refuses the bind
+        }
+        let op = WrOp::Bind {
+            mw,
+            lkey,
+            offset: at.0,
+            len,
+            access,
         };
-        self.post_local(peer, wr)?;
+        self.queue_op(peer, op, Some(owner));
+        let mut magic = false;
         if self.sh.cfg.magic_mw_fault {
             if let Some(n) = self.binds.get_mut(peer) {
-                self.magic_hit |= *n % 1024 == 682;
+                magic = *n % 1024 == 682;
                 *n += 1;
             }
         }
-        Ok(self.sh.nic.mw_rkey(mw))
+        magic
     }
 
-    fn unbind(&mut self, peer: usize, mw: u32) -> Result<()> {
-        self.post_local(
-            peer,
-            SendWr {
-                wr_id: mw as u64,
-                op: WrOp::Invalidate { mw },
-                signaled: true,
-            },
-        )
-    }
-
-    /// Posts a bind/invalidate on the data QP towards `peer` and waits for
-    /// its completion (the QP is reset first if it is in error).
-    fn post_local(&mut self, peer: usize, wr: SendWr) -> Result<()> {
-        let qp = self.data[peer].clone();
-        if qp.state() != QpState::Rts {
-            qp.reset()?;
-            qp.connect(&self.data_remote[peer])?;
-        }
-        qp.post_send(&[wr])?;
-        let mut wc = [Wc::default(); 4];
-        let t0 = Instant::now();
-        loop {
-            let n = self.bind_cq.poll(&mut wc);
-            for w in &wc[..n] {
-                if w.wr_id == wr.wr_id {
-                    return if w.status == WcStatus::Success {
-                        Ok(())
-                    } else {
-                        Err(Error::Invalid(format!(
-                            "window operation on dir {} towards peer {peer} failed: {w:?}",
-                            self.id
-                        )))
-                    };
-                }
-            }
-            if t0.elapsed() > Duration::from_secs(1) {
-                return Err(Error::Timeout(format!(
-                    "window operation on dir {} towards peer {peer} did not complete in 1 s",
-                    self.id
-                )));
-            }
-        }
-    }
-
-    /// Revokes everything the lease in `slot` holds and frees its slot.
+    /// Revokes everything the lease in `slot` holds and frees its slot. Its
+    /// unbinds join the pass's chain (when `unbind`); its windows,
+    /// protection region and conflict lock are given back once the pass's
+    /// chains completed.
     pub(super) fn revoke(&mut self, slot: u32, unbind: bool) -> Option<Entry> {
-        let e = self.table.remove(slot)?;
+        let e = self.table.remove_keeping_pr(slot)?;
         let mr = self.mrs.get_mut(slot as usize).and_then(Option::take);
         for mw in [e.mw_buf, e.mw_pr].into_iter().flatten() {
             if unbind {
-                if let Err(err) = self.unbind(e.peer, mw) {
-                    tracing::warn!(dir = self.id, "unbind failed: {err}");
-                }
+                self.queue_op(e.peer, WrOp::Invalidate { mw }, None);
             }
-            self.mws.push(mw);
+            self.pass.mws.push(mw);
         }
         if let Some(mr) = mr {
             let _ = self.sh.nic.dereg_mr(&mr);
         }
         if let Some(k) = e.lock {
-            self.sh.locks.unlock(k);
+            self.pass.locks.push(k);
         }
         if let Some(pr) = e.pr {
-            let _ = self.prs().retire(self.pr_off(pr));
+            self.pass.prs.push(pr);
         }
         Some(e)
     }
