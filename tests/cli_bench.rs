@@ -99,6 +99,42 @@ fn several_machines_without_a_keeper_fail_at_once() {
     }
 }
 
+/// An unreachable memcached (a closed loopback port) is one error line,
+/// not the connection pool's log of every attempt; log lines written to a
+/// pipe carry no colour escapes.
+#[test]
+fn unreachable_keeper_is_one_line_and_logs_are_plain_off_a_terminal() {
+    let t0 = std::time::Instant::now();
+    let out = patronus()
+        .args([
+            "serve",
+            "--machines",
+            "2",
+            "--keeper",
+            "memcached://127.0.0.1:1",
+        ])
+        .env_remove("PATRONUS_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("memcached://127.0.0.1:1"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+    let out = patronus()
+        .arg("demo")
+        .env("PATRONUS_LOG", "info")
+        .env_remove("PATRONUS_FABRIC")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO"), "no log lines: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour escapes off a terminal: {err:?}"
+    );
+}
+
 /// Bad benchmark arguments are usage errors with a message saying what is
 /// wanted; a repeated `--size` or `--op` is measured once.
 #[test]
