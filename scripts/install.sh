@@ -4,14 +4,14 @@
 #   PREFIX/lib/libpatronus.so.X.Y.Z (+ .so.X and .so links), PREFIX/lib/libpatronus.a
 #   PREFIX/lib/pkgconfig/patronus.pc (Libs with an rpath outside /usr/lib)
 #   PREFIX/lib/cmake/Patronus/PatronusConfig.cmake (imported target Patronus::patronus)
-# Usage: scripts/install.sh --prefix DIR [--no-build] [--from target/release]
+# Usage: scripts/install.sh --prefix DIR [--no-build] [--from ${CARGO_TARGET_DIR:-target}/release]
 # (--from: the cargo profile dir whose libpatronus.rlib is installed; it needs
 # the rustc that built it, i.e. run from this checkout.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=""
 build=1
-from=target/release
+from="${CARGO_TARGET_DIR:-target}/release"
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;
