@@ -39,8 +39,13 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
-    /// Version, compiled-in fabrics, shared-memory space.
-    Info,
+    /// Version, ABI version, compiled-in fabrics, RDMA devices found and
+    /// shared-memory space (/dev/shm).
+    Info {
+        /// One JSON object instead of lines of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs a memory node of a multi-process cluster: serves every
     /// directory until every node called finished(key).
     Serve {
@@ -195,18 +200,21 @@ enum BenchCmd {
         /// Small counts (CI smoke run).
         #[arg(long)]
         quick: bool,
-        /// Ops per latency scenario.
-        #[arg(long, default_value_t = 200_000)]
+        /// Ops per latency scenario (at least 1).
+        #[arg(long, default_value_t = 200_000, allow_negative_numbers = true, value_parser = parse_count)]
         ops: u64,
-        /// Time budget per scenario, seconds.
-        #[arg(long, default_value_t = 3.0)]
+        /// Time budget per scenario, seconds (more than 0).
+        #[arg(long, default_value_t = 3.0, allow_negative_numbers = true, value_parser = parse_seconds)]
         seconds: f64,
         /// Only this operation (repeatable; default read, write and cas).
         #[arg(long = "op", value_parser = ["read", "write", "cas"])]
         only_ops: Vec<String>,
         /// Only this transfer size in bytes, 1 to 4096 (repeatable; default 8, 64, 4096).
-        #[arg(long = "size", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        #[arg(long = "size", allow_negative_numbers = true, value_parser = parse_size)]
         only_sizes: Vec<u64>,
+        /// Also write SVG charts into this directory (latency by size per fabric).
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
     },
     /// Lease cycle, protection competitors, extension, recovery and the
     /// protection overhead, each against a baseline of the same run.
@@ -220,12 +228,16 @@ enum BenchCmd {
         /// Small counts (CI smoke run).
         #[arg(long)]
         quick: bool,
-        /// Ops per scenario.
-        #[arg(long, default_value_t = 20_000)]
+        /// Ops per scenario (at least 1).
+        #[arg(long, default_value_t = 20_000, allow_negative_numbers = true, value_parser = parse_count)]
         ops: u64,
-        /// Time budget per scenario, seconds.
-        #[arg(long, default_value_t = 2.0)]
+        /// Time budget per scenario, seconds (more than 0).
+        #[arg(long, default_value_t = 2.0, allow_negative_numbers = true, value_parser = parse_seconds)]
         seconds: f64,
+        /// Also write SVG charts into this directory (each variant against
+        /// its group's baseline, per fabric).
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
         /// Only the per-memory-node acquire rate with this many client
         /// threads (repeatable), instead of the other scenarios.
         #[arg(long = "client-threads", value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -244,13 +256,178 @@ enum BenchCmd {
         /// Small counts (CI smoke run).
         #[arg(long)]
         quick: bool,
-        /// Time per measurement, seconds.
-        #[arg(long, default_value_t = 1.0)]
+        /// Time per measurement, seconds (more than 0).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_seconds)]
         seconds: f64,
         /// Calls in flight to measure (repeatable; default 1, 4, 16, 32).
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
     },
+}
+
+/// `--ops`: a whole number of at least 1.
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if (1..=u64::MAX as i128).contains(&v) => Ok(v as u64),
+        Ok(v) => Err(format!(
+            "{v} is not a count: give a whole number of at least 1"
+        )),
+        Err(_) => Err(format!(
+            "{s:?} is not a whole number (give one of at least 1)"
+        )),
+    }
+}
+
+/// `--seconds`: more than 0, at most a day.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} seconds: give more than 0 and at most 86400"))
+    }
+}
+
+/// `--size`: bytes, 1 to 4096.
+fn parse_size(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if (1..=4096).contains(&v) => Ok(v as u64),
+        Ok(v) => Err(format!("{v} bytes: sizes are 1 to 4096")),
+        Err(_) => Err(format!("{s:?} is not a whole number of bytes (1 to 4096)")),
+    }
+}
+
+/// The values in first-seen order, each once (a repeated `--size 64` or
+/// `--op read` measures it once).
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Writes charts with `f` into `dir` when asked, and names the files on
+/// stderr.
+fn plot<R>(
+    dir: Option<&std::path::Path>,
+    recs: &[R],
+    f: fn(&std::path::Path, &[R]) -> patronus::Result<Vec<PathBuf>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(dir) = dir {
+        for p in f(dir, recs)? {
+            eprintln!("patronus: wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Every fact `patronus info` reports.
+#[derive(serde::Serialize)]
+struct Info {
+    version: &'static str,
+    abi_version: u32,
+    fabrics: Vec<&'static str>,
+    /// Names under /sys/class/infiniband (the kernel's RDMA devices).
+    rdma_devices: Vec<String>,
+    shm: ShmSpace,
+}
+
+/// Space of the shared-memory file system the shm fabric maps from.
+#[derive(serde::Serialize)]
+struct ShmSpace {
+    path: &'static str,
+    free_bytes: Option<u64>,
+    total_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn info() -> Info {
+    let mut fabrics = vec!["shm", "tcp"];
+    if cfg!(feature = "verbs") {
+        fabrics.push("verbs");
+    }
+    let mut rdma_devices: Vec<String> = std::fs::read_dir("/sys/class/infiniband")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    rdma_devices.sort();
+    let path = "/dev/shm";
+    let shm = match rustix::fs::statvfs(path) {
+        Ok(v) => ShmSpace {
+            path,
+            free_bytes: Some(v.f_bavail.saturating_mul(v.f_frsize)),
+            total_bytes: Some(v.f_blocks.saturating_mul(v.f_frsize)),
+            error: None,
+        },
+        Err(e) => ShmSpace {
+            path,
+            free_bytes: None,
+            total_bytes: None,
+            error: Some(e.to_string()),
+        },
+    };
+    Info {
+        version: env!("CARGO_PKG_VERSION"),
+        abi_version: patronus::ffi::error::PATRONUS_ABI_VERSION,
+        fabrics,
+        rdma_devices,
+        shm,
+    }
+}
+
+fn print_info(json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let i = info();
+    if json {
+        println!("{}", serde_json::to_string(&i)?);
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("patronus {}", i.version);
+    println!("ABI version: {}", i.abi_version);
+    println!("fabrics: {}", i.fabrics.join(", "));
+    if i.rdma_devices.is_empty() {
+        println!("RDMA devices: none (/sys/class/infiniband lists none)");
+    } else {
+        println!("RDMA devices: {}", i.rdma_devices.join(", "));
+    }
+    match (i.shm.free_bytes, i.shm.total_bytes, &i.shm.error) {
+        (Some(f), Some(t), _) => println!(
+            "shared memory: {} {:.1} GiB free of {:.1} GiB",
+            i.shm.path,
+            gib(f),
+            gib(t)
+        ),
+        (_, _, e) => println!(
+            "shared memory: {}: {}",
+            i.shm.path,
+            e.as_deref().unwrap_or("unknown")
+        ),
+    }
+    Ok(())
+}
+
+/// `serve` / `client` of a cluster of several processes need a keeper
+/// every process reaches; the in-process one only serves this process.
+fn check_keeper(node: &NodeArgs, what: &str) -> Result<(), String> {
+    if node.machines > 1 && node.keeper.as_deref().is_none_or(str::is_empty) {
+        return Err(format!(
+            "patronus {what}: --machines {} forms a cluster of several processes, which meet \
+             through a keeper: pass --keeper memcached://HOST:PORT (or set PATRONUS_KEEPER), \
+             or use --machines 1",
+            node.machines
+        ));
+    }
+    Ok(())
 }
 
 type Pair = (
@@ -265,11 +442,17 @@ fn open_pair(fabric: &str) -> Result<Pair, Box<dyn std::error::Error>> {
     Ok((open()?, open()?))
 }
 
+/// Logs to stderr at `PATRONUS_LOG` (default: warnings), in colour only
+/// on a terminal. The memcached client's connection pool (r2d2) logs every
+/// failed connect attempt; those stay quiet unless PATRONUS_LOG names them,
+/// since the keeper reports an unreachable memcached as one error.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PATRONUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,r2d2=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -296,6 +479,7 @@ fn main() -> ExitCode {
                     seconds,
                     only_ops,
                     only_sizes,
+                    plot: plot_dir,
                 },
         } => (|| {
             let exe: PathBuf = std::env::current_exe()?;
@@ -318,16 +502,20 @@ fn main() -> ExitCode {
                 rate_ops: if quick { 50_000 } else { 10 * ops },
                 budget: Duration::from_secs_f64(if quick { 0.5 } else { seconds }),
                 exe,
-                only_ops,
-                only_sizes,
+                only_ops: dedup(only_ops),
+                only_sizes: dedup(only_sizes),
+                progress: bench::Progress::stderr(!json),
             };
-            let recs = fabric::run(&o)?;
+            let recs = fabric::run(&o);
+            o.progress.finish();
+            let recs = recs?;
             let mut out = std::io::stdout().lock();
             if json {
                 bench::print_json(&mut out, &recs)?;
             } else {
                 bench::print_table(&mut out, &recs)?;
             }
+            plot(plot_dir.as_deref(), &recs, bench::plot::fabric_charts)?;
             Ok(true)
         })(),
         Cmd::Bench {
@@ -339,6 +527,7 @@ fn main() -> ExitCode {
                     ops,
                     seconds,
                     client_threads,
+                    plot: plot_dir,
                 },
         } => (|| {
             let fabrics = match f {
@@ -347,6 +536,8 @@ fn main() -> ExitCode {
                 FabricArg::Verbs => vec!["verbs"],
                 FabricArg::All => vec!["shm", "tcp"],
             };
+            let progress = bench::Progress::stderr(!json);
+            progress.add_steps(bench::lease::GROUPS * fabrics.len() as u64);
             let mut recs = Vec::new();
             for fab in fabrics {
                 let secs = Duration::from_secs_f64(if quick { 0.3 } else { seconds });
@@ -356,19 +547,26 @@ fn main() -> ExitCode {
                 if !client_threads.is_empty() {
                     continue;
                 }
-                let o = patronus::bench::lease::Opts {
+                let o = bench::lease::Opts {
                     fabric: fab.into(),
                     ops: if quick { 500 } else { ops },
                     budget: Duration::from_secs_f64(if quick { 0.3 } else { seconds }),
+                    progress: progress.clone(),
                 };
-                recs.extend(patronus::bench::lease::run(&o)?);
+                let r = bench::lease::run(&o);
+                if r.is_err() {
+                    progress.finish();
+                }
+                recs.extend(r?);
             }
+            progress.finish();
             let mut out = std::io::stdout().lock();
             if json {
                 bench::print_json(&mut out, &recs)?;
             } else {
-                patronus::bench::lease::print_table(&mut out, &recs)?;
+                bench::lease::print_table(&mut out, &recs)?;
             }
+            plot(plot_dir.as_deref(), &recs, bench::plot::lease_charts)?;
             Ok(true)
         })(),
         Cmd::Bench {
@@ -411,19 +609,21 @@ fn main() -> ExitCode {
             }
             Ok(true)
         })(),
-        Cmd::Info => {
-            println!("patronus {}", env!("CARGO_PKG_VERSION"));
-            let mut f = vec!["shm", "tcp"];
-            if cfg!(feature = "verbs") {
-                f.push("verbs");
+        Cmd::Info { json } => print_info(json).map(|_| true),
+        Cmd::Serve { node } => {
+            if let Err(e) = check_keeper(&node, "serve") {
+                eprintln!("{e}");
+                return ExitCode::from(2);
             }
-            println!("fabrics: {}", f.join(", "));
-            Ok(true)
+            patronus::app::serve(node.config(), node.key)
+                .map(|_| true)
+                .map_err(Into::into)
         }
-        Cmd::Serve { node } => patronus::app::serve(node.config(), node.key)
-            .map(|_| true)
-            .map_err(Into::into),
         Cmd::Client { node, workload } => {
+            if let Err(e) = check_keeper(&node, "client") {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             patronus::app::client(node.config(), node.key, workload.into())
                 .map(|_| true)
                 .map_err(Into::into)

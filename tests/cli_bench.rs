@@ -44,6 +44,165 @@ fn demo_succeeds_on_the_embedded_default() {
     assert!(s.contains("refused"), "{s}");
 }
 
+/// `info --json`: one JSON object with the version, ABI version, fabrics,
+/// RDMA devices and the space of /dev/shm.
+#[test]
+fn info_json_names_every_fact() {
+    let out = patronus().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text}: {e}"));
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["abi_version"], patronus::ffi::error::PATRONUS_ABI_VERSION);
+    let mut fabrics = vec!["shm", "tcp"];
+    if cfg!(feature = "verbs") {
+        fabrics.push("verbs");
+    }
+    assert_eq!(v["fabrics"], serde_json::json!(fabrics), "{v}");
+    let devs = v["rdma_devices"].as_array().expect("rdma_devices list");
+    assert_eq!(devs.is_empty(), !common::has_rdma_device(), "{v}");
+    assert_eq!(v["shm"]["path"], "/dev/shm");
+    let free = v["shm"]["free_bytes"].as_u64().expect("free_bytes");
+    let total = v["shm"]["total_bytes"].as_u64().expect("total_bytes");
+    assert!(total > 0 && free <= total, "{v}");
+    // The text form says the same.
+    let out = patronus().arg("info").output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    for l in [
+        "ABI version: 3",
+        "RDMA devices: ",
+        "shared memory: /dev/shm ",
+    ] {
+        assert!(s.contains(l), "{l:?} missing: {s}");
+    }
+}
+
+/// `serve` / `client` with several machines and no keeper stop at once,
+/// naming `--keeper` (not a wait for a key that never appears).
+#[test]
+fn several_machines_without_a_keeper_fail_at_once() {
+    for args in [
+        &["serve", "--machines", "2"][..],
+        &["client", "--machines", "3", "multi"][..],
+    ] {
+        let t0 = std::time::Instant::now();
+        let out = patronus()
+            .args(args)
+            .env_remove("PATRONUS_KEEPER")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--keeper"), "{args:?}: {err}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2), "{args:?}");
+    }
+}
+
+/// An unreachable memcached (a closed loopback port) is one error line,
+/// not the connection pool's log of every attempt; log lines written to a
+/// pipe carry no colour escapes.
+#[test]
+fn unreachable_keeper_is_one_line_and_logs_are_plain_off_a_terminal() {
+    let t0 = std::time::Instant::now();
+    let out = patronus()
+        .args([
+            "serve",
+            "--machines",
+            "2",
+            "--keeper",
+            "memcached://127.0.0.1:1",
+        ])
+        .env_remove("PATRONUS_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("memcached://127.0.0.1:1"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+    let out = patronus()
+        .arg("demo")
+        .env("PATRONUS_LOG", "info")
+        .env_remove("PATRONUS_FABRIC")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INFO"), "no log lines: {err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour escapes off a terminal: {err:?}"
+    );
+}
+
+/// Bad benchmark arguments are usage errors with a message saying what is
+/// wanted; a repeated `--size` or `--op` is measured once.
+#[test]
+fn bench_arguments_are_validated() {
+    for (args, want) in [
+        (&["fabric", "--ops", "0"][..], "at least 1"),
+        (&["fabric", "--ops", "-5"][..], "at least 1"),
+        (&["fabric", "--seconds", "0"][..], "more than 0"),
+        (&["fabric", "--seconds", "-1.5"][..], "more than 0"),
+        (&["fabric", "--seconds", "nan"][..], "more than 0"),
+        (&["fabric", "--size", "0"][..], "1 to 4096"),
+        (&["fabric", "--size", "-8"][..], "1 to 4096"),
+        (&["fabric", "--size", "4097"][..], "1 to 4096"),
+        (&["fabric", "--ops", "many"][..], "not a whole number"),
+        (&["lease", "--ops", "0"][..], "at least 1"),
+        (&["lease", "--seconds", "0"][..], "more than 0"),
+    ] {
+        let out = patronus().arg("bench").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    let (text, recs) = json_records(&[
+        "bench", "fabric", "--quick", "--json", "--fabric", "shm", "--op", "read", "--op", "read",
+        "--size", "64", "--size", "64",
+    ]);
+    assert_eq!(recs.len(), 4, "{text}");
+}
+
+/// Every SVG in `dir` is non-empty, parses as XML with an `svg` root and
+/// has text (axis labels) and drawn shapes.
+fn check_svgs(dir: &std::path::Path, names: &[&str]) {
+    for n in names {
+        let p = dir.join(n);
+        let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(!s.is_empty(), "{n} empty");
+        let doc = roxmltree::Document::parse(&s).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(doc.root_element().tag_name().name(), "svg", "{n}");
+        let count = |tag: &str| {
+            doc.descendants()
+                .filter(|d| d.tag_name().name() == tag)
+                .count()
+        };
+        assert!(count("text") > 3, "{n}: no labels");
+        assert!(
+            count("polyline") + count("rect") + count("circle") > 3,
+            "{n}: no shapes"
+        );
+    }
+}
+
+/// `--plot DIR` writes the charts of both benchmarks.
+#[test]
+fn bench_plot_writes_svg_charts() {
+    let dir = std::env::temp_dir().join(format!("patronus-plot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    json_records(&[
+        "bench", "fabric", "--quick", "--json", "--fabric", "shm", "--op", "read", "--size", "8",
+        "--size", "64", "--plot", d,
+    ]);
+    check_svgs(&dir, &["fabric-latency-shm.svg"]);
+    json_records(&["bench", "lease", "--quick", "--json", "--plot", d]);
+    check_svgs(&dir, &["lease-shm.svg"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn info_and_bad_subcommands() {
     let out = patronus().arg("info").output().unwrap();
@@ -123,9 +282,15 @@ fn bench_fabric_quick_json() {
     assert!(!recs.is_empty(), "no records");
     for r in &recs {
         for k in [
-            "scenario", "fabric", "op", "size", "p50_ns", "p99_ns", "mops", "baseline",
+            "scenario", "fabric", "op", "size", "mops", "baseline", "ops",
         ] {
             assert!(r.get(k).is_some(), "missing {k} in {r}");
+        }
+        // Latencies only where latency was measured: rate rows carry none
+        // (no `p50_ns: 0`).
+        let timed = ["latency", "floor"].contains(&r["scenario"].as_str().unwrap());
+        for k in ["p50_ns", "p99_ns"] {
+            assert_eq!(r.get(k).is_some(), timed, "{k} in {r}");
         }
     }
     for fab in ["shm", "tcp"] {
@@ -206,6 +371,24 @@ fn bench_fabric_filters_and_paired_floors() {
 #[test]
 fn bench_lease_quick_json_has_every_group_with_its_baseline() {
     let (text, recs) = json_records(&["bench", "lease", "--quick", "--json"]);
+    // Its own keys: groups and variants with ratios to the group's
+    // baseline, never fabric's scenario/op/..._vs_floor.
+    for r in &recs {
+        for k in [
+            "group", "fabric", "variant", "size", "p50_ns", "baseline", "ops",
+        ] {
+            assert!(r.get(k).is_some(), "missing {k} in {r}");
+        }
+        for k in ["scenario", "op", "p50_vs_floor", "mops_vs_floor"] {
+            assert!(r.get(k).is_none(), "fabric's key {k} in {r}");
+        }
+        if r["baseline"] == false && r["variant"] != "next-read" {
+            assert!(
+                r.get("p50_vs_baseline").is_some() || r.get("mops_vs_baseline").is_some(),
+                "no ratio in {r}"
+            );
+        }
+    }
     let groups: [(&str, &[&str]); 5] = [
         (
             "basic",
@@ -226,7 +409,7 @@ fn bench_lease_quick_json_has_every_group_with_its_baseline() {
         ("overhead", &["unprotected", "leased"]),
     ];
     for (g, variants) in groups {
-        let in_group: Vec<_> = recs.iter().filter(|r| r["scenario"] == g).collect();
+        let in_group: Vec<_> = recs.iter().filter(|r| r["group"] == g).collect();
         assert_eq!(
             in_group.iter().filter(|r| r["baseline"] == true).count(),
             1,
@@ -235,7 +418,7 @@ fn bench_lease_quick_json_has_every_group_with_its_baseline() {
         for v in variants {
             let r = in_group
                 .iter()
-                .find(|r| r["op"] == *v)
+                .find(|r| r["variant"] == *v)
                 .unwrap_or_else(|| panic!("no {g}/{v} in {text}"));
             assert!(r["ops"].as_u64().unwrap() > 0, "{g}/{v} measured nothing");
             assert!(r["p50_ns"].as_u64().unwrap() > 0, "{g}/{v}");
@@ -244,8 +427,8 @@ fn bench_lease_quick_json_has_every_group_with_its_baseline() {
     // The overhead ratio is a rate ratio, present and finite.
     let leased = recs
         .iter()
-        .find(|r| r["scenario"] == "overhead" && r["op"] == "leased")
+        .find(|r| r["group"] == "overhead" && r["variant"] == "leased")
         .unwrap();
-    let x = leased["mops_vs_floor"].as_f64().unwrap();
+    let x = leased["mops_vs_baseline"].as_f64().unwrap();
     assert!(x.is_finite() && x > 0.0);
 }

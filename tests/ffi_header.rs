@@ -70,9 +70,9 @@ fn every_exported_symbol_is_declared() {
             "{s} exported but not in patronus.h"
         );
     }
-    // The soname binds consumers to the ABI major version.
-    let d = Command::new("readelf").arg("-d").arg(&so).output().unwrap();
-    assert!(String::from_utf8_lossy(&d.stdout).contains("libpatronus.so.0"));
+    // The installed library's soname (libpatronus.so.0) is checked in
+    // tests/install.rs; the cargo artefact has none, so that a program
+    // linked with -Ltarget/<profile> finds the file cargo made.
 }
 
 /// A lib dir with libpatronus.so and its soname link (as an install lays out).

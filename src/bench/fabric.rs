@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{run_latency, run_rate, say, BenchRecord, ChildProc, Lat};
+use super::{run_latency, run_rate, say, BenchRecord, ChildProc, Lat, Progress};
 use crate::fabric::conformance::Side;
 use crate::fabric::soft::floor::Floor;
 use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
@@ -36,6 +36,8 @@ pub struct Opts {
     pub only_ops: Vec<String>,
     /// Only these sizes; empty: 8 B, 64 B and 4 KiB.
     pub only_sizes: Vec<u64>,
+    /// Where to show progress (one step per scenario).
+    pub progress: Progress,
 }
 
 impl Opts {
@@ -481,8 +483,8 @@ fn record(
         fabric: link_name(link).into(),
         op: op.into(),
         size,
-        p50_ns: lat.map_or(0, Lat::p50),
-        p99_ns: lat.map_or(0, Lat::p99),
+        p50_ns: lat.map(Lat::p50),
+        p99_ns: lat.map(Lat::p99),
         mops: lat.map_or(mops, Lat::mops),
         baseline,
         p50_vs_floor: None,
@@ -500,6 +502,15 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
             "no scenario selected: CAS is measured at 8 B only".into(),
         ));
     }
+    let pr = &o.progress;
+    for _ in &o.links {
+        for &size in o.sizes() {
+            let n = o.ops_for(size).len() as u64;
+            if n > 0 {
+                pr.add_steps(2 * n + 1);
+            }
+        }
+    }
     let mut out = Vec::new();
     for &link in &o.links {
         let mut fab = FabricSide::start(o, link)?;
@@ -512,17 +523,21 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
             let mut floor_all = Lat::new()?;
             let mut lat = Vec::new();
             for &op in &ops {
+                pr.running(format!("{} {op} {size} B latency", link_name(link)));
                 let (f, l) = interleaved(o, &mut fl, || fab.one(op, size))?;
+                pr.step_done();
                 floor_all.merge(&l)?;
                 let mut r = record("latency", link, op, size, Some(&f), 0.0, 0, false);
                 r.p50_vs_floor = Some(f.p50() as f64 / l.p50().max(1) as f64);
                 r.floor_p50_ns = Some(l.p50());
                 lat.push(r);
             }
+            pr.running(format!("{} {size} B floor pipelined", link_name(link)));
             fl.resume();
             warm_up(|| fl.round_trip())?;
             let (fmops, fn_) = fl.rate(o)?;
             drop(fl);
+            pr.step_done();
             out.push(record(
                 "floor",
                 link,
@@ -545,7 +560,9 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
             ));
             for (op, r) in ops.iter().zip(lat) {
                 out.push(r);
+                pr.running(format!("{} {op} {size} B pipelined", link_name(link)));
                 let (mops, n) = fab.rate(o, op, size)?;
+                pr.step_done();
                 let mut p = record("pipelined", link, op, size, None, mops, n, false);
                 p.mops_vs_floor = Some(mops / fmops.max(1e-9));
                 out.push(p);

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{run_latency, BenchRecord};
+use super::{run_latency, LeaseRecord, Progress};
 use crate::client::ClientThread;
 use crate::lease::flags::{acquire, rw};
 use crate::lease::msg::AdminOp;
@@ -25,23 +25,28 @@ pub struct Opts {
     pub ops: u64,
     /// Time budget per scenario.
     pub budget: Duration,
+    /// Where to show progress: one step per group ([`GROUPS`] per run; the
+    /// caller adds them to the total).
+    pub progress: Progress,
 }
+
+/// Scenario groups of one run.
+pub const GROUPS: u64 = 5;
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-fn rec(group: &str, fabric: &str, op: &str, size: u64, lat: &super::Lat) -> BenchRecord {
-    BenchRecord {
-        scenario: group.into(),
+fn rec(group: &str, fabric: &str, variant: &str, size: u64, lat: &super::Lat) -> LeaseRecord {
+    LeaseRecord {
+        group: group.into(),
         fabric: fabric.into(),
-        op: op.into(),
+        variant: variant.into(),
         size,
         p50_ns: lat.p50(),
         p99_ns: lat.p99(),
-        mops: lat.mops(),
+        mops: Some(lat.mops()),
         baseline: false,
-        p50_vs_floor: None,
-        mops_vs_floor: None,
-        floor_p50_ns: None,
+        p50_vs_baseline: None,
+        mops_vs_baseline: None,
         ops: lat.ops,
     }
 }
@@ -67,7 +72,7 @@ fn granted(l: &crate::client::Lease, what: &str) -> Result<()> {
 
 /// Runs every scenario; records are grouped, and within a group the record
 /// marked `baseline` is what the others' ratios refer to.
-pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
+pub fn run(o: &Opts) -> Result<Vec<LeaseRecord>> {
     let cluster = format!(
         "bench-lease-{}-{}",
         std::process::id(),
@@ -106,11 +111,19 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
         let r = (|| {
             let mut c = client.register_client_thread()?;
             let mut out = Vec::new();
-            basic(&mut c, o, &mut out)?;
-            concurrent(&mut c, o, &mut out)?;
-            extend(&mut c, o, &mut out)?;
-            recovery(&mut c, o, &mut out)?;
-            overhead(&mut c, o, &mut out)?;
+            type Group = fn(&mut ClientThread, &Opts, &mut Vec<LeaseRecord>) -> Result<()>;
+            let groups: [(&str, Group); GROUPS as usize] = [
+                ("basic", basic),
+                ("cycle16", concurrent),
+                ("extend", extend),
+                ("recovery", recovery),
+                ("overhead", overhead),
+            ];
+            for (name, g) in groups {
+                o.progress.running(format!("{} {name}", o.fabric));
+                g(&mut c, o, &mut out)?;
+                o.progress.step_done();
+            }
             Ok(out)
         })();
         let _ = server.finished(0);
@@ -124,26 +137,24 @@ pub fn run(o: &Opts) -> Result<Vec<BenchRecord>> {
 }
 
 /// Fills the ratio of every record of `group` against its baseline.
-fn ratios(out: &mut [BenchRecord], group: &str, by_rate: bool) {
-    let Some(b) = out
-        .iter()
-        .find(|r| r.scenario == group && r.baseline)
-        .cloned()
-    else {
+fn ratios(out: &mut [LeaseRecord], group: &str, by_rate: bool) {
+    let Some(b) = out.iter().find(|r| r.group == group && r.baseline).cloned() else {
         return;
     };
-    for r in out.iter_mut().filter(|r| r.scenario == group) {
+    for r in out.iter_mut().filter(|r| r.group == group) {
         if by_rate {
-            r.mops_vs_floor = Some(r.mops / b.mops.max(1e-12));
+            if let (Some(m), Some(bm)) = (r.mops, b.mops) {
+                r.mops_vs_baseline = Some(m / bm.max(1e-12));
+            }
         } else {
-            r.p50_vs_floor = Some(r.p50_ns as f64 / b.p50_ns.max(1) as f64);
+            r.p50_vs_baseline = Some(r.p50_ns as f64 / b.p50_ns.max(1) as f64);
         }
     }
 }
 
 /// bench_patronus_basic: acquire + relinquish, from "RPC only" to the full
 /// lease (two binds, two unbinds) with a GC task.
-fn basic(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+fn basic(c: &mut ClientThread, o: &Opts, out: &mut Vec<LeaseRecord>) -> Result<()> {
     let f = &o.fabric;
     let cases: [(&str, u64, u64, bool); 5] = [
         (
@@ -175,7 +186,7 @@ fn basic(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<(
 
 /// bench_patronus_concurrent: acquire, 16 reads of 64 B, relinquish, with
 /// each protection mechanism; unprotected reads are the baseline.
-fn concurrent(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+fn concurrent(c: &mut ClientThread, o: &Opts, out: &mut Vec<LeaseRecord>) -> Result<()> {
     let f = &o.fabric;
     let mut b = [0u8; 64];
     let mut i = 0u64;
@@ -256,7 +267,7 @@ fn concurrent(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Res
 
 /// bench_patronus_extend: one-sided vs RPC extension vs giving the lease
 /// back and taking a new one.
-fn extend(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+fn extend(c: &mut ClientThread, o: &Opts, out: &mut Vec<LeaseRecord>) -> Result<()> {
     let f = &o.fabric;
     let ms = 1_000_000;
     let mut i = 0u64;
@@ -298,7 +309,7 @@ fn extend(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<
 /// Recovery: a read outside the lease (the NIC refuses it, the QP goes to
 /// error, the client resets and reconnects the same QP) and the next read;
 /// a plain read is the baseline.
-fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<LeaseRecord>) -> Result<()> {
     let f = &o.fabric;
     let mut l = c.get_lease(true, 0, 0, 0, 64, 0, acquire::NO_GC)?;
     granted(&l, "lease")?;
@@ -332,18 +343,17 @@ fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Resul
     for v in &next {
         h.saturating_record(*v);
     }
-    out.push(BenchRecord {
-        scenario: "recovery".into(),
+    out.push(LeaseRecord {
+        group: "recovery".into(),
         fabric: f.clone(),
-        op: "next-read".into(),
+        variant: "next-read".into(),
         size: 64,
         p50_ns: h.value_at_quantile(0.5),
         p99_ns: h.value_at_quantile(0.99),
-        mops: 0.0,
+        mops: None,
         baseline: false,
-        p50_vs_floor: None,
-        mops_vs_floor: None,
-        floor_p50_ns: None,
+        p50_vs_baseline: None,
+        mops_vs_baseline: None,
         ops: next.len() as u64,
     });
     c.relinquish(&mut l, 0, 0)?;
@@ -354,7 +364,7 @@ fn recovery(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Resul
 /// Protection overhead: 64 B READ rate under a long-held lease divided by
 /// the unprotected READ rate (whole-region key) on the same QP, in
 /// interleaved rounds.
-fn overhead(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Result<()> {
+fn overhead(c: &mut ClientThread, o: &Opts, out: &mut Vec<LeaseRecord>) -> Result<()> {
     let f = &o.fabric;
     let mut l = c.get_lease(false, 0, 0, 0, 64, 10_000_000_000, 0)?;
     granted(&l, "lease")?;
@@ -392,18 +402,18 @@ fn overhead(c: &mut ClientThread, o: &Opts, out: &mut Vec<BenchRecord>) -> Resul
         return Ok(());
     };
     let mut r = rec("overhead", f, "unprotected", 64, &lu);
-    r.mops = mu;
+    r.mops = Some(mu);
     r.baseline = true;
     out.push(r);
     let mut r = rec("overhead", f, "leased", 64, &lp);
-    r.mops = mp;
+    r.mops = Some(mp);
     out.push(r);
     ratios(out, "overhead", true);
     Ok(())
 }
 
 /// Prints the records as a table with the ratio to each group's baseline.
-pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result<()> {
+pub fn print_table(out: &mut dyn Write, recs: &[LeaseRecord]) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<10} {:<4} {:<14} {:>9} {:>9} {:>8} {:>16}",
@@ -413,16 +423,19 @@ pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result
         let vs = if r.baseline {
             "baseline".to_string()
         } else {
-            match (r.p50_vs_floor, r.mops_vs_floor) {
+            match (r.p50_vs_baseline, r.mops_vs_baseline) {
                 (_, Some(x)) => format!("{x:.3}x rate"),
                 (Some(x), _) => format!("{x:.2}x p50"),
                 _ => "-".into(),
             }
         };
+        let mops = r
+            .mops
+            .map_or_else(|| "-".to_string(), |m| format!("{m:.3}"));
         writeln!(
             out,
-            "{:<10} {:<4} {:<14} {:>9} {:>9} {:>8.3} {:>16}",
-            r.scenario, r.fabric, r.op, r.p50_ns, r.p99_ns, r.mops, vs
+            "{:<10} {:<4} {:<14} {:>9} {:>9} {:>8} {:>16}",
+            r.group, r.fabric, r.variant, r.p50_ns, r.p99_ns, mops, vs
         )?;
     }
     Ok(())
@@ -434,7 +447,7 @@ pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result
 /// One record per thread count: `mops` is the node's cycle rate (all
 /// threads), `p50_ns`/`p99_ns` one cycle's latency. The directory's pass
 /// statistics go to stderr.
-pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<BenchRecord> {
+pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<LeaseRecord> {
     let cfg = Config {
         machine_nr: 2,
         dir_nr: 1,

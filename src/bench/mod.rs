@@ -5,6 +5,7 @@
 pub mod fabric;
 pub mod inflight;
 pub mod lease;
+pub mod plot;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -16,7 +17,7 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// One result line.
+/// One result line of `bench fabric`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRecord {
     /// Scenario name ("latency", "pipelined", "floor-shm", ...).
@@ -27,10 +28,12 @@ pub struct BenchRecord {
     pub op: String,
     /// Bytes per operation.
     pub size: u64,
-    /// Median latency (0 for rate-only scenarios).
-    pub p50_ns: u64,
-    /// 99th percentile latency.
-    pub p99_ns: u64,
+    /// Median latency (latency scenarios; absent from rate-only ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ns: Option<u64>,
+    /// 99th percentile latency (latency scenarios only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ns: Option<u64>,
     /// Million operations per second.
     pub mops: f64,
     /// True for raw floors (the baselines).
@@ -47,6 +50,94 @@ pub struct BenchRecord {
     pub floor_p50_ns: Option<u64>,
     /// Operations measured.
     pub ops: u64,
+}
+
+/// One result line of `bench lease`: a variant of a scenario group, whose
+/// ratios refer to the group's baseline record.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseRecord {
+    /// Scenario group ("basic", "cycle16", "extend", "recovery", "overhead").
+    pub group: String,
+    /// Fabric ("shm", "tcp", "verbs").
+    pub fabric: String,
+    /// Variant within the group ("rpc-only", "mw-lease", ...).
+    pub variant: String,
+    /// Bytes per data operation.
+    pub size: u64,
+    /// Median latency of one iteration.
+    pub p50_ns: u64,
+    /// 99th percentile latency.
+    pub p99_ns: u64,
+    /// Million iterations per second (absent where only single operations
+    /// were timed, e.g. recovery's next-read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mops: Option<f64>,
+    /// True for the group's baseline.
+    pub baseline: bool,
+    /// p50 divided by the baseline's p50 (latency groups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_vs_baseline: Option<f64>,
+    /// Rate divided by the baseline's rate (the overhead group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mops_vs_baseline: Option<f64>,
+    /// Iterations measured.
+    pub ops: u64,
+}
+
+/// Progress of a benchmark run on stderr (an indicatif bar), or nothing.
+#[derive(Clone, Debug)]
+pub struct Progress(indicatif::ProgressBar);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::hidden()
+    }
+}
+
+impl Progress {
+    /// Draws nothing.
+    pub fn hidden() -> Progress {
+        Progress(indicatif::ProgressBar::hidden())
+    }
+
+    /// A bar on stderr when `show` and stderr is a terminal; else hidden.
+    pub fn stderr(show: bool) -> Progress {
+        use std::io::IsTerminal;
+        if !show || !std::io::stderr().is_terminal() {
+            return Progress::hidden();
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios: {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress(bar)
+    }
+
+    /// Adds `n` steps to the total.
+    pub fn add_steps(&self, n: u64) {
+        self.0.inc_length(n);
+    }
+
+    /// Names the step now running.
+    pub fn running(&self, what: impl Into<std::borrow::Cow<'static, str>>) {
+        self.0.set_message(what);
+    }
+
+    /// One step done.
+    pub fn step_done(&self) {
+        self.0.inc(1);
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Latency statistics of a loop.
@@ -128,6 +219,7 @@ pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result
         "{:<12} {:<4} {:<6} {:>6} {:>9} {:>9} {:>8} {:>14}",
         "scenario", "fab", "op", "size", "p50_ns", "p99_ns", "Mops", "vs floor"
     )?;
+    let ns = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for r in recs {
         let vs = match (r.p50_vs_floor, r.mops_vs_floor) {
             (Some(x), _) => format!("{x:.2}x p50"),
@@ -137,14 +229,21 @@ pub fn print_table(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result
         writeln!(
             out,
             "{:<12} {:<4} {:<6} {:>6} {:>9} {:>9} {:>8.2} {:>14}",
-            r.scenario, r.fabric, r.op, r.size, r.p50_ns, r.p99_ns, r.mops, vs
+            r.scenario,
+            r.fabric,
+            r.op,
+            r.size,
+            ns(r.p50_ns),
+            ns(r.p99_ns),
+            r.mops,
+            vs
         )?;
     }
     Ok(())
 }
 
 /// Prints records as JSON lines.
-pub fn print_json(out: &mut dyn Write, recs: &[BenchRecord]) -> std::io::Result<()> {
+pub fn print_json<R: Serialize>(out: &mut dyn Write, recs: &[R]) -> std::io::Result<()> {
     for r in recs {
         let s = serde_json::to_string(r).map_err(std::io::Error::other)?;
         writeln!(out, "{s}")?;

@@ -265,6 +265,11 @@ def _two_node_cluster(simplify_byte):
         t.join(timeout=60)
     try:
         assert len(handles) == 2 and all(handles), err()
+        # A new thread names itself once it runs: poll for the exposer (up
+        # to 2 s: the case without one waits that long).
+        give_up = time.monotonic() + 2.0
+        while count_threads("patronus-time") == before and time.monotonic() < give_up:
+            time.sleep(0.001)
         return count_threads("patronus-time") - before
     finally:
         for h in handles:
