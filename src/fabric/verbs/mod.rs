@@ -48,7 +48,7 @@ mod tests {
         std::env::set_var("PATRONUS_RDMA_GID_INDEX", "3");
         let c = VerbsConfig::from_env().unwrap();
         assert_eq!(c.device.as_deref(), Some("mlx5_3"));
-        assert_eq!((c.port, c.gid_index), (2, 3));
+        assert_eq!((c.port, c.gid_index), (2, Some(3)));
         std::env::set_var("PATRONUS_RDMA_PORT", "0");
         assert!(VerbsConfig::from_env().is_err());
         std::env::set_var("PATRONUS_RDMA_PORT", "1");
