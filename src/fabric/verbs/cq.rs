@@ -12,7 +12,7 @@ use rdma_sys::*;
 
 use super::device::Inner;
 use super::map;
-use crate::fabric::{Cq, FabricError, Result, Wc, WcOpcode};
+use crate::fabric::{Cq, FabricError, Result, Wc};
 
 pub(super) fn verbs_cq(cq: &Arc<dyn Cq>) -> Result<*mut ibv_cq> {
     as_verbs(cq)
@@ -79,29 +79,13 @@ impl VerbsCq {
             if n == 0 {
                 break;
             }
-            for w in &raw[..n as usize] {
-                let status = map::status_from_ibv(w.status);
-                if inner.may_be_tag(w.wr_id) {
-                    let c = inner.windows().complete(w.wr_id, w.qp_num, status);
-                    if let Some(c) = c {
-                        inner.sync(&c);
-                        if let Some(d) = c.deliver {
-                            out[done] = d;
-                            done += 1;
-                        }
-                        continue;
-                    }
-                }
-                out[done] = Wc {
-                    wr_id: w.wr_id,
-                    status,
-                    // Verbs leaves the opcode undefined on errors.
-                    opcode: map::opcode_from_ibv(w.opcode).unwrap_or(WcOpcode::Send),
-                    byte_len: w.byte_len,
-                    qpn: w.qp_num,
-                };
-                done += 1;
-            }
+            done += map::translate_wcs(
+                &raw[..n as usize],
+                &mut out[done..],
+                inner.tag_hi,
+                |id, qpn, st| inner.windows().complete(id, qpn, st),
+                |c| inner.sync(c),
+            );
             if (n as usize) < want {
                 break;
             }

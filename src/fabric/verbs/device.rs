@@ -118,11 +118,6 @@ impl Inner {
         self.mws.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True when `wr_id` may be one of the window table's internal ids.
-    pub(super) fn may_be_tag(&self, wr_id: u64) -> bool {
-        (wr_id >> 32) as u32 == self.tag_hi
-    }
-
     /// Writes a completed bind/invalidate's key into `ibv_mw::rkey` (rxe
     /// sends that field as the window's identity on the next bind; a failed
     /// bind restores the old key there, as `ibv_bind_mw(3)` asks).

@@ -350,27 +350,11 @@ impl VerbsQp {
             return Ok(());
         }
         let mut chain = map::build_send_chain(&*self.inner, wrs)?;
-        let mut tags = Vec::with_capacity(chain.new_rkeys.len());
-        if !chain.new_rkeys.is_empty() {
-            let qpn = self.qpn_raw();
-            let mut t = self.inner.windows();
-            for k in &chain.new_rkeys {
-                let w = &wrs[k.index];
-                match t.begin(k.handle, k.op, qpn, w.wr_id, w.signaled) {
-                    Ok(tag) => {
-                        chain.wrs[k.index].wr_id = tag;
-                        chain.wrs[k.index].send_flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
-                        tags.push((k.index, tag));
-                    }
-                    Err(e) => {
-                        for &(_, tag) in &tags {
-                            t.abort(tag);
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        }
+        let tags = if chain.new_rkeys.is_empty() {
+            Vec::new()
+        } else {
+            map::tag_chain(&mut self.inner.windows(), &mut chain, wrs, self.qpn_raw())?
+        };
         let head = chain.link();
         let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
         // SAFETY: the chain, its sges and every buffer they name (registered

@@ -25,4 +25,7 @@ pub use limits::{
     is_ipv4_mapped, select_gid, DevLimits, GidEntry, GID_TYPE_IB, GID_TYPE_ROCE_V1,
     GID_TYPE_ROCE_V2, MAX_WINDOW_LEN, WANT_RD_ATOMIC,
 };
-pub use window::{teardown, Completed, KeyOp, MwState, Release, Slot, Windows, MAX_TAG_STEPS};
+pub use window::{
+    tag_chain, teardown, translate_wcs, Completed, KeyOp, MwState, Release, Slot, Windows,
+    MAX_TAG_STEPS,
+};

@@ -527,6 +527,229 @@ mod tests {
     }
 }
 
+/// Records the binds/invalidates of `chain` (built from `wrs`) for QP
+/// `qpn` before it is posted: each gets an internal wr_id and is made
+/// signaled. If one is refused (wrong window state) the ones recorded before
+/// it are forgotten and nothing may be posted. Returns (WR index, tag).
+pub fn tag_chain(
+    w: &mut Windows,
+    chain: &mut super::SendChain,
+    wrs: &[crate::fabric::SendWr],
+    qpn: u32,
+) -> Result<Vec<(usize, u64)>> {
+    let mut tags = Vec::with_capacity(chain.new_rkeys.len());
+    for k in &chain.new_rkeys {
+        let u = &wrs[k.index];
+        match w.begin(k.handle, k.op, qpn, u.wr_id, u.signaled) {
+            Ok(tag) => {
+                chain.wrs[k.index].wr_id = tag;
+                chain.wrs[k.index].send_flags |= rdma_sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+                tags.push((k.index, tag));
+            }
+            Err(e) => {
+                for &(_, tag) in &tags {
+                    w.abort(tag);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(tags)
+}
+
+/// Translates polled `ibv_wc`s into contract completions in `out`
+/// (`out.len() >= raw.len()`); returns how many were delivered. A
+/// completion whose wr_id carries `tag_hi` goes through `complete` (the
+/// window table, locked only then); its [`Completed`] is passed to `sync`
+/// and delivered under the caller's wr_id, or swallowed.
+pub fn translate_wcs(
+    raw: &[rdma_sys::ibv_wc],
+    out: &mut [Wc],
+    tag_hi: u32,
+    mut complete: impl FnMut(u64, u32, WcStatus) -> Option<Completed>,
+    mut sync: impl FnMut(&Completed),
+) -> usize {
+    let mut done = 0;
+    for w in raw {
+        let status = super::status_from_ibv(w.status);
+        if (w.wr_id >> 32) as u32 == tag_hi {
+            if let Some(c) = complete(w.wr_id, w.qp_num, status) {
+                sync(&c);
+                if let Some(d) = c.deliver {
+                    out[done] = d;
+                    done += 1;
+                }
+                continue;
+            }
+        }
+        out[done] = Wc {
+            wr_id: w.wr_id,
+            status,
+            // Verbs leaves the opcode undefined on errors.
+            opcode: super::opcode_from_ibv(w.opcode).unwrap_or(WcOpcode::Send),
+            byte_len: w.byte_len,
+            qpn: w.qp_num,
+        };
+        done += 1;
+    }
+    done
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::*;
+    use crate::fabric::{Access, SendWr, WrOp};
+    use rdma_sys::{ibv_send_flags, ibv_wc, ibv_wc_opcode, ibv_wc_status};
+
+    struct Res(std::sync::Mutex<Windows>);
+    impl super::super::Resolve for Res {
+        fn mr(&self, lkey: u32) -> Option<super::super::LocalMr> {
+            (lkey == 0x11).then_some(super::super::LocalMr {
+                addr: 0x1000_0000,
+                len: 1 << 20,
+                mr: std::ptr::without_provenance_mut(0x5000),
+            })
+        }
+        fn mw(&self, handle: u32) -> Option<super::super::LocalMw> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(handle)
+                .map(|s| super::super::LocalMw {
+                    mw: s.mw,
+                    rkey: s.rkey,
+                })
+        }
+    }
+
+    fn raw(wr_id: u64, status: u32, opcode: u32, qpn: u32) -> ibv_wc {
+        // SAFETY (test): ibv_wc is plain data.
+        let mut w: ibv_wc = unsafe { std::mem::zeroed() };
+        w.wr_id = wr_id;
+        w.status = status;
+        w.opcode = opcode;
+        w.qp_num = qpn;
+        w
+    }
+
+    fn bind(mw: u32, wr_id: u64, signaled: bool) -> SendWr {
+        SendWr {
+            wr_id,
+            op: WrOp::Bind {
+                mw,
+                lkey: 0x11,
+                offset: 0,
+                len: 64,
+                access: Access::READ_WINDOW,
+            },
+            signaled,
+        }
+    }
+
+    /// The path a post and a poll take, with a fake CQ feeding
+    /// MW_BIND_ERR, WR_FLUSH_ERR and success.
+    #[test]
+    fn fake_cq_feed_drives_the_keys() {
+        const QPN: u32 = 21;
+        let r = Res(std::sync::Mutex::new(Windows::new(0x77)));
+        let h =
+            r.0.lock()
+                .unwrap()
+                .insert(std::ptr::without_provenance_mut(0x6000), 0x3300);
+        let tag_hi = r.0.lock().unwrap().tag_hi();
+        let post = |wrs: &[SendWr]| -> Result<(super::super::SendChain, Vec<(usize, u64)>)> {
+            let mut c = super::super::build_send_chain(&r, wrs)?;
+            let t = tag_chain(&mut r.0.lock().unwrap(), &mut c, wrs, QPN)?;
+            Ok((c, t))
+        };
+        let poll = |feed: &[ibv_wc]| -> (Vec<Wc>, Vec<(usize, u32)>) {
+            let mut out = vec![Wc::default(); feed.len()];
+            let mut synced = Vec::new();
+            let n = translate_wcs(
+                feed,
+                &mut out,
+                tag_hi,
+                |id, q, st| r.0.lock().unwrap().complete(id, q, st),
+                |c| synced.push((c.sync.0 as usize, c.sync.1)),
+            );
+            out.truncate(n);
+            (out, synced)
+        };
+        // 1. A bind posted unsignaled by the caller: posted signaled under
+        //    an internal id; MW_BIND_ERR comes back under the caller's id,
+        //    the old key stays and is written back to ibv_mw::rkey.
+        let (c, t) = post(&[bind(h, 40, false)]).unwrap();
+        assert_eq!(c.wrs[0].wr_id, t[0].1);
+        assert_ne!(c.wrs[0].send_flags & ibv_send_flags::IBV_SEND_SIGNALED.0, 0);
+        // A plain completion in between is passed through untouched.
+        let (out, synced) = poll(&[
+            raw(
+                7,
+                ibv_wc_status::IBV_WC_SUCCESS,
+                ibv_wc_opcode::IBV_WC_RDMA_READ,
+                QPN,
+            ),
+            raw(t[0].1, ibv_wc_status::IBV_WC_MW_BIND_ERR, 0xdead, QPN),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].wr_id, out[0].opcode), (7, WcOpcode::Read));
+        assert_eq!(
+            (out[1].wr_id, out[1].status, out[1].opcode),
+            (40, WcStatus::MwBindErr, WcOpcode::BindMw)
+        );
+        assert_eq!(synced, vec![(0x6000, 0x3300)]);
+        assert_eq!(r.0.lock().unwrap().rkey(h), 0x3300);
+        // 2. Flushed (QP in error): same.
+        let (_, t) = post(&[bind(h, 41, true)]).unwrap();
+        let (out, _) = poll(&[raw(t[0].1, ibv_wc_status::IBV_WC_WR_FLUSH_ERR, 0, QPN)]);
+        assert_eq!((out[0].wr_id, out[0].status), (41, WcStatus::WrFlushErr));
+        assert_eq!(r.0.lock().unwrap().rkey(h), 0x3300);
+        // 3. Success, unsignaled by the caller: swallowed, key published
+        //    and synced.
+        let (_, t) = post(&[bind(h, 42, false)]).unwrap();
+        let (out, synced) = poll(&[raw(
+            t[0].1,
+            ibv_wc_status::IBV_WC_SUCCESS,
+            ibv_wc_opcode::IBV_WC_BIND_MW,
+            QPN,
+        )]);
+        assert!(out.is_empty());
+        assert_eq!(synced, vec![(0x6000, 0x3301)]);
+        assert_eq!(r.0.lock().unwrap().rkey(h), 0x3301);
+        // 4. Now bound: a second bind, or a bind+invalidate chain, is
+        //    refused before posting and leaves nothing outstanding.
+        assert!(post(&[bind(h, 43, true)]).is_err());
+        let h2 =
+            r.0.lock()
+                .unwrap()
+                .insert(std::ptr::without_provenance_mut(0x7000), 0x4400);
+        let e = post(&[
+            bind(h2, 44, true),
+            SendWr {
+                wr_id: 45,
+                op: WrOp::Invalidate { mw: h2 },
+                signaled: true,
+            },
+        ]);
+        assert!(e.is_err());
+        assert_eq!(r.0.lock().unwrap().outstanding(QPN), 0);
+        assert_eq!(r.0.lock().unwrap().get(h2).unwrap().state, MwState::Unbound);
+        // 5. The invalidate of the bound window carries its bound key.
+        let (c, t) = post(&[SendWr {
+            wr_id: 46,
+            op: WrOp::Invalidate { mw: h },
+            signaled: true,
+        }])
+        .unwrap();
+        // SAFETY (test): reading the union member written for LOCAL_INV.
+        let inv = unsafe { c.wrs[0].imm_data_invalidated_rkey_union.invalidated_rkey };
+        assert_eq!(inv, 0x3301);
+        let (out, _) = poll(&[raw(t[0].1, ibv_wc_status::IBV_WC_WR_FLUSH_ERR, 0, QPN)]);
+        assert_eq!((out[0].wr_id, out[0].opcode), (46, WcOpcode::LocalInv));
+        assert_eq!(r.0.lock().unwrap().get(h).unwrap().state, MwState::Bound);
+    }
+}
+
 /// Releases device objects at teardown (the real one calls verbs).
 pub trait Release {
     /// `ibv_dealloc_mw`.
