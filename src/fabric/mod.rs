@@ -11,8 +11,24 @@
 //! - A memory window is bound by a `Bind` work request posted on the memory
 //!   node's QP towards the holder; it is then usable only by requests arriving
 //!   on that connection (type-2 semantics), only inside `[addr, addr+len)`,
-//!   only with the access it was bound with. Every bind and invalidate changes
-//!   the rkey's 8-bit key tag, so an old rkey never becomes valid again.
+//!   only with the access it was bound with. A window's new rkey differs from
+//!   its previous keys in the 8-bit key tag; what that guarantees differs per
+//!   backend (the tag wraps):
+//!   - soft NIC: every bind and invalidate bumps the tag, so a window's key
+//!     recurs after 128 bind+invalidate cycles of that window (on the same
+//!     connection only, as windows are type 2);
+//!   - verbs: a window's rkey becomes valid only when its bind completed
+//!     successfully ([`Nic::mw_rkey`] returns the key of the latest successful
+//!     completion, the old one after a failed bind). No rkey of one `ibv_mw`
+//!     ever recurs: before a bind would take its tag past 255 steps the
+//!     handle moves to a freshly allocated `ibv_mw` and the old one is freed.
+//!     Whether the device later hands a freed window's index out again (and
+//!     with which tag) is the device's choice, so across `ibv_mw`s the
+//!     guarantee is only as strong as the device's key allocation.
+//!   - verbs also refuses, before posting, a bind of a window that is bound
+//!     (or has a bind/invalidate outstanding) and an invalidate of one that
+//!     is not bound: on hardware both complete with MW_BIND_ERR and move the
+//!     QP to error.
 //! - One-sided READ, WRITE, CAS and FAA run in the responder, never in a
 //!   Patronus server thread; 8-byte atomics are atomic with respect to each
 //!   other and to the memory node's own CPU atomics.
@@ -20,7 +36,18 @@
 //!   error completes that request with [`WcStatus::RemAccessErr`], moves the
 //!   QP to [`QpState::Error`] and flushes every later request with
 //!   [`WcStatus::WrFlushErr`]. [`Qp::reset`] + [`Qp::connect`] recover the same
-//!   QP (same qpn), so windows bound to it stay valid.
+//!   QP (same qpn). Whether windows bound to it stay valid is device-defined
+//!   on verbs (the soft NIC keeps them; unverified on hardware). What happens
+//!   to requests outstanding at [`Qp::reset`]:
+//!   - soft NIC: they complete with [`WcStatus::WrFlushErr`] on RESET;
+//!   - verbs: RESET itself discards the QP's completions (mlx5 cleans its
+//!     CQEs), so a QP with binds/invalidates outstanding is first moved to
+//!     ERR, where they complete with `WR_FLUSH_ERR`; those completions are
+//!     drained and handed to the caller's next polls of the send CQ (any
+//!     still missing after 500 ms are reported as flushed). Plain requests
+//!     (READ/WRITE/atomics/SEND) outstanding at RESET get no completion.
+//!     A flushed bind leaves the old key; a flushed invalidate leaves the
+//!     window bound, so the caller must post it again.
 //!
 //! Local memory is owned by the NIC: [`Nic::alloc_mr`] returns registered
 //! memory that lives at least as long as any work request referencing it.

@@ -58,7 +58,8 @@ pub trait Nic: Send + Sync {
     fn alloc_mw(&self, pd: Pd) -> Result<MwInfo>;
     /// Frees a window (it is invalidated first).
     fn dealloc_mw(&self, handle: u32) -> Result<()>;
-    /// The window's current rkey (after the latest posted bind/invalidate).
+    /// The window's current rkey: on the soft NIC after the latest posted
+    /// bind/invalidate, on verbs after the latest successful completion.
     fn mw_rkey(&self, handle: u32) -> u32;
     /// Creates a completion queue.
     fn create_cq(&self, depth: u32) -> Result<Arc<dyn Cq>>;

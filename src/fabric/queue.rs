@@ -75,8 +75,11 @@ pub trait Qp: Send + Sync {
     fn endpoint(&self) -> QpEndpoint;
     /// RESET/INIT → RTR → RTS towards `remote`.
     fn connect(&self, remote: &QpEndpoint) -> Result<()>;
-    /// Any state → RESET: outstanding work requests complete with
-    /// [`WcStatus::WrFlushErr`](super::WcStatus::WrFlushErr). Windows bound to this QP stay bound.
+    /// Any state → RESET. Outstanding work requests complete with
+    /// [`WcStatus::WrFlushErr`](super::WcStatus::WrFlushErr) on the soft NIC; on verbs only
+    /// binds/invalidates do (the QP goes through ERR first and their flush
+    /// completions are kept for the caller), other requests' completions are
+    /// discarded by RESET. See the fabric contract in `fabric/mod.rs`.
     fn reset(&self) -> Result<()>;
     /// Changes the remote access rights the QP grants to its peer
     /// (the "QP flag" protection competitor).

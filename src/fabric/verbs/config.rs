@@ -9,8 +9,10 @@ pub struct VerbsConfig {
     pub device: Option<String>,
     /// Physical port (1-based).
     pub port: u8,
-    /// GID index for RoCE (ignored on InfiniBand ports).
-    pub gid_index: u8,
+    /// GID index for RoCE (`PATRONUS_RDMA_GID_INDEX`; ignored on InfiniBand
+    /// ports). `None`: chosen by type from the port's GID table (RoCE v2 with
+    /// an IPv4-mapped address first, see [`map::select_gid`](super::map::select_gid)).
+    pub gid_index: Option<u8>,
 }
 
 impl Default for VerbsConfig {
@@ -18,7 +20,7 @@ impl Default for VerbsConfig {
         VerbsConfig {
             device: None,
             port: 1,
-            gid_index: 0,
+            gid_index: None,
         }
     }
 }
@@ -39,11 +41,11 @@ impl VerbsConfig {
             })?;
         }
         if let Ok(g) = std::env::var("PATRONUS_RDMA_GID_INDEX") {
-            c.gid_index = g.parse().map_err(|_| {
+            c.gid_index = Some(g.parse().map_err(|_| {
                 FabricError::Invalid(format!(
                     "PATRONUS_RDMA_GID_INDEX={g:?} is not a GID index 0..255"
                 ))
-            })?;
+            })?);
         }
         Ok(c)
     }

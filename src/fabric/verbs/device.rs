@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rdma_sys::*;
 
-use super::map::{LocalMr, LocalMw, Resolve, VerbsAddr};
+use super::map::{
+    self, Completed, DevLimits, LocalMr, LocalMw, Release, Resolve, VerbsAddr, Windows,
+};
 use crate::fabric::mem::MemBlock;
 use crate::fabric::{FabricError, Pd, Result};
 
@@ -65,12 +67,20 @@ pub(super) struct Inner {
     pub(super) mtu: u32,
     pub(super) gid: [u8; 16],
     pub(super) gid_index: u8,
+    /// RoCE port: every address vector carries a GRH.
+    pub(super) ethernet: bool,
     pub(super) mw_type2: bool,
+    /// What the device allows (clamps and checks).
+    pub(super) limits: DevLimits,
+    /// High 32 bits of the internal wr_ids of binds/invalidates (see
+    /// [`Windows::new`]): a completion without them skips the window table.
+    pub(super) tag_hi: u32,
     pub(super) pds: Mutex<Vec<*mut ibv_pd>>,
     /// lkey → registered local memory (keeps the block alive while registered).
     pub(super) mrs: RwLock<HashMap<u32, (LocalMr, Arc<MemBlock>)>>,
-    /// window handle → (ibv_mw, current rkey).
-    pub(super) mws: Mutex<Vec<Option<LocalMw>>>,
+    /// The windows, their published rkeys and states, and the outstanding
+    /// binds/invalidates.
+    pub(super) mws: Mutex<Windows>,
 }
 
 // SAFETY: libibverbs objects may be used from any thread (the library is
@@ -88,8 +98,11 @@ impl Resolve for Inner {
             .map(|e| e.0)
     }
     fn mw(&self, handle: u32) -> Option<LocalMw> {
-        let t = self.mws.lock().unwrap_or_else(|e| e.into_inner());
-        t.get(handle as usize).copied().flatten()
+        let t = self.windows();
+        t.get(handle).map(|s| LocalMw {
+            mw: s.mw,
+            rkey: s.rkey,
+        })
     }
 }
 
@@ -101,10 +114,21 @@ impl Inner {
             .ok_or_else(|| FabricError::Invalid(format!("unknown protection domain {}", pd.0)))
     }
 
-    pub(super) fn set_rkey(&self, handle: u32, rkey: u32) {
-        let mut t = self.mws.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Some(w)) = t.get_mut(handle as usize) {
-            w.rkey = rkey;
+    pub(super) fn windows(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.mws.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes a completed bind/invalidate's key into `ibv_mw::rkey` (rxe
+    /// sends that field as the window's identity on the next bind; a failed
+    /// bind restores the old key there, as `ibv_bind_mw(3)` asks).
+    pub(super) fn sync(&self, c: &Completed) {
+        let (mw, rkey) = c.sync;
+        if !mw.is_null() {
+            // SAFETY: mw is a live window of this context (it is deallocated
+            // only through the table, never while a bind/invalidate of it is
+            // outstanding), and its bind/invalidate has completed, so no
+            // provider call reads the field concurrently for this window.
+            unsafe { (*mw).rkey = rkey };
         }
     }
 
@@ -121,35 +145,51 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // SAFETY: every QP and CQ holds an Arc<Inner>, so none is left; MRs,
-        // windows and PDs are released before the context closes, each once.
-        unsafe {
-            for (_, (m, _)) in self
-                .mrs
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-            {
-                ibv_dereg_mr(m.mr);
-            }
-            for w in self
-                .mws
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-                .flatten()
-            {
-                ibv_dealloc_mw(w.mw);
-            }
-            for pd in self
-                .pds
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..)
-            {
-                ibv_dealloc_pd(pd);
-            }
-            ibv_close_device(self.ctx);
+        let mws = self
+            .mws
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain();
+        let mrs = self
+            .mrs
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, (m, _))| m.mr)
+            .collect();
+        let pds = std::mem::take(self.pds.get_mut().unwrap_or_else(|e| e.into_inner()));
+        // Windows before their MRs, then PDs, then the context.
+        map::teardown(&mut VerbsRelease(self.ctx), mws, mrs, pds);
+    }
+}
+
+/// [`Release`] through libibverbs, used once by `Inner`'s drop.
+struct VerbsRelease(*mut ibv_context);
+
+// SAFETY (all four): every QP and CQ holds an Arc<Inner>, so none is left
+// when Inner drops; each object left its table, so it is released once, and
+// in teardown's order (windows, MRs, PDs, the context).
+impl Release for VerbsRelease {
+    fn dealloc_mw(&mut self, mw: *mut ibv_mw) {
+        // SAFETY: see the impl.
+        let rc = unsafe { ibv_dealloc_mw(mw) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_dealloc_mw at teardown failed");
         }
+    }
+    fn dereg_mr(&mut self, mr: *mut ibv_mr) {
+        // SAFETY: see the impl.
+        let rc = unsafe { ibv_dereg_mr(mr) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_dereg_mr at teardown failed");
+        }
+    }
+    fn dealloc_pd(&mut self, pd: *mut ibv_pd) {
+        // SAFETY: see the impl.
+        unsafe { ibv_dealloc_pd(pd) };
+    }
+    fn close(&mut self) {
+        // SAFETY: see the impl.
+        unsafe { ibv_close_device(self.0) };
     }
 }

@@ -3,9 +3,13 @@
 //!
 //! Mapping, one to one:
 //! - [`VerbsNic::open`] picks a device (`PATRONUS_RDMA_DEVICE`, default the
-//!   first one), a port (`PATRONUS_RDMA_PORT`, default 1) and, for RoCE, a GID
-//!   index (`PATRONUS_RDMA_GID_INDEX`, default 0 where the port is Ethernet).
-//!   With no device it fails at once with [`FabricError::NoDevice`](crate::fabric::FabricError::NoDevice) naming
+//!   first one) and a port (`PATRONUS_RDMA_PORT`, default 1). It refuses a
+//!   device without memory windows (`max_mw` 0 or no window capability). On
+//!   an Ethernet (RoCE) port it reads the GID table with `ibv_query_gid_ex`
+//!   and picks the source GID by type ([`map::select_gid`]: RoCE v2 with an
+//!   IPv4-mapped address first) unless `PATRONUS_RDMA_GID_INDEX` names one;
+//!   a zero GID is refused. With no device it fails at once with
+//!   [`FabricError::NoDevice`](crate::fabric::FabricError::NoDevice) naming
 //!   what `ibv_get_device_list` returned and errno.
 //! - MRs are NIC-owned memfd blocks registered with `ibv_reg_mr`; sub-MRs and
 //!   `ibv_rereg_mr` implement the MR-re-registration competitor.
@@ -14,11 +18,23 @@
 //!   on the memory node's RC QP towards the holder with a fresh key tag each
 //!   time, and invalidated with `IBV_WR_LOCAL_INV`. Otherwise type 1 (PD-wide,
 //!   `ibv_bind_mw`), announced in the start-up log and in [`Caps::mw_type2`](crate::fabric::Caps::mw_type2).
+//!   Every bind/invalidate is tracked per window ([`map::Windows`]): posted
+//!   signaled under an internal wr_id, its completion (polled by the caller
+//!   through [`VerbsCq`]) publishes the new rkey, syncs `ibv_mw::rkey` (rxe
+//!   needs it) or restores the old key on failure, and is then delivered
+//!   under the caller's wr_id (swallowed if the caller posted it unsignaled
+//!   and it succeeded). Binds longer than the device's limit (2 GiB on mlx5)
+//!   are refused before posting; an `ibv_mw` is retired after 255 tag steps.
 //! - RC QPs go RESET → INIT → RTR → RTS with the peer's lid/gid/qpn/psn
-//!   from its [`QpEndpoint`](crate::fabric::QpEndpoint); [`Qp::reset`](crate::fabric::Qp::reset) moves to RESET and
-//!   [`Qp::connect`](crate::fabric::Qp::connect) reconnects the same QP (same qpn, same initial PSN on
-//!   both sides, so both ends must be reset together, as the lease layer's
-//!   recovery does).
+//!   from its [`QpEndpoint`](crate::fabric::QpEndpoint), always with a GRH on
+//!   RoCE, read/atomic depths clamped to the device's `max_qp_rd_atom` /
+//!   `max_qp_init_rd_atom` (at most 16), queue and CQ depths clamped to
+//!   `max_qp_wr` / `max_cqe`. [`Qp::reset`](crate::fabric::Qp::reset) moves
+//!   a QP with binds/invalidates outstanding to ERR and drains their flush
+//!   completions first, then to RESET; [`Qp::connect`](crate::fabric::Qp::connect)
+//!   reconnects the same QP (same qpn, same initial PSN on both sides, so
+//!   both ends must be reset together, as the lease layer's recovery does).
+//! - Teardown frees windows before the MRs they lie in, then PDs.
 //! - Completions are polled with `ibv_poll_cq` by the caller's thread.
 
 mod config;
@@ -48,7 +64,7 @@ mod tests {
         std::env::set_var("PATRONUS_RDMA_GID_INDEX", "3");
         let c = VerbsConfig::from_env().unwrap();
         assert_eq!(c.device.as_deref(), Some("mlx5_3"));
-        assert_eq!((c.port, c.gid_index), (2, 3));
+        assert_eq!((c.port, c.gid_index), (2, Some(3)));
         std::env::set_var("PATRONUS_RDMA_PORT", "0");
         assert!(VerbsConfig::from_env().is_err());
         std::env::set_var("PATRONUS_RDMA_PORT", "1");

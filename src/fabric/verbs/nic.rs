@@ -9,7 +9,7 @@ use rdma_sys::*;
 
 use super::cq::{verbs_cq, VerbsCq};
 use super::device::{device_names, errno_text, Inner, IBV_LINK_LAYER_ETHERNET};
-use super::map::{self, LocalMr, LocalMw, Resolve};
+use super::map::{self, DevLimits, GidEntry, LocalMr, Resolve, Windows};
 use super::qp::VerbsQp;
 use super::VerbsConfig;
 use crate::fabric::mem::MemBlock;
@@ -99,27 +99,21 @@ impl VerbsNic {
             )));
         }
         let ethernet = port.link_layer == IBV_LINK_LAYER_ETHERNET;
-        let mut gid = [0u8; 16];
-        if ethernet {
-            // SAFETY: ibv_gid is plain bytes; zeroed is valid.
-            let mut g: ibv_gid = unsafe { std::mem::zeroed() };
-            // SAFETY: ctx open; g a valid out pointer.
-            if unsafe { ibv_query_gid(ctx, cfg.port, cfg.gid_index as i32, &mut g) } != 0 {
-                return Err(FabricError::NoDevice(format!(
-                    "ibv_query_gid({name}, port {}, index {}) failed: {} (PATRONUS_RDMA_GID_INDEX)",
-                    cfg.port,
-                    cfg.gid_index,
-                    errno_text()
-                )));
-            }
-            // SAFETY: reading the raw bytes of a GID union.
-            gid = unsafe { g.raw };
-        }
         let flags = dev.device_cap_flags;
-        let type2 = flags
-            & (ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW_TYPE_2A.0
-                | ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW_TYPE_2B.0)
-            != 0;
+        let limits = DevLimits {
+            max_qp_wr: dev.max_qp_wr,
+            max_cqe: dev.max_cqe,
+            max_qp_rd_atom: dev.max_qp_rd_atom,
+            max_qp_init_rd_atom: dev.max_qp_init_rd_atom,
+            max_mw: dev.max_mw,
+            max_mr_size: dev.max_mr_size,
+            mw_type1: flags & ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW.0 != 0,
+            mw_type2: flags
+                & (ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW_TYPE_2A.0
+                    | ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW_TYPE_2B.0)
+                != 0,
+        };
+        let type2 = limits.check_windows(name)?;
         if !type2 {
             tracing::warn!(
                 device = name,
@@ -127,18 +121,34 @@ impl VerbsNic {
                  (PD-wide) windows; a key is then usable from any QP of the PD"
             );
         }
+        let (gid, gid_index) = if ethernet {
+            let table = gid_table(ctx, cfg.port, port.gid_tbl_len);
+            let e = map::select_gid(&table, cfg.gid_index)
+                .map_err(|e| FabricError::NoDevice(format!("{name} port {}: {e}", cfg.port)))?;
+            tracing::info!(
+                device = name,
+                index = e.index,
+                gid_type = e.gid_type,
+                gid = %hex::encode(e.gid),
+                "RoCE source GID"
+            );
+            (e.gid, e.index)
+        } else {
+            ([0u8; 16], cfg.gid_index.unwrap_or(0))
+        };
         let caps = Caps {
             name: "verbs".into(),
             mw_type2: type2,
             atomics: dev.atomic_cap != ibv_atomic_cap::IBV_ATOMIC_NONE,
             max_msg_size: port.max_msg_sz as u64,
             max_send_size: port.max_msg_sz.min(1 << 30),
-            max_qp_wr: dev.max_qp_wr.max(0) as u32,
+            max_qp_wr: limits.qp_depth(u32::MAX),
             max_mw: dev.max_mw.max(0) as u32,
             modify_qp_access: true,
             rereg_mr: true,
             peer_errs_with_requester: true,
         };
+        let windows = Windows::new(rand::random());
         tracing::info!(
             device = name,
             port = cfg.port,
@@ -154,11 +164,14 @@ impl VerbsNic {
                 lid: port.lid,
                 mtu: port.active_mtu,
                 gid,
-                gid_index: cfg.gid_index,
+                gid_index,
+                ethernet,
                 mw_type2: type2,
+                limits,
+                tag_hi: windows.tag_hi(),
                 pds: Mutex::new(Vec::new()),
                 mrs: RwLock::new(HashMap::new()),
-                mws: Mutex::new(Vec::new()),
+                mws: Mutex::new(windows),
             }),
             caps,
         })
@@ -325,31 +338,12 @@ impl Nic for VerbsNic {
         }
         // SAFETY: mw is a valid window just allocated.
         let rkey = unsafe { (*mw).rkey };
-        let mut t = self.inner.mws.lock().unwrap_or_else(|e| e.into_inner());
-        let w = Some(LocalMw { mw, rkey });
-        let handle = match t.iter().position(Option::is_none) {
-            Some(i) => {
-                t[i] = w;
-                i
-            }
-            None => {
-                t.push(w);
-                t.len() - 1
-            }
-        };
-        Ok(MwInfo {
-            handle: handle as u32,
-            rkey,
-        })
+        let handle = self.inner.windows().insert(mw, rkey);
+        Ok(MwInfo { handle, rkey })
     }
 
     fn dealloc_mw(&self, handle: u32) -> Result<()> {
-        let w = {
-            let mut t = self.inner.mws.lock().unwrap_or_else(|e| e.into_inner());
-            t.get_mut(handle as usize)
-                .and_then(Option::take)
-                .ok_or_else(|| FabricError::Invalid(format!("unknown window {handle}")))?
-        };
+        let w = self.inner.windows().take(handle)?;
         // SAFETY: the window left the table, so it is freed exactly once.
         let rc = unsafe { ibv_dealloc_mw(w.mw) };
         if rc != 0 {
@@ -362,7 +356,8 @@ impl Nic for VerbsNic {
     }
 
     fn mw_rkey(&self, handle: u32) -> u32 {
-        self.inner.mw(handle).map(|w| w.rkey).unwrap_or(0)
+        // The key of the latest successful bind/invalidate completion.
+        self.inner.windows().rkey(handle)
     }
 
     fn create_cq(&self, depth: u32) -> Result<Arc<dyn Cq>> {
@@ -370,7 +365,7 @@ impl Nic for VerbsNic {
         let cq = unsafe {
             ibv_create_cq(
                 self.inner.ctx,
-                depth.max(1) as i32,
+                self.inner.limits.cq_depth(depth) as i32,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 0,
@@ -382,10 +377,7 @@ impl Nic for VerbsNic {
                 errno_text()
             )));
         }
-        Ok(Arc::new(VerbsCq {
-            cq,
-            _inner: self.inner.clone(),
-        }))
+        Ok(Arc::new(VerbsCq::new(cq, self.inner.clone())))
     }
 
     fn create_qp(
@@ -397,6 +389,10 @@ impl Nic for VerbsNic {
     ) -> Result<Arc<dyn Qp>> {
         let p = self.inner.pd(pd)?;
         let scq = verbs_cq(send_cq)?;
+        let cap = QpCap {
+            max_send_wr: self.inner.limits.qp_depth(cap.max_send_wr),
+            max_recv_wr: self.inner.limits.qp_depth(cap.max_recv_wr),
+        };
         let rcq = verbs_cq(recv_cq)?;
         // SAFETY: a zeroed init attr is valid; the fields that matter are set.
         let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -430,4 +426,46 @@ impl Nic for VerbsNic {
             _cqs: (send_cq.clone(), recv_cq.clone()),
         }))
     }
+}
+
+/// The GID table of `port` as `ibv_query_gid_ex` reports it (entries it
+/// cannot read, such as empty ones, are left out).
+fn gid_table(ctx: *mut ibv_context, port: u8, len: i32) -> Vec<GidEntry> {
+    extern "C" {
+        // rdma-core's out-of-line symbol behind the inline ibv_query_gid_ex
+        // (libibverbs IBVERBS_1.11, rdma-core 32+); rdma-sys binds no caller.
+        fn _ibv_query_gid_ex(
+            context: *mut ibv_context,
+            port_num: u32,
+            gid_index: u32,
+            entry: *mut ibv_gid_entry,
+            flags: u32,
+            entry_size: usize,
+        ) -> i32;
+    }
+    let mut out = Vec::new();
+    for i in 0..len.clamp(0, 256) as u32 {
+        // SAFETY: ibv_gid_entry is plain data; zeroed is valid.
+        let mut e: ibv_gid_entry = unsafe { std::mem::zeroed() };
+        // SAFETY: ctx is open; e is a valid out pointer of the size passed.
+        let rc = unsafe {
+            _ibv_query_gid_ex(
+                ctx,
+                port as u32,
+                i,
+                &mut e,
+                0,
+                std::mem::size_of::<ibv_gid_entry>(),
+            )
+        };
+        if rc == 0 {
+            out.push(GidEntry {
+                index: i as u8,
+                gid_type: e.gid_type,
+                // SAFETY: reading the raw bytes of a GID union.
+                gid: unsafe { e.gid.raw },
+            });
+        }
+    }
+    out
 }

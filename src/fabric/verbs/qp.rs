@@ -5,11 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use rdma_sys::*;
 
-use super::device::Inner;
-use super::map::{self, Resolve, VerbsAddr};
+use super::cq::as_verbs;
+use super::device::{errno_text, Inner};
+use super::map::{self, KeyOp, Resolve, VerbsAddr};
 use crate::fabric::{
-    Access, Cq, FabricError, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result, SendWr, WrOp,
+    inc_rkey, Access, Cq, FabricError, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result, SendWr, Wc,
+    WrOp,
 };
+
+/// How long a recovery waits for the flush completions of its QP's
+/// outstanding binds/invalidates after moving it to ERR.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A verbs RC queue pair.
 pub struct VerbsQp {
@@ -130,13 +136,22 @@ impl Qp for VerbsQp {
         a.path_mtu = self.inner.mtu.min(ra.mtu as u32);
         a.dest_qp_num = remote.qpn;
         a.rq_psn = ra.psn;
-        a.max_dest_rd_atomic = 16;
+        let (rd_atomic, dest_rd_atomic) = self.inner.limits.rd_atomic();
+        a.max_dest_rd_atomic = dest_rd_atomic;
         a.min_rnr_timer = 12;
         a.ah_attr.dlid = ra.lid;
         a.ah_attr.sl = 0;
         a.ah_attr.src_path_bits = 0;
         a.ah_attr.port_num = self.inner.port;
-        if ra.needs_grh() {
+        if self.inner.ethernet && !ra.needs_grh() {
+            return Err(FabricError::Invalid(format!(
+                "peer endpoint of QP {} has a zero GID: RoCE needs a GRH with the peer's GID",
+                self.qpn_raw()
+            )));
+        }
+        // RoCE: always a GRH (the kernel refuses RoCE address vectors
+        // without one); InfiniBand: only when the peer gave a GID.
+        if self.inner.ethernet || ra.needs_grh() {
             a.ah_attr.is_global = 1;
             a.ah_attr.grh.dgid.raw = ra.gid;
             a.ah_attr.grh.sgid_index = self.inner.gid_index;
@@ -161,7 +176,7 @@ impl Qp for VerbsQp {
         a.retry_cnt = 7;
         a.rnr_retry = 7;
         a.sq_psn = self.psn;
-        a.max_rd_atomic = 16;
+        a.max_rd_atomic = rd_atomic;
         self.modify(
             &mut a,
             m::IBV_QP_STATE
@@ -175,7 +190,24 @@ impl Qp for VerbsQp {
         Ok(())
     }
 
+    /// RESET discards the QP's completions on mlx5 (`mlx5_cq_clean`), so
+    /// a QP with binds/invalidates outstanding first goes to ERR, where
+    /// they complete with `WR_FLUSH_ERR`; those completions are drained
+    /// into the send CQ's stash (the caller polls them as usual) until none
+    /// is outstanding or [`DRAIN_DEADLINE`] passes; any still missing then
+    /// are completed as flushed (old keys kept) before RESET.
     fn reset(&self) -> Result<()> {
+        let qpn = self.qpn_raw();
+        let st = self.state();
+        if st != QpState::Reset && self.inner.windows().outstanding(qpn) > 0 {
+            if st != QpState::Error {
+                // SAFETY: zeroed attributes are valid; only the state is read.
+                let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
+                a.qp_state = ibv_qp_state::IBV_QPS_ERR;
+                self.modify(&mut a, ibv_qp_attr_mask::IBV_QP_STATE, "ERR")?;
+            }
+            self.drain_keyed(qpn);
+        }
         // SAFETY: zeroed attributes are valid; only the state is read.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RESET;
@@ -205,9 +237,15 @@ impl Qp for VerbsQp {
             // READ/WRITE/atomics/SEND touch no window key: no lock.
             return self.post_chain(wrs);
         }
-        // Binds read a window's current rkey and publish the next one: two
+        // Binds read a window's current rkey and record the next one: two
         // posts binding the same window must not interleave.
         let _g = self.post.lock().unwrap_or_else(|e| e.into_inner());
+        for w in wrs {
+            if let WrOp::Bind { mw, len, .. } = w.op {
+                self.inner.limits.check_window_len(len)?;
+                self.retire_if_due(mw)?;
+            }
+        }
         if self.inner.mw_type2 {
             self.post_chain(wrs)
         } else {
@@ -233,7 +271,9 @@ impl Qp for VerbsQp {
 
 impl VerbsQp {
     /// Type-1 windows: binds go through `ibv_bind_mw` (an unbind is a bind
-    /// of length 0); other requests are posted in order around them.
+    /// of length 0); other requests are posted in order around them. The
+    /// provider moves `ibv_mw::rkey` on at post time; the table publishes
+    /// it only when the completion succeeds and restores it otherwise.
     fn post_type1(&self, wrs: &[SendWr]) -> Result<()> {
         let mut start = 0;
         for (i, w) in wrs.iter().enumerate() {
@@ -254,71 +294,154 @@ impl VerbsQp {
                 .inner
                 .mw(mw)
                 .ok_or_else(|| FabricError::Invalid(format!("unknown window {mw}")))?;
-            let bind_info = match lkey {
-                Some(k) => map::bind_info(&*self.inner, k, off, len, access)?,
-                // An unbind is a zero-length bind.
-                None => ibv_mw_bind_info {
-                    mr: std::ptr::null_mut(),
-                    addr: 0,
-                    length: 0,
-                    mw_access_flags: 0,
-                },
+            let (bind_info, op) = match lkey {
+                Some(k) => (
+                    map::bind_info(&*self.inner, k, off, len, access)?,
+                    KeyOp::Bind {
+                        new: inc_rkey(win.rkey),
+                    },
+                ),
+                // An unbind is a zero-length bind (the provider bumps the tag).
+                None => (
+                    ibv_mw_bind_info {
+                        mr: std::ptr::null_mut(),
+                        addr: 0,
+                        length: 0,
+                        mw_access_flags: 0,
+                    },
+                    KeyOp::Invalidate {
+                        next: inc_rkey(win.rkey),
+                    },
+                ),
             };
+            let tag = self
+                .inner
+                .windows()
+                .begin(mw, op, self.qpn_raw(), w.wr_id, w.signaled)?;
             let mut b = ibv_mw_bind {
-                wr_id: w.wr_id,
-                send_flags: if w.signaled {
-                    ibv_send_flags::IBV_SEND_SIGNALED.0
-                } else {
-                    0
-                },
+                wr_id: tag,
+                // Always signaled: the completion publishes the key.
+                send_flags: ibv_send_flags::IBV_SEND_SIGNALED.0,
                 bind_info,
             };
             // SAFETY: qp, mw and mr are objects of this context; b is valid.
             let rc = unsafe { ibv_bind_mw(self.qp, win.mw, &mut b) };
             if rc != 0 {
+                self.inner.windows().abort(tag);
                 return Err(FabricError::io(
                     "ibv_bind_mw",
                     std::io::Error::from_raw_os_error(rc),
                 ));
             }
-            // SAFETY: the provider updated the window's rkey.
-            self.inner.set_rkey(mw, unsafe { (*win.mw).rkey });
+            // SAFETY: the provider set the key it bound with; the window is
+            // ours and no other post of it runs (the post lock is held).
+            let chosen = unsafe { (*win.mw).rkey };
+            self.inner.windows().repredict(tag, chosen);
         }
         self.post_chain(&wrs[start..])
     }
 
-    /// Builds and posts one `ibv_send_wr` chain, then publishes the rkeys
-    /// of the binds/invalidates that were accepted (all of them, or those
-    /// before the request verbs refused).
+    /// Builds and posts one `ibv_send_wr` chain. Its binds/invalidates are
+    /// recorded in the window table first (refused there, before anything
+    /// is posted, when a window is in the wrong state) and posted signaled
+    /// under internal wr_ids; those verbs refused are forgotten again.
     fn post_chain(&self, wrs: &[SendWr]) -> Result<()> {
         if wrs.is_empty() {
             return Ok(());
         }
         let mut chain = map::build_send_chain(&*self.inner, wrs)?;
+        let tags = if chain.new_rkeys.is_empty() {
+            Vec::new()
+        } else {
+            map::tag_chain(&mut self.inner.windows(), &mut chain, wrs, self.qpn_raw())?
+        };
         let head = chain.link();
         let mut bad: *mut ibv_send_wr = std::ptr::null_mut();
         // SAFETY: the chain, its sges and every buffer they name (registered
         // memory kept alive by the key table) are valid during the call.
         let rc = unsafe { ibv_post_send(self.qp, head, &mut bad) };
-        let posted = if rc == 0 {
-            wrs.len()
-        } else {
+        if rc != 0 {
             // `bad` points at the first refused request of the chain.
-            chain
+            let posted = chain
                 .wrs
                 .iter()
                 .position(|w| std::ptr::eq(w, bad))
-                .unwrap_or(0)
-        };
-        for &(i, h, k) in &chain.new_rkeys {
-            if i < posted {
-                self.inner.set_rkey(h, k);
+                .unwrap_or(0);
+            let mut t = self.inner.windows();
+            for &(i, tag) in &tags {
+                if i >= posted {
+                    t.abort(tag);
+                }
             }
-        }
-        if rc != 0 {
             return Err(self.post_error(rc, "send"));
         }
         Ok(())
+    }
+
+    /// Before a bind: when the window's `ibv_mw` has used up its key tags
+    /// ([`map::Windows::retire_due`]), a fresh one is allocated on the same
+    /// PD, put under the same handle, and the old one freed.
+    fn retire_if_due(&self, handle: u32) -> Result<()> {
+        let cycle = if self.inner.mw_type2 { 1 } else { 2 };
+        let mut t = self.inner.windows();
+        if !t.retire_due(handle, cycle) {
+            return Ok(());
+        }
+        let old = t
+            .get(handle)
+            .ok_or_else(|| FabricError::Invalid(format!("unknown window {handle}")))?;
+        // SAFETY: old.mw is a live window of this context; its pd and type
+        // fields are set by the provider at allocation.
+        let (pd, ty) = unsafe { ((*old.mw).pd, (*old.mw).type_) };
+        // SAFETY: pd is a PD of this context.
+        let fresh = unsafe { ibv_alloc_mw(pd, ty) }.unwrap_or(std::ptr::null_mut());
+        if fresh.is_null() {
+            return Err(FabricError::Exhausted(format!(
+                "ibv_alloc_mw to retire window {handle} (its key tags are used up) failed: {}",
+                errno_text()
+            )));
+        }
+        // SAFETY: fresh is a valid window just allocated.
+        let rkey = unsafe { (*fresh).rkey };
+        let retired = t.replace(handle, fresh, rkey)?;
+        drop(t);
+        // SAFETY: the retired window is unbound and left the table: freed once.
+        let rc = unsafe { ibv_dealloc_mw(retired) };
+        if rc != 0 {
+            tracing::warn!(handle, rc, "ibv_dealloc_mw of a retired window failed");
+        }
+        Ok(())
+    }
+
+    /// After ERR: polls the send CQ into its stash until no bind/invalidate
+    /// of `qpn` is outstanding or the deadline passes; completes the rest as
+    /// flushed.
+    fn drain_keyed(&self, qpn: u32) {
+        let Some(cq) = as_verbs(&self._cqs.0) else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let mut buf = [Wc::default(); 16];
+        while self.inner.windows().outstanding(qpn) > 0 && t0.elapsed() < DRAIN_DEADLINE {
+            let n = cq.poll_device(&mut buf);
+            if n > 0 {
+                cq.push_stash(buf[..n].iter().copied());
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let lost = self.inner.windows().flush_lost(qpn);
+        if !lost.is_empty() {
+            tracing::warn!(
+                qpn,
+                lost = lost.len(),
+                "binds/invalidates without a completion after ERR: treated as flushed"
+            );
+        }
+        for c in &lost {
+            self.inner.sync(c);
+        }
+        cq.push_stash(lost.iter().filter_map(|c| c.deliver));
     }
 }
 

@@ -6,6 +6,7 @@ use rdma_sys::{
     ibv_wr_opcode,
 };
 
+use super::window::KeyOp;
 use super::window_access_to_ibv;
 use crate::fabric::{inc_rkey, Access, FabricError, RecvWr, Result, SendWr, WrOp};
 
@@ -46,9 +47,20 @@ pub struct SendChain {
     pub wrs: Vec<ibv_send_wr>,
     /// One scatter/gather entry per WR (unused for binds).
     pub sges: Box<[ibv_sge]>,
-    /// (WR index, window handle, new rkey) for every bind or invalidate, so
-    /// the NIC can publish the rkeys of the requests that were posted.
-    pub new_rkeys: Vec<(usize, u32, u32)>,
+    /// Every bind or invalidate of the chain, so the NIC can record it
+    /// before posting and publish its key when it completes.
+    pub new_rkeys: Vec<Keyed>,
+}
+
+/// A bind or invalidate inside a [`SendChain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keyed {
+    /// Index of the WR in the chain.
+    pub index: usize,
+    /// Window handle.
+    pub handle: u32,
+    /// What it does to the window's key.
+    pub op: KeyOp,
 }
 
 fn sge_of(r: &dyn Resolve, s: &crate::fabric::Sge, what: &str) -> Result<ibv_sge> {
@@ -168,7 +180,11 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                     rkey: new,
                     bind_info,
                 };
-                new_rkeys.push((i, mw, new));
+                new_rkeys.push(Keyed {
+                    index: i,
+                    handle: mw,
+                    op: KeyOp::Bind { new },
+                });
             }
             WrOp::Invalidate { mw } => {
                 let win = r.mw(mw).ok_or_else(|| {
@@ -176,9 +192,13 @@ pub fn build_send_chain(r: &dyn Resolve, wrs: &[SendWr]) -> Result<SendChain> {
                 })?;
                 v.opcode = ibv_wr_opcode::IBV_WR_LOCAL_INV;
                 v.imm_data_invalidated_rkey_union.invalidated_rkey = win.rkey;
-                // Our rkey bookkeeping moves on at once, so that the key the
-                // NIC invalidates is never handed out again.
-                new_rkeys.push((i, mw, inc_rkey(win.rkey)));
+                // LOCAL_INV leaves the window's key as it is; the next bind
+                // moves its tag on.
+                new_rkeys.push(Keyed {
+                    index: i,
+                    handle: mw,
+                    op: KeyOp::Invalidate { next: win.rkey },
+                });
             }
         }
         out.push(v);
@@ -487,7 +507,21 @@ mod tests {
             );
         }
         assert_eq!(c.wrs[1].opcode, ibv_wr_opcode::IBV_WR_LOCAL_INV);
-        assert_eq!(c.new_rkeys, vec![(0, 3, 0x1200), (1, 3, 0x1200)]);
+        assert_eq!(
+            c.new_rkeys,
+            vec![
+                Keyed {
+                    index: 0,
+                    handle: 3,
+                    op: KeyOp::Bind { new: 0x1200 }
+                },
+                Keyed {
+                    index: 1,
+                    handle: 3,
+                    op: KeyOp::Invalidate { next: 0x12ff }
+                }
+            ]
+        );
     }
 
     #[test]
