@@ -72,7 +72,7 @@ fn c_program_links_against_the_cargo_profile_dir() {
         .arg("-o")
         .arg(&exe));
     let out = ok(run_clean(&exe).env("LD_LIBRARY_PATH", profile_dir()));
-    assert!(out.contains("patronus ABI 2: ok"), "{out}");
+    assert!(out.contains("patronus ABI 3: ok"), "{out}");
     // What the loader looks for is a file cargo made.
     let d = dynamic_section(&exe);
     assert!(d.contains("[libpatronus.so]"), "{d}");
