@@ -92,6 +92,8 @@ pub struct Completion {
     /// value of a CAS/FAA as 8 little-endian bytes).
     pub batch: Vec<Vec<u8>>,
     update: Update,
+    /// The READ data is still in staging slot `.1` (blocking reads only).
+    staged: Option<u32>,
 }
 
 impl Completion {
@@ -104,6 +106,7 @@ impl Completion {
             data: Vec::new(),
             batch: Vec::new(),
             update: Update::default(),
+            staged: None,
         }
     }
 
@@ -339,6 +342,10 @@ pub(super) struct DataOp {
     /// a refusal once that deadline is in doubt means the lease ran out
     /// while the call was in flight (LEASE_LOCAL_EXPIRED_ERR).
     pub ddl: Option<i64>,
+    /// A blocking READ of at most [`SMALL`] bytes: its data stays in the
+    /// call's staging page and [`ClientThread::run_into`] copies it to the
+    /// caller (no buffer in between).
+    pub staged: bool,
 }
 
 impl DataOp {
@@ -550,6 +557,45 @@ impl ClientThread {
         self.take_ready(n);
     }
 
+    /// As [`ClientThread::run`], for a blocking READ into `dst`: data the
+    /// call left in its staging page is copied straight to `dst` (before
+    /// the page can be reused); otherwise `dst` gets the completion's data.
+    pub(super) fn run_into(&mut self, p: Result<Prepared>, dst: &mut [u8]) -> Result<Completion> {
+        let op = match p? {
+            Prepared::Done(c) => {
+                if matches!(c.result, Ok(Rc::Ok)) && c.data.len() == dst.len() {
+                    dst.copy_from_slice(&c.data);
+                }
+                return Ok(c);
+            }
+            Prepared::Op(op) => op,
+        };
+        let idx = self.enqueue(op, 0, true);
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if let Some(c) = self.calls.slots[idx as usize].done.take() {
+                let r = match (c.staged, &c.result) {
+                    (Some(i), Ok(Rc::Ok)) => self.stage.read(i as u64 * SMALL as u64, dst),
+                    (None, Ok(Rc::Ok)) if c.data.len() == dst.len() => {
+                        dst.copy_from_slice(&c.data);
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                self.calls.free.push(idx);
+                r?;
+                return Ok(c);
+            }
+            if self.progress()? > 0 {
+                spins = 0;
+                continue;
+            }
+            spins += 1;
+            self.idle(t0, spins);
+        }
+    }
+
     /// Gives the core away a little when nothing happened for a while.
     fn idle(&self, t0: Instant, spins: u32) {
         // The clock only every 64th idle spin (a read costs what a poll does).
@@ -720,14 +766,19 @@ impl ClientThread {
         };
         let id = wr_id(idx, seq);
         let chunk = if large { DATA_BUF } else { SMALL };
-        let one = |op: WrOp| {
-            vec![SendWr {
-                wr_id: id,
-                op,
-                signaled: true,
-            }]
-        };
-        let list = if let Some(p) = &d.pre {
+        // One request: no list on the heap (the common case).
+        let mut single = [SendWr {
+            wr_id: id,
+            op: WrOp::Read {
+                local: local(0, 0),
+                raddr: 0,
+                rkey: 0,
+            },
+            signaled: true,
+        }];
+        let mut many: Option<Vec<SendWr>> = None;
+        let mut one = |op: WrOp| single[0].op = op;
+        if let Some(p) = &d.pre {
             one(WrOp::Cas {
                 local: local(0, 8),
                 raddr: p.raddr,
@@ -781,18 +832,21 @@ impl ClientThread {
                         mr.write(base, &d.data)?;
                     }
                     let n = wrs.len();
-                    wrs.iter()
-                        .enumerate()
-                        .map(|(k, op)| SendWr {
-                            wr_id: id,
-                            op: rebase(*op, mr.lkey(), base),
-                            signaled: k + 1 == n,
-                        })
-                        .collect()
+                    many = Some(
+                        wrs.iter()
+                            .enumerate()
+                            .map(|(k, op)| SendWr {
+                                wr_id: id,
+                                op: rebase(*op, mr.lkey(), base),
+                                signaled: k + 1 == n,
+                            })
+                            .collect(),
+                    );
                 }
             }
-        };
-        self.data[qp].post_send(&list)?;
+        }
+        let list: &[SendWr] = many.as_deref().unwrap_or(&single);
+        self.data[qp].post_send(list)?;
         self.calls.wr_out[qp] += list.len();
         Ok(Some(Wait::Wr {
             qp,
@@ -1060,7 +1114,11 @@ impl ClientThread {
                     DataKind::Read => {
                         let n = (d.total - d.done).min(chunk);
                         let at = d.done;
-                        mr.read(base, &mut d.data[at..at + n])?;
+                        if d.staged && !large {
+                            c.staged = Some(idx);
+                        } else {
+                            mr.read(base, &mut d.data[at..at + n])?;
+                        }
                         d.done += n;
                         again = d.done < d.total;
                     }

@@ -2,7 +2,7 @@
 //! the local expiry check (`now + epsilon < deadline`), auto-extension, the
 //! lease cache, and recovery of the data QP after a failed request.
 
-use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared};
+use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared, SMALL};
 use super::ClientThread;
 use crate::lease::flags::rw;
 use crate::lease::msg::{AdminOp, MemOp};
@@ -119,15 +119,19 @@ impl ClientThread {
             units: None,
             ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
                 .then_some(lease.ddl),
+            staged: false,
         }))
     }
 
+    /// A READ as a call; `blocking` lets a small uncached one leave its
+    /// data in staging for [`ClientThread::run_into`].
     fn prep_read(
         &mut self,
         lease: &mut Lease,
         len: usize,
         offset: u64,
         flag: u64,
+        blocking: bool,
     ) -> Result<Prepared> {
         if flag & rw::USE_TWO_SIDED != 0 {
             return self.prep_rpc_read(lease, len, offset);
@@ -144,15 +148,13 @@ impl ClientThread {
                 return Ok(Prepared::Done(c));
             }
         }
-        Ok(self.data_op(
-            lease,
-            DataKind::Read,
-            offset,
-            len,
-            vec![0u8; len],
-            flag,
-            pre,
-        ))
+        let staged = blocking && len <= SMALL && flag & rw::WITH_CACHE == 0;
+        let data = if staged { Vec::new() } else { vec![0u8; len] };
+        let mut p = self.data_op(lease, DataKind::Read, offset, len, data, flag, pre);
+        if let Prepared::Op(Op::Data(d)) = &mut p {
+            d.staged = staged;
+        }
+        Ok(p)
     }
 
     fn prep_write(
@@ -222,12 +224,10 @@ impl ClientThread {
         offset: u64,
         flag: u64,
     ) -> Result<Rc> {
-        let p = self.prep_read(lease, dst.len(), offset, flag);
-        let c = self.run(p)?;
+        // Small uncached reads go straight from staging to `dst`.
+        let p = self.prep_read(lease, dst.len(), offset, flag, true);
+        let c = self.run_into(p, dst)?;
         c.apply(lease);
-        if matches!(c.result, Ok(Rc::Ok)) && c.data.len() == dst.len() {
-            dst.copy_from_slice(&c.data);
-        }
         c.result
     }
 
@@ -279,7 +279,7 @@ impl ClientThread {
         flag: u64,
         user_data: u64,
     ) -> Result<Post> {
-        self.post(user_data, |t| t.prep_read(lease, len, offset, flag))
+        self.post(user_data, |t| t.prep_read(lease, len, offset, flag, false))
     }
 
     /// Posts a WRITE of `src` at `offset` (copied at once: `src` is free

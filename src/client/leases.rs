@@ -311,6 +311,7 @@ impl ClientThread {
             cache: None,
             units: None,
             ddl: None,
+            staged: false,
         })))
     }
 
