@@ -539,6 +539,16 @@ patronus_rc_t patronus_put(patronus_t *p, const char *key, const void *value, si
 patronus_rc_t patronus_get(patronus_t *p, const char *key, void *buf, size_t cap, size_t *len_out);
 
 /**
+ * As `patronus_get`, but returns at once: PATRONUS_RC_NOT_FOUND (nothing
+ * copied, `*len_out` 0) when `key` does not exist yet.
+ */
+patronus_rc_t patronus_try_get(patronus_t *p,
+                               const char *key,
+                               void *buf,
+                               size_t cap,
+                               size_t *len_out);
+
+/**
  * Waits until every node of the cluster reached barrier `key` (reusable).
  */
 patronus_rc_t patronus_keeper_barrier(patronus_t *p, const char *key);

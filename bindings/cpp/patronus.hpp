@@ -615,6 +615,22 @@ public:
         std::memcpy(&t, v.data(), sizeof(T));
         return t;
     }
+    /// The value of `key`, or an empty string when it does not exist (yet).
+    std::string try_get(const std::string &key,
+                        std::chrono::nanoseconds sleep_time = std::chrono::milliseconds(1)) {
+        (void)sleep_time;
+        std::string v(256, '\0');
+        size_t n = 0;
+        patronus_rc_t r = patronus_try_get(p_, key.c_str(), &v[0], v.size(), &n);
+        if (r == PATRONUS_RC_NOT_FOUND) return std::string();
+        if (r == PATRONUS_RC_NO_MEM && n > v.size()) {
+            v.resize(n);
+            r = patronus_try_get(p_, key.c_str(), &v[0], v.size(), &n);
+        }
+        check(r, "try_get");
+        v.resize(n);
+        return v;
+    }
     /// Waits until `key` exists.
     std::string get(const std::string &key) {
         std::string v(256, '\0');

@@ -63,6 +63,38 @@ pub extern "C" fn patronus_get(
     })
 }
 
+/// As `patronus_get`, but returns at once: PATRONUS_RC_NOT_FOUND (nothing
+/// copied, `*len_out` 0) when `key` does not exist yet.
+#[no_mangle]
+pub extern "C" fn patronus_try_get(
+    p: *mut patronus_t,
+    key: *const c_char,
+    buf: *mut c_void,
+    cap: usize,
+    len_out: *mut usize,
+) -> PatronusRc {
+    guard("patronus_try_get", || {
+        let n = registry::node(p)?;
+        let k = req_str(key, "key")?;
+        if buf.is_null() && cap > 0 {
+            return Err(Failure::null("buf"));
+        }
+        let Some(v) = n.node.try_get(k)? else {
+            write_out(len_out, 0);
+            return Ok(PatronusRc::PATRONUS_RC_NOT_FOUND);
+        };
+        write_out(len_out, v.len());
+        if v.len() > cap {
+            return Err(Failure::new(
+                PatronusRc::PATRONUS_RC_NO_MEM,
+                format!("value of {} bytes does not fit in {cap}", v.len()),
+            ));
+        }
+        copy_out(&v, buf as *mut u8, cap);
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
 /// Waits until every node of the cluster reached barrier `key` (reusable).
 #[no_mangle]
 pub extern "C" fn patronus_keeper_barrier(p: *mut patronus_t, key: *const c_char) -> PatronusRc {

@@ -158,6 +158,8 @@ int main() {
     auto pt = p->get_object<Pt>("coro-obj");
     EXPECT(pt.a == 7 && pt.b == 9);
     EXPECT(p->get("coro-obj", 1ms).size() == sizeof(Pt));
+    EXPECT(p->try_get("coro-absent").empty());
+    EXPECT(p->try_get("coro-obj").size() == sizeof(Pt));
 
     p->finished(0);
     srv.join();

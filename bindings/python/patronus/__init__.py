@@ -634,6 +634,21 @@ class Patronus:
             check(rc)
             return buf.raw[: n.value]
 
+    def try_get(self, key):
+        """The value of ``key``, or None when no node put it (yet)."""
+        cap = 256
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = ctypes.c_size_t()
+            rc = LIB.patronus_try_get(self._node(), key.encode(), buf, cap, ctypes.byref(n))
+            if rc == RC.NOT_FOUND:
+                return None
+            if rc == RC.NO_MEM and n.value > cap:
+                cap = n.value
+                continue
+            check(rc)
+            return buf.raw[: n.value]
+
     def keeper_barrier(self, key):
         """Waits until every node of the cluster reached barrier ``key``."""
         check(LIB.patronus_keeper_barrier(self._node(), key.encode()))

@@ -179,6 +179,7 @@ DECLS = [
     # keeper
     ("patronus_put", [P, c_char_p, c_void_p, usize], RC_T),
     ("patronus_get", [P, c_char_p, c_void_p, usize, POINTER(usize)], RC_T),
+    ("patronus_try_get", [P, c_char_p, c_void_p, usize, POINTER(usize)], RC_T),
     ("patronus_keeper_barrier", [P, c_char_p], RC_T),
 ]
 

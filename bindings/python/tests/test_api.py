@@ -232,9 +232,11 @@ def test_conflict_detection(node):
 def test_keeper(node):
     node.put("answer", b"42")
     assert node.get("answer") == b"42"
+    assert node.try_get("never-put") is None
     big = os.urandom(5000)
     node.put("big", big)
     assert node.get("big") == big
+    assert node.try_get("big") == big
     # A barrier of every node of the cluster: both must arrive.
     t = threading.Thread(target=node.server.keeper_barrier, args=("both",))
     t.start()

@@ -36,7 +36,8 @@ CTYPES = {
 }
 
 # Parameters that are C strings (declared c_char_p so str/bytes pass).
-STRING_PARAMS = {("patronus_put", 1), ("patronus_get", 1), ("patronus_keeper_barrier", 1)}
+STRING_PARAMS = {("patronus_put", 1), ("patronus_get", 1), ("patronus_try_get", 1),
+                 ("patronus_keeper_barrier", 1)}
 
 
 def norm(t):
