@@ -119,6 +119,12 @@ pub struct Directory {
     binds: Vec<u64>,
     /// The pass being served.
     pass: pass::Pass,
+    /// Windows that may still be bound (left bound by
+    /// NO_RELINQUISH_UNBIND_ANY, or whose invalidate did not complete),
+    /// with the connection they are bound to: invalidated by a later pass
+    /// before they return to the pool (binding a bound window fails on
+    /// hardware).
+    dirty: Vec<(usize, u32)>,
     /// Tag of the current chain round (in the high half of wr_ids).
     chain_seq: u32,
     stats: DirStats,
@@ -168,6 +174,7 @@ impl Directory {
             out: Vec::with_capacity(msg::MAX_MSG),
             binds: vec![0; peers],
             pass: Default::default(),
+            dirty: Vec::new(),
             chain_seq: 0,
             stats: DirStats::default(),
             bind_fault: None,
@@ -266,6 +273,13 @@ impl Directory {
     /// before any reply of the pass is sent. Returns the requests and GC
     /// tasks handled.
     pub fn serve_once(&mut self) -> Result<usize> {
+        // Windows left bound earlier: invalidated in this pass's chains
+        // (half the pass at most), back in the pool after it.
+        let n = self.dirty.len().min(pass::PASS_WRS / 2);
+        for (peer, mw) in self.dirty.drain(..n).collect::<Vec<_>>() {
+            self.queue_op(peer, crate::fabric::WrOp::Invalidate { mw }, None);
+            self.pass.mws.push(mw);
+        }
         let mut reqs = 0;
         while reqs < PASS_REQUESTS {
             let Some(inc) = self.msgr.try_recv()? else {

@@ -321,7 +321,19 @@ impl Directory {
             };
             if let Some(st) = status {
                 if live {
-                    if let Some(e) = self.revoke(a.slot, true) {
+                    // Windows whose bind failed or never completed are not
+                    // bound: only the others are invalidated.
+                    let unbound: Vec<u32> = self
+                        .pass
+                        .ops
+                        .iter()
+                        .filter(|o| o.owner == Some(k) && !matches!(o.done, Some(Ok(()))))
+                        .filter_map(|o| match o.op {
+                            WrOp::Bind { mw, .. } => Some(mw),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(e) = self.revoke_except(a.slot, true, &unbound) {
                         if let Some((hint, off, size)) = e.alloc {
                             self.free_alloc(self.quotas.node_of(e.peer), hint, off, size);
                         }
@@ -355,7 +367,28 @@ impl Directory {
     /// Gives back what the pass's revocations freed (their unbinds are
     /// done) and forgets the pass's operations.
     pub(super) fn release_quarantine(&mut self) {
-        self.mws.append(&mut self.pass.mws);
+        // A window whose invalidate failed or never completed may still be
+        // bound: it waits in `dirty` for another invalidate, not in the pool.
+        let mut stuck: Vec<(usize, u32)> = Vec::new();
+        for o in &self.pass.ops {
+            if let WrOp::Invalidate { mw } = o.op {
+                if !matches!(o.done, Some(Ok(()))) {
+                    stuck.push((o.peer, mw));
+                }
+            }
+        }
+        if stuck.is_empty() {
+            self.mws.append(&mut self.pass.mws);
+        } else {
+            let pool = &mut self.mws;
+            pool.extend(
+                self.pass
+                    .mws
+                    .drain(..)
+                    .filter(|m| !stuck.iter().any(|(_, s)| s == m)),
+            );
+            self.dirty.extend(stuck);
+        }
         for pr in std::mem::take(&mut self.pass.prs) {
             let _ = self.prs().retire(self.pr_off(pr));
             self.table.give_pr(pr);

@@ -60,13 +60,31 @@ impl Directory {
     /// protection region and conflict lock are given back once the pass's
     /// chains completed.
     pub(super) fn revoke(&mut self, slot: u32, unbind: bool) -> Option<Entry> {
+        self.revoke_except(slot, unbind, &[])
+    }
+
+    /// As [`Directory::revoke`]; the windows in `unbound` (their bind did
+    /// not complete) are not invalidated (invalidating an unbound window
+    /// fails on hardware), only given back.
+    pub(super) fn revoke_except(
+        &mut self,
+        slot: u32,
+        unbind: bool,
+        unbound: &[u32],
+    ) -> Option<Entry> {
         let e = self.table.remove_keeping_pr(slot)?;
         let mr = self.mrs.get_mut(slot as usize).and_then(Option::take);
         for mw in [e.mw_buf, e.mw_pr].into_iter().flatten() {
-            if unbind {
+            if unbound.contains(&mw) {
+                self.pass.mws.push(mw);
+            } else if unbind {
                 self.queue_op(e.peer, WrOp::Invalidate { mw }, None);
+                self.pass.mws.push(mw);
+            } else {
+                // Still bound (NO_RELINQUISH_UNBIND_ANY): a later pass
+                // invalidates it before anyone can bind it again.
+                self.dirty.push((e.peer, mw));
             }
-            self.pass.mws.push(mw);
         }
         if let Some(mr) = mr {
             let _ = self.sh.nic.dereg_mr(&mr);

@@ -190,3 +190,42 @@ fn magic_mw_fault_is_retried_transparently() {
         assert!(c.magic_retries() >= 2, "{} retries", c.magic_retries());
     });
 }
+
+/// NO_RELINQUISH_UNBIND_ANY skips the unbind at relinquish, but the window
+/// never returns to the pool bound: a later pass invalidates it first (a
+/// bound window cannot be bound again on hardware), so the old handle is
+/// refused soon after, and the pool keeps working over many cycles.
+#[test]
+fn windows_left_bound_are_invalidated_by_a_later_pass() {
+    with_cluster(2, 1, |_srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut b = [0u8; 8];
+        let mut l = c.get_lease(R, 0, 0, 0, 8, 0, acquire::NO_GC).unwrap();
+        let mut keep = l.clone();
+        assert_eq!(
+            c.relinquish(&mut l, 0, modify::NO_RELINQUISH_UNBIND_ANY)
+                .unwrap(),
+            Rc::Ok
+        );
+        wait_until("the window left bound to be invalidated", || {
+            c.admin(0, 0, AdminOp::Stats, 0).unwrap();
+            c.read(&mut keep, &mut b, 0, 0).unwrap() == Rc::RdmaProtectionErr
+        });
+        for i in 0..200u64 {
+            let mut l = c
+                .get_lease(W, 0, 0, 64 * (i % 8), 8, 0, acquire::NO_GC)
+                .unwrap();
+            assert!(l.success(), "cycle {i}: {}", l.ec());
+            assert_eq!(c.write(&mut l, &i.to_le_bytes(), 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+            assert_eq!(u64::from_le_bytes(b), i);
+            let flag = if i % 2 == 0 {
+                modify::NO_RELINQUISH_UNBIND_ANY
+            } else {
+                0
+            };
+            assert_eq!(c.relinquish(&mut l, 0, flag).unwrap(), Rc::Ok);
+        }
+        assert_eq!(live_leases(&mut c), 0);
+    });
+}
