@@ -102,9 +102,13 @@ impl Exposer {
         let s = stop.clone();
         region.store_u64(24, CLOCK_MAGIC)?;
         region.store_u64(0, clock.now() as u64)?;
+        // Started means running: the thread has its name and polls for
+        // requests before start() returns.
+        let (up, started) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("patronus-time".into())
             .spawn(move || {
+                let _ = up.send(());
                 // The region starts zeroed: a request that landed before
                 // this thread started is still seen as new.
                 let mut seen = 0u64;
@@ -135,6 +139,7 @@ impl Exposer {
                 }
             })
             .map_err(|e| Error::io("spawn the clock exposer", e))?;
+        let _ = started.recv_timeout(Duration::from_secs(5));
         Ok(Exposer {
             stop,
             thread: Some(thread),
