@@ -423,7 +423,9 @@ fn cycle_rate(c: &mut patronus::client::ClientThread, win: Duration) -> f64 {
 /// 4 KiB messages (what no authentication can stop): the directory takes
 /// messages round-robin across connections and a connection's receive slots
 /// are its credit, so an honest client keeps at least half its acquire
-/// rate (measured 0.67; with the old first-come queue 0.41). The flooder
+/// rate (median of paired ratios 0.64-1.09 in 8 runs on the 2-core VM;
+/// with the old first-come queue 0.34-0.79, failing 2 of 5: the unit tests
+/// in `fabric::msg` prove the order deterministically). The flooder
 /// yields between bursts, a remote peer in spirit: what is measured is the
 /// directory's scheduling more than the cores this 2-core machine shares.
 #[test]

@@ -25,7 +25,7 @@ use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
 use crate::fabric::{Nic, SendWr, Wc, WrOp};
 use crate::lease::flags::acquire;
 use crate::lease::Rc;
-use crate::node::{Config, Patronus};
+use crate::node::Config;
 use crate::{Error, Result};
 
 /// What to run.
@@ -252,20 +252,7 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
         max_inflight: 64,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let c = cfg.clone();
-            std::thread::spawn(move || Patronus::new(c))
-        })
-        .collect();
-    let mut nodes = Vec::new();
-    for h in hs {
-        nodes.push(
-            h.join()
-                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
-        );
-    }
-    nodes.sort_by_key(|n| n.get_node_id());
+    let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
     let mut dir = server.register_server_thread()?;
     let mut out: Vec<InflightRecord> = Vec::new();

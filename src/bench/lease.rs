@@ -13,7 +13,7 @@ use crate::client::ClientThread;
 use crate::lease::flags::{acquire, rw};
 use crate::lease::msg::AdminOp;
 use crate::lease::Rc;
-use crate::node::{Config, Patronus};
+use crate::node::Config;
 use crate::{Error, Result};
 
 /// What to run.
@@ -90,20 +90,7 @@ pub fn run(o: &Opts) -> Result<Vec<LeaseRecord>> {
         allow_universal_rkey: true,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let c = cfg.clone();
-            std::thread::spawn(move || Patronus::new(c))
-        })
-        .collect();
-    let mut nodes = Vec::new();
-    for h in hs {
-        nodes.push(
-            h.join()
-                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
-        );
-    }
-    nodes.sort_by_key(|n| n.get_node_id());
+    let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
     let mut dir = server.register_server_thread()?;
     std::thread::scope(|s| {
@@ -462,20 +449,7 @@ pub fn node_rate(fabric: &str, threads: u16, budget: Duration) -> Result<LeaseRe
         leases_per_dir: 4096,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let c = cfg.clone();
-            std::thread::spawn(move || Patronus::new(c))
-        })
-        .collect();
-    let mut nodes = Vec::new();
-    for h in hs {
-        nodes.push(
-            h.join()
-                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
-        );
-    }
-    nodes.sort_by_key(|n| n.get_node_id());
+    let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
     let mut dir = server.register_server_thread()?;
     let start = std::sync::Barrier::new(threads as usize);

@@ -324,3 +324,23 @@ pub fn say(l: &str) {
     let _ = writeln!(o, "@@ {l}");
     let _ = o.flush();
 }
+
+/// Starts the nodes of `cfg`'s in-process cluster together (each blocks
+/// until all joined), sorted by node id.
+pub(crate) fn start_nodes(cfg: &crate::node::Config) -> crate::Result<Vec<crate::node::Patronus>> {
+    let hs: Vec<_> = (0..cfg.machine_nr)
+        .map(|_| {
+            let c = cfg.clone();
+            std::thread::spawn(move || crate::node::Patronus::new(c))
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for h in hs {
+        nodes.push(
+            h.join()
+                .map_err(|_| crate::Error::Invalid("node start-up panicked".into()))??,
+        );
+    }
+    nodes.sort_by_key(|n| n.get_node_id());
+    Ok(nodes)
+}

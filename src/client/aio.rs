@@ -250,7 +250,7 @@ impl AsyncThread {
         let c = self
             .call(|t, tag| t.post_get_rlease(node, dir, offset, alloc_hint, size, ns, flag, tag))
             .await?;
-        lease_of(c)
+        c.into_lease()
     }
 
     /// Async [`ClientThread::get_wlease`].
@@ -268,7 +268,7 @@ impl AsyncThread {
         let c = self
             .call(|t, tag| t.post_get_wlease(node, dir, offset, alloc_hint, size, ns, flag, tag))
             .await?;
-        lease_of(c)
+        c.into_lease()
     }
 
     /// Async [`ClientThread::relinquish`].
@@ -357,10 +357,4 @@ impl AsyncThread {
         let c = self.call(|t, tag| t.post_commit(b, tag)).await?;
         Ok((c.result?, c.batch))
     }
-}
-
-fn lease_of(c: Completion) -> Result<Lease> {
-    c.result?;
-    c.lease
-        .ok_or_else(|| crate::Error::Invalid("acquisition completed without a lease".into()))
 }

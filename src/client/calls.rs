@@ -110,6 +110,13 @@ impl Completion {
         }
     }
 
+    /// The lease a completed acquisition returns (its error, if it failed).
+    pub fn into_lease(self) -> Result<Lease> {
+        self.result?;
+        self.lease
+            .ok_or_else(|| Error::Invalid("acquisition completed without a lease".into()))
+    }
+
     /// The return code: the call's code, or the code of its error.
     pub fn rc(&self) -> Rc {
         match &self.result {
@@ -415,7 +422,8 @@ pub(super) struct Calls {
     wr_out: Vec<usize>,
     large_owner: Option<u32>,
     next_deadline: Option<i64>,
-    /// Calls in flight at once, highest seen (a statistic for tests).
+    /// Calls posted to the fabric at once (not waiting in the backlog),
+    /// highest seen (a statistic for tests).
     pub(super) peak: usize,
     wc: [Wc; 32],
 }
@@ -508,25 +516,7 @@ impl ClientThread {
     /// Runs a prepared call to its end (a blocking call): other calls in
     /// flight make progress meanwhile; their completions wait for `poll`.
     pub(super) fn run(&mut self, p: Result<Prepared>) -> Result<Completion> {
-        let op = match p? {
-            Prepared::Done(c) => return Ok(c),
-            Prepared::Op(op) => op,
-        };
-        let idx = self.enqueue(op, 0, true);
-        let t0 = Instant::now();
-        let mut spins = 0u32;
-        loop {
-            if let Some(c) = self.calls.slots[idx as usize].done.take() {
-                self.calls.free.push(idx);
-                return Ok(c);
-            }
-            if self.progress()? > 0 {
-                spins = 0;
-                continue;
-            }
-            spins += 1;
-            self.idle(t0, spins);
-        }
+        self.run_into(p, &mut [])
     }
 
     /// Runs the engine until no call is in flight (every call ends by its
@@ -660,8 +650,6 @@ impl ClientThread {
             wait: Wait::Backlog,
             deadline: 0,
         });
-        let live = self.calls.in_flight();
-        self.calls.peak = self.calls.peak.max(live);
         // Post at once when the backlog is empty (order is kept otherwise).
         if self.calls.backlog.is_empty() {
             if !self.start(idx) {
@@ -687,6 +675,10 @@ impl ClientThread {
         let ok = match posted {
             Ok(Some(w)) => {
                 call.wait = w;
+                // Posted to the fabric now: every call not in the backlog
+                // (finished blocking calls hold their slot only briefly).
+                let active = self.calls.in_flight() - self.calls.backlog.len();
+                self.calls.peak = self.calls.peak.max(active);
                 call.deadline =
                     coarse_now().saturating_add(
                         self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64,

@@ -2,7 +2,7 @@
 //! control path. Each call sends one RPC (or one CAS, for the one-sided
 //! extension) and feeds the reply to the lease state.
 
-use super::calls::{Completion, DataKind, DataOp, Op, Post, Prepared, RpcOp, Then};
+use super::calls::{DataKind, DataOp, Op, Post, Prepared, RpcOp, Then};
 use super::data::done;
 use super::ClientThread;
 use crate::lease::flags::{acquire, modify};
@@ -68,7 +68,7 @@ impl ClientThread {
         flag: u64,
     ) -> Result<Lease> {
         let p = self.prep_acquire(write, node, dir, offset, size, ns, flag, Then::Lease);
-        lease_of(self.run(p)?)
+        self.run(p)?.into_lease()
     }
 
     /// `get_rlease` of API.md: `offset` is the object's buffer offset
@@ -163,7 +163,7 @@ impl ClientThread {
         );
         let c = self.run(p)?;
         let value = c.value;
-        let l = lease_of(c)?;
+        let l = c.into_lease()?;
         if l.status != St::Success as u8 {
             return Ok(None);
         }
@@ -209,7 +209,7 @@ impl ClientThread {
         let p = self.prep_upgrade(lease, flag);
         let c = self.run(p)?;
         c.apply(lease);
-        lease_of(c)
+        c.into_lease()
     }
 
     fn prep_upgrade(&mut self, lease: &Lease, flag: u64) -> Result<Prepared> {
@@ -394,13 +394,6 @@ impl ClientThread {
     pub fn post_upgrade(&mut self, lease: &mut Lease, flag: u64, user_data: u64) -> Result<Post> {
         self.post(user_data, |t| t.prep_upgrade(lease, flag))
     }
-}
-
-/// The lease a completed acquisition returns.
-fn lease_of(c: Completion) -> Result<Lease> {
-    c.result?;
-    c.lease
-        .ok_or_else(|| Error::Invalid("acquisition completed without a lease".into()))
 }
 
 fn refused(what: &str, l: &Lease, why: Refusal) -> Error {

@@ -259,24 +259,6 @@ impl Messenger {
         Ok(None)
     }
 
-    /// Drops queued messages for which `stale` holds (e.g. replies to calls
-    /// that timed out), posting their slots again; returns how many.
-    pub fn discard(&mut self, mut stale: impl FnMut(&Incoming) -> bool) -> usize {
-        let mut n = 0;
-        for peer in 0..self.queues.len() {
-            let mut i = 0;
-            while i < self.queues[peer].len() {
-                if stale(&self.queues[peer][i].1) {
-                    self.take_msg(peer, i);
-                    n += 1;
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        n
-    }
-
     /// Messages received and not yet taken (all peers).
     pub fn queued(&self) -> usize {
         self.queues.iter().map(VecDeque::len).sum()

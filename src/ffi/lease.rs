@@ -17,6 +17,20 @@ use crate::lease::flags::{acquire, modify};
 use crate::lease::AcquireStatus;
 use crate::Error;
 
+/// The checks every acquisition (blocking or posted) starts with.
+pub(crate) fn acquire_args(p: *mut patronus_t, flag: u64, size: usize) -> FfiResult<()> {
+    if p.is_null() {
+        return Err(Failure::null("p"));
+    }
+    check_flags(flag, acquire::ALL, "AcquireRequest")?;
+    if size == 0 || size > MAX_IO {
+        return Err(Failure::invalid(format!(
+            "size {size} must be 1 byte to 1 GiB"
+        )));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn get_lease(
     call: &str,
@@ -30,15 +44,7 @@ fn get_lease(
     ns: u64,
     flag: u64,
 ) -> FfiResult<*mut patronus_lease_t> {
-    if p.is_null() {
-        return Err(Failure::null("p"));
-    }
-    check_flags(flag, acquire::ALL, "AcquireRequest")?;
-    if size == 0 || size > MAX_IO {
-        return Err(Failure::invalid(format!(
-            "size {size} must be 1 byte to 1 GiB"
-        )));
-    }
+    acquire_args(p, flag, size)?;
     let off = bind_gaddr.offset();
     let r = with_client(p, |c| {
         if write {

@@ -21,7 +21,7 @@ use super::flags::check_flags;
 use super::gaddr::patronus_gaddr_t;
 use super::handle::{
     box_into_raw, bytes, bytes_mut, copy_out, out_slice, patronus_batch_t, patronus_lease_t,
-    patronus_t, try_mut, MAX_IO,
+    patronus_t, try_mut,
 };
 use super::registry::{with_client, with_client_table};
 use crate::client::{ClientThread, Completion, Lease, Post};
@@ -238,15 +238,7 @@ fn post_lease(
     flag: u64,
     user_data: u64,
 ) -> FfiResult<PatronusRc> {
-    if p.is_null() {
-        return Err(Failure::null("p"));
-    }
-    check_flags(flag, acquire::ALL, "AcquireRequest")?;
-    if size == 0 || size > MAX_IO {
-        return Err(Failure::invalid(format!(
-            "size {size} must be 1 byte to 1 GiB"
-        )));
-    }
+    super::lease::acquire_args(p, flag, size)?;
     let off = bind_gaddr.offset();
     post(
         p,
