@@ -185,10 +185,12 @@ impl Patronus {
             layout,
         };
         run.put(&format!("info/{node_id}"), me.encode().as_bytes())?;
-        let m = mesh::build(&cfg, node_id, &nic, pd, &run, t)?;
+        let m = mesh::build(&cfg, node_id, &nic, pd, &run, t).map_err(|e| join_hint(&cfg, e))?;
         let mut peers = Vec::with_capacity(cfg.machine_nr as usize);
         for n in 0..cfg.machine_nr {
-            let info = run.get_wait(&format!("info/{n}"), t)?;
+            let info = run
+                .get_wait(&format!("info/{n}"), t)
+                .map_err(|e| join_hint(&cfg, e))?;
             let s = String::from_utf8_lossy(&info);
             peers.push(NodeMemory::decode(&s).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -196,7 +198,8 @@ impl Patronus {
                 ))
             })?);
         }
-        run.barrier("connected", t)?;
+        run.barrier("connected", t)
+            .map_err(|e| join_hint(&cfg, e))?;
         let clock = Arc::new(Clock::new(cfg.epsilon_ns));
         let time = time::sync_time(time::TimeSetup {
             cfg: &cfg,
@@ -406,5 +409,20 @@ impl Patronus {
     /// True once every node called `finished(key)`.
     pub fn should_exit(&self, key: u64) -> bool {
         self.run.should_exit(key)
+    }
+}
+
+/// A join that timed out with the in-process keeper cannot have worked
+/// unless every node is created in this process: say so, and name the way
+/// to join nodes of other processes.
+fn join_hint(cfg: &Config, e: Error) -> Error {
+    match e {
+        Error::Timeout(m) if cfg.keeper.is_none() && cfg.machine_nr > 1 => Error::Timeout(format!(
+            "{m}: the in-process keeper (no keeper configured) only joins nodes of this \
+             process, so all {} nodes must be created here (one per thread); for nodes in \
+             other processes or hosts pass a keeper such as memcached://127.0.0.1:11211",
+            cfg.machine_nr
+        )),
+        e => e,
     }
 }

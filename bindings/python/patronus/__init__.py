@@ -145,6 +145,16 @@ class AcquireError(PatronusError):
                          message or f"lease not granted: {self.status.name}")
 
 
+def _not_granted(lease, cause):
+    """The AcquireError of a refused lease, with the library's cause (a timed
+    out RPC, an unreachable node) when it gave one: the caller reads it right
+    after the acquiring call, since every later library call clears it."""
+    status = lease.ec
+    lease.close()
+    msg = f"lease not granted: {status.name}"
+    return AcquireError(status, f"{msg}: {cause}" if cause else msg)
+
+
 _ERRORS = {
     RC.RDMA_PROTECTION_ERR: ProtectionError,
     RC.LEASE_LOCAL_EXPIRED_ERR: LeaseExpiredError,
@@ -352,13 +362,12 @@ class Patronus:
 
     def _lease(self, fn, node_id, dir_id, gaddr, alloc_hint, size, ns, flag):
         h = fn(self._node(), node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag))
+        cause = last_error()  # before any other library call clears it
         if not h:
             raise _null_error("acquire")
         lease = Lease(self, h)
         if not lease.success:
-            status = lease.ec
-            lease.close()
-            raise AcquireError(status, last_error() and f"lease not granted: {status.name}")
+            raise _not_granted(lease, cause)
         return lease
 
     def get_rlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0):
@@ -387,13 +396,12 @@ class Patronus:
     def upgrade(self, lease, flag=0):
         """A write lease replacing the read lease ``lease``."""
         h = LIB.patronus_upgrade(self._node(), _lh(lease), int(flag))
+        cause = last_error()
         if not h:
             raise _null_error("upgrade")
         new = Lease(self, h)
         if not new.success:
-            status = new.ec
-            new.close()
-            raise AcquireError(status)
+            raise _not_granted(new, cause)
         return new
 
     def get_gaddr(self, lease):

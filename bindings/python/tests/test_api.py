@@ -266,6 +266,28 @@ def test_invalid_arguments_name_the_problem(node):
         GlobalAddress(0, 1 << 48)
 
 
+def test_a_refused_lease_says_why():
+    # No thread serves directory 0: the acquisition times out, and the error
+    # names the timeout, not only the RESERVED status.
+    with patronus.Patronus(cluster=f"py-api-why-{os.getpid()}", rpc_timeout_ms=300) as p:
+        p.register_client_thread()
+        with pytest.raises(AcquireError) as e:
+            p.get_wlease(0, 0, GlobalAddress(0, 64), 0, 8, 100 * MS)
+        assert e.value.status == AcquireStatus.RESERVED
+        assert "no reply from node 0 dir 0 within 300ms" in str(e.value), str(e.value)
+
+
+def test_a_lone_node_of_two_names_the_keeper_it_needs():
+    # Two nodes on the in-process keeper but only one created: the join times
+    # out (after 10 s) with the way out in the message.
+    t0 = time.monotonic()
+    with pytest.raises(PatronusError) as e:
+        patronus.Patronus(machine_nr=2, cluster=f"py-api-lone-{os.getpid()}")
+    msg = str(e.value)
+    assert "in-process keeper" in msg and "memcached://" in msg, msg
+    assert time.monotonic() - t0 < 30
+
+
 def test_closed_objects_are_refused_not_crashes(node):
     l = node.get_wlease(0, 0, 0, 0, 64, MS)
     l.close()
