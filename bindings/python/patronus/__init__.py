@@ -27,7 +27,7 @@ import ctypes
 import enum
 import threading
 
-from ._lib import LIB, LIB_PATH, ABI_VERSION, Config, GAddr, LoadError, cstr
+from ._lib import LIB, ABI_VERSION, Config, GAddr, LoadError, cstr
 from ._lib import Completion as _CCompletion
 
 __all__ = [
@@ -833,3 +833,12 @@ class Batch:
             else:
                 res.append(None)
         return res
+
+
+def __getattr__(name):
+    # PEP 562: ``patronus.LIB_PATH`` loads the library (the import does not).
+    if name == "LIB_PATH":
+        from . import _lib
+
+        return _lib.LIB_PATH
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -185,7 +185,19 @@ DECLS = [
 
 
 class LoadError(OSError):
-    """libpatronus.so could not be loaded."""
+    """libpatronus.so could not be loaded (missing, or of another C ABI).
+
+    The message lists every path tried and what to do: build the library
+    (``cargo build --release`` in the repository) and point ``PATRONUS_LIB``
+    at ``target/release/libpatronus.so``, or install the package from a tree
+    where the library was built."""
+
+
+_HOW_TO_GET_IT = (
+    "build it with `cargo build --release` in the Patronus-rs repository and set "
+    "PATRONUS_LIB=/path/to/repo/target/release/libpatronus.so (or install it with "
+    "scripts/install.sh so the system loader finds libpatronus.so.0)"
+)
 
 
 def _candidates():
@@ -217,10 +229,13 @@ def load():
         if got != ABI_VERSION:
             raise LoadError(
                 f"{path} implements C ABI {got}, this package needs {ABI_VERSION}: "
-                "rebuild the library or reinstall the package"
+                "rebuild the library from the same tree as this package, or "
+                + _HOW_TO_GET_IT
             )
         return lib, path
-    raise LoadError("libpatronus.so not found; tried: " + "; ".join(tried))
+    raise LoadError(
+        "libpatronus.so not found; tried: " + "; ".join(tried) + ". To get it, " + _HOW_TO_GET_IT
+    )
 
 
 def cstr(ptr):
@@ -230,4 +245,34 @@ def cstr(ptr):
     return ctypes.string_at(ptr).decode("utf-8", "replace")
 
 
-LIB, LIB_PATH = load()
+_loaded = None
+
+
+def _library():
+    """The loaded (library, path), loading it on first use: importing the
+    package needs no library, so ``help(patronus)`` works without one."""
+    global _loaded
+    if _loaded is None:
+        _loaded = load()
+    return _loaded
+
+
+class _LazyLib:
+    """``LIB``: the C library, loaded on the first function looked up (a
+    LoadError then says what to do). Each function is cached on the instance
+    after its first lookup, so later calls cost a plain attribute read."""
+
+    def __getattr__(self, name):
+        fn = getattr(_library()[0], name)
+        self.__dict__[name] = fn
+        return fn
+
+
+LIB = _LazyLib()
+
+
+def __getattr__(name):
+    # PEP 562: LIB_PATH (the path the library was loaded from) loads it.
+    if name == "LIB_PATH":
+        return _library()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,9 +20,23 @@ def test_pip_install_then_import(tmp_path):
         check=True, capture_output=True, text=True, env=env, cwd=str(tmp_path),
     )
     assert out.stdout.strip().endswith(" 3")
-    # Without the library the import fails with the paths it tried.
-    env.pop("PATRONUS_LIB", None)
+    # Without the library the import and help() work; the first call fails
+    # with a LoadError naming the paths it tried and how to get the library.
+    env["PATRONUS_LIB"] = str(tmp_path / "nowhere" / "libpatronus.so")
     env["LD_LIBRARY_PATH"] = ""
-    bad = subprocess.run([sys.executable, "-c", "import patronus"], capture_output=True,
+    probe = (
+        "import io, contextlib, patronus\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    help(patronus.Patronus)\n"
+        "assert 'get_wlease' in buf.getvalue()\n"
+        "try:\n"
+        "    patronus.Patronus()\n"
+        "except patronus.LoadError as e:\n"
+        "    print('LOADERROR', e)\n"
+    )
+    bad = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                          text=True, env=env, cwd=str(tmp_path))
-    assert bad.returncode != 0 and "tried" in bad.stderr
+    assert bad.returncode == 0, bad.stderr
+    assert "LOADERROR" in bad.stdout and "tried" in bad.stdout, bad.stdout
+    assert "nowhere" in bad.stdout and "cargo build --release" in bad.stdout, bad.stdout
