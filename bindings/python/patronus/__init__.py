@@ -213,17 +213,21 @@ class GlobalAddress:
 
     @property
     def node_id(self):
+        """The memory node's id (the high 16 bits)."""
         return LIB.patronus_gaddr_node(self._g)
 
     @property
     def offset(self):
+        """The offset into that node's buffer (the low 48 bits)."""
         return LIB.patronus_gaddr_offset(self._g)
 
     @property
     def val(self):
+        """The packed 64-bit value, as the C ``patronus_gaddr_t``."""
         return self._g.val
 
     def is_null(self):
+        """True for the null address (``GlobalAddress.null()``'s value)."""
         return bool(LIB.patronus_gaddr_is_null(self._g))
 
     def __eq__(self, other):
@@ -342,12 +346,15 @@ class Patronus:
         _check_void()
 
     def should_exit(self, key):
+        """True once every node called ``finished(key)``."""
         return bool(LIB.patronus_should_exit(self._node(), key))
 
     def get_node_id(self):
+        """This node's id in the cluster (0 .. machine_nr - 1)."""
         return LIB.patronus_get_node_id(self._node())
 
     def get_thread_id(self):
+        """The calling client thread's id on this node (registration order)."""
         return LIB.patronus_get_thread_id(self._node())
 
     def now(self):
@@ -405,6 +412,7 @@ class Patronus:
         return new
 
     def get_gaddr(self, lease):
+        """The ``GlobalAddress`` that ``lease`` covers (its allocated object for WITH_ALLOCATION)."""
         return GlobalAddress._from_c(LIB.patronus_get_gaddr(self._node(), _lh(lease)))
 
     # data path -----------------------------------------------------------
@@ -436,23 +444,27 @@ class Patronus:
         return io.value
 
     def rpc_read(self, lease, size, offset=0, flag=0):
+        """Reads ``size`` bytes at ``offset`` in the lease by a two-sided RPC; returns bytes."""
         buf = ctypes.create_string_buffer(size)
         check(LIB.patronus_rpc_read(self._node(), _lh(lease), buf, size, offset,
                                     int(flag)))
         return buf.raw
 
     def rpc_write(self, lease, data, offset=0, flag=0):
+        """Writes ``data`` at ``offset`` in the lease by a two-sided RPC."""
         data = bytes(data)
         check(LIB.patronus_rpc_write(self._node(), _lh(lease), data, len(data), offset,
                                      int(flag)))
 
     def rpc_cas(self, lease, offset, compare, swap):
+        """8-byte compare-and-swap at ``offset`` by RPC; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_rpc_cas(self._node(), _lh(lease), ctypes.byref(io), offset,
                                    compare, swap))
         return io.value
 
     def rpc_faa(self, lease, offset, value):
+        """8-byte fetch-and-add of ``value`` at ``offset`` by RPC; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_rpc_faa(self._node(), _lh(lease), ctypes.byref(io), offset,
                                    value))
@@ -619,9 +631,11 @@ class Patronus:
         return self._buffer(LIB.patronus_get_lease_buffer)
 
     def alloc_buffer(self):
+        """The memory node's allocation buffer (its own view, no lease needed)."""
         return self._buffer(LIB.patronus_get_alloc_buffer)
 
     def user_reserved_buffer(self):
+        """The memory node's user-reserved buffer (its own view, no lease needed)."""
         return self._buffer(LIB.patronus_get_user_reserved_buffer)
 
     def put(self, key, value):
@@ -717,42 +731,52 @@ class Lease:
 
     @property
     def success(self):
+        """True when the lease was granted."""
         return bool(LIB.patronus_lease_success(self._handle()))
 
     @property
     def ec(self):
+        """The memory node's ``AcquireStatus`` for this lease (SUCCESS when granted)."""
         return AcquireStatus(LIB.patronus_lease_ec(self._handle()))
 
     @property
     def id(self):
+        """The lease id the memory node assigned."""
         return LIB.patronus_lease_id(self._handle())
 
     @property
     def base_addr(self):
+        """The object's address in the memory node's registered region."""
         return LIB.patronus_lease_base_addr(self._handle())
 
     @property
     def buffer_size(self):
+        """The size in bytes the lease covers."""
         return LIB.patronus_lease_buffer_size(self._handle())
 
     @property
     def dir_id(self):
+        """The directory that granted the lease."""
         return LIB.patronus_lease_dir_id(self._handle())
 
     @property
     def ddl_term(self):
+        """The lease's deadline in cluster time (ns); 2**64 - 1 when it never expires."""
         return LIB.patronus_lease_ddl_term(self._handle())
 
     @property
     def readable(self):
+        """True when the lease allows reads."""
         return bool(LIB.patronus_lease_is_readable(self._handle()))
 
     @property
     def writable(self):
+        """True when the lease allows writes and atomics (a write lease)."""
         return bool(LIB.patronus_lease_is_writable(self._handle()))
 
     @property
     def gaddr(self):
+        """The ``GlobalAddress`` the lease covers."""
         return self._p.get_gaddr(self)
 
     def __repr__(self):
@@ -775,6 +799,7 @@ class Batch:
         self._outs = []
 
     def close(self):
+        """Frees the batch's handle (idempotent); operations not committed are dropped."""
         b, self._b = getattr(self, "_b", None), None
         if b:
             LIB.patronus_batch_free(b)
@@ -793,22 +818,26 @@ class Batch:
         self._outs.append(out)
 
     def prepare_read(self, lease, size, offset=0, flag=0):
+        """Adds a read of ``size`` bytes at ``offset``; its result is bytes."""
         buf = ctypes.create_string_buffer(size)
         self._prep(LIB.patronus_prepare_read(self._p._node(), self._b, _lh(lease), buf,
                                              size, offset, int(flag)), ("read", buf))
 
     def prepare_write(self, lease, data, offset=0, flag=0):
+        """Adds a write of ``data`` at ``offset``; its result is None."""
         data = bytes(data)
         self._prep(LIB.patronus_prepare_write(self._p._node(), self._b, _lh(lease), data,
                                               len(data), offset, int(flag)), ("write", None))
 
     def prepare_cas(self, lease, offset, compare, swap, flag=0):
+        """Adds an 8-byte compare-and-swap at ``offset``; its result is the old value."""
         io = ctypes.c_uint64()
         self._prep(LIB.patronus_prepare_cas(self._p._node(), self._b, _lh(lease),
                                             ctypes.byref(io), offset, compare, swap,
                                             int(flag)), ("atomic", io))
 
     def prepare_faa(self, lease, offset, value, flag=0):
+        """Adds an 8-byte fetch-and-add of ``value`` at ``offset``; its result is the old value."""
         io = ctypes.c_uint64()
         self._prep(LIB.patronus_prepare_faa(self._p._node(), self._b, _lh(lease),
                                             ctypes.byref(io), offset, value, int(flag)),

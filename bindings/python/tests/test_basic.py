@@ -65,3 +65,22 @@ def test_check_maps_codes_to_exceptions():
     patronus.check(0)
     assert patronus.rc_str(6) == "RDMA protection error"
     assert patronus.rc_str(1234) == "unknown return code"
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    import patronus
+
+    missing = []
+    for name in patronus.__all__:
+        obj = getattr(patronus, name)
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") or not (callable(member) or isinstance(member, property)):
+                    continue
+                if not (member.__doc__ or "").strip():
+                    missing.append(f"{name}.{attr}")
+    assert missing == [], f"public names without a docstring: {missing}"
