@@ -23,9 +23,12 @@ once, on the calling thread: calls returning a code raise through
 ...     p.finished(0); t.join()
 """
 
+from __future__ import annotations
+
 import ctypes
 import enum
 import threading
+from typing import List, Optional, Union
 
 from ._lib import LIB, ABI_VERSION, Config, GAddr, LoadError, cstr
 from ._lib import Completion as _CCompletion
@@ -162,7 +165,7 @@ _ERRORS = {
 }
 
 
-def last_error():
+def last_error() -> Optional[str]:
     """This thread's last error message from the library, or None when the
     last library call on this thread succeeded."""
     return cstr(LIB.patronus_last_error())
@@ -179,12 +182,12 @@ def _check_void(exc=None):
         raise cls(rc, msg)
 
 
-def rc_str(rc):
+def rc_str(rc: int) -> Optional[str]:
     """The library's description of a return code."""
     return cstr(LIB.patronus_rc_str(int(rc)))
 
 
-def check(rc):
+def check(rc: int) -> None:
     """Raises the PatronusError subclass for a non-OK code (reads the last
     error at once, on this thread, before any other library call)."""
     if rc == RC.OK:
@@ -212,21 +215,21 @@ class GlobalAddress:
         return obj
 
     @property
-    def node_id(self):
+    def node_id(self) -> int:
         """The memory node's id (the high 16 bits)."""
         return LIB.patronus_gaddr_node(self._g)
 
     @property
-    def offset(self):
+    def offset(self) -> int:
         """The offset into that node's buffer (the low 48 bits)."""
         return LIB.patronus_gaddr_offset(self._g)
 
     @property
-    def val(self):
+    def val(self) -> int:
         """The packed 64-bit value, as the C ``patronus_gaddr_t``."""
         return self._g.val
 
-    def is_null(self):
+    def is_null(self) -> bool:
         """True for the null address (``GlobalAddress.null()``'s value)."""
         return bool(LIB.patronus_gaddr_is_null(self._g))
 
@@ -302,7 +305,7 @@ class Patronus:
 
     # lifecycle -----------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Leaves the cluster and frees the node (idempotent)."""
         p, self._p = getattr(self, "_p", None), None
         if p:
@@ -324,15 +327,15 @@ class Patronus:
 
     # threads and time ----------------------------------------------------
 
-    def register_client_thread(self):
+    def register_client_thread(self) -> None:
         """Makes the calling thread a client thread of this node."""
         check(LIB.patronus_register_client_thread(self._node()))
 
-    def register_server_thread(self):
+    def register_server_thread(self) -> None:
         """Makes the calling thread the server thread of one directory."""
         check(LIB.patronus_register_server_thread(self._node()))
 
-    def server_serve(self, key):
+    def server_serve(self, key: int) -> None:
         """Serves this thread's directory until every client node called
         ``finished(key)`` (registers the thread first if needed). A node
         without client threads counts as finished by serving; a node that is
@@ -340,28 +343,28 @@ class Patronus:
         LIB.patronus_server_serve(self._node(), key)
         _check_void()
 
-    def finished(self, key):
+    def finished(self, key: int) -> None:
         """Marks this node finished for ``key``."""
         LIB.patronus_finished(self._node(), key)
         _check_void()
 
-    def should_exit(self, key):
+    def should_exit(self, key: int) -> bool:
         """True once every node called ``finished(key)``."""
         return bool(LIB.patronus_should_exit(self._node(), key))
 
-    def get_node_id(self):
+    def get_node_id(self) -> int:
         """This node's id in the cluster (0 .. machine_nr - 1)."""
         return LIB.patronus_get_node_id(self._node())
 
-    def get_thread_id(self):
+    def get_thread_id(self) -> int:
         """The calling client thread's id on this node (registration order)."""
         return LIB.patronus_get_thread_id(self._node())
 
-    def now(self):
+    def now(self) -> int:
         """Synchronised cluster time in ns."""
         return LIB.patronus_now(self._node())
 
-    def epsilon(self):
+    def epsilon(self) -> int:
         """The cluster's clock uncertainty in ns."""
         return LIB.patronus_epsilon(self._node())
 
@@ -377,30 +380,48 @@ class Patronus:
             raise _not_granted(lease, cause)
         return lease
 
-    def get_rlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0):
+    def get_rlease(
+        self,
+        node_id: int,
+        dir_id: int,
+        gaddr: Union[GlobalAddress, int, None],
+        alloc_hint: int,
+        size: int,
+        ns: int,
+        flag: int = 0,
+    ) -> Lease:
         """A read lease on ``[gaddr.offset, +size)`` for ``ns`` nanoseconds;
         raises AcquireError (with ``.status``) when it is not granted."""
         return self._lease(LIB.patronus_get_rlease, node_id, dir_id, gaddr, alloc_hint, size,
                            ns, flag)
 
-    def get_wlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0):
+    def get_wlease(
+        self,
+        node_id: int,
+        dir_id: int,
+        gaddr: Union[GlobalAddress, int, None],
+        alloc_hint: int,
+        size: int,
+        ns: int,
+        flag: int = 0,
+    ) -> Lease:
         """A write lease (read, write, atomics); see ``get_rlease``."""
         return self._lease(LIB.patronus_get_wlease, node_id, dir_id, gaddr, alloc_hint, size,
                            ns, flag)
 
-    def relinquish(self, lease, hint=0, flag=0):
+    def relinquish(self, lease: Lease, hint: int = 0, flag: int = 0) -> None:
         """Gives the lease back (the memory node revokes it at once)."""
         check(LIB.patronus_relinquish(self._node(), _lh(lease), hint, int(flag)))
 
-    def extend(self, lease, ns, flag=0):
+    def extend(self, lease: Lease, ns: int, flag: int = 0) -> None:
         """One-sided extension by ``ns``."""
         check(LIB.patronus_extend(self._node(), _lh(lease), ns, int(flag)))
 
-    def rpc_extend(self, lease, ns, flag=0):
+    def rpc_extend(self, lease: Lease, ns: int, flag: int = 0) -> None:
         """Extension by RPC."""
         check(LIB.patronus_rpc_extend(self._node(), _lh(lease), ns, int(flag)))
 
-    def upgrade(self, lease, flag=0):
+    def upgrade(self, lease: Lease, flag: int = 0) -> Lease:
         """A write lease replacing the read lease ``lease``."""
         h = LIB.patronus_upgrade(self._node(), _lh(lease), int(flag))
         cause = last_error()
@@ -411,66 +432,66 @@ class Patronus:
             raise _not_granted(new, cause)
         return new
 
-    def get_gaddr(self, lease):
+    def get_gaddr(self, lease: Lease) -> GlobalAddress:
         """The ``GlobalAddress`` that ``lease`` covers (its allocated object for WITH_ALLOCATION)."""
         return GlobalAddress._from_c(LIB.patronus_get_gaddr(self._node(), _lh(lease)))
 
     # data path -----------------------------------------------------------
 
-    def read(self, lease, size, offset=0, flag=0):
+    def read(self, lease: Lease, size: int, offset: int = 0, flag: int = 0) -> bytes:
         """``size`` bytes at ``offset`` of the leased object."""
         buf = ctypes.create_string_buffer(size)
         check(LIB.patronus_read(self._node(), _lh(lease), buf, size, offset, int(flag)))
         return buf.raw
 
-    def write(self, lease, data, offset=0, flag=0):
+    def write(self, lease: Lease, data: bytes, offset: int = 0, flag: int = 0) -> None:
         """Writes ``data`` (bytes-like) at ``offset``."""
         data = bytes(data)
         check(LIB.patronus_write(self._node(), _lh(lease), data, len(data), offset,
                                  int(flag)))
 
-    def cas(self, lease, offset, compare, swap, flag=0):
+    def cas(self, lease: Lease, offset: int, compare: int, swap: int, flag: int = 0) -> int:
         """8-byte compare-and-swap; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_cas(self._node(), _lh(lease), ctypes.byref(io), offset,
                                compare, swap, int(flag)))
         return io.value
 
-    def faa(self, lease, offset, value, flag=0):
+    def faa(self, lease: Lease, offset: int, value: int, flag: int = 0) -> int:
         """8-byte fetch-and-add; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_faa(self._node(), _lh(lease), ctypes.byref(io), offset, value,
                                int(flag)))
         return io.value
 
-    def rpc_read(self, lease, size, offset=0, flag=0):
+    def rpc_read(self, lease: Lease, size: int, offset: int = 0, flag: int = 0) -> bytes:
         """Reads ``size`` bytes at ``offset`` in the lease by a two-sided RPC; returns bytes."""
         buf = ctypes.create_string_buffer(size)
         check(LIB.patronus_rpc_read(self._node(), _lh(lease), buf, size, offset,
                                     int(flag)))
         return buf.raw
 
-    def rpc_write(self, lease, data, offset=0, flag=0):
+    def rpc_write(self, lease: Lease, data: bytes, offset: int = 0, flag: int = 0) -> None:
         """Writes ``data`` at ``offset`` in the lease by a two-sided RPC."""
         data = bytes(data)
         check(LIB.patronus_rpc_write(self._node(), _lh(lease), data, len(data), offset,
                                      int(flag)))
 
-    def rpc_cas(self, lease, offset, compare, swap):
+    def rpc_cas(self, lease: Lease, offset: int, compare: int, swap: int) -> int:
         """8-byte compare-and-swap at ``offset`` by RPC; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_rpc_cas(self._node(), _lh(lease), ctypes.byref(io), offset,
                                    compare, swap))
         return io.value
 
-    def rpc_faa(self, lease, offset, value):
+    def rpc_faa(self, lease: Lease, offset: int, value: int) -> int:
         """8-byte fetch-and-add of ``value`` at ``offset`` by RPC; returns the old value."""
         io = ctypes.c_uint64()
         check(LIB.patronus_rpc_faa(self._node(), _lh(lease), ctypes.byref(io), offset,
                                    value))
         return io.value
 
-    def batch(self):
+    def batch(self) -> Batch:
         """A new ``Batch`` of one-sided operations."""
         return Batch(self)
 
@@ -498,64 +519,117 @@ class Patronus:
         t.calls[t.next] = (user_data, kind, keep, lease)
         return True
 
-    def post_get_rlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0,
-                        user_data=0):
+    def post_get_rlease(
+        self,
+        node_id: int,
+        dir_id: int,
+        gaddr: Union[GlobalAddress, int, None],
+        alloc_hint: int,
+        size: int,
+        ns: int,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``get_rlease``: the completion's ``lease`` is the new Lease
         (check ``lease.success``; ``rc`` is OK whether or not it was granted)."""
         return self._post(LIB.patronus_post_get_rlease,
                           (node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag)),
                           user_data, "acquire", None)
 
-    def post_get_wlease(self, node_id, dir_id, gaddr, alloc_hint, size, ns, flag=0,
-                        user_data=0):
+    def post_get_wlease(
+        self,
+        node_id: int,
+        dir_id: int,
+        gaddr: Union[GlobalAddress, int, None],
+        alloc_hint: int,
+        size: int,
+        ns: int,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``get_wlease``."""
         return self._post(LIB.patronus_post_get_wlease,
                           (node_id, dir_id, _gaddr(gaddr), alloc_hint, size, ns, int(flag)),
                           user_data, "acquire", None)
 
-    def post_relinquish(self, lease, hint=0, flag=0, user_data=0):
+    def post_relinquish(
+        self,
+        lease: Lease,
+        hint: int = 0,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``relinquish``."""
         return self._post(LIB.patronus_post_relinquish, (_lh(lease), hint, int(flag)),
                           user_data, "lease", None, lease)
 
-    def post_extend(self, lease, ns, flag=0, user_data=0):
+    def post_extend(self, lease: Lease, ns: int, flag: int = 0, user_data: int = 0) -> bool:
         """Posted one-sided ``extend``."""
         return self._post(LIB.patronus_post_extend, (_lh(lease), ns, int(flag)), user_data,
                           "lease", None, lease)
 
-    def post_rpc_extend(self, lease, ns, flag=0, user_data=0):
+    def post_rpc_extend(self, lease: Lease, ns: int, flag: int = 0, user_data: int = 0) -> bool:
         """Posted ``rpc_extend``."""
         return self._post(LIB.patronus_post_rpc_extend, (_lh(lease), ns, int(flag)),
                           user_data, "lease", None, lease)
 
-    def post_read(self, lease, size, offset=0, flag=0, user_data=0):
+    def post_read(
+        self,
+        lease: Lease,
+        size: int,
+        offset: int = 0,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``read``: the completion's ``data`` holds the bytes."""
         buf = ctypes.create_string_buffer(size)
         return self._post(LIB.patronus_post_read, (_lh(lease), buf, size, offset, int(flag)),
                           user_data, "read", buf, lease)
 
-    def post_write(self, lease, data, offset=0, flag=0, user_data=0):
+    def post_write(
+        self,
+        lease: Lease,
+        data: bytes,
+        offset: int = 0,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``write`` (``data`` is copied at once)."""
         data = bytes(data)
         return self._post(LIB.patronus_post_write,
                           (_lh(lease), data, len(data), offset, int(flag)), user_data,
                           "lease", None, lease)
 
-    def post_cas(self, lease, offset, compare, swap, flag=0, user_data=0):
+    def post_cas(
+        self,
+        lease: Lease,
+        offset: int,
+        compare: int,
+        swap: int,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``cas``: the completion's ``value`` is the old value."""
         io = ctypes.c_uint64()
         return self._post(LIB.patronus_post_cas,
                           (_lh(lease), ctypes.byref(io), offset, compare, swap, int(flag)),
                           user_data, "atomic", io, lease)
 
-    def post_faa(self, lease, offset, value, flag=0, user_data=0):
+    def post_faa(
+        self,
+        lease: Lease,
+        offset: int,
+        value: int,
+        flag: int = 0,
+        user_data: int = 0,
+    ) -> bool:
         """Posted ``faa``: the completion's ``value`` is the old value."""
         io = ctypes.c_uint64()
         return self._post(LIB.patronus_post_faa,
                           (_lh(lease), ctypes.byref(io), offset, value, int(flag)), user_data,
                           "atomic", io, lease)
 
-    def post_commit(self, batch, user_data=0):
+    def post_commit(self, batch: Batch, user_data: int = 0) -> bool:
         """Posted ``Batch.commit``: the completion's ``results`` is what
         ``commit()`` returns. The batch is empty once posted."""
         outs = batch._outs
@@ -584,7 +658,7 @@ class Patronus:
             out.append(Completion(user_data, rc, lease, value, data, results))
         return out
 
-    def poll(self, max=64):
+    def poll(self, max: int = 64) -> List[Completion]:
         """Completions of this thread's posted calls, at most ``max``, without
         waiting."""
         cs = (_CCompletion * max)()
@@ -593,7 +667,7 @@ class Patronus:
             raise PatronusError(RC.INVALID, last_error())
         return self._completions(cs, n)
 
-    def wait(self, max=64, timeout_ns=1_000_000_000):
+    def wait(self, max: int = 64, timeout_ns: int = 1_000_000_000) -> List[Completion]:
         """As ``poll``, but waits up to ``timeout_ns`` for at least one."""
         cs = (_CCompletion * max)()
         n = LIB.patronus_wait(self._node(), cs, max, timeout_ns) if max else 0
@@ -601,20 +675,26 @@ class Patronus:
             raise PatronusError(RC.INVALID, last_error())
         return self._completions(cs, n)
 
-    def inflight(self):
+    def inflight(self) -> int:
         """Calls this thread posted whose completions were not polled yet."""
         return LIB.patronus_inflight(self._node())
 
     # allocation, memory-node buffers, keeper ----------------------------
 
-    def alloc(self, node_id, dir_id, size, hint=0):
+    def alloc(self, node_id: int, dir_id: int, size: int, hint: int = 0) -> GlobalAddress:
         """Allocates ``size`` bytes on a memory node; a GlobalAddress."""
         g = GlobalAddress._from_c(LIB.patronus_alloc(self._node(), node_id, dir_id, size, hint))
         if g.is_null():
             raise PatronusError(RC.NO_MEM, last_error() or "allocation failed")
         return g
 
-    def dealloc(self, gaddr, dir_id, size, hint=0):
+    def dealloc(
+        self,
+        gaddr: Union[GlobalAddress, int, None],
+        dir_id: int,
+        size: int,
+        hint: int = 0,
+    ) -> None:
         """Frees a block from ``alloc``; raises when the memory node refuses."""
         LIB.patronus_dealloc(self._node(), _gaddr(gaddr), dir_id, size, hint)
         _check_void((InvalidArgument, RC.INVALID))
@@ -626,24 +706,24 @@ class Patronus:
             raise _null_error("buffer")
         return memoryview((ctypes.c_char * n.value).from_address(ptr)).cast("B")
 
-    def lease_buffer(self):
+    def lease_buffer(self) -> memoryview:
         """The memory node's lease buffer (its own view, no lease needed)."""
         return self._buffer(LIB.patronus_get_lease_buffer)
 
-    def alloc_buffer(self):
+    def alloc_buffer(self) -> memoryview:
         """The memory node's allocation buffer (its own view, no lease needed)."""
         return self._buffer(LIB.patronus_get_alloc_buffer)
 
-    def user_reserved_buffer(self):
+    def user_reserved_buffer(self) -> memoryview:
         """The memory node's user-reserved buffer (its own view, no lease needed)."""
         return self._buffer(LIB.patronus_get_user_reserved_buffer)
 
-    def put(self, key, value):
+    def put(self, key: str, value: bytes) -> None:
         """Stores ``value`` (bytes) under ``key`` in the cluster's keeper."""
         value = bytes(value)
         check(LIB.patronus_put(self._node(), key.encode(), value, len(value)))
 
-    def get(self, key):
+    def get(self, key: str) -> bytes:
         """The value of ``key``, waiting until some node put it."""
         cap = 256
         while True:
@@ -656,7 +736,7 @@ class Patronus:
             check(rc)
             return buf.raw[: n.value]
 
-    def try_get(self, key):
+    def try_get(self, key: str) -> Optional[bytes]:
         """The value of ``key``, or None when no node put it (yet)."""
         cap = 256
         while True:
@@ -671,7 +751,7 @@ class Patronus:
             check(rc)
             return buf.raw[: n.value]
 
-    def keeper_barrier(self, key):
+    def keeper_barrier(self, key: str) -> None:
         """Waits until every node of the cluster reached barrier ``key``."""
         check(LIB.patronus_keeper_barrier(self._node(), key.encode()))
 
@@ -710,7 +790,7 @@ class Lease:
             raise InvalidArgument(RC.INVALID, "the lease handle was freed")
         return self._h
 
-    def close(self):
+    def close(self) -> None:
         """Frees the handle without relinquishing (idempotent)."""
         h, self._h = getattr(self, "_h", None), None
         if h:
@@ -730,52 +810,52 @@ class Lease:
             self.close()
 
     @property
-    def success(self):
+    def success(self) -> bool:
         """True when the lease was granted."""
         return bool(LIB.patronus_lease_success(self._handle()))
 
     @property
-    def ec(self):
+    def ec(self) -> AcquireStatus:
         """The memory node's ``AcquireStatus`` for this lease (SUCCESS when granted)."""
         return AcquireStatus(LIB.patronus_lease_ec(self._handle()))
 
     @property
-    def id(self):
+    def id(self) -> int:
         """The lease id the memory node assigned."""
         return LIB.patronus_lease_id(self._handle())
 
     @property
-    def base_addr(self):
+    def base_addr(self) -> int:
         """The object's address in the memory node's registered region."""
         return LIB.patronus_lease_base_addr(self._handle())
 
     @property
-    def buffer_size(self):
+    def buffer_size(self) -> int:
         """The size in bytes the lease covers."""
         return LIB.patronus_lease_buffer_size(self._handle())
 
     @property
-    def dir_id(self):
+    def dir_id(self) -> int:
         """The directory that granted the lease."""
         return LIB.patronus_lease_dir_id(self._handle())
 
     @property
-    def ddl_term(self):
+    def ddl_term(self) -> int:
         """The lease's deadline in cluster time (ns); 2**64 - 1 when it never expires."""
         return LIB.patronus_lease_ddl_term(self._handle())
 
     @property
-    def readable(self):
+    def readable(self) -> bool:
         """True when the lease allows reads."""
         return bool(LIB.patronus_lease_is_readable(self._handle()))
 
     @property
-    def writable(self):
+    def writable(self) -> bool:
         """True when the lease allows writes and atomics (a write lease)."""
         return bool(LIB.patronus_lease_is_writable(self._handle()))
 
     @property
-    def gaddr(self):
+    def gaddr(self) -> GlobalAddress:
         """The ``GlobalAddress`` the lease covers."""
         return self._p.get_gaddr(self)
 
@@ -798,7 +878,7 @@ class Batch:
             raise _null_error("batch_new")
         self._outs = []
 
-    def close(self):
+    def close(self) -> None:
         """Frees the batch's handle (idempotent); operations not committed are dropped."""
         b, self._b = getattr(self, "_b", None), None
         if b:
@@ -817,33 +897,40 @@ class Batch:
         check(rc)
         self._outs.append(out)
 
-    def prepare_read(self, lease, size, offset=0, flag=0):
+    def prepare_read(self, lease: Lease, size: int, offset: int = 0, flag: int = 0) -> None:
         """Adds a read of ``size`` bytes at ``offset``; its result is bytes."""
         buf = ctypes.create_string_buffer(size)
         self._prep(LIB.patronus_prepare_read(self._p._node(), self._b, _lh(lease), buf,
                                              size, offset, int(flag)), ("read", buf))
 
-    def prepare_write(self, lease, data, offset=0, flag=0):
+    def prepare_write(self, lease: Lease, data: bytes, offset: int = 0, flag: int = 0) -> None:
         """Adds a write of ``data`` at ``offset``; its result is None."""
         data = bytes(data)
         self._prep(LIB.patronus_prepare_write(self._p._node(), self._b, _lh(lease), data,
                                               len(data), offset, int(flag)), ("write", None))
 
-    def prepare_cas(self, lease, offset, compare, swap, flag=0):
+    def prepare_cas(
+        self,
+        lease: Lease,
+        offset: int,
+        compare: int,
+        swap: int,
+        flag: int = 0,
+    ) -> None:
         """Adds an 8-byte compare-and-swap at ``offset``; its result is the old value."""
         io = ctypes.c_uint64()
         self._prep(LIB.patronus_prepare_cas(self._p._node(), self._b, _lh(lease),
                                             ctypes.byref(io), offset, compare, swap,
                                             int(flag)), ("atomic", io))
 
-    def prepare_faa(self, lease, offset, value, flag=0):
+    def prepare_faa(self, lease: Lease, offset: int, value: int, flag: int = 0) -> None:
         """Adds an 8-byte fetch-and-add of ``value`` at ``offset``; its result is the old value."""
         io = ctypes.c_uint64()
         self._prep(LIB.patronus_prepare_faa(self._p._node(), self._b, _lh(lease),
                                             ctypes.byref(io), offset, value, int(flag)),
                    ("atomic", io))
 
-    def commit(self):
+    def commit(self) -> list:
         """Posts the chain and waits; raises on failure. A posted batch is
         empty afterwards either way; InvalidArgument (e.g. this thread is
         not a client thread) posts nothing and keeps the batch, so a later

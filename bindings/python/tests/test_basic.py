@@ -84,3 +84,30 @@ def test_every_public_name_has_a_docstring():
                 if not (member.__doc__ or "").strip():
                     missing.append(f"{name}.{attr}")
     assert missing == [], f"public names without a docstring: {missing}"
+
+
+def test_every_public_function_is_typed():
+    import inspect
+    import typing
+
+    import patronus
+
+    untyped = []
+    for name in patronus.__all__:
+        obj = getattr(patronus, name)
+        members = [(name, obj)] if inspect.isfunction(obj) else []
+        if inspect.isclass(obj):
+            for attr, m in vars(obj).items():
+                if isinstance(m, property):
+                    m = m.fget
+                if not attr.startswith("_") and inspect.isfunction(m):
+                    members.append((f"{name}.{attr}", m))
+        for label, fn in members:
+            hints = typing.get_type_hints(fn, vars(patronus))  # every name resolves
+            params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+            if "return" not in hints or any(p not in hints for p in params):
+                untyped.append(label)
+    assert untyped == [], f"public functions without full annotations: {untyped}"
+    import pathlib
+
+    assert (pathlib.Path(patronus.__file__).parent / "py.typed").exists()
