@@ -270,6 +270,27 @@ def _null_error(what):
 
 
 _CONFIG_FIELDS = {name for name, _ in Config._fields_}
+_CONFIG_TYPES = dict(Config._fields_)
+
+
+def _config_value(name, v):
+    """``v`` as the C field ``name`` holds it, or InvalidArgument naming the
+    field: ctypes would wrap a negative or too large number silently."""
+    ctype = _CONFIG_TYPES[name]
+    if ctype is ctypes.c_char_p:
+        if not isinstance(v, str):
+            raise InvalidArgument(RC.INVALID, f"config {name} must be a str, not {type(v).__name__}")
+        return v.encode()
+    if ctype is ctypes.c_bool:
+        if not isinstance(v, bool):
+            raise InvalidArgument(RC.INVALID, f"config {name} must be a bool, not {type(v).__name__}")
+        return v
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgument(RC.INVALID, f"config {name} must be an int, not {type(v).__name__}")
+    bits = ctypes.sizeof(ctype) * 8
+    if not 0 <= v < 1 << bits:
+        raise InvalidArgument(RC.INVALID, f"config {name}={v} is outside 0..{(1 << bits) - 1}")
+    return v
 
 
 class Patronus:
@@ -293,9 +314,7 @@ class Patronus:
         for k, v in config.items():
             if v is None:
                 continue
-            if isinstance(v, str):
-                v = v.encode()
-            setattr(c, k, v)
+            setattr(c, k, _config_value(k, v))
         self._c = c  # keeps the strings alive during patronus_new
         self._p = LIB.patronus_new(ctypes.byref(c))
         if not self._p:

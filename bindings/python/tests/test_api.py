@@ -262,6 +262,15 @@ def test_invalid_arguments_name_the_problem(node):
         patronus.Patronus(no_such_field=1)
     with pytest.raises(PatronusError):
         patronus.Patronus(machine_nr=0)
+    # Values ctypes would wrap or coerce are refused before the library sees them.
+    for kw, words in [({"lease_buffer_size": -5}, "lease_buffer_size=-5 is outside"),
+                      ({"machine_nr": 1 << 16}, "machine_nr=65536 is outside 0..65535"),
+                      ({"fabric": b"shm"}, "fabric must be a str"),
+                      ({"simplify": 1}, "simplify must be a bool"),
+                      ({"dir_nr": 1.5}, "dir_nr must be an int")]:
+        with pytest.raises(InvalidArgument) as e:
+            patronus.Patronus(**kw)
+        assert words in str(e.value), (kw, str(e.value))
     with pytest.raises(InvalidArgument):
         GlobalAddress(0, 1 << 48)
 
