@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import PKG_PARENT
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 
@@ -82,7 +82,7 @@ def memcached():
 
 def test_three_processes_through_memcached(memcached, tmp_path):
     script = tmp_path / "node.py"
-    script.write_text(NODE.format(pkg=str(ROOT / "bindings" / "python")))
+    script.write_text(NODE.format(pkg=str(PKG_PARENT)))
     cluster = f"py-mp-{os.getpid()}"
     procs = [
         subprocess.Popen([sys.executable, str(script), role, memcached, cluster],
