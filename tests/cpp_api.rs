@@ -119,3 +119,30 @@ fn cpp_header_compiles_without_boost() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The first C++ program of bindings/cpp/README.md, compiled and run as it
+/// stands there: a newcomer's copy of it must work.
+#[test]
+fn the_readme_program_runs() {
+    let readme = std::fs::read_to_string(root().join("bindings/cpp/README.md")).unwrap();
+    let start = readme.find("```cpp\n").expect("a ```cpp block") + 7;
+    let len = readme[start..].find("```").unwrap();
+    let src = libdir().join("readme_quickstart.cpp");
+    std::fs::write(&src, &readme[start..start + len]).unwrap();
+    let exe = build_src("c++17", src.to_str().unwrap(), "readme_quickstart", &[]);
+    let o = Command::new(&exe)
+        .env("PATRONUS_LOG", "warn")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("read: hello, remote memory (ok)"), "{out}");
+    assert!(
+        out.contains("outside the lease: RDMA protection error"),
+        "{out}"
+    );
+}
