@@ -62,4 +62,25 @@ class BinaryDistribution(Distribution):
         return _bundling()
 
 
-setup(cmdclass={"build_py": BuildWithCargo}, distclass=BinaryDistribution)
+cmdclass = {"build_py": BuildWithCargo}
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70: the wheel package's command
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:
+        bdist_wheel = None
+
+if bdist_wheel is not None:
+
+    class PlatformWheel(bdist_wheel):
+        """The bundled library is native but uses no Python C API: one wheel
+        serves every Python 3 on the platform (py3-none-<platform>)."""
+
+        def get_tag(self):
+            python, abi, plat = super().get_tag()
+            return ("py3", "none", plat) if _bundling() else (python, abi, plat)
+
+    cmdclass["bdist_wheel"] = PlatformWheel
+
+setup(cmdclass=cmdclass, distclass=BinaryDistribution)
