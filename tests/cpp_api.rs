@@ -53,19 +53,25 @@ fn build_src(std: &str, src: &str, out: &str, libs: &[&str]) -> PathBuf {
     exe
 }
 
-#[test]
-fn cpp_class_api_in_the_original_style() {
-    let exe = build("c++17", "test_patronus");
-    let o = Command::new(&exe)
+/// Runs `exe` (library logs at warn); its stdout, once it exited 0.
+fn run_ok(exe: &std::path::Path) -> String {
+    let o = Command::new(exe)
         .env("PATRONUS_LOG", "warn")
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
         "{out}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    out
+}
+
+#[test]
+fn cpp_class_api_in_the_original_style() {
+    let exe = build("c++17", "test_patronus");
+    let out = run_ok(&exe);
     assert!(
         out.contains("read outside the lease: RDMA protection error"),
         "{out}"
@@ -86,16 +92,7 @@ fn cpp_coroutines_in_the_original_style_overlap_calls() {
         "test_coro",
         &["-lboost_coroutine", "-lboost_context"],
     );
-    let o = Command::new(&exe)
-        .env("PATRONUS_LOG", "warn")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = run_ok(&exe);
     eprintln!("{out}");
     assert!(out.contains("test_coro: ok"), "{out}");
 }
@@ -130,16 +127,7 @@ fn the_readme_program_runs() {
     let src = libdir().join("readme_quickstart.cpp");
     std::fs::write(&src, &readme[start..start + len]).unwrap();
     let exe = build_src("c++17", src.to_str().unwrap(), "readme_quickstart", &[]);
-    let o = Command::new(&exe)
-        .env("PATRONUS_LOG", "warn")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = run_ok(&exe);
     assert!(out.contains("read: hello, remote memory (ok)"), "{out}");
     assert!(
         out.contains("outside the lease: RDMA protection error"),

@@ -485,20 +485,16 @@ fn a_flooding_client_gets_its_share_of_the_directory() {
                 // fair queue (the deterministic order is proven by the unit
                 // tests in `fabric::msg`; this checks it end to end).
                 let (mut alone, mut during, mut ratio) = round(&mut honest);
-                let med0 = {
-                    let mut r = ratio.clone();
-                    r.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    r[r.len() / 2]
+                let med = |v: &mut Vec<f64>| {
+                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    v[v.len() / 2]
                 };
+                let med0 = med(&mut ratio.clone());
                 if med0 < 0.5 {
                     eprintln!("first round: median paired ratio {med0:.2}; one more round");
                     (alone, during, ratio) = round(&mut honest);
                 }
                 stop.store(true, Ordering::Relaxed);
-                let med = |v: &mut Vec<f64>| {
-                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    v[v.len() / 2]
-                };
                 let (a, d, r) = (med(&mut alone), med(&mut during), med(&mut ratio));
                 eprintln!("honest acquire+relinquish: {a:.0}/s alone, {d:.0}/s during the flood (median of paired ratios {r:.2})");
                 assert!(
