@@ -486,9 +486,12 @@ patronus_rc_t patronus_register_server_thread(patronus_t *p);
  * every client node called `patronus_finished(p, key)`. A node with no
  * registered client thread counts as finished by serving; a node that is
  * also a client (e.g. a one-node cluster) must call `patronus_finished`
- * itself, so register its client threads before serving starts. On
- * failure (e.g. every directory already has its thread, or a keeper
- * error) it returns at once with the last error set.
+ * itself, so register its client threads before serving starts. A node
+ * that dies before finishing (its heartbeat through the keeper stops)
+ * counts as gone: once every other node finished or died, serving revokes
+ * every lease and returns with the last error naming the dead nodes
+ * (`patronus_last_error`). On failure (e.g. every directory already has its
+ * thread, or a keeper error) it returns at once with the last error set.
  */
 void patronus_server_serve(patronus_t *p, uint64_t key);
 

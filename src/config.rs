@@ -49,6 +49,10 @@ pub struct Config {
     pub measured_time_sync: bool,
     /// How long `get` and barriers wait for other nodes.
     pub keeper_timeout: Duration,
+    /// A node whose heartbeat (through the keeper, every 200 ms) stood
+    /// still this long counts as dead: a serving memory node stops waiting
+    /// for its `finished` (at least 600 ms).
+    pub peer_dead_after: Duration,
     /// Fault injection: the original's "magic MW" quirk (PATRONUS.md §4.10).
     /// When set, every bind whose per-connection index is 682 mod 1024 fails
     /// its acquire with `AcquireStatus::MagicMwErr`, and the client retries
@@ -99,6 +103,7 @@ impl Default for Config {
             time_resync: Duration::from_secs(1),
             measured_time_sync: false,
             keeper_timeout: Duration::from_secs(60),
+            peer_dead_after: Duration::from_secs(3),
             magic_mw_fault: false,
             alloc_classes: vec![(64, 1), (4096, 1), (2 << 20, 2)],
             max_inflight: 0,

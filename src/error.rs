@@ -23,6 +23,10 @@ pub enum Error {
     /// A peer did not answer within the configured timeout.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Nodes of the run died (their heartbeat stopped) before they called
+    /// `finished`: serving ended without them.
+    #[error("nodes died before calling finished: {0}")]
+    NodesDied(String),
     /// The keeper (memcached or in-process) failed.
     #[error("keeper: {0}")]
     Keeper(String),

@@ -680,6 +680,7 @@ fn seed_msgs() -> Vec<Vec<u8>> {
         AdminOp::QpToRw,
         AdminOp::QpReset,
         AdminOp::Stats,
+        AdminOp::GcQueued,
     ] {
         cases.push((MsgType::Admin, Msg::Admin(AdminReq { op, arg: 1, dir: 0 })));
     }

@@ -114,6 +114,18 @@ struct NodeArgs {
     /// Sync key of server_serve / finished.
     #[arg(long, default_value_t = 0)]
     key: u64,
+    /// Synchronise clocks by measurement even with nodes on the same kernel
+    /// (whose offset is exactly 0): exercises the estimator and re-sync.
+    #[arg(long)]
+    measured_time_sync: bool,
+    /// Period of the clock re-sync of nodes other than the time parent, in
+    /// milliseconds (at least 10).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    time_resync_ms: u64,
+    /// A node whose heartbeat (through the keeper) stood still this many
+    /// milliseconds is dead: a memory node then stops waiting for it.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(600..))]
+    peer_dead_after_ms: u64,
 }
 
 impl NodeArgs {
@@ -129,6 +141,9 @@ impl NodeArgs {
             cluster: self.cluster.clone(),
             rpc_timeout: Duration::from_millis(self.rpc_timeout_ms.max(1)),
             allow_universal_rkey: self.allow_universal_rkey,
+            measured_time_sync: self.measured_time_sync,
+            time_resync: Duration::from_millis(self.time_resync_ms),
+            peer_dead_after: Duration::from_millis(self.peer_dead_after_ms),
             ..Default::default()
         }
     }

@@ -72,6 +72,8 @@ pub(super) struct Update {
     cache_write: Option<(u64, Vec<u8>)>,
     /// An upgrade succeeded: the read lease was given back.
     release: bool,
+    /// Auto-extend found the protection region closed.
+    closed: bool,
 }
 
 /// The result of a posted call.
@@ -149,6 +151,9 @@ impl Completion {
         if u.release {
             lease.release();
         }
+        if u.closed {
+            lease.closed = true;
+        }
     }
 }
 
@@ -158,7 +163,7 @@ pub(crate) fn rc_of(e: &Error) -> Rc {
         Error::Invalid(_) => Rc::Invalid,
         Error::NotFound(_) => Rc::NotFound,
         Error::NoMem(_) => Rc::NoMem,
-        Error::Timeout(_) | Error::Fabric(_) => Rc::RdmaExecutionErr,
+        Error::Timeout(_) | Error::Fabric(_) | Error::NodesDied(_) => Rc::RdmaExecutionErr,
         Error::Keeper(_) => Rc::Retry,
         Error::Io { .. } => Rc::Invalid,
     }
@@ -325,6 +330,11 @@ pub(super) struct PreExtend {
     pub raddr: u64,
     pub rkey: u32,
     pub step: u32,
+    /// The local check called the lease expired: the access goes ahead
+    /// only if this extension is honoured.
+    pub required: bool,
+    /// When the call was prepared (the extension's round trip).
+    pub posted: Instant,
 }
 
 /// One-sided calls on a data QP.
@@ -1032,10 +1042,19 @@ impl ClientThread {
     /// post the other calls waiting on that QP again.
     fn data_failed(&mut self, idx: u32, qp: usize) -> Result<()> {
         self.recover_qp(qp, Some(idx))?;
-        let ddl = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
-            Some(Op::Data(d)) => d.ddl,
-            _ => None,
+        let (ddl, revive) = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
+            Some(Op::Data(d)) => (d.ddl, d.pre.is_some()),
+            _ => (None, false),
         };
+        if revive {
+            // The auto-extension itself was refused: its region's window is
+            // gone, the GC revoked the lease (before the access was posted).
+            let mut c = Completion::new(0, Ok(Rc::LeaseLocalExpiredErr));
+            c.update.closed = true;
+            self.note_lost();
+            self.finish(idx, c);
+            return Ok(());
+        }
         let rc = match ddl {
             // It passed the local check at post time and the deadline is in
             // doubt now: it expired in flight.
@@ -1044,6 +1063,17 @@ impl ClientThread {
         };
         self.finish(idx, Completion::new(0, Ok(rc)));
         Ok(())
+    }
+
+    /// Auto-extend came back to a lease the memory node had closed.
+    fn note_lost(&mut self) {
+        self.auto_extend_lost += 1;
+        if !self.ext_warned.replace(true) {
+            tracing::warn!(
+                "auto-extend could not keep a lease alive: the thread came back after the memory node \
+                 closed it (its term plus epsilon had passed); a term longer than this thread's pauses is needed"
+            );
+        }
     }
 
     /// Resets and reconnects data QP `qp` in place; every call waiting on
@@ -1079,6 +1109,8 @@ impl ClientThread {
     fn on_data_done(&mut self, idx: u32) -> Result<()> {
         let large;
         let again;
+        let mut rtt = None;
+        let mut lost = false;
         let mut c = Completion::new(0, Ok(Rc::Ok));
         {
             let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
@@ -1095,11 +1127,22 @@ impl ClientThread {
             };
             if let Some(p) = d.pre.take() {
                 let found = Word::unpack(mr.load_u64(base)?);
+                rtt = Some(p.posted.elapsed());
                 if found == p.from {
                     d.units = Some(p.to.units);
                     c.update.auto_step = Some(p.step.saturating_mul(2).min(1 << 10));
+                    again = true;
+                } else if p.required || found.is_closed() {
+                    // The GC closed the region (or, for a lease that had run
+                    // out by the local check, it changed): no access, and no
+                    // more attempts on this lease.
+                    c.result = Ok(Rc::LeaseLocalExpiredErr);
+                    c.update.closed = true;
+                    lost = true;
+                    again = false;
+                } else {
+                    again = true;
                 }
-                again = true;
             } else {
                 let chunk = if large { DATA_BUF } else { SMALL };
                 match &d.kind {
@@ -1172,6 +1215,17 @@ impl ClientThread {
                     _ => {}
                 }
             }
+        }
+        if lost {
+            self.note_lost();
+        }
+        if let Some(t) = rtt {
+            let t = t.as_nanos().min(u64::MAX as u128) as u64;
+            self.ext_rtt_ns = if self.ext_rtt_ns == 0 {
+                t
+            } else {
+                (self.ext_rtt_ns * 7 + t) / 8
+            };
         }
         if again {
             // The next chunk (or the access after the auto-extension).

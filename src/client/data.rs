@@ -48,30 +48,71 @@ impl ClientThread {
                 "the lease was relinquished or never granted".into(),
             ));
         }
-        if flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease) {
+        let expired = flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease);
+        if flag & rw::WITH_AUTO_EXTEND == 0 || lease.never_expires() {
+            return Ok(if expired {
+                Check::Stop(Rc::LeaseLocalExpiredErr)
+            } else {
+                Check::Go(None)
+            });
+        }
+        // Auto-extend acts once the time left falls to a margin of epsilon
+        // (the clocks' disagreement) plus the largest of two units, half the
+        // time the lease has been held for, four extension round trips as
+        // this thread measured them, and 100 us (so a lease that has lived
+        // long survives a pause of half its age);
+        // it extends by enough to leave at least the margin plus a unit, so
+        // every term and epsilon can be kept alive, and a lease that the
+        // local check already calls expired is revived when its protection
+        // region is still open (the CAS is atomic with the GC's close; the
+        // access goes ahead only if the CAS was honoured).
+        if expired && lease.closed {
             return Ok(Check::Stop(Rc::LeaseLocalExpiredErr));
         }
-        let mut pre = None;
-        if flag & rw::WITH_AUTO_EXTEND != 0 && !lease.never_expires() {
-            let left = lease.ddl.saturating_sub(self.sh.clock.now());
-            let margin = lease.term.unit.saturating_mul(2).max(100_000);
-            if left > self.sh.clock.epsilon() + 2_000 && left <= margin {
-                let step = lease.auto_step;
-                let ns = (lease.term.unit as u64).saturating_mul(step as u64);
-                // Refused (no region, capped): the access itself reports
-                // what happens next.
-                if let Ok((from, to)) = lease.extension(ns) {
-                    pre = Some(PreExtend {
-                        from,
-                        to,
-                        raddr: self.sh.peer(lease.node)?.region_addr + lease.pr_word().0,
-                        rkey: lease.pr_rkey,
-                        step,
-                    });
+        let left = lease.ddl.saturating_sub(self.sh.clock.now());
+        let unit = lease.term.unit.max(1);
+        let held = lease.ddl.saturating_sub(lease.term.begin);
+        let margin = self.sh.clock.epsilon().saturating_add(
+            unit.saturating_mul(2)
+                .max(held / 2)
+                .max(self.ext_rtt_ns.saturating_mul(4) as i64)
+                .max(100_000),
+        );
+        if left > margin {
+            return Ok(Check::Go(None));
+        }
+        let step = lease.auto_step.max(1);
+        let want = (unit as u64)
+            .saturating_mul(step as u64)
+            .max(margin.saturating_add(unit).saturating_sub(left).max(0) as u64);
+        match lease.extension(want) {
+            Ok((from, to)) => Ok(Check::Go(Some(PreExtend {
+                from,
+                to,
+                raddr: self.sh.peer(lease.node)?.region_addr + lease.pr_word().0,
+                rkey: lease.pr_rkey,
+                step,
+                required: expired,
+                posted: std::time::Instant::now(),
+            }))),
+            Err(why) => {
+                // No region, or capped: the access itself reports what
+                // happens next, and the thread says once why auto-extend
+                // could not act.
+                if !self.ext_warned.replace(true) {
+                    tracing::warn!(
+                        left_ns = left,
+                        margin_ns = margin,
+                        "auto-extend cannot keep this lease alive: {why}"
+                    );
                 }
+                Ok(if expired {
+                    Check::Stop(Rc::LeaseLocalExpiredErr)
+                } else {
+                    Check::Go(None)
+                })
             }
         }
-        Ok(Check::Go(pre))
     }
 
     pub(super) fn remote(&self, lease: &Lease, offset: u64, flag: u64) -> (u64, u32) {

@@ -138,6 +138,13 @@ pub struct ClientThread {
     out: Vec<u8>,
     magic_retries: u64,
     calls: calls::Calls,
+    /// Smoothed round trip of this thread's auto-extension CASes (ns; 0
+    /// until one completed): part of the margin at which auto-extend acts.
+    ext_rtt_ns: u64,
+    /// Auto-extend could not keep a lease alive (told once per thread).
+    ext_warned: std::cell::Cell<bool>,
+    /// Leases auto-extend found revoked when it came to revive them.
+    auto_extend_lost: u64,
 }
 
 impl Drop for ClientThread {
@@ -203,6 +210,9 @@ impl ClientThread {
             rpc_id: s.rpc_id,
             out: Vec::with_capacity(msg::MAX_MSG),
             magic_retries: 0,
+            ext_rtt_ns: 0,
+            auto_extend_lost: 0,
+            ext_warned: std::cell::Cell::new(false),
             sh,
         })
     }
@@ -211,6 +221,15 @@ impl ClientThread {
     /// (`Config::magic_mw_fault`).
     pub fn magic_retries(&self) -> u64 {
         self.magic_retries
+    }
+
+    /// Leases that auto-extend (`WITH_AUTO_EXTEND`) could not keep alive:
+    /// the thread came back to a lease the memory node had already closed
+    /// (its term plus epsilon had passed, e.g. a 1 ms term on a thread
+    /// descheduled for longer). Each is also reported by a warning once per
+    /// thread; the reads return LEASE_LOCAL_EXPIRED_ERR.
+    pub fn auto_extend_lost(&self) -> u64 {
+        self.auto_extend_lost
     }
 
     /// This thread's slot id.

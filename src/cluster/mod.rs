@@ -3,6 +3,7 @@
 //! the memcached keeper ([`MemcachedKeeper`]) serves several processes and
 //! hosts through a real memcached server.
 
+pub mod liveness;
 mod memcached;
 pub mod run;
 

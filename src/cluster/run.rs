@@ -14,18 +14,31 @@ pub struct Run {
     keeper: Arc<dyn Keeper>,
     prefix: String,
     machine_nr: u16,
+    node_id: u16,
     finished: Mutex<HashSet<u64>>,
 }
 
 impl Run {
-    /// The run whose keys live under `prefix`, of `machine_nr` nodes.
-    pub fn new(keeper: Arc<dyn Keeper>, prefix: String, machine_nr: u16) -> Run {
+    /// Node `node_id`'s handle on the run whose keys live under `prefix`, of
+    /// `machine_nr` nodes.
+    pub fn new(keeper: Arc<dyn Keeper>, prefix: String, machine_nr: u16, node_id: u16) -> Run {
         Run {
             keeper,
             prefix,
             machine_nr,
+            node_id,
             finished: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Nodes in the run.
+    pub fn machine_nr(&self) -> u16 {
+        self.machine_nr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u16 {
+        self.node_id
     }
 
     /// The keeper.
@@ -64,7 +77,9 @@ impl Run {
             .barrier(&self.key(key), self.machine_nr as u64, t)
     }
 
-    /// Marks this node finished for `key` (once per key).
+    /// Marks this node finished for `key` (once per key): its own marker
+    /// first (which node finished: see [`Run::has_finished`]), then the
+    /// count.
     pub fn finished(&self, key: u64) -> Result<()> {
         if self
             .finished
@@ -72,9 +87,18 @@ impl Run {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key)
         {
+            self.put(&format!("finished/{key}/{}", self.node_id), b"1")?;
             self.keeper.incr(&self.key(&format!("finished/{key}")))?;
         }
         Ok(())
+    }
+
+    /// True once node `node` called `finished(key)`.
+    pub fn has_finished(&self, node: u16, key: u64) -> Result<bool> {
+        Ok(self
+            .keeper
+            .try_get(&self.key(&format!("finished/{key}/{node}")))?
+            .is_some())
     }
 
     /// True once every node called `finished(key)`.
@@ -97,14 +121,15 @@ mod tests {
     #[test]
     fn should_exit_once_every_node_finished() {
         let k: Arc<dyn Keeper> = InProcessKeeper::for_cluster("run-test");
-        let a = Run::new(k.clone(), "p/run-test/0".into(), 2);
-        let b = Run::new(k, "p/run-test/0".into(), 2);
+        let a = Run::new(k.clone(), "p/run-test/0".into(), 2, 0);
+        let b = Run::new(k, "p/run-test/0".into(), 2, 1);
         assert!(!a.should_exit(7));
         a.finished(7).unwrap();
         a.finished(7).unwrap();
         assert!(!b.should_exit(7), "a repeated finished counts once");
         b.finished(7).unwrap();
         assert!(a.should_exit(7) && b.should_exit(7));
+        assert!(a.has_finished(1, 7).unwrap() && !a.has_finished(1, 8).unwrap());
         assert!(!a.should_exit(8));
         assert!(a.user_key("bad key").is_err());
         assert_eq!(a.user_key("x").unwrap(), "p/run-test/0/user/x");

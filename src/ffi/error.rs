@@ -93,6 +93,7 @@ pub(crate) fn rc_of(e: &Error) -> PatronusRc {
         Error::NoMem(_) => PATRONUS_RC_NO_MEM,
         Error::Timeout(_) | Error::Fabric(_) => PATRONUS_RC_RDMA_EXECUTION_ERR,
         Error::Keeper(_) => PATRONUS_RC_RETRY,
+        Error::NodesDied(_) => PATRONUS_RC_RDMA_EXECUTION_ERR,
         Error::Io { .. } => PATRONUS_RC_INTERNAL,
     }
 }

@@ -46,6 +46,9 @@ pub struct Lease {
     pub auto_step: u32,
     /// Still held (false after relinquish).
     pub live: bool,
+    /// Auto-extend found the protection region closed (the GC revoked the
+    /// lease): it stops trying.
+    pub closed: bool,
     /// `WITH_CACHE` entries.
     pub cache: LeaseCache,
 }
@@ -70,6 +73,7 @@ impl Lease {
             generation: 0,
             write: false,
             auto_step: 1,
+            closed: false,
             live: false,
             cache: LeaseCache::default(),
         }
@@ -120,6 +124,7 @@ impl Lease {
             write,
             auto_step: 1,
             // ONLY_ALLOCATION hands back an address, not a lease.
+            closed: false,
             live: flag & acquire::ONLY_ALLOCATION == 0,
             cache: LeaseCache::default(),
         }

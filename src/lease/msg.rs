@@ -235,6 +235,9 @@ pub enum AdminOp {
     QpReset = 4,
     /// Live leases in the directory (reply value).
     Stats = 5,
+    /// GC tasks queued in the directory (reply value): with the live
+    /// leases, shows that relinquished leases leave no backlog.
+    GcQueued = 6,
 }
 
 /// Administrative request.
@@ -452,6 +455,7 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
                 3 => AdminOp::QpToRw,
                 4 => AdminOp::QpReset,
                 5 => AdminOp::Stats,
+                6 => AdminOp::GcQueued,
                 o => return Err(BadMsg(format!("unknown admin op {o}"))),
             };
             Msg::Admin(AdminReq {

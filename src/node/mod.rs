@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::ClientShared;
+use crate::cluster::liveness::{Heartbeat, Liveness};
 use crate::cluster::Run;
 use crate::fabric::{Access, Mr, Nic, Qp, QpEndpoint};
 use crate::lease::table::ConflictLocks;
@@ -45,6 +46,7 @@ pub struct Patronus {
     dir_shared: Arc<DirShared>,
     dirs: Mutex<Vec<Option<DirSlot>>>,
     control: Arc<NodeControl>,
+    _heartbeat: Heartbeat,
     _time: time::TimeThreads,
     /// The clock-read QPs towards every peer: peers' re-syncs READ this
     /// node's clock through them for the node's whole life.
@@ -101,14 +103,26 @@ impl RegionKeys {
 struct NodeControl {
     run: Arc<Run>,
     clients: Arc<ClientShared>,
+    liveness: Liveness,
 }
 
 impl ServeControl for NodeControl {
+    /// Every node finished: Ok(true). Every other node finished or died
+    /// (its heartbeat stopped), some died: `Error::NodesDied` naming them.
     fn done(&self, key: u64) -> Result<bool> {
         if !self.clients.has_client_threads() {
             self.run.finished(key)?;
         }
-        Ok(self.run.should_exit(key))
+        if self.run.should_exit(key) {
+            return Ok(true);
+        }
+        match self.liveness.all_others_gone(key)? {
+            None => Ok(false),
+            Some(dead) => Err(Error::NodesDied(format!(
+                "node(s) {dead:?} of {} stopped beating (killed, crashed or cut off from the keeper); their leases are revoked",
+                self.run.machine_nr()
+            ))),
+        }
     }
 }
 
@@ -165,7 +179,8 @@ impl Patronus {
             joined / cfg.machine_nr as u64
         );
         tracing::info!(node_id, prefix, "joined cluster");
-        let run = Arc::new(Run::new(keeper, prefix, cfg.machine_nr));
+        let run = Arc::new(Run::new(keeper, prefix, cfg.machine_nr, node_id));
+        let heartbeat = Heartbeat::start(run.clone())?;
         let pd = nic.alloc_pd()?;
         let layout = cfg.layout();
         // The region has no remote rights of its own: its key opens nothing
@@ -237,6 +252,7 @@ impl Patronus {
         let control = Arc::new(NodeControl {
             run: run.clone(),
             clients: clients.clone(),
+            liveness: Liveness::new(run.clone(), cfg.peer_dead_after),
         });
         Ok(Patronus {
             cfg,
@@ -249,6 +265,7 @@ impl Patronus {
             dir_shared,
             dirs: Mutex::new(m.dirs.into_iter().map(Some).collect()),
             control,
+            _heartbeat: heartbeat,
             _time: time,
             _time_qps: m.time_qps,
             _keys: keys,

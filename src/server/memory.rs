@@ -64,6 +64,7 @@ impl Directory {
         let qp = &self.data[peer];
         let res = match a.op {
             AdminOp::Stats => return ok(self.live_leases() as i64),
+            AdminOp::GcQueued => return ok(self.ddl.len() as i64),
             AdminOp::Time => return ok(self.sh.clock.now()),
             AdminOp::Finished => return ok(0),
             AdminOp::QpToRo => qp.modify_access(Access::REMOTE_READ),

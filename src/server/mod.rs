@@ -89,7 +89,8 @@ pub struct DirSlot {
 /// When a serving directory stops: the node's run protocol.
 pub trait ServeControl: Send + Sync {
     /// Asked every 20 ms while the directory is idle: true once serving for
-    /// `key` is over (every node finished).
+    /// `key` is over (every node finished); `Error::NodesDied` when every
+    /// other node finished or died and some died.
     fn done(&self, key: u64) -> Result<bool>;
 }
 
@@ -202,10 +203,14 @@ impl Directory {
     }
 
     /// Serves until every node called `finished(key)`, then revokes the
-    /// leases still live (their holders are done) and returns. A node with no client thread registered (a pure memory
-    /// node) counts as finished for `key` by serving, so it serves until every
-    /// client node finished; the first such check comes 20 ms after serving
-    /// starts. A node that is also a client (client threads registered, e.g.
+    /// leases still live (their holders are done) and returns. A node with
+    /// no client thread registered (a pure memory node) counts as finished
+    /// for `key` by serving, so it serves until every client node finished;
+    /// the first such check comes 20 ms after serving starts. A node that
+    /// dies before `finished` (its heartbeat through the keeper stops for
+    /// `Config::peer_dead_after`) counts as gone: once every other node
+    /// finished or died, serving revokes every lease and returns
+    /// `Error::NodesDied` naming the dead. A node that is also a client (client threads registered, e.g.
     /// a one-node cluster) must call `finished(key)` itself when its clients
     /// are done, as in the original; register its client threads before
     /// serving starts.
@@ -223,9 +228,19 @@ impl Directory {
             let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
             if last_check.elapsed() > Duration::from_millis(20) {
                 last_check = Instant::now();
-                if self.control.done(key)? {
-                    self.revoke_all();
-                    return Ok(());
+                match self.control.done(key) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        self.revoke_all();
+                        return Ok(());
+                    }
+                    // Some nodes died before finishing, the rest finished:
+                    // nothing is left to serve.
+                    Err(e @ crate::Error::NodesDied(_)) => {
+                        self.revoke_all();
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             // Never a pure spin: RPCs arrive through the NIC thread and are

@@ -76,7 +76,7 @@ fn run(s: TimeSyncer, clk: Arc<Clock>, period: Duration, stop: &AtomicBool) {
                 // Widen first: the new offset is never read with the old,
                 // narrower bound.
                 if e > clk.epsilon() {
-                    tracing::warn!(epsilon_ns = e, "clock uncertainty grew; widening epsilon");
+                    tracing::info!(epsilon_ns = e, "clock uncertainty grew; widening epsilon");
                     clk.set_epsilon(e);
                 }
                 clk.set_offset(off);

@@ -96,6 +96,9 @@ pub struct Proc {
     lines: mpsc::Receiver<String>,
     pub name: String,
     pub seen: Vec<String>,
+    /// Its stderr lines, when started with [`Proc::start_capturing`] (they
+    /// are echoed to the test's stderr as they come).
+    stderr: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl Proc {
@@ -106,15 +109,43 @@ impl Proc {
         Proc::spawn(name, cmd)
     }
 
+    /// Like `start`, and keeps the process's stderr (its log) for
+    /// [`Proc::stderr`].
+    pub fn start_capturing(name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patronus"));
+        cmd.args(args);
+        Proc::spawn_with(name, cmd, true)
+    }
+
     /// Starts `cmd` (any program, e.g. this test binary re-run as a child)
     /// with its stdout lines awaitable like `start`'s.
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+    pub fn spawn(name: &str, cmd: Command) -> Proc {
+        Proc::spawn_with(name, cmd, false)
+    }
+
+    fn spawn_with(name: &str, mut cmd: Command, capture: bool) -> Proc {
         let mut child = cmd
             .env("PATRONUS_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stderr = child.stderr.take().map(|err| {
+            let keep = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let k = keep.clone();
+            let who = name.to_string();
+            std::thread::spawn(move || {
+                for l in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("[{who}] {l}");
+                    k.lock().unwrap().push(l);
+                }
+            });
+            keep
+        });
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -129,7 +160,23 @@ impl Proc {
             lines: rx,
             name: name.into(),
             seen: vec![],
+            stderr,
         }
+    }
+
+    /// The stderr lines seen so far (after `wait_exit`, all of them once
+    /// the pipe closed: waits up to 5 s for that). Empty unless started
+    /// with `start_capturing`.
+    pub fn stderr(&self) -> Vec<String> {
+        let Some(k) = &self.stderr else {
+            return vec![];
+        };
+        let t0 = Instant::now();
+        // The reader thread holds the only other reference until EOF.
+        while std::sync::Arc::strong_count(k) > 1 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        k.lock().unwrap().clone()
     }
 
     /// Waits for a line containing `key=` and returns its value.

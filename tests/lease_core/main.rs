@@ -22,6 +22,16 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Starts `machines` nodes (node 0 is the memory node and serves `dirs`
 /// directories on its own threads) and runs `f` with the client nodes.
 fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])) {
+    with_cluster_cfg(machines, dirs, |_| {}, f)
+}
+
+/// `with_cluster` with the configuration changed by `tweak` first.
+fn with_cluster_cfg(
+    machines: u16,
+    dirs: u16,
+    tweak: impl FnOnce(&mut Config),
+    f: impl FnOnce(&Patronus, &[Patronus]),
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -35,7 +45,7 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let cfg = Config {
+    let mut cfg = Config {
         machine_nr: machines,
         dir_nr: dirs,
         client_threads: 4,
@@ -48,6 +58,7 @@ fn with_cluster(machines: u16, dirs: u16, f: impl FnOnce(&Patronus, &[Patronus])
         allow_universal_rkey: true,
         ..Config::default()
     };
+    tweak(&mut cfg);
     let hs: Vec<_> = (0..machines)
         .map(|_| {
             let c = cfg.clone();
