@@ -43,6 +43,11 @@ pub struct Config {
     pub epsilon_ns: i64,
     /// How often non-parent nodes re-synchronise their clock.
     pub time_resync: Duration,
+    /// Bound on the drift between two hosts' monotonic clocks, in parts per
+    /// million: a measured offset's uncertainty grows by this much per
+    /// second until the next re-sync narrows it (NTP-disciplined clocks
+    /// drift by well under 50 ppm; free-running crystals by up to ~100).
+    pub clock_drift_ppm: u32,
     /// Synchronise clocks by measurement even between nodes that share one
     /// kernel clock (same boot id and time namespace, where the offset is
     /// exactly 0): for tests of the estimator.
@@ -101,6 +106,7 @@ impl Default for Config {
             rpc_timeout: Duration::from_secs(2),
             epsilon_ns: 10_000,
             time_resync: Duration::from_secs(1),
+            clock_drift_ppm: 50,
             measured_time_sync: false,
             keeper_timeout: Duration::from_secs(60),
             peer_dead_after: Duration::from_secs(3),

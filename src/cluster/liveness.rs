@@ -33,6 +33,17 @@ impl Heartbeat {
     /// Beats for `run`'s node every [`BEAT`] (the first beat before
     /// returning, so that the node is alive from the start).
     pub fn start(run: Arc<Run>) -> Result<Heartbeat> {
+        Heartbeat::with_chore(run, 0, Box::new(|| {}))
+    }
+
+    /// Like `start`, and runs `chore` every `every` beats (0: never) on the
+    /// heartbeat thread: periodic keeper work of the node that needs no
+    /// thread of its own.
+    pub fn with_chore(
+        run: Arc<Run>,
+        every: u32,
+        mut chore: Box<dyn FnMut() + Send>,
+    ) -> Result<Heartbeat> {
         let key = format!("alive/{}", run.node_id());
         run.keeper().incr(&run.key(&key))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -41,6 +52,7 @@ impl Heartbeat {
             .name("patronus-beat".into())
             .spawn(move || {
                 let mut next = Instant::now() + BEAT;
+                let mut beats = 0u32;
                 while !st.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(10));
                     if Instant::now() < next {
@@ -48,6 +60,10 @@ impl Heartbeat {
                     }
                     if let Err(e) = run.keeper().incr(&run.key(&key)) {
                         tracing::debug!("heartbeat: {e}");
+                    }
+                    beats = beats.wrapping_add(1);
+                    if every > 0 && beats % every == 0 {
+                        chore();
                     }
                     next = Instant::now() + BEAT;
                 }

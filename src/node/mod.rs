@@ -180,7 +180,7 @@ impl Patronus {
         );
         tracing::info!(node_id, prefix, "joined cluster");
         let run = Arc::new(Run::new(keeper, prefix, cfg.machine_nr, node_id));
-        let heartbeat = Heartbeat::start(run.clone())?;
+
         let pd = nic.alloc_pd()?;
         let layout = cfg.layout();
         // The region has no remote rights of its own: its key opens nothing
@@ -249,6 +249,23 @@ impl Patronus {
             next_gen: AtomicU64::new(1),
             clock: clock.clone(),
         });
+        // Every second, through the heartbeat: announce this node's epsilon
+        // and take up the largest of the others'.
+        let heartbeat = if cfg.machine_nr > 1 && !cfg.simplify {
+            let (r, c, n) = (run.clone(), clock.clone(), cfg.machine_nr);
+            let mut last = clock.local_epsilon();
+            Heartbeat::with_chore(
+                run.clone(),
+                5,
+                Box::new(move || {
+                    if let Err(e) = time::agree_epsilon(&r, &c, n, &mut last) {
+                        tracing::debug!("epsilon agreement: {e}");
+                    }
+                }),
+            )?
+        } else {
+            Heartbeat::start(run.clone())?
+        };
         let control = Arc::new(NodeControl {
             run: run.clone(),
             clients: clients.clone(),

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::fabric::{Access, Cq, Mr, Nic, Pd, Qp, QpEndpoint};
 use crate::lease::NodeMemory;
 use crate::time::sync::Exposer;
-use crate::time::{Clock, ParentKeys, Resync, TimeSyncer};
+use crate::time::{Clock, Estimate, ParentKeys, Resync, TimeSyncer};
 use crate::{Error, Result};
 
 /// The exposer (time parent) or the periodic re-sync thread (other nodes).
@@ -93,31 +93,71 @@ pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
             cfg.epsilon_ns,
             s.timeout,
         );
-        let (off, e) = ts.sync_once(16)?;
+        let at = crate::fabric::monotonic_ns();
+        let (off, e) = ts.measure(16)?;
+        let est = Estimate::new(off, e, at, cfg.clock_drift_ppm as i64);
+        // The bound must last through start-up's agreement and the first
+        // re-sync.
+        crate::time::resync::apply(s.clock, &est, cfg.epsilon_ns, s.timeout + cfg.time_resync);
         tracing::info!(
             node_id = s.node_id,
             parent,
             offset_ns = off,
-            epsilon_ns = e,
+            epsilon_ns = s.clock.local_epsilon(),
             "clock synchronised"
         );
-        eps = e;
-        syncer = Some(ts);
+        eps = s.clock.local_epsilon();
+        syncer = Some((ts, est));
     }
     s.run.put(
         &format!("time/eps/{}", s.node_id),
         eps.to_string().as_bytes(),
     )?;
     s.run.barrier("synced", s.timeout)?;
-    for n in 0..cfg.machine_nr {
-        let v = s.run.get_wait(&format!("time/eps/{n}"), s.timeout)?;
-        let e = String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0);
-        eps = eps.max(e);
-    }
     s.clock.set_epsilon(eps);
-    if let Some(mut ts) = syncer {
+    s.clock
+        .set_peer_epsilon(peer_epsilon(s.run, cfg.machine_nr, s.node_id)?);
+    if let Some((mut ts, est)) = syncer {
         ts.set_timeout(cfg.rpc_timeout.min(Duration::from_millis(200)));
-        out._resync = Some(Resync::start(ts, s.clock.clone(), cfg.time_resync)?);
+        out._resync = Some(Resync::start(
+            ts,
+            s.clock.clone(),
+            est,
+            cfg.epsilon_ns,
+            cfg.time_resync,
+        )?);
     }
     Ok(out)
+}
+
+/// The largest epsilon the other nodes announce (`time/eps/<node>`).
+pub(super) fn peer_epsilon(run: &Run, machine_nr: u16, me: u16) -> Result<i64> {
+    let mut eps = 0;
+    for n in (0..machine_nr).filter(|&n| n != me) {
+        if let Some(v) = run.keeper().try_get(&run.key(&format!("time/eps/{n}")))? {
+            eps = eps.max(String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0));
+        }
+    }
+    Ok(eps)
+}
+
+/// Announces this node's own epsilon when it changed since the last
+/// announcement, and takes up the largest the others announce: the
+/// cluster shares one bound (run every second from the heartbeat).
+pub(super) fn agree_epsilon(
+    run: &Run,
+    clock: &Clock,
+    machine_nr: u16,
+    last: &mut i64,
+) -> Result<()> {
+    let mine = clock.local_epsilon();
+    if mine != *last {
+        run.put(
+            &format!("time/eps/{}", run.node_id()),
+            mine.to_string().as_bytes(),
+        )?;
+        *last = mine;
+    }
+    clock.set_peer_epsilon(peer_epsilon(run, machine_nr, run.node_id())?);
+    Ok(())
 }

@@ -9,10 +9,12 @@
 //! its clock only while somebody asks for it.
 
 mod ddl;
+pub mod estimate;
 pub mod resync;
 pub mod sync;
 
 pub use ddl::DdlQueue;
+pub use estimate::{Estimate, Fold};
 pub use resync::Resync;
 pub use sync::{
     ClockInfo, ParentKeys, SyncSample, TimeSyncer, CLOCK_INFO_SIZE, CLOCK_MAGIC, REQUEST_WORD,
@@ -44,7 +46,10 @@ pub fn clock_id() -> Option<String> {
 #[derive(Debug)]
 pub struct Clock {
     offset: AtomicI64,
+    /// This node's own bound on its offset error.
     epsilon: AtomicI64,
+    /// The largest bound other nodes announce (the cluster shares one).
+    peer_epsilon: AtomicI64,
     /// Periodic re-syncs that succeeded / failed (observability and tests).
     resyncs: std::sync::atomic::AtomicU64,
     resync_failures: std::sync::atomic::AtomicU64,
@@ -60,6 +65,7 @@ impl Clock {
         Clock {
             offset: AtomicI64::new(0),
             epsilon: AtomicI64::new(epsilon_ns.max(0)),
+            peer_epsilon: AtomicI64::new(0),
             resyncs: Default::default(),
             resync_failures: Default::default(),
         }
@@ -115,14 +121,25 @@ impl Clock {
     pub fn set_offset(&self, ns: i64) {
         self.offset.store(ns, Ordering::Relaxed)
     }
-    /// Current uncertainty in ns.
+    /// Current uncertainty in ns: the cluster's, the larger of this node's
+    /// own bound and the largest another node announced.
     #[inline]
     pub fn epsilon(&self) -> i64 {
+        self.epsilon
+            .load(Ordering::Relaxed)
+            .max(self.peer_epsilon.load(Ordering::Relaxed))
+    }
+    /// This node's own bound (what it announces to the others).
+    pub fn local_epsilon(&self) -> i64 {
         self.epsilon.load(Ordering::Relaxed)
     }
-    /// Sets the uncertainty.
+    /// Sets this node's own bound.
     pub fn set_epsilon(&self, ns: i64) {
         self.epsilon.store(ns.max(0), Ordering::Relaxed)
+    }
+    /// Sets the largest bound the other nodes announce.
+    pub fn set_peer_epsilon(&self, ns: i64) {
+        self.peer_epsilon.store(ns.max(0), Ordering::Relaxed)
     }
     /// `a` is before `b` beyond doubt: `a + ε < b`.
     pub fn definitely_lt(&self, a: i64, b: i64) -> bool {

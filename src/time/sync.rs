@@ -259,6 +259,11 @@ impl TimeSyncer {
         self.timeout = t;
     }
 
+    /// How long one synchronisation may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn request(&self) -> Result<()> {
         self.post_wait(WrOp::Faa {
             local: Sge {
