@@ -416,7 +416,9 @@ fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
 /// The expiry probe under two busy-loop hogs on the 2 cores: 20 ms leases
 /// read (blocking, local check on) until the first failure, which must be
 /// LEASE_LOCAL_EXPIRED_ERR every time (measured before the call-time
-/// contract: 58 of 300 rounds ended with a protection error).
+/// contract: 58 of 300 rounds ended with a protection error). 40 rounds in
+/// the test command; `scripts/load-check.sh` runs 100
+/// (`PATRONUS_PROBE_ROUNDS`).
 #[test]
 fn the_expiry_probe_under_two_hogs_never_sees_a_fault() {
     with_client(1, 64, |_srv, c| {
@@ -437,7 +439,12 @@ fn the_expiry_probe_under_two_hogs_never_sees_a_fault() {
         let mut faults = Vec::new();
         let t0 = Instant::now();
         let mut rounds = 0;
-        while rounds < 40 && t0.elapsed() < Duration::from_secs(30) {
+        let want: u64 = std::env::var("PATRONUS_PROBE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
+        let limit = Duration::from_secs(30.max(want));
+        while rounds < want && t0.elapsed() < limit {
             let mut l = c
                 .get_rlease(0, 0, 64 * rounds, 0, 64, 20_000_000, 0)
                 .unwrap();
@@ -460,7 +467,12 @@ fn the_expiry_probe_under_two_hogs_never_sees_a_fault() {
         for h in hogs {
             h.join().unwrap();
         }
-        assert!(rounds >= 10, "only {rounds} rounds in 30 s");
+        eprintln!(
+            "expiry probe under two hogs: {rounds} rounds in {:?}, {} faults",
+            t0.elapsed(),
+            faults.len()
+        );
+        assert!(rounds >= want / 4, "only {rounds} rounds in {limit:?}");
         assert!(
             faults.is_empty(),
             "rounds ending in a fault: {faults:?} of {rounds}"

@@ -198,3 +198,54 @@ fn an_orderly_shutdown_logs_no_warning() {
         }
     }
 }
+
+/// The README's multi-process FAA example under two busy-loop hogs on the
+/// two cores (it failed 1 of 14 runs with `faa 293: RdmaProtectionErr`
+/// before the call-time contract): every run sums exactly, and no client
+/// reports an error. 3 runs in the test command; `scripts/load-check.sh`
+/// runs 50 (`PATRONUS_FAA_RUNS`).
+#[test]
+fn the_faa_example_under_two_hogs_sums_exactly() {
+    let runs: u32 = std::env::var("PATRONUS_FAA_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limit = Duration::from_secs(60 * runs as u64);
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = std::time::Instant::now();
+                let mut x = 1u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && t0.elapsed() < limit {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    let mc = Memcached::start();
+    let t0 = std::time::Instant::now();
+    for run in 0..runs {
+        let cl = unique(&format!("mp-hog{run}"));
+        let base = node_args(&mc.url, &cl, "3");
+        let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
+        let faa = ["faa", "--threads", "4", "--ops", "2500"];
+        let mut a = Proc::start("client-a", &[&["client"], &base[..], &faa[..]].concat());
+        let mut b = Proc::start("client-b", &[&["client"], &base[..], &faa[..]].concat());
+        assert_eq!(a.wait_for("faa_total", T), "20000", "run {run}");
+        assert_eq!(b.wait_for("faa_total", T), "20000", "run {run}");
+        for p in [&mut a, &mut b, &mut srv] {
+            assert!(p.wait_exit(T).success(), "run {run}: {} failed", p.name);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    eprintln!(
+        "{runs} runs of the FAA example under two hogs in {:?}",
+        t0.elapsed()
+    );
+}
