@@ -182,7 +182,12 @@ typedef enum {
    */
   PATRONUS_RC_INVALID = 5,
   /**
-   * A one-sided access failed at the NIC (outside the lease, revoked, ...).
+   * A one-sided access failed at the NIC, and the lease never allowed it:
+   * outside the lease, wrong permission, relinquished, revoked early by
+   * a flag, or checked with NO_LOCAL_EXPIRE_CHECK past its deadline. A
+   * call refused because the lease ran out while it was in flight is
+   * PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR instead. The connection recovers
+   * in place either way.
    */
   PATRONUS_RC_RDMA_PROTECTION_ERR = 6,
   /**
@@ -190,7 +195,11 @@ typedef enum {
    */
   PATRONUS_RC_RDMA_EXECUTION_ERR = 7,
   /**
-   * The lease expired by the local clock check.
+   * The lease expired: by the local clock check (`now + epsilon >=
+   * deadline`) before the call was sent, or while the call was in flight
+   * (it passed the check and the memory node, which revokes no earlier
+   * than deadline + epsilon on its clock, had revoked it on arrival), or
+   * auto-extend came back to a lease the memory node had already closed.
    */
   PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR = 8,
   /**
