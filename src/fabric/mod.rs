@@ -14,9 +14,11 @@
 //!   only with the access it was bound with. A window's new rkey differs from
 //!   its previous keys in the 8-bit key tag; what that guarantees differs per
 //!   backend (the tag wraps):
-//!   - soft NIC: every bind and invalidate bumps the tag, so a window's key
-//!     recurs after 128 bind+invalidate cycles of that window (on the same
-//!     connection only, as windows are type 2);
+//!   - soft NIC: the tag takes the rkey bits the key table's index does not
+//!     need (at most 20; 18 with the default 16 384 keys) and every bind and
+//!     invalidate bumps it, so a window's key recurs only after
+//!     2^tag_bits / 2 bind+invalidate cycles of that window (131 072 by
+//!     default; on the same connection only, as windows are type 2);
 //!   - verbs: a window's rkey becomes valid only when its bind completed
 //!     successfully ([`Nic::mw_rkey`] returns the key of the latest successful
 //!     completion, the old one after a failed bind). No rkey of one `ibv_mw`

@@ -1,7 +1,11 @@
 //! The soft NIC's key table: MRs and MWs, looked up in O(1) by rkey.
 //!
-//! rkey = 24-bit index << 8 | 8-bit key tag. Every bind and invalidate bumps
-//! the tag, so an old rkey never matches again. Entries are read by the
+//! rkey = index << tag_bits | key tag, where the index takes the bits the
+//! table's capacity needs and the tag the rest (at most 20 bits): 18 bits
+//! with the default 16 384 keys. Every bind and invalidate bumps the tag, so
+//! a window's old rkey matches again only after 2^tag_bits / 2 bind +
+//! invalidate cycles of that window (131 072 by default; with type-2
+//! windows, and only on the connection it was bound to). Entries are read by the
 //! responder without locks through a per-entry sequence lock; writers (bind,
 //! invalidate, register) take the entry exclusively by making its sequence odd.
 
@@ -9,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::fabric::{inc_rkey, Access, FabricError, Result};
+use crate::fabric::{Access, FabricError, Result};
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +32,8 @@ pub enum KeyKind {
 pub struct KeySnapshot {
     /// Kind of object.
     pub kind: KeyKind,
-    /// Current key tag.
-    pub tag: u8,
+    /// Current key tag (the low `tag_bits` of the rkey).
+    pub tag: u32,
     /// True while the key grants access (MR registered / MW bound).
     pub valid: bool,
     /// Access rights.
@@ -46,7 +50,7 @@ pub struct KeySnapshot {
 
 struct Entry {
     seq: AtomicU32,
-    /// tag (8) | kind (8) << 8 | valid (1) << 16 | access (8) << 24 | pd (32) << 32
+    /// tag (20) | kind (2) << 20 | valid (1) << 22 | access (8) << 24 | pd (32) << 32
     meta: AtomicU64,
     bound_qpn: AtomicU32,
     addr: AtomicU64,
@@ -65,23 +69,26 @@ impl Entry {
     }
 }
 
+/// Widest key tag the entry's meta word holds.
+const MAX_TAG_BITS: u32 = 20;
+
 fn pack_meta(s: &KeySnapshot) -> u64 {
-    s.tag as u64
-        | (s.kind as u64) << 8
-        | (s.valid as u64) << 16
+    (s.tag & ((1 << MAX_TAG_BITS) - 1)) as u64
+        | (s.kind as u64) << 20
+        | (s.valid as u64) << 22
         | ((s.access.0 & 0xff) as u64) << 24
         | (s.pd as u64) << 32
 }
 
 fn unpack(meta: u64, bound_qpn: u32, addr: u64, len: u64) -> KeySnapshot {
     KeySnapshot {
-        tag: meta as u8,
-        kind: match (meta >> 8) as u8 {
+        tag: (meta & ((1 << MAX_TAG_BITS) - 1)) as u32,
+        kind: match (meta >> 20) & 3 {
             1 => KeyKind::Mr,
             2 => KeyKind::Mw,
             _ => KeyKind::Free,
         },
-        valid: (meta >> 16) & 1 == 1,
+        valid: (meta >> 22) & 1 == 1,
         access: Access(((meta >> 24) & 0xff) as u32),
         pd: (meta >> 32) as u32,
         bound_qpn,
@@ -113,6 +120,8 @@ pub enum Denied {
 pub struct KeyTable {
     entries: Box<[Entry]>,
     free: Mutex<Vec<u32>>,
+    /// Bits of the key tag in an rkey (the rest is the index).
+    tag_bits: u32,
 }
 
 impl KeyTable {
@@ -123,10 +132,36 @@ impl KeyTable {
         let entries: Vec<Entry> = (0..capacity).map(|_| Entry::new()).collect();
         // Pop from the end: low indices first.
         let free: Vec<u32> = (1..capacity).rev().collect();
+        let index_bits = 32 - (capacity - 1).leading_zeros();
         KeyTable {
             entries: entries.into_boxed_slice(),
             free: Mutex::new(free),
+            tag_bits: (32 - index_bits).min(MAX_TAG_BITS),
         }
+    }
+
+    /// Bits of the key tag: a window's rkey recurs after 2^tag_bits / 2
+    /// bind + invalidate cycles of that window.
+    pub fn tag_bits(&self) -> u32 {
+        self.tag_bits
+    }
+
+    /// The rkey of slot `idx` with tag `tag`.
+    #[inline]
+    fn key(&self, idx: u32, tag: u32) -> u32 {
+        idx << self.tag_bits | tag
+    }
+
+    /// (index, tag) of an rkey.
+    #[inline]
+    pub fn split(&self, key: u32) -> (u32, u32) {
+        (key >> self.tag_bits, key & ((1 << self.tag_bits) - 1))
+    }
+
+    /// The tag after `tag` (wrapping within `tag_bits`).
+    #[inline]
+    fn next(&self, tag: u32) -> u32 {
+        tag.wrapping_add(1) & ((1 << self.tag_bits) - 1)
     }
 
     /// Slots in use.
@@ -214,7 +249,7 @@ impl KeyTable {
         self.update(idx, |cur| {
             let s = KeySnapshot {
                 kind: KeyKind::Mr,
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 valid: true,
                 access,
                 pd,
@@ -222,41 +257,41 @@ impl KeyTable {
                 addr,
                 len,
             };
-            Ok((s, idx << 8 | s.tag as u32))
+            Ok((s, self.key(idx, s.tag)))
         })
     }
 
     /// Gives an MR new access and a new key (rereg); old keys stop working.
     pub fn rereg_mr(&self, key: u32, access: Access) -> Result<u32> {
-        let idx = key >> 8;
+        let (idx, tag) = self.split(key);
         self.update(idx, |cur| {
-            if cur.kind != KeyKind::Mr || !cur.valid || cur.tag != key as u8 {
+            if cur.kind != KeyKind::Mr || !cur.valid || cur.tag != tag {
                 return Err(FabricError::Invalid(format!(
                     "rereg: {key:#x} is not a live MR"
                 )));
             }
             let s = KeySnapshot {
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 access,
                 ..cur
             };
-            Ok((s, idx << 8 | s.tag as u32))
+            Ok((s, self.key(idx, s.tag)))
         })
     }
 
     /// Deregisters an MR or frees a window: the key stops working at once and
     /// the slot is reused later (with a different tag).
     pub fn remove(&self, key: u32) -> Result<()> {
-        let idx = key >> 8;
+        let (idx, tag) = self.split(key);
         self.update(idx, |cur| {
-            if cur.kind == KeyKind::Free || cur.tag != key as u8 {
+            if cur.kind == KeyKind::Free || cur.tag != tag {
                 return Err(FabricError::Invalid(format!(
                     "key {key:#x} is not registered (stale or already removed)"
                 )));
             }
             let s = KeySnapshot {
                 kind: KeyKind::Free,
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 valid: false,
                 bound_qpn: 0,
                 ..cur
@@ -273,7 +308,7 @@ impl KeyTable {
         let rkey = self.update(idx, |cur| {
             let s = KeySnapshot {
                 kind: KeyKind::Mw,
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 valid: false,
                 access: Access::NONE,
                 pd,
@@ -281,7 +316,7 @@ impl KeyTable {
                 addr: 0,
                 len: 0,
             };
-            Ok((s, idx << 8 | s.tag as u32))
+            Ok((s, self.key(idx, s.tag)))
         })?;
         Ok((idx, rkey))
     }
@@ -289,7 +324,7 @@ impl KeyTable {
     /// Current rkey of a window handle (0 when the handle is not a window).
     pub fn mw_rkey(&self, handle: u32) -> u32 {
         match self.snapshot(handle) {
-            Some(s) if s.kind == KeyKind::Mw => handle << 8 | s.tag as u32,
+            Some(s) if s.kind == KeyKind::Mw => self.key(handle, s.tag),
             _ => 0,
         }
     }
@@ -307,9 +342,10 @@ impl KeyTable {
         len: u64,
         access: Access,
     ) -> Result<u32> {
+        let (li, lt) = self.split(lkey);
         let mr = self
-            .snapshot(lkey >> 8)
-            .filter(|m| m.kind == KeyKind::Mr && m.valid && m.tag == lkey as u8)
+            .snapshot(li)
+            .filter(|m| m.kind == KeyKind::Mr && m.valid && m.tag == lt)
             .ok_or_else(|| {
                 FabricError::Invalid(format!("bind: lkey {lkey:#x} is not a live MR"))
             })?;
@@ -362,7 +398,7 @@ impl KeyTable {
                 )));
             }
             let s = KeySnapshot {
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 valid: true,
                 access: remote,
                 bound_qpn: qpn,
@@ -370,7 +406,7 @@ impl KeyTable {
                 len,
                 ..cur
             };
-            Ok((s, inc_rkey(handle << 8 | cur.tag as u32)))
+            Ok((s, self.key(handle, s.tag)))
         })
     }
 
@@ -383,7 +419,7 @@ impl KeyTable {
                 )));
             }
             let s = KeySnapshot {
-                tag: cur.tag.wrapping_add(1),
+                tag: self.next(cur.tag),
                 valid: false,
                 access: Access::NONE,
                 bound_qpn: 0,
@@ -391,7 +427,7 @@ impl KeyTable {
                 len: 0,
                 ..cur
             };
-            Ok((s, inc_rkey(handle << 8 | cur.tag as u32)))
+            Ok((s, self.key(handle, s.tag)))
         })
     }
 
@@ -408,11 +444,12 @@ impl KeyTable {
         len: u64,
         need: Access,
     ) -> std::result::Result<u64, Denied> {
-        let s = self.snapshot(rkey >> 8).ok_or(Denied::UnknownKey)?;
+        let (idx, tag) = self.split(rkey);
+        let s = self.snapshot(idx).ok_or(Denied::UnknownKey)?;
         if s.kind == KeyKind::Free {
             return Err(Denied::UnknownKey);
         }
-        if s.tag != rkey as u8 {
+        if s.tag != tag {
             return Err(Denied::StaleTag);
         }
         if !s.valid {
@@ -499,8 +536,8 @@ mod tests {
             t.check(r2, 1, 7, 0x1100, 8, Access::REMOTE_READ),
             Err(Denied::NotValid)
         );
-        // 1000 bind/unbind cycles: no old rkey ever works again (tags cycle
-        // through 256 values, so compare against the immediately older ones).
+        // 1000 bind/unbind cycles: no old rkey works again (checked against
+        // the 200 most recent; the 10 000-cycle test below checks them all).
         let mut old = vec![r0, r1, r2];
         for _ in 0..1000 {
             let r = t
@@ -515,6 +552,57 @@ mod tests {
             old.push(r);
             old.push(u);
         }
+    }
+
+    /// The key-tag guarantee at the default table size (16 384 keys, 18-bit
+    /// tags): one window bound and invalidated 10 000 times never gets an
+    /// earlier rkey back, and no earlier rkey is ever accepted again. (With
+    /// 8-bit tags, as before, a key recurred after 128 cycles.)
+    #[test]
+    fn a_window_cycled_10_000_times_never_accepts_an_earlier_rkey() {
+        let t = KeyTable::new(16_384);
+        assert_eq!(t.tag_bits(), 18);
+        let lkey = t.add_mr(1, 0x1000, 0x1000, Access::ALL).unwrap();
+        let (h, r0) = t.add_mw(1).unwrap();
+        let mut seen = std::collections::HashSet::from([r0]);
+        let mut old = vec![r0];
+        for i in 0..10_000 {
+            let r = t
+                .bind_mw(h, 1, 7, lkey, 0x1000, 0x1000, Access::WRITE_WINDOW)
+                .unwrap();
+            assert!(seen.insert(r), "cycle {i}: rkey {r:#x} came back");
+            assert_eq!(
+                t.check(r, 1, 7, 0x1000, 8, Access::REMOTE_WRITE),
+                Ok(0x1000)
+            );
+            // A spread of the older keys, every cycle (all of them below).
+            for o in old.iter().step_by(97).chain(old.iter().rev().take(8)) {
+                assert_eq!(
+                    t.check(*o, 1, 7, 0x1000, 8, Access::REMOTE_READ),
+                    Err(Denied::StaleTag),
+                    "cycle {i}: old rkey {o:#x} accepted"
+                );
+            }
+            let u = t.invalidate_mw(h).unwrap();
+            assert!(seen.insert(u), "cycle {i}: rkey {u:#x} came back");
+            old.push(r);
+            old.push(u);
+        }
+        let r = t
+            .bind_mw(h, 1, 7, lkey, 0x1000, 0x1000, Access::WRITE_WINDOW)
+            .unwrap();
+        for o in &old {
+            assert!(t.check(*o, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+        }
+        assert!(t.check(r, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_ok());
+    }
+
+    #[test]
+    fn tag_bits_follow_the_capacity() {
+        assert_eq!(KeyTable::new(16).tag_bits(), 20);
+        assert_eq!(KeyTable::new(1 << 14).tag_bits(), 18);
+        assert_eq!(KeyTable::new((1 << 14) + 1).tag_bits(), 17);
+        assert_eq!(KeyTable::new(1 << 24).tag_bits(), 8);
     }
 
     #[test]
@@ -539,7 +627,7 @@ mod tests {
             .bind_mw(h, 1, 1, lkey ^ 1, 0x1000, 1, Access::READ_WINDOW)
             .is_err());
         assert!(t
-            .bind_mw(lkey >> 8, 1, 1, lkey, 0x1000, 1, Access::READ_WINDOW)
+            .bind_mw(t.split(lkey).0, 1, 1, lkey, 0x1000, 1, Access::READ_WINDOW)
             .is_err());
         t.remove(lkey).unwrap();
         assert!(t.check(lkey, 1, 1, 0x1000, 1, Access::REMOTE_READ).is_err());

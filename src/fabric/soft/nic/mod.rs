@@ -118,7 +118,7 @@ pub(crate) struct NicInner {
 impl NicInner {
     pub(crate) fn mr_by_lkey(&self, lkey: u32) -> Option<Arc<Mr>> {
         let l = self.mrs.read();
-        let m = l.get((lkey >> 8) as usize)?.as_ref()?;
+        let m = l.get(self.keys.split(lkey).0 as usize)?.as_ref()?;
         if m.lkey() == lkey {
             Some(m.clone())
         } else {
@@ -390,7 +390,8 @@ impl Nic for SoftNic {
             access,
             pd.0 as u64,
         ));
-        self.inner.set_mr(key >> 8, Some(mr.clone()));
+        self.inner
+            .set_mr(self.inner.keys.split(key).0, Some(mr.clone()));
         self.inner.blocks.lock().push(block);
         Ok(mr)
     }
@@ -418,14 +419,15 @@ impl Nic for SoftNic {
             access,
             pd as u64,
         ));
-        self.inner.set_mr(key >> 8, Some(mr.clone()));
+        self.inner
+            .set_mr(self.inner.keys.split(key).0, Some(mr.clone()));
         Ok(mr)
     }
 
     fn dereg_mr(&self, mr: &Mr) -> Result<()> {
         let key = mr.lkey();
         self.inner.keys.remove(key)?;
-        self.inner.set_mr(key >> 8, None);
+        self.inner.set_mr(self.inner.keys.split(key).0, None);
         Ok(())
     }
 
