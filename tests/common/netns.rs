@@ -53,16 +53,34 @@ pub fn unavailable() -> Option<String> {
 }
 
 fn which(tool: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
+    std::env::split_paths(&search_path())
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
 
+/// PATH with the system directories `ip` and `iptables` live in (a
+/// non-root user's PATH often lacks them), for lookups and every child.
+fn search_path() -> std::ffi::OsString {
+    let mut dirs: Vec<std::path::PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !dirs.iter().any(|x| x.as_os_str() == d) {
+            dirs.push(d.into());
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// A command for `prog` with that PATH.
+fn command(prog: &str) -> Command {
+    let mut c = Command::new(prog);
+    c.env("PATH", search_path());
+    c
+}
+
 /// Runs `prog args`, panicking with its output when it fails.
 pub fn run(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
+    let out = command(prog)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -238,7 +256,7 @@ impl Net {
 
     /// Starts `prog args` inside `host`'s namespace.
     pub fn spawn(&self, host: &str, name: &str, prog: &str, args: &[&str]) -> NsProc {
-        let mut cmd = Command::new("ip");
+        let mut cmd = command("ip");
         cmd.args(["netns", "exec", &self.host(host).ns, prog])
             .args(args);
         NsProc::spawn(name, cmd)
@@ -275,7 +293,7 @@ impl Net {
         let probe = format!("exec 3<>/dev/tcp/{addr}/{port}");
         let t0 = Instant::now();
         loop {
-            let ok = Command::new("ip")
+            let ok = command("ip")
                 .args(["netns", "exec", &ns, "bash", "-c", &probe])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -300,17 +318,15 @@ impl Drop for Net {
         // with the host's). Processes must be gone already (NsProc drops
         // first); a leftover would only keep its namespace alive unnamed.
         for h in self.hosts.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", &h.ns]).status();
+            let _ = command("ip").args(["netns", "del", &h.ns]).status();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.switch])
-            .status();
+        let _ = command("ip").args(["netns", "del", &self.switch]).status();
     }
 }
 
 /// Removes namespaces of earlier runs whose test process is gone.
 fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(out) = command("ip").args(["netns", "list"]).output() else {
         return;
     };
     for l in String::from_utf8_lossy(&out.stdout).lines() {
@@ -323,7 +339,7 @@ fn remove_stale() {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = command("ip").args(["netns", "del", name]).status();
         }
     }
 }
