@@ -331,22 +331,9 @@ fn loss_and_delay() {
         ] {
             c.net.iptables(
                 from,
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "-d",
-                    &dst,
-                    "--dport",
-                    &port,
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &to,
-                ],
+                &format!(
+                    "-t nat -A OUTPUT -p tcp -d {dst} --dport {port} -j DNAT --to-destination {to}"
+                ),
             );
         }
     }
@@ -386,26 +373,10 @@ fn loss_and_delay() {
     for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
         c.net.iptables(
             "a",
-            &[
-                "-A",
-                chain,
-                dir,
-                "eth0",
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--ports",
-                &port,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.05",
-                "-j",
-                "DROP",
-            ],
+            &format!(
+                "-A {chain} {dir} eth0 -p tcp -m multiport --ports {port} \
+                 -m statistic --mode random --probability 0.05 -j DROP"
+            ),
         );
     }
     let ts: Vec<HashMap<String, f64>> = procs.iter_mut().map(|p| totals(p, T)).collect();

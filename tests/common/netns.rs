@@ -200,11 +200,12 @@ impl Net {
         ip(&["-n", &self.switch, "link", "set", &port, "up"]);
     }
 
-    /// `iptables ARGS` inside `host`'s namespace.
-    pub fn iptables(&self, host: &str, args: &[&str]) {
+    /// `iptables RULE` inside `host`'s namespace (`rule`: its arguments,
+    /// separated by white space).
+    pub fn iptables(&self, host: &str, rule: &str) {
         let ns = self.host(host).ns.clone();
         let mut a = vec!["netns", "exec", &ns, "iptables", "-w"];
-        a.extend_from_slice(args);
+        a.extend(rule.split_whitespace());
         run("ip", &a);
     }
 
