@@ -7,7 +7,8 @@
 //!
 //! Names carry the test process's pid, so concurrent runs never share a
 //! namespace; namespaces left by runs whose process is gone (a SIGKILLed
-//! test) are removed by the next `Net::new`. Addresses are 10.77.0.x/24 on
+//! test), and the processes still inside them, are removed by the next
+//! `Net::new`. Addresses are 10.77.0.x/24 on
 //! every net: each net is a world of its own (its bridge lives in its own
 //! switch namespace), and nothing is added to the initial namespace.
 
@@ -340,6 +341,13 @@ fn remove_stale() {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // That run's processes (its nodes, memcached, the proxy) go
+            // first: a memory node whose test died would wait forever.
+            if let Ok(o) = command("ip").args(["netns", "pids", name]).output() {
+                for p in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = command("kill").args(["-KILL", p]).status();
+                }
+            }
             let _ = command("ip").args(["netns", "del", name]).status();
         }
     }
