@@ -233,7 +233,18 @@ fn link_cut_and_restored() {
     };
     let c = Cluster::new("ns-cut", &["mem", "a", "b"], 3);
     let mut srv = c.serve("mem");
-    let run = ["--seconds", "40", "--stdin-stop", "--peers", "2"];
+    // 2 s terms: a stall of b's calls shorter than the no-hang bound must
+    // not expire b's leases under it (the directory serves a and b in
+    // turn; see loss_and_delay), so any error of b is a failure to serve.
+    let run = [
+        "--seconds",
+        "40",
+        "--stdin-stop",
+        "--peers",
+        "2",
+        "--term-ms",
+        "2000",
+    ];
     let mut a = c.fault_loop("a", &run);
     let mut b = c.fault_loop("b", &run);
     let warm = |m: &HashMap<String, f64>| m["rounds_ok"] >= 20.0;
