@@ -179,6 +179,36 @@ enum WorkloadCmd {
     },
     /// Pattern write/read on every directory of every memory node.
     Multi,
+    /// Rounds of acquire / FAA / pattern write + read-verify / relinquish
+    /// for a bounded time, tolerating errors; prints counts (fault tests).
+    FaultLoop {
+        /// Stops after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Stops after this many rounds.
+        #[arg(long, default_value_t = 1_000_000)]
+        rounds: u64,
+        /// Term of every lease, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        term_ms: u64,
+        /// FAAs per round.
+        #[arg(long, default_value_t = 4)]
+        faa_per_round: u64,
+        /// Client nodes that meet at the end, before this one reads the
+        /// FAA word (faa_word=); 0: no final read.
+        #[arg(long, default_value_t = 0)]
+        peers: u64,
+        /// Wait for this many live leases on the memory node, then report
+        /// when they are gone (revoked_unix_us=); 0: off.
+        #[arg(long, default_value_t = 0)]
+        watch_live: u64,
+        /// Period of the progress lines, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        progress_ms: u64,
+        /// Also stop early once standard input reads `stop` or ends.
+        #[arg(long)]
+        stdin_stop: bool,
+    },
 }
 
 impl From<WorkloadCmd> for patronus::app::Workload {
@@ -198,6 +228,25 @@ impl From<WorkloadCmd> for patronus::app::Workload {
             WorkloadCmd::Watch { limit_s } => W::Watch { limit_s },
             WorkloadCmd::DeadServer { limit_s } => W::DeadServer { limit_s },
             WorkloadCmd::Multi => W::Multi,
+            WorkloadCmd::FaultLoop {
+                seconds,
+                rounds,
+                term_ms,
+                faa_per_round,
+                peers,
+                watch_live,
+                progress_ms,
+                stdin_stop,
+            } => W::FaultLoop(patronus::app::FaultLoop {
+                seconds,
+                rounds,
+                term_ms,
+                faa_per_round,
+                peers,
+                watch_live,
+                progress_ms,
+                stdin_stop,
+            }),
         }
     }
 }

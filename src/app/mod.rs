@@ -52,6 +52,59 @@ pub enum Workload {
     /// Writes and reads back a pattern under a lease on every directory of
     /// every memory node: `multi_ok=`.
     Multi,
+    /// Rounds of acquire / FAA / pattern write + read-verify / relinquish
+    /// on the first memory node, for a bounded time and count, tolerating
+    /// errors (for fault tests): see [`FaultLoop`].
+    FaultLoop(FaultLoop),
+}
+
+/// What the `fault-loop` workload does. Each round: a write lease on the
+/// shared FAA word (offset 0) and `faa_per_round` FAAs of +1 under it, then
+/// a write lease on this node's own 256-byte block (offset 1 MiB + 4 KiB x
+/// node id), a pattern of that round written and read back, compared
+/// byte for byte; each lease relinquished. A failed call ends the round
+/// (the round counts as failed) and the loop goes on.
+///
+/// Prints `loop_started=1 node= epsilon_ns=`, then every `progress_ms` a
+/// line `progress rounds= rounds_ok= errors= faa_ok=`, and at the end one
+/// line with the totals: `rounds= rounds_ok= calls= errors=` by kind
+/// (`err_timeout=` an RPC without reply in time, `err_protection=` a
+/// one-sided call that failed at or on its way to the NIC (a data call
+/// without completion in time is reported so), `err_expired=`
+/// LeaseLocalExpiredErr, `err_refused=` an acquire not granted,
+/// `err_lost=` a fabric error (peer gone, connect failed), `err_other=`)
+/// and by call (`acquire_err= faa_err= write_err= read_err=
+/// relinquish_err=`), `max_call_ms=` (the slowest call, failed or not),
+/// `min_call_ms=` (the fastest that succeeded),
+/// `faa_ok=` (FAAs that returned Ok: executed exactly once),
+/// `faa_uncertain=` (FAAs that returned an error: executed at most once),
+/// `mismatches=` (read-backs that differ from what was written) and
+/// `rounds_per_s=`. With `peers` > 0 the client nodes then meet (keeper
+/// barrier of `peers`) and this node reads the FAA word: `faa_word=` (or
+/// `faa_word_error=`). With `watch_live` > 0 each round also asks the
+/// directory for its live-lease count; once that count reached
+/// `watch_live` (`live_seen=`), the first poll that finds 0 prints
+/// `revoked_unix_us=` (wall clock of that poll), `live_last_unix_us=`
+/// (the last poll that found leases) and `poll_gap_max_ms=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultLoop {
+    /// Stops after this long.
+    pub seconds: u64,
+    /// Stops after this many rounds.
+    pub rounds: u64,
+    /// Term of every lease.
+    pub term_ms: u64,
+    /// FAAs per round.
+    pub faa_per_round: u64,
+    /// Client nodes that meet at the end before the FAA word is read (0:
+    /// no final read).
+    pub peers: u64,
+    /// Live leases to wait for, then report when they are gone (0: off).
+    pub watch_live: u64,
+    /// Period of the progress lines.
+    pub progress_ms: u64,
+    /// Also stop early once standard input says `stop` or ends.
+    pub stdin_stop: bool,
 }
 
 fn say(line: impl std::fmt::Display) {
@@ -303,8 +356,332 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
             }
             say(format_args!("multi_ok={n} memory_nodes={}", servers.len()));
         }
+        Workload::FaultLoop(f) => fault_loop(&p, s, &f)?,
     }
     p.finished(key)?;
     say("done=1");
+    Ok(())
+}
+
+/// Counts of the `fault-loop` workload.
+#[derive(Default)]
+struct LoopStats {
+    /// This node's id (in messages).
+    me: u16,
+    rounds: u64,
+    rounds_ok: u64,
+    calls: u64,
+    errors: u64,
+    err_timeout: u64,
+    err_protection: u64,
+    err_expired: u64,
+    err_refused: u64,
+    err_lost: u64,
+    err_other: u64,
+    by_call: [u64; 5],
+    max_call: Duration,
+    min_call: Option<Duration>,
+    faa_ok: u64,
+    faa_uncertain: u64,
+    mismatches: u64,
+    /// The first few distinct error texts (to stderr).
+    seen: Vec<String>,
+}
+
+/// Calls of a fault-loop round, indexing `LoopStats::by_call`.
+#[derive(Clone, Copy)]
+enum Call {
+    Acquire = 0,
+    Faa = 1,
+    Write = 2,
+    Read = 3,
+    Relinquish = 4,
+}
+
+/// How a call ended.
+enum Outcome {
+    Ok,
+    Refused(u8),
+    Rc(Rc),
+    Err(Error),
+}
+
+impl LoopStats {
+    /// Counts one call of `what` that took `took`; true when it succeeded.
+    fn note(&mut self, what: Call, took: Duration, o: Outcome) -> bool {
+        self.calls += 1;
+        self.max_call = self.max_call.max(took);
+        let why = match o {
+            Outcome::Ok | Outcome::Rc(Rc::Ok) => {
+                self.min_call = Some(self.min_call.map_or(took, |m| m.min(took)));
+                return true;
+            }
+            Outcome::Refused(st) => {
+                self.err_refused += 1;
+                format!("refused with status {st}")
+            }
+            Outcome::Rc(rc) => {
+                match rc {
+                    Rc::RdmaProtectionErr => self.err_protection += 1,
+                    Rc::LeaseLocalExpiredErr => self.err_expired += 1,
+                    _ => self.err_other += 1,
+                }
+                format!("{rc:?}")
+            }
+            Outcome::Err(e) => {
+                match e {
+                    Error::Timeout(_) => self.err_timeout += 1,
+                    Error::Fabric(_) => self.err_lost += 1,
+                    _ => self.err_other += 1,
+                }
+                e.to_string()
+            }
+        };
+        self.errors += 1;
+        self.by_call[what as usize] += 1;
+        let names = ["acquire", "faa", "write", "read", "relinquish"];
+        let line = format!("{}: {why}", names[what as usize]);
+        if self.seen.len() < 8 && !self.seen.contains(&line) {
+            eprintln!(
+                "fault-loop node {}: {line} ({:.1} ms, round {})",
+                self.me,
+                took.as_secs_f64() * 1e3,
+                self.rounds
+            );
+            self.seen.push(line);
+        }
+        false
+    }
+}
+
+fn rc_outcome(r: Result<Rc>) -> Outcome {
+    match r {
+        Ok(rc) => Outcome::Rc(rc),
+        Err(e) => Outcome::Err(e),
+    }
+}
+
+fn unix_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// One lease of the fault loop: acquired, used by `body`, relinquished
+/// (also after a failed body). False when any call failed.
+fn with_lease(
+    c: &mut crate::client::ClientThread,
+    st: &mut LoopStats,
+    (s, off, size, term_ns): (u16, u64, u64, u64),
+    body: impl FnOnce(
+        &mut crate::client::ClientThread,
+        &mut LoopStats,
+        &mut crate::client::Lease,
+    ) -> bool,
+) -> bool {
+    let t = Instant::now();
+    let r = c.get_lease(true, s, 0, off, size, term_ns, 0);
+    let took = t.elapsed();
+    let mut l = match r {
+        Ok(l) if l.success() => {
+            st.note(Call::Acquire, took, Outcome::Ok);
+            l
+        }
+        Ok(l) => return st.note(Call::Acquire, took, Outcome::Refused(l.ec())),
+        Err(e) => return st.note(Call::Acquire, took, Outcome::Err(e)),
+    };
+    let ok = body(c, st, &mut l);
+    let t = Instant::now();
+    let r = c.relinquish(&mut l, 0, 0);
+    // A relinquish that failed leaves the lease to the memory node's GC,
+    // which revokes it at the end of its term.
+    st.note(Call::Relinquish, t.elapsed(), rc_outcome(r)) && ok
+}
+
+/// The `fault-loop` workload (see [`FaultLoop`]).
+fn fault_loop(p: &Patronus, s: u16, f: &FaultLoop) -> Result<()> {
+    let me = p.get_node_id();
+    let mut c = p.register_client_thread()?;
+    let term_ns = f.term_ms.max(1) * 1_000_000;
+    let block = (1u64 << 20) + 4096 * me as u64;
+    say(format_args!(
+        "loop_started=1 node={me} epsilon_ns={}",
+        p.epsilon()
+    ));
+    let mut st = LoopStats {
+        me,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(f.seconds);
+    let period = Duration::from_millis(f.progress_ms.max(1));
+    let mut next_progress = period;
+    // Live-lease watch: (seen the threshold, last poll with leases, last poll).
+    let mut watch: (bool, u128, Option<Instant>, Duration) = (false, 0, None, Duration::ZERO);
+    let mut watch_done = f.watch_live == 0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if f.stdin_stop {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+                && line.trim() != "stop"
+            {
+                line.clear();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    while st.rounds < f.rounds
+        && t0.elapsed() < limit
+        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let round = st.rounds;
+        st.rounds += 1;
+        let faa_n = f.faa_per_round;
+        let ok_faa = with_lease(&mut c, &mut st, (s, 0, 64, term_ns), |c, st, l| {
+            for _ in 0..faa_n {
+                let t = Instant::now();
+                let r = c.faa(l, 0, 1, 0).map(|(rc, _)| rc);
+                let ok = st.note(Call::Faa, t.elapsed(), rc_outcome(r));
+                if ok {
+                    st.faa_ok += 1;
+                } else {
+                    st.faa_uncertain += 1;
+                    return false;
+                }
+            }
+            true
+        });
+        let pat: Vec<u8> = (0..256u64)
+            .map(|i| (round.wrapping_mul(131) ^ (i * 7) ^ (me as u64 * 13) ^ (round >> 8)) as u8)
+            .collect();
+        let ok_data = ok_faa
+            && with_lease(&mut c, &mut st, (s, block, 256, term_ns), |c, st, l| {
+                let t = Instant::now();
+                let r = c.write(l, &pat, 0, 0);
+                if !st.note(Call::Write, t.elapsed(), rc_outcome(r)) {
+                    return false;
+                }
+                let mut back = vec![0u8; 256];
+                let t = Instant::now();
+                let r = c.read(l, &mut back, 0, 0);
+                if !st.note(Call::Read, t.elapsed(), rc_outcome(r)) {
+                    return false;
+                }
+                if back != pat {
+                    st.mismatches += 1;
+                    eprintln!(
+                        "fault-loop node {me}: round {round}: read-back differs from the pattern written"
+                    );
+                    return false;
+                }
+                true
+            });
+        if ok_data {
+            st.rounds_ok += 1;
+        }
+        if !watch_done {
+            let t = Instant::now();
+            let r = c.admin(s, 0, AdminOp::Stats, 0);
+            let at = unix_us();
+            if let Some(prev) = watch.2 {
+                watch.3 = watch.3.max(t.duration_since(prev));
+            }
+            watch.2 = Some(t);
+            match r {
+                Ok(live) if live as u64 >= f.watch_live && !watch.0 => {
+                    watch.0 = true;
+                    watch.1 = at;
+                    say(format_args!("live_seen={live}"));
+                }
+                Ok(live) if live > 0 && watch.0 => watch.1 = at,
+                Ok(0) if watch.0 => {
+                    watch_done = true;
+                    say(format_args!(
+                        "revoked_unix_us={at} live_last_unix_us={} poll_gap_max_ms={:.1}",
+                        watch.1,
+                        watch.3.as_secs_f64() * 1e3
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("fault-loop node {me}: live-lease poll failed: {e}"),
+            }
+        }
+        if t0.elapsed() >= next_progress {
+            next_progress = t0.elapsed() + period;
+            say(format_args!(
+                "progress rounds={} rounds_ok={} errors={} faa_ok={} faa_uncertain={} \
+                 mismatches={} max_call_ms={:.1}",
+                st.rounds,
+                st.rounds_ok,
+                st.errors,
+                st.faa_ok,
+                st.faa_uncertain,
+                st.mismatches,
+                st.max_call.as_secs_f64() * 1e3
+            ));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let b = &st.by_call;
+    say(format_args!(
+        "rounds={} rounds_ok={} calls={} errors={} err_timeout={} err_protection={} \
+         err_expired={} err_refused={} err_lost={} err_other={} acquire_err={} faa_err={} \
+         write_err={} read_err={} relinquish_err={} max_call_ms={:.1} min_call_ms={:.3} faa_ok={} \
+         faa_uncertain={} mismatches={} rounds_per_s={:.1} watched={}",
+        st.rounds,
+        st.rounds_ok,
+        st.calls,
+        st.errors,
+        st.err_timeout,
+        st.err_protection,
+        st.err_expired,
+        st.err_refused,
+        st.err_lost,
+        st.err_other,
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        st.max_call.as_secs_f64() * 1e3,
+        st.min_call.unwrap_or_default().as_secs_f64() * 1e3,
+        st.faa_ok,
+        st.faa_uncertain,
+        st.mismatches,
+        st.rounds_ok as f64 / secs.max(1e-9),
+        u8::from(f.watch_live == 0 || watch_done)
+    ));
+    drop(c);
+    if f.peers > 0 {
+        p.keeper_barrier_n("fault-loop-done", f.peers)?;
+        let mut c = p.register_client_thread()?;
+        let mut last = String::new();
+        let mut word = None;
+        for _attempt in 0..3 {
+            match c.get_lease(false, s, 0, 0, 64, 1_000_000_000, 0) {
+                Ok(mut l) if l.success() => {
+                    let mut b = [0u8; 8];
+                    let r = c.read(&mut l, &mut b, 0, 0);
+                    let _ = c.relinquish(&mut l, 0, 0);
+                    match r {
+                        Ok(Rc::Ok) => {
+                            word = Some(u64::from_le_bytes(b));
+                            break;
+                        }
+                        r => last = format!("read {r:?}"),
+                    }
+                }
+                Ok(l) => last = format!("read lease refused with status {}", l.ec()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        match word {
+            Some(w) => say(format_args!("faa_word={w}")),
+            None => say(format_args!("faa_word_error={:?}", last.replace(' ', "_"))),
+        }
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
