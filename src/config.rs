@@ -79,6 +79,10 @@ pub struct Config {
     /// the directory's slice of the alloc buffer). Past it an allocation
     /// gets `NoMem`.
     pub alloc_quota_per_node: u64,
+    /// Change protection-region words by RDMA CAS through each directory's
+    /// loopback QP even where the NIC's atomics are atomic with CPU atomics
+    /// (the path a NIC with `IBV_ATOMIC_HCA` scope needs; for tests).
+    pub pr_atomics_through_nic: bool,
     /// Publish a whole-buffer key (the original's universal rkey, used by
     /// `RWFlag::USE_UNIVERSAL_RKEY` as the unprotected baseline of
     /// benchmarks). Off by default: with it, any client reaches the lease
@@ -117,6 +121,7 @@ impl Default for Config {
             lease_quota_per_node: 0,
             alloc_quota_per_node: 0,
             allow_universal_rkey: false,
+            pr_atomics_through_nic: false,
         }
     }
 }

@@ -681,6 +681,7 @@ fn seed_msgs() -> Vec<Vec<u8>> {
         AdminOp::QpReset,
         AdminOp::Stats,
         AdminOp::GcQueued,
+        AdminOp::PrNicAtomics,
     ] {
         cases.push((MsgType::Admin, Msg::Admin(AdminReq { op, arg: 1, dir: 0 })));
     }

@@ -33,7 +33,10 @@
 //!     QP to error.
 //! - One-sided READ, WRITE, CAS and FAA run in the responder, never in a
 //!   Patronus server thread; 8-byte atomics are atomic with respect to each
-//!   other and to the memory node's own CPU atomics.
+//!   other, and with respect to the memory node's own CPU atomics only where
+//!   [`Caps::atomics_glob`] says so (soft NIC: yes; verbs: the device's
+//!   `atomic_cap`, `IBV_ATOMIC_HCA` on mlx5). Where it does not, the memory
+//!   node changes words that clients CAS through the NIC as well.
 //! - RC QPs execute in posting order and complete in order. A remote access
 //!   error completes that request with [`WcStatus::RemAccessErr`], moves the
 //!   QP to [`QpState::Error`] and flushes every later request with

@@ -15,6 +15,12 @@ pub struct Caps {
     pub mw_type2: bool,
     /// 8-byte CAS and FAA.
     pub atomics: bool,
+    /// RDMA atomics are atomic with respect to the responder's CPU atomics
+    /// too (`IBV_ATOMIC_GLOB`). False (`IBV_ATOMIC_HCA`, every mlx5): only
+    /// with respect to other atomics of the same NIC, so a memory node must
+    /// change words that clients CAS (protection regions) through the NIC
+    /// as well (the directory's loopback QP).
+    pub atomics_glob: bool,
     /// Largest READ/WRITE in bytes.
     pub max_msg_size: u64,
     /// Largest SEND in bytes.

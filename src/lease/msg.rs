@@ -238,6 +238,9 @@ pub enum AdminOp {
     /// GC tasks queued in the directory (reply value): with the live
     /// leases, shows that relinquished leases leave no backlog.
     GcQueued = 6,
+    /// Protection-region CASes the directory made through its loopback QP
+    /// (reply value; -1 when it changes them with CPU atomics).
+    PrNicAtomics = 7,
 }
 
 /// Administrative request.
@@ -456,6 +459,7 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
                 4 => AdminOp::QpReset,
                 5 => AdminOp::Stats,
                 6 => AdminOp::GcQueued,
+                7 => AdminOp::PrNicAtomics,
                 o => return Err(BadMsg(format!("unknown admin op {o}"))),
             };
             Msg::Admin(AdminReq {

@@ -65,6 +65,11 @@ impl Directory {
         let res = match a.op {
             AdminOp::Stats => return ok(self.live_leases() as i64),
             AdminOp::GcQueued => return ok(self.ddl.len() as i64),
+            AdminOp::PrNicAtomics => {
+                return ok(self.nic_atomics.as_ref().map_or(-1, |n| {
+                    n.done.load(std::sync::atomic::Ordering::Relaxed) as i64
+                }))
+            }
             AdminOp::Time => return ok(self.sh.clock.now()),
             AdminOp::Finished => return ok(0),
             AdminOp::QpToRo => qp.modify_access(Access::REMOTE_READ),

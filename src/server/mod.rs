@@ -37,6 +37,7 @@ pub mod alloc;
 mod gc;
 mod grant;
 mod memory;
+mod nic_atomics;
 mod pass;
 mod region;
 mod windows;
@@ -131,6 +132,9 @@ pub struct Directory {
     stats: DirStats,
     /// Test hook: the next bind towards this peer is posted with a bad key.
     bind_fault: Option<usize>,
+    /// Protection-region CAS through the NIC (atomics not atomic with CPU
+    /// atomics, or `Config::pr_atomics_through_nic`).
+    nic_atomics: Option<nic_atomics::NicAtomics>,
 }
 
 impl Directory {
@@ -149,6 +153,13 @@ impl Directory {
         }
         let peers = slot.data.len();
         let lay = sh.layout;
+        let nic_atomics = if !sh.nic.caps().atomics_glob || sh.cfg.pr_atomics_through_nic {
+            let first = lay.pr(id, 0);
+            let len = lay.pr(id, n as u64).0 - first.0;
+            Some(nic_atomics::NicAtomics::open(&sh, first, len)?)
+        } else {
+            None
+        };
         let slice = lay.alloc / sh.cfg.dir_nr as u64;
         let mut allocs: std::collections::HashMap<u64, Box<dyn Allocator>> = Default::default();
         allocs.insert(
@@ -179,6 +190,7 @@ impl Directory {
             chain_seq: 0,
             stats: DirStats::default(),
             bind_fault: None,
+            nic_atomics,
             control,
             sh,
         })

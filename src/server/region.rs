@@ -1,14 +1,18 @@
 //! The directory's access to protection regions in the node's registered
 //! region: the I/O half of `lease::pr` (the words are decided there).
 
+use super::nic_atomics::NicAtomics;
 use crate::fabric::Mr;
 use crate::lease::pr::{self, Term, Word};
 use crate::lease::RegionOff;
 use crate::Result;
 
-/// Protection regions of one node, in its registered region.
+/// Protection regions of one node, in its registered region. With `nic`,
+/// the words clients CAS are changed by RDMA CAS through the directory's
+/// loopback QP (a NIC whose atomics are not atomic with CPU atomics).
 pub(crate) struct Prs<'a> {
     pub region: &'a Mr,
+    pub nic: Option<&'a NicAtomics>,
 }
 
 impl Prs<'_> {
@@ -29,20 +33,25 @@ impl Prs<'_> {
         Ok(w)
     }
 
-    /// Closes the region at `at` (no extension can succeed any more).
+    /// Closes the region at `at` (no extension can succeed any more): a CAS
+    /// from the word seen to its closed form, again until it holds, so that
+    /// an extension landing in between is never overwritten.
     pub fn close(&self, at: RegionOff) -> Result<()> {
-        let w = self.word(at)?;
-        self.region.store_u64(at.0 + pr::WORD, w.closed().pack())?;
-        Ok(())
+        loop {
+            let w = self.word(at)?;
+            if w.is_closed() || self.cas(at, w, w.closed())? == w {
+                return Ok(());
+            }
+        }
     }
 
     /// CAS of the word from `from` to `to`; returns the word found.
     pub fn cas(&self, at: RegionOff, from: Word, to: Word) -> Result<Word> {
-        Ok(Word::unpack(self.region.cas_u64(
-            at.0 + pr::WORD,
-            from.pack(),
-            to.pack(),
-        )?))
+        let off = at.0 + pr::WORD;
+        Ok(Word::unpack(match self.nic {
+            Some(n) => n.cas(off, from.pack(), to.pack())?,
+            None => self.region.cas_u64(off, from.pack(), to.pack())?,
+        }))
     }
 
     /// Leaves the region at `at` ready for its next lease.

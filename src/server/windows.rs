@@ -12,6 +12,7 @@ impl Directory {
     pub(super) fn prs(&self) -> Prs<'_> {
         Prs {
             region: &self.sh.region,
+            nic: self.nic_atomics.as_ref(),
         }
     }
 

@@ -132,91 +132,121 @@ fn auto_extend_keeps_a_short_lease_alive() {
 /// before its deadline.
 #[test]
 fn extension_racing_gc_is_never_lost() {
-    with_cluster(2, 1, |_srv, clients| {
-        let node = &clients[0];
-        let eps = node.epsilon();
-        let mut c = node.register_client_thread().unwrap();
-        let mut b = [0u8; 8];
-        let term = 1_000_000i64;
-        let step = 50_000i64;
-        // When the extension is sent, relative to the deadline.
-        let mut delta = -4 * step;
-        let (mut honoured, mut refused, mut rounds) = (0u32, 0u32, 0u32);
-        while (honoured < 10 || refused < 10) && rounds < 400 {
-            rounds += 1;
-            let mut l = c.get_lease(R, 0, 0, 0, 64, term as u64, 0).unwrap();
-            // The witness (never extended) is due right after `l`: once it
-            // is collected, the GC has decided `l`'s first deadline.
-            let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
-            assert!(l.success() && w.success());
-            let old_ddl = l.ddl;
-            // A bounded spin: the target is at most a few ms away.
-            while node.now() < old_ddl + delta {
-                std::hint::spin_loop();
-            }
-            // A long extension: the checks below see the race at the old
-            // deadline, not whether this thread runs again within ms.
-            // A refusal comes back as Error::Invalid naming why.
-            let rc = match c.extend(&mut l, 500_000_000, 0) {
-                Ok(rc) => rc,
-                Err(patronus::Error::Invalid(_)) => Rc::Invalid,
-                Err(e) => panic!("round {rounds}: {e}"),
-            };
-            let answered = node.now();
-            wait_revoked(&mut c, &mut w, "the witness");
-            match rc {
-                Rc::Ok => {
-                    honoured += 1;
-                    delta += step;
-                    assert_eq!(
-                        live_leases(&mut c),
-                        1,
-                        "round {rounds}: extension reported but the lease was collected"
-                    );
-                    assert_eq!(
-                        c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                            .unwrap(),
-                        Rc::Ok,
-                        "round {rounds}: extension reported but the lease was revoked"
-                    );
-                    assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+    extension_racing_gc(false)
+}
+
+/// The same race with the directory changing protection-region words by
+/// RDMA CAS through its loopback QP (the path a NIC whose atomics are
+/// atomic only among themselves needs): still never lost, and the path was
+/// really taken.
+#[test]
+fn extension_racing_gc_through_the_nic_is_never_lost() {
+    extension_racing_gc(true)
+}
+
+fn extension_racing_gc(through_nic: bool) {
+    with_cluster_cfg(
+        2,
+        1,
+        |cfg| cfg.pr_atomics_through_nic = through_nic,
+        |_srv, clients| {
+            let node = &clients[0];
+            let eps = node.epsilon();
+            let mut c = node.register_client_thread().unwrap();
+            let mut b = [0u8; 8];
+            let term = 1_000_000i64;
+            let step = 50_000i64;
+            // When the extension is sent, relative to the deadline.
+            let mut delta = -4 * step;
+            let (mut honoured, mut refused, mut rounds) = (0u32, 0u32, 0u32);
+            while (honoured < 10 || refused < 10) && rounds < 400 {
+                rounds += 1;
+                let mut l = c.get_lease(R, 0, 0, 0, 64, term as u64, 0).unwrap();
+                // The witness (never extended) is due right after `l`: once it
+                // is collected, the GC has decided `l`'s first deadline.
+                let mut w = c.get_lease(R, 0, 0, 64, 64, term as u64, 0).unwrap();
+                assert!(l.success() && w.success());
+                let old_ddl = l.ddl;
+                // A bounded spin: the target is at most a few ms away.
+                while node.now() < old_ddl + delta {
+                    std::hint::spin_loop();
                 }
-                // The GC won: the protection region was closed (Invalid)
-                // or already unbound (the CAS refused by the NIC).
-                Rc::Invalid | Rc::RdmaProtectionErr => {
-                    refused += 1;
-                    delta -= step;
-                    assert!(
-                        answered >= old_ddl - eps,
-                        "round {rounds}: refused {} ns before the deadline",
-                        old_ddl - answered
-                    );
-                    assert_eq!(
-                        live_leases(&mut c),
-                        0,
-                        "round {rounds}: extension refused but the lease is still held"
-                    );
-                    assert_eq!(
-                        c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
-                            .unwrap(),
-                        Rc::RdmaProtectionErr,
-                        "round {rounds}: extension refused but the window still works"
-                    );
+                // A long extension: the checks below see the race at the old
+                // deadline, not whether this thread runs again within ms.
+                // A refusal comes back as Error::Invalid naming why.
+                let rc = match c.extend(&mut l, 500_000_000, 0) {
+                    Ok(rc) => rc,
+                    Err(patronus::Error::Invalid(_)) => Rc::Invalid,
+                    Err(e) => panic!("round {rounds}: {e}"),
+                };
+                let answered = node.now();
+                wait_revoked(&mut c, &mut w, "the witness");
+                match rc {
+                    Rc::Ok => {
+                        honoured += 1;
+                        delta += step;
+                        assert_eq!(
+                            live_leases(&mut c),
+                            1,
+                            "round {rounds}: extension reported but the lease was collected"
+                        );
+                        assert_eq!(
+                            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                                .unwrap(),
+                            Rc::Ok,
+                            "round {rounds}: extension reported but the lease was revoked"
+                        );
+                        assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
+                    }
+                    // The GC won: the protection region was closed (Invalid)
+                    // or already unbound (the CAS refused by the NIC).
+                    Rc::Invalid | Rc::RdmaProtectionErr => {
+                        refused += 1;
+                        delta -= step;
+                        assert!(
+                            answered >= old_ddl - eps,
+                            "round {rounds}: refused {} ns before the deadline",
+                            old_ddl - answered
+                        );
+                        assert_eq!(
+                            live_leases(&mut c),
+                            0,
+                            "round {rounds}: extension refused but the lease is still held"
+                        );
+                        assert_eq!(
+                            c.read(&mut l, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                                .unwrap(),
+                            Rc::RdmaProtectionErr,
+                            "round {rounds}: extension refused but the window still works"
+                        );
+                    }
+                    rc => panic!("round {rounds}: extension answered {rc:?}"),
                 }
-                rc => panic!("round {rounds}: extension answered {rc:?}"),
+                assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
+                assert_eq!(c.relinquish(&mut w, 0, 0).unwrap(), Rc::Ok);
             }
-            assert_eq!(c.relinquish(&mut l, 0, 0).unwrap(), Rc::Ok);
-            assert_eq!(c.relinquish(&mut w, 0, 0).unwrap(), Rc::Ok);
-        }
-        eprintln!(
-            "{rounds} rounds: {honoured} honoured, {refused} refused, \
+            eprintln!(
+                "{rounds} rounds: {honoured} honoured, {refused} refused, \
              last offset from the deadline {delta} ns"
-        );
-        assert!(
-            honoured > 0 && refused > 0,
-            "the race was not hit in {rounds} rounds: {honoured} honoured, {refused} refused"
-        );
-    });
+            );
+            assert!(
+                honoured > 0 && refused > 0,
+                "the race was not hit in {rounds} rounds: {honoured} honoured, {refused} refused"
+            );
+            let nic_cas = c.admin(0, 0, AdminOp::PrNicAtomics, 0).unwrap();
+            eprintln!("protection-region CASes through the NIC: {nic_cas}");
+            if through_nic {
+                // Each round's two leases were closed by CAS once each (by
+                // the GC or at relinquish).
+                assert!(
+                    nic_cas >= 2 * rounds as i64,
+                    "{nic_cas} NIC CASes in {rounds} rounds"
+                );
+            } else {
+                assert_eq!(nic_cas, -1, "the soft NIC needs no loopback path");
+            }
+        },
+    );
 }
 
 /// Short GC'd leases relinquished at once leave their GC tasks behind; the

@@ -140,6 +140,7 @@ impl VerbsNic {
             name: "verbs".into(),
             mw_type2: type2,
             atomics: dev.atomic_cap != ibv_atomic_cap::IBV_ATOMIC_NONE,
+            atomics_glob: dev.atomic_cap == ibv_atomic_cap::IBV_ATOMIC_GLOB,
             max_msg_size: port.max_msg_sz as u64,
             max_send_size: port.max_msg_sz.min(1 << 30),
             max_qp_wr: limits.qp_depth(u32::MAX),

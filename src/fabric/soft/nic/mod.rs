@@ -230,6 +230,8 @@ impl SoftNic {
                 modify_qp_access: true,
                 rereg_mr: true,
                 peer_errs_with_requester: false,
+                // The responder runs atomics as CPU atomics on the memory.
+                atomics_glob: true,
             },
             link: cfg.link,
             keys: KeyTable::new(cfg.max_keys),
