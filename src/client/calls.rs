@@ -1001,7 +1001,7 @@ impl ClientThread {
                         ),
                     );
                 }
-                Wait::Wr { qp, .. } => self.data_failed(*idx, qp)?,
+                Wait::Wr { qp, .. } => self.data_failed(*idx, qp, None)?,
                 Wait::Backlog => {}
             }
         }
@@ -1035,13 +1035,25 @@ impl ClientThread {
             self.recover_qp(qp, None)?;
             return Ok(());
         }
-        self.data_failed(idx, qp)
+        self.data_failed(idx, qp, Some(wc.status))
     }
 
-    /// Call `idx`'s request on `qp` failed: recover the QP, fail the call,
-    /// post the other calls waiting on that QP again.
-    fn data_failed(&mut self, idx: u32, qp: usize) -> Result<()> {
+    /// Call `idx`'s request on `qp` failed with `status` (None: no
+    /// completion within its deadline): recover the QP, fail the call, post
+    /// the other calls waiting on that QP again. A refusal by the responder
+    /// (remote access or invalid request) is a protection fault, or an
+    /// expiry in flight; a request that never got an answer (no completion,
+    /// retries exceeded, a fatal NIC error) failed to execute, whatever its
+    /// lease.
+    fn data_failed(&mut self, idx: u32, qp: usize, status: Option<WcStatus>) -> Result<()> {
         self.recover_qp(qp, Some(idx))?;
+        if !matches!(
+            status,
+            Some(WcStatus::RemAccessErr | WcStatus::RemInvReqErr)
+        ) {
+            self.finish(idx, Completion::new(0, Ok(Rc::RdmaExecutionErr)));
+            return Ok(());
+        }
         let (ddl, revive) = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
             Some(Op::Data(d)) => (d.ddl, d.pre.is_some()),
             _ => (None, false),
