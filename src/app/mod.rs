@@ -359,7 +359,7 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
         Workload::FaultLoop(f) => fault_loop(&p, s, &f)?,
     }
     p.finished(key)?;
-    say("done=1");
+    say(format_args!("done=1 epsilon_ns={}", p.epsilon()));
     Ok(())
 }
 
