@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{unique, Memcached, Proc};
+use common::{unique, Hogs, Memcached, Proc};
 use patronus::cluster::{Keeper, MemcachedKeeper};
 
 fn node_args<'a>(mc: &'a str, cluster: &'a str, machines: &'a str) -> Vec<&'a str> {
@@ -210,21 +210,7 @@ fn the_faa_example_under_two_hogs_sums_exactly() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let limit = Duration::from_secs(60 * runs as u64);
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let t0 = std::time::Instant::now();
-                let mut x = 1u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && t0.elapsed() < limit {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    std::hint::black_box(x);
-                }
-            })
-        })
-        .collect();
+    let _hogs = Hogs::start(Duration::from_secs(60 * runs as u64));
     let mc = Memcached::start();
     let t0 = std::time::Instant::now();
     for run in 0..runs {
@@ -240,10 +226,6 @@ fn the_faa_example_under_two_hogs_sums_exactly() {
             assert!(p.wait_exit(T).success(), "run {run}: {} failed", p.name);
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in hogs {
-        h.join().unwrap();
-    }
     eprintln!(
         "{runs} runs of the FAA example under two hogs in {:?}",
         t0.elapsed()
@@ -255,22 +237,7 @@ fn the_faa_example_under_two_hogs_sums_exactly() {
 /// configured floor, 10 us), where the estimator measured 0.4-8.5 ms.
 #[test]
 fn two_processes_on_one_host_keep_epsilon_at_the_floor_under_load() {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let t0 = std::time::Instant::now();
-                let mut x = 1u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                    && t0.elapsed() < Duration::from_secs(60)
-                {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    std::hint::black_box(x);
-                }
-            })
-        })
-        .collect();
+    let _hogs = Hogs::start(Duration::from_secs(60));
     let mc = Memcached::start();
     let cl = unique("mp-eps");
     let base = node_args(&mc.url, &cl, "2");
@@ -281,10 +248,6 @@ fn two_processes_on_one_host_keep_epsilon_at_the_floor_under_load() {
     let c_eps: i64 = c.wait_for("epsilon_ns", T).parse().unwrap();
     assert!(c.wait_exit(T).success());
     assert!(srv.wait_exit(T).success());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in hogs {
-        h.join().unwrap();
-    }
     eprintln!(
         "two processes under two hogs: epsilon {srv_eps} ns (memory node), {c_eps} ns (client)"
     );

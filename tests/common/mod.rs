@@ -313,3 +313,40 @@ pub fn is_no_device_error(m: &str) -> bool {
         && m.ends_with("); is an RDMA NIC present and its driver (mlx5_ib, rxe, siw) loaded?");
     null || empty
 }
+
+/// Two busy-loop threads (one per core of the CI machine) for at most
+/// `limit`; they stop when the value drops.
+pub struct Hogs(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+impl Hogs {
+    pub fn start(limit: Duration) -> Hogs {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let hs = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < limit {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        Hogs(stop, hs)
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.1.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

@@ -406,38 +406,6 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
-/// Two busy-loop threads (one per core of the CI machine) for at most
-/// `limit`; they stop when the returned guard drops.
-fn hogs(limit: Duration) -> impl Drop {
-    struct Hogs(
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-        Vec<thread::JoinHandle<()>>,
-    );
-    impl Drop for Hogs {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-            for h in self.1.drain(..) {
-                let _ = h.join();
-            }
-        }
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hs = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let t0 = Instant::now();
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) && t0.elapsed() < limit {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    std::hint::black_box(x);
-                }
-            })
-        })
-        .collect();
-    Hogs(stop, hs)
-}
-
 /// Reads `l` with WITH_AUTO_EXTEND for `d`; returns (ok, locally expired).
 /// Any other outcome (RDMA_PROTECTION_ERR above all) fails the test.
 fn read_auto_for(c: &mut ClientThread, l: &mut Lease, d: Duration) -> (u64, u64) {

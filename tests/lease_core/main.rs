@@ -205,3 +205,35 @@ fn assert_refused<T: std::fmt::Debug>(r: patronus::Result<T>) {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// Two busy-loop threads (one per core of the CI machine) for at most
+/// `limit`; they stop when the returned guard drops.
+pub(crate) fn hogs(limit: Duration) -> impl Drop {
+    struct Hogs(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        Vec<thread::JoinHandle<()>>,
+    );
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+            for h in self.1.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hs = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < limit {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    Hogs(stop, hs)
+}

@@ -156,20 +156,7 @@ fn nodes_on_one_kernel_share_the_clock_exactly_under_load() {
 #[test]
 fn the_estimator_holds_the_true_offset_and_never_widens_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let t0 = Instant::now();
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(40) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    std::hint::black_box(x);
-                }
-            })
-        })
-        .collect();
+    let hogs = hogs(Duration::from_secs(40));
     let drift_ppm = 5u32;
     let cfg = Config {
         machine_nr: 2,
@@ -220,10 +207,7 @@ fn the_estimator_holds_the_true_offset_and_never_widens_under_load() {
         polls += 1;
         thread::sleep(Duration::from_millis(1));
     }
-    stop.store(true, Ordering::Relaxed);
-    for h in hogs {
-        h.join().unwrap();
-    }
+    drop(hogs);
     let (ok, failed) = clk.resync_counts();
     eprintln!(
         "estimator under two hogs: {polls} polls, {ok} re-syncs ok, {failed} failed; epsilon at start {first_eps} ns, range {min_eps}..{max_eps} ns, offset now {} ns",
