@@ -372,12 +372,24 @@ fn soak(a: SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
             s.unexpected, s.drain_ms, s.final_live_leases, s.final_gc_queued
         )?;
         for (n, f, l, g) in &s.rss {
-            writeln!(out, "  {n}: RSS {f} -> {l} KiB ({g:+} KiB, bound {} KiB)", s.rss_bound_kib)?;
+            writeln!(
+                out,
+                "  {n}: RSS {f} -> {l} KiB ({g:+} KiB, bound {} KiB)",
+                s.rss_bound_kib
+            )?;
         }
         for (n, f, l, g) in &s.fds {
             writeln!(out, "  {n}: fds {f} -> {l} ({g:+})")?;
         }
-        writeln!(out, "{}", if s.pass { "PASS".to_string() } else { format!("FAIL: {}", s.failures.join("; ")) })?;
+        writeln!(
+            out,
+            "{}",
+            if s.pass {
+                "PASS".to_string()
+            } else {
+                format!("FAIL: {}", s.failures.join("; "))
+            }
+        )?;
     }
     if !s.pass {
         eprintln!("patronus bench soak: FAIL: {}", s.failures.join("; "));

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -350,9 +350,10 @@ impl Worker<'_> {
             Ok(Rc::LeaseLocalExpiredErr) => {
                 self.k.expiries.fetch_add(1, Relaxed);
             }
-            r => self
-                .k
-                .bad(format!("thread {} read past an expired lease: {r:?}", self.id)),
+            r => self.k.bad(format!(
+                "thread {} read past an expired lease: {r:?}",
+                self.id
+            )),
         }
     }
 
@@ -570,7 +571,14 @@ pub struct ChildArgs {
     pub inject: Option<String>,
 }
 
-fn node_config(fabric: &str, keeper: Option<String>, cluster: &str, m: u16, d: u16, t: u16) -> Config {
+fn node_config(
+    fabric: &str,
+    keeper: Option<String>,
+    cluster: &str,
+    m: u16,
+    d: u16,
+    t: u16,
+) -> Config {
     Config {
         machine_nr: m,
         dir_nr: d,
@@ -681,7 +689,18 @@ fn start_memcached() -> Result<OwnMemcached> {
             .map_err(|e| Error::io("finding a free port", e))?
             .port();
         let mut cmd = Command::new(&bin);
-        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "2", "-m", "64"]);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "2",
+            "-m",
+            "64",
+        ]);
         if root {
             cmd.args(["-u", "root"]);
         }
@@ -856,7 +875,10 @@ pub fn run(o: &Opts, out: &mut dyn FnMut(&Record)) -> Result<Summary> {
                 take(r, &mut all);
                 next += o.interval;
             }
-            let kids_done = children.0.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_))));
+            let kids_done = children
+                .0
+                .iter_mut()
+                .all(|c| matches!(c.try_wait(), Ok(Some(_))));
             let inproc_done = inproc.as_ref().is_none_or(|h| h.is_finished());
             if kids_done && inproc_done && Instant::now() >= deadline {
                 break;
@@ -920,7 +942,13 @@ pub fn run(o: &Opts, out: &mut dyn FnMut(&Record)) -> Result<Summary> {
     Ok(summarize(o, &all, &final_mem, drain_ms, failures))
 }
 
-fn summarize(o: &Opts, all: &[Record], mem: &Record, drain_ms: f64, mut failures: Vec<String>) -> Summary {
+fn summarize(
+    o: &Opts,
+    all: &[Record],
+    mem: &Record,
+    drain_ms: f64,
+    mut failures: Vec<String>,
+) -> Summary {
     let mut s = Summary {
         kind: "summary".into(),
         seconds: o.duration.as_secs_f64(),
@@ -973,7 +1001,12 @@ fn summarize(o: &Opts, all: &[Record], mem: &Record, drain_ms: f64, mut failures
     if s.unexpected > 0 {
         failures.insert(0, format!("{} unexpected outcomes", s.unexpected));
     }
-    if mem.live_leases.iter().chain(&mem.gc_queued).any(|&v| v != 0) {
+    if mem
+        .live_leases
+        .iter()
+        .chain(&mem.gc_queued)
+        .any(|&v| v != 0)
+    {
         failures.push(format!(
             "memory node: live leases {:?}, GC queued {:?} after the drain",
             mem.live_leases, mem.gc_queued
@@ -1013,6 +1046,16 @@ pub fn table_header(out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<8} {:<9} {:>7} {:>9} {:>8} {:>7} {:>6} {:>4} {:>4} {:>8} {:>4}  memory node",
-        "kind", "proc", "t_s", "ops", "acquires", "expired", "extend", "late", "unex", "rss_kib", "fds"
+        "kind",
+        "proc",
+        "t_s",
+        "ops",
+        "acquires",
+        "expired",
+        "extend",
+        "late",
+        "unex",
+        "rss_kib",
+        "fds"
     )
 }
