@@ -73,6 +73,8 @@ enum Cmd {
     Floor { args: Vec<String> },
     #[command(name = "__bench-node", hide = true)]
     BenchNode { link: String },
+    #[command(name = "__soak-client", hide = true)]
+    SoakClient { args: String },
 }
 
 /// Cluster membership shared by `serve` and `client`.
@@ -327,6 +329,121 @@ enum BenchCmd {
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
     },
+    /// A long run of acquisitions, data calls, extensions and expiry from
+    /// several threads and processes: RSS, fds, live leases and error
+    /// counts per interval; fails on unexpected outcomes or growth.
+    Soak(SoakArgs),
+}
+
+/// `bench soak`'s options.
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// Run length in minutes (or --seconds).
+    #[arg(long, value_parser = parse_minutes, conflicts_with = "seconds")]
+    minutes: Option<f64>,
+    /// Run length in seconds (default 120).
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seconds)]
+    seconds: Option<f64>,
+    /// Client threads per client process.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    threads: u16,
+    /// Client processes (0: one in-process client node, in-process keeper).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(0..=16))]
+    processes: u16,
+    /// memcached://HOST:PORT (default: start memcached from PATH for the run).
+    #[arg(long)]
+    keeper: Option<String>,
+    /// Seconds between reports.
+    #[arg(long = "interval-s", default_value_t = 10.0, allow_negative_numbers = true, value_parser = parse_seconds)]
+    interval_s: f64,
+    /// Directories of the memory node.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    dirs: u16,
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Which link.
+    #[arg(long, default_value = "shm", value_parser = ["shm", "tcp"])]
+    fabric: String,
+    /// Fault injection that the checks must catch (leak: 1 MiB/s per
+    /// client process; fd: one fd/s; error: a read outside the lease).
+    #[arg(long, hide = true, value_parser = ["leak", "fd", "error"])]
+    inject: Option<String>,
+}
+
+/// `--minutes`: more than 0, at most a day.
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of minutes"))?;
+    if v.is_finite() && v > 0.0 && v <= 1440.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} minutes: give more than 0 and at most 1440"))
+    }
+}
+
+fn soak(a: SoakArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let secs = a.minutes.map(|m| m * 60.0).or(a.seconds).unwrap_or(120.0);
+    let o = bench::soak::Opts {
+        duration: Duration::from_secs_f64(secs),
+        threads: a.threads,
+        processes: a.processes,
+        keeper: a.keeper,
+        interval: Duration::from_secs_f64(a.interval_s),
+        fabric: a.fabric,
+        dirs: a.dirs,
+        exe: std::env::current_exe()?,
+        inject: a.inject,
+    };
+    let json = a.json;
+    if !json {
+        bench::soak::table_header(&mut std::io::stdout())?;
+    }
+    let s = bench::soak::run(&o, &mut |r| {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = bench::print_json(&mut out, std::slice::from_ref(r));
+        } else {
+            let _ = bench::soak::table_line(&mut out, r);
+        }
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        bench::print_json(&mut out, std::slice::from_ref(&s))?;
+    } else {
+        use std::io::Write;
+        writeln!(
+            out,
+            "summary: {} s, {} processes x {} threads: {} ops, {} acquires, {} expired, {} extended, {} late, {} unexpected; drain {:.0} ms, live leases {:?}, GC queued {:?}",
+            s.seconds, s.processes, s.threads, s.ops, s.acquires, s.expiries, s.extensions, s.late,
+            s.unexpected, s.drain_ms, s.final_live_leases, s.final_gc_queued
+        )?;
+        for (n, f, l, g) in &s.rss {
+            writeln!(
+                out,
+                "  {n}: RSS {f} -> {l} KiB ({g:+} KiB, bound {} KiB)",
+                s.rss_bound_kib
+            )?;
+        }
+        for (n, f, l, g) in &s.fds {
+            writeln!(out, "  {n}: fds {f} -> {l} ({g:+})")?;
+        }
+        writeln!(
+            out,
+            "{}",
+            if s.pass {
+                "PASS".to_string()
+            } else {
+                format!("FAIL: {}", s.failures.join("; "))
+            }
+        )?;
+    }
+    if !s.pass {
+        eprintln!("patronus bench soak: FAIL: {}", s.failures.join("; "));
+    }
+    Ok(s.pass)
 }
 
 /// `--ops`: a whole number of at least 1.
@@ -673,6 +790,14 @@ fn main() -> ExitCode {
             }
             Ok(true)
         })(),
+        Cmd::Bench {
+            what: BenchCmd::Soak(a),
+        } => soak(a),
+        Cmd::SoakClient { args } => serde_json::from_str::<bench::soak::ChildArgs>(&args)
+            .map_err(|e| patronus::Error::Invalid(format!("__soak-client: {e}")))
+            .and_then(|a| bench::soak::child_main(&a))
+            .map(|_| true)
+            .map_err(Into::into),
         Cmd::Info { json } => print_info(json).map(|_| true),
         Cmd::Serve { node } => {
             if let Err(e) = check_keeper(&node, "serve") {

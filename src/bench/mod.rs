@@ -6,6 +6,7 @@ pub mod fabric;
 pub mod inflight;
 pub mod lease;
 pub mod plot;
+pub mod soak;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
