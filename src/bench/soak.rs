@@ -27,8 +27,13 @@ use crate::lease::Rc;
 use crate::node::{Config, Patronus};
 use crate::{Error, Result};
 
-/// RSS growth allowed from the first interval's record to the last, per
-/// process (the first interval is the warm-up: pools, caches, arenas).
+/// Growth of private (anonymous: heap, stacks, arenas) resident memory
+/// allowed from the first interval's record to the last, per process (the
+/// first interval is the warm-up: pools, caches, arenas). Shared memory
+/// (the shm fabric's rings and the memory node's registered buffer, memfd
+/// mappings of fixed size) is reported but not judged: its resident part
+/// grows as a ring's head first passes a page or a lease first touches a
+/// block, up to the mapping's size, and then stays.
 pub const RSS_BOUND_KIB: u64 = 8 * 1024;
 /// Bytes of the memory node's lease buffer each client thread owns.
 const SLOT: u64 = 64 * 1024;
@@ -76,7 +81,8 @@ pub struct Record {
     pub expiries: u64,
     /// One-sided extensions honoured.
     pub extensions: u64,
-    /// Extensions made by WITH_AUTO_EXTEND.
+    /// Leases WITH_AUTO_EXTEND could not keep alive (the thread came back
+    /// after the GC closed them): counted in `late` as well.
     pub auto_extend_lost: u64,
     /// LeaseLocalExpiredErr after the deadline passed on a lease not meant
     /// to expire (the thread overslept its term): expected, reported.
@@ -85,6 +91,12 @@ pub struct Record {
     pub unexpected: u64,
     /// VmRSS in KiB.
     pub rss_kib: u64,
+    /// RssAnon in KiB (private memory: what the bound judges).
+    #[serde(default)]
+    pub anon_kib: u64,
+    /// RssShmem in KiB (the fabric's fixed-size shared mappings).
+    #[serde(default)]
+    pub shmem_kib: u64,
     /// Entries of /proc/self/fd.
     pub fds: u64,
     /// Live leases per directory (memory node only).
@@ -123,8 +135,12 @@ pub struct Summary {
     pub unexpected: u64,
     /// Bound on RSS growth per process, KiB.
     pub rss_bound_kib: u64,
-    /// Per process: (name, RSS of the first record, of the last, growth).
+    /// Per process: (name, private RSS of the first record, of the last,
+    /// growth), KiB.
     pub rss: Vec<(String, u64, u64, i64)>,
+    /// Per process: (name, shared RSS first, last, growth), KiB.
+    #[serde(default)]
+    pub shmem: Vec<(String, u64, u64, i64)>,
     /// Per process: (name, fds first, last, growth).
     pub fds: Vec<(String, u64, u64, i64)>,
     /// The memory node's live leases per directory at the end, after the
@@ -140,20 +156,37 @@ pub struct Summary {
     pub pass: bool,
 }
 
-/// VmRSS of this process in KiB, and its open fds.
-pub fn rss_fds() -> (u64, u64) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
-    (rss, fds)
+/// This process's resident memory and open fds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// RssAnon, KiB.
+    pub anon_kib: u64,
+    /// RssShmem, KiB.
+    pub shmem_kib: u64,
+    /// Entries of /proc/self/fd.
+    pub fds: u64,
+}
+
+/// Reads [`Usage`] from /proc/self (zeros where it cannot).
+pub fn usage() -> Usage {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+        shmem_kib: field("RssShmem:"),
+        fds: std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0),
+    }
 }
 
 /// Counters shared by a process's client threads.
@@ -180,7 +213,7 @@ impl Counters {
     }
 
     fn record(&self, kind: &str, proc: &str, t0: Instant) -> Record {
-        let (rss_kib, fds) = rss_fds();
+        let u = usage();
         Record {
             kind: kind.into(),
             proc: proc.into(),
@@ -193,8 +226,10 @@ impl Counters {
             auto_extend_lost: self.auto_lost.load(Relaxed),
             late: self.late.load(Relaxed),
             unexpected: self.unexpected.load(Relaxed),
-            rss_kib,
-            fds,
+            rss_kib: u.rss_kib,
+            anon_kib: u.anon_kib,
+            shmem_kib: u.shmem_kib,
+            fds: u.fds,
             errors: self
                 .errors
                 .lock()
@@ -475,7 +510,7 @@ impl Worker<'_> {
                 6 => self.auto_extend(),
                 _ => self.alloc(),
             }
-            if inject_error && i % 500 == 499 {
+            if inject_error && i % 200 == 50 {
                 // A read outside the lease: the NIC refuses it.
                 if let Some(mut l) = self.acquire(false, self.base, 64, 200_000_000) {
                     let mut b = [0u8; 64];
@@ -490,18 +525,35 @@ impl Worker<'_> {
     }
 }
 
-/// Runs `threads` workers on `p` against `node` until `deadline`.
-fn run_workers(
-    p: &Patronus,
+/// Where a process's workers run: the memory node, its directories, the
+/// first lease-buffer slot of this process and its thread count.
+#[derive(Clone, Copy)]
+struct Target {
     node: u16,
     dirs: u16,
     first_slot: u64,
     threads: u16,
+}
+
+/// Runs `t.threads` workers on `p` against `t.node` until `deadline`.
+fn run_workers(
+    p: &Patronus,
+    t: Target,
     deadline: Instant,
     k: &Counters,
-    inject_error: bool,
+    inject: &str,
 ) -> Result<()> {
+    let Target {
+        node,
+        dirs,
+        first_slot,
+        threads,
+    } = t;
+    let inject_error = inject == "error";
     std::thread::scope(|s| -> Result<()> {
+        if inject == "leak" || inject == "fd" {
+            s.spawn(move || leak(inject, deadline));
+        }
         let mut hs = Vec::new();
         for t in 0..threads as u64 {
             let c = p.register_client_thread()?;
@@ -528,6 +580,24 @@ fn run_workers(
     })
 }
 
+/// Fault injection that the checks must catch: 16 steps spread over the
+/// run, each keeping 1 MiB of touched memory ("leak") or one open fd
+/// ("fd") until the process ends, so a run of any length ends 16 MiB
+/// (twice the bound) or 16 fds up.
+fn leak(what: &str, deadline: Instant) {
+    let step = deadline.saturating_duration_since(Instant::now()) / 17;
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    for _ in 0..16 {
+        std::thread::sleep(step);
+        if what == "leak" {
+            keep.push(Box::new(vec![1u8; 1 << 20]));
+        } else if let Ok(f) = std::fs::File::open("/dev/null") {
+            keep.push(Box::new(f));
+        }
+    }
+    std::mem::forget(keep);
+}
+
 fn emit(r: &impl Serialize) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{}", serde_json::to_string(r).unwrap_or_default());
@@ -535,11 +605,18 @@ fn emit(r: &impl Serialize) {
 }
 
 /// Prints the counters every `interval` until `stop`.
-fn reporter(k: &Counters, name: &str, t0: Instant, interval: Duration, stop: &AtomicU64) {
+fn reporter(
+    k: &Counters,
+    name: &str,
+    t0: Instant,
+    interval: Duration,
+    stop: &AtomicU64,
+    sink: &dyn Fn(Record),
+) {
     let mut next = t0 + interval;
     while stop.load(Relaxed) == 0 {
         if Instant::now() >= next {
-            emit(&k.record("interval", name, t0));
+            sink(k.record("interval", name, t0));
             next += interval;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -614,35 +691,14 @@ pub fn child_main(a: &ChildArgs) -> Result<()> {
     let interval = Duration::from_secs_f64(a.interval_s);
     let inject = a.inject.clone().unwrap_or_default();
     let r = std::thread::scope(|s| {
-        s.spawn(|| reporter(&k, &name, t0, interval, &stop));
-        let leak = (inject == "leak" || inject == "fd").then(|| {
-            s.spawn(|| {
-                // Fault injection: 1 MiB of touched memory (or one fd) per second.
-                let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
-                while Instant::now() < deadline {
-                    if inject == "leak" {
-                        keep.push(Box::new(vec![1u8; 1 << 20]));
-                    } else if let Ok(f) = std::fs::File::open("/dev/null") {
-                        keep.push(Box::new(f));
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                std::mem::forget(keep);
-            })
-        });
-        let r = run_workers(
-            &p,
-            mem,
-            a.dirs,
-            a.index as u64 * a.threads as u64,
-            a.threads,
-            deadline,
-            &k,
-            inject == "error",
-        );
-        if let Some(h) = leak {
-            let _ = h.join();
-        }
+        s.spawn(|| reporter(&k, &name, t0, interval, &stop, &|r| emit(&r)));
+        let t = Target {
+            node: mem,
+            dirs: a.dirs,
+            first_slot: a.index as u64 * a.threads as u64,
+            threads: a.threads,
+        };
+        let r = run_workers(&p, t, deadline, &k, &inject);
         stop.store(1, Relaxed);
         r
     });
@@ -832,19 +888,20 @@ pub fn run(o: &Opts, out: &mut dyn FnMut(&Record)) -> Result<Summary> {
         let inproc = (o.processes == 0).then(|| {
             let (k, stop, n) = (&k, &stop, &nodes[1]);
             let inject = o.inject.clone().unwrap_or_default();
+            let tx = tx.clone();
             s.spawn(move || {
                 let r = std::thread::scope(|s2| {
-                    let lk = s2.spawn(|| reporter(k, "client-0", t0, o.interval, stop));
-                    let r = run_workers(
-                        n,
-                        mem_id,
-                        o.dirs,
-                        0,
-                        o.threads,
-                        deadline,
-                        k,
-                        inject == "error",
-                    );
+                    let sink = move |r| {
+                        let _ = tx.send(r);
+                    };
+                    let lk = s2.spawn(move || reporter(k, "client-0", t0, o.interval, stop, &sink));
+                    let t = Target {
+                        node: mem_id,
+                        dirs: o.dirs,
+                        first_slot: 0,
+                        threads: o.threads,
+                    };
+                    let r = run_workers(n, t, deadline, k, &inject);
                     stop.store(1, Relaxed);
                     let _ = lk.join();
                     r
@@ -925,8 +982,10 @@ pub fn run(o: &Opts, out: &mut dyn FnMut(&Record)) -> Result<Summary> {
         final_mem = mem_rec(&mut mon, "final");
         take(final_mem.clone(), &mut all);
         drop(mon);
-        if o.processes > 0 {
-            mem.finished(0)?;
+        // Every node of this process says it is done (the in-process
+        // client node too), so the directories end.
+        for n in &nodes {
+            n.finished(0)?;
         }
         for h in serving {
             match h.join() {
@@ -985,11 +1044,14 @@ fn summarize(
                 recs.len()
             ));
         }
-        let g = last.rss_kib as i64 - first.rss_kib as i64;
-        s.rss.push((n.into(), first.rss_kib, last.rss_kib, g));
+        let g = last.anon_kib as i64 - first.anon_kib as i64;
+        s.rss.push((n.into(), first.anon_kib, last.anon_kib, g));
+        let sg = last.shmem_kib as i64 - first.shmem_kib as i64;
+        s.shmem
+            .push((n.into(), first.shmem_kib, last.shmem_kib, sg));
         if g > RSS_BOUND_KIB as i64 {
             failures.push(format!(
-                "{n}: RSS grew {g} KiB from the first interval to the end (bound {RSS_BOUND_KIB} KiB)"
+                "{n}: private RSS grew {g} KiB from the first interval to the end (bound {RSS_BOUND_KIB} KiB)"
             ));
         }
         let fg = last.fds as i64 - first.fds as i64;
@@ -1021,7 +1083,7 @@ fn summarize(
 pub fn table_line(out: &mut dyn Write, r: &Record) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<8} {:<9} {:>7.1} {:>9} {:>8} {:>7} {:>6} {:>4} {:>4} {:>8} {:>4}  {}",
+        "{:<8} {:<9} {:>7.1} {:>9} {:>8} {:>7} {:>6} {:>4} {:>4} {:>8} {:>9} {:>4}  {}",
         r.kind,
         r.proc,
         r.elapsed_s,
@@ -1031,7 +1093,8 @@ pub fn table_line(out: &mut dyn Write, r: &Record) -> std::io::Result<()> {
         r.extensions,
         r.late,
         r.unexpected,
-        r.rss_kib,
+        r.anon_kib,
+        r.shmem_kib,
         r.fds,
         if r.live_leases.is_empty() {
             String::new()
@@ -1045,7 +1108,7 @@ pub fn table_line(out: &mut dyn Write, r: &Record) -> std::io::Result<()> {
 pub fn table_header(out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<8} {:<9} {:>7} {:>9} {:>8} {:>7} {:>6} {:>4} {:>4} {:>8} {:>4}  memory node",
+        "{:<8} {:<9} {:>7} {:>9} {:>8} {:>7} {:>6} {:>4} {:>4} {:>8} {:>9} {:>4}  memory node",
         "kind",
         "proc",
         "t_s",
@@ -1055,7 +1118,8 @@ pub fn table_header(out: &mut dyn Write) -> std::io::Result<()> {
         "extend",
         "late",
         "unex",
-        "rss_kib",
+        "anon_kib",
+        "shmem_kib",
         "fds"
     )
 }
