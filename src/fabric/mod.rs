@@ -67,6 +67,7 @@ mod error;
 pub mod mem;
 pub mod msg;
 mod nic;
+mod psn;
 mod queue;
 pub mod soft;
 #[cfg(feature = "verbs")]
@@ -79,6 +80,7 @@ pub use endpoint::QpEndpoint;
 pub use error::FabricError;
 pub use mem::Mr;
 pub use nic::{open_nic, Caps, Nic};
+pub use psn::{ConnPsns, Psns, PSN_MASK};
 pub use queue::{Cq, Qp, QpCap, QpState};
 pub use work::{RecvWr, SendWr, Sge, Wc, WcOpcode, WcStatus, WrOp};
 

@@ -37,6 +37,14 @@ pub struct Caps {
     /// semantics on hardware), so recovery must reset both ends of the
     /// connection; the soft NIC keeps the responder's QP ready.
     pub peer_errs_with_requester: bool,
+    /// Windows bound to a QP stay bound (same rkeys, same access) across a
+    /// [`Qp::reset`] + reconnect of that QP. Where false, recovery of a
+    /// connection re-binds its live leases' windows with fresh key tags and
+    /// hands the new rkeys to the holder (the directory's admin `QpReset`).
+    /// Soft NIC: true unless `SoftConfig::windows_survive_reset` is off;
+    /// verbs: see `fabric::verbs` (conservatively false for type-2 windows
+    /// unless `PATRONUS_RDMA_WINDOWS_SURVIVE_RESET=1`).
+    pub windows_survive_reset: bool,
 }
 
 /// A device context (one NIC).

@@ -431,6 +431,43 @@ impl KeyTable {
         })
     }
 
+    /// Invalidates every window bound to local QP `qpn` (each takes a
+    /// tag step, as [`KeyTable::invalidate_mw`]); returns how many. What a
+    /// device whose windows do not survive a reset of their QP does
+    /// (`SoftConfig::windows_survive_reset` off). O(table size).
+    pub fn invalidate_bound_to(&self, qpn: u32) -> usize {
+        let mut n = 0;
+        for idx in 1..self.entries.len() as u32 {
+            let bound = self
+                .snapshot(idx)
+                .is_some_and(|s| s.kind == KeyKind::Mw && s.valid && s.bound_qpn == qpn);
+            // Re-checked under the entry's lock: a concurrent bind/unbind
+            // decides first.
+            if bound
+                && self
+                    .update(idx, |cur| {
+                        if cur.kind != KeyKind::Mw || !cur.valid || cur.bound_qpn != qpn {
+                            return Err(FabricError::Invalid(String::new()));
+                        }
+                        let s = KeySnapshot {
+                            tag: self.next(cur.tag),
+                            valid: false,
+                            access: Access::NONE,
+                            bound_qpn: 0,
+                            addr: 0,
+                            len: 0,
+                            ..cur
+                        };
+                        Ok((s, ()))
+                    })
+                    .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The responder's check: may a request arriving on local QP `qpn` of PD
     /// `pd` access `[addr, addr+len)` with `need` rights through `rkey`?
     /// Returns the address to touch.

@@ -62,9 +62,14 @@ mod tests {
         std::env::set_var("PATRONUS_RDMA_DEVICE", "mlx5_3");
         std::env::set_var("PATRONUS_RDMA_PORT", "2");
         std::env::set_var("PATRONUS_RDMA_GID_INDEX", "3");
+        std::env::set_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET", "1");
         let c = VerbsConfig::from_env().unwrap();
         assert_eq!(c.device.as_deref(), Some("mlx5_3"));
         assert_eq!((c.port, c.gid_index), (2, Some(3)));
+        assert_eq!(c.windows_survive_reset, Some(true));
+        std::env::set_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET", "maybe");
+        assert!(VerbsConfig::from_env().is_err());
+        std::env::remove_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET");
         std::env::set_var("PATRONUS_RDMA_PORT", "0");
         assert!(VerbsConfig::from_env().is_err());
         std::env::set_var("PATRONUS_RDMA_PORT", "1");
