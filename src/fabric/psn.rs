@@ -90,7 +90,7 @@ impl ConnPsns {
                 "PSN pair {v:#x}: {why} (bit 63 set, two non-zero 24-bit PSNs)"
             )))
         };
-        if v & PRESENT == 0 || v & !PRESENT >> 48 != 0 {
+        if v & PRESENT == 0 || (v & !PRESENT) >> 48 != 0 {
             return bad("stray bits");
         }
         let p = ConnPsns {
