@@ -514,6 +514,30 @@ impl KeyTable {
 mod tests {
     use super::*;
 
+    /// What a reset does on a NIC whose windows die with it: exactly the
+    /// windows bound to that QP become invalid with a new tag; a window
+    /// bound again afterwards gets a key never seen before.
+    #[test]
+    fn invalidate_bound_to_kills_only_that_qps_windows() {
+        let t = KeyTable::new(64);
+        let lkey = t.add_mr(1, 0x1000, 0x1000, Access::ALL).unwrap();
+        let (a, _) = t.add_mw(1).unwrap();
+        let (b, _) = t.add_mw(1).unwrap();
+        let (idle, i0) = t.add_mw(1).unwrap();
+        let ra = t.bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
+        let rb = t.bind_mw(b, 1, 8, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
+        assert_eq!(t.invalidate_bound_to(7), 1);
+        assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+        assert_eq!(t.check(rb, 1, 8, 0x1000, 8, Access::REMOTE_READ), Ok(0x1000));
+        assert_eq!(t.mw_rkey(idle), i0, "an unbound window is untouched");
+        assert_ne!(t.mw_rkey(a), ra, "the invalidation took a tag step");
+        let again = t.bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
+        assert!(again != ra && again != t.key(a, 0));
+        assert_eq!(t.check(again, 1, 7, 0x1000, 8, Access::REMOTE_READ), Ok(0x1000));
+        assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+        assert_eq!(t.invalidate_bound_to(9), 0);
+    }
+
     #[test]
     fn window_lifecycle_and_stale_keys() {
         let t = KeyTable::new(64);
