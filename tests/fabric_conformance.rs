@@ -87,7 +87,10 @@ mod windows_die_on_reset {
         let (s, c) = (open(false), open(false));
         assert!(!s.caps().windows_survive_reset);
         let p = Pair::new(s.clone(), c.clone(), 4 << 20).expect("pair");
-        assert!(!conf::probe_window_survival(&p).unwrap(), "windows do not survive reset");
+        assert!(
+            !conf::probe_window_survival(&p).unwrap(),
+            "windows do not survive reset"
+        );
         let p = Pair::new(s.clone(), c.clone(), 4 << 20).expect("pair");
         conf::check_windows(&p, &p.share(&c).unwrap()).unwrap();
         let passed = conf::run_all(s, c, 20).unwrap();
@@ -98,7 +101,10 @@ mod windows_die_on_reset {
         let (s, c) = (open(true), open(true));
         assert!(s.caps().windows_survive_reset);
         let p = Pair::new(s, c, 4 << 20).expect("pair");
-        assert!(conf::probe_window_survival(&p).unwrap(), "windows survive reset");
+        assert!(
+            conf::probe_window_survival(&p).unwrap(),
+            "windows survive reset"
+        );
     }
     #[test]
     fn shm() {

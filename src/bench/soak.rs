@@ -491,6 +491,7 @@ impl Worker<'_> {
 }
 
 /// Runs `threads` workers on `p` against `node` until `deadline`.
+#[allow(clippy::too_many_arguments)]
 fn run_workers(
     p: &Patronus,
     node: u16,

@@ -4,8 +4,8 @@
 
 use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared, SMALL};
 use super::ClientThread;
-use crate::lease::flags::rw;
 use crate::fabric::ConnPsns;
+use crate::lease::flags::rw;
 use crate::lease::msg::{AdminOp, LeaseKey, MemOp};
 use crate::lease::{Lease, Rc};
 use crate::{Error, Result};
@@ -110,7 +110,11 @@ impl ClientThread {
         {
             Some(k) if lease.live => (
                 if k.rkey != 0 { k.rkey } else { lease.rkey },
-                if k.pr_rkey != 0 { k.pr_rkey } else { lease.pr_rkey },
+                if k.pr_rkey != 0 {
+                    k.pr_rkey
+                } else {
+                    lease.pr_rkey
+                },
             ),
             _ => (lease.rkey, lease.pr_rkey),
         }

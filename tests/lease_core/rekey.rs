@@ -66,7 +66,10 @@ fn leases_are_rebound_with_new_rkeys_when_windows_die_on_reset() {
         let g = c.rekeyed_generations(0, 0);
         let mut want: Vec<u64> = leases.iter().map(|l| l.generation).collect();
         want.sort_unstable();
-        assert_eq!(g, want, "every live lease re-keyed, the relinquished one not");
+        assert_eq!(
+            g, want,
+            "every live lease re-keyed, the relinquished one not"
+        );
         assert!(!g.contains(&gone_copy.generation));
         // Every lease reads byte-exact with a new rkey; write leases write.
         for (i, l) in leases.iter_mut().enumerate() {
@@ -97,7 +100,8 @@ fn leases_are_rebound_with_new_rkeys_when_windows_die_on_reset() {
             let mut f = forged(&leases[i], old[i].0);
             let mut b = [0u8; 8];
             assert_eq!(
-                c.read(&mut f, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK).unwrap(),
+                c.read(&mut f, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+                    .unwrap(),
                 Rc::RdmaProtectionErr,
                 "old rkey of lease {i}"
             );

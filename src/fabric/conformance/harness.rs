@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use super::{drain, fail, wait_wc, WC_TIMEOUT};
 use crate::fabric::{
-    ConnPsns,
-    Access, Cq, FabricError, Mr, MwInfo, Nic, Pd, Qp, QpCap, QpState, Result, SendWr, Sge, Wc,
-    WcOpcode, WcStatus, WrOp,
+    Access, ConnPsns, Cq, FabricError, Mr, MwInfo, Nic, Pd, Qp, QpCap, QpState, Result, SendWr,
+    Sge, Wc, WcOpcode, WcStatus, WrOp,
 };
 
 /// One side of a connection: NIC, PD, CQ, QP, and a local buffer.

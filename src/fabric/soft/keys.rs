@@ -524,16 +524,28 @@ mod tests {
         let (a, _) = t.add_mw(1).unwrap();
         let (b, _) = t.add_mw(1).unwrap();
         let (idle, i0) = t.add_mw(1).unwrap();
-        let ra = t.bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
-        let rb = t.bind_mw(b, 1, 8, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
+        let ra = t
+            .bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
+        let rb = t
+            .bind_mw(b, 1, 8, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
         assert_eq!(t.invalidate_bound_to(7), 1);
         assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
-        assert_eq!(t.check(rb, 1, 8, 0x1000, 8, Access::REMOTE_READ), Ok(0x1000));
+        assert_eq!(
+            t.check(rb, 1, 8, 0x1000, 8, Access::REMOTE_READ),
+            Ok(0x1000)
+        );
         assert_eq!(t.mw_rkey(idle), i0, "an unbound window is untouched");
         assert_ne!(t.mw_rkey(a), ra, "the invalidation took a tag step");
-        let again = t.bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW).unwrap();
+        let again = t
+            .bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
         assert!(again != ra && again != t.key(a, 0));
-        assert_eq!(t.check(again, 1, 7, 0x1000, 8, Access::REMOTE_READ), Ok(0x1000));
+        assert_eq!(
+            t.check(again, 1, 7, 0x1000, 8, Access::REMOTE_READ),
+            Ok(0x1000)
+        );
         assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
         assert_eq!(t.invalidate_bound_to(9), 0);
     }

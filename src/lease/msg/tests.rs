@@ -349,7 +349,10 @@ fn qp_reset_psns_and_lease_key_pages() {
     // A count that disagrees with the bytes is refused.
     let mut bad = buf.clone();
     bad[HDR_LEN + 9] = 3;
-    assert!(decode(&bad).unwrap_err().to_string().contains("lease-key page"));
+    assert!(decode(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("lease-key page"));
     // A full page fits one message.
     let full = LeaseKeysResp {
         rc: 0,
