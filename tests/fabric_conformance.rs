@@ -140,7 +140,12 @@ every_backend!(caps, |f| {
 every_backend!(run_all, |f| {
     let (s, c) = nics(f);
     let passed = conf::run_all(s, c, 1000).unwrap();
-    assert_eq!(passed.len(), 7, "{passed:?}");
+    assert_eq!(passed.len(), 8, "{passed:?}");
+    // First the window-survival report: the soft NIC keeps windows.
+    assert!(
+        passed[0].starts_with("window_survival: windows survive"),
+        "{passed:?}"
+    );
 });
 
 /// An unknown fabric name is refused, naming the known ones. Without the
