@@ -131,6 +131,13 @@ mod tests {
             assert_eq!(got.responder_end(), d);
             prev = Some(p);
         }
+        // The same random draws as the previous reset's are rejected: a
+        // source replaying them still yields other PSNs.
+        let seeded = || rand::rngs::StdRng::seed_from_u64(99);
+        let first = ConnPsns::fresh_from(&mut seeded(), None);
+        let second = ConnPsns::fresh_from(&mut seeded(), Some(first));
+        assert_ne!(second.requester, first.requester);
+        assert_ne!(second.responder, first.responder);
         // A one-value range cannot repeat: the draw goes on until it differs.
         let a = ConnPsns {
             requester: 5,
