@@ -89,6 +89,11 @@ pub struct Config {
     /// and allocation buffers without a lease. Even on, it never covers the
     /// protection regions or the time area.
     pub allow_universal_rkey: bool,
+    /// Soft NIC only: behave as a device whose memory windows do not
+    /// survive a reset of their QP (`SoftConfig::windows_survive_reset`
+    /// off), so QP recovery re-binds the holder's leases with new rkeys.
+    /// For tests of that path (verbs: `PATRONUS_RDMA_WINDOWS_SURVIVE_RESET`).
+    pub soft_windows_die_on_reset: bool,
 }
 
 impl Default for Config {
@@ -122,6 +127,7 @@ impl Default for Config {
             alloc_quota_per_node: 0,
             allow_universal_rkey: false,
             pr_atomics_through_nic: false,
+            soft_windows_die_on_reset: false,
         }
     }
 }

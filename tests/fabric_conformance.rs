@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use patronus::fabric::conformance::{self as conf, Pair};
-use patronus::fabric::{open_nic, FabricError, Nic};
+use patronus::fabric::{open_nic, open_nic_with, FabricError, Nic};
 
 fn nics(fabric: &str) -> (Arc<dyn Nic>, Arc<dyn Nic>) {
     let open = || open_nic(fabric, "127.0.0.1:0", 1 << 18).expect("open NIC");
@@ -76,6 +76,46 @@ every_backend!(cas_contention, |f| {
     conf::check_cas_contention(&[p, q, r], 300).unwrap();
 });
 
+/// A soft NIC whose windows die with a reset of their QP
+/// (`SoftConfig::windows_survive_reset` off) says so in its caps, the
+/// survival probe reports it, and the window checks hold with a re-bind
+/// after recovery (old keys stay dead). The default soft NIC keeps them.
+mod windows_die_on_reset {
+    use super::*;
+    fn run(f: &str) {
+        let open = |survive| open_nic_with(f, "127.0.0.1:0", 1 << 18, survive).expect("open NIC");
+        let (s, c) = (open(false), open(false));
+        assert!(!s.caps().windows_survive_reset);
+        let p = Pair::new(s.clone(), c.clone(), 4 << 20).expect("pair");
+        assert!(
+            !conf::probe_window_survival(&p).unwrap(),
+            "windows do not survive reset"
+        );
+        let p = Pair::new(s.clone(), c.clone(), 4 << 20).expect("pair");
+        conf::check_windows(&p, &p.share(&c).unwrap()).unwrap();
+        let passed = conf::run_all(s, c, 20).unwrap();
+        assert!(
+            passed[0].contains("do not survive"),
+            "the survival report comes first: {passed:?}"
+        );
+        let (s, c) = (open(true), open(true));
+        assert!(s.caps().windows_survive_reset);
+        let p = Pair::new(s, c, 4 << 20).expect("pair");
+        assert!(
+            conf::probe_window_survival(&p).unwrap(),
+            "windows survive reset"
+        );
+    }
+    #[test]
+    fn shm() {
+        run("shm")
+    }
+    #[test]
+    fn tcp() {
+        run("tcp")
+    }
+}
+
 every_backend!(windows, |f| {
     let (p, c) = pair(f);
     let other = p.share(&c).unwrap();
@@ -100,7 +140,12 @@ every_backend!(caps, |f| {
 every_backend!(run_all, |f| {
     let (s, c) = nics(f);
     let passed = conf::run_all(s, c, 1000).unwrap();
-    assert_eq!(passed.len(), 7, "{passed:?}");
+    assert_eq!(passed.len(), 8, "{passed:?}");
+    // First the window-survival report: the soft NIC keeps windows.
+    assert!(
+        passed[0].starts_with("window_survival: windows survive"),
+        "{passed:?}"
+    );
 });
 
 /// An unknown fabric name is refused, naming the known ones. Without the

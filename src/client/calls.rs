@@ -475,6 +475,48 @@ impl Calls {
 }
 
 /// CLOCK_MONOTONIC_COARSE in ns.
+impl Calls {
+    /// Puts new rkeys (old → new) into every call on (node, dir) that is
+    /// waiting or about to be posted again: its request, its
+    /// auto-extension and a batch's requests.
+    pub(super) fn rekey(&mut self, node: u16, dir: u16, map: &HashMap<u32, u32>) {
+        if map.is_empty() {
+            return;
+        }
+        let new = |k: &mut u32| {
+            if let Some(&n) = map.get(k) {
+                *k = n;
+            }
+        };
+        for s in self.slots.iter_mut() {
+            let Some(Call {
+                op: Op::Data(d), ..
+            }) = s.call.as_mut()
+            else {
+                continue;
+            };
+            if (d.node, d.dir) != (node, dir) {
+                continue;
+            }
+            new(&mut d.rkey);
+            if let Some(p) = d.pre.as_mut() {
+                new(&mut p.rkey);
+            }
+            if let DataKind::Batch { wrs, .. } = &mut d.kind {
+                for w in wrs.iter_mut() {
+                    match w {
+                        WrOp::Read { rkey, .. }
+                        | WrOp::Write { rkey, .. }
+                        | WrOp::Cas { rkey, .. }
+                        | WrOp::Faa { rkey, .. } => new(rkey),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn coarse_now() -> i64 {
     crate::fabric::monotonic_coarse_ns()
 }

@@ -4,8 +4,9 @@
 
 use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared, SMALL};
 use super::ClientThread;
+use crate::fabric::ConnPsns;
 use crate::lease::flags::rw;
-use crate::lease::msg::{AdminOp, MemOp};
+use crate::lease::msg::{AdminOp, LeaseKey, MemOp};
 use crate::lease::{Lease, Rc};
 use crate::{Error, Result};
 
@@ -18,23 +19,127 @@ impl ClientThread {
     }
 
     /// Recovery after a failed one-sided request: the same QP is reset and
-    /// reconnected in place, so the windows bound to it (this thread's other
-    /// leases) stay valid and the thread keeps its identity. Where the fabric
-    /// also errs the responder's QP (hardware RC), the directory resets its
-    /// end first through an admin RPC on the (separate) RPC connection.
+    /// reconnected in place, so the thread keeps its identity. Where the
+    /// fabric also errs the responder's QP (hardware RC) or its windows do
+    /// not survive a reset, the directory resets its end too, through an
+    /// admin RPC on the (separate) RPC connection that carries fresh PSNs
+    /// for both directions (both ends connect with them). Where windows
+    /// survive, this thread's other leases stay valid as they are; where
+    /// they do not, the directory re-binds them and its reply says how many
+    /// got new rkeys: those are fetched and applied (to the calls waiting
+    /// on this QP now, and to each lease when it is next used) before
+    /// anything is posted again.
     pub(super) fn recover_data_qp(&mut self, node: u16, dir: u16) -> Result<()> {
         let i = self.sh.dir_index(node, dir);
         let qp = self.data[i].clone();
         qp.reset()?;
         // Completions the reset flushes are recognised as stale by the call
         // engine (their sequence numbers were retired); other QPs' stay.
-        if self.sh.nic.caps().peer_errs_with_requester {
-            // Directly, not through the engine: recovery runs inside its
-            // progress.
-            self.admin_direct(node, dir, AdminOp::QpReset, 0)?;
+        let caps = self.sh.nic.caps();
+        if !caps.peer_errs_with_requester && caps.windows_survive_reset {
+            qp.connect(&self.data_remote[i])?;
+            return Ok(());
         }
-        qp.connect(&self.data_remote[i])?;
+        let psns = ConnPsns::fresh(self.psns[i]);
+        // Directly, not through the engine: recovery runs inside its
+        // progress.
+        let n = self.admin_direct(node, dir, AdminOp::QpReset, psns.encode())?;
+        self.psns[i] = Some(psns);
+        if n > 0 {
+            let keys = self.fetch_lease_keys(node, dir, n as usize)?;
+            self.apply_lease_keys(node, dir, keys);
+        }
+        qp.connect_psns(&self.data_remote[i], psns.requester_end())?;
         Ok(())
+    }
+
+    /// The `n` re-keyed leases of the last `QpReset` on (node, dir), page
+    /// by page.
+    fn fetch_lease_keys(&mut self, node: u16, dir: u16, n: usize) -> Result<Vec<LeaseKey>> {
+        let mut keys: Vec<LeaseKey> = Vec::with_capacity(n);
+        while keys.len() < n {
+            let page = self.lease_keys_direct(node, dir, keys.len() as u64)?;
+            if page.from as usize != keys.len() || page.keys.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "node {node} dir {dir} re-keyed {n} leases, its key page from {} has {} \
+                     (after {} received)",
+                    page.from,
+                    page.keys.len(),
+                    keys.len()
+                )));
+            }
+            keys.extend(page.keys);
+        }
+        keys.truncate(n);
+        Ok(keys)
+    }
+
+    /// Applies re-keyed leases: calls of this thread waiting for (node,
+    /// dir) get the new rkeys in their requests at once; leases get them
+    /// when they are next used (`refresh_keys`), looked up by generation
+    /// in the latest list (a lease live at that reset is in it; one granted
+    /// later never is).
+    fn apply_lease_keys(&mut self, node: u16, dir: u16, keys: Vec<LeaseKey>) {
+        let map: std::collections::HashMap<u32, u32> = keys
+            .iter()
+            .flat_map(|k| [(k.old_rkey, k.rkey), (k.old_pr_rkey, k.pr_rkey)])
+            .filter(|&(old, new)| old != 0 && new != 0)
+            .collect();
+        self.calls.rekey(node, dir, &map);
+        let i = self.sh.dir_index(node, dir);
+        self.rekeys[i] = keys.into_iter().map(|k| (k.generation, k)).collect();
+    }
+
+    /// Brings `lease`'s rkeys up to date after a reset of its directory's
+    /// QP that re-bound its windows (nothing to do otherwise).
+    pub(super) fn refresh_keys(&self, lease: &mut Lease) {
+        let (rkey, pr_rkey) = self.lease_keys(lease);
+        lease.rkey = rkey;
+        lease.pr_rkey = pr_rkey;
+    }
+
+    /// `lease`'s current (rkey, pr_rkey): its own, or the ones the last
+    /// re-keying reset of its directory's QP gave it.
+    pub(super) fn lease_keys(&self, lease: &Lease) -> (u32, u32) {
+        let i = self.sh.dir_index(lease.node, lease.dir);
+        match self
+            .rekeys
+            .get(i)
+            .filter(|m| !m.is_empty())
+            .and_then(|m| m.get(&lease.generation))
+        {
+            Some(k) if lease.live => (
+                if k.rkey != 0 { k.rkey } else { lease.rkey },
+                if k.pr_rkey != 0 {
+                    k.pr_rkey
+                } else {
+                    lease.pr_rkey
+                },
+            ),
+            _ => (lease.rkey, lease.pr_rkey),
+        }
+    }
+
+    /// Generations of the leases the last reset of (node, dir)'s data QP
+    /// re-bound that this thread still holds (for tests).
+    #[doc(hidden)]
+    pub fn rekeyed_generations(&self, node: u16, dir: u16) -> Vec<u64> {
+        let i = self.sh.dir_index(node, dir);
+        let mut g: Vec<u64> = self
+            .rekeys
+            .get(i)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        g.sort_unstable();
+        g
+    }
+
+    /// Forgets a given-back lease's re-keyed entry.
+    pub(super) fn forget_keys(&mut self, lease: &Lease) {
+        let i = self.sh.dir_index(lease.node, lease.dir);
+        if let Some(m) = self.rekeys.get_mut(i) {
+            m.remove(&lease.generation);
+        }
     }
 
     /// Whether an access may go ahead (with an auto-extension posted
@@ -90,7 +195,7 @@ impl ClientThread {
                 from,
                 to,
                 raddr: self.sh.peer(lease.node)?.region_addr + lease.pr_word().0,
-                rkey: lease.pr_rkey,
+                rkey: self.lease_keys(lease).1,
                 step,
                 required: expired,
                 posted: std::time::Instant::now(),
@@ -124,7 +229,7 @@ impl ClientThread {
         let rkey = if flag & rw::USE_UNIVERSAL_RKEY != 0 {
             p.region_rkey
         } else {
-            lease.rkey
+            self.lease_keys(lease).0
         };
         (
             p.region_addr
@@ -177,6 +282,7 @@ impl ClientThread {
         if flag & rw::USE_TWO_SIDED != 0 {
             return self.prep_rpc_read(lease, len, offset);
         }
+        self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
             Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
             Check::Go(p) => p,
@@ -208,6 +314,7 @@ impl ClientThread {
         if flag & rw::USE_TWO_SIDED != 0 {
             return self.prep_rpc_write(lease, src, offset);
         }
+        self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
             Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
             Check::Go(p) => p,
@@ -240,6 +347,7 @@ impl ClientThread {
             let op = if cas { MemOp::Cas } else { MemOp::Faa };
             return self.prep_mem(lease, op, offset, 8, a0, a1, vec![]);
         }
+        self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
             Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
             Check::Go(p) => p,

@@ -262,6 +262,7 @@ impl ClientThread {
             return Ok(Prepared::Done(done(Rc::Ok)));
         }
         lease.release();
+        self.forget_keys(lease);
         if flag & modify::NO_RPC != 0 || !lease.has_server_context() {
             return Ok(Prepared::Done(done(Rc::Ok)));
         }
@@ -303,7 +304,7 @@ impl ClientThread {
                 generation: lease.generation,
             },
             raddr,
-            rkey: lease.pr_rkey,
+            rkey: self.lease_keys(lease).1,
             total: 8,
             done: 0,
             data: Vec::new(),

@@ -145,6 +145,12 @@ pub struct ClientThread {
     ext_warned: std::cell::Cell<bool>,
     /// Leases auto-extend found revoked when it came to revive them.
     auto_extend_lost: u64,
+    /// Per directory, the PSNs of the last coordinated reset of its data
+    /// QP (the next one picks others).
+    psns: Vec<Option<crate::fabric::ConnPsns>>,
+    /// Per directory, the leases the last reset of its data QP re-bound
+    /// (by generation; empty where windows survive resets).
+    rekeys: Vec<std::collections::HashMap<u64, msg::LeaseKey>>,
 }
 
 impl Drop for ClientThread {
@@ -179,6 +185,7 @@ impl ClientThread {
             sh.cfg.machine_nr as usize * sh.cfg.dir_nr as usize,
         );
         let stage_len = calls.slots() * calls::SMALL;
+        let dirs = sh.cfg.machine_nr as usize * sh.cfg.dir_nr as usize;
         let mrs = (|| -> Result<(Arc<Mr>, Arc<Mr>)> {
             let buf = match s.buf.clone() {
                 Some(b) => b,
@@ -213,6 +220,8 @@ impl ClientThread {
             ext_rtt_ns: 0,
             auto_extend_lost: 0,
             ext_warned: std::cell::Cell::new(false),
+            psns: vec![None; dirs],
+            rekeys: vec![Default::default(); dirs],
             sh,
         })
     }

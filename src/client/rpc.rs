@@ -77,6 +77,27 @@ impl ClientThread {
         }
     }
 
+    /// A page of the leases re-keyed by this thread's last `QpReset` on
+    /// (node, dir), from entry `from` on (directly, as recovery needs).
+    pub(super) fn lease_keys_direct(
+        &mut self,
+        node: u16,
+        dir: u16,
+        from: u64,
+    ) -> Result<msg::LeaseKeysResp> {
+        let req = Msg::Admin(AdminReq {
+            op: AdminOp::LeaseKeys,
+            arg: from,
+            dir,
+        });
+        match self.rpc_direct(node, dir, MsgType::Admin, req)? {
+            Msg::LeaseKeysResp(r) if r.rc == 0 => Ok(r),
+            m => Err(Error::Invalid(format!(
+                "lease keys from node {node} dir {dir}: unexpected reply {m:?}"
+            ))),
+        }
+    }
+
     /// Sends `bytes` as one message on this thread's RPC connection to
     /// directory `dir` of node `node`, as they are: what a hostile client can
     /// always do on its own connection (tests of the directory's defences

@@ -41,9 +41,21 @@
 //!   error completes that request with [`WcStatus::RemAccessErr`], moves the
 //!   QP to [`QpState::Error`] and flushes every later request with
 //!   [`WcStatus::WrFlushErr`]. [`Qp::reset`] + [`Qp::connect`] recover the same
-//!   QP (same qpn). Whether windows bound to it stay valid is device-defined
-//!   on verbs (the soft NIC keeps them; unverified on hardware). What happens
-//!   to requests outstanding at [`Qp::reset`]:
+//!   QP (same qpn). Where both ends are reset, they reconnect with fresh
+//!   packet sequence numbers: one side picks a [`ConnPsns`] (both
+//!   directions, each different from the last reset's) and each end calls
+//!   [`Qp::connect_psns`] with its half, so each end's new send PSN is the
+//!   other's new receive PSN (verbs uses them; the soft NIC, whose links
+//!   carry no PSNs, ignores them).
+//! - Windows bound to a QP stay valid across its reset where
+//!   [`Caps::windows_survive_reset`] says so (soft NIC: yes, unless opened
+//!   with `SoftConfig::windows_survive_reset` off, which makes a reset
+//!   invalidate them; verbs: type-1 windows yes, type 2 only with
+//!   `PATRONUS_RDMA_WINDOWS_SURVIVE_RESET=1`, otherwise a reset renews the
+//!   `ibv_mw`s so their old keys are dead). Where it is false, the windows
+//!   are unbound after the reset and whoever bound them binds them again
+//!   (new keys); the conformance suite checks behaviour against the flag.
+//!   What happens to requests outstanding at [`Qp::reset`]:
 //!   - soft NIC: they complete with [`WcStatus::WrFlushErr`] on RESET;
 //!   - verbs: RESET itself discards the QP's completions (mlx5 cleans its
 //!     CQEs), so a QP with binds/invalidates outstanding is first moved to
@@ -67,6 +79,7 @@ mod error;
 pub mod mem;
 pub mod msg;
 mod nic;
+mod psn;
 mod queue;
 pub mod soft;
 #[cfg(feature = "verbs")]
@@ -78,7 +91,8 @@ pub use clock::{coarse_resolution_ns, monotonic_coarse_ns, monotonic_ns};
 pub use endpoint::QpEndpoint;
 pub use error::FabricError;
 pub use mem::Mr;
-pub use nic::{open_nic, Caps, Nic};
+pub use nic::{open_nic, open_nic_with, Caps, Nic};
+pub use psn::{ConnPsns, Psns, PSN_MASK};
 pub use queue::{Cq, Qp, QpCap, QpState};
 pub use work::{RecvWr, SendWr, Sge, Wc, WcOpcode, WcStatus, WrOp};
 

@@ -37,6 +37,14 @@ pub struct Caps {
     /// semantics on hardware), so recovery must reset both ends of the
     /// connection; the soft NIC keeps the responder's QP ready.
     pub peer_errs_with_requester: bool,
+    /// Windows bound to a QP stay bound (same rkeys, same access) across a
+    /// [`Qp::reset`] + reconnect of that QP. Where false, recovery of a
+    /// connection re-binds its live leases' windows with fresh key tags and
+    /// hands the new rkeys to the holder (the directory's admin `QpReset`).
+    /// Soft NIC: true unless `SoftConfig::windows_survive_reset` is off;
+    /// verbs: see `fabric::verbs` (conservatively false for type-2 windows
+    /// unless `PATRONUS_RDMA_WINDOWS_SURVIVE_RESET=1`).
+    pub windows_survive_reset: bool,
 }
 
 /// A device context (one NIC).
@@ -84,11 +92,24 @@ pub trait Nic: Send + Sync {
 /// key-table size) or "verbs" (the RDMA device chosen by the
 /// `PATRONUS_RDMA_*` variables; fails at once when there is none).
 pub fn open_nic(fabric: &str, tcp_listen: &str, max_keys: u32) -> Result<Arc<dyn Nic>> {
+    open_nic_with(fabric, tcp_listen, max_keys, true)
+}
+
+/// As [`open_nic`]; a soft NIC opened with `soft_windows_survive_reset`
+/// false behaves as a device whose windows die with a reset of their QP
+/// (`SoftConfig::windows_survive_reset`). Verbs ignores it.
+pub fn open_nic_with(
+    fabric: &str,
+    tcp_listen: &str,
+    max_keys: u32,
+    soft_windows_survive_reset: bool,
+) -> Result<Arc<dyn Nic>> {
     match fabric {
         "shm" | "tcp" => Ok(Arc::new(soft::SoftNic::open(soft::SoftConfig {
             link: fabric.parse()?,
             tcp_listen: tcp_listen.to_string(),
             max_keys,
+            windows_survive_reset: soft_windows_survive_reset,
             ..soft::SoftConfig::default()
         })?)),
         #[cfg(feature = "verbs")]

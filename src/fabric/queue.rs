@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Access, FabricError, QpEndpoint, RecvWr, Result, SendWr, Wc};
+use super::{Access, FabricError, Psns, QpEndpoint, RecvWr, Result, SendWr, Wc};
 
 /// QP states of the verbs state machine (SQD/SQE are not modelled).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,8 +73,19 @@ pub trait Qp: Send + Sync {
     fn state(&self) -> QpState;
     /// How the peer reaches this QP.
     fn endpoint(&self) -> QpEndpoint;
-    /// RESET/INIT → RTR → RTS towards `remote`.
+    /// RESET/INIT → RTR → RTS towards `remote`, with the PSNs of the last
+    /// [`Qp::connect_psns`] (initially this QP's own endpoint PSN to send
+    /// and the one in `remote` to expect).
     fn connect(&self, remote: &QpEndpoint) -> Result<()>;
+    /// As [`Qp::connect`], starting from fresh PSNs: this end sends from
+    /// `psns.send` and expects `psns.recv`; the peer must connect with the
+    /// mirror pair (a coordinated reset, [`ConnPsns`](super::ConnPsns)).
+    /// The PSNs stick: a later [`Qp::connect`] reuses them. Backends whose
+    /// links carry no PSNs (the soft NIC) ignore them.
+    fn connect_psns(&self, remote: &QpEndpoint, psns: Psns) -> Result<()> {
+        let _ = psns;
+        self.connect(remote)
+    }
     /// Any state → RESET. Outstanding work requests complete with
     /// [`WcStatus::WrFlushErr`](super::WcStatus::WrFlushErr) on the soft NIC; on verbs only
     /// binds/invalidates do (the QP goes through ERR first and their flush

@@ -46,6 +46,8 @@ pub enum MsgType {
     Memory = 11,
     /// Reply to a memory access.
     MemoryResp = 12,
+    /// Reply to [`AdminOp::LeaseKeys`]: a page of re-keyed leases.
+    LeaseKeysResp = 13,
 }
 
 impl MsgType {
@@ -63,6 +65,7 @@ impl MsgType {
             10 => MsgType::AdminResp,
             11 => MsgType::Memory,
             12 => MsgType::MemoryResp,
+            13 => MsgType::LeaseKeysResp,
             _ => return None,
         })
     }
@@ -231,7 +234,12 @@ pub enum AdminOp {
     QpToRo = 2,
     /// Give it read+write+atomic back.
     QpToRw = 3,
-    /// Reset and reconnect the directory's QP towards the sender.
+    /// Reset and reconnect the directory's QP towards the sender. `arg`:
+    /// the connection's fresh PSNs ([`ConnPsns::encode`](crate::fabric::ConnPsns::encode);
+    /// 0: keep the PSNs of the last connect). Reply value: how many of the
+    /// sender's leases on this directory were re-bound with new rkeys (on a
+    /// NIC whose windows do not survive the reset; 0 otherwise), to fetch
+    /// with [`AdminOp::LeaseKeys`].
     QpReset = 4,
     /// Live leases in the directory (reply value).
     Stats = 5,
@@ -241,6 +249,10 @@ pub enum AdminOp {
     /// Protection-region CASes the directory made through its loopback QP
     /// (reply value; -1 when it changes them with CPU atomics).
     PrNicAtomics = 7,
+    /// The new rkeys of the leases the sender's last `QpReset` re-bound,
+    /// from entry `arg` on, at most [`KEYS_PER_MSG`] per reply
+    /// ([`MsgType::LeaseKeysResp`]).
+    LeaseKeys = 8,
 }
 
 /// Administrative request.
@@ -261,6 +273,44 @@ pub struct AdminResp {
     pub rc: u8,
     /// Value (time for Time).
     pub value: i64,
+}
+
+/// One lease re-bound by a `QpReset`: its generation, and its windows'
+/// rkeys before and after (0 for a window the lease does not have).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LeaseKey {
+    /// Lease generation (unique on the memory node).
+    pub generation: u64,
+    /// The object window's rkey before the reset.
+    pub old_rkey: u32,
+    /// Its rkey now.
+    pub rkey: u32,
+    /// The protection-region window's rkey before the reset.
+    pub old_pr_rkey: u32,
+    /// Its rkey now.
+    pub pr_rkey: u32,
+}
+
+impl LeaseKey {
+    /// Encoded bytes of one entry.
+    pub const LEN: usize = 24;
+}
+
+/// Most [`LeaseKey`]s one [`LeaseKeysResp`] carries (it fits
+/// [`MAX_MSG`]).
+pub const KEYS_PER_MSG: usize = 160;
+
+/// A page of the re-keyed leases of the sender's last `QpReset`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LeaseKeysResp {
+    /// RC value.
+    pub rc: u8,
+    /// Entries the reset re-keyed in all.
+    pub total: u32,
+    /// Index of this page's first entry.
+    pub from: u32,
+    /// At most [`KEYS_PER_MSG`] entries.
+    pub keys: Vec<LeaseKey>,
 }
 
 /// A decoded message.
@@ -286,6 +336,8 @@ pub enum Msg {
     Memory(MemReq),
     /// Memory reply.
     MemoryResp(MemResp),
+    /// Re-keyed leases (reply to [`AdminOp::LeaseKeys`]).
+    LeaseKeysResp(LeaseKeysResp),
 }
 
 fn enc_modify(w: &mut Vec<u8>, m: &ModifyReq) {
@@ -374,6 +426,21 @@ pub fn encode(h: &Header, m: &Msg, out: &mut Vec<u8>) -> usize {
             w.put_u64_le(m.old);
             w.put_slice(&m.payload);
         }
+        Msg::LeaseKeysResp(k) => {
+            // The encoder never writes more than a message holds.
+            let n = k.keys.len().min(KEYS_PER_MSG);
+            w.put_u8(k.rc);
+            w.put_u32_le(k.total);
+            w.put_u32_le(k.from);
+            w.put_u16_le(n as u16);
+            for e in &k.keys[..n] {
+                w.put_u64_le(e.generation);
+                w.put_u32_le(e.old_rkey);
+                w.put_u32_le(e.rkey);
+                w.put_u32_le(e.old_pr_rkey);
+                w.put_u32_le(e.pr_rkey);
+            }
+        }
     }
     let body = (w.len() - HDR_LEN) as u32;
     (&mut w[4..8]).put_u32_le(body);
@@ -460,6 +527,7 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
                 5 => AdminOp::Stats,
                 6 => AdminOp::GcQueued,
                 7 => AdminOp::PrNicAtomics,
+                8 => AdminOp::LeaseKeys,
                 o => return Err(BadMsg(format!("unknown admin op {o}"))),
             };
             Msg::Admin(AdminReq {
@@ -519,6 +587,35 @@ pub fn decode(b: &[u8]) -> Result<(Header, Msg), BadMsg> {
             old: r.try_get_u64_le()?,
             payload: std::mem::take(r).to_vec(),
         }),
+        MsgType::LeaseKeysResp => {
+            let rc = r.try_get_u8()?;
+            let total = r.try_get_u32_le()?;
+            let from = r.try_get_u32_le()?;
+            let n = r.try_get_u16_le()? as usize;
+            // Checked before anything is allocated.
+            if n > KEYS_PER_MSG || r.remaining() != n * LeaseKey::LEN {
+                return Err(BadMsg(format!(
+                    "lease-key page of {n} entries (at most {KEYS_PER_MSG}) carries {} bytes",
+                    r.remaining()
+                )));
+            }
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(LeaseKey {
+                    generation: r.try_get_u64_le()?,
+                    old_rkey: r.try_get_u32_le()?,
+                    rkey: r.try_get_u32_le()?,
+                    old_pr_rkey: r.try_get_u32_le()?,
+                    pr_rkey: r.try_get_u32_le()?,
+                });
+            }
+            Msg::LeaseKeysResp(LeaseKeysResp {
+                rc,
+                total,
+                from,
+                keys,
+            })
+        }
     };
     if r.has_remaining() {
         return Err(BadMsg(format!("{} trailing bytes", r.remaining())));

@@ -211,6 +211,11 @@ impl LeaseTable {
             .filter(|e| e.gen == gen)
     }
 
+    /// The live lease in `slot`, whatever its generation.
+    pub fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
     /// The live lease `(slot, gen)` if `peer` holds it.
     pub fn owned(&self, peer: usize, slot: u32, gen: u64) -> Result<&Entry, Denied> {
         let e = self.get(slot, gen).ok_or(Denied::NoLease { slot, gen })?;

@@ -160,10 +160,11 @@ impl Patronus {
         check(&cfg)?;
         // The NIC first: a missing RDMA device fails here, before this node
         // joins (and counts in) the cluster.
-        let nic: Arc<dyn Nic> = crate::fabric::open_nic(
+        let nic: Arc<dyn Nic> = crate::fabric::open_nic_with(
             &cfg.fabric,
             &cfg.listen_addr,
             (cfg.dir_nr as u32 * cfg.leases_per_dir * 2 + 4096).max(1 << 14),
+            !cfg.soft_windows_die_on_reset,
         )?;
         let keeper = crate::cluster::open(cfg.keeper.as_deref(), &cfg.cluster, cfg.rpc_timeout)?;
         let t = cfg.rpc_timeout.max(Duration::from_secs(10));

@@ -75,9 +75,31 @@ impl Directory {
             AdminOp::QpToRo => qp.modify_access(Access::REMOTE_READ),
             AdminOp::QpToRw => qp.modify_access(Access::WRITE_WINDOW),
             AdminOp::QpReset => {
-                let remote = self.data_remote[peer].clone();
-                qp.reset().and_then(|_| qp.connect(&remote))
+                let psns = match crate::fabric::ConnPsns::decode(a.arg) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(dir = self.id, "admin QpReset: {e}");
+                        return AdminResp {
+                            rc: Rc::Invalid as u8,
+                            value: 0,
+                        };
+                    }
+                };
+                return match self.qp_reset(peer, psns) {
+                    Ok(n) => ok(n as i64),
+                    Err(e) => {
+                        tracing::debug!(dir = self.id, "admin QpReset: {e}");
+                        AdminResp {
+                            rc: Rc::Invalid as u8,
+                            value: 0,
+                        }
+                    }
+                };
             }
+            // Answered with a LeaseKeysResp (`Directory::handle`).
+            AdminOp::LeaseKeys => Err(crate::fabric::FabricError::Invalid(
+                "LeaseKeys is not an AdminResp request".into(),
+            )),
         };
         match res {
             Ok(()) => ok(0),

@@ -16,6 +16,8 @@
 //! - `windows.rs`: binding and revoking windows, revoking a lease;
 //! - `gc.rs`: the deadline-driven GC;
 //! - `memory.rs`: two-sided memory access and admin requests;
+//! - `rekey.rs`: the admin QP reset (fresh PSNs; re-binding the peer's
+//!   leases where windows do not survive a reset);
 //! - `region.rs`: protection-region words in memory;
 //! - `alloc.rs`: allocators for allocation leases.
 
@@ -40,6 +42,7 @@ mod memory;
 mod nic_atomics;
 mod pass;
 mod region;
+mod rekey;
 mod windows;
 
 pub use alloc::{Allocator, RefillableSlab, SlabAllocator};
@@ -135,6 +138,10 @@ pub struct Directory {
     /// Protection-region CAS through the NIC (atomics not atomic with CPU
     /// atomics, or `Config::pr_atomics_through_nic`).
     nic_atomics: Option<nic_atomics::NicAtomics>,
+    /// Per peer, the leases its last `QpReset` re-bound (old and new
+    /// rkeys), until it fetched them (`AdminOp::LeaseKeys`); at most its
+    /// lease quota.
+    rekeyed: std::collections::HashMap<usize, Vec<msg::LeaseKey>>,
 }
 
 impl Directory {
@@ -191,6 +198,7 @@ impl Directory {
             stats: DirStats::default(),
             bind_fault: None,
             nic_atomics,
+            rekeyed: Default::default(),
             control,
             sh,
         })
@@ -395,6 +403,10 @@ impl Directory {
                 )
             }
             Msg::Memory(r) => (MsgType::MemoryResp, Msg::MemoryResp(self.memory(peer, &r))),
+            Msg::Admin(a) if a.op == msg::AdminOp::LeaseKeys => (
+                MsgType::LeaseKeysResp,
+                Msg::LeaseKeysResp(self.lease_keys(peer, a.arg)),
+            ),
             Msg::Admin(a) => (MsgType::AdminResp, Msg::AdminResp(self.admin(peer, &a))),
             _ => return None,
         })

@@ -195,6 +195,7 @@ fn wait_revoked(c: &mut ClientThread, l: &mut Lease, what: &str) {
 mod access;
 mod expiry;
 mod flags;
+mod rekey;
 mod time;
 
 /// The call was refused with a cause (the Rust API reports refusals as

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::{drain, fail, wait_wc, WC_TIMEOUT};
 use crate::fabric::{
-    Access, Cq, FabricError, Mr, MwInfo, Nic, Pd, Qp, QpCap, QpState, Result, SendWr, Sge, Wc,
-    WcOpcode, WcStatus, WrOp,
+    Access, ConnPsns, Cq, FabricError, Mr, MwInfo, Nic, Pd, Qp, QpCap, QpState, Result, SendWr,
+    Sge, Wc, WcOpcode, WcStatus, WrOp,
 };
 
 /// One side of a connection: NIC, PD, CQ, QP, and a local buffer.
@@ -67,10 +67,19 @@ impl Side {
     pub fn recover(&self, remote: &Side) -> Result<()> {
         self.qp.reset()?;
         drain(&*self.cq);
-        if remote.qp.state() != QpState::Rts {
+        // Both ends are reset (as the lease layer's recovery does) when the
+        // remote end erred too, or when its windows die with a reset
+        // anyway; they then connect with fresh PSNs chosen here.
+        if remote.qp.state() != QpState::Rts || !remote.nic.caps().windows_survive_reset {
             remote.qp.reset()?;
             drain(&*remote.cq);
-            remote.qp.connect(&self.qp.endpoint())?;
+            let psns = ConnPsns::fresh(None);
+            remote
+                .qp
+                .connect_psns(&self.qp.endpoint(), psns.responder_end())?;
+            return self
+                .qp
+                .connect_psns(&remote.qp.endpoint(), psns.requester_end());
         }
         self.qp.connect(&remote.qp.endpoint())
     }

@@ -22,7 +22,7 @@ pub use harness::{Pair, Side};
 pub use memory::{check_atomics, check_cas_contention, check_rw_byte_exact};
 pub use reconnect::check_reconnect_under_polling;
 pub use send_recv::check_send_recv;
-pub use windows::{check_forged_rkeys, check_windows};
+pub use windows::{check_forged_rkeys, check_windows, probe_window_survival};
 
 /// How long a single completion may take before a check fails.
 pub const WC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +81,14 @@ pub fn checksum(mr: &Mr) -> Result<u64> {
 pub fn run_all(server: Arc<dyn Nic>, client: Arc<dyn Nic>, forged: u64) -> Result<Vec<String>> {
     let mut passed = Vec::new();
     let mk = || Pair::new(server.clone(), client.clone(), 4 << 20);
+    // First: what the device does with windows across a QP reset (the
+    // open question of type-2 windows on hardware).
+    let survive = probe_window_survival(&mk()?)?;
+    passed.push(format!(
+        "window_survival: windows {} a QP reset (Caps::windows_survive_reset {})",
+        if survive { "survive" } else { "do not survive" },
+        server.caps().windows_survive_reset
+    ));
     check_rw_byte_exact(&mk()?)?;
     passed.push("rw_byte_exact".to_string());
     check_atomics(&mk()?)?;
@@ -88,6 +96,7 @@ pub fn run_all(server: Arc<dyn Nic>, client: Arc<dyn Nic>, forged: u64) -> Resul
     let p = mk()?;
     check_windows(&p, &p.share(&client)?)?;
     passed.push("windows".to_string());
+
     check_send_recv(&mk()?)?;
     passed.push("send_recv".to_string());
     check_caps(&mk()?)?;

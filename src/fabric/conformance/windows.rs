@@ -74,9 +74,28 @@ pub fn check_windows(p: &Pair, other: &Pair) -> Result<()> {
         return fail(format!("post in error state: {wc:?}"));
     }
     p.client.recover(&p.server)?;
-    if p.read(rkey, 4096, 0, 256)? != WcStatus::Success {
-        return fail("window unusable after QP recovery");
-    }
+    // Whether the window survived the reset must match what the backend
+    // advertises; where it does not, it is bound again with a new key and
+    // the old one stays dead (the lease layer's re-bind on recovery).
+    let survived = p.read(rkey, 4096, 0, 256)? == WcStatus::Success;
+    let rkey = match (survived, p.server.nic.caps().windows_survive_reset) {
+        (true, true) => rkey,
+        (false, true) => return fail("window unusable after QP recovery"),
+        (true, false) => {
+            return fail(
+                "window usable after QP recovery, but Caps::windows_survive_reset is false",
+            )
+        }
+        (false, false) => {
+            p.client.recover(&p.server)?;
+            let fresh = p.rebind(mw, 4096, 256, Access::WRITE_WINDOW)?;
+            if fresh == rkey || p.read(fresh, 4096, 0, 256)? != WcStatus::Success {
+                return fail("window not usable again after a re-bind following QP recovery");
+            }
+            p.expect_denied(p.read(rkey, 4096, 0, 8)?, "rkey from before the QP reset")?;
+            fresh
+        }
+    };
     // Read windows refuse WRITE, CAS and FAA.
     let (_, rk) = p.bind(8192, 64, Access::READ_WINDOW)?;
     if p.read(rk, 8192, 0, 64)? != WcStatus::Success {
@@ -102,6 +121,26 @@ pub fn check_windows(p: &Pair, other: &Pair) -> Result<()> {
         stale.push(k);
     }
     Ok(())
+}
+
+/// Whether a window bound on a connection survives a reset and reconnect
+/// of that connection (the property [`Caps::windows_survive_reset`](crate::fabric::Caps::windows_survive_reset)
+/// advertises): binds a window, recovers the pair, reads through it.
+pub fn probe_window_survival(p: &Pair) -> Result<bool> {
+    let (mw, rkey) = p.bind(0, 64, Access::WRITE_WINDOW)?;
+    if p.read(rkey, 0, 0, 8)? != WcStatus::Success {
+        return fail("read through a fresh window failed");
+    }
+    // A reset of both ends, as recovery after a fault on hardware.
+    p.server.qp.reset()?;
+    p.client.recover(&p.server)?;
+    let survived = p.read(rkey, 0, 0, 8)? == WcStatus::Success;
+    if survived {
+        p.unbind(mw)?;
+    } else {
+        p.client.recover(&p.server)?;
+    }
+    Ok(survived)
 }
 
 /// `n` forged rkeys are all refused and the exposed memory is unchanged.

@@ -431,6 +431,43 @@ impl KeyTable {
         })
     }
 
+    /// Invalidates every window bound to local QP `qpn` (each takes a
+    /// tag step, as [`KeyTable::invalidate_mw`]); returns how many. What a
+    /// device whose windows do not survive a reset of their QP does
+    /// (`SoftConfig::windows_survive_reset` off). O(table size).
+    pub fn invalidate_bound_to(&self, qpn: u32) -> usize {
+        let mut n = 0;
+        for idx in 1..self.entries.len() as u32 {
+            let bound = self
+                .snapshot(idx)
+                .is_some_and(|s| s.kind == KeyKind::Mw && s.valid && s.bound_qpn == qpn);
+            // Re-checked under the entry's lock: a concurrent bind/unbind
+            // decides first.
+            if bound
+                && self
+                    .update(idx, |cur| {
+                        if cur.kind != KeyKind::Mw || !cur.valid || cur.bound_qpn != qpn {
+                            return Err(FabricError::Invalid(String::new()));
+                        }
+                        let s = KeySnapshot {
+                            tag: self.next(cur.tag),
+                            valid: false,
+                            access: Access::NONE,
+                            bound_qpn: 0,
+                            addr: 0,
+                            len: 0,
+                            ..cur
+                        };
+                        Ok((s, ()))
+                    })
+                    .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The responder's check: may a request arriving on local QP `qpn` of PD
     /// `pd` access `[addr, addr+len)` with `need` rights through `rkey`?
     /// Returns the address to touch.
@@ -476,6 +513,42 @@ impl KeyTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a reset does on a NIC whose windows die with it: exactly the
+    /// windows bound to that QP become invalid with a new tag; a window
+    /// bound again afterwards gets a key never seen before.
+    #[test]
+    fn invalidate_bound_to_kills_only_that_qps_windows() {
+        let t = KeyTable::new(64);
+        let lkey = t.add_mr(1, 0x1000, 0x1000, Access::ALL).unwrap();
+        let (a, _) = t.add_mw(1).unwrap();
+        let (b, _) = t.add_mw(1).unwrap();
+        let (idle, i0) = t.add_mw(1).unwrap();
+        let ra = t
+            .bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
+        let rb = t
+            .bind_mw(b, 1, 8, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
+        assert_eq!(t.invalidate_bound_to(7), 1);
+        assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+        assert_eq!(
+            t.check(rb, 1, 8, 0x1000, 8, Access::REMOTE_READ),
+            Ok(0x1000)
+        );
+        assert_eq!(t.mw_rkey(idle), i0, "an unbound window is untouched");
+        assert_ne!(t.mw_rkey(a), ra, "the invalidation took a tag step");
+        let again = t
+            .bind_mw(a, 1, 7, lkey, 0x1000, 64, Access::WRITE_WINDOW)
+            .unwrap();
+        assert!(again != ra && again != t.key(a, 0));
+        assert_eq!(
+            t.check(again, 1, 7, 0x1000, 8, Access::REMOTE_READ),
+            Ok(0x1000)
+        );
+        assert!(t.check(ra, 1, 7, 0x1000, 8, Access::REMOTE_READ).is_err());
+        assert_eq!(t.invalidate_bound_to(9), 0);
+    }
 
     #[test]
     fn window_lifecycle_and_stale_keys() {

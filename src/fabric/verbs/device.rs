@@ -70,6 +70,9 @@ pub(super) struct Inner {
     /// RoCE port: every address vector carries a GRH.
     pub(super) ethernet: bool,
     pub(super) mw_type2: bool,
+    /// `Caps::windows_survive_reset`: false renews the windows bound
+    /// through a QP when it is reset.
+    pub(super) windows_survive_reset: bool,
     /// What the device allows (clamps and checks).
     pub(super) limits: DevLimits,
     /// High 32 bits of the internal wr_ids of binds/invalidates (see

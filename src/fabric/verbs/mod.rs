@@ -32,8 +32,22 @@
 //!   `max_qp_wr` / `max_cqe`. [`Qp::reset`](crate::fabric::Qp::reset) moves
 //!   a QP with binds/invalidates outstanding to ERR and drains their flush
 //!   completions first, then to RESET; [`Qp::connect`](crate::fabric::Qp::connect)
-//!   reconnects the same QP (same qpn, same initial PSN on both sides, so
-//!   both ends must be reset together, as the lease layer's recovery does).
+//!   reconnects the same QP (same qpn) with the last PSNs, and
+//!   [`Qp::connect_psns`](crate::fabric::Qp::connect_psns) with fresh ones
+//!   (this end's `sq_psn`, and the `rq_psn` it expects instead of the one
+//!   in the peer's endpoint). Both ends are reset together and connect with
+//!   the two halves of one [`ConnPsns`](crate::fabric::ConnPsns), as the
+//!   lease layer's recovery does (the client picks them, the directory gets
+//!   them in the admin `QpReset`).
+//! - Windows across RESET: `Caps::windows_survive_reset` is true for type-1
+//!   windows (PD-wide) and, for type 2, only with
+//!   `PATRONUS_RDMA_WINDOWS_SURVIVE_RESET=1` (no source settles what a
+//!   device does). When false, [`Qp::reset`](crate::fabric::Qp::reset)
+//!   gives every window bound through that QP a fresh `ibv_mw` under the
+//!   same handle and frees the old one (`ibv_dealloc_mw` unbinds it if the
+//!   device kept it), so the old key is dead and the handle can be bound
+//!   again whatever the device did; the directory then re-binds the
+//!   holder's leases.
 //! - Teardown frees windows before the MRs they lie in, then PDs.
 //! - Completions are polled with `ibv_poll_cq` by the caller's thread.
 
@@ -62,9 +76,14 @@ mod tests {
         std::env::set_var("PATRONUS_RDMA_DEVICE", "mlx5_3");
         std::env::set_var("PATRONUS_RDMA_PORT", "2");
         std::env::set_var("PATRONUS_RDMA_GID_INDEX", "3");
+        std::env::set_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET", "1");
         let c = VerbsConfig::from_env().unwrap();
         assert_eq!(c.device.as_deref(), Some("mlx5_3"));
         assert_eq!((c.port, c.gid_index), (2, Some(3)));
+        assert_eq!(c.windows_survive_reset, Some(true));
+        std::env::set_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET", "maybe");
+        assert!(VerbsConfig::from_env().is_err());
+        std::env::remove_var("PATRONUS_RDMA_WINDOWS_SURVIVE_RESET");
         std::env::set_var("PATRONUS_RDMA_PORT", "0");
         assert!(VerbsConfig::from_env().is_err());
         std::env::set_var("PATRONUS_RDMA_PORT", "1");

@@ -148,6 +148,11 @@ impl VerbsNic {
             modify_qp_access: true,
             rereg_mr: true,
             peer_errs_with_requester: true,
+            // Type-1 windows are PD-wide: a QP's reset cannot touch them.
+            // Type 2: unknown (no source settles it), so re-bind on
+            // recovery unless told otherwise; renewing the windows at
+            // reset (`VerbsQp::reset`) makes that right either way.
+            windows_survive_reset: !type2 || cfg.windows_survive_reset.unwrap_or(false),
         };
         let windows = Windows::new(rand::random());
         tracing::info!(
@@ -168,6 +173,7 @@ impl VerbsNic {
                 gid_index,
                 ethernet,
                 mw_type2: type2,
+                windows_survive_reset: caps.windows_survive_reset,
                 limits,
                 tag_hi: windows.tag_hi(),
                 pds: Mutex::new(Vec::new()),
@@ -418,7 +424,8 @@ impl Nic for VerbsNic {
         Ok(Arc::new(VerbsQp {
             qp,
             inner: self.inner.clone(),
-            psn: map::fresh_psn(),
+            psn: AtomicU32::new(map::fresh_psn()),
+            peer_psn: AtomicU32::new(0),
             access: AtomicU32::new(
                 (Access::REMOTE_READ | Access::REMOTE_WRITE | Access::REMOTE_ATOMIC).0,
             ),

@@ -9,8 +9,8 @@ use super::cq::as_verbs;
 use super::device::{errno_text, Inner};
 use super::map::{self, KeyOp, Resolve, VerbsAddr};
 use crate::fabric::{
-    inc_rkey, Access, Cq, FabricError, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result, SendWr, Wc,
-    WrOp,
+    inc_rkey, Access, Cq, FabricError, Psns, Qp, QpCap, QpEndpoint, QpState, RecvWr, Result,
+    SendWr, Wc, WrOp, PSN_MASK,
 };
 
 /// How long a recovery waits for the flush completions of its QP's
@@ -21,7 +21,12 @@ const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500
 pub struct VerbsQp {
     pub(super) qp: *mut ibv_qp,
     pub(super) inner: Arc<Inner>,
-    pub(super) psn: u32,
+    /// This QP's send PSN: chosen at creation (published in its
+    /// endpoint), replaced by [`Qp::connect_psns`].
+    pub(super) psn: AtomicU32,
+    /// The PSN to expect from the peer, set by [`Qp::connect_psns`]
+    /// (0: the one in the peer's endpoint).
+    pub(super) peer_psn: AtomicU32,
     pub(super) access: AtomicU32,
     pub(super) cap: QpCap,
     /// Serialises posts that bind or invalidate windows with the
@@ -105,7 +110,7 @@ impl Qp for VerbsQp {
 
     fn endpoint(&self) -> QpEndpoint {
         QpEndpoint {
-            nic: self.inner.addr(self.psn).encode(),
+            nic: self.inner.addr(self.psn.load(Ordering::Acquire)).encode(),
             qpn: self.qpn_raw(),
         }
     }
@@ -135,7 +140,10 @@ impl Qp for VerbsQp {
         a.qp_state = ibv_qp_state::IBV_QPS_RTR;
         a.path_mtu = self.inner.mtu.min(ra.mtu as u32);
         a.dest_qp_num = remote.qpn;
-        a.rq_psn = ra.psn;
+        a.rq_psn = match self.peer_psn.load(Ordering::Acquire) {
+            0 => ra.psn,
+            p => p,
+        };
         let (rd_atomic, dest_rd_atomic) = self.inner.limits.rd_atomic();
         a.max_dest_rd_atomic = dest_rd_atomic;
         a.min_rnr_timer = 12;
@@ -175,7 +183,7 @@ impl Qp for VerbsQp {
         a.timeout = 14;
         a.retry_cnt = 7;
         a.rnr_retry = 7;
-        a.sq_psn = self.psn;
+        a.sq_psn = self.psn.load(Ordering::Acquire);
         a.max_rd_atomic = rd_atomic;
         self.modify(
             &mut a,
@@ -188,6 +196,20 @@ impl Qp for VerbsQp {
             "RTS",
         )?;
         Ok(())
+    }
+
+    fn connect_psns(&self, remote: &QpEndpoint, psns: Psns) -> Result<()> {
+        for p in [psns.send, psns.recv] {
+            if p == 0 || p > PSN_MASK {
+                return Err(FabricError::Invalid(format!(
+                    "PSN {p:#x} for QP {} is not a non-zero 24-bit PSN",
+                    self.qpn_raw()
+                )));
+            }
+        }
+        self.psn.store(psns.send, Ordering::Release);
+        self.peer_psn.store(psns.recv, Ordering::Release);
+        self.connect(remote)
     }
 
     /// RESET discards the QP's completions on mlx5 (`mlx5_cq_clean`), so
@@ -211,7 +233,11 @@ impl Qp for VerbsQp {
         // SAFETY: zeroed attributes are valid; only the state is read.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RESET;
-        self.modify(&mut a, ibv_qp_attr_mask::IBV_QP_STATE, "RESET")
+        self.modify(&mut a, ibv_qp_attr_mask::IBV_QP_STATE, "RESET")?;
+        if !self.inner.windows_survive_reset {
+            self.renew_windows(qpn);
+        }
+        Ok(())
     }
 
     fn modify_access(&self, access: Access) -> Result<()> {
@@ -390,19 +416,11 @@ impl VerbsQp {
         let old = t
             .get(handle)
             .ok_or_else(|| FabricError::Invalid(format!("unknown window {handle}")))?;
-        // SAFETY: old.mw is a live window of this context; its pd and type
-        // fields are set by the provider at allocation.
-        let (pd, ty) = unsafe { ((*old.mw).pd, (*old.mw).type_) };
-        // SAFETY: pd is a PD of this context.
-        let fresh = unsafe { ibv_alloc_mw(pd, ty) }.unwrap_or(std::ptr::null_mut());
-        if fresh.is_null() {
-            return Err(FabricError::Exhausted(format!(
-                "ibv_alloc_mw to retire window {handle} (its key tags are used up) failed: {}",
-                errno_text()
-            )));
-        }
-        // SAFETY: fresh is a valid window just allocated.
-        let rkey = unsafe { (*fresh).rkey };
+        let (fresh, rkey) = alloc_like(old.mw).map_err(|e| {
+            FabricError::Exhausted(format!(
+                "ibv_alloc_mw to retire window {handle} (its key tags are used up) failed: {e}"
+            ))
+        })?;
         let retired = t.replace(handle, fresh, rkey)?;
         drop(t);
         // SAFETY: the retired window is unbound and left the table: freed once.
@@ -411,6 +429,42 @@ impl VerbsQp {
             tracing::warn!(handle, rc, "ibv_dealloc_mw of a retired window failed");
         }
         Ok(())
+    }
+
+    /// After a RESET on a device whose windows do not survive it: every
+    /// window bound through this QP gets a fresh `ibv_mw` under its handle
+    /// (unbound, so the directory can bind it again) and the old one is
+    /// deallocated, which unbinds it if the device kept it bound: its key
+    /// is dead whatever the device does. A window that cannot be renewed
+    /// stays as it was (its re-bind is then refused before posting).
+    fn renew_windows(&self, qpn: u32) {
+        let _g = self.post.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = self.inner.windows().bound_to(qpn);
+        for h in handles {
+            let Some(old) = self.inner.windows().get(h) else {
+                continue;
+            };
+            let (fresh, rkey) = match alloc_like(old.mw) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(qpn, handle = h, "window not renewed after RESET: {e}");
+                    continue;
+                }
+            };
+            let swapped = self.inner.windows().replace_bound(h, fresh, rkey);
+            let dead = match swapped {
+                Ok(old) => old,
+                Err(e) => {
+                    tracing::warn!(qpn, handle = h, "window not renewed after RESET: {e}");
+                    fresh
+                }
+            };
+            // SAFETY: `dead` left the table (or never entered it): freed once.
+            let rc = unsafe { ibv_dealloc_mw(dead) };
+            if rc != 0 {
+                tracing::warn!(handle = h, rc, "ibv_dealloc_mw after RESET failed");
+            }
+        }
     }
 
     /// After ERR: polls the send CQ into its stash until no bind/invalidate
@@ -443,6 +497,20 @@ impl VerbsQp {
         }
         cq.push_stash(lost.iter().filter_map(|c| c.deliver));
     }
+}
+
+/// A fresh window on the PD and of the type of `old`, with its key.
+fn alloc_like(old: *mut ibv_mw) -> std::result::Result<(*mut ibv_mw, u32), String> {
+    // SAFETY: old is a live window of this context; its pd and type fields
+    // are set by the provider at allocation.
+    let (pd, ty) = unsafe { ((*old).pd, (*old).type_) };
+    // SAFETY: pd is a PD of this context.
+    let fresh = unsafe { ibv_alloc_mw(pd, ty) }.unwrap_or(std::ptr::null_mut());
+    if fresh.is_null() {
+        return Err(errno_text());
+    }
+    // SAFETY: fresh is a valid window just allocated.
+    Ok((fresh, unsafe { (*fresh).rkey }))
 }
 
 impl Drop for VerbsQp {

@@ -247,3 +247,120 @@ proptest! {
         let _ = decode(&buf);
     }
 }
+
+/// The admin QpReset carries the connection's fresh PSNs in `arg`; the
+/// frame of a sender without them (arg 0) is unchanged and still decodes.
+/// The lease-key page has a fixed layout, fits one message when full, and
+/// refuses a count that disagrees with its bytes.
+#[test]
+fn qp_reset_psns_and_lease_key_pages() {
+    use crate::fabric::ConnPsns;
+    let h = Header {
+        ty: MsgType::Admin,
+        rpc_id: 1,
+        node: 2,
+        thread: 3,
+    };
+    let hdr = "01000000000000000200030000000000";
+    let psns = ConnPsns {
+        requester: 0x00ab_cdef,
+        responder: 0x0012_3456,
+    };
+    let mut buf = Vec::new();
+    let m = Msg::Admin(AdminReq {
+        op: AdminOp::QpReset,
+        arg: psns.encode(),
+        dir: 2,
+    });
+    encode(&h, &m, &mut buf);
+    assert_eq!(
+        hex::encode(&buf),
+        ["504c01090b000000", hdr, "04efcdab56341200800200"].concat()
+    );
+    match decode(&buf).unwrap().1 {
+        Msg::Admin(a) => {
+            let p = ConnPsns::decode(a.arg).unwrap().unwrap();
+            assert_eq!(p, psns);
+            assert_eq!(p.responder_end().recv, psns.requester_end().send);
+        }
+        m => panic!("{m:?}"),
+    }
+    // The old frame: arg 0, no PSNs.
+    let old = ["504c01090b000000", hdr, "0400000000000000000200"].concat();
+    let (_, m) = decode(&hex::decode(old).unwrap()).unwrap();
+    assert_eq!(
+        m,
+        Msg::Admin(AdminReq {
+            op: AdminOp::QpReset,
+            arg: 0,
+            dir: 2
+        })
+    );
+    assert_eq!(ConnPsns::decode(0).unwrap(), None);
+    // LeaseKeys request and its page.
+    let req = Msg::Admin(AdminReq {
+        op: AdminOp::LeaseKeys,
+        arg: 160,
+        dir: 0,
+    });
+    encode(&h, &req, &mut buf);
+    assert_eq!(decode(&buf).unwrap().1, req);
+    let page = LeaseKeysResp {
+        rc: 0,
+        total: 2,
+        from: 0,
+        keys: vec![
+            LeaseKey {
+                generation: 0x0102_0304_0506_0708,
+                old_rkey: 0x11,
+                rkey: 0x12,
+                old_pr_rkey: 0x21,
+                pr_rkey: 0x22,
+            },
+            LeaseKey {
+                generation: 9,
+                old_rkey: 0x31,
+                rkey: 0x32,
+                old_pr_rkey: 0,
+                pr_rkey: 0,
+            },
+        ],
+    };
+    let hk = Header {
+        ty: MsgType::LeaseKeysResp,
+        ..h
+    };
+    encode(&hk, &Msg::LeaseKeysResp(page.clone()), &mut buf);
+    let want: String = [
+        "504c010d3b000000",
+        hdr,
+        "00020000000000000002 00",
+        "0807060504030201 11000000 12000000 21000000 22000000",
+        "0900000000000000 31000000 32000000 00000000 00000000",
+    ]
+    .concat()
+    .split_whitespace()
+    .collect();
+    assert_eq!(hex::encode(&buf), want);
+    assert_eq!(decode(&buf).unwrap(), (hk, Msg::LeaseKeysResp(page)));
+    for cut in 0..buf.len() {
+        assert!(decode(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    // A count that disagrees with the bytes is refused.
+    let mut bad = buf.clone();
+    bad[HDR_LEN + 9] = 3;
+    assert!(decode(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("lease-key page"));
+    // A full page fits one message.
+    let full = LeaseKeysResp {
+        rc: 0,
+        total: 1000,
+        from: 160,
+        keys: vec![LeaseKey::default(); KEYS_PER_MSG],
+    };
+    let n = encode(&hk, &Msg::LeaseKeysResp(full.clone()), &mut buf);
+    assert!(n <= MAX_MSG, "{n}");
+    assert_eq!(decode(&buf).unwrap().1, Msg::LeaseKeysResp(full));
+}

@@ -65,6 +65,13 @@ pub struct SoftConfig {
     /// buffers and then did not poll its CQ for this long (it writes only
     /// while posting and polling).
     pub tcp_stall_timeout: std::time::Duration,
+    /// Windows stay bound across a reset of their QP (true, the default).
+    /// False makes the NIC behave as a device whose windows do not survive
+    /// RESET: [`Qp::reset`] of a QP invalidates every window bound to it
+    /// (each takes a tag step, so its old rkey is dead), and
+    /// [`Caps::windows_survive_reset`] says so, so the lease layer re-binds
+    /// on recovery. For tests of that path.
+    pub windows_survive_reset: bool,
 }
 
 impl Default for SoftConfig {
@@ -76,6 +83,7 @@ impl Default for SoftConfig {
             max_tcp_channels: 1024,
             tcp_buffer_total: 64 << 20,
             tcp_stall_timeout: std::time::Duration::from_secs(5),
+            windows_survive_reset: true,
         }
     }
 }
@@ -232,6 +240,7 @@ impl SoftNic {
                 peer_errs_with_requester: false,
                 // The responder runs atomics as CPU atomics on the memory.
                 atomics_glob: true,
+                windows_survive_reset: cfg.windows_survive_reset,
             },
             link: cfg.link,
             keys: KeyTable::new(cfg.max_keys),

@@ -490,6 +490,16 @@ impl Qp for SoftQp {
     }
     fn reset(&self) -> Result<()> {
         self.inner.reset_impl();
+        let nic = &self.inner.nic;
+        if !nic.caps.windows_survive_reset {
+            // A device whose windows die with their QP's RESET.
+            let n = nic.keys.invalidate_bound_to(self.inner.qpn);
+            tracing::debug!(
+                qpn = self.inner.qpn,
+                windows = n,
+                "reset invalidated windows"
+            );
+        }
         Ok(())
     }
     fn modify_access(&self, access: Access) -> Result<()> {

@@ -71,6 +71,8 @@ pub struct Slot {
     pub steps: u32,
     /// Windows this handle retired so far.
     pub retired: u32,
+    /// The QP its latest successful bind went through (0 when unbound).
+    pub qpn: u32,
 }
 
 /// An outstanding bind or invalidate.
@@ -145,6 +147,7 @@ impl Windows {
             state: MwState::Unbound,
             steps: 0,
             retired: 0,
+            qpn: 0,
         });
         match self.slots.iter().position(Option::is_none) {
             Some(i) => {
@@ -202,14 +205,51 @@ impl Windows {
     /// Puts a fresh `ibv_mw` (key `rkey`) under an unbound `handle`; returns
     /// the retired one for deallocation.
     pub fn replace(&mut self, handle: u32, mw: *mut ibv_mw, rkey: u32) -> Result<*mut ibv_mw> {
+        self.swap(handle, mw, rkey, MwState::Unbound, "retired")
+    }
+
+    /// Handles of the windows bound (their bind completed) through QP
+    /// `qpn`, in handle order.
+    pub fn bound_to(&self, qpn: u32) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&h| {
+                self.get(h)
+                    .is_some_and(|s| s.state == MwState::Bound && s.qpn == qpn)
+            })
+            .collect()
+    }
+
+    /// Puts the fresh `ibv_mw` `mw` (key `rkey`) under `handle`, a window
+    /// bound through a QP that was just reset on a device whose windows do
+    /// not survive RESET; returns the old `ibv_mw` for the caller to
+    /// deallocate (`ibv_dealloc_mw` unbinds it if the device kept it
+    /// bound, so the old key is dead either way). The handle is unbound
+    /// afterwards and may be bound again at once.
+    pub fn replace_bound(
+        &mut self,
+        handle: u32,
+        mw: *mut ibv_mw,
+        rkey: u32,
+    ) -> Result<*mut ibv_mw> {
+        self.swap(handle, mw, rkey, MwState::Bound, "renewed after a reset")
+    }
+
+    fn swap(
+        &mut self,
+        handle: u32,
+        mw: *mut ibv_mw,
+        rkey: u32,
+        from: MwState,
+        what: &str,
+    ) -> Result<*mut ibv_mw> {
         let s = self
             .slots
             .get_mut(handle as usize)
             .and_then(Option::as_mut)
             .ok_or_else(|| FabricError::Invalid(format!("unknown window {handle}")))?;
-        if s.state != MwState::Unbound {
+        if s.state != from {
             return Err(FabricError::Invalid(format!(
-                "window {handle} is {:?}: only an unbound window is retired",
+                "window {handle} is {:?}: only a {from:?} window is {what}",
                 s.state
             )));
         }
@@ -220,6 +260,7 @@ impl Windows {
             state: MwState::Unbound,
             steps: 0,
             retired: s.retired + 1,
+            qpn: 0,
         };
         Ok(old)
     }
@@ -308,6 +349,7 @@ impl Windows {
                     s.steps += tag_steps(s.rkey, new);
                     s.rkey = new;
                     s.state = MwState::Bound;
+                    s.qpn = qpn;
                 } else {
                     // Keep the old key: the window was not bound by it.
                     s.state = MwState::Unbound;
@@ -319,6 +361,7 @@ impl Windows {
                     s.steps += tag_steps(s.rkey, next);
                     s.rkey = next;
                     s.state = MwState::Unbound;
+                    s.qpn = 0;
                 } else {
                     // The key was not revoked: the window is still bound.
                     s.state = MwState::Bound;
@@ -408,6 +451,47 @@ mod tests {
         // A second completion of the same tag is not ours any more.
         assert!(w.complete(t, QPN, WcStatus::Success).is_none());
         assert_eq!(w.outstanding(QPN), 0);
+    }
+
+    /// A device whose windows do not survive RESET: the windows bound
+    /// through the reset QP (only those) get fresh `ibv_mw`s under the same
+    /// handles, are unbound and can be bound again with new keys.
+    #[test]
+    fn windows_bound_through_a_reset_qp_are_renewed() {
+        let mut w = Windows::new(3);
+        let a = w.insert(mw(0x30), 0x300);
+        let b = w.insert(mw(0x40), 0x400);
+        let other = w.insert(mw(0x50), 0x500);
+        let idle = w.insert(mw(0x60), 0x600);
+        for (h, new, q) in [(a, 0x301, QPN), (b, 0x401, QPN), (other, 0x501, QPN + 1)] {
+            let t = w.begin(h, KeyOp::Bind { new }, q, 0, false).unwrap();
+            assert!(w.complete(t, q, WcStatus::Success).is_some());
+        }
+        assert_eq!(w.bound_to(QPN), vec![a, b]);
+        assert_eq!(w.bound_to(QPN + 1), vec![other]);
+        // An unbound window is not "renewed" (and a bound one not retired).
+        assert!(w.replace_bound(idle, mw(0x61), 0x6100).is_err());
+        assert!(w.replace(a, mw(0x31), 0x3100).is_err());
+        let old = w.replace_bound(a, mw(0x31), 0x3100).unwrap();
+        assert_eq!(old, mw(0x30));
+        let s = w.get(a).unwrap();
+        assert_eq!(
+            (s.mw, s.rkey, s.state, s.qpn, s.retired),
+            (mw(0x31), 0x3100, MwState::Unbound, 0, 1)
+        );
+        assert_eq!(w.bound_to(QPN), vec![b]);
+        // Bound again with the fresh window's next key.
+        let t = w
+            .begin(a, KeyOp::Bind { new: 0x3101 }, QPN, 0, false)
+            .unwrap();
+        w.complete(t, QPN, WcStatus::Success).unwrap();
+        assert_eq!(w.rkey(a), 0x3101);
+        // An invalidate forgets the QP.
+        let t = w
+            .begin(b, KeyOp::Invalidate { next: 0x401 }, QPN, 0, false)
+            .unwrap();
+        w.complete(t, QPN, WcStatus::Success).unwrap();
+        assert_eq!(w.bound_to(QPN), vec![a]);
     }
 
     #[test]
