@@ -94,7 +94,11 @@ pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
             s.timeout,
         );
         let at = crate::fabric::monotonic_ns();
-        let (off, e) = ts.measure(16)?;
+        // Start-up: at least 16 samples, then up to 250 ms more (within
+        // the sync timeout) until one bracket is as narrow as an idle
+        // host's few read round trips.
+        let patience = Duration::from_millis(250).min(s.timeout / 2);
+        let (off, e) = ts.measure_until(16, patience, 20_000)?;
         let est = Estimate::new(off, e, at, cfg.clock_drift_ppm as i64);
         // The bound must last through start-up's agreement and the first
         // re-sync.

@@ -17,7 +17,10 @@
 //!
 //! and the true offset lies within `epsilon` of the estimate, however the
 //! exposer was scheduled. The sample with the narrowest window wins, so
-//! epsilon comes from the measured read latency (about two reads).
+//! epsilon comes from the measured read latency (about two reads). The
+//! reader spins between reads (a yield would sit inside the next window),
+//! and [`TimeSyncer::measure_until`] keeps sampling until one window is
+//! narrow, since on a loaded host most hold a preemption.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -310,6 +313,19 @@ impl TimeSyncer {
     /// Asks the parent to publish, takes `samples` fresh timed reads and
     /// returns the best estimate (offset, eps) without applying it.
     pub fn measure(&self, samples: usize) -> Result<(i64, i64)> {
+        self.measure_until(samples, Duration::ZERO, 0)
+    }
+
+    /// As [`TimeSyncer::measure`], then keeps sampling for up to `patience`
+    /// (from the start) while the narrowest bracket is wider than `good_ns`:
+    /// on a loaded host most brackets hold a preemption of the reader or of
+    /// a NIC thread, and the minimum filter needs one that holds none.
+    pub fn measure_until(
+        &self,
+        samples: usize,
+        patience: Duration,
+        good_ns: i64,
+    ) -> Result<(i64, i64)> {
         let t0 = Instant::now();
         // The previous read: when it was posted and what it saw.
         let mut prev: Option<(i64, i64)> = None;
@@ -318,7 +334,11 @@ impl TimeSyncer {
         // When the last (re)quest was made; a burst can end (or be missed)
         // before enough samples arrive, so stale reads re-request.
         let mut asked: Option<Instant> = None;
-        while got < samples.max(1) {
+        let more = |got: usize, best: &Option<SyncSample>| {
+            got < samples.max(1)
+                || (t0.elapsed() < patience && best.is_none_or(|b| b.hi - b.lo > good_ns))
+        };
+        while more(got, &best) {
             if t0.elapsed() > self.timeout {
                 return Err(Error::Timeout(format!(
                     "time sync: the parent's clock did not advance within {:?} (is the time parent node alive?)",
@@ -338,8 +358,15 @@ impl TimeSyncer {
             let last = prev.replace((t0, info.ns));
             // Fresh only when the value changed since the previous read:
             // then it was published inside [previous t0, this t1].
+            // A stale read is followed at once by the next: the bracket of
+            // the sample that sees the change starts at this read's post,
+            // so a yield here would put a yield (on a loaded host, another
+            // thread's whole slice) inside every bracket. Spinning leaves
+            // only involuntary preemptions inside, which the minimum
+            // filter drops. The loop is bounded by the timeout, and the
+            // exposer's burst by its own clock.
             let Some((lo, seen)) = last.filter(|&(_, seen)| seen != info.ns) else {
-                std::thread::yield_now();
+                std::hint::spin_loop();
                 continue;
             };
             let _ = seen;
