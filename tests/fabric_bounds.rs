@@ -458,18 +458,114 @@ fn a_slow_sender_that_keeps_sending_is_served() {
     honest_read(&p, &data, i);
 }
 
+/// A 64 B READ request of `epoch` under rkey 0 (which no window has: the
+/// responder refuses it).
+fn bad_read_frame(epoch: u8, seq: u64) -> Vec<u8> {
+    let mut b = Prefix::encode(FrameKind::Req, 0).to_vec();
+    let h = ReqHeader {
+        op: ReqOp::Read,
+        epoch,
+        len: 64,
+        seq,
+        raddr: 0,
+        rkey: 0,
+        lblock: 0,
+        loff: 0,
+        arg0: 0,
+        arg1: 0,
+    };
+    let mut hb = [0u8; REQ_LEN];
+    h.encode(&mut hb);
+    b.extend_from_slice(&hb);
+    b
+}
+
+/// Reads one response frame's header (None at EOF or on error).
+fn read_resp(k: &mut TcpStream) -> Option<RespHeader> {
+    let mut r = [0u8; FRAME_PREFIX + RESP_LEN];
+    k.read_exact(&mut r).ok()?;
+    let pfx = Prefix::decode(r[..FRAME_PREFIX].try_into().unwrap()).ok()?;
+    assert_eq!(pfx.kind, FrameKind::Resp);
+    Some(RespHeader::decode(r[FRAME_PREFIX..].try_into().unwrap()))
+}
+
+/// After a refusal the rest of the refused epoch is skipped: as many
+/// frames as a send queue can hold are an honest requester's flushed tail
+/// and the channel is served on (a frame of the next epoch gets its
+/// answer); past twice the deepest soft send queue the channel is a
+/// flooder's and the NIC closes it.
+#[test]
+fn a_channel_flooding_a_refused_epoch_is_closed_and_an_honest_tail_is_not() {
+    let _g = serial();
+    let s = node(tcp_cfg());
+    let c = node(tcp_cfg());
+    let (honest, data) = honest_pair(&s, &c);
+    let depth = patronus::fabric::soft::shm::REQ_SLOTS as u64;
+    // An honest tail: the refused frame, then a full send queue's worth in
+    // the same epoch, then the next epoch.
+    let target = spare_qp(&s, &honest);
+    let mut k = raw_channel(&c, &s, target.qpn());
+    k.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Vec::new();
+    for i in 0..=depth {
+        b.extend(bad_read_frame(0, i));
+    }
+    b.extend(bad_read_frame(1, depth + 1));
+    k.write_all(&b).unwrap();
+    let first = read_resp(&mut k).expect("the refusal");
+    assert_eq!((first.seq, first.epoch), (0, 0));
+    assert_ne!(first.status, WcStatus::Success as u8, "{first:?}");
+    let next = read_resp(&mut k).expect("the next epoch's frame is served");
+    assert_eq!((next.seq, next.epoch), (depth + 1, 1));
+    assert_eq!(s.soft.tcp_flood_closed(), 0);
+    // A flood: more than twice the deepest send queue into one epoch.
+    let target2 = spare_qp(&s, &honest);
+    let mut f = raw_channel(&c, &s, target2.qpn());
+    f.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Vec::new();
+    for i in 0..2 * depth + 2 {
+        b.extend(bad_read_frame(0, i));
+    }
+    // The NIC may close while this is still being written.
+    let _ = f.write_all(&b);
+    let first = read_resp(&mut f).expect("the refusal");
+    assert_eq!(first.seq, 0);
+    wait_for(
+        "the flooding channel to be closed",
+        Duration::from_secs(10),
+        || s.soft.tcp_flood_closed() == 1,
+    );
+    assert!(
+        read_resp(&mut f).is_none(),
+        "the closed channel still answers"
+    );
+    // The honest channel and the honest pair are served on.
+    let _ = f.write_all(&bad_read_frame(1, 0));
+    k.write_all(&bad_read_frame(2, depth + 2)).unwrap();
+    let again = read_resp(&mut k).expect("the honest channel is still served");
+    assert_eq!((again.seq, again.epoch), (depth + 2, 2));
+    assert_eq!(s.soft.tcp_flood_closed(), 1);
+    honest_read(&honest, &data, 7);
+}
+
 /// A QP pair's worth of SENDs (4 KiB, garbage payload) written to the NIC
 /// as fast as it reads them, without waiting for answers (the target QP
 /// refuses the first and so skips the rest of the epoch: nothing is sent
 /// back), against the same NIC as an honest pair of synchronous 64 B READs:
-/// the honest pair keeps a share of its rate. Alone and flooded windows
-/// alternate (the machine's load drifts) and the medians are compared.
-/// Not in the default run: on an idle 2-core host a loopback flood of about
-/// 5 GB/s left the honest pair 0.13-0.37 of its rate, so the assertion
-/// fails at random and the issue's target (one half) is not met yet. Run
-/// with `cargo test --test fabric_bounds -- --ignored`.
+/// the honest pair keeps at least half its rate. Alone and flooded windows
+/// alternate (the machine's load drifts) and the medians are compared. The
+/// NIC closes a channel that sends more frames into a refused epoch than a
+/// send queue can hold; the flooder, a determined one, reconnects (a fresh
+/// authenticated hello each time) and floods again. Not in the default
+/// run: before the close, a loopback flood of about 5 GB/s left the honest
+/// pair 0.13-0.37 of its rate on this 2-core host (skipping costs the NIC
+/// little, but the kernel's copies of the flood take the cores); with it,
+/// the reconnecting flooder still pushed 1.8 GB/s through 317 connections
+/// and the pair kept 0.17 (some runs the reconnects were refused and the
+/// flood never started). Run with `cargo test --test fabric_bounds --
+/// --ignored`.
 #[test]
-#[ignore = "flood fairness not met on 2 cores (issue 11 open); flaky as a CI gate"]
+#[ignore = "flood fairness on 2 cores not met (issue 11 open): the flood's kernel copies take the cores"]
 fn a_flooding_peer_gets_its_share() {
     let _g = serial();
     let s = node(tcp_cfg());
@@ -484,11 +580,11 @@ fn a_flooding_peer_gets_its_share() {
     let stop = Arc::new(AtomicBool::new(false));
     let on = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let mut k = raw_channel(&c, &s, target.qpn());
-    k.set_write_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
+    let reconnects = Arc::new(AtomicU64::new(0));
+    let (from, to, qpn) = (c.soft.clone(), s.soft.address(), target.qpn());
     let th = {
-        let (stop, on, sent) = (stop.clone(), on.clone(), sent.clone());
+        let (stop, on, sent, reconnects) =
+            (stop.clone(), on.clone(), sent.clone(), reconnects.clone());
         std::thread::spawn(move || {
             // The flooder is a remote peer in spirit: lowest CPU priority
             // (Linux: per thread), so that what is measured is the NIC's
@@ -499,19 +595,36 @@ fn a_flooding_peer_gets_its_share() {
                 libc::setpriority(libc::PRIO_PROCESS, tid, 19);
             }
             let t = Instant::now();
+            let mut epoch = 1u64;
+            let connect = |epoch: u64| {
+                let k = from.connect_raw_tcp(&to, 7, qpn, epoch).ok()?;
+                k.set_nodelay(true).ok()?;
+                k.set_write_timeout(Some(Duration::from_millis(50))).ok()?;
+                Some(k)
+            };
+            let mut k = connect(epoch);
             let mut at = 0usize;
             while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
                 if !on.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
-                match k.write(&frames[at..]) {
+                let Some(ks) = k.as_mut() else {
+                    epoch += 1;
+                    k = connect(epoch);
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                    at = 0;
+                    continue;
+                };
+                match ks.write(&frames[at..]) {
+                    Ok(0) => k = None,
                     Ok(n) => {
                         at = (at + n) % frames.len();
                         sent.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(e) => panic!("flood write: {e}"),
+                    // Closed by the NIC: reconnect and go on.
+                    Err(_) => k = None,
                 }
             }
         })
@@ -538,22 +651,15 @@ fn a_flooding_peer_gets_its_share() {
         v[v.len() / 2]
     };
     let (before, under, fr) = (med(&mut alone), med(&mut during), med(&mut flood_rates));
+    let closed = s.soft.tcp_flood_closed();
     eprintln!(
-        "honest 64 B READ: {before:.0}/s alone, {under:.0}/s during a flood of {:.0} MB/s of 4 KiB SENDs (medians of 7 windows of {win:?})",
-        fr / 1e6
+        "honest 64 B READ: {before:.0}/s alone, {under:.0}/s during a flood of {:.0} MB/s of 4 KiB SENDs (medians of 7 windows of {win:?}); {closed} flooding channels closed, {} reconnects",
+        fr / 1e6,
+        reconnects.load(Ordering::Relaxed)
     );
+    assert!(closed > 0, "the flooding channel was never closed");
     assert!(
-        sent.load(Ordering::Relaxed) > 64 << 20,
-        "the flood sent only {} bytes",
-        sent.load(Ordering::Relaxed)
-    );
-    // The brief's target is half; on a 2-core host the flood's kernel-side
-    // work (loopback softirq and copies, not subject to nice) takes the
-    // cores the honest pair and the NIC thread spin on, whatever the NIC's
-    // scheduling: measured 0.26-0.37 on an idle host, 0.45-0.88 on a loaded
-    // one. Asserted: the honest pair does not collapse (the issue saw -90 %).
-    assert!(
-        under >= 0.2 * before,
+        under >= 0.5 * before,
         "honest pair fell from {before:.0} to {under:.0} ops/s under the flood"
     );
 }

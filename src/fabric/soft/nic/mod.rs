@@ -121,6 +121,9 @@ pub(crate) struct NicInner {
     /// Channels closed because their buffered input made no progress
     /// within `tcp_stall_timeout`.
     tcp_stalled_closed: AtomicU64,
+    /// Channels closed because they kept sending into an epoch their QP
+    /// had already refused (more frames than any send queue can hold).
+    tcp_flood_closed: AtomicU64,
 }
 
 impl NicInner {
@@ -270,6 +273,7 @@ impl SoftNic {
             tcp_buffered: AtomicUsize::new(0),
             tcp_refused: AtomicU64::new(0),
             tcp_stalled_closed: AtomicU64::new(0),
+            tcp_flood_closed: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -351,6 +355,12 @@ impl SoftNic {
     /// diagnostics).
     pub fn tcp_stalled_closed(&self) -> u64 {
         self.inner.tcp_stalled_closed.load(Ordering::Relaxed)
+    }
+
+    /// Inbound tcp channels closed for sending more frames into a refused
+    /// epoch than a send queue can hold (for tests and diagnostics).
+    pub fn tcp_flood_closed(&self) -> u64 {
+        self.inner.tcp_flood_closed.load(Ordering::Relaxed)
     }
 }
 

@@ -14,6 +14,12 @@
 //! `tcp_stall_timeout` is closed and its buffers freed: the loop scans for
 //! such channels about every [`STALL_SCAN`], comparing each one's byte
 //! count between scans, so the data path reads no clock for it.
+//! After a refusal the rest of the refused epoch is skipped (those frames
+//! were posted before the requester learnt of it, as RC flushes them); a
+//! requester can have at most its send queue's depth of them in flight,
+//! so a channel that sends more than [`SKIP_LIMIT`] frames into a refused
+//! epoch is flooding and is closed: skipping costs this host the socket
+//! reads, and a flooder would otherwise keep a core busy with them.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -45,6 +51,8 @@ pub struct InTcp {
 struct InTcpState {
     f: Framed,
     err_epoch: Option<u8>,
+    /// Frames skipped in a row in the refused epoch.
+    skipped: u32,
     /// The epoll events registered for the socket now.
     interest: u32,
     /// Buffer bytes of this channel counted in the NIC's total.
@@ -63,6 +71,13 @@ struct Budget {
     bytes: usize,
     read: usize,
 }
+
+/// Frames a channel may send into an epoch its QP refused before it is
+/// closed as flooding: twice the deepest send queue a soft QP can have
+/// ([`shm::REQ_SLOTS`](crate::fabric::soft::shm::REQ_SLOTS)), so an honest
+/// requester, whose QP errs at the refusal and flushes everything after
+/// it locally, never comes near.
+pub(crate) const SKIP_LIMIT: u32 = 2 * crate::fabric::soft::shm::REQ_SLOTS;
 
 /// While other channels are active: small visits, so that a request of
 /// another channel waits for at most one short visit of a flooding one.
@@ -125,6 +140,7 @@ impl InTcp {
             st: Mutex::new(InTcpState {
                 f,
                 err_epoch: None,
+                skipped: 0,
                 interest: libc::EPOLLIN as u32,
                 counted: 0,
                 watch: None,
@@ -310,9 +326,22 @@ impl NicInner {
                 }
             };
             if st.err_epoch == Some(h.epoch) {
+                // Skipped, but paid for: the visit's byte budget counts it.
+                bytes += fr.payload.len();
+                st.skipped += 1;
+                if st.skipped > SKIP_LIMIT {
+                    tracing::warn!(
+                        qpn = t.qpn,
+                        "more than {SKIP_LIMIT} frames into a refused epoch: closing the channel"
+                    );
+                    self.tcp_flood_closed.fetch_add(1, Ordering::Relaxed);
+                    ch.kill();
+                    return v;
+                }
                 continue;
             }
             st.err_epoch = None;
+            st.skipped = 0;
             let plen = fr.payload.len();
             bytes += plen;
             let expect = match h.op {
