@@ -182,6 +182,13 @@ impl Pending {
             self.refuse(refuse::NO_QP, &format!("no QP {}", h.dst));
             return false;
         };
+        // Before the key agreement: a banned peer costs this NIC no DH.
+        // (A hello naming someone else's key is refused the same way; that
+        // key's owner is banned anyway.)
+        if nic.banned(&h.pk) {
+            self.refuse(refuse::FLOODING, "peer banned for flooding");
+            return false;
+        }
         let Some(key) = nic.id.pairwise(&h.pk) else {
             self.refuse(refuse::BAD_KEY, "non-contributory public key");
             return false;
@@ -471,7 +478,7 @@ fn attach_tcp(nic: &Arc<NicInner>, s: TcpStream, q: &Arc<QpInner>, h: &Hello) {
     let fd = s.as_raw_fd();
     let Ok(f) = Framed::new(s) else { return };
     let token = nic.next_token.fetch_add(1, Ordering::Relaxed);
-    let ch = Arc::new(InTcp::new(f, Arc::downgrade(q), token, fd));
+    let ch = Arc::new(InTcp::new(f, Arc::downgrade(q), h.pk, token, fd));
     let attached = match q.attach_inbound(Inbound::Tcp(ch.clone()), &h.pk, h.src, h.epoch) {
         Ok(a) => a,
         Err(code) => {

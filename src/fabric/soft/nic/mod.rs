@@ -124,6 +124,70 @@ pub(crate) struct NicInner {
     /// Channels closed because they kept sending into an epoch their QP
     /// had already refused (more frames than any send queue can hold).
     tcp_flood_closed: AtomicU64,
+    /// Peers (NIC public keys) that flooded a channel: no new channel until
+    /// the ban ends (see `NicInner::ban_flooder`).
+    flood_bans: Mutex<HashMap<[u8; KEY_LEN], FloodBan>>,
+}
+
+/// A flooding peer's ban: until when, and how many floods so far (each
+/// doubles the next ban).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FloodBan {
+    until: std::time::Instant,
+    strikes: u32,
+}
+
+/// The first ban of a flooding peer; each further flood doubles it, up to
+/// [`FLOOD_BAN_MAX`]. A peer quiet for [`FLOOD_FORGET`] after its ban
+/// starts again from the first.
+const FLOOD_BAN: std::time::Duration = std::time::Duration::from_millis(100);
+const FLOOD_BAN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+const FLOOD_FORGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most peers remembered (oldest bans dropped past it): a bound on memory
+/// whatever number of keys flooders make up.
+const FLOOD_BANS_MAX: usize = 4096;
+
+impl NicInner {
+    /// Bans the peer with public key `pk` from new channels after it
+    /// flooded one (its channel was closed).
+    pub(crate) fn ban_flooder(&self, pk: &[u8; KEY_LEN]) {
+        let now = std::time::Instant::now();
+        let mut bans = self.flood_bans.lock();
+        if bans.len() >= FLOOD_BANS_MAX {
+            bans.retain(|_, b| b.until + FLOOD_FORGET > now);
+            if bans.len() >= FLOOD_BANS_MAX {
+                if let Some(k) = bans.iter().min_by_key(|(_, b)| b.until).map(|(k, _)| *k) {
+                    bans.remove(&k);
+                }
+            }
+        }
+        let strikes = match bans.get(pk) {
+            Some(b) if b.until + FLOOD_FORGET > now => b.strikes.saturating_add(1),
+            _ => 1,
+        };
+        let ban = FLOOD_BAN
+            .saturating_mul(1u32 << (strikes - 1).min(16))
+            .min(FLOOD_BAN_MAX);
+        tracing::warn!(
+            strikes,
+            "peer flooded a channel: no new channels for {ban:?}"
+        );
+        bans.insert(
+            *pk,
+            FloodBan {
+                until: now + ban,
+                strikes,
+            },
+        );
+    }
+
+    /// Whether the peer with public key `pk` is banned now.
+    pub(crate) fn banned(&self, pk: &[u8; KEY_LEN]) -> bool {
+        self.flood_bans
+            .lock()
+            .get(pk)
+            .is_some_and(|b| std::time::Instant::now() < b.until)
+    }
 }
 
 impl NicInner {
@@ -274,6 +338,7 @@ impl SoftNic {
             tcp_refused: AtomicU64::new(0),
             tcp_stalled_closed: AtomicU64::new(0),
             tcp_flood_closed: AtomicU64::new(0),
+            flood_bans: Mutex::new(HashMap::new()),
         });
         let mut threads = Vec::new();
         let i = inner.clone();

@@ -19,7 +19,10 @@
 //! requester can have at most its send queue's depth of them in flight,
 //! so a channel that sends more than [`SKIP_LIMIT`] frames into a refused
 //! epoch is flooding and is closed: skipping costs this host the socket
-//! reads, and a flooder would otherwise keep a core busy with them.
+//! reads, and a flooder would otherwise keep a core busy with them. Its
+//! peer (the NIC key its hello proved) gets no new channel for 100 ms,
+//! doubling with each further flood up to 10 s, so re-authenticating does
+//! not buy it another flood at once.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -31,6 +34,7 @@ use parking_lot::Mutex;
 
 use super::sys::{epoll_ctl, STOP_TOKEN};
 use super::NicInner;
+use crate::fabric::soft::auth::KEY_LEN;
 use crate::fabric::soft::qp::{QpInner, MAX_BUFFERED_MSGS};
 use crate::fabric::soft::responder;
 use crate::fabric::soft::tcp::Framed;
@@ -42,6 +46,8 @@ pub struct InTcp {
     st: Mutex<InTcpState>,
     dead: AtomicBool,
     target: std::sync::Weak<QpInner>,
+    /// The peer NIC's public key (authenticated by its hello).
+    peer: [u8; KEY_LEN],
     token: u64,
     fd: RawFd,
     /// The responder pass that served this channel last (responder only).
@@ -135,7 +141,13 @@ impl InTcp {
 }
 
 impl InTcp {
-    pub(super) fn new(f: Framed, target: std::sync::Weak<QpInner>, token: u64, fd: RawFd) -> InTcp {
+    pub(super) fn new(
+        f: Framed,
+        target: std::sync::Weak<QpInner>,
+        peer: [u8; KEY_LEN],
+        token: u64,
+        fd: RawFd,
+    ) -> InTcp {
         InTcp {
             st: Mutex::new(InTcpState {
                 f,
@@ -147,6 +159,7 @@ impl InTcp {
             }),
             dead: AtomicBool::new(false),
             target,
+            peer,
             token,
             fd,
             pass: AtomicU32::new(0),
@@ -335,6 +348,7 @@ impl NicInner {
                         "more than {SKIP_LIMIT} frames into a refused epoch: closing the channel"
                     );
                     self.tcp_flood_closed.fetch_add(1, Ordering::Relaxed);
+                    self.ban_flooder(&ch.peer);
                     ch.kill();
                     return v;
                 }
