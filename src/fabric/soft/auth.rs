@@ -72,9 +72,6 @@ pub mod refuse {
     pub const LIVE: u32 = 6;
     /// Bad shm segment (missing, unsealed, wrong size, unmappable).
     pub const BAD_SEGMENT: u32 = 7;
-    /// The peer's NIC flooded a channel of this NIC and is refused new
-    /// channels for a while.
-    pub const FLOODING: u32 = 8;
 }
 
 /// Hello length.
@@ -375,7 +372,6 @@ pub fn refusal_reason(code: u32) -> &'static str {
         refuse::BAD_MAC => "authentication failed",
         refuse::LIVE => "the QP has a live channel that is not older",
         refuse::BAD_SEGMENT => "bad shm segment",
-        refuse::FLOODING => "the peer flooded a channel: refused for a while",
         _ => "unknown reason",
     }
 }

@@ -92,6 +92,10 @@ enum Phase {
         key: [u8; KEY_LEN],
         challenge: [u8; KEY_LEN],
     },
+    /// A banned peer's hello: held unanswered (what it sends is drained)
+    /// until the hello deadline closes it, so a flooder that reconnects at
+    /// once gets one attempt per deadline instead of one per round trip.
+    Tarpit,
 }
 
 /// A socket that has not authenticated yet.
@@ -107,7 +111,7 @@ struct Pending {
 impl Pending {
     fn need(&self) -> usize {
         match self.phase {
-            Phase::Hello => HELLO_LEN,
+            Phase::Hello | Phase::Tarpit => HELLO_LEN,
             Phase::Auth { .. } => auth::MSG_LEN,
         }
     }
@@ -133,6 +137,9 @@ impl Pending {
                     return false;
                 }
             };
+            if matches!(self.phase, Phase::Tarpit) {
+                continue; // drained, never answered
+            }
             let was = self.got;
             self.got += n;
             if matches!(self.phase, Phase::Hello) && was < 4 && self.got >= 4 {
@@ -161,6 +168,7 @@ impl Pending {
                     self.on_answer(nic, h, q, key, challenge);
                     return false;
                 }
+                Phase::Tarpit => self.phase = Phase::Tarpit,
             }
         }
     }
@@ -182,12 +190,13 @@ impl Pending {
             self.refuse(refuse::NO_QP, &format!("no QP {}", h.dst));
             return false;
         };
-        // Before the key agreement: a banned peer costs this NIC no DH.
-        // (A hello naming someone else's key is refused the same way; that
-        // key's owner is banned anyway.)
+        // Before the key agreement: a banned peer costs this NIC no DH, and
+        // gets no answer (a hello naming someone else's key is held the same
+        // way; that key's owner is banned anyway).
         if nic.banned(&h.pk) {
-            self.refuse(refuse::FLOODING, "peer banned for flooding");
-            return false;
+            tracing::debug!("hello of a peer banned for flooding: held until its deadline");
+            self.phase = Phase::Tarpit;
+            return true;
         }
         let Some(key) = nic.id.pairwise(&h.pk) else {
             self.refuse(refuse::BAD_KEY, "non-contributory public key");

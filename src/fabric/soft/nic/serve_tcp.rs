@@ -21,8 +21,9 @@
 //! epoch is flooding and is closed: skipping costs this host the socket
 //! reads, and a flooder would otherwise keep a core busy with them. Its
 //! peer (the NIC key its hello proved) gets no new channel for 100 ms,
-//! doubling with each further flood up to 10 s, so re-authenticating does
-//! not buy it another flood at once.
+//! doubling with each further flood up to 10 s (its hellos are held
+//! unanswered until the hello deadline), so re-authenticating does not buy
+//! it another flood at once.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
