@@ -94,10 +94,11 @@ pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
             s.timeout,
         );
         let at = crate::fabric::monotonic_ns();
-        // Start-up: at least 16 samples, then up to 250 ms more (within
+        // Start-up: at least 16 samples, then up to 1 s more (within half
         // the sync timeout) until one bracket is as narrow as an idle
-        // host's few read round trips.
-        let patience = Duration::from_millis(250).min(s.timeout / 2);
+        // host's few read round trips (an idle host stops at 16; under two
+        // hogs and a compiler, 250 ms left half the start-ups at 1-2 ms).
+        let patience = Duration::from_millis(1000).min(s.timeout / 2);
         let (off, e) = ts.measure_until(16, patience, 20_000)?;
         let est = Estimate::new(off, e, at, cfg.clock_drift_ppm as i64);
         // The bound must last through start-up's agreement and the first

@@ -256,9 +256,10 @@ fn a_widened_epsilon_reaches_every_node() {
 /// scheduler slice. A reader that yields between its reads puts a yield,
 /// and on a loaded host a hog's whole slice, inside every bracket (median
 /// 3.4 ms of 6 start-ups with the old reader, 16 samples); a spinning
-/// reader that samples until one bracket is narrow (or 250 ms passed)
+/// reader that samples until one bracket is narrow (or 1 s passed)
 /// brackets only involuntary preemptions, which the minimum filter drops
-/// (medians 21-25 us in three runs).
+/// (medians 10-25 us; with 250 ms of patience and a compiler running too,
+/// 1.1 ms once).
 #[test]
 fn the_start_up_bracket_under_load_is_not_a_scheduler_slice() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
