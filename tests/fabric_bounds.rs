@@ -79,10 +79,16 @@ fn raw_channel(from: &Node, to: &Node, qpn: u32) -> TcpStream {
 
 /// The prefix and header of a request frame announcing `len` payload bytes.
 fn req_frame(op: ReqOp, len: u32, seq: u64) -> Vec<u8> {
-    let mut b = Prefix::encode(FrameKind::Req, len).to_vec();
+    frame_of(op, 0, len, len, seq)
+}
+
+/// The prefix (announcing `payload` bytes) and header (`op`, `epoch`,
+/// `len`, `seq`, rkey 0) of a request frame.
+fn frame_of(op: ReqOp, epoch: u8, payload: u32, len: u32, seq: u64) -> Vec<u8> {
+    let mut b = Prefix::encode(FrameKind::Req, payload).to_vec();
     let h = ReqHeader {
         op,
-        epoch: 0,
+        epoch,
         len,
         seq,
         raddr: 0,
@@ -461,23 +467,7 @@ fn a_slow_sender_that_keeps_sending_is_served() {
 /// A 64 B READ request of `epoch` under rkey 0 (which no window has: the
 /// responder refuses it).
 fn bad_read_frame(epoch: u8, seq: u64) -> Vec<u8> {
-    let mut b = Prefix::encode(FrameKind::Req, 0).to_vec();
-    let h = ReqHeader {
-        op: ReqOp::Read,
-        epoch,
-        len: 64,
-        seq,
-        raddr: 0,
-        rkey: 0,
-        lblock: 0,
-        loff: 0,
-        arg0: 0,
-        arg1: 0,
-    };
-    let mut hb = [0u8; REQ_LEN];
-    h.encode(&mut hb);
-    b.extend_from_slice(&hb);
-    b
+    frame_of(ReqOp::Read, epoch, 0, 64, seq)
 }
 
 /// Reads one response frame's header (None at EOF or on error).
