@@ -1,0 +1,972 @@
+//! A protected disaggregated hash table, RACE-style (ATC'20), on Patronus
+//! leases: clients find, insert, update and delete keys with one-sided
+//! READ, WRITE and CAS on a memory node, with no server CPU on the data
+//! path, and only as far as their leases allow.
+//!
+//! # Layout
+//!
+//! The table region lies in the memory node's *lease buffer* at the buffer
+//! offset `KvParams::base`; offsets below are relative to it (all words
+//! little-endian u64):
+//!
+//! ```text
+//! 0      header (128 B)
+//!          +0  magic "PRKVTBL1"        +40 global depth
+//!          +8  groups per subtable     +48 next unused subtable index
+//!          +16 max global depth        +56 pending split: S + 1 (0: none)
+//!          +24 max subtables           +64 pending split: A (bit 0 half)
+//!          +32 initial depth           +72 pending split: B (bit 1 half)
+//!                                      +80 resize lock word (lease key)
+//! 128    directory: 2^max_depth words, entry i = subtable index + 1
+//!          (0: unset); key -> entry h1 & (2^global_depth - 1)
+//! D      subtable headers: max_subtables words,
+//!          VALID(63) | RETIRED(62) | suffix(32) << 8 | local depth(8)
+//!          with D = 128 + 8 * 2^max_depth
+//! T      subtables (T = D + 8 * max_subtables, rounded up to 64), each
+//!          `groups` combined buckets of 128 B; subtable s at
+//!          T + s * groups * 128, group g of it 128 * g further
+//! group  2 buckets x 8 slots of 8 B, read in one READ
+//! slot   FROZEN(63) | fingerprint(62..55) | block length in 64 B units
+//!          (54..48) | block buffer offset (47..0); 0 = empty
+//! ```
+//!
+//! max_subtables = 2 * 2^max_depth: a split never reuses a subtable (it
+//! retires one and fills two new ones), so the region has room for every
+//! split up to the largest depth.
+//!
+//! KV blocks live in the memory node's *allocation buffer*, allocated with
+//! [`ClientThread::alloc`] on the table's directory (allocator
+//! `KvParams::alloc_hint`; give the memory node `Config::alloc_classes`
+//! near the block sizes you store, e.g. 128, 256, 4 224):
+//!
+//! ```text
+//! 0  key length u16 | 0x4b56 u16 | value length u32
+//! 8  key bytes, value bytes
+//!    checksum u64 over everything before it
+//!    zero padding to a multiple of 64 B
+//! ```
+//!
+//! Keys are up to 64 bytes, values up to [`MAX_VALUE`] (8 048 bytes with
+//! a 64-byte key, more with shorter keys). A block is written whole before
+//! its slot points at it and never changed after; a read that sees a bad
+//! checksum (torn, or freed and being reused) reads the buckets again.
+//!
+//! # Operations
+//!
+//! Each key has two candidate groups in the subtable its directory entry
+//! names. `get` READs both groups and then the block of each slot whose
+//! fingerprint matches, in canonical order (lower group, lower slot first),
+//! and returns the first block with the key. `put` allocates and WRITEs a
+//! new block, then CASes the key's slot from the old word to the new (an
+//! update; the old block is freed after) or an empty slot from 0 (an
+//! insert), and READs the groups again: if the key also sits in an earlier
+//! slot (a concurrent insert of the same key), it takes its own slot back
+//! and updates that one; later duplicates it clears. `del` CASes the key's
+//! slots to 0 and frees the blocks. Blocks are freed only by the client
+//! node that allocated them (the memory node refuses others): a block
+//! another node wrote and this one replaced is counted in
+//! [`KvStats::leaked`], not freed.
+//!
+//! # Resizing
+//!
+//! Extendible hashing as RACE: when both candidate groups are full, the
+//! subtable S (local depth l) is split into two new subtables A and B of
+//! depth l + 1 (keys whose hash bit l is 0 go to A, the others to B;
+//! the directory doubles first when l equals the global depth). The
+//! splitter holds the *resize lock*: a write lease acquired with
+//! `WITH_CONFLICT_DETECT` on the header's lock word, with term
+//! `KvParams::lock_ns` (extended between phases). A client that dies
+//! while holding it loses the lock when that term ends (plus the cluster's
+//! epsilon), when the memory node's GC collects the lease. The split
+//! records itself in the header (pending S, A, B), then CASes every slot
+//! of S to frozen (from then on no CAS on S succeeds, and every reader or
+//! writer that meets a frozen slot waits for the directory to move on),
+//! fills A and B from the frozen slots, writes the directory, and retires
+//! S. Every step can be redone, so whoever takes the lock next finishes a
+//! pending split first: a writer that waits on a frozen subtable past the
+//! lock holder's term takes the lock itself and completes the split.
+//!
+//! # Protection modes
+//!
+//! Chosen per handle ([`Protection`]):
+//! - `Lease`: the handle holds a lease over the table region and a
+//!   tenant-wide lease over the memory node's allocation buffer (where
+//!   the KV blocks are), read leases for a [`Access::ReadOnly`] handle,
+//!   write leases for [`Access::ReadWrite`]; every access is one-sided
+//!   through their windows. A read-only handle's `put` or `del` is refused
+//!   by the memory node's NIC ([`crate::Error::Refused`] with
+//!   `RdmaProtectionErr`); once relinquished or expired, every access is.
+//!   `KvParams::lease_ns` 0 asks for leases that last until relinquished;
+//!   otherwise they have that term and are auto-extended while the handle
+//!   is used (unless `KvParams::auto_extend` is off).
+//! - `Rpc`: the same leases, every access two-sided (`rpc_read`,
+//!   `rpc_write`, `rpc_cas`), checked by the memory node against them.
+//! - `Unprotected`: the universal rkey (the original's baseline), with
+//!   client-only leases and no RPC. The memory node must opt in
+//!   (`Config::allow_universal_rkey`): with it, any client can read and
+//!   write the whole lease and allocation buffers, and a read-only handle
+//!   is read-only only by its own good will.
+//!
+//! The resize lock is a real lease in every mode.
+//!
+//! Not yet here (issue 15): the `mr` mode, posted / async forms with many
+//! lookups in flight, batched allocation, reclaiming retired subtables.
+
+pub mod layout;
+mod resize;
+
+use std::time::{Duration, Instant};
+
+pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
+
+use crate::client::{ClientThread, Lease};
+use crate::lease::flags::{acquire, rw};
+use crate::lease::Rc;
+use crate::{Error, Result};
+use layout::{hdr, slot, sub, GROUP_BYTES, SLOTS_PER_GROUP};
+
+/// How a handle reaches the table (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// One-sided through Patronus leases' windows.
+    Lease,
+    /// Two-sided memory RPCs checked against the same leases.
+    Rpc,
+    /// The universal rkey, no leases (the memory node must opt in).
+    Unprotected,
+}
+
+/// What a handle may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read leases: get only.
+    ReadOnly,
+    /// Write leases: get, put, del, resize.
+    ReadWrite,
+}
+
+/// Shape and terms of a table.
+#[derive(Clone, Debug)]
+pub struct KvParams {
+    /// Buffer offset of the table region in the memory node's lease
+    /// buffer.
+    pub base: u64,
+    /// Combined buckets (16 slots each) per subtable.
+    pub groups: u64,
+    /// Global depth at creation (2^depth subtables).
+    pub initial_depth: u32,
+    /// Largest global depth (the region has room for it).
+    pub max_depth: u32,
+    /// Term of the handle's leases in ns; 0: until relinquished.
+    pub lease_ns: u64,
+    /// Auto-extend the handle's leases while it is used (`lease_ns` > 0).
+    pub auto_extend: bool,
+    /// Term of the resize lock's lease in ns (its holder extends it
+    /// between phases; a dead holder loses it after this).
+    pub lock_ns: u64,
+    /// Allocator hint for KV blocks.
+    pub alloc_hint: u64,
+    /// How long an operation waits for a split (or a lock) before it fails
+    /// with a timeout.
+    pub patience: Duration,
+}
+
+impl Default for KvParams {
+    fn default() -> Self {
+        KvParams {
+            base: 0,
+            groups: 64,
+            initial_depth: 2,
+            max_depth: 8,
+            lease_ns: 0,
+            auto_extend: true,
+            lock_ns: 10_000_000,
+            alloc_hint: 0,
+            patience: Duration::from_secs(10),
+        }
+    }
+}
+
+impl KvParams {
+    /// Bytes of the table region these parameters describe.
+    pub fn region_bytes(&self) -> Result<u64> {
+        Ok(Geometry::new(self.groups, self.max_depth)?.total())
+    }
+}
+
+/// Counters of one handle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Operations started again (a CAS lost, a torn block, a frozen
+    /// subtable).
+    pub retries: u64,
+    /// Splits this handle completed (its own or another's pending one).
+    pub splits: u64,
+    /// Replaced or removed blocks this node could not free (allocated by
+    /// another node).
+    pub leaked: u64,
+    /// Times the directory was read.
+    pub dir_loads: u64,
+}
+
+/// A handle on a table: one per client thread (it holds that thread's
+/// leases).
+pub struct KvTable {
+    node: u16,
+    dir: u16,
+    mode: Protection,
+    access: Access,
+    params: KvParams,
+    geo: Geometry,
+    /// Lease over the table region.
+    table: Lease,
+    /// Lease over the allocation buffer (the KV blocks).
+    kv: Lease,
+    /// Buffer offset where `kv` starts.
+    kv_base: u64,
+    /// RW flags of every access.
+    flag: u64,
+    /// Cached directory: subtable index + 1 per entry.
+    dir_cache: Vec<u64>,
+    depth: u32,
+    stats: KvStats,
+}
+
+/// What a search of the candidate groups found.
+enum Found {
+    /// The key's first slot (offset in the table, word) and value, and
+    /// its later duplicates.
+    Hit {
+        at: u64,
+        word: u64,
+        value: Vec<u8>,
+        later: Vec<(u64, u64)>,
+    },
+    /// Not there.
+    Miss,
+    /// Something changed under the search: read again.
+    Again,
+}
+
+/// The candidate groups as read: (table offset of the slot, word) in
+/// canonical order.
+struct Groups {
+    sub: u64,
+    slots: Vec<(u64, u64)>,
+    frozen: bool,
+}
+
+impl KvTable {
+    /// Creates a table on node `node`'s lease buffer at `params.base`,
+    /// served by directory `dir`, and returns a read-write handle. Whatever
+    /// the region held is overwritten.
+    pub fn create(
+        ct: &mut ClientThread,
+        node: u16,
+        dir: u16,
+        params: KvParams,
+        mode: Protection,
+    ) -> Result<KvTable> {
+        let geo = Geometry::new(params.groups, params.max_depth)?;
+        if params.initial_depth > params.max_depth {
+            return Err(Error::Invalid(format!(
+                "kv initial depth {} above max depth {}",
+                params.initial_depth, params.max_depth
+            )));
+        }
+        let mut t = KvTable::with_leases(ct, node, dir, params, geo, mode, Access::ReadWrite)?;
+        let init = 1u64 << t.params.initial_depth;
+        // Directory, subtable headers and the first subtables, zeroed and
+        // then filled; the magic last.
+        t.t_write(ct, 0, &vec![0u8; geo.subtables() as usize])?;
+        let zero = vec![0u8; geo.sub_bytes() as usize];
+        for s in 0..init {
+            t.t_write(ct, geo.subtable(s), &zero)?;
+        }
+        let entries: Vec<u64> = (1..=init).collect();
+        t.t_write(ct, geo.dir(), &layout::bytes_of(&entries))?;
+        let heads: Vec<u64> = (0..init)
+            .map(|s| sub::pack(t.params.initial_depth, s))
+            .collect();
+        t.t_write(ct, geo.sub_headers(), &layout::bytes_of(&heads))?;
+        let h = [
+            layout::MAGIC,
+            geo.groups,
+            geo.max_depth as u64,
+            geo.max_subtables,
+            t.params.initial_depth as u64,
+            t.params.initial_depth as u64,
+            init,
+        ];
+        t.t_write(ct, 8, &layout::bytes_of(&h[1..]))?;
+        t.t_write(ct, 0, &h[0].to_le_bytes())?;
+        t.load_directory(ct)?;
+        Ok(t)
+    }
+
+    /// Opens the table at `base` on node `node` (served by `dir`), with
+    /// the leases `access` and `mode` need. `params` gives the terms
+    /// (`lease_ns`, `lock_ns`, `alloc_hint`, `patience`); the shape is
+    /// read from the table's header.
+    pub fn open(
+        ct: &mut ClientThread,
+        node: u16,
+        dir: u16,
+        params: KvParams,
+        mode: Protection,
+        access: Access,
+    ) -> Result<KvTable> {
+        // The header first, through a lease on it alone, to learn the
+        // region's size.
+        let mut probe = KvTable::with_leases_sized(
+            ct,
+            node,
+            dir,
+            params.clone(),
+            Geometry::new(1, 0)?,
+            mode,
+            Access::ReadOnly,
+            layout::HEADER,
+        )?;
+        let h = probe.t_read(ct, 0, layout::HEADER as usize);
+        probe.relinquish(ct)?;
+        let h: Vec<u64> = layout::words(&h?).collect();
+        if h[0] != layout::MAGIC {
+            return Err(Error::NotFound(format!(
+                "no kv table at node {node} buffer offset {:#x} (magic {:#x})",
+                params.base, h[0]
+            )));
+        }
+        let geo = Geometry::new(h[1], h[2] as u32)?;
+        let mut p = params;
+        p.groups = geo.groups;
+        p.max_depth = geo.max_depth;
+        p.initial_depth = h[4] as u32;
+        let mut t = KvTable::with_leases(ct, node, dir, p, geo, mode, access)?;
+        t.load_directory(ct)?;
+        Ok(t)
+    }
+
+    fn with_leases(
+        ct: &mut ClientThread,
+        node: u16,
+        dir: u16,
+        params: KvParams,
+        geo: Geometry,
+        mode: Protection,
+        access: Access,
+    ) -> Result<KvTable> {
+        let total = geo.total();
+        KvTable::with_leases_sized(ct, node, dir, params, geo, mode, access, total)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_leases_sized(
+        ct: &mut ClientThread,
+        node: u16,
+        dir: u16,
+        params: KvParams,
+        geo: Geometry,
+        mode: Protection,
+        access: Access,
+        table_bytes: u64,
+    ) -> Result<KvTable> {
+        let mem = ct.peer_memory(node)?;
+        let lay = mem.layout;
+        if params
+            .base
+            .checked_add(geo.total().max(table_bytes))
+            .is_none_or(|e| e > lay.lease)
+        {
+            return Err(Error::Invalid(format!(
+                "kv table of {} bytes at buffer offset {:#x} does not fit node {node}'s lease \
+                 buffer of {} bytes",
+                geo.total().max(table_bytes),
+                params.base,
+                lay.lease
+            )));
+        }
+        if params.base % 8 != 0 {
+            return Err(Error::Invalid(format!(
+                "kv table base {:#x} is not 8-byte aligned",
+                params.base
+            )));
+        }
+        let write = access == Access::ReadWrite;
+        let (lflag, ns, mut flag) = match mode {
+            Protection::Unprotected => {
+                if mem.region_rkey == 0 {
+                    return Err(Error::Invalid(format!(
+                        "kv unprotected mode: node {node} does not offer the universal rkey \
+                         (it must opt in with Config::allow_universal_rkey)"
+                    )));
+                }
+                (acquire::NO_RPC, 0, rw::USE_UNIVERSAL_RKEY)
+            }
+            Protection::Lease | Protection::Rpc => {
+                let two = if mode == Protection::Rpc {
+                    rw::USE_TWO_SIDED
+                } else {
+                    0
+                };
+                if params.lease_ns == 0 {
+                    (acquire::NO_GC, 0, two)
+                } else {
+                    let auto = if params.auto_extend && mode == Protection::Lease {
+                        rw::WITH_AUTO_EXTEND
+                    } else {
+                        0
+                    };
+                    (0, params.lease_ns, two | auto)
+                }
+            }
+        };
+        if mode == Protection::Unprotected {
+            flag &= !rw::WITH_AUTO_EXTEND;
+        }
+        let mut table = ct.get_lease(write, node, dir, params.base, table_bytes, ns, lflag)?;
+        granted(&table, "the kv table region's lease", node, params.base)?;
+        let kv_base = lay.lease;
+        let kv = match ct.get_lease(write, node, dir, kv_base, lay.alloc, ns, lflag) {
+            Ok(l) if l.success() => l,
+            other => {
+                let _ = ct.relinquish(&mut table, 0, 0);
+                let l = other?;
+                granted(&l, "the kv blocks' (allocation buffer) lease", node, kv_base)?;
+                l
+            }
+        };
+        Ok(KvTable {
+            node,
+            dir,
+            mode,
+            access,
+            params,
+            geo,
+            table,
+            kv,
+            kv_base,
+            flag,
+            dir_cache: Vec::new(),
+            depth: 0,
+            stats: KvStats::default(),
+        })
+    }
+
+    /// Gives the handle's leases back; every later access of the handle
+    /// fails.
+    pub fn relinquish(&mut self, ct: &mut ClientThread) -> Result<()> {
+        let a = ct.relinquish(&mut self.table, 0, 0);
+        let b = ct.relinquish(&mut self.kv, 0, 0);
+        for (r, what) in [(a, "table"), (b, "kv blocks")] {
+            match r? {
+                Rc::Ok => {}
+                rc => {
+                    return Err(Error::Refused {
+                        rc,
+                        ctx: format!("relinquishing the kv {what} lease"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The protection mode.
+    pub fn mode(&self) -> Protection {
+        self.mode
+    }
+
+    /// Read-only or read-write.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The table's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The global depth as last read.
+    pub fn global_depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Counters of this handle.
+    pub fn stats(&self) -> KvStats {
+        self.stats
+    }
+
+    /// Deadline of the handle's table lease (i64::MAX: none).
+    pub fn lease_deadline(&self) -> i64 {
+        self.table.ddl.min(self.kv.ddl)
+    }
+
+    /// Test hook: extra RW flags on every access (e.g.
+    /// `NO_LOCAL_EXPIRE_CHECK`, to see the memory node refuse what the
+    /// local check would have).
+    #[doc(hidden)]
+    pub fn add_rw_flags(&mut self, flag: u64) {
+        self.flag |= flag;
+    }
+
+    /// Test hook: a hostile client that keeps using its rkeys after it
+    /// relinquished its leases.
+    #[doc(hidden)]
+    pub fn forge_live(&mut self) {
+        self.table.live = true;
+        self.kv.live = true;
+    }
+
+    /// The value of `key`, or None.
+    pub fn get(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        layout::check_kv(key, None)?;
+        let h = Hashes::of(key);
+        let until = Instant::now() + self.params.patience;
+        loop {
+            let g = self.read_groups(ct, &h)?;
+            if g.frozen {
+                self.await_split(ct, &h, g.sub, until)?;
+                continue;
+            }
+            match self.search(ct, &g, key, &h)? {
+                Found::Hit { value, .. } => return Ok(Some(value)),
+                Found::Miss => return Ok(None),
+                Found::Again => self.again(until, "get")?,
+            }
+        }
+    }
+
+    /// Sets `key` to `value` (insert or update).
+    pub fn put(&mut self, ct: &mut ClientThread, key: &[u8], value: &[u8]) -> Result<()> {
+        layout::check_kv(key, Some(value))?;
+        let h = Hashes::of(key);
+        let block = layout::encode_block(key, value);
+        let off = ct
+            .alloc(self.node, self.dir, block.len() as u64, self.params.alloc_hint)?
+            .ok_or_else(|| {
+                Error::NoMem(format!(
+                    "kv put: node {} dir {} has no free block of {} bytes (allocator hint {})",
+                    self.node,
+                    self.dir,
+                    block.len(),
+                    self.params.alloc_hint
+                ))
+            })?;
+        let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
+        let r = self
+            .kv_write(ct, off, &block)
+            .and_then(|()| self.install(ct, key, &h, mine));
+        if r.is_err() {
+            self.free_block(ct, mine);
+        }
+        r
+    }
+
+    /// Removes `key`; true when it was there.
+    pub fn del(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<bool> {
+        layout::check_kv(key, None)?;
+        let h = Hashes::of(key);
+        let until = Instant::now() + self.params.patience;
+        'again: loop {
+            let g = self.read_groups(ct, &h)?;
+            if g.frozen {
+                self.await_split(ct, &h, g.sub, until)?;
+                continue;
+            }
+            let (at, word, later) = match self.search(ct, &g, key, &h)? {
+                Found::Miss => return Ok(false),
+                Found::Again => {
+                    self.again(until, "del")?;
+                    continue;
+                }
+                Found::Hit {
+                    at, word, later, ..
+                } => (at, word, later),
+            };
+            for (a, w) in std::iter::once((at, word)).chain(later) {
+                if self.t_cas(ct, a, w, 0)? != w {
+                    self.again(until, "del")?;
+                    continue 'again;
+                }
+                self.free_block(ct, w);
+            }
+            return Ok(true);
+        }
+    }
+
+    /// Puts `mine` (a written block) in place for `key`.
+    fn install(&mut self, ct: &mut ClientThread, key: &[u8], h: &Hashes, mine: u64) -> Result<()> {
+        let until = Instant::now() + self.params.patience;
+        loop {
+            let g = self.read_groups(ct, h)?;
+            if g.frozen {
+                self.await_split(ct, h, g.sub, until)?;
+                continue;
+            }
+            let (at, old) = match self.search(ct, &g, key, h)? {
+                Found::Again => {
+                    self.again(until, "put")?;
+                    continue;
+                }
+                Found::Hit { at, word, .. } => (at, word),
+                Found::Miss => match self.pick_empty(&g) {
+                    Some(at) => (at, 0),
+                    None => {
+                        // Both candidate groups are full: split.
+                        self.split(ct, g.sub)?;
+                        continue;
+                    }
+                },
+            };
+            if self.t_cas(ct, at, old, mine)? != old {
+                self.again(until, "put")?;
+                continue;
+            }
+            if old != 0 {
+                self.free_block(ct, old);
+            }
+            if self.settle(ct, key, h, at, mine, until)? {
+                return Ok(());
+            }
+            self.again(until, "put")?;
+        }
+    }
+
+    /// After `mine` went into slot `at`: clears later duplicates of the
+    /// key, or, when the key also sits in an earlier slot (a concurrent
+    /// insert), takes `mine` back out (false: install it again, as an
+    /// update of that slot).
+    fn settle(
+        &mut self,
+        ct: &mut ClientThread,
+        key: &[u8],
+        h: &Hashes,
+        at: u64,
+        mine: u64,
+        until: Instant,
+    ) -> Result<bool> {
+        loop {
+            let g = self.read_groups(ct, h)?;
+            if g.frozen {
+                // The split copies whatever is there; look again in the
+                // subtable that now holds the key.
+                self.await_split(ct, h, g.sub, until)?;
+                continue;
+            }
+            let (first, later) = match self.search(ct, &g, key, h)? {
+                Found::Again => {
+                    self.again(until, "put")?;
+                    continue;
+                }
+                // Replaced or deleted by a later call: done.
+                Found::Miss => return Ok(true),
+                Found::Hit {
+                    at: a, word, later, ..
+                } => ((a, word), later),
+            };
+            if first.1 == mine {
+                for (a, w) in later {
+                    if self.t_cas(ct, a, w, 0)? == w {
+                        self.free_block(ct, w);
+                    }
+                }
+                return Ok(true);
+            }
+            if !later.iter().any(|&(_, w)| w == mine) {
+                // Someone replaced or removed `mine`: that call came later.
+                return Ok(true);
+            }
+            // An earlier slot holds the key: take `mine` back (from
+            // wherever it is now) and update that one instead.
+            let (a, _) = later
+                .iter()
+                .copied()
+                .find(|&(_, w)| w == mine)
+                .unwrap_or((at, mine));
+            return Ok(self.t_cas(ct, a, mine, 0)? != mine);
+        }
+    }
+
+    /// The first empty slot of the less full candidate group.
+    fn pick_empty(&self, g: &Groups) -> Option<u64> {
+        let per = SLOTS_PER_GROUP as usize;
+        let mut best: Option<(usize, u64)> = None;
+        for grp in g.slots.chunks(per) {
+            let free = grp.iter().filter(|&&(_, w)| w == 0).count();
+            if free == 0 {
+                continue;
+            }
+            if best.is_none_or(|(f, _)| free > f) {
+                let at = grp.iter().find(|&&(_, w)| w == 0).map(|&(a, _)| a)?;
+                best = Some((free, at));
+            }
+        }
+        best.map(|(_, a)| a)
+    }
+
+    /// READs the key's two candidate groups (through the cached
+    /// directory).
+    fn read_groups(&mut self, ct: &mut ClientThread, h: &Hashes) -> Result<Groups> {
+        let s = self.subtable_of(ct, h)?;
+        let (g1, g2) = h.groups(self.geo.groups);
+        let mut slots = Vec::with_capacity(2 * SLOTS_PER_GROUP as usize);
+        let mut frozen = false;
+        for g in std::iter::once(g1).chain(g2) {
+            let at = self.geo.group(s, g);
+            let b = self.t_read(ct, at, GROUP_BYTES as usize)?;
+            for (i, w) in layout::words(&b).enumerate() {
+                frozen |= w & slot::FROZEN != 0;
+                slots.push((at + 8 * i as u64, w));
+            }
+        }
+        Ok(Groups {
+            sub: s,
+            slots,
+            frozen,
+        })
+    }
+
+    /// Looks for `key` among the groups' slots, reading the blocks whose
+    /// fingerprint matches.
+    fn search(
+        &mut self,
+        ct: &mut ClientThread,
+        g: &Groups,
+        key: &[u8],
+        h: &Hashes,
+    ) -> Result<Found> {
+        let mut first: Option<(u64, u64, Vec<u8>)> = None;
+        let mut later = Vec::new();
+        let mut others = Vec::new();
+        for &(at, w) in &g.slots {
+            if slot::is_empty(w) || slot::fp(w) != h.fp() {
+                continue;
+            }
+            let b = self.kv_read(ct, slot::off(w), slot::len(w))?;
+            match layout::decode_block(&b) {
+                // Torn, or freed and being reused: the slot has moved on.
+                None => return Ok(Found::Again),
+                Some((k, v)) if k == key => {
+                    if first.is_none() {
+                        first = Some((at, w, v.to_vec()));
+                    } else {
+                        later.push((at, w));
+                    }
+                }
+                Some(_) => others.push((at, w)),
+            }
+        }
+        if first.is_none() {
+            // A block of another key under a matching fingerprint may be
+            // this key's old block, freed and reused after the slot moved
+            // on: check that those slots still hold what was read.
+            for (at, w) in others {
+                let now = self.t_read(ct, at, 8)?;
+                if layout::words(&now).next() != Some(w) {
+                    return Ok(Found::Again);
+                }
+            }
+        }
+        Ok(match first {
+            Some((at, word, value)) => Found::Hit {
+                at,
+                word,
+                value,
+                later,
+            },
+            None => Found::Miss,
+        })
+    }
+
+    /// The subtable the cached directory names for `h` (the directory is
+    /// read when nothing is cached).
+    fn subtable_of(&mut self, ct: &mut ClientThread, h: &Hashes) -> Result<u64> {
+        if self.dir_cache.is_empty() {
+            self.load_directory(ct)?;
+        }
+        let e = self.dir_cache[h.dir_index(self.depth) as usize];
+        if e == 0 || e > self.geo.max_subtables {
+            self.load_directory(ct)?;
+            let e = self.dir_cache[h.dir_index(self.depth) as usize];
+            if e == 0 || e > self.geo.max_subtables {
+                return Err(Error::Invalid(format!(
+                    "kv table at node {} offset {:#x}: directory entry {} is {e} (corrupt)",
+                    self.node,
+                    self.params.base,
+                    h.dir_index(self.depth)
+                )));
+            }
+            return Ok(e - 1);
+        }
+        Ok(e - 1)
+    }
+
+    /// Reads the global depth, then the directory's entries up to it.
+    fn load_directory(&mut self, ct: &mut ClientThread) -> Result<()> {
+        let mut d = self.t_word(ct, hdr::GLOBAL_DEPTH)?;
+        loop {
+            self.stats.dir_loads += 1;
+            if d > self.geo.max_depth as u64 {
+                return Err(Error::Invalid(format!(
+                    "kv table at node {} offset {:#x}: global depth {d} above max {}",
+                    self.node, self.params.base, self.geo.max_depth
+                )));
+            }
+            let b = self.t_read(ct, self.geo.dir(), 8usize << d)?;
+            // A split that doubled the directory meanwhile may have
+            // rewritten the lower half for the new depth: read again.
+            let d2 = self.t_word(ct, hdr::GLOBAL_DEPTH)?;
+            if d2 == d {
+                self.dir_cache = layout::words(&b).collect();
+                self.depth = d as u32;
+                return Ok(());
+            }
+            d = d2;
+        }
+    }
+
+    /// Waits until the directory no longer sends `h` to subtable `s` (a
+    /// split retires it); past the lock's term, a read-write handle takes
+    /// the resize lock and finishes the split itself.
+    fn await_split(
+        &mut self,
+        ct: &mut ClientThread,
+        h: &Hashes,
+        s: u64,
+        until: Instant,
+    ) -> Result<()> {
+        self.stats.retries += 1;
+        let t0 = Instant::now();
+        let help_after = Duration::from_nanos(self.params.lock_ns);
+        loop {
+            self.load_directory(ct)?;
+            if self.subtable_of(ct, h)? != s {
+                return Ok(());
+            }
+            if self.access == Access::ReadWrite && t0.elapsed() >= help_after {
+                // The splitter may be dead: take the lock (once its lease
+                // ends) and finish what it recorded.
+                self.split(ct, s)?;
+                continue;
+            }
+            if Instant::now() >= until {
+                return Err(Error::Timeout(format!(
+                    "kv table at node {} offset {:#x}: subtable {s} stayed frozen (a split did \
+                     not finish) for {:?}",
+                    self.node, self.params.base, self.params.patience
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Counts a retry; fails once `until` has passed.
+    fn again(&mut self, until: Instant, what: &str) -> Result<()> {
+        self.stats.retries += 1;
+        if Instant::now() >= until {
+            return Err(Error::Timeout(format!(
+                "kv {what} on node {} offset {:#x}: no progress for {:?} (contention)",
+                self.node, self.params.base, self.params.patience
+            )));
+        }
+        Ok(())
+    }
+
+    /// Frees the block a replaced or removed slot word pointed at (blocks
+    /// of other nodes are counted as leaked).
+    fn free_block(&mut self, ct: &mut ClientThread, w: u64) {
+        let off = slot::off(w);
+        let len = slot::len(w) as u64;
+        match ct.dealloc(self.node, self.dir, off, len, self.params.alloc_hint) {
+            Ok(Rc::Ok) => {}
+            r => {
+                tracing::debug!(off, len, ?r, "kv: block not freed");
+                self.stats.leaked += 1;
+            }
+        }
+    }
+
+    fn refused(&self, rc: Rc, what: &str, off: u64) -> Error {
+        Error::Refused {
+            rc,
+            ctx: format!(
+                "kv table at node {} buffer offset {:#x} ({:?} mode, {:?}): {what} at {off:#x}",
+                self.node, self.params.base, self.mode, self.access
+            ),
+        }
+    }
+
+    fn t_read(&mut self, ct: &mut ClientThread, off: u64, len: usize) -> Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        match ct.read(&mut self.table, &mut b, off, self.flag)? {
+            Rc::Ok => Ok(b),
+            rc => Err(self.refused(rc, "table read", off)),
+        }
+    }
+
+    fn t_word(&mut self, ct: &mut ClientThread, off: u64) -> Result<u64> {
+        let b = self.t_read(ct, off, 8)?;
+        let w = layout::words(&b).next().unwrap_or(0);
+        Ok(w)
+    }
+
+    fn t_write(&mut self, ct: &mut ClientThread, off: u64, src: &[u8]) -> Result<()> {
+        match ct.write(&mut self.table, src, off, self.flag)? {
+            Rc::Ok => Ok(()),
+            rc => Err(self.refused(rc, "table write", off)),
+        }
+    }
+
+    /// CAS on a table word; returns the old value.
+    fn t_cas(&mut self, ct: &mut ClientThread, off: u64, cmp: u64, swap: u64) -> Result<u64> {
+        match ct.cas(&mut self.table, off, cmp, swap, self.flag)? {
+            (Rc::Ok, old) => Ok(old),
+            (rc, _) => Err(self.refused(rc, "table CAS", off)),
+        }
+    }
+
+    /// The block at buffer offset `off` (inside the kv lease).
+    fn kv_range(&self, off: u64, len: usize) -> Result<u64> {
+        off.checked_sub(self.kv_base)
+            .filter(|r| r.saturating_add(len as u64) <= self.kv.size)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "kv table at node {} offset {:#x}: block {off:#x}+{len} outside the \
+                     allocation buffer (corrupt slot)",
+                    self.node, self.params.base
+                ))
+            })
+    }
+
+    fn kv_read(&mut self, ct: &mut ClientThread, off: u64, len: usize) -> Result<Vec<u8>> {
+        let r = self.kv_range(off, len)?;
+        let mut b = vec![0u8; len];
+        match ct.read(&mut self.kv, &mut b, r, self.flag)? {
+            Rc::Ok => Ok(b),
+            rc => Err(self.refused(rc, "block read", off)),
+        }
+    }
+
+    fn kv_write(&mut self, ct: &mut ClientThread, off: u64, src: &[u8]) -> Result<()> {
+        let r = self.kv_range(off, src.len())?;
+        match ct.write(&mut self.kv, src, r, self.flag)? {
+            Rc::Ok => Ok(()),
+            rc => Err(self.refused(rc, "block write", off)),
+        }
+    }
+}
+
+/// An error unless `l` was granted.
+fn granted(l: &Lease, what: &str, node: u16, off: u64) -> Result<()> {
+    if l.success() {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        rc: Rc::Invalid,
+        ctx: format!(
+            "{what} at node {node} buffer offset {off:#x} was not granted (acquire status {})",
+            l.status
+        ),
+    })
+}
