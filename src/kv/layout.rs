@@ -369,8 +369,14 @@ mod tests {
             per_index[h.dir_index(4) as usize] += 1;
         }
         // 256 expected per index.
-        assert!(per_index.iter().all(|&n| (180..340).contains(&n)), "{per_index:?}");
-        assert_eq!(Hashes::of(b"x").groups(1), (Hashes::of(b"x").groups(1).0, None));
+        assert!(
+            per_index.iter().all(|&n| (180..340).contains(&n)),
+            "{per_index:?}"
+        );
+        assert_eq!(
+            Hashes::of(b"x").groups(1),
+            (Hashes::of(b"x").groups(1).0, None)
+        );
         assert_eq!(Hashes::of(b"abc"), Hashes::of(b"abc"));
     }
 

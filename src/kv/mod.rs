@@ -432,7 +432,12 @@ impl KvTable {
             other => {
                 let _ = ct.relinquish(&mut table, 0, 0);
                 let l = other?;
-                granted(&l, "the kv blocks' (allocation buffer) lease", node, kv_base)?;
+                granted(
+                    &l,
+                    "the kv blocks' (allocation buffer) lease",
+                    node,
+                    kv_base,
+                )?;
                 l
             }
         };
@@ -518,6 +523,26 @@ impl KvTable {
         self.kv.live = true;
     }
 
+    /// Slots that hold `key` (1 after any put settles; more only while
+    /// concurrent inserts of the key are settling). For tests.
+    #[doc(hidden)]
+    pub fn entries_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<usize> {
+        let h = Hashes::of(key);
+        let until = Instant::now() + self.params.patience;
+        loop {
+            let g = self.read_groups(ct, &h)?;
+            if g.frozen {
+                self.await_split(ct, &h, g.sub, until)?;
+                continue;
+            }
+            match self.search(ct, &g, key, &h)? {
+                Found::Hit { later, .. } => return Ok(1 + later.len()),
+                Found::Miss => return Ok(0),
+                Found::Again => self.again(until, "entries_of")?,
+            }
+        }
+    }
+
     /// The value of `key`, or None.
     pub fn get(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<Option<Vec<u8>>> {
         layout::check_kv(key, None)?;
@@ -543,7 +568,12 @@ impl KvTable {
         let h = Hashes::of(key);
         let block = layout::encode_block(key, value);
         let off = ct
-            .alloc(self.node, self.dir, block.len() as u64, self.params.alloc_hint)?
+            .alloc(
+                self.node,
+                self.dir,
+                block.len() as u64,
+                self.params.alloc_hint,
+            )?
             .ok_or_else(|| {
                 Error::NoMem(format!(
                     "kv put: node {} dir {} has no free block of {} bytes (allocator hint {})",

@@ -235,7 +235,10 @@ impl KvTable {
         debug_assert_eq!(n as u64, self.geo.groups * SLOTS_PER_GROUP);
         self.t_write(ct, self.geo.subtable(a), &layout::bytes_of(&wa))?;
         self.t_write(ct, self.geo.subtable(b), &layout::bytes_of(&wb))?;
-        let heads = [sub::pack(l + 1, suffix), sub::pack(l + 1, suffix | (1 << l))];
+        let heads = [
+            sub::pack(l + 1, suffix),
+            sub::pack(l + 1, suffix | (1 << l)),
+        ];
         self.t_write(ct, self.geo.sub_header(a), &heads[0].to_le_bytes())?;
         self.t_write(ct, self.geo.sub_header(b), &heads[1].to_le_bytes())?;
         self.keep_lock(ct, lock)?;
