@@ -162,7 +162,7 @@ fn model_run(machines: u16, threads: usize, ops: u64, mode: Protection, universa
                                 KvTable::open(&mut ct, 0, 0, params, mode, Access::ReadWrite)
                                     .unwrap();
                             let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-                            let mut rng = Rng(0x9e37_79b9 ^ (tid + 1) * 0x1234_5678_9abc);
+                            let mut rng = Rng(0x9e37_79b9 ^ ((tid + 1) * 0x1234_5678_9abc));
                             for i in 0..per {
                                 let k = format!("t{tid}-key-{}", rng.below(400)).into_bytes();
                                 match rng.below(10) {
@@ -615,7 +615,7 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
                 }
                 refused_before += 1;
                 assert!(
-                    now < ddl + 2_000_000_000,
+                    now < ddl.saturating_add(2_000_000_000),
                     "the lock was not released within 2 s of its term"
                 );
                 thread::sleep(Duration::from_micros(200));
