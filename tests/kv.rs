@@ -260,10 +260,11 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
             drop(c0);
             let rounds = 60u64;
             let bar = Barrier::new(4);
+            let dups = AtomicU64::new(0);
             thread::scope(|s| {
                 for n in clients {
                     for _ in 0..2 {
-                        let (bar, params) = (&bar, params.clone());
+                        let (bar, params, dups) = (&bar, params.clone(), &dups);
                         s.spawn(move || {
                             let mut ct = n.register_client_thread().unwrap();
                             let mut t = KvTable::open(
@@ -294,11 +295,16 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
                                 let again = t.get(&mut ct, &k).unwrap().unwrap();
                                 assert_eq!(again, mine, "round {r}: gets disagree");
                             }
+                            dups.fetch_add(t.stats().dups_settled, Ordering::Relaxed);
                             t.relinquish(&mut ct).unwrap();
                         });
                     }
                 }
             });
+            eprintln!(
+                "{rounds} rounds of 4 concurrent inserts: {} duplicates settled",
+                dups.load(Ordering::Relaxed)
+            );
             // All four agreed with themselves across the barrier; check the
             // final values once more from one handle (one entry each).
             let mut ct = clients[1].register_client_thread().unwrap();
@@ -367,7 +373,10 @@ fn splits_during_concurrent_puts_lose_nothing() {
                     while done.load(Ordering::SeqCst) < 3 && t.global_depth() < 7 {
                         let k = format!("w{}-{}", rng.below(3), rng.below(keys));
                         t.split_subtable_of(&mut ct, k.as_bytes()).unwrap();
-                        forced.fetch_add(1, Ordering::Relaxed);
+                        if done.load(Ordering::SeqCst) == 0 {
+                            // Finished while every writer was still putting.
+                            forced.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     t.relinquish(&mut ct).unwrap();
                 });
@@ -387,7 +396,7 @@ fn splits_during_concurrent_puts_lose_nothing() {
                 }
             }
             eprintln!(
-                "forced splits {}, global depth {}",
+                "splits forced while all writers put: {}, global depth {}",
                 forced.load(Ordering::Relaxed),
                 t.global_depth()
             );
@@ -426,24 +435,24 @@ fn fill(t: &mut KvTable, ct: &mut ClientThread, keys: u64) {
 
 #[test]
 fn read_only_handle_cannot_modify_the_table() {
+    for mode in [Protection::Lease, Protection::Mr, Protection::Rpc] {
+        eprintln!("mode {mode:?}");
+        read_only_handle_cannot_modify(mode);
+    }
+}
+
+fn read_only_handle_cannot_modify(mode: Protection) {
     with_cluster(
         3,
         |_| {},
         |_server, clients| {
             let keys = 200;
             let mut cw = clients[0].register_client_thread().unwrap();
-            let mut w = KvTable::create(&mut cw, 0, 0, small_params(), Protection::Lease).unwrap();
+            let mut w = KvTable::create(&mut cw, 0, 0, small_params(), mode).unwrap();
             fill(&mut w, &mut cw, keys);
             let mut cr = clients[1].register_client_thread().unwrap();
-            let mut r = KvTable::open(
-                &mut cr,
-                0,
-                0,
-                small_params(),
-                Protection::Lease,
-                Access::ReadOnly,
-            )
-            .unwrap();
+            let mut r =
+                KvTable::open(&mut cr, 0, 0, small_params(), mode, Access::ReadOnly).unwrap();
             let before = table_sum(&mut r, &mut cr, keys);
             assert_eq!(before, table_sum(&mut w, &mut cw, keys));
             // Update, insert and delete: each refused by the memory node.
@@ -502,33 +511,33 @@ fn relinquished_or_expired_handles_cannot_touch_the_table() {
             let before = table_sum(&mut w, &mut cw, keys);
 
             // Relinquished: refused locally, and by the memory node when a
-            // hostile client keeps using its old rkeys.
+            // hostile client keeps using its old rkeys (or, two-sided, its
+            // old lease ids). Modes are per handle: one table, three modes.
             let mut ct = clients[1].register_client_thread().unwrap();
-            let mut h = KvTable::open(
-                &mut ct,
-                0,
-                0,
-                small_params(),
-                Protection::Lease,
-                Access::ReadWrite,
-            )
-            .unwrap();
-            assert!(h.get(&mut ct, b"key-1").unwrap().is_some());
-            h.relinquish(&mut ct).unwrap();
-            assert!(h.get(&mut ct, b"key-1").is_err(), "local refusal");
-            h.forge_live();
-            h.add_rw_flags(rw::NO_LOCAL_EXPIRE_CHECK);
-            assert_eq!(
-                refused_rc(h.get(&mut ct, b"key-1")),
-                Rc::RdmaProtectionErr,
-                "a relinquished lease's rkey must be dead"
-            );
-            assert_eq!(
-                refused_rc(h.put(&mut ct, b"key-1", b"forged")),
-                Rc::RdmaProtectionErr
-            );
-            assert_eq!(refused_rc(h.del(&mut ct, b"key-2")), Rc::RdmaProtectionErr);
-            drop(h);
+            for mode in [Protection::Lease, Protection::Mr, Protection::Rpc] {
+                let mut h =
+                    KvTable::open(&mut ct, 0, 0, small_params(), mode, Access::ReadWrite).unwrap();
+                assert!(h.get(&mut ct, b"key-1").unwrap().is_some());
+                h.relinquish(&mut ct).unwrap();
+                assert!(h.get(&mut ct, b"key-1").is_err(), "{mode:?}: local refusal");
+                h.forge_live();
+                h.add_rw_flags(rw::NO_LOCAL_EXPIRE_CHECK);
+                let get = h.get(&mut ct, b"key-1");
+                let put = h.put(&mut ct, b"key-1", b"forged");
+                let del = h.del(&mut ct, b"key-2");
+                if mode == Protection::Rpc {
+                    // Two-sided: the memory node finds no live lease.
+                    for e in [get.err(), put.err(), del.err()] {
+                        let e = e.expect("a relinquished rpc handle must be refused");
+                        assert!(e.to_string().contains("no live lease"), "{e}");
+                    }
+                } else {
+                    let what = format!("{mode:?}: a relinquished lease must be dead");
+                    assert_eq!(refused_rc(get), Rc::RdmaProtectionErr, "{what}");
+                    assert_eq!(refused_rc(put), Rc::RdmaProtectionErr, "{what}");
+                    assert_eq!(refused_rc(del), Rc::RdmaProtectionErr, "{what}");
+                }
+            }
 
             // Expired: a 30 ms term, not extended.
             let p = KvParams {

@@ -101,6 +101,9 @@
 //!   is used (unless `KvParams::auto_extend` is off).
 //! - `Rpc`: the same leases, every access two-sided (`rpc_read`,
 //!   `rpc_write`, `rpc_cas`), checked by the memory node against them.
+//! - `Mr`: as `Lease`, with a memory region registered per lease instead
+//!   of a window (the original's MR baseline: `USE_MR` leases, which never
+//!   expire: `lease_ns` does not apply).
 //! - `Unprotected`: the universal rkey (the original's baseline), with
 //!   client-only leases and no RPC. The memory node must opt in
 //!   (`Config::allow_universal_rkey`): with it, any client can read and
@@ -109,8 +112,13 @@
 //!
 //! The resize lock is a real lease in every mode.
 //!
-//! Not yet here (issue 15): the `mr` mode, posted / async forms with many
-//! lookups in flight, batched allocation, reclaiming retired subtables.
+//! The two candidate groups are READ in one batch (one chain, one
+//! completion) where the handle's leases never expire and the mode is
+//! one-sided; otherwise one after the other (batches skip the local expiry
+//! check, so a handle with a term reads through the checked path).
+//!
+//! Not yet here (issue 15): posted / async forms with many operations in
+//! flight per thread, batched allocation, reclaiming retired subtables.
 
 pub mod layout;
 mod resize;
@@ -119,8 +127,8 @@ use std::time::{Duration, Instant};
 
 pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
 
-use crate::client::{ClientThread, Lease};
-use crate::lease::flags::{acquire, rw};
+use crate::client::{Batch, ClientThread, Lease};
+use crate::lease::flags::{acquire, modify, rw};
 use crate::lease::Rc;
 use crate::{Error, Result};
 use layout::{hdr, slot, sub, GROUP_BYTES, SLOTS_PER_GROUP};
@@ -132,6 +140,9 @@ pub enum Protection {
     Lease,
     /// Two-sided memory RPCs checked against the same leases.
     Rpc,
+    /// One-sided through memory regions registered per lease (the
+    /// original's MR baseline: `USE_MR` leases, which never expire).
+    Mr,
     /// The universal rkey, no leases (the memory node must opt in).
     Unprotected,
 }
@@ -207,6 +218,10 @@ pub struct KvStats {
     pub leaked: u64,
     /// Times the directory was read.
     pub dir_loads: u64,
+    /// Duplicates of a key (left by concurrent inserts of it) this
+    /// handle's puts settled: later ones cleared, or its own entry taken
+    /// back to update the earlier one.
+    pub dups_settled: u64,
 }
 
 /// A handle on a table: one per client thread (it holds that thread's
@@ -230,6 +245,8 @@ pub struct KvTable {
     dir_cache: Vec<u64>,
     depth: u32,
     stats: KvStats,
+    /// Reused for the candidate groups' READs.
+    batch: Batch,
 }
 
 /// What a search of the candidate groups found.
@@ -403,6 +420,7 @@ impl KvTable {
                 }
                 (acquire::NO_RPC, 0, rw::USE_UNIVERSAL_RKEY)
             }
+            Protection::Mr => (acquire::USE_MR | acquire::NO_GC, 0, 0),
             Protection::Lease | Protection::Rpc => {
                 let two = if mode == Protection::Rpc {
                     rw::USE_TWO_SIDED
@@ -455,14 +473,20 @@ impl KvTable {
             dir_cache: Vec::new(),
             depth: 0,
             stats: KvStats::default(),
+            batch: Batch::new(),
         })
     }
 
     /// Gives the handle's leases back; every later access of the handle
     /// fails.
     pub fn relinquish(&mut self, ct: &mut ClientThread) -> Result<()> {
-        let a = ct.relinquish(&mut self.table, 0, 0);
-        let b = ct.relinquish(&mut self.kv, 0, 0);
+        let f = if self.mode == Protection::Mr {
+            modify::USE_MR
+        } else {
+            0
+        };
+        let a = ct.relinquish(&mut self.table, 0, f);
+        let b = ct.relinquish(&mut self.kv, 0, f);
         for (r, what) in [(a, "table"), (b, "kv blocks")] {
             match r? {
                 Rc::Ok => {}
@@ -697,6 +721,7 @@ impl KvTable {
             };
             if first.1 == mine {
                 for (a, w) in later {
+                    self.stats.dups_settled += 1;
                     if self.t_cas(ct, a, w, 0)? == w {
                         self.free_block(ct, w);
                     }
@@ -707,6 +732,7 @@ impl KvTable {
                 // Someone replaced or removed `mine`: that call came later.
                 return Ok(true);
             }
+            self.stats.dups_settled += 1;
             // An earlier slot holds the key: take `mine` back (from
             // wherever it is now) and update that one instead.
             let (a, _) = later
@@ -742,10 +768,13 @@ impl KvTable {
         let (g1, g2) = h.groups(self.geo.groups);
         let mut slots = Vec::with_capacity(2 * SLOTS_PER_GROUP as usize);
         let mut frozen = false;
-        for g in std::iter::once(g1).chain(g2) {
-            let at = self.geo.group(s, g);
-            let b = self.t_read(ct, at, GROUP_BYTES as usize)?;
-            for (i, w) in layout::words(&b).enumerate() {
+        let ats: Vec<u64> = std::iter::once(g1)
+            .chain(g2)
+            .map(|g| self.geo.group(s, g))
+            .collect();
+        let bufs = self.t_read_many(ct, &ats, GROUP_BYTES as usize)?;
+        for (&at, b) in ats.iter().zip(&bufs) {
+            for (i, w) in layout::words(b).enumerate() {
                 frozen |= w & slot::FROZEN != 0;
                 slots.push((at + 8 * i as u64, w));
             }
@@ -932,6 +961,42 @@ impl KvTable {
         match ct.read(&mut self.table, &mut b, off, self.flag)? {
             Rc::Ok => Ok(b),
             rc => Err(self.refused(rc, "table read", off)),
+        }
+    }
+
+    /// READs `len` bytes at each of `ats`: in one batch where the leases
+    /// never expire and the mode is one-sided, else one by one.
+    fn t_read_many(
+        &mut self,
+        ct: &mut ClientThread,
+        ats: &[u64],
+        len: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let batch = ats.len() > 1
+            && self.table.live
+            && self.table.never_expires()
+            && self.flag & (rw::USE_TWO_SIDED | rw::WITH_AUTO_EXTEND) == 0;
+        if !batch {
+            return ats.iter().map(|&at| self.t_read(ct, at, len)).collect();
+        }
+        for &at in ats {
+            match ct.prepare_read(&mut self.batch, &self.table, len, at, self.flag) {
+                Ok(Rc::Ok) => {}
+                r => {
+                    // Nothing half-prepared stays for the next batch.
+                    self.batch = Batch::new();
+                    return Err(match r {
+                        Ok(rc) => self.refused(rc, "batched table read", at),
+                        Err(e) => e,
+                    });
+                }
+            }
+        }
+        match ct.commit(&mut self.batch)? {
+            Rc::Ok => Ok((0..ats.len())
+                .map(|i| self.batch.result(i).unwrap_or_default().to_vec())
+                .collect()),
+            rc => Err(self.refused(rc, "batched table read", ats[0])),
         }
     }
 
