@@ -319,6 +319,49 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
     );
 }
 
+/// What concurrent inserts of one key can leave (two slots holding it)
+/// is settled: gets agree on the earliest, a put leaves one entry, a
+/// delete removes them all.
+#[test]
+fn duplicates_of_a_key_are_settled() {
+    with_cluster(
+        2,
+        |_| {},
+        |_server, clients| {
+            let mut ct = clients[0].register_client_thread().unwrap();
+            let mut t = KvTable::create(&mut ct, 0, 0, small_params(), Protection::Lease).unwrap();
+            for i in 0..20 {
+                t.put(&mut ct, format!("other-{i}").as_bytes(), b"o")
+                    .unwrap();
+            }
+            let k = b"dup";
+            t.put(&mut ct, k, b"a").unwrap();
+            t.insert_unsettled(&mut ct, k, b"b", 0).unwrap();
+            t.insert_unsettled(&mut ct, k, b"c", 2).unwrap();
+            assert_eq!(t.entries_of(&mut ct, k).unwrap(), 3);
+            let first = t.get(&mut ct, k).unwrap().unwrap();
+            assert!([&b"a"[..], b"b", b"c"].contains(&first.as_slice()));
+            assert_eq!(t.get(&mut ct, k).unwrap().unwrap(), first, "gets agree");
+            t.put(&mut ct, k, b"d").unwrap();
+            assert_eq!(t.entries_of(&mut ct, k).unwrap(), 1);
+            assert_eq!(t.get(&mut ct, k).unwrap().as_deref(), Some(&b"d"[..]));
+            assert!(t.stats().dups_settled >= 2, "{:?}", t.stats());
+            t.insert_unsettled(&mut ct, k, b"e", 1).unwrap();
+            assert_eq!(t.entries_of(&mut ct, k).unwrap(), 2);
+            assert!(t.del(&mut ct, k).unwrap());
+            assert_eq!(t.entries_of(&mut ct, k).unwrap(), 0);
+            assert_eq!(t.get(&mut ct, k).unwrap(), None);
+            for i in 0..20 {
+                assert!(t
+                    .get(&mut ct, format!("other-{i}").as_bytes())
+                    .unwrap()
+                    .is_some());
+            }
+            t.relinquish(&mut ct).unwrap();
+        },
+    );
+}
+
 #[test]
 fn splits_during_concurrent_puts_lose_nothing() {
     with_cluster(

@@ -567,6 +567,46 @@ impl KvTable {
         }
     }
 
+    /// Test hook: what a racing insert of `key` leaves behind: a block
+    /// for `value` CASed into the `skip`-th empty slot (canonical order) of
+    /// the key's candidate groups, duplicates left unsettled.
+    #[doc(hidden)]
+    pub fn insert_unsettled(
+        &mut self,
+        ct: &mut ClientThread,
+        key: &[u8],
+        value: &[u8],
+        skip: usize,
+    ) -> Result<()> {
+        layout::check_kv(key, Some(value))?;
+        let h = Hashes::of(key);
+        let block = layout::encode_block(key, value);
+        let off = ct
+            .alloc(
+                self.node,
+                self.dir,
+                block.len() as u64,
+                self.params.alloc_hint,
+            )?
+            .ok_or_else(|| Error::NoMem("kv insert_unsettled: no block".into()))?;
+        let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
+        self.kv_write(ct, off, &block)?;
+        let g = self.read_groups(ct, &h)?;
+        let at = g
+            .slots
+            .iter()
+            .filter(|&&(_, w)| w == 0)
+            .nth(skip)
+            .map(|&(a, _)| a)
+            .ok_or_else(|| Error::NoMem("kv insert_unsettled: no such empty slot".into()))?;
+        if self.t_cas(ct, at, 0, mine)? != 0 {
+            return Err(Error::Invalid(
+                "kv insert_unsettled: the slot filled".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The value of `key`, or None.
     pub fn get(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<Option<Vec<u8>>> {
         layout::check_kv(key, None)?;
