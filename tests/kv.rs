@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use patronus::client::ClientThread;
-use patronus::kv::{Access, KvParams, KvTable, Protection};
+use patronus::kv::{Access, KvParams, KvTable, Protection, SplitPhase};
 use patronus::lease::flags::rw;
 use patronus::lease::Rc;
 use patronus::node::{Config, Patronus};
@@ -696,7 +696,8 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
 
             // 2. A dies in the middle of a split: recorded, subtable frozen.
             let t0 = Instant::now();
-            a.split_and_die(&mut ca, b"key-5").unwrap();
+            a.split_and_die(&mut ca, b"key-5", SplitPhase::Frozen)
+                .unwrap();
             drop(a);
             // B writes to the frozen subtable: it waits, takes the lock
             // once A's lease ends, finishes the split, and goes on.
@@ -720,6 +721,43 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
                     "{k} after the recovered split"
                 );
             }
+            // 3. Another client dies after publishing its split (the
+            // directory names the new subtables, the split is still
+            // pending). Writers use the new subtables at once; whoever
+            // takes the lock next finishes the split without copying the
+            // frozen (older) entries over theirs.
+            let mut cc = clients[0].register_client_thread().unwrap();
+            let mut c = KvTable::open(
+                &mut cc,
+                0,
+                0,
+                params.clone(),
+                Protection::Lease,
+                Access::ReadWrite,
+            )
+            .unwrap();
+            c.split_and_die(&mut cc, b"key-9", SplitPhase::Published)
+                .unwrap();
+            drop(c);
+            b.put(&mut cb, b"key-9", b"newer than the frozen copy")
+                .unwrap();
+            let splits = b.stats().splits;
+            b.split_subtable_of(&mut cb, b"key-9").unwrap();
+            assert_eq!(b.stats().splits, splits + 2, "the pending split, then B's");
+            assert_eq!(
+                b.get(&mut cb, b"key-9").unwrap().as_deref(),
+                Some(&b"newer than the frozen copy"[..])
+            );
+            for i in (0..keys).filter(|&i| i != 5 && i != 9) {
+                let k = format!("key-{i}");
+                assert_eq!(
+                    b.get(&mut cb, k.as_bytes()).unwrap(),
+                    Some(format!("value-{i}").into_bytes()),
+                    "{k} after the second recovered split"
+                );
+            }
+            drop(cc);
+
             // Still usable: more puts, more splits.
             for i in 0..200 {
                 b.put(&mut cb, format!("more-{i}").as_bytes(), b"x")

@@ -126,6 +126,8 @@ mod resize;
 use std::time::{Duration, Instant};
 
 pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
+#[doc(hidden)]
+pub use resize::SplitPhase;
 
 use crate::client::{Batch, ClientThread, Lease};
 use crate::lease::flags::{acquire, modify, rw};
@@ -648,10 +650,13 @@ impl KvTable {
                 ))
             })?;
         let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
+        let mut installed = false;
         let r = self
             .kv_write(ct, off, &block)
-            .and_then(|()| self.install(ct, key, &h, mine));
-        if r.is_err() {
+            .and_then(|()| self.install(ct, key, &h, mine, &mut installed));
+        if r.is_err() && !installed {
+            // Never reachable from the table: free it. (Once installed, a
+            // later error leaves it in place: it is the key's value.)
             self.free_block(ct, mine);
         }
         r
@@ -690,7 +695,14 @@ impl KvTable {
     }
 
     /// Puts `mine` (a written block) in place for `key`.
-    fn install(&mut self, ct: &mut ClientThread, key: &[u8], h: &Hashes, mine: u64) -> Result<()> {
+    fn install(
+        &mut self,
+        ct: &mut ClientThread,
+        key: &[u8],
+        h: &Hashes,
+        mine: u64,
+        installed: &mut bool,
+    ) -> Result<()> {
         let until = Instant::now() + self.params.patience;
         loop {
             let g = self.read_groups(ct, h)?;
@@ -717,12 +729,15 @@ impl KvTable {
                 self.again(until, "put")?;
                 continue;
             }
+            *installed = true;
             if old != 0 {
                 self.free_block(ct, old);
             }
             if self.settle(ct, key, h, at, mine, until)? {
                 return Ok(());
             }
+            // `mine` was taken back out: install it again.
+            *installed = false;
             self.again(until, "put")?;
         }
     }

@@ -5,6 +5,16 @@ use std::time::{Duration, Instant};
 
 use super::layout::{self, hdr, slot, sub, Hashes, SLOTS_PER_GROUP};
 use super::{Access, KvTable};
+
+/// Where [`KvTable::split_and_die`] stops.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitPhase {
+    /// After freezing the subtable and filling the new ones.
+    Frozen,
+    /// After the directory names the new subtables.
+    Published,
+}
 use crate::client::{ClientThread, Lease};
 use crate::lease::flags::acquire;
 use crate::lease::{AcquireStatus, Rc};
@@ -84,11 +94,18 @@ impl KvTable {
     }
 
     /// Test hook: a client that dies in the middle of a split. Takes the
-    /// lock, records the split of `key`'s subtable and freezes it, then
-    /// returns without finishing or unlocking (the lock lease is dropped
-    /// unrelinquished).
+    /// lock, records the split of `key`'s subtable, and stops after
+    /// `phase` without unlocking (the lock lease is dropped
+    /// unrelinquished): [`SplitPhase::Frozen`] leaves the subtable frozen,
+    /// [`SplitPhase::Published`] leaves the directory pointing at the new
+    /// subtables with the split still recorded as pending.
     #[doc(hidden)]
-    pub fn split_and_die(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<()> {
+    pub fn split_and_die(
+        &mut self,
+        ct: &mut ClientThread,
+        key: &[u8],
+        phase: SplitPhase,
+    ) -> Result<()> {
         let h = Hashes::of(key);
         self.load_directory(ct)?;
         let s = self.subtable_of(ct, &h)?;
@@ -96,9 +113,9 @@ impl KvTable {
         let (a, b) = self.plan_split(ct, s)?.ok_or_else(|| {
             Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
         })?;
-        let _ = (a, b);
-        self.freeze(ct, s, &mut lock)?;
+        self.run_split(ct, s, a, b, &mut lock, Some(phase))?;
         drop(lock);
+        self.load_directory(ct)?;
         Ok(())
     }
 
@@ -115,7 +132,7 @@ impl KvTable {
     fn split_locked(&mut self, ct: &mut ClientThread, s: u64, lock: &mut Lease) -> Result<()> {
         self.finish_pending(ct, lock)?;
         if let Some((a, b)) = self.plan_split(ct, s)? {
-            self.complete(ct, s, a, b, lock)?;
+            self.run_split(ct, s, a, b, lock, None)?;
         }
         Ok(())
     }
@@ -125,7 +142,7 @@ impl KvTable {
         let b = self.t_read(ct, hdr::PENDING_S, 24)?;
         let w: Vec<u64> = layout::words(&b).collect();
         if w[0] != 0 {
-            self.complete(ct, w[0] - 1, w[1], w[2], lock)?;
+            self.run_split(ct, w[0] - 1, w[1], w[2], lock, None)?;
         }
         Ok(())
     }
@@ -195,17 +212,58 @@ impl KvTable {
     }
 
     /// Freezes `s`, fills `a` and `b` from it, points the directory at
-    /// them and retires `s`. Every step can be redone.
-    fn complete(
+    /// them and retires `s` (stopping after `die_after`, for tests). Every
+    /// step can be redone, except that once the directory names `a` or `b`
+    /// they are live (clients update them and free the blocks `s` still
+    /// points at), so a redo then only finishes the directory.
+    fn run_split(
         &mut self,
         ct: &mut ClientThread,
         s: u64,
         a: u64,
         b: u64,
         lock: &mut Lease,
+        die_after: Option<SplitPhase>,
     ) -> Result<()> {
         let sh = self.t_word(ct, self.geo.sub_header(s))?;
         let (l, suffix) = (sub::depth(sh), sub::suffix(sh));
+        let g = self.t_word(ct, hdr::GLOBAL_DEPTH)? as u32;
+        let d = self.t_read(ct, self.geo.dir(), 8usize << g)?;
+        let published = layout::words(&d).any(|e| e == a + 1 || e == b + 1);
+        if !published {
+            self.fill_halves(ct, s, a, b, l, suffix, lock)?;
+            if die_after == Some(SplitPhase::Frozen) {
+                return Ok(());
+            }
+        }
+        self.publish_split(ct, s, a, b, l, lock)?;
+        if die_after == Some(SplitPhase::Published) {
+            return Ok(());
+        }
+        self.t_write(
+            ct,
+            self.geo.sub_header(s),
+            &(sh | sub::RETIRED).to_le_bytes(),
+        )?;
+        self.t_write(ct, hdr::PENDING_S, &0u64.to_le_bytes())?;
+        self.stats.splits += 1;
+        tracing::debug!(s, a, b, depth = l + 1, "kv: split");
+        Ok(())
+    }
+
+    /// Freezes `s` and writes its entries into `a` (hash bit l = 0) and `b`
+    /// with their headers.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_halves(
+        &mut self,
+        ct: &mut ClientThread,
+        s: u64,
+        a: u64,
+        b: u64,
+        l: u32,
+        suffix: u64,
+        lock: &mut Lease,
+    ) -> Result<()> {
         let ws = self.freeze(ct, s, lock)?;
         self.keep_lock(ct, lock)?;
         let n = ws.len();
@@ -241,6 +299,20 @@ impl KvTable {
         ];
         self.t_write(ct, self.geo.sub_header(a), &heads[0].to_le_bytes())?;
         self.t_write(ct, self.geo.sub_header(b), &heads[1].to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Points the directory's entries of `s` at `a` and `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_split(
+        &mut self,
+        ct: &mut ClientThread,
+        s: u64,
+        a: u64,
+        b: u64,
+        l: u32,
+        lock: &mut Lease,
+    ) -> Result<()> {
         self.keep_lock(ct, lock)?;
         // The directory. Doubling writes the new upper half first (entries
         // of `s` there hold keys with bit l = 1: `b`), then the depth, then
@@ -264,14 +336,6 @@ impl KvTable {
             }
         }
         self.t_write(ct, self.geo.dir(), &layout::bytes_of(&e))?;
-        self.t_write(
-            ct,
-            self.geo.sub_header(s),
-            &(sh | sub::RETIRED).to_le_bytes(),
-        )?;
-        self.t_write(ct, hdr::PENDING_S, &0u64.to_le_bytes())?;
-        self.stats.splits += 1;
-        tracing::debug!(s, a, b, depth = l + 1, global = g2, "kv: split");
         Ok(())
     }
 }
