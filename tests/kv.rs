@@ -256,6 +256,7 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
             };
             let mut c0 = clients[0].register_client_thread().unwrap();
             let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
+            t0.publish(&clients[0], "same-key-table").unwrap();
             t0.relinquish(&mut c0).unwrap();
             drop(c0);
             let rounds = 60u64;
@@ -267,11 +268,12 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
                         let (bar, params, dups) = (&bar, params.clone(), &dups);
                         s.spawn(move || {
                             let mut ct = n.register_client_thread().unwrap();
-                            let mut t = KvTable::open(
+                            // Found through the keeper (base from there).
+                            let mut t = KvTable::open_published(
                                 &mut ct,
-                                0,
-                                0,
-                                params,
+                                n,
+                                "same-key-table",
+                                KvParams { base: 0, ..params },
                                 Protection::Lease,
                                 Access::ReadWrite,
                             )

@@ -132,6 +132,7 @@ pub use resize::SplitPhase;
 use crate::client::{Batch, ClientThread, Lease};
 use crate::lease::flags::{acquire, modify, rw};
 use crate::lease::Rc;
+use crate::node::Patronus;
 use crate::{Error, Result};
 use layout::{hdr, slot, sub, GROUP_BYTES, SLOTS_PER_GROUP};
 
@@ -364,6 +365,36 @@ impl KvTable {
         let mut t = KvTable::with_leases(ct, node, dir, p, geo, mode, access)?;
         t.load_directory(ct)?;
         Ok(t)
+    }
+
+    /// Publishes where the table is (node, directory, base) under the
+    /// keeper key `kv/<name>`, for [`KvTable::open_published`] on other
+    /// nodes.
+    pub fn publish(&self, p: &Patronus, name: &str) -> Result<()> {
+        let root = format!("{}:{}:{}", self.node, self.dir, self.params.base);
+        p.put(&format!("kv/{name}"), root.as_bytes())
+    }
+
+    /// Opens the table published as `name` (waiting for it at most
+    /// `Config::keeper_timeout`); `params.base` is taken from the keeper.
+    pub fn open_published(
+        ct: &mut ClientThread,
+        p: &Patronus,
+        name: &str,
+        params: KvParams,
+        mode: Protection,
+        access: Access,
+    ) -> Result<KvTable> {
+        let v = p.get(&format!("kv/{name}"))?;
+        let s = String::from_utf8_lossy(&v);
+        let f: Vec<u64> = s.split(':').filter_map(|x| x.parse().ok()).collect();
+        let [node, dir, base] = f[..] else {
+            return Err(Error::Invalid(format!(
+                "kv table {name:?}: the keeper holds {s:?}, not node:dir:base"
+            )));
+        };
+        let params = KvParams { base, ..params };
+        KvTable::open(ct, node as u16, dir as u16, params, mode, access)
     }
 
     fn with_leases(
