@@ -165,6 +165,24 @@ fn model_run(machines: u16, threads: usize, ops: u64, mode: Protection, universa
                             let mut rng = Rng(0x9e37_79b9 ^ ((tid + 1) * 0x1234_5678_9abc));
                             for i in 0..per {
                                 let k = format!("t{tid}-key-{}", rng.below(400)).into_bytes();
+                                if rng.below(20) == 0 {
+                                    // Eight lookups in flight together.
+                                    let ks: Vec<Vec<u8>> = (0..8)
+                                        .map(|_| {
+                                            format!("t{tid}-key-{}", rng.below(400)).into_bytes()
+                                        })
+                                        .collect();
+                                    let refs: Vec<&[u8]> = ks.iter().map(|k| &k[..]).collect();
+                                    let got = t.get_many(&mut ct, &refs).unwrap();
+                                    for (k, v) in ks.iter().zip(got) {
+                                        assert_eq!(
+                                            v.as_ref(),
+                                            model.get(k),
+                                            "thread {tid} op {i}: get_many"
+                                        );
+                                    }
+                                    continue;
+                                }
                                 match rng.below(10) {
                                     0..=3 => {
                                         let got = t.get(&mut ct, &k).unwrap();

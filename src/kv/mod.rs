@@ -129,7 +129,7 @@ pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
 #[doc(hidden)]
 pub use resize::SplitPhase;
 
-use crate::client::{Batch, ClientThread, Lease};
+use crate::client::{Batch, ClientThread, Lease, Post};
 use crate::lease::flags::{acquire, modify, rw};
 use crate::lease::Rc;
 use crate::node::Patronus;
@@ -656,6 +656,158 @@ impl KvTable {
                 Found::Miss => return Ok(None),
                 Found::Again => self.again(until, "get")?,
             }
+        }
+    }
+
+    /// The values of many keys, with their READs in flight together: one
+    /// wave of bucket READs (two per key), one wave of block READs, then
+    /// the keys that need a second look (a frozen subtable, a torn block, a
+    /// fingerprint shared with another key) one by one through
+    /// [`KvTable::get`]. Each key's value is one it held during the call.
+    /// The thread must have no other calls in flight (their completions
+    /// would be taken here).
+    pub fn get_many(
+        &mut self,
+        ct: &mut ClientThread,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        if ct.inflight() != 0 {
+            return Err(Error::Invalid(format!(
+                "kv get_many: the thread has {} calls in flight (their completions would be \
+                 taken here): poll them first",
+                ct.inflight()
+            )));
+        }
+        let mut hs = Vec::with_capacity(keys.len());
+        let mut reqs = Vec::with_capacity(2 * keys.len());
+        for k in keys {
+            layout::check_kv(k, None)?;
+            let h = Hashes::of(k);
+            let s = self.subtable_of(ct, &h)?;
+            let (g1, g2) = h.groups(self.geo.groups);
+            let mut ats = vec![self.geo.group(s, g1)];
+            ats.extend(g2.map(|g| self.geo.group(s, g)));
+            for &at in &ats {
+                reqs.push((at, GROUP_BYTES as usize));
+            }
+            hs.push((h, ats.len()));
+        }
+        let groups = self.read_all(ct, false, &reqs)?;
+        // Per key: the fingerprint-matching slots, or None (look again).
+        let mut cands: Vec<Option<Vec<u64>>> = Vec::with_capacity(keys.len());
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        for (h, n) in &hs {
+            let ws: Vec<u64> = groups[at..at + n]
+                .iter()
+                .flat_map(|b| layout::words(b).collect::<Vec<_>>())
+                .collect();
+            at += n;
+            if ws.iter().any(|w| w & slot::FROZEN != 0) {
+                cands.push(None);
+                continue;
+            }
+            let m: Vec<u64> = ws
+                .into_iter()
+                .filter(|&w| !slot::is_empty(w) && slot::fp(w) == h.fp())
+                .collect();
+            for &w in &m {
+                blocks.push((slot::off(w), slot::len(w)));
+            }
+            cands.push(Some(m));
+        }
+        let data = self.read_all(ct, true, &blocks)?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut next = 0;
+        for (k, c) in keys.iter().zip(cands) {
+            let Some(m) = c else {
+                out.push(self.get(ct, k)?);
+                continue;
+            };
+            let mine = &data[next..next + m.len()];
+            next += m.len();
+            let mut found = None;
+            let mut unsure = false;
+            for b in mine {
+                match layout::decode_block(b) {
+                    Some((kk, v)) if kk == *k => {
+                        found = Some(v.to_vec());
+                        break;
+                    }
+                    Some(_) => unsure = true,
+                    None => {
+                        unsure = true;
+                        break;
+                    }
+                }
+            }
+            match found {
+                Some(v) => out.push(Some(v)),
+                None if unsure => {
+                    self.stats.retries += 1;
+                    out.push(self.get(ct, k)?);
+                }
+                None => out.push(None),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Posts READs of `reqs` (table offsets, or block buffer offsets when
+    /// `kv`) as far as the thread's calls in flight allow and waits for all
+    /// of them; the first failure is returned once none is in flight.
+    fn read_all(
+        &mut self,
+        ct: &mut ClientThread,
+        kv: bool,
+        reqs: &[(u64, usize)],
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut out = vec![Vec::new(); reqs.len()];
+        let (mut next, mut pending) = (0usize, 0usize);
+        let mut err: Option<Error> = None;
+        while (next < reqs.len() && err.is_none()) || pending > 0 {
+            while next < reqs.len() && err.is_none() {
+                let (off, len) = reqs[next];
+                let posted = if kv {
+                    match self.kv_range(off, len) {
+                        Ok(r) => ct.post_read(&mut self.kv, len, r, self.flag, next as u64),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    ct.post_read(&mut self.table, len, off, self.flag, next as u64)
+                };
+                match posted {
+                    Ok(Post::Posted) => {
+                        pending += 1;
+                        next += 1;
+                    }
+                    Ok(Post::Retry) => break,
+                    Err(e) => err = Some(e),
+                }
+            }
+            if pending == 0 {
+                continue;
+            }
+            for c in ct.wait(pending, Duration::from_millis(100))? {
+                pending -= 1;
+                c.apply(if kv { &mut self.kv } else { &mut self.table });
+                let i = c.user_data as usize;
+                match c.result {
+                    Ok(Rc::Ok) if i < out.len() => out[i] = c.data,
+                    Ok(rc) => {
+                        let what = if kv { "block read" } else { "table read" };
+                        let off = reqs.get(i).map_or(0, |r| r.0);
+                        err.get_or_insert(self.refused(rc, what, off));
+                    }
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
     }
 
