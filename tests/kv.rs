@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use patronus::client::ClientThread;
-use patronus::kv::{Access, KvParams, KvTable, Protection, SplitPhase};
+use patronus::kv::{Access, KvParams, KvTable, Protection, SplitPhase, MAX_KEY, MAX_VALUE};
 use patronus::lease::flags::rw;
 use patronus::lease::Rc;
 use patronus::node::{Config, Patronus};
@@ -58,7 +58,14 @@ fn with_cluster(
         leases_per_dir: 1024,
         lease_buffer_size: 16 << 20,
         alloc_buffer_size: 32 << 20,
-        alloc_classes: vec![(128, 4), (256, 4), (512, 2), (1024, 1), (4224, 2)],
+        alloc_classes: vec![
+            (128, 4),
+            (256, 4),
+            (512, 2),
+            (1024, 1),
+            (4224, 2),
+            (8192, 1),
+        ],
         ..Config::default()
     };
     tweak(&mut cfg);
@@ -377,6 +384,37 @@ fn duplicates_of_a_key_are_settled() {
                     .unwrap()
                     .is_some());
             }
+            t.relinquish(&mut ct).unwrap();
+        },
+    );
+}
+
+#[test]
+fn limits_of_keys_and_values() {
+    with_cluster(
+        2,
+        |_| {},
+        |_server, clients| {
+            let mut ct = clients[0].register_client_thread().unwrap();
+            let mut t = KvTable::create(&mut ct, 0, 0, small_params(), Protection::Lease).unwrap();
+            let key = [0xa5u8; MAX_KEY];
+            let big: Vec<u8> = (0..MAX_VALUE).map(|i| (i * 7) as u8).collect();
+            t.put(&mut ct, &key, &big).unwrap();
+            t.put(&mut ct, b"", b"empty key").unwrap();
+            t.put(&mut ct, b"empty value", b"").unwrap();
+            assert_eq!(t.get(&mut ct, &key).unwrap(), Some(big.clone()));
+            assert_eq!(
+                t.get(&mut ct, b"").unwrap().as_deref(),
+                Some(&b"empty key"[..])
+            );
+            assert_eq!(t.get(&mut ct, b"empty value").unwrap(), Some(vec![]));
+            let e = t.put(&mut ct, &[0u8; MAX_KEY + 1], b"v").unwrap_err();
+            assert!(e.to_string().contains("at most 64"), "{e}");
+            let mut too_big = big.clone();
+            too_big.push(0);
+            let e = t.put(&mut ct, &key, &too_big).unwrap_err();
+            assert!(e.to_string().contains("kv value"), "{e}");
+            assert_eq!(t.get(&mut ct, &key).unwrap(), Some(big), "unchanged");
             t.relinquish(&mut ct).unwrap();
         },
     );
@@ -790,6 +828,87 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
                     .is_some());
             }
             b.relinquish(&mut cb).unwrap();
+        },
+    );
+}
+
+/// Rough rates per protection mode on one client thread (not a
+/// benchmark: `bench ycsb` is issue 15's next step). Run with
+/// `cargo test --test kv -- --ignored --nocapture kv_rates`.
+#[test]
+#[ignore]
+fn kv_rates_by_mode() {
+    let modes = [
+        Protection::Unprotected,
+        Protection::Lease,
+        Protection::Mr,
+        Protection::Rpc,
+    ];
+    with_cluster(
+        2,
+        |c| c.allow_universal_rkey = true,
+        |_server, clients| {
+            let mut ct = clients[0].register_client_thread().unwrap();
+            let params = KvParams {
+                groups: 64,
+                initial_depth: 4,
+                max_depth: 8,
+                ..small_params()
+            };
+            let mut t = KvTable::create(&mut ct, 0, 0, params.clone(), Protection::Lease).unwrap();
+            let keys = 2000u64;
+            for i in 0..keys {
+                t.put(&mut ct, format!("user{i:012}").as_bytes(), &[7u8; 64])
+                    .unwrap();
+            }
+            t.relinquish(&mut ct).unwrap();
+            let mut base = [0f64; 3];
+            for mode in modes {
+                let mut t =
+                    KvTable::open(&mut ct, 0, 0, params.clone(), mode, Access::ReadWrite).unwrap();
+                let mut rng = Rng(5);
+                let n = 10_000u64;
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let k = format!("user{:012}", rng.below(keys));
+                    assert!(t.get(&mut ct, k.as_bytes()).unwrap().is_some());
+                }
+                let get = n as f64 / t0.elapsed().as_secs_f64();
+                let t0 = Instant::now();
+                for _ in 0..n / 16 {
+                    let ks: Vec<String> = (0..16)
+                        .map(|_| format!("user{:012}", rng.below(keys)))
+                        .collect();
+                    let refs: Vec<&[u8]> = ks.iter().map(|k| k.as_bytes()).collect();
+                    assert!(t
+                        .get_many(&mut ct, &refs)
+                        .unwrap()
+                        .iter()
+                        .all(Option::is_some));
+                }
+                let many = (n / 16 * 16) as f64 / t0.elapsed().as_secs_f64();
+                let m = n / 5;
+                let t0 = Instant::now();
+                for _ in 0..m {
+                    let k = format!("user{:012}", rng.below(keys));
+                    t.put(&mut ct, k.as_bytes(), &[8u8; 64]).unwrap();
+                }
+                let put = m as f64 / t0.elapsed().as_secs_f64();
+                if mode == Protection::Unprotected {
+                    base = [get, many, put];
+                }
+                eprintln!(
+                    "{mode:?}: get {:.0}/s ({:.2}x), get_many(16) {:.0}/s ({:.2}x), put {:.0}/s \
+                     ({:.2}x)",
+                    get,
+                    get / base[0],
+                    many,
+                    many / base[1],
+                    put,
+                    put / base[2]
+                );
+                t.relinquish(&mut ct).unwrap();
+            }
         },
     );
 }
