@@ -62,8 +62,10 @@
 //! insert), and READs the groups again: if the key also sits in an earlier
 //! slot (a concurrent insert of the same key), it takes its own slot back
 //! and updates that one; later duplicates it clears. `del` CASes the key's
-//! slots to 0 and frees the blocks. Blocks are freed only by the client
-//! node that allocated them (the memory node refuses others): a block
+//! slots to 0 and frees the blocks. Blocks are allocated [`ALLOC_AHEAD`] at
+//! a time per size (calls in flight together) and freed [`FREE_BATCH`] at a
+//! time, which also leaves a grace period before a replaced block is
+//! reused. Blocks are freed only by the client node that allocated them (the memory node refuses others): a block
 //! another node wrote and this one replaced is counted in
 //! [`KvStats::leaked`], not freed.
 //!
@@ -123,6 +125,7 @@
 pub mod layout;
 mod resize;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
@@ -131,7 +134,7 @@ pub use resize::SplitPhase;
 
 use crate::client::{Batch, ClientThread, Lease, Post};
 use crate::lease::flags::{acquire, modify, rw};
-use crate::lease::Rc;
+use crate::lease::{AcquireStatus as St, Rc};
 use crate::node::Patronus;
 use crate::{Error, Result};
 use layout::{hdr, slot, sub, GROUP_BYTES, SLOTS_PER_GROUP};
@@ -250,7 +253,18 @@ pub struct KvTable {
     stats: KvStats,
     /// Reused for the candidate groups' READs.
     batch: Batch,
+    /// Blocks allocated ahead, by size.
+    spare: HashMap<usize, Vec<u64>>,
+    /// Slot words of replaced or removed blocks, freed [`FREE_BATCH`] at
+    /// a time (which also gives readers that read a slot just before it
+    /// moved on a grace period before the block is reused).
+    to_free: Vec<u64>,
 }
+
+/// Blocks of one size allocated per allocation round (calls in flight).
+pub const ALLOC_AHEAD: usize = 8;
+/// Freed blocks queued before they are freed together.
+pub const FREE_BATCH: usize = 32;
 
 /// What a search of the candidate groups found.
 enum Found {
@@ -507,12 +521,18 @@ impl KvTable {
             depth: 0,
             stats: KvStats::default(),
             batch: Batch::new(),
+            spare: HashMap::new(),
+            to_free: Vec::new(),
         })
     }
 
-    /// Gives the handle's leases back; every later access of the handle
-    /// fails.
+    /// Frees the handle's spare and queued blocks and gives its leases
+    /// back; every later access of the handle fails. (A handle dropped
+    /// without this leaves its leases to their terms and up to
+    /// [`ALLOC_AHEAD`] spare blocks per size and [`FREE_BATCH`] queued
+    /// frees allocated.)
     pub fn relinquish(&mut self, ct: &mut ClientThread) -> Result<()> {
+        self.free_all(ct);
         let f = if self.mode == Protection::Mr {
             modify::USE_MR
         } else {
@@ -816,22 +836,7 @@ impl KvTable {
         layout::check_kv(key, Some(value))?;
         let h = Hashes::of(key);
         let block = layout::encode_block(key, value);
-        let off = ct
-            .alloc(
-                self.node,
-                self.dir,
-                block.len() as u64,
-                self.params.alloc_hint,
-            )?
-            .ok_or_else(|| {
-                Error::NoMem(format!(
-                    "kv put: node {} dir {} has no free block of {} bytes (allocator hint {})",
-                    self.node,
-                    self.dir,
-                    block.len(),
-                    self.params.alloc_hint
-                ))
-            })?;
+        let off = self.alloc_block(ct, block.len())?;
         let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
         let mut installed = false;
         let r = self
@@ -1170,18 +1175,99 @@ impl KvTable {
         Ok(())
     }
 
-    /// Frees the block a replaced or removed slot word pointed at (blocks
-    /// of other nodes are counted as leaked).
+    /// A block of `size` bytes: a spare one, or [`ALLOC_AHEAD`] new ones
+    /// allocated with their calls in flight together (one at a time when
+    /// the thread has other calls in flight).
+    fn alloc_block(&mut self, ct: &mut ClientThread, size: usize) -> Result<u64> {
+        if let Some(off) = self.spare.get_mut(&size).and_then(Vec::pop) {
+            return Ok(off);
+        }
+        let (node, dir, hint) = (self.node, self.dir, self.params.alloc_hint);
+        let mut got = Vec::new();
+        if ct.inflight() == 0 {
+            let cs = post_all(ct, ALLOC_AHEAD, |ct, i| {
+                ct.post_alloc(node, dir, size as u64, hint, i)
+            })?;
+            for c in cs {
+                if matches!(c.result, Ok(Rc::Ok))
+                    && c.lease
+                        .as_ref()
+                        .is_some_and(|l| l.status == St::Success as u8)
+                {
+                    got.push(c.value);
+                }
+            }
+        } else if let Some(off) = ct.alloc(node, dir, size as u64, hint)? {
+            got.push(off);
+        }
+        let first = got.pop().ok_or_else(|| {
+            Error::NoMem(format!(
+                "kv put: node {node} dir {dir} has no free block of {size} bytes (allocator hint \
+                 {hint})"
+            ))
+        })?;
+        self.spare.entry(size).or_default().extend(got);
+        Ok(first)
+    }
+
+    /// Queues the block a replaced or removed slot word pointed at for
+    /// freeing.
     fn free_block(&mut self, ct: &mut ClientThread, w: u64) {
-        let off = slot::off(w);
-        let len = slot::len(w) as u64;
-        match ct.dealloc(self.node, self.dir, off, len, self.params.alloc_hint) {
-            Ok(Rc::Ok) => {}
-            r => {
-                tracing::debug!(off, len, ?r, "kv: block not freed");
-                self.stats.leaked += 1;
+        self.to_free.push(w);
+        if self.to_free.len() >= FREE_BATCH {
+            self.flush_frees(ct);
+        }
+    }
+
+    /// Frees the queued blocks with their calls in flight together;
+    /// blocks of other nodes (refused by the memory node) are counted as
+    /// leaked.
+    fn flush_frees(&mut self, ct: &mut ClientThread) {
+        let (node, dir, hint) = (self.node, self.dir, self.params.alloc_hint);
+        let blocks: Vec<(u64, u64)> = self
+            .to_free
+            .drain(..)
+            .map(|w| (slot::off(w), slot::len(w) as u64))
+            .collect();
+        let mut leaked = 0;
+        if ct.inflight() == 0 {
+            match post_all(ct, blocks.len(), |ct, i| {
+                let (off, len) = blocks[i as usize];
+                ct.post_dealloc(node, dir, off, len, hint, i)
+            }) {
+                Ok(cs) => {
+                    leaked += blocks.len() - cs.len();
+                    for c in cs {
+                        if !matches!(c.result, Ok(Rc::Ok)) {
+                            tracing::debug!(?c.result, "kv: block not freed");
+                            leaked += 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("kv: frees failed: {e}");
+                    leaked += blocks.len();
+                }
+            }
+        } else {
+            for (off, len) in blocks {
+                if !matches!(ct.dealloc(node, dir, off, len, hint), Ok(Rc::Ok)) {
+                    leaked += 1;
+                }
             }
         }
+        self.stats.leaked += leaked as u64;
+    }
+
+    /// Frees the queued and the spare blocks.
+    fn free_all(&mut self, ct: &mut ClientThread) {
+        for (size, offs) in std::mem::take(&mut self.spare) {
+            let units = (size / layout::BLOCK_UNIT) as u64;
+            for off in offs {
+                self.to_free.push(slot::pack(0, units, off));
+            }
+        }
+        self.flush_frees(ct);
     }
 
     fn refused(&self, rc: Rc, what: &str, off: u64) -> Error {
@@ -1302,4 +1388,41 @@ fn granted(l: &Lease, what: &str, node: u16, off: u64) -> Result<()> {
             l.status
         ),
     })
+}
+
+/// Posts `n` calls (`post(ct, i)`) as far as the thread's calls in flight
+/// allow and waits for all of them; the completions in the order they
+/// came. A post that fails stops the posting; the error is returned once
+/// nothing is in flight.
+fn post_all(
+    ct: &mut ClientThread,
+    n: usize,
+    mut post: impl FnMut(&mut ClientThread, u64) -> Result<Post>,
+) -> Result<Vec<crate::client::Completion>> {
+    let mut out = Vec::with_capacity(n);
+    let (mut next, mut pending) = (0usize, 0usize);
+    let mut err = None;
+    while (next < n && err.is_none()) || pending > 0 {
+        while next < n && err.is_none() {
+            match post(ct, next as u64) {
+                Ok(Post::Posted) => {
+                    pending += 1;
+                    next += 1;
+                }
+                Ok(Post::Retry) => break,
+                Err(e) => err = Some(e),
+            }
+        }
+        if pending == 0 {
+            continue;
+        }
+        for c in ct.wait(pending, Duration::from_millis(100))? {
+            pending -= 1;
+            out.push(c);
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
