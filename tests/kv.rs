@@ -415,6 +415,19 @@ fn limits_of_keys_and_values() {
             let e = t.put(&mut ct, &key, &too_big).unwrap_err();
             assert!(e.to_string().contains("kv value"), "{e}");
             assert_eq!(t.get(&mut ct, &key).unwrap(), Some(big), "unchanged");
+            // get_many takes the thread's completions: not with others in
+            // flight.
+            let keys: Vec<&[u8]> = vec![&key[..], b"", b"nothing"];
+            let got = t.get_many(&mut ct, &keys).unwrap();
+            assert_eq!(got[1].as_deref(), Some(&b"empty key"[..]));
+            assert_eq!(got[2], None);
+            let mut lease = ct.get_rlease(0, 0, 0, 0, 64, 0, 1).unwrap();
+            ct.post_read(&mut lease, 8, 0, 0, 99).unwrap();
+            let e = t.get_many(&mut ct, &keys).unwrap_err();
+            assert!(e.to_string().contains("in flight"), "{e}");
+            let c = ct.wait(1, PATIENCE).unwrap();
+            assert_eq!((c.len(), c[0].user_data), (1, 99));
+            ct.relinquish(&mut lease, 0, 0).unwrap();
             t.relinquish(&mut ct).unwrap();
         },
     );
@@ -746,8 +759,11 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
                 "the lock came free {:.2} ms before the holder's deadline",
                 -late_ms
             );
+            // The GC acts at deadline + epsilon on the memory node's clock;
+            // what comes on top is scheduling on a loaded 2-core machine
+            // (measured: well under 1 ms when idle).
             assert!(
-                at <= ddl + nb.epsilon() + 100_000_000,
+                at <= ddl + nb.epsilon() + 500_000_000,
                 "the lock came free {late_ms:.2} ms after the deadline"
             );
             b.unlock_resize(&mut cb, l).unwrap();
