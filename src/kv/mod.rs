@@ -855,6 +855,9 @@ impl KvTable {
         layout::check_kv(key, None)?;
         let h = Hashes::of(key);
         let until = Instant::now() + self.params.patience;
+        // Some entry of the key removed by this call (a round that lost a
+        // CAS on a later duplicate goes on from a fresh read).
+        let mut removed = false;
         'again: loop {
             let g = self.read_groups(ct, &h)?;
             if g.frozen {
@@ -862,7 +865,7 @@ impl KvTable {
                 continue;
             }
             let (at, word, later) = match self.search(ct, &g, key, &h)? {
-                Found::Miss => return Ok(false),
+                Found::Miss => return Ok(removed),
                 Found::Again => {
                     self.again(until, "del")?;
                     continue;
@@ -876,6 +879,7 @@ impl KvTable {
                     self.again(until, "del")?;
                     continue 'again;
                 }
+                removed = true;
                 self.free_block(ct, w);
             }
             return Ok(true);
