@@ -248,6 +248,11 @@ impl ClientThread {
         self.sh.peer(node).copied()
     }
 
+    /// The id of the node this thread belongs to.
+    pub fn node_id(&self) -> u16 {
+        self.sh.node_id
+    }
+
     /// This thread's slot id.
     pub fn get_thread_id(&self) -> u16 {
         self.slot

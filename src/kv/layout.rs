@@ -155,6 +155,11 @@ fn checksum(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
+/// The owner node of a block that [`decode_block`] accepted.
+pub fn block_owner(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[6], b[7]])
+}
+
 /// Checks a key and value against the table's limits.
 pub fn check_kv(key: &[u8], value: Option<&[u8]>) -> Result<()> {
     if key.len() > MAX_KEY {
@@ -176,14 +181,17 @@ pub fn check_kv(key: &[u8], value: Option<&[u8]>) -> Result<()> {
     Ok(())
 }
 
-/// A KV block: `klen u16 | 0x4b56 u16 | vlen u32 | key | value |
-/// checksum u64`, padded to a multiple of [`BLOCK_UNIT`].
-pub fn encode_block(key: &[u8], value: &[u8]) -> Vec<u8> {
+/// A KV block: `klen u16 | 0x4b56 u16 | vlen u16 | owner u16 | key |
+/// value | checksum u64`, padded to a multiple of [`BLOCK_UNIT`]; `owner`
+/// is the client node that allocated it (the only one the memory node lets
+/// free it).
+pub fn encode_block(key: &[u8], value: &[u8], owner: u16) -> Vec<u8> {
     let n = BLOCK_OVERHEAD + key.len() + value.len();
     let mut b = Vec::with_capacity(n.next_multiple_of(BLOCK_UNIT));
     b.extend_from_slice(&(key.len() as u16).to_le_bytes());
     b.extend_from_slice(&BLOCK_MAGIC.to_le_bytes());
-    b.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    b.extend_from_slice(&owner.to_le_bytes());
     b.extend_from_slice(key);
     b.extend_from_slice(value);
     let c = checksum(&b);
@@ -201,7 +209,7 @@ pub fn decode_block(b: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     let klen = u16::from_le_bytes([b[0], b[1]]) as usize;
     let magic = u16::from_le_bytes([b[2], b[3]]);
-    let vlen = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    let vlen = u16::from_le_bytes([b[4], b[5]]) as usize;
     if magic != BLOCK_MAGIC || klen > MAX_KEY {
         return None;
     }
@@ -323,22 +331,23 @@ mod tests {
 
     #[test]
     fn blocks_round_trip_and_detect_tearing() {
-        let b = encode_block(b"key", b"value");
+        let b = encode_block(b"key", b"value", 3);
         assert_eq!(b.len() % BLOCK_UNIT, 0);
         assert_eq!(decode_block(&b), Some((&b"key"[..], &b"value"[..])));
+        assert_eq!(block_owner(&b), 3);
         for i in 0..(BLOCK_OVERHEAD + 8) {
             let mut t = b.clone();
             t[i] ^= 0x40;
             assert_eq!(decode_block(&t), None, "flipped byte {i}");
         }
         // Half old, half new: a torn read.
-        let a = encode_block(b"key", &[1u8; 200]);
-        let c = encode_block(b"key", &[2u8; 200]);
+        let a = encode_block(b"key", &[1u8; 200], 1);
+        let c = encode_block(b"key", &[2u8; 200], 1);
         let mut torn = a.clone();
         torn[100..].copy_from_slice(&c[100..]);
         assert_eq!(decode_block(&torn), None);
         assert_eq!(decode_block(&[0u8; 64]), None, "a zeroed block");
-        let big = encode_block(&[7u8; MAX_KEY], &vec![9u8; MAX_VALUE]);
+        let big = encode_block(&[7u8; MAX_KEY], &vec![9u8; MAX_VALUE], u16::MAX);
         assert_eq!(big.len(), MAX_BLOCK);
         assert!(decode_block(&big).is_some());
         assert!(check_kv(&[0u8; 65], None).is_err());

@@ -40,7 +40,7 @@
 //! near the block sizes you store, e.g. 128, 256, 4 224):
 //!
 //! ```text
-//! 0  key length u16 | 0x4b56 u16 | value length u32
+//! 0  key length u16 | 0x4b56 u16 | value length u16 | owner node u16
 //! 8  key bytes, value bytes
 //!    checksum u64 over everything before it
 //!    zero padding to a multiple of 64 B
@@ -65,9 +65,11 @@
 //! slots to 0 and frees the blocks. Blocks are allocated [`ALLOC_AHEAD`] at
 //! a time per size (calls in flight together) and freed [`FREE_BATCH`] at a
 //! time, which also leaves a grace period before a replaced block is
-//! reused. Blocks are freed only by the client node that allocated them (the memory node refuses others): a block
-//! another node wrote and this one replaced is counted in
-//! [`KvStats::leaked`], not freed.
+//! reused. Blocks are freed only by the client node that allocated them
+//! (the memory node refuses others), which each block names in its header:
+//! a block another node wrote and this one replaced is counted in
+//! [`KvStats::leaked`], not freed (handing it to its owner through a
+//! queue in the table region is future work).
 //!
 //! # Resizing
 //!
@@ -251,6 +253,8 @@ pub struct KvTable {
     dir_cache: Vec<u64>,
     depth: u32,
     stats: KvStats,
+    /// This client node (the owner written into the blocks it allocates).
+    me: u16,
     /// Reused for the candidate groups' READs.
     batch: Batch,
     /// Blocks allocated ahead, by size.
@@ -274,7 +278,8 @@ enum Found {
         at: u64,
         word: u64,
         value: Vec<u8>,
-        later: Vec<(u64, u64)>,
+        owner: u16,
+        later: Vec<(u64, u64, u16)>,
     },
     /// Not there.
     Miss,
@@ -520,6 +525,7 @@ impl KvTable {
             dir_cache: Vec::new(),
             depth: 0,
             stats: KvStats::default(),
+            me: ct.node_id(),
             batch: Batch::new(),
             spare: HashMap::new(),
             to_free: Vec::new(),
@@ -633,7 +639,7 @@ impl KvTable {
     ) -> Result<()> {
         layout::check_kv(key, Some(value))?;
         let h = Hashes::of(key);
-        let block = layout::encode_block(key, value);
+        let block = layout::encode_block(key, value, self.me);
         let off = ct
             .alloc(
                 self.node,
@@ -835,7 +841,7 @@ impl KvTable {
     pub fn put(&mut self, ct: &mut ClientThread, key: &[u8], value: &[u8]) -> Result<()> {
         layout::check_kv(key, Some(value))?;
         let h = Hashes::of(key);
-        let block = layout::encode_block(key, value);
+        let block = layout::encode_block(key, value, self.me);
         let off = self.alloc_block(ct, block.len())?;
         let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
         let mut installed = false;
@@ -845,7 +851,7 @@ impl KvTable {
         if r.is_err() && !installed {
             // Never reachable from the table: free it. (Once installed, a
             // later error leaves it in place: it is the key's value.)
-            self.free_block(ct, mine);
+            self.free_block(ct, mine, self.me);
         }
         r
     }
@@ -864,23 +870,27 @@ impl KvTable {
                 self.await_split(ct, &h, g.sub, until)?;
                 continue;
             }
-            let (at, word, later) = match self.search(ct, &g, key, &h)? {
+            let (at, word, owner, later) = match self.search(ct, &g, key, &h)? {
                 Found::Miss => return Ok(removed),
                 Found::Again => {
                     self.again(until, "del")?;
                     continue;
                 }
                 Found::Hit {
-                    at, word, later, ..
-                } => (at, word, later),
+                    at,
+                    word,
+                    owner,
+                    later,
+                    ..
+                } => (at, word, owner, later),
             };
-            for (a, w) in std::iter::once((at, word)).chain(later) {
+            for (a, w, o) in std::iter::once((at, word, owner)).chain(later) {
                 if self.t_cas(ct, a, w, 0)? != w {
                     self.again(until, "del")?;
                     continue 'again;
                 }
                 removed = true;
-                self.free_block(ct, w);
+                self.free_block(ct, w, o);
             }
             return Ok(true);
         }
@@ -902,14 +912,16 @@ impl KvTable {
                 self.await_split(ct, h, g.sub, until)?;
                 continue;
             }
-            let (at, old) = match self.search(ct, &g, key, h)? {
+            let (at, old, owner) = match self.search(ct, &g, key, h)? {
                 Found::Again => {
                     self.again(until, "put")?;
                     continue;
                 }
-                Found::Hit { at, word, .. } => (at, word),
+                Found::Hit {
+                    at, word, owner, ..
+                } => (at, word, owner),
                 Found::Miss => match self.pick_empty(&g) {
-                    Some(at) => (at, 0),
+                    Some(at) => (at, 0, 0),
                     None => {
                         // Both candidate groups are full: split.
                         self.split(ct, g.sub)?;
@@ -923,7 +935,7 @@ impl KvTable {
             }
             *installed = true;
             if old != 0 {
-                self.free_block(ct, old);
+                self.free_block(ct, old, owner);
             }
             if self.settle(ct, key, h, at, mine, until)? {
                 return Ok(());
@@ -967,26 +979,25 @@ impl KvTable {
                 } => ((a, word), later),
             };
             if first.1 == mine {
-                for (a, w) in later {
+                for (a, w, o) in later {
                     self.stats.dups_settled += 1;
                     if self.t_cas(ct, a, w, 0)? == w {
-                        self.free_block(ct, w);
+                        self.free_block(ct, w, o);
                     }
                 }
                 return Ok(true);
             }
-            if !later.iter().any(|&(_, w)| w == mine) {
+            if !later.iter().any(|&(_, w, _)| w == mine) {
                 // Someone replaced or removed `mine`: that call came later.
                 return Ok(true);
             }
             self.stats.dups_settled += 1;
             // An earlier slot holds the key: take `mine` back (from
             // wherever it is now) and update that one instead.
-            let (a, _) = later
+            let a = later
                 .iter()
-                .copied()
-                .find(|&(_, w)| w == mine)
-                .unwrap_or((at, mine));
+                .find(|&&(_, w, _)| w == mine)
+                .map_or(at, |&(a, _, _)| a);
             return Ok(self.t_cas(ct, a, mine, 0)? != mine);
         }
     }
@@ -1042,7 +1053,7 @@ impl KvTable {
         key: &[u8],
         h: &Hashes,
     ) -> Result<Found> {
-        let mut first: Option<(u64, u64, Vec<u8>)> = None;
+        let mut first: Option<(u64, u64, Vec<u8>, u16)> = None;
         let mut later = Vec::new();
         let mut others = Vec::new();
         for &(at, w) in &g.slots {
@@ -1054,10 +1065,11 @@ impl KvTable {
                 // Torn, or freed and being reused: the slot has moved on.
                 None => return Ok(Found::Again),
                 Some((k, v)) if k == key => {
+                    let owner = layout::block_owner(&b);
                     if first.is_none() {
-                        first = Some((at, w, v.to_vec()));
+                        first = Some((at, w, v.to_vec(), owner));
                     } else {
-                        later.push((at, w));
+                        later.push((at, w, owner));
                     }
                 }
                 Some(_) => others.push((at, w)),
@@ -1075,10 +1087,11 @@ impl KvTable {
             }
         }
         Ok(match first {
-            Some((at, word, value)) => Found::Hit {
+            Some((at, word, value, owner)) => Found::Hit {
                 at,
                 word,
                 value,
+                owner,
                 later,
             },
             None => Found::Miss,
@@ -1215,8 +1228,13 @@ impl KvTable {
     }
 
     /// Queues the block a replaced or removed slot word pointed at for
-    /// freeing.
-    fn free_block(&mut self, ct: &mut ClientThread, w: u64) {
+    /// freeing, when this node allocated it (`owner`); another node's
+    /// block is counted as leaked (the memory node would refuse the free).
+    fn free_block(&mut self, ct: &mut ClientThread, w: u64, owner: u16) {
+        if owner != self.me {
+            self.stats.leaked += 1;
+            return;
+        }
         self.to_free.push(w);
         if self.to_free.len() >= FREE_BATCH {
             self.flush_frees(ct);
