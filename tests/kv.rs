@@ -433,6 +433,67 @@ fn limits_of_keys_and_values() {
     );
 }
 
+/// Nodes that update each other's keys replace each other's blocks; the
+/// memory node lets only the allocating node free a block, so each
+/// replaced block goes back to its owner through the owner's free ring.
+#[test]
+fn blocks_replaced_by_other_nodes_come_back_to_their_owner() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let mut ca = clients[0].register_client_thread().unwrap();
+            let mut cb = clients[1].register_client_thread().unwrap();
+            let mut a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
+            let mut b = KvTable::open(
+                &mut cb,
+                0,
+                0,
+                small_params(),
+                Protection::Lease,
+                Access::ReadWrite,
+            )
+            .unwrap();
+            let keys = 40u64;
+            let rounds = 30u64;
+            for r in 0..rounds {
+                for i in 0..keys {
+                    let (t, ct) = if r % 2 == 0 {
+                        (&mut a, &mut ca)
+                    } else {
+                        (&mut b, &mut cb)
+                    };
+                    t.put(
+                        ct,
+                        format!("k{i}").as_bytes(),
+                        format!("{r}-{i}").as_bytes(),
+                    )
+                    .unwrap();
+                }
+            }
+            for i in 0..keys {
+                let want = format!("{}-{i}", rounds - 1).into_bytes();
+                assert_eq!(
+                    a.get(&mut ca, format!("k{i}").as_bytes()).unwrap(),
+                    Some(want)
+                );
+            }
+            a.relinquish(&mut ca).unwrap();
+            b.relinquish(&mut cb).unwrap();
+            let (sa, sb) = (a.stats(), b.stats());
+            eprintln!("a {sa:?}\nb {sb:?}");
+            let handed = sa.handed_back + sb.handed_back;
+            assert_eq!(
+                handed,
+                keys * (rounds - 1),
+                "every replacement crossed nodes"
+            );
+            assert_eq!(sa.returned + sb.returned, handed, "all came back");
+            assert_eq!(sa.leaked + sb.leaked, 0);
+        },
+    );
+}
+
 #[test]
 fn splits_during_concurrent_puts_lose_nothing() {
     with_cluster(

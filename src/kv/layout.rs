@@ -33,7 +33,15 @@ pub mod hdr {
     pub const PENDING_B: u64 = 72;
     /// The resize lock's word: the key of the conflict-detecting lease.
     pub const LOCK: u64 = 80;
+    /// Client nodes with a free ring (node ids below this).
+    pub const RING_NODES: u64 = 88;
+    /// Entries per free ring.
+    pub const RING_LEN: u64 = 96;
 }
+
+/// A free-ring entry: `VALID | lap(8) << 55 | units(7) << 48 | offset`
+/// (the slot word's layout with the lap in the fingerprint's place).
+pub const RING_VALID: u64 = 1 << 63;
 
 /// Slots per bucket.
 pub const SLOTS_PER_BUCKET: u64 = 8;
@@ -233,6 +241,10 @@ pub struct Geometry {
     pub max_depth: u32,
     /// Subtables the region has room for.
     pub max_subtables: u64,
+    /// Client nodes with a free ring.
+    pub ring_nodes: u64,
+    /// Entries per free ring.
+    pub ring_len: u64,
 }
 
 impl Geometry {
@@ -253,7 +265,27 @@ impl Geometry {
             groups,
             max_depth,
             max_subtables: 2u64 << max_depth,
+            ring_nodes: 0,
+            ring_len: 0,
         })
+    }
+    /// With free rings for client nodes `0..nodes`, `len` entries each.
+    pub fn with_rings(self, nodes: u64, len: u64) -> Result<Geometry> {
+        if nodes > 1 << 12 || len > 1 << 16 || (nodes > 0 && len == 0) {
+            return Err(Error::Invalid(format!(
+                "kv free rings: {nodes} nodes of {len} entries (at most 4096 nodes of 65536, \
+                 at least one entry)"
+            )));
+        }
+        Ok(Geometry {
+            ring_nodes: nodes,
+            ring_len: len,
+            ..self
+        })
+    }
+    /// Offset of node `o`'s free ring: head word, tail word, entries.
+    pub fn ring(&self, o: u64) -> u64 {
+        self.sub_headers() + 8 * self.max_subtables + o * 8 * (self.ring_len + 2)
     }
     /// Offset of the directory (one word per entry: subtable index + 1).
     pub fn dir(&self) -> u64 {
@@ -273,7 +305,7 @@ impl Geometry {
     }
     /// Offset of the first subtable (64-byte aligned).
     pub fn subtables(&self) -> u64 {
-        (self.sub_headers() + 8 * self.max_subtables).next_multiple_of(64)
+        self.ring(self.ring_nodes).next_multiple_of(64)
     }
     /// Bytes of a subtable.
     pub fn sub_bytes(&self) -> u64 {

@@ -188,6 +188,11 @@ pub struct KvParams {
     /// How long an operation waits for a split (or a lock) before it fails
     /// with a timeout.
     pub patience: Duration,
+    /// Client nodes (ids below this) that get a free ring: blocks they
+    /// allocated and other nodes replaced come back to them there.
+    pub free_ring_nodes: u64,
+    /// Entries per free ring.
+    pub free_ring_len: u64,
 }
 
 impl Default for KvParams {
@@ -202,6 +207,8 @@ impl Default for KvParams {
             lock_ns: 10_000_000,
             alloc_hint: 0,
             patience: Duration::from_secs(10),
+            free_ring_nodes: 16,
+            free_ring_len: 1024,
         }
     }
 }
@@ -209,7 +216,9 @@ impl Default for KvParams {
 impl KvParams {
     /// Bytes of the table region these parameters describe.
     pub fn region_bytes(&self) -> Result<u64> {
-        Ok(Geometry::new(self.groups, self.max_depth)?.total())
+        Ok(Geometry::new(self.groups, self.max_depth)?
+            .with_rings(self.free_ring_nodes, self.free_ring_len)?
+            .total())
     }
 }
 
@@ -226,6 +235,12 @@ pub struct KvStats {
     pub leaked: u64,
     /// Times the directory was read.
     pub dir_loads: u64,
+    /// Blocks of other nodes this handle replaced and handed back to
+    /// their owner through its free ring.
+    pub handed_back: u64,
+    /// Blocks this node allocated that came back through its free ring
+    /// (freed by this handle).
+    pub returned: u64,
     /// Duplicates of a key (left by concurrent inserts of it) this
     /// handle's puts settled: later ones cleared, or its own entry taken
     /// back to update the earlier one.
@@ -255,6 +270,11 @@ pub struct KvTable {
     stats: KvStats,
     /// This client node (the owner written into the blocks it allocates).
     me: u16,
+    /// Puts and dels since this handle last looked at its free ring.
+    since_drain: u32,
+    /// A ring position found unwritten (a producer between its FAA and
+    /// its WRITE, or dead there), and since when.
+    stalled: Option<(u64, Instant)>,
     /// Reused for the candidate groups' READs.
     batch: Batch,
     /// Blocks allocated ahead, by size.
@@ -306,7 +326,8 @@ impl KvTable {
         params: KvParams,
         mode: Protection,
     ) -> Result<KvTable> {
-        let geo = Geometry::new(params.groups, params.max_depth)?;
+        let geo = Geometry::new(params.groups, params.max_depth)?
+            .with_rings(params.free_ring_nodes, params.free_ring_len)?;
         if params.initial_depth > params.max_depth {
             return Err(Error::Invalid(format!(
                 "kv initial depth {} above max depth {}",
@@ -338,6 +359,11 @@ impl KvTable {
             init,
         ];
         t.t_write(ct, 8, &layout::bytes_of(&h[1..]))?;
+        t.t_write(
+            ct,
+            hdr::RING_NODES,
+            &layout::bytes_of(&[geo.ring_nodes, geo.ring_len]),
+        )?;
         t.t_write(ct, 0, &h[0].to_le_bytes())?;
         t.load_directory(ct)?;
         Ok(t)
@@ -376,10 +402,15 @@ impl KvTable {
                 params.base, h[0]
             )));
         }
-        let geo = Geometry::new(h[1], h[2] as u32)?;
+        let geo = Geometry::new(h[1], h[2] as u32)?.with_rings(
+            h[(hdr::RING_NODES / 8) as usize],
+            h[(hdr::RING_LEN / 8) as usize],
+        )?;
         let mut p = params;
         p.groups = geo.groups;
         p.max_depth = geo.max_depth;
+        p.free_ring_nodes = geo.ring_nodes;
+        p.free_ring_len = geo.ring_len;
         p.initial_depth = h[4] as u32;
         let mut t = KvTable::with_leases(ct, node, dir, p, geo, mode, access)?;
         t.load_directory(ct)?;
@@ -526,6 +557,8 @@ impl KvTable {
             depth: 0,
             stats: KvStats::default(),
             me: ct.node_id(),
+            since_drain: 0,
+            stalled: None,
             batch: Batch::new(),
             spare: HashMap::new(),
             to_free: Vec::new(),
@@ -853,6 +886,9 @@ impl KvTable {
             // later error leaves it in place: it is the key's value.)
             self.free_block(ct, mine, self.me);
         }
+        if r.is_ok() {
+            self.tick(ct);
+        }
         r
     }
 
@@ -892,6 +928,7 @@ impl KvTable {
                 removed = true;
                 self.free_block(ct, w, o);
             }
+            self.tick(ct);
             return Ok(true);
         }
     }
@@ -1232,7 +1269,11 @@ impl KvTable {
     /// block is counted as leaked (the memory node would refuse the free).
     fn free_block(&mut self, ct: &mut ClientThread, w: u64, owner: u16) {
         if owner != self.me {
-            self.stats.leaked += 1;
+            if self.hand_back(ct, w, owner).unwrap_or(false) {
+                self.stats.handed_back += 1;
+            } else {
+                self.stats.leaked += 1;
+            }
             return;
         }
         self.to_free.push(w);
@@ -1281,8 +1322,101 @@ impl KvTable {
         self.stats.leaked += leaked as u64;
     }
 
+    /// Puts another node's block in that node's free ring: reserves a
+    /// position with a FAA on the ring's tail and WRITEs the entry with
+    /// the position's lap. False when the owner has no ring or its ring is
+    /// full.
+    fn hand_back(&mut self, ct: &mut ClientThread, w: u64, owner: u16) -> Result<bool> {
+        let (nodes, len) = (self.geo.ring_nodes, self.geo.ring_len);
+        if owner as u64 >= nodes {
+            return Ok(false);
+        }
+        let base = self.geo.ring(owner as u64);
+        let ht: Vec<u64> = layout::words(&self.t_read(ct, base, 16)?).collect();
+        if ht[1].wrapping_sub(ht[0]) >= len {
+            return Ok(false);
+        }
+        let pos = match ct.faa(&mut self.table, base + 8, 1, self.flag)? {
+            (Rc::Ok, old) => old,
+            (rc, _) => return Err(self.refused(rc, "free ring FAA", base + 8)),
+        };
+        let e = slot::pack(
+            (pos / len) as u8,
+            (slot::len(w) / layout::BLOCK_UNIT) as u64,
+            slot::off(w),
+        ) | layout::RING_VALID;
+        self.t_write(ct, base + 16 + 8 * (pos % len), &e.to_le_bytes())?;
+        Ok(true)
+    }
+
+    /// Takes the entries other nodes put in this node's free ring (a CAS
+    /// on the head claims them) and queues their blocks for freeing.
+    fn drain_ring(&mut self, ct: &mut ClientThread) -> Result<()> {
+        self.since_drain = 0;
+        let (nodes, len) = (self.geo.ring_nodes, self.geo.ring_len);
+        if self.me as u64 >= nodes || self.access != Access::ReadWrite {
+            return Ok(());
+        }
+        let base = self.geo.ring(self.me as u64);
+        let ht: Vec<u64> = layout::words(&self.t_read(ct, base, 16)?).collect();
+        let (head, tail) = (ht[0], ht[1]);
+        if head == tail {
+            return Ok(());
+        }
+        let es: Vec<u64> = layout::words(&self.t_read(ct, base + 16, 8 * len as usize)?).collect();
+        let mut p = head;
+        let mut got = Vec::new();
+        while p < tail && p < head + len {
+            let e = es[(p % len) as usize];
+            let lap = (p / len) as u8;
+            if e & layout::RING_VALID != 0 && slot::fp(e) == lap {
+                got.push(e & !layout::RING_VALID & !(0xff << 55));
+            } else if e & layout::RING_VALID != 0 && slot::fp(e) == lap.wrapping_add(1) {
+                // A producer of the next lap wrote over it (the ring was
+                // full): that block is lost to the ring.
+                self.stats.leaked += 1;
+            } else {
+                // Not written yet; a producer that died after its FAA
+                // would block the ring: skip it after a second.
+                match self.stalled {
+                    Some((q, t0)) if q == p && t0.elapsed() > Duration::from_secs(1) => {}
+                    Some((q, _)) if q == p => break,
+                    _ => {
+                        self.stalled = Some((p, Instant::now()));
+                        break;
+                    }
+                }
+            }
+            p += 1;
+        }
+        if p == head {
+            return Ok(());
+        }
+        if self.t_cas(ct, base, head, p)? == head {
+            self.stats.returned += got.len() as u64;
+            self.to_free.extend(got);
+        }
+        Ok(())
+    }
+
+    /// Counts a put or del; every 64, looks at this node's free ring.
+    fn tick(&mut self, ct: &mut ClientThread) {
+        self.since_drain += 1;
+        if self.since_drain >= 64 {
+            if let Err(e) = self.drain_ring(ct) {
+                tracing::debug!("kv: free ring: {e}");
+            }
+            if self.to_free.len() >= FREE_BATCH {
+                self.flush_frees(ct);
+            }
+        }
+    }
+
     /// Frees the queued and the spare blocks.
     fn free_all(&mut self, ct: &mut ClientThread) {
+        if let Err(e) = self.drain_ring(ct) {
+            tracing::debug!("kv: free ring: {e}");
+        }
         for (size, offs) in std::mem::take(&mut self.spare) {
             let units = (size / layout::BLOCK_UNIT) as u64;
             for off in offs {
