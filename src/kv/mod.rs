@@ -17,12 +17,17 @@
 //!          +24 max subtables           +64 pending split: A (bit 0 half)
 //!          +32 initial depth           +72 pending split: B (bit 1 half)
 //!                                      +80 resize lock word (lease key)
+//!                                      +88 free rings: client nodes
+//!                                      +96 free rings: entries each (L)
 //! 128    directory: 2^max_depth words, entry i = subtable index + 1
 //!          (0: unset); key -> entry h1 & (2^global_depth - 1)
 //! D      subtable headers: max_subtables words,
 //!          VALID(63) | RETIRED(62) | suffix(32) << 8 | local depth(8)
 //!          with D = 128 + 8 * 2^max_depth
-//! T      subtables (T = D + 8 * max_subtables, rounded up to 64), each
+//! R      free rings (R = D + 8 * max_subtables), one per client node n
+//!          at R + n * 8 * (L + 2): head word, tail word, L entries
+//!          VALID(63) | lap(62..55) | units(54..48) | offset(47..0)
+//! T      subtables (T = end of the rings, rounded up to 64), each
 //!          `groups` combined buckets of 128 B; subtable s at
 //!          T + s * groups * 128, group g of it 128 * g further
 //! group  2 buckets x 8 slots of 8 B, read in one READ
@@ -67,9 +72,15 @@
 //! time, which also leaves a grace period before a replaced block is
 //! reused. Blocks are freed only by the client node that allocated them
 //! (the memory node refuses others), which each block names in its header:
-//! a block another node wrote and this one replaced is counted in
-//! [`KvStats::leaked`], not freed (handing it to its owner through a
-//! queue in the table region is future work).
+//! a block another node wrote and this one replaced goes back to that node
+//! through its *free ring* in the table region: the replacer reserves a
+//! position with a FAA on the ring's tail and WRITEs the entry, tagged with
+//! the position's lap; the owner's handles claim written entries with a
+//! CAS on the ring's head (every 64 puts and dels, and at relinquish) and
+//! free them. A full ring, an owner without a ring, or an entry a later lap
+//! overwrote leaves the block allocated ([`KvStats::leaked`]); a position
+//! reserved by a client that died before writing it is skipped after a
+//! second.
 //!
 //! # Resizing
 //!
