@@ -127,6 +127,14 @@
 //!
 //! The resize lock is a real lease in every mode.
 //!
+//! What the leases protect is the table against clients without a write
+//! lease (and against anyone once a lease ends). Clients that hold write
+//! leases on one table trust each other, as in RACE: a writer can CAS any
+//! slot, and can put a block of another node into that node's free ring,
+//! which would have the owner free a block still in use (the memory node
+//! still lets each node free only its own blocks, so nothing outside the
+//! table's tenants is reachable).
+//!
 //! The two candidate groups are READ in one batch (one chain, one
 //! completion) where the handle's leases never expire and the mode is
 //! one-sided; otherwise one after the other (batches skip the local expiry
