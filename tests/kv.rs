@@ -494,6 +494,60 @@ fn blocks_replaced_by_other_nodes_come_back_to_their_owner() {
     );
 }
 
+/// A client that died between reserving a position in another node's
+/// free ring and writing it blocks that ring only for a second: the owner
+/// then skips the position and takes what came after it.
+#[test]
+fn a_dead_free_ring_producer_is_skipped() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let mut ca = clients[0].register_client_thread().unwrap();
+            let mut cb = clients[1].register_client_thread().unwrap();
+            let mut a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
+            let mut b = KvTable::open(
+                &mut cb,
+                0,
+                0,
+                small_params(),
+                Protection::Lease,
+                Access::ReadWrite,
+            )
+            .unwrap();
+            let keys = 20u64;
+            fill(&mut a, &mut ca, keys);
+            let owner = clients[0].get_node_id();
+            b.reserve_ring_position_and_die(&mut cb, owner).unwrap();
+            for i in 0..keys {
+                b.put(&mut cb, format!("key-{i}").as_bytes(), b"by b")
+                    .unwrap();
+            }
+            assert_eq!(b.stats().handed_back, keys);
+            let t0 = Instant::now();
+            a.drain_free_ring(&mut ca).unwrap();
+            assert_eq!(a.stats().returned, 0, "the unwritten position comes first");
+            wait_until("the owner skipping the dead position", || {
+                a.drain_free_ring(&mut ca).unwrap();
+                a.stats().returned == keys
+            });
+            eprintln!("skipped after {:?}", t0.elapsed());
+            assert!(t0.elapsed() >= Duration::from_secs(1));
+            for i in 0..keys {
+                assert_eq!(
+                    a.get(&mut ca, format!("key-{i}").as_bytes())
+                        .unwrap()
+                        .as_deref(),
+                    Some(&b"by b"[..])
+                );
+            }
+            a.relinquish(&mut ca).unwrap();
+            b.relinquish(&mut cb).unwrap();
+            assert_eq!(a.stats().leaked + b.stats().leaked, 0);
+        },
+    );
+}
+
 #[test]
 fn splits_during_concurrent_puts_lose_nothing() {
     with_cluster(

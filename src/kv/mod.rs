@@ -1418,6 +1418,29 @@ impl KvTable {
         Ok(())
     }
 
+    /// Takes what other nodes handed back through this node's free ring
+    /// and frees it (also done every 64 puts and dels, and at relinquish).
+    pub fn drain_free_ring(&mut self, ct: &mut ClientThread) -> Result<()> {
+        self.drain_ring(ct)?;
+        self.flush_frees(ct);
+        Ok(())
+    }
+
+    /// Test hook: a client that dies between reserving a position in
+    /// `owner`'s free ring (the FAA) and writing its entry.
+    #[doc(hidden)]
+    pub fn reserve_ring_position_and_die(
+        &mut self,
+        ct: &mut ClientThread,
+        owner: u16,
+    ) -> Result<u64> {
+        let base = self.geo.ring(owner as u64);
+        match ct.faa(&mut self.table, base + 8, 1, self.flag)? {
+            (Rc::Ok, pos) => Ok(pos),
+            (rc, _) => Err(self.refused(rc, "free ring FAA", base + 8)),
+        }
+    }
+
     /// Counts a put or del; every 64, looks at this node's free ring.
     fn tick(&mut self, ct: &mut ClientThread) {
         self.since_drain += 1;
