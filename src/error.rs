@@ -30,6 +30,17 @@ pub enum Error {
     /// The keeper (memcached or in-process) failed.
     #[error("keeper: {0}")]
     Keeper(String),
+    /// A call was refused with a return code: by the memory node's NIC
+    /// (`RdmaProtectionErr`: the lease does not allow that access, or was
+    /// revoked), by the local lease check (`LeaseLocalExpiredErr`), or by
+    /// a lease the directory did not grant.
+    #[error("{ctx}: refused with {rc:?}")]
+    Refused {
+        /// The code the call returned.
+        rc: crate::lease::Rc,
+        /// What was refused.
+        ctx: String,
+    },
     /// An I/O error with context.
     #[error("{ctx}: {source}")]
     Io {

@@ -30,6 +30,8 @@ pub mod ffi;
 /// cbindgen:ignore
 pub mod fuzzing;
 /// cbindgen:ignore
+pub mod kv;
+/// cbindgen:ignore
 pub mod lease;
 /// cbindgen:ignore
 pub mod node;

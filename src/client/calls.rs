@@ -166,6 +166,7 @@ pub(crate) fn rc_of(e: &Error) -> Rc {
         Error::Timeout(_) | Error::Fabric(_) | Error::NodesDied(_) => Rc::RdmaExecutionErr,
         Error::Keeper(_) => Rc::Retry,
         Error::Io { .. } => Rc::Invalid,
+        Error::Refused { rc, .. } => *rc,
     }
 }
 

@@ -147,11 +147,8 @@ impl ClientThread {
         })
     }
 
-    /// Allocates `size` bytes on directory `dir` of node `node` with the
-    /// allocator registered for `hint` (0: the default slab); returns the
-    /// buffer offset, or None when the allocator has nothing.
-    pub fn alloc(&mut self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Option<u64>> {
-        let p = self.prep_acquire(
+    fn prep_alloc(&mut self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Prepared> {
+        self.prep_acquire(
             true,
             node,
             dir,
@@ -160,7 +157,41 @@ impl ClientThread {
             0,
             acquire::NO_GC | acquire::ONLY_ALLOCATION | acquire::NO_BIND_PR,
             Then::Alloc,
-        );
+        )
+    }
+
+    /// Posts an allocation (see [`ClientThread::alloc`]): the completion's
+    /// `value` is the block's buffer offset when its `lease` reports
+    /// success (status 0), and the allocator had nothing otherwise.
+    pub fn post_alloc(
+        &mut self,
+        node: u16,
+        dir: u16,
+        size: u64,
+        hint: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_alloc(node, dir, size, hint))
+    }
+
+    /// Posts a free of a block (see [`ClientThread::dealloc`]).
+    pub fn post_dealloc(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        hint: u64,
+        user_data: u64,
+    ) -> Result<Post> {
+        self.post(user_data, |t| t.prep_dealloc(node, dir, offset, size, hint))
+    }
+
+    /// Allocates `size` bytes on directory `dir` of node `node` with the
+    /// allocator registered for `hint` (0: the default slab); returns the
+    /// buffer offset, or None when the allocator has nothing.
+    pub fn alloc(&mut self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Option<u64>> {
+        let p = self.prep_alloc(node, dir, size, hint);
         let c = self.run(p)?;
         let value = c.value;
         let l = c.into_lease()?;
@@ -181,9 +212,22 @@ impl ClientThread {
         size: u64,
         hint: u64,
     ) -> Result<Rc> {
+        let p = self.prep_dealloc(node, dir, offset, size, hint);
+        let c = self.run(p)?;
+        c.result
+    }
+
+    fn prep_dealloc(
+        &mut self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        hint: u64,
+    ) -> Result<Prepared> {
         let addr = self.sh.peer(node)?.layout.region(BufOff(offset));
         self.check_dir(node, dir)?;
-        let c = self.run(Ok(Prepared::Op(Op::Rpc(RpcOp::Dealloc {
+        Ok(Prepared::Op(Op::Rpc(RpcOp::Dealloc {
             node,
             dir,
             req: ModifyReq {
@@ -197,8 +241,7 @@ impl ClientThread {
                 dir,
             },
             offset,
-        }))))?;
-        c.result
+        })))
     }
 
     /// Turns a read lease into a write lease on the same range: acquires

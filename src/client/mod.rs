@@ -241,6 +241,18 @@ impl ClientThread {
         self.auto_extend_lost
     }
 
+    /// What node `node` published about its memory (where its region is,
+    /// its layout, whether it offers the universal rkey), or an error
+    /// naming the cluster's shape.
+    pub fn peer_memory(&self, node: u16) -> Result<NodeMemory> {
+        self.sh.peer(node).copied()
+    }
+
+    /// The id of the node this thread belongs to.
+    pub fn node_id(&self) -> u16 {
+        self.sh.node_id
+    }
+
     /// This thread's slot id.
     pub fn get_thread_id(&self) -> u16 {
         self.slot

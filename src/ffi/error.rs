@@ -103,6 +103,7 @@ pub(crate) fn rc_of(e: &Error) -> PatronusRc {
         Error::Timeout(_) | Error::Fabric(_) => PATRONUS_RC_RDMA_EXECUTION_ERR,
         Error::Keeper(_) => PATRONUS_RC_RETRY,
         Error::NodesDied(_) => PATRONUS_RC_RDMA_EXECUTION_ERR,
+        Error::Refused { rc, .. } => (*rc).into(),
         Error::Io { .. } => PATRONUS_RC_INTERNAL,
     }
 }
