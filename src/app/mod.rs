@@ -227,9 +227,17 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
                               held: &mut Vec<crate::client::Lease>|
              -> Result<()> {
                 let now = p.now();
-                for l in held.iter_mut() {
+                for (i, l) in held.iter_mut().enumerate() {
                     if l.ddl - now < (term_ns / 2) as i64 {
-                        c.extend(l, term_ns / 2, 0)?;
+                        // A lease that ran out (the thread was descheduled
+                        // past its term) is an error, never a silent loss:
+                        // `held=` must be true.
+                        let rc = c.extend(l, term_ns / 2, 0)?;
+                        if rc != Rc::Ok {
+                            return Err(Error::Invalid(format!(
+                                "hold: extending lease {i} returned {rc:?}"
+                            )));
+                        }
                     }
                 }
                 Ok(())
@@ -244,9 +252,9 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
                     )));
                 }
                 held.push(l);
-                if i % 32 == 31 {
-                    keep_alive(&mut c, &mut held)?;
-                }
+                // After every grant: on a loaded host one acquisition can
+                // take milliseconds, and 32 of them outlasted half a term.
+                keep_alive(&mut c, &mut held)?;
             }
             keep_alive(&mut c, &mut held)?;
             p.put("held", leases.to_string().as_bytes())?;

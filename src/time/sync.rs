@@ -17,10 +17,10 @@
 //!
 //! and the true offset lies within `epsilon` of the estimate, however the
 //! exposer was scheduled. The sample with the narrowest window wins, so
-//! epsilon comes from the measured read latency (about two reads). The
-//! reader spins between reads (a yield would sit inside the next window),
-//! and [`TimeSyncer::measure_until`] keeps sampling until one window is
-//! narrow, since on a loaded host most hold a preemption.
+//! epsilon comes from the measured read latency (about two reads). At
+//! start-up the reader spins between reads (a yield would sit inside the
+//! next window) and [`TimeSyncer::measure_until`] keeps sampling until one
+//! window is narrow, since on a loaded host most hold a preemption.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -313,18 +313,33 @@ impl TimeSyncer {
     /// Asks the parent to publish, takes `samples` fresh timed reads and
     /// returns the best estimate (offset, eps) without applying it.
     pub fn measure(&self, samples: usize) -> Result<(i64, i64)> {
-        self.measure_until(samples, Duration::ZERO, 0)
+        self.sample(samples, Duration::ZERO, 0, false)
     }
 
     /// As [`TimeSyncer::measure`], then keeps sampling for up to `patience`
     /// (from the start) while the narrowest bracket is wider than `good_ns`:
     /// on a loaded host most brackets hold a preemption of the reader or of
     /// a NIC thread, and the minimum filter needs one that holds none.
+    /// The reader spins between reads here (see the module docs); the
+    /// periodic re-sync's [`TimeSyncer::measure`] yields instead, so that a
+    /// re-sync every few milliseconds on a loaded host does not keep a core
+    /// busy (its wide brackets are not adopted: the estimate keeps the
+    /// narrower interval).
     pub fn measure_until(
         &self,
         samples: usize,
         patience: Duration,
         good_ns: i64,
+    ) -> Result<(i64, i64)> {
+        self.sample(samples, patience, good_ns, true)
+    }
+
+    fn sample(
+        &self,
+        samples: usize,
+        patience: Duration,
+        good_ns: i64,
+        spin: bool,
     ) -> Result<(i64, i64)> {
         let t0 = Instant::now();
         // The previous read: when it was posted and what it saw.
@@ -366,7 +381,11 @@ impl TimeSyncer {
             // filter drops. The loop is bounded by the timeout, and the
             // exposer's burst by its own clock.
             let Some((lo, seen)) = last.filter(|&(_, seen)| seen != info.ns) else {
-                std::hint::spin_loop();
+                if spin {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
                 continue;
             };
             let _ = seen;
