@@ -449,7 +449,11 @@ impl Worker<'_> {
             self.k.ops.fetch_add(1, Relaxed);
             match r {
                 Ok((Rc::Ok, _)) => self.faa += 1,
-                Ok((Rc::LeaseLocalExpiredErr, _)) if self.c.auto_extend_lost() > lost0 => {
+                // Reported lost, or refused in flight once the deadline it
+                // knew had passed (a thread descheduled past its term).
+                Ok((Rc::LeaseLocalExpiredErr, _))
+                    if self.c.auto_extend_lost() > lost0 || self.p.now() >= l.ddl =>
+                {
                     self.k.auto_lost.fetch_add(1, Relaxed);
                     self.k.late.fetch_add(1, Relaxed);
                     return;
