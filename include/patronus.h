@@ -655,7 +655,10 @@ patronus_rc_t patronus_relinquish(patronus_t *p,
 /**
  * Extends the lease by `ns` with a one-sided CAS on its protection region
  * (no memory-node CPU). PATRONUS_RC_INVALID when the extension cannot be
- * granted (revoked, no protection region, cap reached).
+ * granted (revoked, no protection region, cap reached);
+ * PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR when the CAS reached the memory
+ * node after it had revoked the lease at its deadline (the lease ran out
+ * while the extension was in flight).
  */
 patronus_rc_t patronus_extend(patronus_t *p, patronus_lease_t *lease, uint64_t ns, uint64_t flag);
 

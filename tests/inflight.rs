@@ -413,6 +413,59 @@ fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
     });
 }
 
+/// An auto-extended call that runs out of its lease while in flight (it
+/// passed the local check and needed no extension when posted, and reached
+/// the memory node after the GC had revoked the lease) completes as
+/// LEASE_LOCAL_EXPIRED_ERR and is counted in `auto_extend_lost`, never a
+/// protection error. Large reads share the thread's large buffer one at a
+/// time, so the later ones are sent only once the first completes: after
+/// the deadline here.
+#[test]
+fn an_auto_extended_call_that_expires_in_flight_is_counted_lost() {
+    with_nodes(1, 64, |_srv, cl| {
+        let mut c = cl.register_client_thread().unwrap();
+        let mut w = cl.register_client_thread().unwrap();
+        let big = 64 * 1024;
+        let mut l = c.get_rlease(0, 0, 0, 0, big, 1_000_000, 0).unwrap();
+        assert!(l.success());
+        // 40 ms left of 41 held: more than auto-extend's margin (half the
+        // time held), so the reads are posted without an extension.
+        assert_eq!(c.extend(&mut l, 40_000_000, 0).unwrap(), Rc::Ok);
+        // The witness, on another thread, is due just after `l`: once it is
+        // revoked, so is `l`.
+        let mut wl = w.get_rlease(0, 0, 1 << 20, 0, 64, 42_000_000, 0).unwrap();
+        assert!(wl.success() && wl.ddl > l.ddl);
+        let lost0 = c.auto_extend_lost();
+        for tag in 0..4 {
+            posted(c.post_read(&mut l, big as usize, 0, rw::WITH_AUTO_EXTEND, tag));
+        }
+        let mut b = [0u8; 8];
+        let t0 = Instant::now();
+        while w
+            .read(&mut wl, &mut b, 0, rw::NO_LOCAL_EXPIRE_CHECK)
+            .unwrap()
+            == Rc::Ok
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the witness was never revoked"
+            );
+            thread::yield_now();
+        }
+        let got = collect(&mut c, 4);
+        let rcs: Vec<Rc> = (0..4).map(|t| got[&t].rc()).collect();
+        eprintln!("reads: {rcs:?}, lost {}", c.auto_extend_lost() - lost0);
+        assert_eq!(rcs[0], Rc::Ok, "the first read was sent at post time");
+        for rc in &rcs[1..] {
+            assert_eq!(*rc, Rc::LeaseLocalExpiredErr, "{rcs:?}");
+        }
+        assert!(
+            c.auto_extend_lost() > lost0,
+            "a lease auto-extend did not keep alive went unreported"
+        );
+    });
+}
+
 /// The expiry probe under two busy-loop hogs on the 2 cores: 20 ms leases
 /// read (blocking, local check on) until the first failure, which must be
 /// LEASE_LOCAL_EXPIRED_ERR every time (measured before the call-time

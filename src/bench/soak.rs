@@ -405,13 +405,9 @@ impl Worker<'_> {
                 self.k.extensions.fetch_add(1, Relaxed);
             }
             // An extension CAS that loses the race with the GC's close
-            // completes as RdmaProtectionErr today (tests/lease_core's
-            // extension-racing-GC test asserts it), not as
-            // LeaseLocalExpiredErr as data calls do: judged by the deadline
-            // like the others. Before the deadline it stays unexpected.
-            Err(_) | Ok(Rc::LeaseLocalExpiredErr | Rc::RdmaProtectionErr)
-                if self.p.now() >= first =>
-            {
+            // completes as LeaseLocalExpiredErr (it expired in flight);
+            // RdmaProtectionErr is always unexpected.
+            Err(_) | Ok(Rc::LeaseLocalExpiredErr) if self.p.now() >= first => {
                 // Descheduled past the first term: the GC closed it.
                 self.k.late.fetch_add(1, Relaxed);
                 return;
@@ -449,11 +445,9 @@ impl Worker<'_> {
             self.k.ops.fetch_add(1, Relaxed);
             match r {
                 Ok((Rc::Ok, _)) => self.faa += 1,
-                // Reported lost, or refused in flight once the deadline it
-                // knew had passed (a thread descheduled past its term).
-                Ok((Rc::LeaseLocalExpiredErr, _))
-                    if self.c.auto_extend_lost() > lost0 || self.p.now() >= l.ddl =>
-                {
+                // Reported lost (a thread descheduled past its term, or the
+                // lease ran out while the FAA was in flight).
+                Ok((Rc::LeaseLocalExpiredErr, _)) if self.c.auto_extend_lost() > lost0 => {
                     self.k.auto_lost.fetch_add(1, Relaxed);
                     self.k.late.fetch_add(1, Relaxed);
                     return;

@@ -212,6 +212,7 @@ impl ClientThread {
             cache: None,
             units: None,
             ddl: None,
+            auto: false,
             staged: false,
         })))
     }

@@ -360,6 +360,9 @@ pub(super) struct DataOp {
     /// a refusal once that deadline is in doubt means the lease ran out
     /// while the call was in flight (LEASE_LOCAL_EXPIRED_ERR).
     pub ddl: Option<i64>,
+    /// Asked for WITH_AUTO_EXTEND: running out of the lease in flight
+    /// counts as a lease auto-extend lost.
+    pub auto: bool,
     /// A blocking READ of at most [`SMALL`] bytes: its data stays in the
     /// call's staging page and [`ClientThread::run_into`] copies it to the
     /// caller (no buffer in between).
@@ -1097,9 +1100,10 @@ impl ClientThread {
             self.finish(idx, Completion::new(0, Ok(Rc::RdmaExecutionErr)));
             return Ok(());
         }
-        let (ddl, revive) = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op) {
-            Some(Op::Data(d)) => (d.ddl, d.pre.is_some()),
-            _ => (None, false),
+        let (ddl, revive, auto) = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op)
+        {
+            Some(Op::Data(d)) => (d.ddl, d.pre.is_some(), d.auto),
+            _ => (None, false, false),
         };
         if revive {
             // The auto-extension itself was refused: its region's window is
@@ -1110,19 +1114,29 @@ impl ClientThread {
             self.finish(idx, c);
             return Ok(());
         }
-        let rc = match ddl {
+        let c = match ddl {
             // It passed the local check at post time and the deadline is in
-            // doubt now: it expired in flight.
-            Some(t) if !self.sh.clock.before_deadline(t) => Rc::LeaseLocalExpiredErr,
-            _ => Rc::RdmaProtectionErr,
+            // doubt now: it expired in flight (and auto-extend, if it was
+            // asked to keep the lease alive, did not). The GC closes the
+            // protection region before it unbinds: the lease is closed.
+            Some(t) if !self.sh.clock.before_deadline(t) => {
+                if auto {
+                    self.note_lost();
+                }
+                let mut c = Completion::new(0, Ok(Rc::LeaseLocalExpiredErr));
+                c.update.closed = true;
+                c
+            }
+            _ => Completion::new(0, Ok(Rc::RdmaProtectionErr)),
         };
-        self.finish(idx, Completion::new(0, Ok(rc)));
+        self.finish(idx, c);
         Ok(())
     }
 
-    /// Auto-extend came back to a lease the memory node had closed.
-    fn note_lost(&mut self) {
-        self.auto_extend_lost += 1;
+    /// Auto-extend could not keep a lease alive: it came back to a lease the
+    /// memory node had closed, or a call ran out of it in flight.
+    fn note_lost(&self) {
+        self.auto_extend_lost.set(self.auto_extend_lost.get() + 1);
         if !self.ext_warned.replace(true) {
             tracing::warn!(
                 "auto-extend could not keep a lease alive: the thread came back after the memory node \

@@ -212,6 +212,7 @@ impl ClientThread {
                     );
                 }
                 Ok(if expired {
+                    self.auto_extend_lost.set(self.auto_extend_lost.get() + 1);
                     Check::Stop(Rc::LeaseLocalExpiredErr)
                 } else {
                     Check::Go(None)
@@ -265,6 +266,7 @@ impl ClientThread {
             units: None,
             ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
                 .then_some(lease.ddl),
+            auto: flag & rw::WITH_AUTO_EXTEND != 0 && !lease.never_expires(),
             staged: false,
         }))
     }

@@ -354,7 +354,12 @@ impl ClientThread {
             pre: None,
             cache: None,
             units: None,
-            ddl: None,
+            // The extension was sent against the deadline the lease had:
+            // refused once that deadline is in doubt, the GC's close won
+            // the race (the lease expired in flight), not a protection
+            // fault.
+            ddl: (!lease.never_expires()).then_some(lease.ddl),
+            auto: false,
             staged: false,
         })))
     }

@@ -143,8 +143,10 @@ pub struct ClientThread {
     ext_rtt_ns: u64,
     /// Auto-extend could not keep a lease alive (told once per thread).
     ext_warned: std::cell::Cell<bool>,
-    /// Leases auto-extend found revoked when it came to revive them.
-    auto_extend_lost: u64,
+    /// Leases auto-extend could not keep alive (found revoked when it came
+    /// to revive them, expired in flight, or past a cap it could not
+    /// extend beyond).
+    auto_extend_lost: std::cell::Cell<u64>,
     /// Per directory, the PSNs of the last coordinated reset of its data
     /// QP (the next one picks others).
     psns: Vec<Option<crate::fabric::ConnPsns>>,
@@ -218,7 +220,7 @@ impl ClientThread {
             out: Vec::with_capacity(msg::MAX_MSG),
             magic_retries: 0,
             ext_rtt_ns: 0,
-            auto_extend_lost: 0,
+            auto_extend_lost: std::cell::Cell::new(0),
             ext_warned: std::cell::Cell::new(false),
             psns: vec![None; dirs],
             rekeys: vec![Default::default(); dirs],
@@ -235,10 +237,13 @@ impl ClientThread {
     /// Leases that auto-extend (`WITH_AUTO_EXTEND`) could not keep alive:
     /// the thread came back to a lease the memory node had already closed
     /// (its term plus epsilon had passed, e.g. a 1 ms term on a thread
-    /// descheduled for longer). Each is also reported by a warning once per
-    /// thread; the reads return LEASE_LOCAL_EXPIRED_ERR.
+    /// descheduled for longer), a call ran out of its lease while in
+    /// flight, or the lease had no protection region or reached its cap and
+    /// expired. Counted per call (a lease that ran out under several calls
+    /// in flight counts once for each), and warned about once per thread;
+    /// every such call returns LEASE_LOCAL_EXPIRED_ERR.
     pub fn auto_extend_lost(&self) -> u64 {
-        self.auto_extend_lost
+        self.auto_extend_lost.get()
     }
 
     /// What node `node` published about its memory (where its region is,

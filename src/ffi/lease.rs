@@ -164,7 +164,10 @@ fn extend(
 
 /// Extends the lease by `ns` with a one-sided CAS on its protection region
 /// (no memory-node CPU). PATRONUS_RC_INVALID when the extension cannot be
-/// granted (revoked, no protection region, cap reached).
+/// granted (revoked, no protection region, cap reached);
+/// PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR when the CAS reached the memory
+/// node after it had revoked the lease at its deadline (the lease ran out
+/// while the extension was in flight).
 #[no_mangle]
 pub extern "C" fn patronus_extend(
     p: *mut patronus_t,

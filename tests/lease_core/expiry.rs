@@ -199,8 +199,10 @@ fn extension_racing_gc(through_nic: bool) {
                         assert_eq!(c.read(&mut l, &mut b, 0, 0).unwrap(), Rc::Ok);
                     }
                     // The GC won: the protection region was closed (Invalid)
-                    // or already unbound (the CAS refused by the NIC).
-                    Rc::Invalid | Rc::RdmaProtectionErr => {
+                    // or already unbound (the CAS refused by the NIC, after
+                    // the deadline: the lease expired in flight, never a
+                    // protection error).
+                    Rc::Invalid | Rc::LeaseLocalExpiredErr => {
                         refused += 1;
                         delta -= step;
                         assert!(
