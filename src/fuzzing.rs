@@ -498,7 +498,7 @@ pub fn clock_info(data: &[u8]) {
     let c = ClockInfo::decode(&b);
     let mut e = [0u8; 32];
     e[0..8].copy_from_slice(&c.ns.to_le_bytes());
-    e[8..16].copy_from_slice(&c.reserved.to_le_bytes());
+    e[8..16].copy_from_slice(&c.flags.to_le_bytes());
     e[16..24].copy_from_slice(&c.request.to_le_bytes());
     e[24..32].copy_from_slice(&c.magic.to_le_bytes());
     assert_eq!(e, b, "ClockInfo field layout");

@@ -91,7 +91,7 @@ pub use clock::{coarse_resolution_ns, monotonic_coarse_ns, monotonic_ns};
 pub use endpoint::QpEndpoint;
 pub use error::FabricError;
 pub use mem::Mr;
-pub use nic::{open_nic, open_nic_with, Caps, Nic};
+pub use nic::{open_nic, open_nic_with, Caps, Nic, ServeHook};
 pub use psn::{ConnPsns, Psns, PSN_MASK};
 pub use queue::{Cq, Qp, QpCap, QpState};
 pub use work::{RecvWr, SendWr, Sge, Wc, WcOpcode, WcStatus, WrOp};

@@ -85,7 +85,24 @@ pub trait Nic: Send + Sync {
         recv_cq: &Arc<dyn Cq>,
         cap: QpCap,
     ) -> Result<Arc<dyn Qp>>;
+    /// Runs `hook` on the threads that serve inbound one-sided requests,
+    /// each time one takes a batch of requests and before it executes
+    /// them, until replaced (`None` removes it): every request is served
+    /// after a run of the hook that began after the request was posted.
+    /// A word the hook stores is then fresh for each READ, with no thread
+    /// of its own: the time parent publishes its clock this way
+    /// (`time::sync`), so a sync sample is one READ's round trip and needs
+    /// no third thread on a core. The hook must be cheap and must not
+    /// block; it may run on two threads at once (shm and tcp links).
+    /// Returns false where the backend serves requests in hardware.
+    fn set_serve_hook(&self, hook: Option<ServeHook>) -> bool {
+        let _ = hook;
+        false
+    }
 }
+
+/// See [`Nic::set_serve_hook`].
+pub type ServeHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Opens the NIC of the fabric named `fabric`: "shm" or "tcp" (the soft NIC
 /// with that link; `tcp_listen` is its listener address, `max_keys` its

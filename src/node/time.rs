@@ -60,7 +60,7 @@ pub(super) fn sync_time(s: TimeSetup<'_>) -> Result<TimeThreads> {
         Ok(theirs == mine.as_bytes())
     };
     if s.node_id == parent {
-        out._exposer = Some(Exposer::start(s.region.clone(), s.clock.clone())?);
+        out._exposer = Some(Exposer::start(s.region.clone(), s.clock.clone(), s.nic)?);
     } else if same_clock()? {
         // One kernel clock: the offset is exactly 0 and the uncertainty only
         // what reading it costs; nothing to re-sync.

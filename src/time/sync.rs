@@ -1,43 +1,56 @@
 //! Clock synchronisation against the time parent.
 //!
 //! The parent keeps a [`ClockInfo`] at offset 0 of its registered region.
-//! A node that wants to sync FAAs the parent's `request` word (one-sided);
-//! the parent's exposer thread, which otherwise sleeps, sees the request
-//! within a millisecond and publishes its clock in a loop for a short burst.
-//! The syncing node RDMA-READs the ClockInfo back to back. When read `i`
-//! (posted at local `t0_i`, completed at `t1_i`) returns a value different
-//! from read `i-1`, that value was published after read `i-1` started and
-//! before read `i` completed, i.e. at a local time inside
-//! `[t0_{i-1}, t1_i]`. With `lo = t0_{i-1}`, `hi = t1_i`:
+//! A node that wants to sync FAAs the parent's `request` word (one-sided),
+//! and the parent publishes its clock for a short burst. The syncing node
+//! RDMA-READs the ClockInfo; a READ posted at local `t0` and completed at
+//! `t1` yields a sample `[lo, hi]` that contains the local time at which
+//! the value it returned was read from the parent's clock:
+//!
+//! - On a NIC with a serving thread (the soft NIC) the parent publishes
+//!   from that thread's serve hook ([`Nic::set_serve_hook`]), which runs
+//!   after each request it serves was posted: while the burst is on,
+//!   `[lo, hi] = [t0, t1]` of the READ itself ([`AT_SERVE`]).
+//! - Otherwise an exposer thread publishes in a loop: when read `i`
+//!   returns a value different from read `i-1`, that value was published
+//!   after read `i-1` started and before read `i` completed:
+//!   `[lo, hi] = [t0_{i-1}, t1_i]`.
 //!
 //! ```text
 //! offset  = parent.ns - (lo + hi)/2
 //! epsilon = (hi - lo)/2 + drift allowance
 //! ```
 //!
-//! and the true offset lies within `epsilon` of the estimate, however the
-//! exposer was scheduled. The sample with the narrowest window wins, so
-//! epsilon comes from the measured read latency (about two reads). At
-//! start-up the reader spins between reads (a yield would sit inside the
-//! next window) and [`TimeSyncer::measure_until`] keeps sampling until one
-//! window is narrow, since on a loaded host most hold a preemption.
+//! and the true offset lies within `epsilon` of the estimate, however
+//! either side was scheduled. The sample with the narrowest window wins,
+//! so epsilon comes from the measured read latency. With two-read samples
+//! the reader spins between reads at start-up (a yield would sit inside
+//! the next window); with one-read samples it yields between them, and no
+//! window spans the gap. [`TimeSyncer::measure_until`] keeps sampling until
+//! one window is narrow, since on a loaded host most hold a preemption.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
 
 use super::Clock;
-use crate::fabric::{monotonic_ns, Cq, Mr, Qp, QpEndpoint, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::fabric::{
+    monotonic_ns, Cq, Mr, Nic, Qp, QpEndpoint, SendWr, ServeHook, Sge, Wc, WcStatus, WrOp,
+};
 use crate::{Error, Result};
 
-/// Bytes of the ClockInfo (ns, reserved, request, magic), at region offset 0.
+/// Bytes of the ClockInfo (ns, flags, request, magic), at region offset 0.
 pub const CLOCK_INFO_SIZE: u64 = 32;
 /// Magic that says the parent's ClockInfo is live.
 pub const CLOCK_MAGIC: u64 = 0xaabb_ccdd_1010_3232;
 /// How long the exposer publishes after a request.
 const BURST: Duration = Duration::from_millis(20);
+/// [`ClockInfo::flags`]: the parent publishes its clock as its NIC serves
+/// each READ (a serve hook), after the READ was posted: one READ's round
+/// trip brackets the value it returns while a burst is on.
+pub const AT_SERVE: i64 = 1;
 /// Allowance for clock drift between syncs (monotonic clocks of different
 /// hosts drift by up to ~200 us/s; periodic resync bounds the interval).
 const DRIFT_NS: i64 = 1_000;
@@ -47,8 +60,8 @@ const DRIFT_NS: i64 = 1_000;
 pub struct ClockInfo {
     /// Parent PatronusTime when published.
     pub ns: i64,
-    /// Reserved (0).
-    pub reserved: i64,
+    /// [`AT_SERVE`] when the parent publishes as it serves each READ.
+    pub flags: i64,
     /// Sync requests so far.
     pub request: u64,
     /// [`CLOCK_MAGIC`] once live.
@@ -62,7 +75,7 @@ impl ClockInfo {
         let mut r = &b[..];
         ClockInfo {
             ns: r.get_i64_le(),
-            reserved: r.get_i64_le(),
+            flags: r.get_i64_le(),
             request: r.get_u64_le(),
             magic: r.get_u64_le(),
         }
@@ -93,16 +106,79 @@ impl SyncSample {
 }
 
 /// Publishes this node's clock while somebody asks (runs on the parent).
+///
+/// On a NIC that serves requests on a thread of its own (the soft NIC) the
+/// exposer is a hook of that thread ([`Nic::set_serve_hook`]): each pass
+/// sees a new request and, during a burst, stores the clock right before
+/// it serves the pass's READs. A sync bracket then needs two threads on a
+/// core (the reader and the responder), not three: on a loaded two-core
+/// host a third thread put a scheduler slice inside most brackets. A
+/// hardware NIC has no such thread: there a thread of our own publishes.
 pub struct Exposer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The NIC whose serve hook publishes (removed on drop).
+    hooked: Option<Arc<dyn Nic>>,
+}
+
+/// The clock publisher a serving NIC thread runs before each pass.
+fn publisher(region: Arc<Mr>, clock: Arc<Clock>) -> ServeHook {
+    // Only the NIC's serving threads call it; atomics make it Sync.
+    let seen = AtomicU64::new(0);
+    let until = AtomicI64::new(0);
+    let burst = BURST.as_nanos() as i64;
+    Arc::new(move || {
+        let req = region.load_u64(16).unwrap_or(0);
+        if req != seen.load(Ordering::Relaxed) {
+            seen.store(req, Ordering::Relaxed);
+            until.store(clock.now().saturating_add(burst), Ordering::Relaxed);
+        }
+        let end = until.load(Ordering::Relaxed);
+        if end != 0 {
+            let now = clock.now();
+            if now >= end {
+                until.store(0, Ordering::Relaxed);
+                return;
+            }
+            // Two serving threads may publish at once: the word only grows,
+            // so whatever a READ returns was read from the clock no earlier
+            // than the newest run of the hook before it was served.
+            let Ok(mut cur) = region.load_u64(0) else {
+                return;
+            };
+            while (cur as i64) < now {
+                match region.cas_u64(0, cur, now as u64) {
+                    Ok(seen) if seen == cur => break,
+                    Ok(seen) => cur = seen,
+                    Err(_) => break,
+                }
+            }
+        }
+    })
 }
 
 impl Exposer {
-    /// Starts the exposer over `region` (ClockInfo at offset 0).
-    pub fn start(region: Arc<Mr>, clock: Arc<Clock>) -> Result<Exposer> {
+    /// Starts the exposer over `region` (ClockInfo at offset 0): as a serve
+    /// hook of `nic` where it has one, else as a thread.
+    pub fn start(region: Arc<Mr>, clock: Arc<Clock>, nic: &Arc<dyn Nic>) -> Result<Exposer> {
+        region.store_u64(0, clock.now() as u64)?;
+        region.store_u64(8, AT_SERVE as u64)?;
+        region.store_u64(24, CLOCK_MAGIC)?;
+        if nic.set_serve_hook(Some(publisher(region.clone(), clock.clone()))) {
+            return Ok(Exposer {
+                stop: Arc::new(AtomicBool::new(false)),
+                thread: None,
+                hooked: Some(nic.clone()),
+            });
+        }
+        Self::start_thread(region, clock)
+    }
+
+    /// The exposer as a thread of its own (a NIC without serve hooks).
+    pub fn start_thread(region: Arc<Mr>, clock: Arc<Clock>) -> Result<Exposer> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        region.store_u64(8, 0)?;
         region.store_u64(24, CLOCK_MAGIC)?;
         region.store_u64(0, clock.now() as u64)?;
         // Started means running: the thread has its name and polls for
@@ -146,12 +222,16 @@ impl Exposer {
         Ok(Exposer {
             stop,
             thread: Some(thread),
+            hooked: None,
         })
     }
 }
 
 impl Drop for Exposer {
     fn drop(&mut self) {
+        if let Some(nic) = self.hooked.take() {
+            nic.set_serve_hook(None);
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -246,13 +326,21 @@ impl TimeSyncer {
                 }
                 return Ok(());
             }
-            if t0.elapsed() > self.timeout {
+            let waited = t0.elapsed();
+            if waited > self.timeout {
                 return Err(Error::Timeout(format!(
                     "time sync: the parent did not answer within {:?}",
                     self.timeout
                 )));
             }
-            std::hint::spin_loop();
+            // A round trip answered in microseconds is a sample worth
+            // having; past that the responder is off its core (perhaps
+            // this one): give it the core rather than spin out our slice.
+            if waited < Duration::from_micros(20) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -349,6 +437,9 @@ impl TimeSyncer {
         // When the last (re)quest was made; a burst can end (or be missed)
         // before enough samples arrive, so stale reads re-request.
         let mut asked: Option<Instant> = None;
+        // Local time just before the last request was posted.
+        let mut requested: Option<i64> = None;
+        let burst_ns = BURST.as_nanos() as i64;
         let more = |got: usize, best: &Option<SyncSample>| {
             got < samples.max(1)
                 || (t0.elapsed() < patience && best.is_none_or(|b| b.hi - b.lo > good_ns))
@@ -361,13 +452,39 @@ impl TimeSyncer {
                 )));
             }
             if asked.is_none_or(|a| a.elapsed() > Duration::from_millis(5)) {
+                let at = monotonic_ns();
                 self.request()?;
+                requested = Some(at);
                 asked = Some(Instant::now());
             }
             let (t0, t1, info) = self.read()?;
             if info.magic != CLOCK_MAGIC {
                 prev = None;
                 std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            // A parent that publishes as it serves: while the burst our last
+            // request started is on (it lasts BURST from when the parent
+            // saw the request, which it did before serving this READ; half
+            // of it leaves room for the clocks' rates), this READ's value
+            // was read from the parent's clock after the READ was posted
+            // and before it completed. The bracket is this READ alone, so
+            // what happens between reads (a yield, a preemption) is in no
+            // bracket: the reader yields between them.
+            if info.flags & AT_SERVE != 0
+                && requested.is_some_and(|r| t1.saturating_sub(r) < burst_ns / 2)
+            {
+                prev = None;
+                got += 1;
+                let s = SyncSample {
+                    lo: t0,
+                    hi: t1,
+                    parent_ns: info.ns,
+                };
+                if s.estimate().is_some() && best.is_none_or(|b| s.hi - s.lo < b.hi - b.lo) {
+                    best = Some(s);
+                }
+                std::thread::yield_now();
                 continue;
             }
             let last = prev.replace((t0, info.ns));
@@ -405,6 +522,12 @@ impl TimeSyncer {
                 best = Some(s);
             }
         }
+        tracing::debug!(
+            samples = got,
+            took = ?t0.elapsed(),
+            narrowest_ns = best.map(|b| b.hi - b.lo),
+            "time sync measured"
+        );
         let (offset, eps) = best
             .and_then(|b| b.estimate())
             .ok_or_else(|| Error::Invalid("time sync: no usable sample".into()))?;

@@ -127,6 +127,33 @@ pub(crate) struct NicInner {
     /// Peers (NIC public keys) that flooded a channel: no new channel until
     /// the ban ends (see `NicInner::ban_flooder`).
     flood_bans: Mutex<HashMap<[u8; KEY_LEN], FloodBan>>,
+    /// Run by the serving loops before they execute a batch of requests
+    /// (`Nic::set_serve_hook`); the loops take a copy when `serve_hook_ver`
+    /// moves.
+    serve_hook: Mutex<Option<crate::fabric::ServeHook>>,
+    serve_hook_ver: AtomicU64,
+}
+
+/// A serving loop's copy of the NIC's serve hook.
+#[derive(Default)]
+pub(crate) struct HookCache {
+    ver: u64,
+    hook: Option<crate::fabric::ServeHook>,
+}
+
+impl HookCache {
+    /// Runs the hook (one atomic load when none is set).
+    #[inline]
+    pub(crate) fn run(&mut self, nic: &NicInner) {
+        let v = nic.serve_hook_ver.load(Ordering::Acquire);
+        if v != self.ver {
+            self.ver = v;
+            self.hook = nic.serve_hook.lock().clone();
+        }
+        if let Some(h) = &self.hook {
+            h();
+        }
+    }
 }
 
 /// A flooding peer's ban: until when, and how many floods so far (each
@@ -339,6 +366,8 @@ impl SoftNic {
             tcp_stalled_closed: AtomicU64::new(0),
             tcp_flood_closed: AtomicU64::new(0),
             flood_bans: Mutex::new(HashMap::new()),
+            serve_hook: Mutex::new(None),
+            serve_hook_ver: AtomicU64::new(0),
         });
         let mut threads = Vec::new();
         let i = inner.clone();
@@ -577,5 +606,11 @@ impl Nic for SoftNic {
         rcq.attach(&q, None, true);
         self.inner.qps.write().insert(qpn, q.clone());
         Ok(Arc::new(SoftQp { inner: q }))
+    }
+
+    fn set_serve_hook(&self, hook: Option<crate::fabric::ServeHook>) -> bool {
+        *self.inner.serve_hook.lock() = hook;
+        self.inner.serve_hook_ver.fetch_add(1, Ordering::Release);
+        true
     }
 }

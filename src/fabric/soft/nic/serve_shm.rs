@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sys::efd_drain;
-use super::NicInner;
+use super::{HookCache, NicInner};
 use crate::fabric::mem::MemBlock;
 use crate::fabric::soft::keys::KeyTable;
 use crate::fabric::soft::qp::QpInner;
@@ -26,7 +26,13 @@ const BYTE_BUDGET: u64 = 1 << 20;
 impl NicInner {
     /// Serves up to a budget of requests on one shm channel towards local
     /// QP `q`. Returns work done.
-    fn serve_shm(&self, ch: &InShm, q: &QpInner, st: &mut RespState) -> usize {
+    fn serve_shm(
+        &self,
+        ch: &InShm,
+        q: &QpInner,
+        st: &mut RespState,
+        hook: &mut HookCache,
+    ) -> usize {
         let t = self.target(q);
         let reset = q.state() == QpState::Reset;
         let avail = match st.req.available() {
@@ -49,6 +55,8 @@ impl NicInner {
             }
         };
         let n = avail.min(free).min(REQ_BUDGET);
+        // Every request this visit serves was posted before the hook ran.
+        hook.run(self);
         let v = ch.blocks_ver.load(Ordering::Acquire);
         if v != st.blocks_ver {
             st.blocks = ch
@@ -170,6 +178,7 @@ pub(super) fn shm_loop(nic: Arc<NicInner>) {
     const YIELD: Duration = Duration::from_micros(300);
     let mut idle_since: Option<Instant> = None;
     let mut spins = 0u32;
+    let mut hook = HookCache::default();
     while !nic.stop.load(Ordering::Acquire) {
         let v = nic.in_shm_ver.load(Ordering::Acquire);
         if v != ver {
@@ -199,7 +208,7 @@ pub(super) fn shm_loop(nic: Arc<NicInner>) {
             // The lock-free peek keeps the idle spin to a few loads per
             // channel, so a request is seen within nanoseconds.
             if s.ch.has_request() && !s.ch.dead.load(Ordering::Relaxed) {
-                work += nic.serve_shm(&s.ch, &s.q, &mut s.st);
+                work += nic.serve_shm(&s.ch, &s.q, &mut s.st, &mut hook);
             }
         }
         if work > 0 {

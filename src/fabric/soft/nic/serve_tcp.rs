@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::sys::{epoll_ctl, STOP_TOKEN};
-use super::NicInner;
+use super::{HookCache, NicInner};
 use crate::fabric::soft::auth::KEY_LEN;
 use crate::fabric::soft::qp::{QpInner, MAX_BUFFERED_MSGS};
 use crate::fabric::soft::responder;
@@ -171,14 +171,14 @@ impl InTcp {
 impl NicInner {
     /// Serves a tcp channel (ready by epoll, queued with frames left, or
     /// polled directly while it is the only busy one), within a budget.
-    fn serve_tcp(&self, ch: &InTcp, b: Budget) -> Visit {
+    fn serve_tcp(&self, ch: &InTcp, b: Budget, hook: &mut HookCache) -> Visit {
         let Some(q) = ch.target.upgrade() else {
             ch.kill();
             return Visit::default();
         };
         let mut st = ch.st.lock();
         let st = &mut *st;
-        let v = self.serve_frames(ch, &q, st, b);
+        let v = self.serve_frames(ch, &q, st, b, hook);
         self.account(st);
         if ch.dead.load(Ordering::Relaxed) {
             return v;
@@ -278,7 +278,14 @@ impl NicInner {
         self.tcp_buffered.load(Ordering::Relaxed) < self.tcp_buffer_total
     }
 
-    fn serve_frames(&self, ch: &InTcp, q: &QpInner, st: &mut InTcpState, b: Budget) -> Visit {
+    fn serve_frames(
+        &self,
+        ch: &InTcp,
+        q: &QpInner,
+        st: &mut InTcpState,
+        b: Budget,
+        hook: &mut HookCache,
+    ) -> Visit {
         let t = self.target(q);
         let mut v = Visit::default();
         if st.f.flush().is_err() {
@@ -299,6 +306,11 @@ impl NicInner {
                     return v;
                 }
             }
+        }
+        // Every frame this visit serves was read (so sent) before the hook
+        // ran: frames are served only from what the reads above buffered.
+        if st.f.pending_in() > 0 {
+            hook.run(self);
         }
         let mut reqs = 0usize;
         let mut bytes = 0usize;
@@ -471,6 +483,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
     let mut last_scan = Instant::now();
     // The last epoll_wait blocked (the NIC is parked, passes are rare).
     let mut parked = false;
+    let mut hook = HookCache::default();
     while !nic.stop.load(Ordering::Acquire) {
         passes = passes.wrapping_add(1);
         // The stall scan: the clock is read for it every 256th pass while
@@ -508,7 +521,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
             let mut input = false;
             let mut more = false;
             if let Some((token, ch)) = &hot {
-                let v = nic.serve_tcp(ch, ALONE);
+                let v = nic.serve_tcp(ch, ALONE, &mut hook);
                 input = v.input || v.more;
                 more = v.more;
                 if reap(*token, ch) {
@@ -561,7 +574,7 @@ pub(super) fn tcp_loop(nic: Arc<NicInner>) {
                 return; // already served this pass
             }
             served += 1;
-            let v = nic.serve_tcp(&ch, budget);
+            let v = nic.serve_tcp(&ch, budget, &mut hook);
             if hup && ch.st.lock().interest == libc::EPOLLRDHUP as u32 {
                 // Stalled on an incomplete frame and the peer hung up: that
                 // frame can never complete.
