@@ -176,29 +176,50 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
                 let hs: Vec<_> = (0..threads)
                     .map(|_| {
                         let mut c = p.register_client_thread()?;
-                        Ok(sc.spawn(move || -> Result<()> {
-                            let mut l = c.get_lease(true, s, 0, 0, 64, 50_000_000, 0)?;
-                            if !l.success() {
-                                return Err(Error::Invalid(format!(
-                                    "write lease refused: status {}",
-                                    l.ec()
-                                )));
-                            }
-                            for i in 0..ops {
-                                let (rc, _) = c.faa(&mut l, 0, 1, rw::WITH_AUTO_EXTEND)?;
-                                if rc != Rc::Ok {
-                                    return Err(Error::Invalid(format!("faa {i}: {rc:?}")));
+                        Ok(sc.spawn(move || -> Result<u64> {
+                            let acquire = |c: &mut crate::client::ClientThread| {
+                                let l = c.get_lease(true, s, 0, 0, 64, 50_000_000, 0)?;
+                                if !l.success() {
+                                    return Err(Error::Invalid(format!(
+                                        "write lease refused: status {}",
+                                        l.ec()
+                                    )));
+                                }
+                                Ok(l)
+                            };
+                            let mut l = acquire(&mut c)?;
+                            let mut expired = 0u64;
+                            let mut i = 0;
+                            while i < ops {
+                                match c.faa(&mut l, 0, 1, rw::WITH_AUTO_EXTEND)? {
+                                    (Rc::Ok, _) => i += 1,
+                                    // The lease ran out before auto-extend
+                                    // could act (a thread or the memory
+                                    // node's NIC descheduled past its
+                                    // term): the FAA was not executed.
+                                    // Take a new lease and do it again.
+                                    (Rc::LeaseLocalExpiredErr, _) if expired < 1000 => {
+                                        expired += 1;
+                                        let _ = c.relinquish(&mut l, 0, 0);
+                                        l = acquire(&mut c)?;
+                                    }
+                                    (rc, _) => {
+                                        return Err(Error::Invalid(format!("faa {i}: {rc:?}")))
+                                    }
                                 }
                             }
                             c.relinquish(&mut l, 0, 0)?;
-                            Ok(())
+                            Ok(expired)
                         }))
                     })
                     .collect::<Result<_>>()?;
+                let mut expired = 0;
                 for h in hs {
-                    h.join()
+                    expired += h
+                        .join()
                         .map_err(|_| Error::Invalid("a client thread panicked".into()))??;
                 }
+                say(format_args!("faa_expired={expired}"));
                 Ok(())
             })?;
             p.keeper_barrier_n("faa-done", clients)?;
