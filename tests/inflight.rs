@@ -426,14 +426,16 @@ fn an_auto_extended_call_that_expires_in_flight_is_counted_lost() {
         let mut c = cl.register_client_thread().unwrap();
         let mut w = cl.register_client_thread().unwrap();
         let big = 64 * 1024;
-        let mut l = c.get_rlease(0, 0, 0, 0, big, 1_000_000, 0).unwrap();
+        let mut l = c.get_rlease(0, 0, 0, 0, big, 20_000_000, 0).unwrap();
         assert!(l.success());
-        // 40 ms left of 41 held: more than auto-extend's margin (half the
-        // time held), so the reads are posted without an extension.
-        assert_eq!(c.extend(&mut l, 40_000_000, 0).unwrap(), Rc::Ok);
+        // About 220 ms left of 220 held: more than auto-extend's margin
+        // (half the time held), so the reads are posted without an
+        // extension.
+        assert_eq!(c.extend(&mut l, 200_000_000, 0).unwrap(), Rc::Ok);
         // The witness, on another thread, is due just after `l`: once it is
         // revoked, so is `l`.
-        let mut wl = w.get_rlease(0, 0, 1 << 20, 0, 64, 42_000_000, 0).unwrap();
+        let term = (l.ddl - cl.now() + 2_000_000) as u64;
+        let mut wl = w.get_rlease(0, 0, 1 << 20, 0, 64, term, 0).unwrap();
         assert!(wl.success() && wl.ddl > l.ddl);
         let lost0 = c.auto_extend_lost();
         for tag in 0..4 {

@@ -10,6 +10,13 @@
 //! however fast one peer floods, at most `per_qp` of its messages wait
 //! here, and a message of any other peer waits for at most one message of
 //! each busy peer.
+//!
+//! Sends never block on one peer: a peer holds at most `per_qp` send slots
+//! (its messages not yet completed, e.g. on a lossy link waiting for a
+//! retransmission, or towards a peer that stopped reading); past that, or
+//! when every slot is taken, its messages wait in its own backlog (at most
+//! [`BACKLOG_MAX`]) and go out as its slots complete. A stalled peer delays
+//! only its own messages, never another peer's.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +28,9 @@ use super::{
 
 /// Bytes per message slot (the fabric's SEND limit on every backend we have).
 pub const SLOT: usize = 4096;
+/// Messages one peer may have waiting for a send slot; past it a send to
+/// that peer fails (`Exhausted`) and the message is dropped.
+pub const BACKLOG_MAX: usize = 256;
 
 /// A received message: which QP it came on and its bytes.
 #[derive(Debug)]
@@ -39,6 +49,14 @@ pub struct Messenger {
     send_mr: Arc<Mr>,
     per_qp: u32,
     send_free: Vec<u32>,
+    /// Per send slot, the peer whose message holds it.
+    slot_peer: Vec<usize>,
+    /// Per peer, send slots its messages hold.
+    sending: Vec<u32>,
+    /// Per peer, messages waiting for a send slot (in order).
+    backlog: Vec<VecDeque<Vec<u8>>>,
+    /// Peers with a backlog.
+    backlogged: Vec<usize>,
     /// Received messages per peer with their receive slot (posted again
     /// when the message is taken).
     queues: Vec<VecDeque<(u32, Incoming)>>,
@@ -63,6 +81,10 @@ impl Messenger {
             send_mr: self.send_mr.clone(),
             per_qp: self.per_qp,
             send_free: std::mem::take(&mut self.send_free),
+            slot_peer: std::mem::take(&mut self.slot_peer),
+            sending: std::mem::take(&mut self.sending),
+            backlog: std::mem::take(&mut self.backlog),
+            backlogged: std::mem::take(&mut self.backlogged),
             queues: std::mem::take(&mut self.queues),
             ready: std::mem::take(&mut self.ready),
             listed: std::mem::take(&mut self.listed),
@@ -95,6 +117,10 @@ impl Messenger {
             send_mr,
             per_qp,
             send_free: (0..sends).rev().collect(),
+            slot_peer: vec![0; sends as usize],
+            sending: Vec::new(),
+            backlog: Vec::new(),
+            backlogged: Vec::new(),
             queues: Vec::new(),
             ready: VecDeque::new(),
             listed: Vec::new(),
@@ -118,6 +144,8 @@ impl Messenger {
             )));
         }
         self.qps.push(qp);
+        self.sending.push(0);
+        self.backlog.push(VecDeque::new());
         self.queues.push(VecDeque::new());
         self.listed.push(false);
         for s in 0..self.per_qp {
@@ -143,7 +171,9 @@ impl Messenger {
         }])
     }
 
-    /// Sends `msg` on `peer`'s QP (copied into a send slot first).
+    /// Sends `msg` on `peer`'s QP (copied into a send slot first), or
+    /// queues it behind the peer's earlier messages while the peer holds
+    /// its share of send slots (or none is free); never waits.
     pub fn send(&mut self, peer: usize, msg: &[u8]) -> Result<()> {
         if msg.len() > SLOT {
             return Err(FabricError::Invalid(format!(
@@ -151,22 +181,70 @@ impl Messenger {
                 msg.len()
             )));
         }
-        let qp = self
-            .qps
-            .get(peer)
-            .ok_or_else(|| FabricError::Invalid(format!("no QP {peer}")))?
-            .clone();
-        let t0 = Instant::now();
-        while self.send_free.is_empty() {
+        if peer >= self.qps.len() {
+            return Err(FabricError::Invalid(format!("no QP {peer}")));
+        }
+        if !self.backlog[peer].is_empty() || !self.can_send(peer) {
+            // Completions may have freed slots: take them, then send what
+            // waits in order.
             self.progress()?;
-            if t0.elapsed() > Duration::from_secs(5) {
-                return Err(FabricError::PeerLost(
-                    "no send completion within 5 s".into(),
-                ));
+        }
+        if self.backlog[peer].is_empty() && self.can_send(peer) {
+            return self.post(peer, msg);
+        }
+        if self.backlog[peer].len() >= BACKLOG_MAX {
+            return Err(FabricError::Exhausted(format!(
+                "{BACKLOG_MAX} messages to peer {peer} wait for its earlier sends to complete"
+            )));
+        }
+        if self.backlog[peer].is_empty() {
+            self.backlogged.push(peer);
+        }
+        self.backlog[peer].push_back(msg.to_vec());
+        Ok(())
+    }
+
+    /// Messages waiting for a send slot, over all peers.
+    pub fn backlogged(&self) -> usize {
+        self.backlog.iter().map(VecDeque::len).sum()
+    }
+
+    fn can_send(&self, peer: usize) -> bool {
+        !self.send_free.is_empty() && self.sending[peer] < self.per_qp.max(1)
+    }
+
+    /// Sends what the backlogs hold as slots allow, peer by peer in turn.
+    fn drain_backlogs(&mut self) {
+        let mut i = 0;
+        while i < self.backlogged.len() && !self.send_free.is_empty() {
+            let peer = self.backlogged[i];
+            while self.can_send(peer) {
+                let Some(m) = self.backlog[peer].pop_front() else {
+                    break;
+                };
+                if let Err(e) = self.post(peer, &m) {
+                    tracing::debug!(peer, "queued message not sent: {e}");
+                }
+            }
+            if self.backlog[peer].is_empty() {
+                self.backlogged.swap_remove(i);
+            } else {
+                i += 1;
             }
         }
-        let slot = self.send_free.pop().expect("free slot");
-        self.send_mr.write(slot as u64 * SLOT as u64, msg)?;
+    }
+
+    /// Posts `msg` to `peer` in a free slot (the caller checked there is one).
+    fn post(&mut self, peer: usize, msg: &[u8]) -> Result<()> {
+        let qp = self.qps[peer].clone();
+        let slot = self
+            .send_free
+            .pop()
+            .ok_or_else(|| FabricError::Exhausted("no send slot".into()))?;
+        if let Err(e) = self.send_mr.write(slot as u64 * SLOT as u64, msg) {
+            self.send_free.push(slot);
+            return Err(e);
+        }
         let r = qp.post_send(&[SendWr {
             wr_id: SEND_TAG | slot as u64,
             op: WrOp::Send {
@@ -180,6 +258,9 @@ impl Messenger {
         }]);
         if r.is_err() {
             self.send_free.push(slot);
+        } else {
+            self.slot_peer[slot as usize] = peer;
+            self.sending[peer] += 1;
         }
         r
     }
@@ -192,7 +273,11 @@ impl Messenger {
         for i in 0..n {
             let wc = self.wc[i];
             if wc.wr_id & SEND_TAG != 0 {
-                self.send_free.push((wc.wr_id & !SEND_TAG) as u32);
+                let slot = (wc.wr_id & !SEND_TAG) as u32;
+                if let Some(&peer) = self.slot_peer.get(slot as usize) {
+                    self.sending[peer] = self.sending[peer].saturating_sub(1);
+                    self.send_free.push(slot);
+                }
                 if !wc.status.is_ok() {
                     tracing::debug!("send failed: {wc:?}");
                 }
@@ -220,6 +305,9 @@ impl Messenger {
                 // flushed one stays down with its broken QP).
                 self.repost(peer, slot);
             }
+        }
+        if !self.backlogged.is_empty() {
+            self.drain_backlogs();
         }
         Ok(n)
     }
@@ -367,6 +455,101 @@ mod tests {
                 m.queued()
             );
         }
+    }
+
+    /// A QP whose sends never complete: a peer that stopped acknowledging
+    /// (on RC hardware, one that posts no receive keeps our SEND in RNR
+    /// retry; a lossy link waits for retransmissions). The soft NIC
+    /// completes a SEND when it is sent, so it cannot play this peer.
+    struct BlackHole;
+
+    impl Qp for BlackHole {
+        fn qpn(&self) -> u32 {
+            0xbad
+        }
+        fn state(&self) -> crate::fabric::QpState {
+            crate::fabric::QpState::Rts
+        }
+        fn endpoint(&self) -> crate::fabric::QpEndpoint {
+            unimplemented!("never connected in this test")
+        }
+        fn connect(&self, _: &crate::fabric::QpEndpoint) -> Result<()> {
+            Ok(())
+        }
+        fn reset(&self) -> Result<()> {
+            Ok(())
+        }
+        fn post_send(&self, _: &[SendWr]) -> Result<()> {
+            Ok(())
+        }
+        fn post_recv(&self, _: &[RecvWr]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A peer whose sends never complete holds its share of send slots
+    /// (`per_qp`) and then a bounded backlog; messages to another peer go
+    /// out at once (before: once the stalled peer held every slot, each
+    /// send to anyone waited up to 5 s for one).
+    #[test]
+    fn a_stalled_peer_delays_only_its_own_messages() {
+        let a: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig::default()).unwrap());
+        let b: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig::default()).unwrap());
+        let (pa, pb) = (a.alloc_pd().unwrap(), b.alloc_pd().unwrap());
+        let cq = a.create_cq(1024).unwrap();
+        let mut m = Messenger::new(&a, pa, cq.clone(), 2, 4, 8).unwrap();
+        m.add_qp(Arc::new(BlackHole)).unwrap();
+        let q = a.create_qp(pa, &cq, &cq, QpCap::default()).unwrap();
+        let rcq = b.create_cq(64).unwrap();
+        let r = b.create_qp(pb, &rcq, &rcq, QpCap::default()).unwrap();
+        q.connect(&r.endpoint()).unwrap();
+        r.connect(&q.endpoint()).unwrap();
+        m.add_qp(q).unwrap();
+        let rbuf = b.alloc_mr(pb, 4096, Access::LOCAL_WRITE).unwrap();
+        let t0 = Instant::now();
+        for i in 0..40u8 {
+            m.send(0, &[i; 64]).unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "sends to a stalled peer waited {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            m.backlogged(),
+            36,
+            "4 in flight (its share), the rest waiting"
+        );
+        // A live peer gets its messages at once, one after another.
+        for k in 0..8u8 {
+            r.post_recv(&[RecvWr {
+                wr_id: k as u64,
+                local: Sge {
+                    lkey: rbuf.lkey(),
+                    offset: 0,
+                    len: 4096,
+                },
+            }])
+            .unwrap();
+            let t1 = Instant::now();
+            m.send(1, &[k; 64]).unwrap();
+            let wc = crate::fabric::conformance::wait_wc(&*rcq, Duration::from_secs(5)).unwrap();
+            assert!(wc.status.is_ok(), "{wc:?}");
+            assert!(
+                t1.elapsed() < Duration::from_secs(1),
+                "message {k} to a live peer took {:?} behind a stalled one",
+                t1.elapsed()
+            );
+            let mut got = [0u8; 64];
+            rbuf.read(0, &mut got).unwrap();
+            assert_eq!(got, [k; 64]);
+        }
+        // The stalled peer's backlog is bounded: past it a send fails at once.
+        let refused = (0..BACKLOG_MAX)
+            .filter(|_| m.send(0, &[0; 8]).is_err())
+            .count();
+        assert_eq!(refused, 36, "{} waiting", m.backlogged());
+        assert_eq!(m.backlogged(), BACKLOG_MAX);
     }
 
     #[test]

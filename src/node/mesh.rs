@@ -66,7 +66,10 @@ pub(super) fn build(
     for _d in 0..dn {
         let rcq = nic.create_cq(4096)?;
         let bcq = nic.create_cq(1024)?;
-        let mut msgr = Messenger::new(nic, pd, rcq.clone(), (m * tn) as usize, 8, 64)?;
+        // 8 send slots per peer at most (a stalled peer holds only its own):
+        // enough for 32 stalled peers before others wait for slots.
+        let sends = (m as u32 * tn as u32 * 8).clamp(64, 256);
+        let mut msgr = Messenger::new(nic, pd, rcq.clone(), (m * tn) as usize, 8, sends)?;
         let mut data = Vec::new();
         let mut rpcs = Vec::new();
         for _ in 0..m * tn {
