@@ -70,7 +70,7 @@ fn info_json_names_every_fact() {
     let out = patronus().arg("info").output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     for l in [
-        "ABI version: 3",
+        "ABI version: 4",
         "RDMA devices: ",
         "shared memory: /dev/shm ",
     ] {
