@@ -1008,7 +1008,7 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
 }
 
 /// Rough rates per protection mode on one client thread (not a
-/// benchmark: `bench ycsb` is issue 15's next step). Run with
+/// benchmark: see `patronus bench ycsb`). Run with
 /// `cargo test --test kv -- --ignored --nocapture kv_rates`.
 #[test]
 #[ignore]
