@@ -352,7 +352,8 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_seconds)]
         seconds: f64,
         /// Rounds per workload: each runs every mode, in an order rotated
-        /// by one per round; figures are over all rounds.
+        /// by one per round; rates are the median of the rounds', latencies
+        /// over all rounds.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
         rounds: u64,
         /// Workload (repeatable; default a, b, c, d, f).

@@ -64,7 +64,8 @@ pub struct Opts {
     pub budget: Duration,
     /// Rounds: each runs every mode once, the order rotated by one mode
     /// per round (so that drift of a shared machine's load spreads over
-    /// the modes); a cell's figures are over all its rounds.
+    /// the modes); a cell's rate is the median of its rounds' rates, its
+    /// latencies are over all rounds.
     pub rounds: usize,
     /// Workloads, of "a", "b", "c", "d", "f".
     pub workloads: Vec<char>,
@@ -118,8 +119,12 @@ pub struct YcsbRecord {
     pub op: String,
     /// Operations (or handle cycles) completed.
     pub ops: u64,
-    /// Million operations per second (the cell's, all threads).
+    /// Million operations per second (all threads): the median of the
+    /// rounds' rates (handle shapes: over all rounds).
     pub mops: f64,
+    /// Million operations per second over all rounds together (all
+    /// operations over all the time).
+    pub mops_pooled: f64,
     /// `mops` over the `unprotected` mode's of the same cell and op.
     pub vs_unprotected: f64,
     /// Median latency (ns).
@@ -597,9 +602,11 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
     ws.sort_by_key(|&w| (w == 'd', w));
     for &w in &ws {
         for &dist in &o.dists {
-            let mut acc: Vec<(Tally, f64)> = Vec::new();
+            // Per mode: every round's samples, and per round the rate of
+            // each operation type and of all.
+            let mut acc: Vec<(Tally, f64, Vec<[f64; 5]>)> = Vec::new();
             for _ in MODES {
-                acc.push((Tally::new()?, 0.0));
+                acc.push((Tally::new()?, 0.0, Vec::new()));
             }
             for round in 0..o.rounds.max(1) {
                 for k in 0..MODES.len() {
@@ -617,13 +624,20 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
                         ),
                     );
                     let (t, secs) = cell(client, o, params, &sh, w, dist, mode)?;
+                    let s = secs.max(1e-9);
+                    let mut r = [0f64; 5];
+                    for (i, x) in r.iter_mut().take(4).enumerate() {
+                        *x = t.ops[i] as f64 / s / 1e6;
+                    }
+                    r[4] = t.ops.iter().sum::<u64>() as f64 / s / 1e6;
                     acc[mi].0.merge(&t);
                     acc[mi].1 += secs;
+                    acc[mi].2.push(r);
                 }
             }
             let first = out.len();
-            for (mi, (t, secs)) in acc.iter().enumerate() {
-                out.extend(rows(w, dist, MODES[mi], t, *secs)?);
+            for (mi, (t, secs, rates)) in acc.iter().enumerate() {
+                out.extend(rows(w, dist, MODES[mi], t, *secs, rates)?);
             }
             ratios(&mut out[first..]);
         }
@@ -648,6 +662,7 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
                                 + r.ops as f64 / (r.mops * 1e6).max(1e-12);
                             a.ops += r.ops;
                             a.mops = a.ops as f64 / secs.max(1e-9) / 1e6;
+                            a.mops_pooled = a.mops;
                             let _ = ah.add(&h);
                             a.p50_ns = ah.value_at_quantile(0.5);
                             a.p99_ns = ah.value_at_quantile(0.99);
@@ -810,15 +825,26 @@ fn rows(
     mode: Protection,
     tally: &Tally,
     secs: f64,
+    rates: &[[f64; 5]],
 ) -> Result<Vec<YcsbRecord>> {
     let secs = secs.max(1e-9);
-    let row = |op: &str, ops: u64, p50: u64, p99: u64| YcsbRecord {
+    let median = |i: usize| {
+        let mut v: Vec<f64> = rates.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let row = |op: &str, i: usize, ops: u64, p50: u64, p99: u64| YcsbRecord {
         workload: format!("ycsb-{w}"),
         dist: dist.name().into(),
         mode: mode_name(mode).into(),
         op: op.into(),
         ops,
-        mops: ops as f64 / secs / 1e6,
+        mops: median(i),
+        mops_pooled: ops as f64 / secs / 1e6,
         vs_unprotected: 0.0,
         p50_ns: p50,
         p99_ns: p99,
@@ -831,6 +857,7 @@ fn rows(
     let n: u64 = tally.ops.iter().sum();
     let mut out = vec![row(
         "all",
+        4,
         n,
         all.hist[0].value_at_quantile(0.5),
         all.hist[0].value_at_quantile(0.99),
@@ -840,6 +867,7 @@ fn rows(
         if tally.ops[i] > 0 {
             out.push(row(
                 name,
+                i,
                 tally.ops[i],
                 tally.hist[i].value_at_quantile(0.5),
                 tally.hist[i].value_at_quantile(0.99),
@@ -931,6 +959,7 @@ fn handles(
         op: "handle".into(),
         ops: n,
         mops: n as f64 / secs / 1e6,
+        mops_pooled: n as f64 / secs / 1e6,
         vs_unprotected: 0.0,
         p50_ns: h.value_at_quantile(0.5),
         p99_ns: h.value_at_quantile(0.99),
@@ -953,18 +982,30 @@ fn ratios(rows: &mut [YcsbRecord]) {
     }
 }
 
-/// A table: one row per workload, distribution, mode and operation type,
-/// then per workload cell the lease mode against unprotected and rpc.
+/// A table: one row per workload, distribution, mode and operation type
+/// ("Mops med": the median of the rounds' rates, which the ratios use;
+/// "Mops all": all rounds' operations over all their time), then per
+/// workload cell the lease mode against unprotected and rpc.
 pub fn print_table(w: &mut dyn Write, recs: &[YcsbRecord]) -> std::io::Result<()> {
     writeln!(
         w,
-        "{:<10} {:<8} {:<12} {:<7} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7}",
-        "workload", "dist", "mode", "op", "ops", "Mops", "vs unprot", "p50 us", "p99 us", "misses"
+        "{:<10} {:<8} {:<12} {:<7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7}",
+        "workload",
+        "dist",
+        "mode",
+        "op",
+        "ops",
+        "Mops med",
+        "vs unprot",
+        "Mops all",
+        "p50 us",
+        "p99 us",
+        "misses"
     )?;
     for r in recs {
         writeln!(
             w,
-            "{:<10} {:<8} {:<12} {:<7} {:>10} {:>9.4} {:>8.3}x {:>10.1} {:>10.1} {:>7}",
+            "{:<10} {:<8} {:<12} {:<7} {:>10} {:>9.4} {:>8.3}x {:>9.4} {:>10.1} {:>10.1} {:>7}",
             r.workload,
             r.dist,
             r.mode,
@@ -972,6 +1013,7 @@ pub fn print_table(w: &mut dyn Write, recs: &[YcsbRecord]) -> std::io::Result<()
             r.ops,
             r.mops,
             r.vs_unprotected,
+            r.mops_pooled,
             r.p50_ns as f64 / 1e3,
             r.p99_ns as f64 / 1e3,
             r.misses
