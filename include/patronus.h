@@ -1296,7 +1296,7 @@ patronus_rc_t patronus_kv_del(patronus_t *p, patronus_kv_t *kv, const char *key,
  */
 patronus_rc_t patronus_kv_put_many(patronus_t *p,
                                    patronus_kv_t *kv,
-                                   const patronus_kv_item_t *items_in,
+                                   const patronus_kv_item_t *items,
                                    size_t n);
 
 /**
@@ -1309,9 +1309,22 @@ patronus_rc_t patronus_kv_put_many(patronus_t *p,
  */
 patronus_rc_t patronus_kv_get_many(patronus_t *p,
                                    patronus_kv_t *kv,
-                                   const patronus_kv_item_t *items_in,
+                                   const patronus_kv_item_t *items,
                                    size_t n,
                                    size_t *lens_out);
+
+/**
+ * Removes the `n` items' keys (their `value` fields are not used) with
+ * the calls of many keys in flight together; `existed_out[i]` (when
+ * `existed_out` is not NULL) is true when item i's key was there. The
+ * outcome equals `patronus_kv_del` of each key in order. The thread must
+ * have no posted calls in flight.
+ */
+patronus_rc_t patronus_kv_del_many(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const patronus_kv_item_t *items,
+                                   size_t n,
+                                   bool *existed_out);
 
 /**
  * Frees the handle's spare blocks and gives its leases back: every later

@@ -392,7 +392,7 @@ pub struct patronus_kv_item_t {
 }
 
 /// Reads the `n` items' keys, and with `values` their values too.
-fn items<'a>(
+fn read_items<'a>(
     items: *const patronus_kv_item_t,
     n: usize,
     values: bool,
@@ -431,11 +431,11 @@ fn items<'a>(
 pub extern "C" fn patronus_kv_put_many(
     p: *mut patronus_t,
     kv: *mut patronus_kv_t,
-    items_in: *const patronus_kv_item_t,
+    items: *const patronus_kv_item_t,
     n: usize,
 ) -> PatronusRc {
     guard("patronus_kv_put_many", || {
-        let its = items(items_in, n, true)?;
+        let its = read_items(items, n, true)?;
         with_kv(p, kv, |t, c| t.put_many(c, &its))?;
         Ok(PatronusRc::PATRONUS_RC_OK)
     })
@@ -451,17 +451,17 @@ pub extern "C" fn patronus_kv_put_many(
 pub extern "C" fn patronus_kv_get_many(
     p: *mut patronus_t,
     kv: *mut patronus_kv_t,
-    items_in: *const patronus_kv_item_t,
+    items: *const patronus_kv_item_t,
     n: usize,
     lens_out: *mut usize,
 ) -> PatronusRc {
     guard("patronus_kv_get_many", || {
-        let its = items(items_in, n, false)?;
+        let its = read_items(items, n, false)?;
         if n == 0 {
             return Ok(PatronusRc::PATRONUS_RC_OK);
         }
         let lens = out_slice(lens_out, n, "lens_out")?;
-        let raw = out_slice(items_in as *mut patronus_kv_item_t, n, "items")?;
+        let raw = out_slice(items as *mut patronus_kv_item_t, n, "items")?;
         for (i, it) in raw.iter().enumerate() {
             if it.value.is_null() && it.value_len > 0 {
                 return Err(Failure::null(&format!("items[{i}].value")));
@@ -488,6 +488,35 @@ pub extern "C" fn patronus_kv_get_many(
                 PatronusRc::PATRONUS_RC_NO_MEM,
                 format!("{short} of {n} values did not fit their item's value_len"),
             ));
+        }
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Removes the `n` items' keys (their `value` fields are not used) with
+/// the calls of many keys in flight together; `existed_out[i]` (when
+/// `existed_out` is not NULL) is true when item i's key was there. The
+/// outcome equals `patronus_kv_del` of each key in order. The thread must
+/// have no posted calls in flight.
+#[no_mangle]
+pub extern "C" fn patronus_kv_del_many(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    items: *const patronus_kv_item_t,
+    n: usize,
+    existed_out: *mut bool,
+) -> PatronusRc {
+    guard("patronus_kv_del_many", || {
+        let its = read_items(items, n, false)?;
+        let keys: Vec<&[u8]> = its.iter().map(|(k, _)| *k).collect();
+        let out = if existed_out.is_null() || n == 0 {
+            None
+        } else {
+            Some(out_slice(existed_out, n, "existed_out")?)
+        };
+        let was = with_kv(p, kv, |t, c| t.del_many(c, &keys))?;
+        if let Some(out) = out {
+            out.copy_from_slice(&was);
         }
         Ok(PatronusRc::PATRONUS_RC_OK)
     })

@@ -9,6 +9,7 @@
  */
 #include <patronus.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,6 +152,14 @@ int main(void) {
         EXPECT(lens[i] == (size_t)(8 + i) && memcmp(outs[i], vals[i], lens[i]) == 0);
     }
     EXPECT(patronus_kv_get_many(p, kv, NULL, 3, lens) == PATRONUS_RC_INVALID);
+    /* Delete the first 8 (item 5 is absent) together. */
+    bool existed[8];
+    EXPECT(patronus_kv_del_many(p, kv, items, 8, existed) == PATRONUS_RC_OK);
+    for (int i = 0; i < 8; i++) EXPECT(existed[i] == (i != 5));
+    EXPECT(patronus_kv_del_many(p, kv, items, 8, existed) == PATRONUS_RC_OK);
+    for (int i = 0; i < 8; i++) EXPECT(!existed[i]);
+    EXPECT(patronus_kv_get(p, kv, "many-0", 6, out, sizeof out, &len) == PATRONUS_RC_NOT_FOUND);
+    EXPECT(patronus_kv_get(p, kv, "many-8", 6, out, sizeof out, &len) == PATRONUS_RC_OK);
 
     /* A handle belongs to the thread that made it. */
     struct other o = {p, kv, PATRONUS_RC_OK};

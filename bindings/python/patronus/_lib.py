@@ -226,6 +226,7 @@ DECLS = [
     ("patronus_kv_del", [P, KV, BUF, usize], RC_T),
     ("patronus_kv_put_many", [P, KV, KVI, usize], RC_T),
     ("patronus_kv_get_many", [P, KV, KVI, usize, POINTER(usize)], RC_T),
+    ("patronus_kv_del_many", [P, KV, KVI, usize, POINTER(c_bool)], RC_T),
     ("patronus_kv_relinquish", [P, KV], RC_T),
     ("patronus_kv_free", [KV], None),
 ]

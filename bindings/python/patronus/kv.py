@@ -223,6 +223,23 @@ class KvTable:
                             len(bytes(v)))
         check(LIB.patronus_kv_put_many(self._node._node(), self._handle(), arr, len(pairs)))
 
+    def delete_many(self, keys: Sequence[Bytes]) -> List[bool]:
+        """Removes many keys with their calls in flight together; per key,
+        True when it was there (the outcome of ``delete`` of each in
+        order)."""
+        ks = [_key(k) for k in keys]
+        if not ks:
+            return []
+        keep = []
+        arr = (KvItem * len(ks))()
+        for i, k in enumerate(ks):
+            kb = ctypes.create_string_buffer(k, len(k))
+            keep.append(kb)
+            arr[i] = KvItem(ctypes.addressof(kb), len(k), None, 0)
+        out = (ctypes.c_bool * len(ks))()
+        check(LIB.patronus_kv_del_many(self._node._node(), self._handle(), arr, len(ks), out))
+        return [bool(x) for x in out]
+
     def get_many(self, keys: Sequence[Bytes], cap: int = 4096) -> List[Optional[bytes]]:
         """The values of many keys (None where absent), with their calls in
         flight together; values longer than ``cap`` are read again alone."""

@@ -37,6 +37,7 @@ CTYPES = {
     "patronus_kv_params_t*": _lib.KVP,
     "const patronus_kv_params_t*": _lib.KVP,
     "const patronus_kv_item_t*": _lib.KVI,
+    "bool*": ctypes.POINTER(ctypes.c_bool),
 }
 
 # Parameters that are C strings (declared c_char_p so str/bytes pass).

@@ -43,6 +43,10 @@ def test_many_keys_in_flight(node):  # noqa: F811
         keys = list(items) + [b"absent"]
         got = t.get_many(keys, cap=16)  # longer values are read again alone
         assert got == list(items.values()) + [None]
+        assert t.delete_many([b"many-0", b"absent", b"many-0", b"many-1"]) == [
+            True, False, False, True]
+        assert t.get_many([b"many-0", b"many-1", b"many-2"], cap=16) == [
+            None, None, items[b"many-2"]]
         # A key given twice: the later value wins, as puts in order.
         t.put_many([(b"twice", b"first"), (b"twice", b"second")])
         assert t.get(b"twice") == b"second"
