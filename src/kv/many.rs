@@ -166,7 +166,19 @@ impl KvTable {
         }
         // Settle the installed keys: one READ of their groups each.
         let inst: Vec<usize> = (0..items.len()).filter(|&i| state[i] == 1).collect();
-        let settled = self.settled_many(ct, &inst, &hs, &mines)?;
+        let settled = match self.settled_many(ct, &inst, &hs, &mines) {
+            Ok(s) => s,
+            Err(e) => {
+                // Installed blocks stay (they are values now); the others
+                // were never reachable: free them.
+                for i in 0..items.len() {
+                    if state[i] != 1 {
+                        self.free_block(ct, mines[i], self.me);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let until = Instant::now() + self.params.patience;
         for (&i, ok) in inst.iter().zip(settled) {
             if ok {
