@@ -19,7 +19,7 @@
  * The C ABI version this library implements (bumped on incompatible
  * changes); bindings compare it with what they were written for.
  */
-#define PATRONUS_ABI_VERSION 3
+#define PATRONUS_ABI_VERSION 4
 
 /**
  * No server GC task; the lease never expires (client deadline infinite).
@@ -152,6 +152,38 @@
 #define PATRONUS_RW_USE_TWO_SIDED_AUTO_PACKING (1ull << 6)
 
 /**
+ * Protection mode: one-sided through Patronus leases' memory windows.
+ */
+#define PATRONUS_KV_LEASE 0
+
+/**
+ * Protection mode: two-sided memory RPCs checked against the leases.
+ */
+#define PATRONUS_KV_RPC 1
+
+/**
+ * Protection mode: one-sided through a memory region registered per lease
+ * (the original's MR baseline).
+ */
+#define PATRONUS_KV_MR 2
+
+/**
+ * Protection mode: the universal rkey, no protection (the memory node must
+ * set `allow_universal_rkey`).
+ */
+#define PATRONUS_KV_UNPROTECTED 3
+
+/**
+ * Access: get only (read leases).
+ */
+#define PATRONUS_KV_READ_ONLY 0
+
+/**
+ * Access: get, put, del (write leases).
+ */
+#define PATRONUS_KV_READ_WRITE 1
+
+/**
  * Return codes. Values equal the original `RC` (0..=10) plus
  * `PATRONUS_RC_INTERNAL` (a panic or broken invariant inside the library;
  * `patronus_last_error()` says where).
@@ -266,6 +298,12 @@ typedef enum {
  * A batch of one-sided operations towards one directory (opaque).
  */
 typedef struct patronus_batch_t patronus_batch_t;
+
+/**
+ * A handle on a protected hash table (opaque), usable by the client
+ * thread that made it. Free it with `patronus_kv_free`.
+ */
+typedef struct patronus_kv_t patronus_kv_t;
 
 /**
  * A lease (opaque). Free it with `patronus_lease_free` (after
@@ -390,6 +428,68 @@ typedef struct {
    */
   uint64_t value;
 } patronus_completion_t;
+
+/**
+ * Shape and terms of a table; fill it with `patronus_kv_params_init`.
+ */
+typedef struct {
+  /**
+   * Buffer offset of the table region in the memory node's lease buffer
+   * (8-byte aligned).
+   */
+  uint64_t base;
+  /**
+   * Combined buckets (16 slots each) per subtable (create only).
+   */
+  uint64_t groups;
+  /**
+   * Global depth at creation: 2^depth subtables (create only).
+   */
+  uint32_t initial_depth;
+  /**
+   * Largest global depth the region has room for (create only).
+   */
+  uint32_t max_depth;
+  /**
+   * Term of the handle's leases in ns; 0: until relinquished.
+   */
+  uint64_t lease_ns;
+  /**
+   * Term of the resize lock's lease in ns.
+   */
+  uint64_t lock_ns;
+  /**
+   * Allocator hint for the KV blocks.
+   */
+  uint64_t alloc_hint;
+  /**
+   * How long an operation waits for a split or contention, in ms.
+   */
+  uint64_t patience_ms;
+} patronus_kv_params_t;
+
+/**
+ * One key (and value) of the many-key calls.
+ */
+typedef struct {
+  /**
+   * The key, `key_len` bytes (1 to 64).
+   */
+  const char *key;
+  /**
+   * Bytes of the key.
+   */
+  size_t key_len;
+  /**
+   * The value (put_many: input; get_many: where the value is copied,
+   * at most `value_len` bytes).
+   */
+  char *value;
+  /**
+   * put_many: bytes of the value; get_many: capacity of `value`.
+   */
+  size_t value_len;
+} patronus_kv_item_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1093,6 +1193,156 @@ void patronus_dealloc(patronus_t *p,
                       uint16_t dir_id,
                       size_t size,
                       uint64_t hint);
+
+/**
+ * Fills `*params` with the defaults (base 0, 64 groups per subtable,
+ * depth 2 growing to 8, leases until relinquished, 10 ms resize lock,
+ * allocator hint 0, 10 s patience). PATRONUS_RC_INVALID when `params`
+ * is NULL.
+ */
+patronus_rc_t patronus_kv_params_init(patronus_kv_params_t *params);
+
+/**
+ * Bytes of the table region `params` describe (what must fit in the
+ * memory node's lease buffer from `params->base`); 0 when the shape is
+ * invalid (last error set). `params` NULL: the defaults.
+ */
+uint64_t patronus_kv_region_bytes(const patronus_kv_params_t *params);
+
+/**
+ * Creates a table on node `node_id`'s lease buffer at `params->base`,
+ * served by directory `dir_id`, overwriting whatever the region held, and
+ * returns a read-write handle of protection mode `mode` (a
+ * `PATRONUS_KV_*` mode) for the calling client thread. NULL on failure
+ * (last error set). `params` NULL: the defaults. Ownership: give the
+ * leases back with `patronus_kv_relinquish`, free with `patronus_kv_free`.
+ */
+patronus_kv_t *patronus_kv_create(patronus_t *p,
+                                  uint16_t node_id,
+                                  uint16_t dir_id,
+                                  const patronus_kv_params_t *params,
+                                  uint32_t mode);
+
+/**
+ * Opens the table at `params->base` of node `node_id` (served by
+ * `dir_id`) with protection mode `mode` and access `access`
+ * (`PATRONUS_KV_READ_ONLY` or `PATRONUS_KV_READ_WRITE`); the shape is read
+ * from the table. NULL on failure (PATRONUS_RC_NOT_FOUND in the last
+ * error's code when no table is there). As `patronus_kv_create` for
+ * ownership.
+ */
+patronus_kv_t *patronus_kv_open(patronus_t *p,
+                                uint16_t node_id,
+                                uint16_t dir_id,
+                                const patronus_kv_params_t *params,
+                                uint32_t mode,
+                                uint32_t access);
+
+/**
+ * Publishes where the table of `kv` is under the keeper key
+ * `kv/<name>`, for `patronus_kv_open_published` on other nodes.
+ */
+patronus_rc_t patronus_kv_publish(patronus_t *p, patronus_kv_t *kv, const char *name);
+
+/**
+ * Opens the table published as `name` (waiting for the keeper key as
+ * `patronus_get` does); `params->base` is taken from the keeper. As
+ * `patronus_kv_open` otherwise.
+ */
+patronus_kv_t *patronus_kv_open_published(patronus_t *p,
+                                          const char *name,
+                                          const patronus_kv_params_t *params,
+                                          uint32_t mode,
+                                          uint32_t access);
+
+/**
+ * Reads the value of `key` (`key_len` bytes, 1 to 64): copies it into
+ * `buf` (at most `cap` bytes) and stores its length in `*len_out` (when
+ * not NULL). PATRONUS_RC_NOT_FOUND when the key is not there (`*len_out`
+ * untouched); PATRONUS_RC_NO_MEM when `cap` is too small (nothing copied,
+ * `*len_out` says how much is needed); PATRONUS_RC_RDMA_PROTECTION_ERR
+ * when the memory node refuses the handle (relinquished, expired).
+ */
+patronus_rc_t patronus_kv_get(patronus_t *p,
+                              patronus_kv_t *kv,
+                              const char *key,
+                              size_t key_len,
+                              char *buf,
+                              size_t cap,
+                              size_t *len_out);
+
+/**
+ * Sets `key` (1 to 64 bytes) to `value_len` bytes at `value` (insert or
+ * update; `value` may be NULL when `value_len` is 0).
+ * PATRONUS_RC_RDMA_PROTECTION_ERR when the handle may not write (a
+ * read-only handle, relinquished, expired): the table is unchanged.
+ */
+patronus_rc_t patronus_kv_put(patronus_t *p,
+                              patronus_kv_t *kv,
+                              const char *key,
+                              size_t key_len,
+                              const char *value,
+                              size_t value_len);
+
+/**
+ * Removes `key`: PATRONUS_RC_OK when it was there, PATRONUS_RC_NOT_FOUND
+ * when it was not.
+ */
+patronus_rc_t patronus_kv_del(patronus_t *p, patronus_kv_t *kv, const char *key, size_t key_len);
+
+/**
+ * Sets every one of the `n` items' keys to its value, with the calls of
+ * many keys in flight together; the outcome equals `patronus_kv_put` of
+ * each item in order. The thread must have no posted calls in flight
+ * (PATRONUS_RC_INVALID). On a failure some items may be set and later
+ * ones not.
+ */
+patronus_rc_t patronus_kv_put_many(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const patronus_kv_item_t *items,
+                                   size_t n);
+
+/**
+ * Reads the `n` items' keys with their calls in flight together: item
+ * i's value is copied to `items[i].value` (at most `items[i].value_len`
+ * bytes) and `lens_out[i]` gets its length, or `SIZE_MAX` when the key is
+ * not there. PATRONUS_RC_NO_MEM when some value did not fit (its
+ * `lens_out` entry says how much it needs; the others are copied). The
+ * thread must have no posted calls in flight.
+ */
+patronus_rc_t patronus_kv_get_many(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const patronus_kv_item_t *items,
+                                   size_t n,
+                                   size_t *lens_out);
+
+/**
+ * Removes the `n` items' keys (their `value` fields are not used) with
+ * the calls of many keys in flight together; `existed_out[i]` (when
+ * `existed_out` is not NULL) is true when item i's key was there. The
+ * outcome equals `patronus_kv_del` of each key in order. The thread must
+ * have no posted calls in flight.
+ */
+patronus_rc_t patronus_kv_del_many(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const patronus_kv_item_t *items,
+                                   size_t n,
+                                   bool *existed_out);
+
+/**
+ * Frees the handle's spare blocks and gives its leases back: every later
+ * access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
+ * relinquished", before anything is sent; the memory node refuses the old
+ * keys as well). The handle stays valid (free it with `patronus_kv_free`).
+ */
+patronus_rc_t patronus_kv_relinquish(patronus_t *p, patronus_kv_t *kv);
+
+/**
+ * Frees a handle (without relinquishing: leases not given back last
+ * until their term, or, without a term, until the memory node goes).
+ * Consumes `kv`. NULL is a no-op.
+ */
+void patronus_kv_free(patronus_kv_t *kv);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -329,6 +329,43 @@ enum BenchCmd {
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
     },
+    /// YCSB core workloads A, B, C, D, F on the protected hash table
+    /// (src/kv), every protection mode side by side (unprotected, lease,
+    /// mr, rpc), plus the original's RACE bootstrap and mortgage shapes.
+    Ycsb {
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Records loaded (at least 16).
+        #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true, value_parser = parse_count)]
+        records: u64,
+        /// Value bytes per record (16 to 4096).
+        #[arg(long = "value-size", default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=4096))]
+        value_size: u64,
+        /// Client threads.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
+        threads: u64,
+        /// Operations in flight per client thread.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=128))]
+        inflight: u64,
+        /// Time per workload, distribution, mode and round, seconds (more than 0).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_seconds)]
+        seconds: f64,
+        /// Rounds per workload: each runs every mode, in an order rotated
+        /// by one per round; rates are the median of the rounds', latencies
+        /// over all rounds.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+        rounds: u64,
+        /// Workload (repeatable; default a, b, c, d, f).
+        #[arg(long = "workload", value_parser = ["a", "b", "c", "d", "f"])]
+        workloads: Vec<String>,
+        /// Request distribution.
+        #[arg(long, value_parser = ["zipfian", "uniform", "both"], default_value = "zipfian")]
+        dist: String,
+        /// Leave out the bootstrap and mortgage shapes.
+        #[arg(long = "no-handles")]
+        no_handles: bool,
+    },
     /// A long run of acquisitions, data calls, extensions and expiry from
     /// several threads and processes: RSS, fds, live leases and error
     /// counts per interval; fails on unexpected outcomes or growth.
@@ -794,6 +831,53 @@ fn main() -> ExitCode {
                 }
             } else {
                 patronus::bench::inflight::print_table(&mut out, &recs)?;
+            }
+            Ok(true)
+        })(),
+        Cmd::Bench {
+            what:
+                BenchCmd::Ycsb {
+                    json,
+                    records,
+                    value_size,
+                    threads,
+                    inflight,
+                    seconds,
+                    rounds,
+                    workloads,
+                    dist,
+                    no_handles,
+                },
+        } => (|| {
+            use patronus::bench::ycsb;
+            let workloads: Vec<char> = if workloads.is_empty() {
+                vec!['a', 'b', 'c', 'd', 'f']
+            } else {
+                workloads.iter().filter_map(|w| w.chars().next()).collect()
+            };
+            let dists = match dist.as_str() {
+                "uniform" => vec![ycsb::Dist::Uniform],
+                "both" => vec![ycsb::Dist::Zipfian, ycsb::Dist::Uniform],
+                _ => vec![ycsb::Dist::Zipfian],
+            };
+            let o = ycsb::Opts {
+                records,
+                value_size: value_size as usize,
+                threads: threads as usize,
+                inflight: inflight as usize,
+                budget: Duration::from_secs_f64(seconds),
+                rounds: rounds as usize,
+                workloads,
+                dists,
+                handles: !no_handles,
+                progress: true,
+            };
+            let recs = ycsb::run(&o)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                bench::print_json(&mut out, &recs)?;
+            } else {
+                ycsb::print_table(&mut out, &recs)?;
             }
             Ok(true)
         })(),

@@ -101,6 +101,27 @@ fn test_posted_c_under_address_sanitizer() {
 }
 
 #[test]
+fn test_kv_c() {
+    let exe = build(&root().join("tests/c/test_kv.c"), "test_kv", &[]);
+    assert!(run(&exe, &[], &[]).contains("test_kv: ok"));
+}
+
+#[test]
+fn test_kv_c_under_address_sanitizer() {
+    let exe = build(
+        &root().join("tests/c/test_kv.c"),
+        "test_kv_asan",
+        &["-fsanitize=address", "-fno-omit-frame-pointer"],
+    );
+    let out = run(
+        &exe,
+        &[],
+        &[("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")],
+    );
+    assert!(out.contains("test_kv: ok"));
+}
+
+#[test]
 fn test_api_c_under_address_sanitizer() {
     let exe = build(
         &root().join("tests/c/test_api.c"),

@@ -70,7 +70,7 @@ fn info_json_names_every_fact() {
     let out = patronus().arg("info").output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     for l in [
-        "ABI version: 3",
+        "ABI version: 4",
         "RDMA devices: ",
         "shared memory: /dev/shm ",
     ] {
@@ -431,4 +431,80 @@ fn bench_lease_quick_json_has_every_group_with_its_baseline() {
         .unwrap();
     let x = leased["mops_vs_baseline"].as_f64().unwrap();
     assert!(x.is_finite() && x > 0.0);
+}
+
+/// A tiny `bench ycsb --json` (2 000 records, 0.2 s per cell): a row per
+/// workload and protection mode with nonzero throughput, per operation
+/// type rows with latencies, the ratio to `unprotected`, and the
+/// bootstrap and mortgage shapes per mode.
+#[test]
+fn bench_ycsb_tiny_json_has_every_workload_and_mode() {
+    let (text, recs) = json_records(&[
+        "bench",
+        "ycsb",
+        "--json",
+        "--records",
+        "2000",
+        "--seconds",
+        "0.2",
+        "--rounds",
+        "1",
+        "--inflight",
+        "8",
+    ]);
+    let modes = ["unprotected", "lease", "mr", "rpc"];
+    let find = |wl: &str, mode: &str, op: &str| {
+        recs.iter()
+            .find(|r| r["workload"] == wl && r["mode"] == mode && r["op"] == op)
+            .unwrap_or_else(|| panic!("no {wl} {mode} {op} row in\n{text}"))
+    };
+    for (wl, ops) in [
+        ("ycsb-a", &["read", "update"][..]),
+        ("ycsb-b", &["read", "update"][..]),
+        ("ycsb-c", &["read"][..]),
+        ("ycsb-d", &["read", "insert"][..]),
+        ("ycsb-f", &["read", "rmw"][..]),
+    ] {
+        for m in modes {
+            let all = find(wl, m, "all");
+            assert_eq!(all["dist"], "zipfian");
+            assert!(all["ops"].as_u64().unwrap() > 0, "{wl} {m}: no ops\n{text}");
+            assert!(all["mops"].as_f64().unwrap() > 0.0, "{wl} {m}\n{text}");
+            let vs = all["vs_unprotected"].as_f64().unwrap();
+            assert!(vs > 0.0, "{wl} {m}: ratio {vs}");
+            if m == "unprotected" {
+                assert!((vs - 1.0).abs() < 1e-9);
+            }
+            for op in ops {
+                let r = find(wl, m, op);
+                assert!(r["ops"].as_u64().unwrap() > 0, "{wl} {m} {op}\n{text}");
+                let (p50, p99) = (r["p50_ns"].as_u64().unwrap(), r["p99_ns"].as_u64().unwrap());
+                assert!(p50 > 0 && p99 >= p50, "{wl} {m} {op}: {p50} {p99}");
+            }
+            if wl != "ycsb-d" {
+                // Every key read exists (D may read a key whose insert
+                // another thread has not finished: none here, one thread).
+                assert_eq!(all["misses"], 0, "{wl} {m}\n{text}");
+            }
+        }
+    }
+    for shape in ["bootstrap", "mortgage"] {
+        for m in modes {
+            let r = find(shape, m, "handle");
+            assert!(r["ops"].as_u64().unwrap() > 0, "{shape} {m}\n{text}");
+        }
+    }
+}
+
+#[test]
+fn bench_ycsb_arguments_are_validated() {
+    for args in [
+        &["bench", "ycsb", "--records", "0"][..],
+        &["bench", "ycsb", "--workload", "e"][..],
+        &["bench", "ycsb", "--threads", "0"][..],
+        &["bench", "ycsb", "--dist", "pareto"][..],
+    ] {
+        let out = patronus().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
+    }
 }

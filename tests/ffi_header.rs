@@ -137,6 +137,13 @@ const API_VALUES: &[(&str, u64)] = &[
     ("PATRONUS_RW_ENABLE_TRACE", 1 << 4),
     ("PATRONUS_RW_USE_TWO_SIDED", 1 << 5),
     ("PATRONUS_RW_USE_TWO_SIDED_AUTO_PACKING", 1 << 6),
+    ("PATRONUS_KV_LEASE", 0),
+    ("PATRONUS_KV_RPC", 1),
+    ("PATRONUS_KV_MR", 2),
+    ("PATRONUS_KV_UNPROTECTED", 3),
+    ("PATRONUS_KV_READ_ONLY", 0),
+    ("PATRONUS_KV_READ_WRITE", 1),
+    ("PATRONUS_ABI_VERSION", 4),
     ("PATRONUS_RC_OK", 0),
     ("PATRONUS_RC_NOT_FOUND", 1),
     ("PATRONUS_RC_NO_MEM", 2),
@@ -221,7 +228,7 @@ int main(void) {
     CHECK(strcmp(patronus_rc_str(PATRONUS_RC_RDMA_PROTECTION_ERR), "RDMA protection error") == 0);
     CHECK(strcmp(patronus_rc_str(99), "unknown return code") == 0);
     CHECK(strcmp(patronus_rc_str(-1), "unknown return code") == 0);
-    CHECK(patronus_abi_version() == 3);
+    CHECK(patronus_abi_version() == 4);
     printf("ok\n");
     return 0;
 }

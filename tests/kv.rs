@@ -190,6 +190,36 @@ fn model_run(machines: u16, threads: usize, ops: u64, mode: Protection, universa
                                     }
                                     continue;
                                 }
+                                if rng.below(10) == 0 {
+                                    // Six puts or six dels in flight
+                                    // together (a key may repeat).
+                                    let ks: Vec<Vec<u8>> = (0..6)
+                                        .map(|_| {
+                                            format!("t{tid}-key-{}", rng.below(400)).into_bytes()
+                                        })
+                                        .collect();
+                                    let refs: Vec<&[u8]> = ks.iter().map(|k| &k[..]).collect();
+                                    if rng.below(2) == 0 {
+                                        let vs: Vec<Vec<u8>> = (0..6)
+                                            .map(|j| value_for(&mut rng, i * 8 + j))
+                                            .collect();
+                                        let items: Vec<(&[u8], &[u8])> = refs
+                                            .iter()
+                                            .zip(&vs)
+                                            .map(|(k, v)| (*k, &v[..]))
+                                            .collect();
+                                        t.put_many(&mut ct, &items).unwrap();
+                                        for (k, v) in ks.into_iter().zip(vs) {
+                                            model.insert(k, v);
+                                        }
+                                    } else {
+                                        let got = t.del_many(&mut ct, &refs).unwrap();
+                                        let want: Vec<bool> =
+                                            ks.iter().map(|k| model.remove(k).is_some()).collect();
+                                        assert_eq!(got, want, "thread {tid} op {i}: del_many");
+                                    }
+                                    continue;
+                                }
                                 match rng.below(10) {
                                     0..=3 => {
                                         let got = t.get(&mut ct, &k).unwrap();
@@ -700,12 +730,26 @@ fn read_only_handle_cannot_modify(mode: Protection) {
                 Rc::RdmaProtectionErr,
                 "delete through a read lease"
             );
+            // The same, posted together.
+            assert_eq!(
+                refused_rc(
+                    r.put_many(&mut cr, &[(b"key-9", b"forged"), (b"other-new", b"forged")])
+                ),
+                Rc::RdmaProtectionErr,
+                "put_many through a read lease"
+            );
+            assert_eq!(
+                refused_rc(r.del_many(&mut cr, &[b"key-10", b"key-11"])),
+                Rc::RdmaProtectionErr,
+                "del_many through a read lease"
+            );
             // Nothing changed, seen from both handles; the reader still
             // reads (its QP recovered).
             assert_eq!(table_sum(&mut r, &mut cr, keys), before);
             assert_eq!(table_sum(&mut w, &mut cw, keys), before);
             assert_eq!(r.get(&mut cr, b"new-key").unwrap(), None);
             assert_eq!(w.get(&mut cw, b"new-key").unwrap(), None);
+            assert_eq!(w.get(&mut cw, b"other-new").unwrap(), None);
             // The writer still writes.
             w.put(&mut cw, b"key-7", b"changed").unwrap();
             assert_eq!(
@@ -964,7 +1008,7 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
 }
 
 /// Rough rates per protection mode on one client thread (not a
-/// benchmark: `bench ycsb` is issue 15's next step). Run with
+/// benchmark: see `patronus bench ycsb`). Run with
 /// `cargo test --test kv -- --ignored --nocapture kv_rates`.
 #[test]
 #[ignore]
@@ -1039,6 +1083,183 @@ fn kv_rates_by_mode() {
                     put / base[2]
                 );
                 t.relinquish(&mut ct).unwrap();
+            }
+        },
+    );
+}
+
+/// `put_many` / `del_many` / `get_many` only (waves of 16 keys in flight,
+/// keys repeating inside a wave), from 2 threads on each of 2 client
+/// nodes over a table that splits: every value byte-exact against the
+/// model, every del's result as the model says.
+#[test]
+fn posted_puts_and_dels_match_the_model() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let params = small_params();
+            let mut c0 = clients[0].register_client_thread().unwrap();
+            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
+            t0.relinquish(&mut c0).unwrap();
+            drop(c0);
+            let splits = AtomicU64::new(0);
+            thread::scope(|s| {
+                for (ni, n) in clients.iter().enumerate() {
+                    for ti in 0..2 {
+                        let (params, splits) = (params.clone(), &splits);
+                        s.spawn(move || {
+                            let tid = (ni * 2 + ti) as u64;
+                            let mut ct = n.register_client_thread().unwrap();
+                            let mut t = KvTable::open(
+                                &mut ct,
+                                0,
+                                0,
+                                params,
+                                Protection::Lease,
+                                Access::ReadWrite,
+                            )
+                            .unwrap();
+                            let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+                            let mut rng = Rng(0x51ed ^ ((tid + 1) * 0x2545_f491_4f6c_dd1d));
+                            for round in 0..150u64 {
+                                let ks: Vec<Vec<u8>> = (0..16)
+                                    .map(|_| format!("p{tid}-{}", rng.below(300)).into_bytes())
+                                    .collect();
+                                let refs: Vec<&[u8]> = ks.iter().map(|k| &k[..]).collect();
+                                match rng.below(4) {
+                                    0 | 1 => {
+                                        let vs: Vec<Vec<u8>> = (0..16)
+                                            .map(|j| value_for(&mut rng, round * 16 + j))
+                                            .collect();
+                                        let items: Vec<(&[u8], &[u8])> = refs
+                                            .iter()
+                                            .zip(&vs)
+                                            .map(|(k, v)| (*k, &v[..]))
+                                            .collect();
+                                        t.put_many(&mut ct, &items).unwrap();
+                                        for (k, v) in ks.iter().zip(vs) {
+                                            model.insert(k.clone(), v);
+                                        }
+                                    }
+                                    2 => {
+                                        let got = t.del_many(&mut ct, &refs).unwrap();
+                                        let want: Vec<bool> =
+                                            ks.iter().map(|k| model.remove(k).is_some()).collect();
+                                        assert_eq!(got, want, "thread {tid} round {round}");
+                                    }
+                                    _ => {}
+                                }
+                                let got = t.get_many(&mut ct, &refs).unwrap();
+                                for (k, v) in ks.iter().zip(got) {
+                                    assert_eq!(
+                                        v.as_ref(),
+                                        model.get(k),
+                                        "thread {tid} round {round}: {}",
+                                        String::from_utf8_lossy(k)
+                                    );
+                                }
+                            }
+                            for i in 0..300 {
+                                let k = format!("p{tid}-{i}").into_bytes();
+                                assert_eq!(t.get(&mut ct, &k).unwrap().as_ref(), model.get(&k));
+                                assert!(t.entries_of(&mut ct, &k).unwrap() <= 1);
+                            }
+                            splits.fetch_add(t.stats().splits, Ordering::Relaxed);
+                            eprintln!("thread {tid}: {:?}", t.stats());
+                            t.relinquish(&mut ct).unwrap();
+                        });
+                    }
+                }
+            });
+            assert!(
+                splits.load(Ordering::Relaxed) > 0,
+                "the table never split: the test did not cover resizing"
+            );
+        },
+    );
+}
+
+/// Four threads on two nodes `put_many` the same 12 new keys at once, in
+/// different orders: each key ends with exactly one entry, holding one of
+/// the four values, and every handle reads the same one.
+#[test]
+fn concurrent_posted_inserts_of_the_same_keys_leave_one_value() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let params = KvParams {
+                groups: 2,
+                ..small_params()
+            };
+            let mut c0 = clients[0].register_client_thread().unwrap();
+            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
+            t0.relinquish(&mut c0).unwrap();
+            drop(c0);
+            let rounds = 30u64;
+            let bar = Barrier::new(4);
+            let seen = std::sync::Mutex::new(HashMap::<(u64, usize), Vec<Vec<u8>>>::new());
+            thread::scope(|s| {
+                for n in clients {
+                    for w in 0..2usize {
+                        let (bar, params, seen) = (&bar, params.clone(), &seen);
+                        s.spawn(move || {
+                            let mut ct = n.register_client_thread().unwrap();
+                            let mut t = KvTable::open(
+                                &mut ct,
+                                0,
+                                0,
+                                params,
+                                Protection::Lease,
+                                Access::ReadWrite,
+                            )
+                            .unwrap();
+                            let me = format!("n{}-w{w}", n.get_node_id());
+                            for r in 0..rounds {
+                                let mut ks: Vec<Vec<u8>> = (0..12)
+                                    .map(|j| format!("same-{r}-{j}").into_bytes())
+                                    .collect();
+                                if w == 1 {
+                                    ks.reverse();
+                                }
+                                let vs: Vec<Vec<u8>> = ks
+                                    .iter()
+                                    .map(|k| {
+                                        format!("{me}:{}", String::from_utf8_lossy(k)).into_bytes()
+                                    })
+                                    .collect();
+                                let items: Vec<(&[u8], &[u8])> =
+                                    ks.iter().zip(&vs).map(|(k, v)| (&k[..], &v[..])).collect();
+                                bar.wait();
+                                t.put_many(&mut ct, &items).unwrap();
+                                bar.wait();
+                                for j in 0..12 {
+                                    let k = format!("same-{r}-{j}").into_bytes();
+                                    let v = t.get(&mut ct, &k).unwrap().expect("the key");
+                                    let v_s = String::from_utf8_lossy(&v).to_string();
+                                    assert!(
+                                        v_s.ends_with(&format!(":same-{r}-{j}")),
+                                        "round {r} key {j}: {v_s}"
+                                    );
+                                    assert_eq!(t.entries_of(&mut ct, &k).unwrap(), 1, "round {r}");
+                                    seen.lock().unwrap().entry((r, j)).or_default().push(v);
+                                }
+                                bar.wait();
+                            }
+                            t.relinquish(&mut ct).unwrap();
+                        });
+                    }
+                }
+            });
+            let seen = seen.into_inner().unwrap();
+            assert_eq!(seen.len(), rounds as usize * 12);
+            for ((r, j), vs) in seen {
+                assert_eq!(vs.len(), 4);
+                assert!(
+                    vs.iter().all(|v| v == &vs[0]),
+                    "round {r} key {j}: handles disagree: {vs:?}"
+                );
             }
         },
     );

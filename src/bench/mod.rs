@@ -7,6 +7,7 @@ pub mod inflight;
 pub mod lease;
 pub mod plot;
 pub mod soak;
+pub mod ycsb;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -30,6 +30,12 @@ pub struct patronus_batch_t {
     _private: [u8; 0],
 }
 
+/// A handle on a protected hash table (opaque), usable by the client
+/// thread that made it. Free it with `patronus_kv_free`.
+pub struct patronus_kv_t {
+    _private: [u8; 0],
+}
+
 /// The handle is an `Arc::into_raw` pointer: shared across threads.
 pub(crate) struct OwnershipArc;
 /// The handle is a `Box::into_raw` pointer: one owner, one thread at a time.
@@ -50,6 +56,10 @@ impl Castable for patronus_t {
 impl Castable for patronus_lease_t {
     type Ownership = OwnershipBox;
     type RustType = Lease;
+}
+impl Castable for patronus_kv_t {
+    type Ownership = OwnershipBox;
+    type RustType = super::kv::KvHandle;
 }
 impl Castable for patronus_batch_t {
     type Ownership = OwnershipBox;

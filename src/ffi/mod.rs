@@ -12,7 +12,7 @@
 //!
 //! One file per API area: node (nodes, threads, time), config, lease, data
 //! (the data path), batch, alloc, buffers (memory), keeper, gaddr, flags,
-//! error (codes, last error); infrastructure: boundary, handle, registry
+//! error (codes, last error), kv (the protected hash table); infrastructure: boundary, handle, registry
 //! (which threads serve which node).
 
 // Exported functions take raw pointers from C by design; each one checks
@@ -49,3 +49,5 @@ pub mod batch;
 pub mod posted;
 
 pub mod alloc;
+
+pub mod kv;

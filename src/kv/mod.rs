@@ -140,10 +140,14 @@
 //! one-sided; otherwise one after the other (batches skip the local expiry
 //! check, so a handle with a term reads through the checked path).
 //!
-//! Not yet here (issue 15): posted / async forms with many operations in
-//! flight per thread, batched allocation, reclaiming retired subtables.
+//! Many operations in flight per thread: [`KvTable::get_many`],
+//! [`KvTable::put_many`] and [`KvTable::del_many`] post the calls of many
+//! keys together, in waves (`src/kv/many.rs`).
+//!
+//! Not yet here (issue 15): async forms, reclaiming retired subtables.
 
 pub mod layout;
+mod many;
 mod resize;
 
 use std::collections::HashMap;

@@ -25,7 +25,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class GAddr(ctypes.Structure):
@@ -80,9 +80,42 @@ class BatchHandle(ctypes.Structure):
     """Opaque patronus_batch_t."""
 
 
+class KvHandle(ctypes.Structure):
+    """Opaque patronus_kv_t."""
+
+
+class KvParams(ctypes.Structure):
+    """patronus_kv_params_t, field for field."""
+
+    _fields_ = [
+        ("base", c_uint64),
+        ("groups", c_uint64),
+        ("initial_depth", c_uint32),
+        ("max_depth", c_uint32),
+        ("lease_ns", c_uint64),
+        ("lock_ns", c_uint64),
+        ("alloc_hint", c_uint64),
+        ("patience_ms", c_uint64),
+    ]
+
+
+class KvItem(ctypes.Structure):
+    """patronus_kv_item_t."""
+
+    _fields_ = [
+        ("key", c_void_p),
+        ("key_len", c_size_t),
+        ("value", c_void_p),
+        ("value_len", c_size_t),
+    ]
+
+
 P = POINTER(Node)
 L = POINTER(LeaseHandle)
 B = POINTER(BatchHandle)
+KV = POINTER(KvHandle)
+KVP = POINTER(KvParams)
+KVI = POINTER(KvItem)
 RC_T = c_int  # patronus_rc_t (a C enum: int)
 ST_T = c_int  # patronus_acquire_status_t
 u16, u32, u64, i64, usize = c_uint16, c_uint32, c_uint64, c_int64, c_size_t
@@ -181,6 +214,21 @@ DECLS = [
     ("patronus_get", [P, c_char_p, c_void_p, usize, POINTER(usize)], RC_T),
     ("patronus_try_get", [P, c_char_p, c_void_p, usize, POINTER(usize)], RC_T),
     ("patronus_keeper_barrier", [P, c_char_p], RC_T),
+    # the protected hash table
+    ("patronus_kv_params_init", [KVP], RC_T),
+    ("patronus_kv_region_bytes", [KVP], u64),
+    ("patronus_kv_create", [P, u16, u16, KVP, u32], KV),
+    ("patronus_kv_open", [P, u16, u16, KVP, u32, u32], KV),
+    ("patronus_kv_publish", [P, KV, c_char_p], RC_T),
+    ("patronus_kv_open_published", [P, c_char_p, KVP, u32, u32], KV),
+    ("patronus_kv_get", [P, KV, BUF, usize, BUF, usize, POINTER(usize)], RC_T),
+    ("patronus_kv_put", [P, KV, BUF, usize, BUF, usize], RC_T),
+    ("patronus_kv_del", [P, KV, BUF, usize], RC_T),
+    ("patronus_kv_put_many", [P, KV, KVI, usize], RC_T),
+    ("patronus_kv_get_many", [P, KV, KVI, usize, POINTER(usize)], RC_T),
+    ("patronus_kv_del_many", [P, KV, KVI, usize, POINTER(c_bool)], RC_T),
+    ("patronus_kv_relinquish", [P, KV], RC_T),
+    ("patronus_kv_free", [KV], None),
 ]
 
 

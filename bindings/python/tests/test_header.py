@@ -33,11 +33,17 @@ CTYPES = {
     "const void*": ctypes.c_void_p,
     "size_t*": ctypes.POINTER(ctypes.c_size_t),
     "patronus_completion_t*": ctypes.POINTER(_lib.Completion),
+    "patronus_kv_t*": _lib.KV,
+    "patronus_kv_params_t*": _lib.KVP,
+    "const patronus_kv_params_t*": _lib.KVP,
+    "const patronus_kv_item_t*": _lib.KVI,
+    "bool*": ctypes.POINTER(ctypes.c_bool),
 }
 
 # Parameters that are C strings (declared c_char_p so str/bytes pass).
 STRING_PARAMS = {("patronus_put", 1), ("patronus_get", 1), ("patronus_try_get", 1),
-                 ("patronus_keeper_barrier", 1)}
+                 ("patronus_keeper_barrier", 1), ("patronus_kv_publish", 2),
+                 ("patronus_kv_open_published", 1)}
 
 
 def norm(t):

@@ -1,0 +1,546 @@
+//! The protected hash table (src/kv) from C: `patronus_kv_t` handles on a
+//! table in a memory node's lease buffer, get/put/del, and the many-key
+//! forms with their calls in flight together.
+//!
+//! A handle belongs to the client thread that created or opened it (its
+//! leases are bound to that thread's connections): every call must come
+//! from that OS thread, with the same `patronus_t`, or it fails with
+//! PATRONUS_RC_INVALID.
+
+#![allow(non_camel_case_types)]
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use super::boundary::guard;
+use super::error::{Failure, FfiResult, PatronusRc};
+use super::handle::{
+    box_free, box_into_raw, bytes, copy_out, out_slice, patronus_kv_t, patronus_t, read_in,
+    req_str, try_mut, write_out,
+};
+use super::registry::{self, with_client};
+use crate::client::ClientThread;
+use crate::kv::{Access, KvParams, KvTable, Protection, MAX_KEY, MAX_VALUE};
+
+/// Protection mode: one-sided through Patronus leases' memory windows.
+pub const PATRONUS_KV_LEASE: u32 = 0;
+/// Protection mode: two-sided memory RPCs checked against the leases.
+pub const PATRONUS_KV_RPC: u32 = 1;
+/// Protection mode: one-sided through a memory region registered per lease
+/// (the original's MR baseline).
+pub const PATRONUS_KV_MR: u32 = 2;
+/// Protection mode: the universal rkey, no protection (the memory node must
+/// set `allow_universal_rkey`).
+pub const PATRONUS_KV_UNPROTECTED: u32 = 3;
+/// Access: get only (read leases).
+pub const PATRONUS_KV_READ_ONLY: u32 = 0;
+/// Access: get, put, del (write leases).
+pub const PATRONUS_KV_READ_WRITE: u32 = 1;
+
+/// Shape and terms of a table; fill it with `patronus_kv_params_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct patronus_kv_params_t {
+    /// Buffer offset of the table region in the memory node's lease buffer
+    /// (8-byte aligned).
+    pub base: u64,
+    /// Combined buckets (16 slots each) per subtable (create only).
+    pub groups: u64,
+    /// Global depth at creation: 2^depth subtables (create only).
+    pub initial_depth: u32,
+    /// Largest global depth the region has room for (create only).
+    pub max_depth: u32,
+    /// Term of the handle's leases in ns; 0: until relinquished.
+    pub lease_ns: u64,
+    /// Term of the resize lock's lease in ns.
+    pub lock_ns: u64,
+    /// Allocator hint for the KV blocks.
+    pub alloc_hint: u64,
+    /// How long an operation waits for a split or contention, in ms.
+    pub patience_ms: u64,
+}
+
+impl patronus_kv_params_t {
+    fn defaults() -> patronus_kv_params_t {
+        let d = KvParams::default();
+        patronus_kv_params_t {
+            base: d.base,
+            groups: d.groups,
+            initial_depth: d.initial_depth,
+            max_depth: d.max_depth,
+            lease_ns: d.lease_ns,
+            lock_ns: d.lock_ns,
+            alloc_hint: d.alloc_hint,
+            patience_ms: d.patience.as_millis() as u64,
+        }
+    }
+
+    fn to_params(self) -> KvParams {
+        KvParams {
+            base: self.base,
+            groups: self.groups,
+            initial_depth: self.initial_depth,
+            max_depth: self.max_depth,
+            lease_ns: self.lease_ns,
+            lock_ns: self.lock_ns,
+            alloc_hint: self.alloc_hint,
+            patience: Duration::from_millis(self.patience_ms),
+            ..KvParams::default()
+        }
+    }
+}
+
+/// What a `patronus_kv_t` stands for.
+pub(crate) struct KvHandle {
+    table: KvTable,
+    /// The `patronus_t` it was made with.
+    node: usize,
+    /// The client thread (id) it belongs to.
+    thread: u16,
+}
+
+fn mode_of(mode: u32) -> FfiResult<Protection> {
+    Ok(match mode {
+        PATRONUS_KV_LEASE => Protection::Lease,
+        PATRONUS_KV_RPC => Protection::Rpc,
+        PATRONUS_KV_MR => Protection::Mr,
+        PATRONUS_KV_UNPROTECTED => Protection::Unprotected,
+        m => {
+            return Err(Failure::invalid(format!(
+                "mode {m} is not a PATRONUS_KV_* mode (0 to 3)"
+            )))
+        }
+    })
+}
+
+fn access_of(access: u32) -> FfiResult<Access> {
+    Ok(match access {
+        PATRONUS_KV_READ_ONLY => Access::ReadOnly,
+        PATRONUS_KV_READ_WRITE => Access::ReadWrite,
+        a => {
+            return Err(Failure::invalid(format!(
+                "access {a} is neither PATRONUS_KV_READ_ONLY (0) nor PATRONUS_KV_READ_WRITE (1)"
+            )))
+        }
+    })
+}
+
+fn params_of(params: *const patronus_kv_params_t) -> KvParams {
+    read_in(params)
+        .unwrap_or_else(patronus_kv_params_t::defaults)
+        .to_params()
+}
+
+/// Makes a handle from what `open` returns on the calling client thread.
+fn make(
+    p: *mut patronus_t,
+    open: impl FnOnce(&mut ClientThread) -> crate::Result<KvTable>,
+) -> FfiResult<*mut patronus_kv_t> {
+    let (table, thread) = with_client(p, |c| open(c).map(|t| (t, c.get_thread_id())))??;
+    Ok(box_into_raw::<patronus_kv_t>(KvHandle {
+        table,
+        node: p as usize,
+        thread,
+    }))
+}
+
+/// Runs `f` on the handle with the calling thread's client thread, after
+/// checking that the handle belongs to it.
+fn with_kv<T>(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    f: impl FnOnce(&mut KvTable, &mut ClientThread) -> crate::Result<T>,
+) -> FfiResult<T> {
+    if p.is_null() {
+        return Err(Failure::null("p"));
+    }
+    let h = try_mut(kv, "kv")?;
+    if h.node != p as usize {
+        return Err(Failure::invalid(
+            "kv was made with another patronus_t than p",
+        ));
+    }
+    Ok(with_client(p, |c| {
+        if c.get_thread_id() != h.thread {
+            return Err(crate::Error::Invalid(format!(
+                "kv belongs to client thread {} (the thread that made it), not to this thread {}",
+                h.thread,
+                c.get_thread_id()
+            )));
+        }
+        f(&mut h.table, c)
+    })??)
+}
+
+/// A key argument: 1 to 64 bytes.
+fn key_arg<'a>(key: *const c_char, key_len: usize) -> FfiResult<&'a [u8]> {
+    if key_len == 0 || key_len > MAX_KEY {
+        return Err(Failure::invalid(format!(
+            "key_len {key_len}: keys are 1 to {MAX_KEY} bytes"
+        )));
+    }
+    bytes(key, key_len, "key")
+}
+
+/// Fills `*params` with the defaults (base 0, 64 groups per subtable,
+/// depth 2 growing to 8, leases until relinquished, 10 ms resize lock,
+/// allocator hint 0, 10 s patience). PATRONUS_RC_INVALID when `params`
+/// is NULL.
+#[no_mangle]
+pub extern "C" fn patronus_kv_params_init(params: *mut patronus_kv_params_t) -> PatronusRc {
+    guard("patronus_kv_params_init", || {
+        if params.is_null() {
+            return Err(Failure::null("params"));
+        }
+        write_out(params, patronus_kv_params_t::defaults());
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Bytes of the table region `params` describe (what must fit in the
+/// memory node's lease buffer from `params->base`); 0 when the shape is
+/// invalid (last error set). `params` NULL: the defaults.
+#[no_mangle]
+pub extern "C" fn patronus_kv_region_bytes(params: *const patronus_kv_params_t) -> u64 {
+    guard("patronus_kv_region_bytes", || {
+        Ok(params_of(params).region_bytes()?)
+    })
+}
+
+/// Creates a table on node `node_id`'s lease buffer at `params->base`,
+/// served by directory `dir_id`, overwriting whatever the region held, and
+/// returns a read-write handle of protection mode `mode` (a
+/// `PATRONUS_KV_*` mode) for the calling client thread. NULL on failure
+/// (last error set). `params` NULL: the defaults. Ownership: give the
+/// leases back with `patronus_kv_relinquish`, free with `patronus_kv_free`.
+#[no_mangle]
+pub extern "C" fn patronus_kv_create(
+    p: *mut patronus_t,
+    node_id: u16,
+    dir_id: u16,
+    params: *const patronus_kv_params_t,
+    mode: u32,
+) -> *mut patronus_kv_t {
+    guard("patronus_kv_create", || {
+        let m = mode_of(mode)?;
+        let prm = params_of(params);
+        make(p, |c| KvTable::create(c, node_id, dir_id, prm, m))
+    })
+}
+
+/// Opens the table at `params->base` of node `node_id` (served by
+/// `dir_id`) with protection mode `mode` and access `access`
+/// (`PATRONUS_KV_READ_ONLY` or `PATRONUS_KV_READ_WRITE`); the shape is read
+/// from the table. NULL on failure (PATRONUS_RC_NOT_FOUND in the last
+/// error's code when no table is there). As `patronus_kv_create` for
+/// ownership.
+#[no_mangle]
+pub extern "C" fn patronus_kv_open(
+    p: *mut patronus_t,
+    node_id: u16,
+    dir_id: u16,
+    params: *const patronus_kv_params_t,
+    mode: u32,
+    access: u32,
+) -> *mut patronus_kv_t {
+    guard("patronus_kv_open", || {
+        let m = mode_of(mode)?;
+        let a = access_of(access)?;
+        let prm = params_of(params);
+        make(p, |c| KvTable::open(c, node_id, dir_id, prm, m, a))
+    })
+}
+
+/// Publishes where the table of `kv` is under the keeper key
+/// `kv/<name>`, for `patronus_kv_open_published` on other nodes.
+#[no_mangle]
+pub extern "C" fn patronus_kv_publish(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    name: *const c_char,
+) -> PatronusRc {
+    guard("patronus_kv_publish", || {
+        let name = req_str(name, "name")?;
+        let n = registry::node(p)?;
+        let h = try_mut(kv, "kv")?;
+        h.table.publish(&n.node, name)?;
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Opens the table published as `name` (waiting for the keeper key as
+/// `patronus_get` does); `params->base` is taken from the keeper. As
+/// `patronus_kv_open` otherwise.
+#[no_mangle]
+pub extern "C" fn patronus_kv_open_published(
+    p: *mut patronus_t,
+    name: *const c_char,
+    params: *const patronus_kv_params_t,
+    mode: u32,
+    access: u32,
+) -> *mut patronus_kv_t {
+    guard("patronus_kv_open_published", || {
+        let name = req_str(name, "name")?;
+        let m = mode_of(mode)?;
+        let a = access_of(access)?;
+        let prm = params_of(params);
+        let n = registry::node(p)?;
+        make(p, |c| KvTable::open_published(c, &n.node, name, prm, m, a))
+    })
+}
+
+/// Reads the value of `key` (`key_len` bytes, 1 to 64): copies it into
+/// `buf` (at most `cap` bytes) and stores its length in `*len_out` (when
+/// not NULL). PATRONUS_RC_NOT_FOUND when the key is not there (`*len_out`
+/// untouched); PATRONUS_RC_NO_MEM when `cap` is too small (nothing copied,
+/// `*len_out` says how much is needed); PATRONUS_RC_RDMA_PROTECTION_ERR
+/// when the memory node refuses the handle (relinquished, expired).
+#[no_mangle]
+pub extern "C" fn patronus_kv_get(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> PatronusRc {
+    guard("patronus_kv_get", || {
+        let k = key_arg(key, key_len)?;
+        if buf.is_null() && cap > 0 {
+            return Err(Failure::null("buf"));
+        }
+        let v = with_kv(p, kv, |t, c| t.get(c, k))?.ok_or_else(|| {
+            Failure::new(
+                PatronusRc::PATRONUS_RC_NOT_FOUND,
+                format!("no key {:?}", String::from_utf8_lossy(k)),
+            )
+        })?;
+        write_out(len_out, v.len());
+        if v.len() > cap {
+            return Err(Failure::new(
+                PatronusRc::PATRONUS_RC_NO_MEM,
+                format!("value of {} bytes does not fit in {cap}", v.len()),
+            ));
+        }
+        copy_out(&v, buf as *mut u8, cap);
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Sets `key` (1 to 64 bytes) to `value_len` bytes at `value` (insert or
+/// update; `value` may be NULL when `value_len` is 0).
+/// PATRONUS_RC_RDMA_PROTECTION_ERR when the handle may not write (a
+/// read-only handle, relinquished, expired): the table is unchanged.
+#[no_mangle]
+pub extern "C" fn patronus_kv_put(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> PatronusRc {
+    guard("patronus_kv_put", || {
+        let k = key_arg(key, key_len)?;
+        if value_len > MAX_VALUE {
+            return Err(Failure::invalid(format!(
+                "value_len {value_len} is above {MAX_VALUE}"
+            )));
+        }
+        let v = bytes(value, value_len, "value")?;
+        with_kv(p, kv, |t, c| t.put(c, k, v))?;
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Removes `key`: PATRONUS_RC_OK when it was there, PATRONUS_RC_NOT_FOUND
+/// when it was not.
+#[no_mangle]
+pub extern "C" fn patronus_kv_del(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+) -> PatronusRc {
+    guard("patronus_kv_del", || {
+        let k = key_arg(key, key_len)?;
+        if with_kv(p, kv, |t, c| t.del(c, k))? {
+            Ok(PatronusRc::PATRONUS_RC_OK)
+        } else {
+            Err(Failure::new(
+                PatronusRc::PATRONUS_RC_NOT_FOUND,
+                format!("no key {:?}", String::from_utf8_lossy(k)),
+            ))
+        }
+    })
+}
+
+/// One key (and value) of the many-key calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct patronus_kv_item_t {
+    /// The key, `key_len` bytes (1 to 64).
+    pub key: *const c_char,
+    /// Bytes of the key.
+    pub key_len: usize,
+    /// The value (put_many: input; get_many: where the value is copied,
+    /// at most `value_len` bytes).
+    pub value: *mut c_char,
+    /// put_many: bytes of the value; get_many: capacity of `value`.
+    pub value_len: usize,
+}
+
+/// Reads the `n` items' keys, and with `values` their values too.
+fn read_items<'a>(
+    items: *const patronus_kv_item_t,
+    n: usize,
+    values: bool,
+) -> FfiResult<Vec<(&'a [u8], &'a [u8])>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let its = out_slice(items as *mut patronus_kv_item_t, n, "items")?;
+    its.iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let k = key_arg(it.key, it.key_len)
+                .map_err(|f| Failure::new(f.rc, format!("items[{i}]: {}", f.msg)))?;
+            let v = if values {
+                if it.value_len > MAX_VALUE {
+                    return Err(Failure::invalid(format!(
+                        "items[{i}]: value_len {} is above {MAX_VALUE}",
+                        it.value_len
+                    )));
+                }
+                bytes(it.value, it.value_len, "items[].value")?
+            } else {
+                &[][..]
+            };
+            Ok((k, v))
+        })
+        .collect()
+}
+
+/// Sets every one of the `n` items' keys to its value, with the calls of
+/// many keys in flight together; the outcome equals `patronus_kv_put` of
+/// each item in order. The thread must have no posted calls in flight
+/// (PATRONUS_RC_INVALID). On a failure some items may be set and later
+/// ones not.
+#[no_mangle]
+pub extern "C" fn patronus_kv_put_many(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    items: *const patronus_kv_item_t,
+    n: usize,
+) -> PatronusRc {
+    guard("patronus_kv_put_many", || {
+        let its = read_items(items, n, true)?;
+        with_kv(p, kv, |t, c| t.put_many(c, &its))?;
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Reads the `n` items' keys with their calls in flight together: item
+/// i's value is copied to `items[i].value` (at most `items[i].value_len`
+/// bytes) and `lens_out[i]` gets its length, or `SIZE_MAX` when the key is
+/// not there. PATRONUS_RC_NO_MEM when some value did not fit (its
+/// `lens_out` entry says how much it needs; the others are copied). The
+/// thread must have no posted calls in flight.
+#[no_mangle]
+pub extern "C" fn patronus_kv_get_many(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    items: *const patronus_kv_item_t,
+    n: usize,
+    lens_out: *mut usize,
+) -> PatronusRc {
+    guard("patronus_kv_get_many", || {
+        let its = read_items(items, n, false)?;
+        if n == 0 {
+            return Ok(PatronusRc::PATRONUS_RC_OK);
+        }
+        let lens = out_slice(lens_out, n, "lens_out")?;
+        let raw = out_slice(items as *mut patronus_kv_item_t, n, "items")?;
+        for (i, it) in raw.iter().enumerate() {
+            if it.value.is_null() && it.value_len > 0 {
+                return Err(Failure::null(&format!("items[{i}].value")));
+            }
+        }
+        let keys: Vec<&[u8]> = its.iter().map(|(k, _)| *k).collect();
+        let got = with_kv(p, kv, |t, c| t.get_many(c, &keys))?;
+        let mut short = 0;
+        for ((v, it), len) in got.iter().zip(raw.iter()).zip(lens.iter_mut()) {
+            match v {
+                None => *len = usize::MAX,
+                Some(v) => {
+                    *len = v.len();
+                    if v.len() > it.value_len {
+                        short += 1;
+                    } else {
+                        copy_out(v, it.value as *mut u8, it.value_len);
+                    }
+                }
+            }
+        }
+        if short > 0 {
+            return Err(Failure::new(
+                PatronusRc::PATRONUS_RC_NO_MEM,
+                format!("{short} of {n} values did not fit their item's value_len"),
+            ));
+        }
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Removes the `n` items' keys (their `value` fields are not used) with
+/// the calls of many keys in flight together; `existed_out[i]` (when
+/// `existed_out` is not NULL) is true when item i's key was there. The
+/// outcome equals `patronus_kv_del` of each key in order. The thread must
+/// have no posted calls in flight.
+#[no_mangle]
+pub extern "C" fn patronus_kv_del_many(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    items: *const patronus_kv_item_t,
+    n: usize,
+    existed_out: *mut bool,
+) -> PatronusRc {
+    guard("patronus_kv_del_many", || {
+        let its = read_items(items, n, false)?;
+        let keys: Vec<&[u8]> = its.iter().map(|(k, _)| *k).collect();
+        let out = if existed_out.is_null() || n == 0 {
+            None
+        } else {
+            Some(out_slice(existed_out, n, "existed_out")?)
+        };
+        let was = with_kv(p, kv, |t, c| t.del_many(c, &keys))?;
+        if let Some(out) = out {
+            out.copy_from_slice(&was);
+        }
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Frees the handle's spare blocks and gives its leases back: every later
+/// access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
+/// relinquished", before anything is sent; the memory node refuses the old
+/// keys as well). The handle stays valid (free it with `patronus_kv_free`).
+#[no_mangle]
+pub extern "C" fn patronus_kv_relinquish(p: *mut patronus_t, kv: *mut patronus_kv_t) -> PatronusRc {
+    guard("patronus_kv_relinquish", || {
+        with_kv(p, kv, |t, c| t.relinquish(c))?;
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Frees a handle (without relinquishing: leases not given back last
+/// until their term, or, without a term, until the memory node goes).
+/// Consumes `kv`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn patronus_kv_free(kv: *mut patronus_kv_t) {
+    guard("patronus_kv_free", || {
+        box_free(kv);
+        Ok(())
+    })
+}
