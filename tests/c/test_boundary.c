@@ -85,7 +85,6 @@ static int count_threads(const char *const *prefixes) {
 /* The soft NIC's threads (src/fabric/soft/nic.rs: nic-ctl, nic-shm,
    nic-tcp) and the clock threads (patronus-time, patronus-resync). */
 static const char *const NODE_THREADS[] = {"nic-", "patronus", NULL};
-static const char *const EXPOSER_THREAD[] = {"patronus-time", NULL};
 
 /* Open memfd segments of the library (the registered region, shm links). */
 static int count_segments(void) {
@@ -194,53 +193,6 @@ static void test_free_releases_every_thread(void) {
     pthread_mutex_unlock(&st.mu);
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     EXPECT(w[0].ok_after && w[1].ok_after);
-}
-
-/* ---- a C bool is read as its byte ------------------------------------ */
-
-struct joiner {
-    const char *cluster;
-    int simplify_byte;
-    patronus_t *p;
-};
-
-static void *join_cluster(void *arg) {
-    struct joiner *j = (struct joiner *)arg;
-    patronus_config_t conf;
-    patronus_config_init(&conf);
-    conf.machine_nr = 2;
-    conf.cluster = j->cluster;
-    memset(&conf.simplify, j->simplify_byte, sizeof conf.simplify);
-    j->p = patronus_new(&conf);
-    if (!j->p) fprintf(stderr, "patronus_new(%s): %s\n", j->cluster, patronus_last_error());
-    return NULL;
-}
-
-/* Forms a two-node cluster in this process and returns how many clock
-   exposer threads it started (one on the time parent unless simplify). */
-static int exposers_of_cluster(const char *cluster, int simplify_byte) {
-    int before = count_threads(EXPOSER_THREAD);
-    struct joiner j[2] = {{cluster, simplify_byte, NULL}, {cluster, simplify_byte, NULL}};
-    pthread_t t[2];
-    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, join_cluster, &j[i]);
-    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
-    if (!j[0].p || !j[1].p) {
-        failures++;
-        patronus_free(j[0].p);
-        patronus_free(j[1].p);
-        return -1;
-    }
-    int n = count_threads(EXPOSER_THREAD) - before;
-    patronus_free(j[0].p);
-    patronus_free(j[1].p);
-    return n;
-}
-
-static void test_c_bool(void) {
-    /* Control: without simplify the time parent runs its exposer... */
-    EXPECT(exposers_of_cluster("c-boundary-bool-0", 0) == 1);
-    /* ...and a simplify byte of 0xFF is true: no time sync at all. */
-    EXPECT(exposers_of_cluster("c-boundary-bool-ff", 0xFF) == 0);
 }
 
 /* ---- calls during thread teardown ------------------------------------ */
@@ -356,6 +308,58 @@ static void test_last_error_rule(patronus_t *p) {
     EXPECT(l != NULL && !patronus_lease_success(l));
     EXPECT_NO_ERR(); /* the accessor succeeded */
     patronus_lease_free(l);
+}
+
+/* ---- a C bool is read as its byte ------------------------------------ */
+
+/* A one-node cluster with `allow_universal_rkey` set as a raw byte: returns
+   the rc of a 16-byte read through a 1-byte lease with the universal rkey,
+   which only an opted-in memory node honours. */
+static int universal_read_rc(const char *cluster, int byte) {
+    patronus_config_t conf;
+    patronus_config_init(&conf);
+    conf.cluster = cluster;
+    memset(&conf.allow_universal_rkey, byte, sizeof conf.allow_universal_rkey);
+    patronus_t *p = patronus_new(&conf);
+    if (!p) {
+        fprintf(stderr, "patronus_new(%s): %s\n", cluster, patronus_last_error());
+        failures++;
+        return -1;
+    }
+    EXPECT(patronus_register_client_thread(p) == PATRONUS_RC_OK);
+    pthread_t srv;
+    pthread_create(&srv, NULL, serve, p);
+    patronus_lease_t *l = NULL;
+    double t0 = now_s();
+    while (now_s() - t0 < 10.0) {
+        l = patronus_get_wlease(p, 0, 0, patronus_gaddr(0, 4096), 0, 1, 0, PATRONUS_ACQUIRE_NO_GC);
+        if (l && patronus_lease_success(l)) break;
+        patronus_lease_free(l);
+        l = NULL;
+        usleep(5 * 1000);
+    }
+    int rc = -1;
+    if (l) {
+        char b[16];
+        rc = patronus_read(p, l, b, sizeof b, 0, PATRONUS_RW_USE_UNIVERSAL_RKEY);
+        EXPECT(patronus_relinquish(p, l, 0, 0) == PATRONUS_RC_OK);
+        patronus_lease_free(l);
+    } else {
+        failures++;
+    }
+    patronus_finished(p, 0);
+    void *r;
+    pthread_join(srv, &r);
+    EXPECT(r == NULL);
+    patronus_free(p);
+    return rc;
+}
+
+static void test_c_bool(void) {
+    /* Control: off by default, the universal key opens nothing... */
+    EXPECT(universal_read_rc("c-boundary-bool-0", 0) == PATRONUS_RC_RDMA_PROTECTION_ERR);
+    /* ...and a byte of 0xFF is true: the opted-in node honours it. */
+    EXPECT(universal_read_rc("c-boundary-bool-ff", 0xFF) == PATRONUS_RC_OK);
 }
 
 /* ---- NULL pointer parameters ----------------------------------------- */

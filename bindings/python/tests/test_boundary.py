@@ -250,39 +250,46 @@ def test_close_releases_the_node_for_every_thread():
     assert after == [want, want]
 
 
-def _two_node_cluster(simplify_byte):
-    """Forms a two-node cluster with ``simplify`` set as a raw byte; returns
-    the number of clock exposer threads it started."""
-    name = cluster_name(f"bool-{simplify_byte}").encode()
-    before = count_threads("patronus-time")
-    handles = []
-
-    def join():
-        c = Config()
-        LIB.patronus_config_init(ctypes.byref(c))
-        c.machine_nr = 2
-        c.cluster = name
-        ctypes.memset(ctypes.addressof(c) + Config.simplify.offset, simplify_byte, 1)
-        handles.append(LIB.patronus_new(ctypes.byref(c)))
-
-    ts = [threading.Thread(target=join) for _ in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
+def _universal_read(byte):
+    """A one-node cluster with ``allow_universal_rkey`` set as a raw byte:
+    reads 16 bytes through a 1-byte lease with the universal rkey (which
+    only an opted-in memory node honours); returns the rc."""
+    c = Config()
+    LIB.patronus_config_init(ctypes.byref(c))
+    name = cluster_name(f"bool-{byte}").encode()
+    c.cluster = name
+    ctypes.memset(ctypes.addressof(c) + Config.allow_universal_rkey.offset, byte, 1)
+    h = LIB.patronus_new(ctypes.byref(c))
+    assert h, err()
+    assert LIB.patronus_register_client_thread(h) == patronus.RC.OK
+    t = threading.Thread(target=LIB.patronus_server_serve, args=(h, 0), daemon=True)
+    t.start()
     try:
-        assert len(handles) == 2 and all(handles), err()
-        # A new thread names itself once it runs: poll for the exposer (up
-        # to 2 s: the case without one waits that long).
-        give_up = time.monotonic() + 2.0
-        while count_threads("patronus-time") == before and time.monotonic() < give_up:
-            time.sleep(0.001)
-        return count_threads("patronus-time") - before
+        lease = None
+        give_up = time.monotonic() + 10.0
+        while time.monotonic() < give_up:
+            lease = LIB.patronus_get_wlease(h, 0, 0, GAddr(4096), 0, 1, 0,
+                                            patronus.AcquireFlag.NO_GC)
+            if lease and LIB.patronus_lease_success(lease):
+                break
+            LIB.patronus_lease_free(lease)
+            lease = None
+            time.sleep(0.005)
+        assert lease, err()
+        buf = ctypes.create_string_buffer(16)
+        rc = LIB.patronus_read(h, lease, buf, 16, 0, patronus.RWFlag.USE_UNIVERSAL_RKEY)
+        assert LIB.patronus_relinquish(h, lease, 0, 0) == patronus.RC.OK
+        LIB.patronus_lease_free(lease)
+        return rc
     finally:
-        for h in handles:
-            LIB.patronus_free(h)
+        LIB.patronus_finished(h, 0)
+        t.join(timeout=30)
+        assert not t.is_alive(), "server_serve did not return"
+        LIB.patronus_free(h)
 
 
 def test_a_c_bool_is_read_as_its_byte():
-    assert _two_node_cluster(0) == 1  # control: the time parent's exposer
-    assert _two_node_cluster(0xFF) == 0  # 0xFF is true: no time sync
+    # Control: off by default, the universal key opens nothing...
+    assert _universal_read(0) == patronus.RC.RDMA_PROTECTION_ERR
+    # ...and 0xFF is true: the opted-in node honours it.
+    assert _universal_read(0xFF) == patronus.RC.OK
