@@ -142,7 +142,7 @@ fn mixed_calls_in_flight_complete_once_and_byte_exact() {
             .map(|i| {
                 let x = got.remove(&(i as u64)).unwrap();
                 assert_eq!(x.rc(), Rc::Ok);
-                let l = x.lease.unwrap();
+                let l = *x.lease.unwrap();
                 assert!(l.success(), "lease {i}: {}", l.ec());
                 l
             })
