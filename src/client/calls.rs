@@ -444,7 +444,9 @@ pub(super) struct Calls {
     user: usize,
     ready: VecDeque<Completion>,
     backlog: VecDeque<u32>,
-    rpcs: HashMap<u64, u32>,
+    /// Calls waiting for an RPC reply (a reply finds its call by the
+    /// slot index in its RPC id: no map).
+    rpcs: usize,
     rpc_out: Vec<usize>,
     wr_out: Vec<usize>,
     large_owner: Option<u32>,
@@ -477,7 +479,7 @@ impl Calls {
             user: 0,
             ready: VecDeque::new(),
             backlog: VecDeque::new(),
-            rpcs: HashMap::new(),
+            rpcs: 0,
             rpc_out: vec![0; dirs],
             wr_out: vec![0; dirs],
             large_owner: None,
@@ -554,6 +556,18 @@ impl Calls {
 
 fn coarse_now() -> i64 {
     crate::fabric::monotonic_coarse_ns()
+}
+
+/// Low bits of an RPC id: the call's slot (or [`RPC_TAG_DIRECT`]).
+pub(super) const RPC_TAG_MASK: u64 = 0xffff;
+/// The tag of RPCs sent outside the engine (recovery).
+pub(super) const RPC_TAG_DIRECT: u32 = 0xffff;
+
+/// The RPC id of the thread's `n`-th RPC, sent by call slot `idx`: the
+/// reply names its call (slots are fewer than 2^16), and the counter keeps
+/// ids unique, so a late reply never matches a newer call.
+pub(super) fn rpc_tag(n: u64, idx: u32) -> u64 {
+    n << 16 | (idx as u64 & RPC_TAG_MASK)
 }
 
 fn wr_id(idx: u32, seq: u32) -> u64 {
@@ -684,7 +698,7 @@ impl ClientThread {
             std::hint::spin_loop();
             return;
         }
-        let rpc = !self.calls.rpcs.is_empty();
+        let rpc = self.calls.rpcs > 0;
         let data = self.calls.wr_out.iter().any(|&n| n > 0);
         match (rpc, data) {
             (false, true) => self.data_cq.wait(Duration::from_micros(50)),
@@ -853,7 +867,7 @@ impl ClientThread {
         }
         let (ty, m) = r.request();
         self.rpc_id += 1;
-        let id = self.rpc_id;
+        let id = rpc_tag(self.rpc_id, idx);
         let h = Header {
             ty,
             rpc_id: id,
@@ -866,7 +880,7 @@ impl ClientThread {
         self.out = out;
         res?;
         self.calls.rpc_out[peer] += 1;
-        self.calls.rpcs.insert(id, idx);
+        self.calls.rpcs += 1;
         Ok(Some(Wait::Rpc { id, peer }))
     }
 
@@ -1077,10 +1091,9 @@ impl ClientThread {
     /// Gives back what a call's wait held (RPC credit, send queue depth).
     fn release_wait(&mut self, w: Wait) {
         match w {
-            Wait::Rpc { id, peer } => {
-                if self.calls.rpcs.remove(&id).is_some() {
-                    self.calls.rpc_out[peer] = self.calls.rpc_out[peer].saturating_sub(1);
-                }
+            Wait::Rpc { peer, .. } => {
+                self.calls.rpcs -= 1;
+                self.calls.rpc_out[peer] = self.calls.rpc_out[peer].saturating_sub(1);
             }
             Wait::Wr { qp, wrs } => self.calls.wr_out[qp] -= wrs,
             Wait::Backlog => {}
@@ -1106,7 +1119,7 @@ impl ClientThread {
         }
         // RPC replies (only while some are awaited: a data call's wait
         // polls one CQ; stale replies wait for the next RPC).
-        while !self.calls.rpcs.is_empty() {
+        while self.calls.rpcs > 0 {
             let Some(inc) = self.msgr.try_recv()? else {
                 break;
             };
@@ -1115,13 +1128,19 @@ impl ClientThread {
                 continue;
             }
             let id = u64::from_le_bytes(inc.data[8..16].try_into().expect("8 bytes"));
-            let Some(idx) = self.calls.rpcs.remove(&id) else {
+            let idx = (id & RPC_TAG_MASK) as u32;
+            let Some(c) = self
+                .calls
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.call.as_mut())
+                .filter(|c| matches!(c.wait, Wait::Rpc { id: w, .. } if w == id))
+            else {
                 continue; // a reply to a call that timed out
             };
+            c.wait = Wait::Backlog;
+            self.calls.rpcs -= 1;
             self.calls.rpc_out[inc.peer] = self.calls.rpc_out[inc.peer].saturating_sub(1);
-            if let Some(c) = self.calls.slots[idx as usize].call.as_mut() {
-                c.wait = Wait::Backlog;
-            }
             match msg::decode(&inc.data) {
                 Ok((_, m)) => self.on_reply(idx, m)?,
                 Err(e) => self.finish(idx, Completion::new(0, Err(Error::Invalid(e.to_string())))),
