@@ -8,9 +8,15 @@
 //! - `task`: the original's bench_patronus_concurrent task (acquire, 16
 //!   reads, relinquish) as async tasks on [`AsyncThread`];
 //!
+//! - `node-acquire`: the memory node's acquisitions per second (lease
+//!   cycles with two binds) from two client threads with `inflight` cycles
+//!   each: a node-wide rate, not a per-thread one;
+//!
 //! plus the soft fabric's own pipelined 64 B READ rate between two NICs of
-//! this process (the `floor` row). Every rate is reported against the same
-//! scenario's 1-in-flight rate of the same run.
+//! this process: one signalled request per post (the `floor` row), and
+//! every free place posted as one chain signalled once (`floor-chain`, as
+//! the engine posts). Every rate is reported against the same scenario's
+//! 1-in-flight rate of the same run.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +48,9 @@ pub struct Opts {
 /// One measured rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct InflightRecord {
-    /// "read", "cycle-2bind", "cycle-1bind", "cycle-0bind", "task", "floor".
+    /// "read", "cycle-2bind", "cycle-1bind", "cycle-0bind", "task",
+    /// "node-acquire" (the memory node's acquisitions per second from two
+    /// client threads, `inflight` each: a node-wide rate), "floor".
     pub scenario: String,
     /// Fabric.
     pub fabric: String,
@@ -96,13 +104,20 @@ fn reads(c: &mut ClientThread, l: &mut Lease, depth: usize, budget: Duration) ->
     Ok(done)
 }
 
-/// Keeps `depth` lease cycles in flight, each on its own object.
-fn cycles(c: &mut ClientThread, flag: u64, depth: usize, budget: Duration) -> Result<u64> {
+/// Keeps `depth` lease cycles in flight, each on its own object (objects
+/// from `first` on).
+fn cycles(
+    c: &mut ClientThread,
+    flag: u64,
+    depth: usize,
+    budget: Duration,
+    first: u64,
+) -> Result<u64> {
     let t0 = Instant::now();
     let mut done = 0u64;
     let mut free: Vec<u64> = (0..depth as u64).collect();
     let mut held: Vec<Option<Lease>> = (0..depth).map(|_| None).collect();
-    let obj = |k: u64| k * 4096;
+    let obj = |k: u64| (first + k) * 4096;
     loop {
         let running = t0.elapsed() < budget;
         while let Some(k) = free.pop().filter(|_| running) {
@@ -237,6 +252,56 @@ fn floor(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
     }
 }
 
+/// As [`floor`], posting every free place as one chain with only its last
+/// request signalled (what the engine's doorbell batching does): the
+/// fabric's best pipelined rate.
+fn floor_chain(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
+    let (raddr, rkey) = (p.region.addr(), p.region.rkey());
+    let t0 = Instant::now();
+    let mut out = 0usize;
+    let mut done = 0u64;
+    let mut wc = [Wc::default(); 32];
+    let mut chains: std::collections::VecDeque<usize> = Default::default();
+    let mut wrs: Vec<SendWr> = Vec::with_capacity(depth);
+    let mut k = 0u32;
+    let mut running = true;
+    loop {
+        k = k.wrapping_add(1);
+        if running && k % 64 == 0 {
+            running = t0.elapsed() < budget;
+        }
+        if running && out < depth {
+            wrs.clear();
+            for i in out..depth {
+                wrs.push(SendWr {
+                    wr_id: i as u64,
+                    op: WrOp::Read {
+                        local: p.client.sge((i % 1024) as u64 * 64, 64),
+                        raddr,
+                        rkey,
+                    },
+                    signaled: i + 1 == depth,
+                });
+            }
+            p.client.qp.post_send(&wrs)?;
+            chains.push_back(wrs.len());
+            out = depth;
+        }
+        let n = p.client.cq.poll(&mut wc);
+        for w in &wc[..n] {
+            if !w.status.is_ok() {
+                return Err(Error::Invalid(format!("floor read: {w:?}")));
+            }
+            let c = chains.pop_front().unwrap_or(0);
+            out -= c;
+            done += c as u64;
+        }
+        if !running && out == 0 {
+            return Ok(done);
+        }
+    }
+}
+
 /// Runs every scenario at every depth.
 pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
     let link = match o.fabric.as_str() {
@@ -300,7 +365,7 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
                 ("cycle-0bind", acquire::NO_BIND_ANY),
             ] {
                 for &d in &depths {
-                    let n = cycles(&mut c, flag, d, o.budget)?;
+                    let n = cycles(&mut c, flag, d, o.budget, 0)?;
                     push(name, d, n, secs);
                 }
             }
@@ -310,10 +375,38 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
                 push("task", d, n, secs);
             }
             drop(t);
+            // The memory node's acquire rate: both client threads, each
+            // with `d` lease cycles (two binds) in flight; one in flight per
+            // thread is how a node was driven before calls in flight (one
+            // request per directory pass).
+            for &d in &depths {
+                let n = std::thread::scope(|s2| -> Result<u64> {
+                    let hs: Vec<_> = (0..2u64)
+                        .map(|t| {
+                            s2.spawn(move || -> Result<u64> {
+                                let mut c = client.register_client_thread()?;
+                                cycles(&mut c, 0, d, o.budget, 64 + t * 64)
+                            })
+                        })
+                        .collect();
+                    let mut sum = 0;
+                    for h in hs {
+                        sum += h
+                            .join()
+                            .map_err(|_| Error::Invalid("client thread panicked".into()))??;
+                    }
+                    Ok(sum)
+                })?;
+                push("node-acquire", d, n, secs);
+            }
             let p = floor_pair(link)?;
             for &d in &depths {
                 let n = floor(&p, d, o.budget)?;
                 push("floor", d, n, secs);
+            }
+            for &d in &depths {
+                let n = floor_chain(&p, d, o.budget)?;
+                push("floor-chain", d, n, secs);
             }
             Ok(())
         })();
