@@ -328,6 +328,10 @@ enum BenchCmd {
         /// Calls in flight to measure (repeatable; default 1, 4, 16, 32).
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
+        /// Scenarios to run (repeatable; default all): read, cycle-2bind,
+        /// cycle-1bind, cycle-0bind, task, node-acquire, floor, floor-chain.
+        #[arg(long = "only")]
+        only: Vec<String>,
     },
     /// A long run of acquisitions, data calls, extensions and expiry from
     /// several threads and processes: RSS, fds, live leases and error
@@ -765,6 +769,7 @@ fn main() -> ExitCode {
                     quick,
                     seconds,
                     depths,
+                    only,
                 },
         } => (|| {
             let fabrics = match f {
@@ -781,6 +786,7 @@ fn main() -> ExitCode {
                     fabric: fab.into(),
                     budget: Duration::from_secs_f64(if quick { 0.1 } else { seconds }),
                     depths: depths.iter().map(|&d| d as usize).collect(),
+                    only: only.clone(),
                 };
                 recs.extend(patronus::bench::inflight::run(&o)?);
             }

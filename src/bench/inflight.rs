@@ -43,6 +43,8 @@ pub struct Opts {
     pub budget: Duration,
     /// Calls in flight to measure.
     pub depths: Vec<usize>,
+    /// Scenarios to run (empty: all).
+    pub only: Vec<String>,
 }
 
 /// One measured rate.
@@ -118,8 +120,16 @@ fn cycles(
     let mut free: Vec<u64> = (0..depth as u64).collect();
     let mut held: Vec<Option<Lease>> = (0..depth).map(|_| None).collect();
     let obj = |k: u64| (first + k) * 4096;
+    let mut got = Vec::with_capacity(64);
+    let mut nheld = 0usize;
+    let mut round = 0u32;
+    let mut running = true;
     loop {
-        let running = t0.elapsed() < budget;
+        // The clock every 64th round (it costs about what a poll does).
+        round = round.wrapping_add(1);
+        if running && round % 64 == 0 {
+            running = t0.elapsed() < budget;
+        }
         while let Some(k) = free.pop().filter(|_| running) {
             let p = c.post_get_wlease(0, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
             if p == Post::Retry {
@@ -130,7 +140,8 @@ fn cycles(
         if c.inflight() == 0 && !running {
             return Ok(done);
         }
-        for x in c.poll(64)? {
+        c.poll_into(&mut got, 64)?;
+        for x in got.drain(..) {
             let k = x.user_data & 0xffff;
             if x.user_data & (1 << 32) != 0 {
                 // A relinquish came back: the cycle is done.
@@ -154,13 +165,18 @@ fn cycles(
                 Post::Retry => {
                     // Cannot happen (a completion was just taken); keep it.
                     held[k as usize] = Some(*l);
+                    nheld += 1;
                 }
             }
         }
-        for (k, h) in held.iter_mut().enumerate() {
-            if let Some(mut l) = h.take() {
-                if c.post_relinquish(&mut l, 0, 0, k as u64 | 1 << 32)? == Post::Retry {
-                    *h = Some(l);
+        if nheld > 0 {
+            for (k, h) in held.iter_mut().enumerate() {
+                if let Some(mut l) = h.take() {
+                    if c.post_relinquish(&mut l, 0, 0, k as u64 | 1 << 32)? == Post::Retry {
+                        *h = Some(l);
+                    } else {
+                        nheld -= 1;
+                    }
                 }
             }
         }
@@ -349,12 +365,13 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
         })
     };
     let secs = o.budget.as_secs_f64();
+    let want = |s: &str| o.only.is_empty() || o.only.iter().any(|x| x == s);
     std::thread::scope(|s| {
         let h = s.spawn(move || dir.server_serve(0));
         let r = (|| -> Result<()> {
             let mut c = client.register_client_thread()?;
             let mut l = c.get_rlease(0, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?;
-            for &d in &depths {
+            for &d in depths.iter().filter(|_| want("read")) {
                 let n = reads(&mut c, &mut l, d, o.budget)?;
                 push("read", d, n, secs);
             }
@@ -364,13 +381,13 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
                 ("cycle-1bind", acquire::NO_BIND_PR),
                 ("cycle-0bind", acquire::NO_BIND_ANY),
             ] {
-                for &d in &depths {
+                for &d in depths.iter().filter(|_| want(name)) {
                     let n = cycles(&mut c, flag, d, o.budget, 0)?;
                     push(name, d, n, secs);
                 }
             }
             let t = AsyncThread::new(c);
-            for &d in &depths {
+            for &d in depths.iter().filter(|_| want("task")) {
                 let n = tasks(&t, d, o.budget)?;
                 push("task", d, n, secs);
             }
@@ -379,7 +396,7 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
             // with `d` lease cycles (two binds) in flight; one in flight per
             // thread is how a node was driven before calls in flight (one
             // request per directory pass).
-            for &d in &depths {
+            for &d in depths.iter().filter(|_| want("node-acquire")) {
                 let n = std::thread::scope(|s2| -> Result<u64> {
                     let hs: Vec<_> = (0..2u64)
                         .map(|t| {
@@ -400,11 +417,11 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
                 push("node-acquire", d, n, secs);
             }
             let p = floor_pair(link)?;
-            for &d in &depths {
+            for &d in depths.iter().filter(|_| want("floor")) {
                 let n = floor(&p, d, o.budget)?;
                 push("floor", d, n, secs);
             }
-            for &d in &depths {
+            for &d in depths.iter().filter(|_| want("floor-chain")) {
                 let n = floor_chain(&p, d, o.budget)?;
                 push("floor-chain", d, n, secs);
             }
