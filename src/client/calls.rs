@@ -1141,7 +1141,9 @@ impl ClientThread {
             c.wait = Wait::Backlog;
             self.calls.rpcs -= 1;
             self.calls.rpc_out[inc.peer] = self.calls.rpc_out[inc.peer].saturating_sub(1);
-            match msg::decode(&inc.data) {
+            let decoded = msg::decode(&inc.data);
+            self.msgr.give_back(inc.data);
+            match decoded {
                 Ok((_, m)) => self.on_reply(idx, m)?,
                 Err(e) => self.finish(idx, Completion::new(0, Err(Error::Invalid(e.to_string())))),
             }
