@@ -91,7 +91,9 @@ fn reads(c: &mut ClientThread, l: &mut Lease, depth: usize, budget: Duration) ->
                 break;
             }
         }
-        c.poll_into(&mut got, 64)?;
+        if c.poll_into(&mut got, 64)? == 0 {
+            continue;
+        }
         for x in got.drain(..) {
             if x.rc() != Rc::Ok {
                 return Err(bad("read", x.rc()));

@@ -724,8 +724,10 @@ impl ClientThread {
             self.progress()?;
         }
         let n = max.min(self.calls.ready.len());
-        self.calls.user -= n;
-        out.extend(self.calls.ready.drain(..n));
+        if n > 0 {
+            self.calls.user -= n;
+            out.extend(self.calls.ready.drain(..n));
+        }
         Ok(n)
     }
 
@@ -1153,7 +1155,9 @@ impl ClientThread {
                 n += self.expire()?;
             }
         }
-        n += self.drain_backlog();
+        if !self.calls.backlog.is_empty() {
+            n += self.drain_backlog();
+        }
         // What completions and the backlog started.
         self.flush_all();
         Ok(n)
