@@ -1751,3 +1751,25 @@ fn rebase(op: WrOp, lkey: u32, base: u64) -> WrOp {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completions and calls are moved through queues and slots per call:
+    /// rare parts (a lease, what a lease learns, an auto-extension) are
+    /// boxed so that the common ones stay small.
+    #[test]
+    fn completions_and_calls_stay_small() {
+        assert!(
+            std::mem::size_of::<Completion>() <= 128,
+            "{}",
+            std::mem::size_of::<Completion>()
+        );
+        assert!(
+            std::mem::size_of::<Call>() <= 224,
+            "{}",
+            std::mem::size_of::<Call>()
+        );
+    }
+}
