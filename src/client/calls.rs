@@ -931,12 +931,10 @@ impl ClientThread {
                 let n = (d.total - d.done).min(chunk);
                 mr.write(base, &d.data[d.done..d.done + n])?;
             }
-            (None, DataKind::Batch { .. }) => {
-                // Write payloads were staged by `prepare_batch` into the
-                // data vector at their offsets.
-                if !d.data.is_empty() {
-                    mr.write(base, &d.data)?;
-                }
+            // Write payloads of a batch were staged by `prepare_batch` into
+            // the data vector at their offsets.
+            (None, DataKind::Batch { .. }) if !d.data.is_empty() => {
+                mr.write(base, &d.data)?;
             }
             _ => {}
         }
