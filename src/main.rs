@@ -332,6 +332,10 @@ enum BenchCmd {
         /// cycle-1bind, cycle-0bind, task, node-acquire, floor, floor-chain.
         #[arg(long = "only")]
         only: Vec<String>,
+        /// Measure each scenario and depth this many times and report the
+        /// best (for a busy host: the run least disturbed by others).
+        #[arg(long, default_value_t = 1)]
+        best_of: usize,
     },
     /// A long run of acquisitions, data calls, extensions and expiry from
     /// several threads and processes: RSS, fds, live leases and error
@@ -770,6 +774,7 @@ fn main() -> ExitCode {
                     seconds,
                     depths,
                     only,
+                    best_of,
                 },
         } => (|| {
             let fabrics = match f {
@@ -787,6 +792,7 @@ fn main() -> ExitCode {
                     budget: Duration::from_secs_f64(if quick { 0.1 } else { seconds }),
                     depths: depths.iter().map(|&d| d as usize).collect(),
                     only: only.clone(),
+                    best_of,
                 };
                 recs.extend(patronus::bench::inflight::run(&o)?);
             }
