@@ -328,6 +328,14 @@ enum BenchCmd {
         /// Calls in flight to measure (repeatable; default 1, 4, 16, 32).
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
+        /// Scenarios to run (repeatable; default all): read, cycle-2bind,
+        /// cycle-1bind, cycle-0bind, task, node-acquire, floor, floor-chain.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Measure each scenario and depth this many times and report the
+        /// best (for a busy host: the run least disturbed by others).
+        #[arg(long, default_value_t = 1)]
+        best_of: usize,
     },
     /// YCSB core workloads A, B, C, D, F on the protected hash table
     /// (src/kv), every protection mode side by side (unprotected, lease,
@@ -802,6 +810,8 @@ fn main() -> ExitCode {
                     quick,
                     seconds,
                     depths,
+                    only,
+                    best_of,
                 },
         } => (|| {
             let fabrics = match f {
@@ -818,6 +828,8 @@ fn main() -> ExitCode {
                     fabric: fab.into(),
                     budget: Duration::from_secs_f64(if quick { 0.1 } else { seconds }),
                     depths: depths.iter().map(|&d| d as usize).collect(),
+                    only: only.clone(),
+                    best_of,
                 };
                 recs.extend(patronus::bench::inflight::run(&o)?);
             }

@@ -142,7 +142,7 @@ fn mixed_calls_in_flight_complete_once_and_byte_exact() {
             .map(|i| {
                 let x = got.remove(&(i as u64)).unwrap();
                 assert_eq!(x.rc(), Rc::Ok);
-                let l = x.lease.unwrap();
+                let l = *x.lease.unwrap();
                 assert!(l.success(), "lease {i}: {}", l.ec());
                 l
             })
@@ -320,6 +320,51 @@ fn a_refused_access_fails_alone_and_flushed_calls_complete() {
         }
         c.relinquish(&mut a, 0, 0).unwrap();
         c.relinquish(&mut b, 0, 0).unwrap();
+    });
+}
+
+/// Requests go out in chains signalled once: FAAs posted before a refused
+/// access in the same chain executed (silently) and must not run again
+/// when the flushed rest is posted after the recovery; every FAA adds once
+/// and returns its own old value.
+#[test]
+fn faas_around_a_refused_access_in_one_chain_run_once() {
+    with_client(1, 64, |srv, c| {
+        let mut l = c.get_wlease(0, 0, 0, 0, 64, 0, acquire::NO_GC).unwrap();
+        assert!(l.success());
+        for round in 0..20u64 {
+            let at = round % 24; // where the refused READ sits in the chain
+            let mut k = 0;
+            for i in 0..25u64 {
+                if i == at {
+                    // Past the end of the window: refused by the NIC.
+                    posted(c.post_read(&mut l, 8, 64, 0, 1000));
+                } else {
+                    posted(c.post_faa(&mut l, 8, 1, 0, k));
+                    k += 1;
+                }
+            }
+            let got = collect(c, 25);
+            assert_eq!(got[&1000].rc(), Rc::RdmaProtectionErr, "round {round}");
+            let mut olds: Vec<u64> = (0..24)
+                .map(|i| {
+                    let x = &got[&i];
+                    assert_eq!(x.rc(), Rc::Ok, "faa {i} of round {round}");
+                    x.value
+                })
+                .collect();
+            olds.sort();
+            let base = round * 24;
+            assert_eq!(
+                olds,
+                (base..base + 24).collect::<Vec<_>>(),
+                "round {round}: each old value once"
+            );
+        }
+        let mut b = [0u8; 8];
+        srv.buffer_read(8, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 20 * 24, "every FAA added once");
+        c.relinquish(&mut l, 0, 0).unwrap();
     });
 }
 

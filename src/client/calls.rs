@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{ClientThread, DATA_BUF};
-use crate::fabric::{Mr, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::fabric::{FabricError, Mr, SendWr, Sge, Wc, WcStatus, WrOp};
 use crate::lease::msg::{
     self, AcquireReq, AdminReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType,
 };
@@ -45,6 +45,11 @@ const RESERVED: usize = 2;
 pub(crate) const RPC_PER_DIR: usize = 32;
 /// Work requests one thread keeps outstanding on one data QP.
 const WR_PER_QP: usize = 256;
+/// Work requests collected for one data QP before they are posted as one
+/// chain (doorbell batching; the chain is also posted at the next poll).
+const DOORBELL: usize = 16;
+/// READ buffers a thread keeps for reuse ([`ClientThread::recycle`]).
+const POOLED: usize = 256;
 
 /// What a post did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,14 +91,16 @@ pub struct Completion {
     /// Old 8-byte value of a CAS/FAA (also of an allocation: its buffer
     /// offset), else 0.
     pub value: u64,
-    /// The new lease of an acquisition or upgrade (granted or not).
-    pub lease: Option<Lease>,
+    /// The new lease of an acquisition or upgrade (granted or not), boxed
+    /// so that a completion stays small (it is moved through the queue).
+    pub lease: Option<Box<Lease>>,
     /// READ data.
     pub data: Vec<u8>,
     /// Results of a committed batch (per operation: READ data, or the old
     /// value of a CAS/FAA as 8 little-endian bytes).
     pub batch: Vec<Vec<u8>>,
-    update: Update,
+    /// Boxed: only extensions, caches and upgrades learn something.
+    update: Option<Box<Update>>,
     /// The READ data is still in staging slot `.1` (blocking reads only).
     staged: Option<u32>,
 }
@@ -107,15 +114,21 @@ impl Completion {
             lease: None,
             data: Vec::new(),
             batch: Vec::new(),
-            update: Update::default(),
+            update: None,
             staged: None,
         }
+    }
+
+    /// What the lease learns (created on first use).
+    fn upd(&mut self) -> &mut Update {
+        self.update.get_or_insert_with(Default::default)
     }
 
     /// The lease a completed acquisition returns (its error, if it failed).
     pub fn into_lease(self) -> Result<Lease> {
         self.result?;
         self.lease
+            .map(|l| *l)
             .ok_or_else(|| Error::Invalid("acquisition completed without a lease".into()))
     }
 
@@ -132,7 +145,9 @@ impl Completion {
     /// upgrade's release of the read lease. Skipping it is safe (the lease
     /// then expires locally at its older deadline and caches less).
     pub fn apply(&self, lease: &mut Lease) {
-        let u = &self.update;
+        let Some(u) = self.update.as_deref() else {
+            return;
+        };
         if let Some(units) = u.units {
             lease.set_units(units);
         }
@@ -203,7 +218,7 @@ pub(super) enum RpcOp {
         attempts: u32,
         then: Then,
         /// The upgrade's new lease, kept while the read lease is given back.
-        got: Option<Lease>,
+        got: Option<Box<Lease>>,
     },
     Relinquish {
         node: u16,
@@ -351,7 +366,8 @@ pub(super) struct DataOp {
     pub done: usize,
     /// READ: the data so far; WRITE: the source.
     pub data: Vec<u8>,
-    pub pre: Option<PreExtend>,
+    /// Boxed: rare, and a call is moved into its slot.
+    pub pre: Option<Box<PreExtend>>,
     /// WITH_CACHE: the lease offset to cache at.
     pub cache: Option<u64>,
     /// Set once the auto-extension was honoured.
@@ -431,7 +447,9 @@ pub(super) struct Calls {
     user: usize,
     ready: VecDeque<Completion>,
     backlog: VecDeque<u32>,
-    rpcs: HashMap<u64, u32>,
+    /// Calls waiting for an RPC reply (a reply finds its call by the
+    /// slot index in its RPC id: no map).
+    rpcs: usize,
     rpc_out: Vec<usize>,
     wr_out: Vec<usize>,
     large_owner: Option<u32>,
@@ -440,6 +458,17 @@ pub(super) struct Calls {
     /// highest seen (a statistic for tests).
     pub(super) peak: usize,
     wc: [Wc; 32],
+    /// Per data QP: work requests made since the last post (posted as one
+    /// chain, the last one signalled, at the next poll or once there are
+    /// [`DOORBELL`] of them).
+    pend: Vec<Vec<SendWr>>,
+    /// Per data QP: the calls whose requests are posted or pending there,
+    /// in posting order (as `wr_id`s). RC completes in order and a chain
+    /// signals only its last request, so a completion (or the first
+    /// error) of one of them completes every call before it.
+    fifo: Vec<VecDeque<u64>>,
+    /// READ buffers given back by [`ClientThread::recycle`].
+    pool: Vec<Vec<u8>>,
 }
 
 impl Calls {
@@ -453,13 +482,20 @@ impl Calls {
             user: 0,
             ready: VecDeque::new(),
             backlog: VecDeque::new(),
-            rpcs: HashMap::new(),
+            rpcs: 0,
             rpc_out: vec![0; dirs],
             wr_out: vec![0; dirs],
             large_owner: None,
             next_deadline: None,
             peak: 0,
             wc: [Wc::default(); 32],
+            pend: (0..dirs)
+                .map(|_| Vec::with_capacity(2 * DOORBELL))
+                .collect(),
+            fifo: (0..dirs)
+                .map(|_| VecDeque::with_capacity(WR_PER_QP))
+                .collect(),
+            pool: Vec::new(),
         }
     }
 
@@ -523,6 +559,18 @@ impl Calls {
 
 fn coarse_now() -> i64 {
     crate::fabric::monotonic_coarse_ns()
+}
+
+/// Low bits of an RPC id: the call's slot (or [`RPC_TAG_DIRECT`]).
+pub(super) const RPC_TAG_MASK: u64 = 0xffff;
+/// The tag of RPCs sent outside the engine (recovery).
+pub(super) const RPC_TAG_DIRECT: u32 = 0xffff;
+
+/// The RPC id of the thread's `n`-th RPC, sent by call slot `idx`: the
+/// reply names its call (slots are fewer than 2^16), and the counter keeps
+/// ids unique, so a late reply never matches a newer call.
+pub(super) fn rpc_tag(n: u64, idx: u32) -> u64 {
+    n << 16 | (idx as u64 & RPC_TAG_MASK)
 }
 
 fn wr_id(idx: u32, seq: u32) -> u64 {
@@ -653,7 +701,7 @@ impl ClientThread {
             std::hint::spin_loop();
             return;
         }
-        let rpc = !self.calls.rpcs.is_empty();
+        let rpc = self.calls.rpcs > 0;
         let data = self.calls.wr_out.iter().any(|&n| n > 0);
         match (rpc, data) {
             (false, true) => self.data_cq.wait(Duration::from_micros(50)),
@@ -666,10 +714,55 @@ impl ClientThread {
 
     /// Makes progress and returns up to `max` completions (never blocks).
     pub fn poll(&mut self, max: usize) -> Result<Vec<Completion>> {
+        let mut v = Vec::new();
+        self.poll_into(&mut v, max)?;
+        Ok(v)
+    }
+
+    /// As [`ClientThread::poll`], appending the completions to `out`
+    /// (reuse it between polls: nothing is allocated then); returns how
+    /// many it appended.
+    pub fn poll_into(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize> {
         if self.calls.ready.len() < max {
             self.progress()?;
         }
-        Ok(self.take_ready(max))
+        let n = max.min(self.calls.ready.len());
+        if n > 0 {
+            self.calls.user -= n;
+            out.extend(self.calls.ready.drain(..n));
+        }
+        Ok(n)
+    }
+
+    /// Gives a polled completion back so that its READ buffer serves a
+    /// later READ (a thread that recycles its completions allocates
+    /// nothing per READ).
+    pub fn recycle(&mut self, c: Completion) {
+        self.recycle_buf(c.data);
+    }
+
+    /// Gives a READ buffer back (see [`ClientThread::recycle`]).
+    pub fn recycle_buf(&mut self, mut v: Vec<u8>) {
+        if v.capacity() > 0 && v.capacity() <= SMALL && self.calls.pool.len() < POOLED {
+            v.clear();
+            self.calls.pool.push(v);
+        }
+    }
+
+    /// A zeroed buffer of `len` bytes for a READ (from the recycled ones
+    /// when one is large enough).
+    pub(super) fn read_buf(&mut self, len: usize) -> Vec<u8> {
+        match self.calls.pool.pop() {
+            Some(mut v) if v.capacity() >= len => {
+                v.resize(len, 0);
+                v
+            }
+            Some(v) => {
+                self.calls.pool.push(v);
+                vec![0u8; len]
+            }
+            None => vec![0u8; len],
+        }
     }
 
     /// As [`ClientThread::poll`], but waits up to `timeout` for at least one
@@ -719,47 +812,59 @@ impl ClientThread {
     }
 
     /// Posts call `idx`'s next step if its resources are there; false
-    /// leaves it for the backlog.
+    /// leaves it for the backlog. The call stays in its slot (it is large:
+    /// moving it out and back costs more than the post).
     fn start(&mut self, idx: u32) -> bool {
-        let Some(mut call) = self.calls.slots[idx as usize].call.take() else {
-            return true;
+        let rpc = match self.calls.slots[idx as usize].call.as_ref() {
+            None => return true,
+            Some(c) => matches!(c.op, Op::Rpc(_)),
         };
-        let posted = match &mut call.op {
-            Op::Rpc(r) => self.start_rpc(idx, r),
-            Op::Data(d) => self.start_data(idx, d),
+        let posted = if rpc {
+            self.start_rpc(idx)
+        } else {
+            self.start_data(idx)
         };
-        let ok = match posted {
+        match posted {
             Ok(Some(w)) => {
-                call.wait = w;
                 // Posted to the fabric now: every call not in the backlog
                 // (finished blocking calls hold their slot only briefly).
                 let active = self.calls.in_flight() - self.calls.backlog.len();
                 self.calls.peak = self.calls.peak.max(active);
-                call.deadline =
+                let d =
                     coarse_now().saturating_add(
                         self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64,
                     );
-                let d = call.deadline;
                 if self.calls.next_deadline.is_none_or(|n| d < n) {
                     self.calls.next_deadline = Some(d);
+                }
+                if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
+                    call.wait = w;
+                    call.deadline = d;
+                }
+                if let Wait::Wr { qp, .. } = w {
+                    if self.calls.pend[qp].len() >= DOORBELL {
+                        self.flush_qp(qp);
+                    }
                 }
                 true
             }
             Ok(None) => {
-                call.wait = Wait::Backlog;
+                if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
+                    call.wait = Wait::Backlog;
+                }
                 false
             }
             Err(e) => {
-                self.calls.slots[idx as usize].call = Some(call);
                 self.finish(idx, Completion::new(0, Err(e)));
-                return true;
+                true
             }
-        };
-        self.calls.slots[idx as usize].call = Some(call);
-        ok
+        }
     }
 
-    fn start_rpc(&mut self, idx: u32, r: &mut RpcOp) -> Result<Option<Wait>> {
+    fn start_rpc(&mut self, idx: u32) -> Result<Option<Wait>> {
+        let Some(Call { op: Op::Rpc(r), .. }) = self.calls.slots[idx as usize].call.as_ref() else {
+            return Ok(None);
+        };
         let (node, dir) = r.target();
         let peer = self.sh.dir_index(node, dir);
         if self.calls.rpc_out[peer] >= RPC_PER_DIR {
@@ -767,7 +872,7 @@ impl ClientThread {
         }
         let (ty, m) = r.request();
         self.rpc_id += 1;
-        let id = self.rpc_id;
+        let id = rpc_tag(self.rpc_id, idx);
         let h = Header {
             ty,
             rpc_id: id,
@@ -780,52 +885,75 @@ impl ClientThread {
         self.out = out;
         res?;
         self.calls.rpc_out[peer] += 1;
-        self.calls.rpcs.insert(id, idx);
+        self.calls.rpcs += 1;
         Ok(Some(Wait::Rpc { id, peer }))
     }
 
-    fn start_data(&mut self, idx: u32, d: &mut DataOp) -> Result<Option<Wait>> {
+    /// Makes call `idx`'s next work requests and adds them to its QP's
+    /// pending chain (posted by [`ClientThread::flush_qp`]).
+    fn start_data(&mut self, idx: u32) -> Result<Option<Wait>> {
+        let Calls {
+            slots,
+            wr_out,
+            large_owner,
+            pend,
+            fifo,
+            ..
+        } = &mut self.calls;
+        let slot = &mut slots[idx as usize];
+        let Some(Call {
+            op: Op::Data(d), ..
+        }) = slot.call.as_mut()
+        else {
+            return Ok(None);
+        };
         let qp = self.sh.dir_index(d.node, d.dir);
         let large = d.large();
-        if large && self.calls.large_owner.is_some_and(|o| o != idx) {
+        if large && large_owner.is_some_and(|o| o != idx) {
             return Ok(None);
         }
         let wrs = if d.pre.is_some() { 1 } else { d.wrs() };
-        if self.calls.wr_out[qp] + wrs > WR_PER_QP {
+        if wr_out[qp] + wrs > WR_PER_QP {
             return Ok(None);
-        }
-        if large {
-            self.calls.large_owner = Some(idx);
         }
         let (mr, base): (&Mr, u64) = if large {
             (&self.buf, 0)
         } else {
             (&self.stage, idx as u64 * SMALL as u64)
         };
+        let lkey = mr.lkey();
         let local = |off: u64, len: usize| Sge {
-            lkey: mr.lkey(),
+            lkey,
             offset: base + off,
             len: len as u32,
         };
-        let seq = {
-            let s = &mut self.calls.slots[idx as usize];
-            s.seq = s.seq.wrapping_add(1);
-            s.seq
-        };
-        let id = wr_id(idx, seq);
         let chunk = if large { DATA_BUF } else { SMALL };
-        // One request: no list on the heap (the common case).
-        let mut single = [SendWr {
-            wr_id: id,
-            op: WrOp::Read {
-                local: local(0, 0),
-                raddr: 0,
-                rkey: 0,
-            },
-            signaled: true,
-        }];
-        let mut many: Option<Vec<SendWr>> = None;
-        let mut one = |op: WrOp| single[0].op = op;
+        // Staging first: nothing is queued if it fails.
+        match (&d.pre, &d.kind) {
+            (None, DataKind::Write) => {
+                let n = (d.total - d.done).min(chunk);
+                mr.write(base, &d.data[d.done..d.done + n])?;
+            }
+            // Write payloads of a batch were staged by `prepare_batch` into
+            // the data vector at their offsets.
+            (None, DataKind::Batch { .. }) if !d.data.is_empty() => {
+                mr.write(base, &d.data)?;
+            }
+            _ => {}
+        }
+        if large {
+            *large_owner = Some(idx);
+        }
+        slot.seq = slot.seq.wrapping_add(1);
+        let id = wr_id(idx, slot.seq);
+        let q = &mut pend[qp];
+        let mut one = |op: WrOp| {
+            q.push(SendWr {
+                wr_id: id,
+                op,
+                signaled: false,
+            })
+        };
         if let Some(p) = &d.pre {
             one(WrOp::Cas {
                 local: local(0, 8),
@@ -846,7 +974,6 @@ impl ClientThread {
                 }
                 DataKind::Write => {
                     let n = (d.total - d.done).min(chunk);
-                    mr.write(base, &d.data[d.done..d.done + n])?;
                     one(WrOp::Write {
                         local: local(0, n),
                         raddr: d.raddr.wrapping_add(d.done as u64),
@@ -874,32 +1001,75 @@ impl ClientThread {
                     swap: to.pack(),
                 }),
                 DataKind::Batch { wrs, .. } => {
-                    // Write payloads were staged by `prepare_batch` into the
-                    // data vector at their offsets.
-                    if !d.data.is_empty() {
-                        mr.write(base, &d.data)?;
+                    for op in wrs {
+                        one(rebase(*op, lkey, base));
                     }
-                    let n = wrs.len();
-                    many = Some(
-                        wrs.iter()
-                            .enumerate()
-                            .map(|(k, op)| SendWr {
-                                wr_id: id,
-                                op: rebase(*op, mr.lkey(), base),
-                                signaled: k + 1 == n,
-                            })
-                            .collect(),
-                    );
                 }
             }
         }
-        let list: &[SendWr] = many.as_deref().unwrap_or(&single);
-        self.data[qp].post_send(list)?;
-        self.calls.wr_out[qp] += list.len();
-        Ok(Some(Wait::Wr {
-            qp,
-            wrs: list.len(),
-        }))
+        fifo[qp].push_back(id);
+        wr_out[qp] += wrs;
+        Ok(Some(Wait::Wr { qp, wrs }))
+    }
+
+    /// Posts data QP `qp`'s pending requests as one chain, its last request
+    /// signalled (the fabric completes in order; errors and flushes
+    /// complete every request, signalled or not). A chain the fabric
+    /// refuses fails its calls.
+    fn flush_qp(&mut self, qp: usize) {
+        let q = &mut self.calls.pend[qp];
+        let Some(last) = q.last_mut() else {
+            return;
+        };
+        last.signaled = true;
+        let res = self.data[qp].post_send(q);
+        if let Err(e) = res {
+            // Nothing of it runs (a QP that is not ready refuses the
+            // first request): fail its calls, which are the last ones
+            // queued on the QP.
+            let mut ids: Vec<u64> = q.iter().map(|w| w.wr_id).collect();
+            ids.dedup();
+            q.clear();
+            let msg = e.to_string();
+            for id in ids {
+                if let Some(k) = self.calls.fifo[qp].iter().rposition(|&x| x == id) {
+                    self.calls.fifo[qp].remove(k);
+                }
+                let idx = (id & 0xffff_ffff) as u32;
+                if self.seq_matches(id) {
+                    self.finish(
+                        idx,
+                        Completion::new(
+                            0,
+                            Err(Error::Fabric(FabricError::Invalid(format!(
+                                "posting to data QP {qp} failed: {msg}"
+                            )))),
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        q.clear();
+    }
+
+    /// Posts every data QP's pending chain.
+    fn flush_all(&mut self) {
+        for qp in 0..self.calls.pend.len() {
+            if !self.calls.pend[qp].is_empty() {
+                self.flush_qp(qp);
+            }
+        }
+    }
+
+    /// True when `id` is the request call slot `idx` posted last and the
+    /// call still waits for it.
+    fn seq_matches(&self, id: u64) -> bool {
+        let idx = (id & 0xffff_ffff) as usize;
+        let seq = (id >> 32) as u32;
+        self.calls.slots.get(idx).is_some_and(|s| {
+            s.seq == seq && matches!(s.call.as_ref().map(|c| c.wait), Some(Wait::Wr { .. }))
+        })
     }
 
     /// Ends call `idx` with `c` (its tag and internal flag are the call's).
@@ -924,10 +1094,9 @@ impl ClientThread {
     /// Gives back what a call's wait held (RPC credit, send queue depth).
     fn release_wait(&mut self, w: Wait) {
         match w {
-            Wait::Rpc { id, peer } => {
-                if self.calls.rpcs.remove(&id).is_some() {
-                    self.calls.rpc_out[peer] = self.calls.rpc_out[peer].saturating_sub(1);
-                }
+            Wait::Rpc { peer, .. } => {
+                self.calls.rpcs -= 1;
+                self.calls.rpc_out[peer] = self.calls.rpc_out[peer].saturating_sub(1);
             }
             Wait::Wr { qp, wrs } => self.calls.wr_out[qp] -= wrs,
             Wait::Backlog => {}
@@ -938,21 +1107,22 @@ impl ClientThread {
     /// Returns the events handled.
     pub(super) fn progress(&mut self) -> Result<usize> {
         let mut n = 0;
+        // Requests made since the last round go out as one chain per QP.
+        self.flush_all();
         // Data QPs.
         loop {
             let k = self.data_cq.poll(&mut self.calls.wc);
             for i in 0..k {
                 let wc = self.calls.wc[i];
-                self.on_wc(wc)?;
+                n += self.on_wc(wc)?;
             }
-            n += k;
             if k < self.calls.wc.len() {
                 break;
             }
         }
         // RPC replies (only while some are awaited: a data call's wait
         // polls one CQ; stale replies wait for the next RPC).
-        while !self.calls.rpcs.is_empty() {
+        while self.calls.rpcs > 0 {
             let Some(inc) = self.msgr.try_recv()? else {
                 break;
             };
@@ -961,14 +1131,22 @@ impl ClientThread {
                 continue;
             }
             let id = u64::from_le_bytes(inc.data[8..16].try_into().expect("8 bytes"));
-            let Some(idx) = self.calls.rpcs.remove(&id) else {
+            let idx = (id & RPC_TAG_MASK) as u32;
+            let Some(c) = self
+                .calls
+                .slots
+                .get_mut(idx as usize)
+                .and_then(|s| s.call.as_mut())
+                .filter(|c| matches!(c.wait, Wait::Rpc { id: w, .. } if w == id))
+            else {
                 continue; // a reply to a call that timed out
             };
+            c.wait = Wait::Backlog;
+            self.calls.rpcs -= 1;
             self.calls.rpc_out[inc.peer] = self.calls.rpc_out[inc.peer].saturating_sub(1);
-            if let Some(c) = self.calls.slots[idx as usize].call.as_mut() {
-                c.wait = Wait::Backlog;
-            }
-            match msg::decode(&inc.data) {
+            let decoded = msg::decode(&inc.data);
+            self.msgr.give_back(inc.data);
+            match decoded {
                 Ok((_, m)) => self.on_reply(idx, m)?,
                 Err(e) => self.finish(idx, Completion::new(0, Err(Error::Invalid(e.to_string())))),
             }
@@ -978,7 +1156,11 @@ impl ClientThread {
                 n += self.expire()?;
             }
         }
-        n += self.drain_backlog();
+        if !self.calls.backlog.is_empty() {
+            n += self.drain_backlog();
+        }
+        // What completions and the backlog started.
+        self.flush_all();
         Ok(n)
     }
 
@@ -1054,34 +1236,60 @@ impl ClientThread {
         Ok(late.len())
     }
 
-    fn on_wc(&mut self, wc: Wc) -> Result<()> {
+    /// Handles one data completion; returns the calls it completed.
+    fn on_wc(&mut self, wc: Wc) -> Result<usize> {
         let idx = (wc.wr_id & 0xffff_ffff) as u32;
-        let seq = (wc.wr_id >> 32) as u32;
-        let Some(s) = self.calls.slots.get(idx as usize) else {
-            return Ok(());
+        if !self.seq_matches(wc.wr_id) {
+            return Ok(0); // stale: the call finished or was re-posted
+        }
+        let Some(Wait::Wr { qp, .. }) =
+            self.calls.slots[idx as usize].call.as_ref().map(|c| c.wait)
+        else {
+            return Ok(0);
         };
-        let Some(Wait::Wr { qp, wrs }) = s.call.as_ref().map(|c| c.wait) else {
-            return Ok(()); // stale: the call finished or was re-posted
-        };
-        if s.seq != seq {
-            return Ok(());
+        if !self.calls.fifo[qp].contains(&wc.wr_id) {
+            return Ok(0);
+        }
+        // Calls posted before it on this QP completed without a signal of
+        // their own (in order, and successfully: a failure completes).
+        let mut n = 0;
+        while let Some(&front) = self.calls.fifo[qp].front() {
+            if front == wc.wr_id {
+                break;
+            }
+            self.calls.fifo[qp].pop_front();
+            n += self.data_ok(front)?;
         }
         if wc.status == WcStatus::Success {
-            // Unsignaled requests of a chain complete silently; the
-            // signalled last one ends the wait.
-            self.calls.wr_out[qp] -= wrs;
-            if let Some(c) = self.calls.slots[idx as usize].call.as_mut() {
-                c.wait = Wait::Backlog;
-            }
-            return self.on_data_done(idx);
+            self.calls.fifo[qp].pop_front();
+            return Ok(n + self.data_ok(wc.wr_id)?);
         }
         if wc.status == WcStatus::WrFlushErr {
             // Flushed without an error of its own: the QP broke under it
             // (e.g. the peer reset); recover and post it again.
             self.recover_qp(qp, None)?;
-            return Ok(());
+            return Ok(n + 1);
         }
-        self.data_failed(idx, qp, Some(wc.status))
+        self.data_failed(idx, qp, Some(wc.status))?;
+        Ok(n + 1)
+    }
+
+    /// The request `id` completed successfully (if its call still waits
+    /// for it): the call takes its next step or finishes.
+    fn data_ok(&mut self, id: u64) -> Result<usize> {
+        if !self.seq_matches(id) {
+            return Ok(0);
+        }
+        let idx = (id & 0xffff_ffff) as u32;
+        let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
+            return Ok(0);
+        };
+        if let Wait::Wr { qp, wrs } = call.wait {
+            call.wait = Wait::Backlog;
+            self.calls.wr_out[qp] -= wrs;
+        }
+        self.on_data_done(idx)?;
+        Ok(1)
     }
 
     /// Call `idx`'s request on `qp` failed with `status` (None: no
@@ -1109,7 +1317,7 @@ impl ClientThread {
             // The auto-extension itself was refused: its region's window is
             // gone, the GC revoked the lease (before the access was posted).
             let mut c = Completion::new(0, Ok(Rc::LeaseLocalExpiredErr));
-            c.update.closed = true;
+            c.upd().closed = true;
             self.note_lost();
             self.finish(idx, c);
             return Ok(());
@@ -1124,7 +1332,7 @@ impl ClientThread {
                     self.note_lost();
                 }
                 let mut c = Completion::new(0, Ok(Rc::LeaseLocalExpiredErr));
-                c.update.closed = true;
+                c.upd().closed = true;
                 c
             }
             _ => Completion::new(0, Ok(Rc::RdmaProtectionErr)),
@@ -1152,8 +1360,19 @@ impl ClientThread {
             (qp / self.sh.cfg.dir_nr as usize) as u16,
             (qp % self.sh.cfg.dir_nr as usize) as u16,
         );
+        // Requests not posted yet are dropped with the rest: their calls
+        // are posted again below, after the recovery.
+        self.calls.pend[qp].clear();
+        // In posting order (the order they are posted again in).
+        let order: Vec<u64> = self.calls.fifo[qp].drain(..).collect();
         let mut again = Vec::new();
-        for (i, s) in self.calls.slots.iter_mut().enumerate() {
+        for id in order {
+            let i = (id & 0xffff_ffff) as u32;
+            if Some(i) != failed && self.seq_matches(id) {
+                again.push(i);
+            }
+        }
+        for s in self.calls.slots.iter_mut() {
             let Some(c) = s.call.as_mut() else { continue };
             if let Wait::Wr { qp: q, wrs } = c.wait {
                 if q == qp {
@@ -1161,9 +1380,6 @@ impl ClientThread {
                     c.wait = Wait::Backlog;
                     // Completions still to come for it are stale now.
                     s.seq = s.seq.wrapping_add(1);
-                    if Some(i as u32) != failed {
-                        again.push(i as u32);
-                    }
                 }
             }
         }
@@ -1199,14 +1415,14 @@ impl ClientThread {
                 rtt = Some(p.posted.elapsed());
                 if found == p.from {
                     d.units = Some(p.to.units);
-                    c.update.auto_step = Some(p.step.saturating_mul(2).min(1 << 10));
+                    c.upd().auto_step = Some(p.step.saturating_mul(2).min(1 << 10));
                     again = true;
                 } else if p.required || found.is_closed() {
                     // The GC closed the region (or, for a lease that had run
                     // out by the local check, it changed): no access, and no
                     // more attempts on this lease.
                     c.result = Ok(Rc::LeaseLocalExpiredErr);
-                    c.update.closed = true;
+                    c.upd().closed = true;
                     lost = true;
                     again = false;
                 } else {
@@ -1242,7 +1458,7 @@ impl ClientThread {
                     } => {
                         let found = Word::unpack(mr.load_u64(base)?);
                         if found == *from {
-                            c.update.units = Some(to.units);
+                            c.upd().units = Some(to.units);
                         } else {
                             let why = if found.is_closed() {
                                 Refusal::Closed
@@ -1269,16 +1485,19 @@ impl ClientThread {
             }
             if !again {
                 if let Some(u) = d.units {
-                    c.update.units = c.update.units.or(Some(u));
+                    let x = c.upd();
+                    x.units = x.units.or(Some(u));
                 }
                 match &d.kind {
                     DataKind::Read => {
                         c.data = std::mem::take(&mut d.data);
-                        c.update.cache_insert = d.cache;
+                        if d.cache.is_some() {
+                            c.upd().cache_insert = d.cache;
+                        }
                     }
                     DataKind::Write => {
                         if let Some(off) = d.cache {
-                            c.update.cache_write = Some((off, std::mem::take(&mut d.data)));
+                            c.upd().cache_write = Some((off, std::mem::take(&mut d.data)));
                         }
                     }
                     _ => {}
@@ -1337,7 +1556,7 @@ impl ClientThread {
                             )))
                         }
                     }
-                    c.update.release = true;
+                    c.upd().release = true;
                     c.lease = Some(w);
                 } else {
                     match m {
@@ -1351,22 +1570,22 @@ impl ClientThread {
                                 magic = true;
                                 again = true;
                             } else if a.status != St::Success as u8 {
-                                c.lease = Some(Lease::failed(a.status, *node, *dir));
+                                c.lease = Some(Box::new(Lease::failed(a.status, *node, *dir)));
                             } else {
                                 let l = Lease::granted(
                                     *node, *dir, req.size, *write, req.flag, req.ns, &a,
                                 );
                                 match then {
                                     Then::Upgrade(_) => {
-                                        *got = Some(l);
+                                        *got = Some(Box::new(l));
                                         again = true;
                                     }
                                     Then::Alloc => {
                                         let layout = self.sh.peer(*node)?.layout;
                                         c.value = l.buf_off(&layout).0;
-                                        c.lease = Some(l);
+                                        c.lease = Some(Box::new(l));
                                     }
-                                    Then::Lease => c.lease = Some(l),
+                                    Then::Lease => c.lease = Some(Box::new(l)),
                                 }
                             }
                         }
@@ -1409,7 +1628,7 @@ impl ClientThread {
             },
             RpcOp::Extend { node, dir, req } => match m {
                 Msg::ExtendResp(x) if x.rc == Rc::Ok as u8 => {
-                    c.update.add_units = Some(u32::try_from(x.units).unwrap_or(u32::MAX));
+                    c.upd().add_units = Some(u32::try_from(x.units).unwrap_or(u32::MAX));
                 }
                 _ => {
                     c.result = Err(Error::Invalid(format!(
@@ -1542,5 +1761,27 @@ fn rebase(op: WrOp, lkey: u32, base: u64) -> WrOp {
             add,
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completions and calls are moved through queues and slots per call:
+    /// rare parts (a lease, what a lease learns, an auto-extension) are
+    /// boxed so that the common ones stay small.
+    #[test]
+    fn completions_and_calls_stay_small() {
+        assert!(
+            std::mem::size_of::<Completion>() <= 128,
+            "{}",
+            std::mem::size_of::<Completion>()
+        );
+        assert!(
+            std::mem::size_of::<Call>() <= 224,
+            "{}",
+            std::mem::size_of::<Call>()
+        );
     }
 }

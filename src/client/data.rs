@@ -261,7 +261,7 @@ impl ClientThread {
             total,
             done: 0,
             data,
-            pre,
+            pre: pre.map(Box::new),
             cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
             units: None,
             ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
@@ -298,7 +298,11 @@ impl ClientThread {
             }
         }
         let staged = blocking && len <= SMALL && flag & rw::WITH_CACHE == 0;
-        let data = if staged { Vec::new() } else { vec![0u8; len] };
+        let data = if staged {
+            Vec::new()
+        } else {
+            self.read_buf(len)
+        };
         let mut p = self.data_op(lease, DataKind::Read, offset, len, data, flag, pre);
         if let Prepared::Op(Op::Data(d)) = &mut p {
             d.staged = staged;

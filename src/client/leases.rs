@@ -33,7 +33,7 @@ impl ClientThread {
         if flag & acquire::NO_RPC != 0 {
             let base = self.sh.peer(node)?.layout.region(BufOff(offset));
             let mut c = done(Rc::Ok);
-            c.lease = Some(Lease::local(node, dir, base, size, write));
+            c.lease = Some(Box::new(Lease::local(node, dir, base, size, write)));
             return Ok(Prepared::Done(c));
         }
         self.check_dir(node, dir)?;

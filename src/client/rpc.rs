@@ -25,7 +25,7 @@ impl ClientThread {
     fn rpc_direct(&mut self, node: u16, dir: u16, ty: MsgType, m: Msg) -> Result<Msg> {
         self.check_dir(node, dir)?;
         self.rpc_id += 1;
-        let id = self.rpc_id;
+        let id = super::calls::rpc_tag(self.rpc_id, super::calls::RPC_TAG_DIRECT);
         let h = Header {
             ty,
             rpc_id: id,

@@ -66,6 +66,8 @@ pub struct Messenger {
     listed: Vec<bool>,
     wc: [Wc; 32],
     max_qps: usize,
+    /// Message buffers given back ([`Messenger::give_back`]).
+    pool: Vec<Vec<u8>>,
 }
 
 const SEND_TAG: u64 = 1 << 63;
@@ -90,6 +92,7 @@ impl Messenger {
             listed: std::mem::take(&mut self.listed),
             wc: self.wc,
             max_qps: self.max_qps,
+            pool: Vec::new(),
         }
     }
 
@@ -126,6 +129,7 @@ impl Messenger {
             listed: Vec::new(),
             wc: [Wc::default(); 32],
             max_qps,
+            pool: Vec::new(),
         })
     }
 
@@ -236,7 +240,6 @@ impl Messenger {
 
     /// Posts `msg` to `peer` in a free slot (the caller checked there is one).
     fn post(&mut self, peer: usize, msg: &[u8]) -> Result<()> {
-        let qp = self.qps[peer].clone();
         let slot = self
             .send_free
             .pop()
@@ -245,7 +248,7 @@ impl Messenger {
             self.send_free.push(slot);
             return Err(e);
         }
-        let r = qp.post_send(&[SendWr {
+        let r = self.qps[peer].post_send(&[SendWr {
             wr_id: SEND_TAG | slot as u64,
             op: WrOp::Send {
                 local: Sge {
@@ -293,7 +296,14 @@ impl Messenger {
                 continue;
             }
             if wc.status.is_ok() {
-                let mut data = vec![0u8; (wc.byte_len as usize).min(SLOT)];
+                let len = (wc.byte_len as usize).min(SLOT);
+                let mut data = match self.pool.pop() {
+                    Some(mut v) => {
+                        v.resize(len, 0);
+                        v
+                    }
+                    None => vec![0u8; len],
+                };
                 self.recv_mr.read(idx * SLOT as u64, &mut data)?;
                 self.queues[peer].push_back((slot, Incoming { peer, data }));
                 if !self.listed[peer] {
@@ -345,6 +355,15 @@ impl Messenger {
             } // else emptied by recv_match: next peer
         }
         Ok(None)
+    }
+
+    /// Gives a taken message's buffer back for a later message (a
+    /// receiver that gives its buffers back allocates nothing per message).
+    pub fn give_back(&mut self, mut data: Vec<u8>) {
+        if data.capacity() >= 64 && data.capacity() <= SLOT && self.pool.len() < 64 {
+            data.clear();
+            self.pool.push(data);
+        }
     }
 
     /// Messages received and not yet taken (all peers).

@@ -106,6 +106,11 @@ pub(crate) fn box_into_raw<C: Castable<Ownership = OwnershipBox>>(v: C::RustType
     Box::into_raw(Box::new(v)) as *mut C
 }
 
+/// As [`box_into_raw`], for a value that is boxed already.
+pub(crate) fn boxed_into_raw<C: Castable<Ownership = OwnershipBox>>(v: Box<C::RustType>) -> *mut C {
+    Box::into_raw(v) as *mut C
+}
+
 /// Frees a Box handle; NULL is a no-op.
 pub(crate) fn box_free<C: Castable<Ownership = OwnershipBox>>(p: *mut C) {
     if !p.is_null() {

@@ -20,8 +20,8 @@ use super::error::{rc_of, Failure, FfiResult, PatronusRc};
 use super::flags::check_flags;
 use super::gaddr::patronus_gaddr_t;
 use super::handle::{
-    box_into_raw, bytes, bytes_mut, copy_out, out_slice, patronus_batch_t, patronus_lease_t,
-    patronus_t, try_mut,
+    box_into_raw, boxed_into_raw, bytes, bytes_mut, copy_out, out_slice, patronus_batch_t,
+    patronus_lease_t, patronus_t, try_mut,
 };
 use super::registry::{with_client, with_client_table};
 use crate::client::{ClientThread, Completion, Lease, Post};
@@ -72,6 +72,8 @@ struct Pending {
 pub(crate) struct Table {
     next: u64,
     calls: HashMap<u64, Pending>,
+    /// Completions being delivered (kept: polling allocates nothing).
+    got: Vec<Completion>,
 }
 
 /// Posts through `f` under a fresh ticket and records `pending` on success.
@@ -103,7 +105,11 @@ fn post(
 }
 
 /// Turns an engine completion into the C one, delivering its results.
-fn deliver(t: &mut Table, c: Completion) -> Option<patronus_completion_t> {
+fn deliver(
+    t: &mut Table,
+    ct: &mut ClientThread,
+    mut c: Completion,
+) -> Option<patronus_completion_t> {
     let pd = t.calls.remove(&c.user_data)?;
     let given = pd.lease as *mut patronus_lease_t;
     if !given.is_null() {
@@ -128,7 +134,7 @@ fn deliver(t: &mut Table, c: Completion) -> Option<patronus_completion_t> {
             match (c.result, c.lease) {
                 (Ok(_), Some(l)) => {
                     out.rc = PatronusRc::PATRONUS_RC_OK;
-                    out.lease = box_into_raw(l);
+                    out.lease = boxed_into_raw(l);
                 }
                 // As the blocking call: a lease that could not be had for
                 // a timeout or a fabric failure is a failed lease.
@@ -144,6 +150,7 @@ fn deliver(t: &mut Table, c: Completion) -> Option<patronus_completion_t> {
             if ok {
                 copy_out(&c.data, ptr as *mut u8, len);
             }
+            ct.recycle_buf(std::mem::take(&mut c.data));
             out.value = 0;
         }
         Sink::Value(ptr) => {
@@ -177,17 +184,21 @@ fn collect(
     }
     let dst = out_slice(out, max, "out")?;
     with_client_table(p, |c, t| {
-        let got = match timeout {
-            None => c.poll(max)?,
-            Some(d) => c.wait(max, d)?,
+        let mut got = std::mem::take(&mut t.got);
+        got.clear();
+        let r = match timeout {
+            None => c.poll_into(&mut got, max).map(|_| ()),
+            Some(d) => c.wait(max, d).map(|v| got.extend(v)),
         };
         let mut n = 0;
-        for x in got {
-            if let Some(cc) = deliver(t, x) {
+        for x in got.drain(..) {
+            if let Some(cc) = deliver(t, c, x) {
                 dst[n] = cc;
                 n += 1;
             }
         }
+        t.got = got;
+        r?;
         Ok(n)
     })?
 }

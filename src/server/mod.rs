@@ -321,7 +321,9 @@ impl Directory {
                 break;
             };
             reqs += 1;
-            let (h, m) = match msg::decode(&inc.data) {
+            let decoded = msg::decode(&inc.data);
+            self.msgr.give_back(inc.data);
+            let (h, m) = match decoded {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(dir = self.id, peer = inc.peer, "{e}");

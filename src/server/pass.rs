@@ -131,6 +131,8 @@ pub(super) struct Pass {
     pub posted: u64,
     pub chains: u64,
     pub bind_requests: u64,
+    /// Scratch of `finish_acquires`: per acquire, its first failed op.
+    pub failed: Vec<Option<usize>>,
 }
 
 impl Directory {
@@ -303,13 +305,23 @@ impl Directory {
     /// the others get their windows' rkeys and their GC task.
     pub(super) fn finish_acquires(&mut self) {
         let mut acquires = std::mem::take(&mut self.pass.acquires);
+        // Each acquire's first failed operation, in one walk over the ops
+        // (not one walk per acquire).
+        let mut failed = std::mem::take(&mut self.pass.failed);
+        failed.clear();
+        failed.resize(acquires.len(), None);
+        for (i, o) in self.pass.ops.iter().enumerate() {
+            if let (Some(k), Some(Err(_))) = (o.owner, &o.done) {
+                if let Some(f) = failed.get_mut(k) {
+                    f.get_or_insert(i);
+                }
+            }
+        }
         for (k, a) in acquires.iter_mut().enumerate() {
-            let err = self
-                .pass
-                .ops
-                .iter()
-                .filter(|o| o.owner == Some(k))
-                .find_map(|o| o.done.as_ref().and_then(|d| d.as_ref().err()).cloned());
+            let err = failed[k].and_then(|i| match &self.pass.ops[i].done {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
+            });
             let live = self.table.get(a.slot, a.gen).is_some();
             let status = match (&err, a.magic) {
                 (Some(e), _) => {
@@ -362,6 +374,7 @@ impl Directory {
         }
         acquires.clear();
         self.pass.acquires = acquires;
+        self.pass.failed = failed;
     }
 
     /// Gives back what the pass's revocations freed (their unbinds are

@@ -244,6 +244,11 @@ pub struct InShm {
     pub resp: Mutex<Option<RespState>>,
     /// Message ring consumer (read by the target QP's receive side).
     pub msg: Mutex<Consumer>,
+    /// Lock-free view of the message ring and the consumer's head as of
+    /// its last pass: a poll that finds nothing takes no lock.
+    pub msg_peek: super::ring::Peeker,
+    /// See `msg_peek`.
+    pub msg_head: std::sync::atomic::AtomicU64,
     /// Initiator blocks mapped here, by the initiator's block id.
     pub blocks: RwLock<HashMap<u32, Arc<MemBlock>>>,
     /// Bumped whenever `blocks` changes.
@@ -307,9 +312,14 @@ impl InShm {
         let consumer = Consumer::new(seg.clone(), req);
         let req_peek = consumer.peeker();
         let req_head = std::sync::atomic::AtomicU64::new(consumer.head());
+        let msgc = Consumer::new(seg.clone(), msg);
+        let msg_peek = msgc.peeker();
+        let msg_head = std::sync::atomic::AtomicU64::new(msgc.head());
         Ok(InShm {
             req_peek,
             req_head,
+            msg_peek,
+            msg_head,
             resp: Mutex::new(Some(RespState {
                 req: consumer,
                 resp: Producer::new(seg.clone(), resp, false),
@@ -317,7 +327,7 @@ impl InShm {
                 blocks: Vec::new(),
                 blocks_ver: 0,
             })),
-            msg: Mutex::new(Consumer::new(seg.clone(), msg)),
+            msg: Mutex::new(msgc),
             seg,
             blocks: RwLock::new(HashMap::new()),
             blocks_ver: std::sync::atomic::AtomicU64::new(0),

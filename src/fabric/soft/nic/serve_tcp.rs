@@ -430,6 +430,7 @@ impl NicInner {
                             st.err_epoch = Some(h.epoch);
                         } else {
                             m.push_back(st.f.payload(&fr).to_vec());
+                            q.tcp_queued.fetch_add(1, Ordering::Release);
                         }
                         st.f.push_resp(&r, 0);
                     }

@@ -158,17 +158,31 @@ impl QpInner {
 
     /// Matches incoming messages with posted receives.
     pub(crate) fn progress_recv(&self, out: &mut [Wc]) -> usize {
-        let Some(mut rq) = self.rq.try_lock() else {
+        let Some(mut guard) = self.rq.try_lock() else {
             return 0;
         };
+        let rq = &mut *guard;
         if rq.posted.is_empty() || out.is_empty() {
             return 0;
         }
-        let inb = match &*self.inb.lock() {
-            Some(Inbound::Shm(s)) => Some(s.clone()),
-            _ => None,
-        };
+        let ver = self.inb_ver.load(Ordering::Acquire);
+        if rq.chan.0 != ver {
+            rq.chan = (
+                ver,
+                match &*self.inb.lock() {
+                    Some(Inbound::Shm(s)) => Some(s.clone()),
+                    _ => None,
+                },
+            );
+        }
         let mut n = 0;
+        // Only a stamped slot at the consumer's head means a message: a
+        // poll that finds none takes no lock.
+        let inb = rq
+            .chan
+            .1
+            .as_ref()
+            .filter(|ch| ch.msg_peek.ready(ch.msg_head.load(Ordering::Acquire)));
         if let Some(ch) = inb {
             let mut c = ch.msg.lock();
             while n < out.len() && !rq.posted.is_empty() {
@@ -211,10 +225,17 @@ impl QpInner {
                 n += 1;
             }
             c.release();
+            ch.msg_head.store(c.head(), Ordering::Release);
+        }
+        if self.tcp_queued.load(Ordering::Acquire) == 0 {
+            self.recv_posted
+                .store(rq.posted.len() as u32, Ordering::Relaxed);
+            return n;
         }
         let mut msgs = self.tcp_msgs.lock();
         while n < out.len() && !rq.posted.is_empty() {
             let Some(m) = msgs.pop_front() else { break };
+            self.tcp_queued.fetch_sub(1, Ordering::AcqRel);
             let (wr_id, mr, off, cap) = rq.posted.pop_front().expect("posted");
             let status = if m.len() as u64 > cap as u64 {
                 WcStatus::LocLenErr

@@ -125,6 +125,8 @@ impl SendSide {
 struct RecvSide {
     posted: VecDeque<(u64, Arc<Mr>, u64, u32)>,
     scratch: Vec<u8>,
+    /// The shm channel as of `inb_ver` `.0` (polls skip the `inb` lock).
+    chan: (u64, Option<Arc<InShm>>),
 }
 
 /// A waiting shm QP runs progress at least every this many polls even when
@@ -148,10 +150,15 @@ pub struct QpInner {
     recv_cq: Arc<SoftCq>,
     rq: Mutex<RecvSide>,
     pub(crate) inb: Mutex<Option<Inbound>>,
+    /// Bumped after every change of `inb`: the receive side caches the
+    /// channel and re-reads it only when this moved.
+    inb_ver: AtomicU64,
     peer: Mutex<PeerState>,
     /// Epoch of this QP's latest outbound channel (sent in its hello).
     conn_epoch: AtomicU64,
     pub(crate) tcp_msgs: Mutex<VecDeque<Vec<u8>>>,
+    /// Messages in `tcp_msgs` (read by pollers without its lock).
+    pub(crate) tcp_queued: AtomicUsize,
 }
 
 /// Messages a tcp receiver buffers before answering RNR errors.
@@ -182,11 +189,14 @@ impl QpInner {
             rq: Mutex::new(RecvSide {
                 posted: VecDeque::with_capacity(cap.max_recv_wr as usize),
                 scratch: vec![0u8; MAX_SEND as usize],
+                chan: (u64::MAX, None),
             }),
             inb: Mutex::new(None),
+            inb_ver: AtomicU64::new(0),
             peer: Mutex::new(PeerState::default()),
             conn_epoch: AtomicU64::new(0),
             tcp_msgs: Mutex::new(VecDeque::new()),
+            tcp_queued: AtomicUsize::new(0),
         }
     }
 
@@ -304,6 +314,7 @@ impl QpInner {
                 }
             }
         };
+        self.inb_ver.fetch_add(1, Ordering::AcqRel);
         for o in dropped {
             o.kill("replaced by a newer connection");
         }
@@ -354,6 +365,7 @@ impl QpInner {
                 None => None,
             }
         };
+        self.inb_ver.fetch_add(1, Ordering::AcqRel);
         for o in dropped {
             o.kill("replaced by a newer connection");
         }
@@ -462,7 +474,9 @@ impl Drop for SoftQp {
         // it is closed here, outside the CQ's lock.
         let sq = q.send_cq.detach(q);
         q.recv_cq.detach(q);
-        if let Some(i) = q.inb.lock().take() {
+        let gone = q.inb.lock().take();
+        q.inb_ver.fetch_add(1, Ordering::AcqRel);
+        if let Some(i) = gone {
             i.kill("QP destroyed");
         }
         for (_, _, i) in std::mem::take(&mut q.peer.lock().held) {
