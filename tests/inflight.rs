@@ -464,7 +464,8 @@ fn calls_that_expire_in_flight_report_expiry_not_a_fault() {
 /// LEASE_LOCAL_EXPIRED_ERR and is counted in `auto_extend_lost`, never a
 /// protection error. Large reads share the thread's large buffer one at a
 /// time, so the later ones are sent only once the first completes: after
-/// the deadline here.
+/// the deadline here (the first, too, when the engine sends it only at
+/// the first poll).
 #[test]
 fn an_auto_extended_call_that_expires_in_flight_is_counted_lost() {
     with_nodes(1, 64, |_srv, cl| {
@@ -502,10 +503,18 @@ fn an_auto_extended_call_that_expires_in_flight_is_counted_lost() {
         let got = collect(&mut c, 4);
         let rcs: Vec<Rc> = (0..4).map(|t| got[&t].rc()).collect();
         eprintln!("reads: {rcs:?}, lost {}", c.auto_extend_lost() - lost0);
-        assert_eq!(rcs[0], Rc::Ok, "the first read was sent at post time");
-        for rc in &rcs[1..] {
-            assert_eq!(*rc, Rc::LeaseLocalExpiredErr, "{rcs:?}");
-        }
+        // The engine sends what was posted between two polls at the next
+        // poll (or 16 at a time): the first read may have gone before the
+        // deadline; the later ones waited for the large buffer past it.
+        assert!(
+            rcs.iter()
+                .all(|r| matches!(r, Rc::Ok | Rc::LeaseLocalExpiredErr)),
+            "{rcs:?}"
+        );
+        assert!(
+            rcs[1..].iter().all(|r| *r == Rc::LeaseLocalExpiredErr),
+            "{rcs:?}"
+        );
         assert!(
             c.auto_extend_lost() > lost0,
             "a lease auto-extend did not keep alive went unreported"
