@@ -994,7 +994,10 @@ patronus_rc_t patronus_commit(patronus_t *p, patronus_batch_t *b);
 /**
  * Makes progress on this thread's posted calls and stores up to `max` of
  * their completions in `out`; never blocks. Returns how many it stored (0
- * with the last error set for bad arguments).
+ * with the last error set for bad arguments). One-sided calls posted since
+ * the last poll go to the NIC here, as one chain per connection (or as
+ * soon as 16 wait): a thread that posts and then computes has sent
+ * nothing until it polls or waits.
  */
 size_t patronus_poll(patronus_t *p, patronus_completion_t *out, size_t max);
 

@@ -205,7 +205,10 @@ fn collect(
 
 /// Makes progress on this thread's posted calls and stores up to `max` of
 /// their completions in `out`; never blocks. Returns how many it stored (0
-/// with the last error set for bad arguments).
+/// with the last error set for bad arguments). One-sided calls posted since
+/// the last poll go to the NIC here, as one chain per connection (or as
+/// soon as 16 wait): a thread that posts and then computes has sent
+/// nothing until it polls or waits.
 #[no_mangle]
 pub extern "C" fn patronus_poll(
     p: *mut patronus_t,
