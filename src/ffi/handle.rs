@@ -228,6 +228,26 @@ pub(crate) fn write_out<T>(p: *mut T, v: T) {
     }
 }
 
+/// Hands a value to a caller's `(buf, cap, len_out)`: `*len_out` gets its
+/// length either way; PATRONUS_RC_NO_MEM (nothing copied) when it does not
+/// fit in `cap` bytes.
+pub(crate) fn value_out(
+    v: &[u8],
+    buf: *mut std::ffi::c_void,
+    cap: usize,
+    len_out: *mut usize,
+) -> FfiResult<super::error::PatronusRc> {
+    write_out(len_out, v.len());
+    if v.len() > cap {
+        return Err(Failure::new(
+            super::error::PatronusRc::PATRONUS_RC_NO_MEM,
+            format!("value of {} bytes does not fit in {cap}", v.len()),
+        ));
+    }
+    copy_out(v, buf as *mut u8, cap);
+    Ok(super::error::PatronusRc::PATRONUS_RC_OK)
+}
+
 /// Copies bytes into caller memory that was checked when it was handed in
 /// (a batch's output buffers, checked at prepare).
 pub(crate) fn copy_out(src: &[u8], dst: *mut u8, cap: usize) {

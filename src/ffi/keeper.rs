@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 
 use super::boundary::guard;
 use super::error::{Failure, PatronusRc};
-use super::handle::{bytes, copy_out, patronus_t, req_str, write_out};
+use super::handle::{bytes, patronus_t, req_str, value_out, write_out};
 use super::registry;
 
 /// Largest value the keeper holds.
@@ -51,15 +51,7 @@ pub extern "C" fn patronus_get(
             return Err(Failure::null("buf"));
         }
         let v = n.node.get(k)?;
-        write_out(len_out, v.len());
-        if v.len() > cap {
-            return Err(Failure::new(
-                PatronusRc::PATRONUS_RC_NO_MEM,
-                format!("value of {} bytes does not fit in {cap}", v.len()),
-            ));
-        }
-        copy_out(&v, buf as *mut u8, cap);
-        Ok(PatronusRc::PATRONUS_RC_OK)
+        value_out(&v, buf, cap, len_out)
     })
 }
 
@@ -83,15 +75,7 @@ pub extern "C" fn patronus_try_get(
             write_out(len_out, 0);
             return Ok(PatronusRc::PATRONUS_RC_NOT_FOUND);
         };
-        write_out(len_out, v.len());
-        if v.len() > cap {
-            return Err(Failure::new(
-                PatronusRc::PATRONUS_RC_NO_MEM,
-                format!("value of {} bytes does not fit in {cap}", v.len()),
-            ));
-        }
-        copy_out(&v, buf as *mut u8, cap);
-        Ok(PatronusRc::PATRONUS_RC_OK)
+        value_out(&v, buf, cap, len_out)
     })
 }
 

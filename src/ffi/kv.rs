@@ -16,7 +16,7 @@ use super::boundary::guard;
 use super::error::{Failure, FfiResult, PatronusRc};
 use super::handle::{
     box_free, box_into_raw, bytes, copy_out, out_slice, patronus_kv_t, patronus_t, read_in,
-    req_str, try_mut, write_out,
+    req_str, try_mut, value_out, write_out,
 };
 use super::registry::{self, with_client};
 use crate::client::ClientThread;
@@ -316,15 +316,7 @@ pub extern "C" fn patronus_kv_get(
                 format!("no key {:?}", String::from_utf8_lossy(k)),
             )
         })?;
-        write_out(len_out, v.len());
-        if v.len() > cap {
-            return Err(Failure::new(
-                PatronusRc::PATRONUS_RC_NO_MEM,
-                format!("value of {} bytes does not fit in {cap}", v.len()),
-            ));
-        }
-        copy_out(&v, buf as *mut u8, cap);
-        Ok(PatronusRc::PATRONUS_RC_OK)
+        value_out(&v, buf as *mut std::ffi::c_void, cap, len_out)
     })
 }
 

@@ -844,46 +844,30 @@ impl KvTable {
         kv: bool,
         reqs: &[(u64, usize)],
     ) -> Result<Vec<Vec<u8>>> {
+        // Offsets within the lease read, checked before anything is posted.
+        let at: Vec<u64> = reqs
+            .iter()
+            .map(|&(off, len)| if kv { self.kv_range(off, len) } else { Ok(off) })
+            .collect::<Result<_>>()?;
+        let flag = self.flag;
+        let lease = if kv { &mut self.kv } else { &mut self.table };
+        let cs = post_all(ct, reqs.len(), |ct, i| {
+            ct.post_read(lease, reqs[i as usize].1, at[i as usize], flag, i)
+        })?;
         let mut out = vec![Vec::new(); reqs.len()];
-        let (mut next, mut pending) = (0usize, 0usize);
         let mut err: Option<Error> = None;
-        while (next < reqs.len() && err.is_none()) || pending > 0 {
-            while next < reqs.len() && err.is_none() {
-                let (off, len) = reqs[next];
-                let posted = if kv {
-                    match self.kv_range(off, len) {
-                        Ok(r) => ct.post_read(&mut self.kv, len, r, self.flag, next as u64),
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    ct.post_read(&mut self.table, len, off, self.flag, next as u64)
-                };
-                match posted {
-                    Ok(Post::Posted) => {
-                        pending += 1;
-                        next += 1;
-                    }
-                    Ok(Post::Retry) => break,
-                    Err(e) => err = Some(e),
+        for c in cs {
+            c.apply(if kv { &mut self.kv } else { &mut self.table });
+            let i = c.user_data as usize;
+            match c.result {
+                Ok(Rc::Ok) if i < out.len() => out[i] = c.data,
+                Ok(rc) => {
+                    let what = if kv { "block read" } else { "table read" };
+                    let off = reqs.get(i).map_or(0, |r| r.0);
+                    err.get_or_insert(self.refused(rc, what, off));
                 }
-            }
-            if pending == 0 {
-                continue;
-            }
-            for c in ct.wait(pending, Duration::from_millis(100))? {
-                pending -= 1;
-                c.apply(if kv { &mut self.kv } else { &mut self.table });
-                let i = c.user_data as usize;
-                match c.result {
-                    Ok(Rc::Ok) if i < out.len() => out[i] = c.data,
-                    Ok(rc) => {
-                        let what = if kv { "block read" } else { "table read" };
-                        let off = reqs.get(i).map_or(0, |r| r.0);
-                        err.get_or_insert(self.refused(rc, what, off));
-                    }
-                    Err(e) => {
-                        err.get_or_insert(e);
-                    }
+                Err(e) => {
+                    err.get_or_insert(e);
                 }
             }
         }
