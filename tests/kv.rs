@@ -463,6 +463,24 @@ fn limits_of_keys_and_values() {
     );
 }
 
+/// A lease-protected table created by a thread of client node 0 and opened
+/// read-write by a thread of client node 1.
+fn two_writers(clients: &[Patronus]) -> (ClientThread, KvTable, ClientThread, KvTable) {
+    let mut ca = clients[0].register_client_thread().unwrap();
+    let mut cb = clients[1].register_client_thread().unwrap();
+    let a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
+    let b = KvTable::open(
+        &mut cb,
+        0,
+        0,
+        small_params(),
+        Protection::Lease,
+        Access::ReadWrite,
+    )
+    .unwrap();
+    (ca, a, cb, b)
+}
+
 /// Nodes that update each other's keys replace each other's blocks; the
 /// memory node lets only the allocating node free a block, so each
 /// replaced block goes back to its owner through the owner's free ring.
@@ -472,18 +490,7 @@ fn blocks_replaced_by_other_nodes_come_back_to_their_owner() {
         3,
         |_| {},
         |_server, clients| {
-            let mut ca = clients[0].register_client_thread().unwrap();
-            let mut cb = clients[1].register_client_thread().unwrap();
-            let mut a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
-            let mut b = KvTable::open(
-                &mut cb,
-                0,
-                0,
-                small_params(),
-                Protection::Lease,
-                Access::ReadWrite,
-            )
-            .unwrap();
+            let (mut ca, mut a, mut cb, mut b) = two_writers(clients);
             let keys = 40u64;
             let rounds = 30u64;
             for r in 0..rounds {
@@ -533,18 +540,7 @@ fn a_dead_free_ring_producer_is_skipped() {
         3,
         |_| {},
         |_server, clients| {
-            let mut ca = clients[0].register_client_thread().unwrap();
-            let mut cb = clients[1].register_client_thread().unwrap();
-            let mut a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
-            let mut b = KvTable::open(
-                &mut cb,
-                0,
-                0,
-                small_params(),
-                Protection::Lease,
-                Access::ReadWrite,
-            )
-            .unwrap();
+            let (mut ca, mut a, mut cb, mut b) = two_writers(clients);
             let keys = 20u64;
             fill(&mut a, &mut ca, keys);
             let owner = clients[0].get_node_id();
