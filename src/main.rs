@@ -116,6 +116,20 @@ struct NodeArgs {
     /// Sync key of server_serve / finished.
     #[arg(long, default_value_t = 0)]
     key: u64,
+    /// Lease buffer of a memory node, MiB (leases and kv tables live there).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    lease_buffer_mib: u64,
+    /// Allocation buffer of a memory node, MiB (`alloc` blocks, kv values).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    alloc_buffer_mib: u64,
+    /// An allocator class of the memory node's directories, block bytes
+    /// (repeatable, equal shares; default 64, 4096 and 2 MiB).
+    #[arg(long = "alloc-class", value_parser = clap::value_parser!(u64).range(8..))]
+    alloc_classes: Vec<u64>,
+    /// Bytes one client node may hold allocated per directory, MiB (0:
+    /// half the directory's slice).
+    #[arg(long, default_value_t = 0)]
+    alloc_quota_mib: u64,
     /// Synchronise clocks by measurement even with nodes on the same kernel
     /// (whose offset is exactly 0): exercises the estimator and re-sync.
     #[arg(long)]
@@ -146,6 +160,14 @@ impl NodeArgs {
             measured_time_sync: self.measured_time_sync,
             time_resync: Duration::from_millis(self.time_resync_ms),
             peer_dead_after: Duration::from_millis(self.peer_dead_after_ms),
+            lease_buffer_size: self.lease_buffer_mib << 20,
+            alloc_buffer_size: self.alloc_buffer_mib << 20,
+            alloc_classes: if self.alloc_classes.is_empty() {
+                patronus::node::Config::default().alloc_classes
+            } else {
+                self.alloc_classes.iter().map(|&b| (b, 1)).collect()
+            },
+            alloc_quota_per_node: self.alloc_quota_mib << 20,
             ..Default::default()
         }
     }
@@ -181,6 +203,10 @@ enum WorkloadCmd {
     },
     /// Pattern write/read on every directory of every memory node.
     Multi,
+    /// YCSB on the protected hash table of the first memory node with
+    /// every client node of the cluster: each loads its share, all run
+    /// every cell together, the lowest client node prints the merged rows.
+    Ycsb(YcsbArgs),
     /// Rounds of acquire / FAA / pattern write + read-verify / relinquish
     /// for a bounded time, tolerating errors; prints counts (fault tests).
     FaultLoop {
@@ -230,6 +256,10 @@ impl From<WorkloadCmd> for patronus::app::Workload {
             WorkloadCmd::Watch { limit_s } => W::Watch { limit_s },
             WorkloadCmd::DeadServer { limit_s } => W::DeadServer { limit_s },
             WorkloadCmd::Multi => W::Multi,
+            WorkloadCmd::Ycsb(a) => W::Ycsb {
+                opts: a.opts(),
+                json: a.json,
+            },
             WorkloadCmd::FaultLoop {
                 seconds,
                 rounds,
@@ -341,43 +371,91 @@ enum BenchCmd {
     /// (src/kv), every protection mode side by side (unprotected, lease,
     /// mr, rpc), plus the original's RACE bootstrap and mortgage shapes.
     Ycsb {
-        /// One JSON object per line instead of the table.
+        #[command(flatten)]
+        a: YcsbArgs,
+        /// Client processes, each a client node of its own, with the
+        /// memory node (`patronus serve`) in another process, through
+        /// memcached; rank 0's merged results are reported (0: one
+        /// process, in-process keeper).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=16))]
+        processes: u16,
+        /// memcached://HOST:PORT for --processes (default: start memcached
+        /// from PATH for the run).
         #[arg(long)]
-        json: bool,
-        /// Records loaded (at least 16).
-        #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true, value_parser = parse_count)]
-        records: u64,
-        /// Value bytes per record (16 to 4096).
-        #[arg(long = "value-size", default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=4096))]
-        value_size: u64,
-        /// Client threads.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
-        threads: u64,
-        /// Operations in flight per client thread.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=128))]
-        inflight: u64,
-        /// Time per workload, distribution, mode and round, seconds (more than 0).
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_seconds)]
-        seconds: f64,
-        /// Rounds per workload: each runs every mode, in an order rotated
-        /// by one per round; rates are the median of the rounds', latencies
-        /// over all rounds.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
-        rounds: u64,
-        /// Workload (repeatable; default a, b, c, d, f).
-        #[arg(long = "workload", value_parser = ["a", "b", "c", "d", "f"])]
-        workloads: Vec<String>,
-        /// Request distribution.
-        #[arg(long, value_parser = ["zipfian", "uniform", "both"], default_value = "zipfian")]
-        dist: String,
-        /// Leave out the bootstrap and mortgage shapes.
-        #[arg(long = "no-handles")]
-        no_handles: bool,
+        keeper: Option<String>,
     },
     /// A long run of acquisitions, data calls, extensions and expiry from
     /// several threads and processes: RSS, fds, live leases and error
     /// counts per interval; fails on unexpected outcomes or growth.
     Soak(SoakArgs),
+}
+
+/// `bench ycsb`'s and `client ycsb`'s workload options.
+#[derive(clap::Args, Clone)]
+struct YcsbArgs {
+    /// One JSON object per line instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Records loaded (at least 16).
+    #[arg(long, default_value_t = 1_000_000, allow_negative_numbers = true, value_parser = parse_count)]
+    records: u64,
+    /// Value bytes per record (16 to 4096).
+    #[arg(long = "value-size", default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=4096))]
+    value_size: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=32))]
+    threads: u64,
+    /// Operations in flight per client thread.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=128))]
+    inflight: u64,
+    /// Time per workload, distribution, mode and round, seconds (more than 0).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_seconds)]
+    seconds: f64,
+    /// Rounds per workload: each runs every mode, in an order rotated
+    /// by one per round; rates are the median of the rounds', latencies
+    /// over all rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
+    /// Workload (repeatable; default a, b, c, d, f).
+    #[arg(long = "workload", value_parser = ["a", "b", "c", "d", "f"])]
+    workloads: Vec<String>,
+    /// Request distribution.
+    #[arg(long, value_parser = ["zipfian", "uniform", "both"], default_value = "zipfian")]
+    dist: String,
+    /// Leave out the bootstrap and mortgage shapes.
+    #[arg(long = "no-handles")]
+    no_handles: bool,
+}
+
+impl YcsbArgs {
+    fn opts(&self) -> patronus::bench::ycsb::Opts {
+        use patronus::bench::ycsb;
+        let workloads: Vec<char> = if self.workloads.is_empty() {
+            vec!['a', 'b', 'c', 'd', 'f']
+        } else {
+            self.workloads
+                .iter()
+                .filter_map(|w| w.chars().next())
+                .collect()
+        };
+        let dists = match self.dist.as_str() {
+            "uniform" => vec![ycsb::Dist::Uniform],
+            "both" => vec![ycsb::Dist::Zipfian, ycsb::Dist::Uniform],
+            _ => vec![ycsb::Dist::Zipfian],
+        };
+        ycsb::Opts {
+            records: self.records,
+            value_size: self.value_size as usize,
+            threads: self.threads as usize,
+            inflight: self.inflight as usize,
+            budget: Duration::from_secs_f64(self.seconds),
+            rounds: self.rounds as usize,
+            workloads,
+            dists,
+            handles: !self.no_handles,
+            progress: true,
+        }
+    }
 }
 
 /// `bench soak`'s options.
@@ -849,44 +927,20 @@ fn main() -> ExitCode {
         Cmd::Bench {
             what:
                 BenchCmd::Ycsb {
-                    json,
-                    records,
-                    value_size,
-                    threads,
-                    inflight,
-                    seconds,
-                    rounds,
-                    workloads,
-                    dist,
-                    no_handles,
+                    a,
+                    processes,
+                    keeper,
                 },
         } => (|| {
             use patronus::bench::ycsb;
-            let workloads: Vec<char> = if workloads.is_empty() {
-                vec!['a', 'b', 'c', 'd', 'f']
+            let o = a.opts();
+            let recs = if processes == 0 {
+                ycsb::run(&o)?
             } else {
-                workloads.iter().filter_map(|w| w.chars().next()).collect()
+                ycsb::run_processes(&o, processes, &std::env::current_exe()?, keeper)?
             };
-            let dists = match dist.as_str() {
-                "uniform" => vec![ycsb::Dist::Uniform],
-                "both" => vec![ycsb::Dist::Zipfian, ycsb::Dist::Uniform],
-                _ => vec![ycsb::Dist::Zipfian],
-            };
-            let o = ycsb::Opts {
-                records,
-                value_size: value_size as usize,
-                threads: threads as usize,
-                inflight: inflight as usize,
-                budget: Duration::from_secs_f64(seconds),
-                rounds: rounds as usize,
-                workloads,
-                dists,
-                handles: !no_handles,
-                progress: true,
-            };
-            let recs = ycsb::run(&o)?;
             let mut out = std::io::stdout().lock();
-            if json {
+            if a.json {
                 bench::print_json(&mut out, &recs)?;
             } else {
                 ycsb::print_table(&mut out, &recs)?;

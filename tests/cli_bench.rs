@@ -508,3 +508,46 @@ fn bench_ycsb_arguments_are_validated() {
         assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
     }
 }
+
+/// `bench ycsb --processes 2`: a memory node (`patronus serve`) and two
+/// client processes (`patronus client ... ycsb`) through a memcached the
+/// run starts; each client process loads half of the records, and rank 0
+/// reports rows merged over both (every row says 2 processes). A read of
+/// a record the other process loaded must find it: no misses outside D.
+#[test]
+fn bench_ycsb_across_processes_merges_both_clients() {
+    let (text, recs) = json_records(&[
+        "bench",
+        "ycsb",
+        "--json",
+        "--processes",
+        "2",
+        "--records",
+        "4000",
+        "--seconds",
+        "0.3",
+        "--rounds",
+        "1",
+        "--threads",
+        "2",
+        "--inflight",
+        "8",
+        "--workload",
+        "c",
+        "--workload",
+        "a",
+        "--no-handles",
+    ]);
+    for wl in ["ycsb-a", "ycsb-c"] {
+        for m in ["unprotected", "lease", "mr", "rpc"] {
+            let all = recs
+                .iter()
+                .find(|r| r["workload"] == wl && r["mode"] == m && r["op"] == "all")
+                .unwrap_or_else(|| panic!("no {wl} {m} row in\n{text}"));
+            assert_eq!(all["processes"], 2, "{wl} {m}\n{text}");
+            assert!(all["ops"].as_u64().unwrap() > 0, "{wl} {m}\n{text}");
+            assert_eq!(all["misses"], 0, "{wl} {m}\n{text}");
+        }
+    }
+    assert!(recs.iter().all(|r| r["processes"] == 2), "{text}");
+}

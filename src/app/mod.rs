@@ -56,6 +56,16 @@ pub enum Workload {
     /// on the first memory node, for a bounded time and count, tolerating
     /// errors (for fault tests): see [`FaultLoop`].
     FaultLoop(FaultLoop),
+    /// YCSB on a protected hash table on the first memory node, with every
+    /// client node of the cluster (`crate::bench::ycsb::run_client`): the
+    /// client node of lowest id creates the table and prints the rows
+    /// merged over all client nodes, as JSON lines or a table.
+    Ycsb {
+        /// What to run.
+        opts: crate::bench::ycsb::Opts,
+        /// JSON lines instead of the table.
+        json: bool,
+    },
 }
 
 /// What the `fault-loop` workload does. Each round: a write lease on the
@@ -162,7 +172,26 @@ fn memory_nodes(p: &Patronus, machines: u16) -> Result<Vec<u16>> {
 }
 
 /// Runs a client node with `workload`, then calls `finished(key)`.
-pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
+pub fn client(mut cfg: Config, key: u64, workload: Workload) -> Result<()> {
+    if let Workload::Ycsb { opts, .. } = &workload {
+        // Thread slots for the workers (and one more), calls in flight
+        // for waves of puts, and barriers that wait while the other
+        // processes load their share.
+        if (cfg.client_threads as usize) < opts.threads + 2 {
+            return Err(Error::Invalid(format!(
+                "ycsb with {} worker threads needs {} client thread slots per node: pass \
+                 `--threads {}` before `ycsb` to every node of the cluster (serve too: the \
+                 shape must be the same everywhere)",
+                opts.threads,
+                opts.threads + 2,
+                opts.threads + 2
+            )));
+        }
+        if cfg.max_inflight == 0 {
+            cfg.max_inflight = 256;
+        }
+        cfg.keeper_timeout = cfg.keeper_timeout.max(Duration::from_secs(600));
+    }
     let machines = cfg.machine_nr;
     let dirs = cfg.dir_nr;
     let p = Patronus::new(cfg)?;
@@ -386,6 +415,23 @@ pub fn client(cfg: Config, key: u64, workload: Workload) -> Result<()> {
             say(format_args!("multi_ok={n} memory_nodes={}", servers.len()));
         }
         Workload::FaultLoop(f) => fault_loop(&p, s, &f)?,
+        Workload::Ycsb { opts, json } => {
+            let me = p.get_node_id();
+            let others: Vec<u16> = (0..machines).filter(|n| !servers.contains(n)).collect();
+            let rank = others.iter().position(|&n| n == me).ok_or_else(|| {
+                Error::Invalid(format!("ycsb: node {me} is not among the client nodes"))
+            })?;
+            let recs = crate::bench::ycsb::run_client(&p, s, rank, others.len(), &opts)?;
+            if !recs.is_empty() {
+                let mut o = std::io::stdout().lock();
+                if json {
+                    crate::bench::print_json(&mut o, &recs)
+                } else {
+                    crate::bench::ycsb::print_table(&mut o, &recs)
+                }
+                .map_err(|e| Error::io("writing the results", e))?;
+            }
+        }
     }
     p.finished(key)?;
     say(format_args!("done=1 epsilon_ns={}", p.epsilon()));

@@ -329,7 +329,7 @@ pub fn say(l: &str) {
 
 /// Starts the nodes of `cfg`'s in-process cluster together (each blocks
 /// until all joined), sorted by node id.
-pub(crate) fn start_nodes(cfg: &crate::node::Config) -> crate::Result<Vec<crate::node::Patronus>> {
+pub(crate) fn start_nodes(cfg: &crate::node::Config) -> Result<Vec<crate::node::Patronus>> {
     let hs: Vec<_> = (0..cfg.machine_nr)
         .map(|_| {
             let c = cfg.clone();
@@ -340,9 +340,81 @@ pub(crate) fn start_nodes(cfg: &crate::node::Config) -> crate::Result<Vec<crate:
     for h in hs {
         nodes.push(
             h.join()
-                .map_err(|_| crate::Error::Invalid("node start-up panicked".into()))??,
+                .map_err(|_| Error::Invalid("node start-up panicked".into()))??,
         );
     }
     nodes.sort_by_key(|n| n.get_node_id());
     Ok(nodes)
+}
+
+/// A memcached started for the run, stopped on drop.
+pub(crate) struct OwnMemcached(Child, pub(crate) String);
+
+impl Drop for OwnMemcached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn start_memcached() -> Result<OwnMemcached> {
+    let bin = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("memcached"))
+                .find(|f| f.is_file())
+        })
+        .ok_or_else(|| {
+            Error::Invalid(
+                "a benchmark with --processes > 0 needs memcached: none on PATH \
+                 (apt-get install memcached, or pass --keeper memcached://HOST:PORT, \
+                 or --processes 0)"
+                    .into(),
+            )
+        })?;
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::io("finding a free port", e))?
+            .port();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "2",
+            "-m",
+            "64",
+        ]);
+        if root {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+        let mut mc = OwnMemcached(child, format!("memcached://127.0.0.1:{port}"));
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(mc);
+            }
+            if let Ok(Some(_)) = mc.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Err(Error::Invalid(format!("{} did not start", bin.display())))
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::start_memcached;
 use crate::client::{ClientThread, Lease};
 use crate::lease::flags::rw;
 use crate::lease::msg::AdminOp;
@@ -711,78 +712,6 @@ pub fn child_main(a: &ChildArgs) -> Result<()> {
     r?;
     p.finished(0)?;
     Ok(())
-}
-
-/// A memcached started for the run, stopped on drop.
-struct OwnMemcached(Child, String);
-
-impl Drop for OwnMemcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_memcached() -> Result<OwnMemcached> {
-    let bin = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("memcached"))
-                .find(|f| f.is_file())
-        })
-        .ok_or_else(|| {
-            Error::Invalid(
-                "bench soak with --processes > 0 needs memcached: none on PATH \
-                 (apt-get install memcached, or pass --keeper memcached://HOST:PORT, \
-                 or --processes 0)"
-                    .into(),
-            )
-        })?;
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io("finding a free port", e))?
-            .port();
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "-l",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-t",
-            "2",
-            "-m",
-            "64",
-        ]);
-        if root {
-            cmd.args(["-u", "root"]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
-        let mut mc = OwnMemcached(child, format!("memcached://127.0.0.1:{port}"));
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(mc);
-            }
-            if let Ok(Some(_)) = mc.0.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Err(Error::Invalid(format!("{} did not start", bin.display())))
 }
 
 /// The memory node's per-directory live leases and GC queue.

@@ -1,7 +1,7 @@
 //! `patronus bench ycsb`: YCSB core workloads on the protected hash table
 //! (`src/kv`), every protection mode side by side in one run (issue 15).
 //!
-//! An in-process two-node cluster: node 0 is the memory node (one
+//! By default an in-process two-node cluster: node 0 is the memory node (one
 //! directory, the universal rkey offered so that `unprotected` can run),
 //! node 1 runs `threads` client threads. The table is loaded once
 //! (`records` records of `value_size` bytes, keys `user<fnv64(n)>` as
@@ -22,6 +22,14 @@
 //! updates and inserts together ([`KvTable::put_many`]). An operation's
 //! latency is the time of the wave it went in.
 //!
+//! Several client processes ([`run_processes`], `--processes N`): the
+//! memory node is `patronus serve` and each client node a `patronus
+//! client ... ycsb` process ([`run_client`]) of a cluster formed through
+//! memcached; rank 0 creates the table, every process loads its share and
+//! runs each cell at the same time as the others (a keeper barrier per
+//! measurement), and rank 0 merges the processes' counts and histograms
+//! ([`Peers`]).
+//!
 //! Also the shapes of the original's `bench_race_rdma_bootstrap` (a
 //! tenant opens a handle on the table and closes it, no I/O) and
 //! `bench_race_rdma_mortgage` (open, 8 operations of YCSB-A, close), per
@@ -34,7 +42,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::ClientThread;
 use crate::kv::{Access, KvParams, KvTable, Protection};
@@ -50,7 +58,7 @@ pub const MODES: [Protection; 4] = [
 ];
 
 /// What to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opts {
     /// Records loaded.
     pub records: u64,
@@ -106,7 +114,7 @@ pub fn mode_name(m: Protection) -> &'static str {
 }
 
 /// One result row: a workload cell's operation type under one mode.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct YcsbRecord {
     /// "ycsb-a" ... "ycsb-f", "bootstrap", "mortgage".
     pub workload: String,
@@ -133,6 +141,8 @@ pub struct YcsbRecord {
     pub p99_ns: u64,
     /// Reads that found no value (D: keys whose insert was not done yet).
     pub misses: u64,
+    /// Client processes whose measurements the row merges.
+    pub processes: u64,
 }
 
 // ---------------------------------------------------------------------
@@ -339,13 +349,32 @@ enum Chooser {
 
 /// Shared state of a run: the records loaded and inserted.
 struct Shared {
+    /// The memory node with the table (directory 0).
+    mem: u16,
     records: u64,
-    /// Next record number an insert takes.
-    next_insert: AtomicU64,
-    /// Records below this are inserted (D's latest reads pick under it).
+    /// Inserts this process made (see [`Shared::record`]).
+    inserts: AtomicU64,
+    rank: u64,
+    stride: u64,
+    /// Indexes (see [`Shared::record`]) below this are inserted (D's
+    /// latest reads pick under it).
     acked: AtomicU64,
     /// Versions written (so that each update writes a new value).
     version: AtomicU64,
+}
+
+impl Shared {
+    /// The record of index `i` of this process's view: the loaded records,
+    /// then its own inserts (its k-th insert is record `records + rank +
+    /// k * stride`: client processes insert disjoint records, and each
+    /// reads back the records it inserted).
+    fn record(&self, i: u64) -> u64 {
+        if i < self.records {
+            i
+        } else {
+            self.records + self.rank + (i - self.records) * self.stride
+        }
+    }
 }
 
 /// Per-thread results of a cell.
@@ -417,8 +446,8 @@ fn worker(
         let n = sh.acked.load(Ordering::Relaxed).max(1);
         match &mut chooser {
             Chooser::Scrambled(z) => z.next(rng),
-            Chooser::Latest(z) => n - 1 - z.next_in(rng, n),
-            Chooser::Uniform if w == 'd' => rng.below(n),
+            Chooser::Latest(z) => sh.record(n - 1 - z.next_in(rng, n)),
+            Chooser::Uniform if w == 'd' => sh.record(rng.below(n)),
             Chooser::Uniform => rng.below(sh.records),
         }
     };
@@ -428,11 +457,15 @@ fn worker(
         let wave = max_ops.map_or(o.inflight as u64, |m| (m - done).min(o.inflight as u64));
         let mut reads = Vec::new();
         let mut others = Vec::new();
+        // Inserts: one past the highest index this wave inserts.
+        let mut top = 0;
         for _ in 0..wave {
             if rng.f64() < read_frac {
                 reads.push(pick(&mut rng));
             } else if other == Op::Insert {
-                others.push(sh.next_insert.fetch_add(1, Ordering::Relaxed));
+                let i = sh.records + sh.inserts.fetch_add(1, Ordering::Relaxed);
+                top = top.max(i + 1);
+                others.push(sh.record(i));
             } else {
                 others.push(pick(&mut rng));
             }
@@ -474,9 +507,7 @@ fn worker(
             t.put_many(ct, &items)?;
             let ns = t0.elapsed().as_nanos() as u64;
             if other == Op::Insert {
-                if let Some(&m) = others.iter().max() {
-                    sh.acked.fetch_max(m + 1, Ordering::Relaxed);
-                }
+                sh.acked.fetch_max(top, Ordering::Relaxed);
             }
             tally.add(other, others.len() as u64, ns);
         }
@@ -513,8 +544,22 @@ fn say(o: &Opts, t0: Instant, what: &str) {
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
-/// Runs everything `o` asks for; the rows in run order.
-pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
+/// What a run needs of the memory node: the table's parameters, its
+/// region's bytes, a KV block's bytes and the allocation buffer's bytes.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    /// The table's parameters.
+    pub params: KvParams,
+    /// Bytes of the table region (in the lease buffer).
+    pub region: u64,
+    /// Bytes of one KV block (the allocator class to offer).
+    pub block: u64,
+    /// Bytes of the allocation buffer the records (and D's inserts) need.
+    pub alloc: u64,
+}
+
+/// Checks `o` and sizes the run.
+pub fn sizes(o: &Opts) -> Result<Sizes> {
     if o.records < 16 || o.threads == 0 || o.inflight == 0 {
         return Err(Error::Invalid(
             "bench ycsb: at least 16 records, 1 thread and 1 call in flight".into(),
@@ -534,6 +579,24 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
         0
     };
     let alloc = (o.records + inserts) * block * 2 + (64 << 20);
+    Ok(Sizes {
+        params,
+        region,
+        block,
+        alloc,
+    })
+}
+
+/// The lease buffer a memory node needs for a table region of `region`
+/// bytes (whole MiB, one spare).
+pub fn lease_buffer_for(region: u64) -> u64 {
+    region.div_ceil(1 << 20) * (1 << 20) + (1 << 20)
+}
+
+/// Runs everything `o` asks for in this process (memory node and client
+/// node); the rows in run order.
+pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
+    let sz = sizes(o)?;
     let cfg = Config {
         machine_nr: 2,
         dir_nr: 1,
@@ -546,10 +609,10 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
         fabric: "shm".into(),
         keeper: None,
         leases_per_dir: 4096,
-        lease_buffer_size: region.div_ceil(1 << 20) * (1 << 20) + (1 << 20),
-        alloc_buffer_size: alloc,
-        alloc_classes: vec![(block, 1)],
-        alloc_quota_per_node: alloc,
+        lease_buffer_size: lease_buffer_for(sz.region),
+        alloc_buffer_size: sz.alloc,
+        alloc_classes: vec![(sz.block, 1)],
+        alloc_quota_per_node: sz.alloc,
         max_inflight: 256,
         allow_universal_rkey: true,
         ..Config::default()
@@ -562,8 +625,8 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
             "starting: {} records of {} B, table region {} MiB, allocation buffer {} MiB",
             o.records,
             o.value_size,
-            region >> 20,
-            alloc >> 20
+            sz.region >> 20,
+            sz.alloc >> 20
         ),
     );
     let nodes = super::start_nodes(&cfg)?;
@@ -571,7 +634,7 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
     let mut dir = server.register_server_thread()?;
     let out = std::thread::scope(|s| {
         let h = s.spawn(move || dir.server_serve(0));
-        let r = run_on(client, o, &params, t0);
+        let r = run_on(client, &Peers::alone(client), 0, o, &sz.params, t0);
         let _ = server.finished(0);
         let _ = client.finished(0);
         let served = h
@@ -583,19 +646,414 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
     Ok(out)
 }
 
-fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result<Vec<YcsbRecord>> {
+/// One client process of a multi-process run (`patronus client ...
+/// ycsb`): `rank` of `n` client processes, the table on memory node
+/// `mem` (directory 0). Every process loads its share of the records and
+/// runs every cell at the same time as the others; rank 0 returns the
+/// rows merged over all of them (the others an empty list).
+pub fn run_client(
+    p: &Patronus,
+    mem: u16,
+    rank: usize,
+    n: usize,
+    o: &Opts,
+) -> Result<Vec<YcsbRecord>> {
+    let sz = sizes(o)?;
+    let lay = p.register_client_thread()?.peer_memory(mem)?.layout;
+    if lay.lease < sz.region || lay.alloc < sz.alloc {
+        return Err(Error::Invalid(format!(
+            "bench ycsb: memory node {mem} has a lease buffer of {} MiB and an allocation \
+             buffer of {} MiB; {} records of {} B need {} MiB and {} MiB (start it with \
+             `patronus serve --lease-buffer-mib {} --alloc-buffer-mib {} --alloc-class {} \
+             --alloc-quota-mib {} --allow-universal-rkey`)",
+            lay.lease >> 20,
+            lay.alloc >> 20,
+            o.records,
+            o.value_size,
+            sz.region.div_ceil(1 << 20),
+            sz.alloc.div_ceil(1 << 20),
+            lease_buffer_for(sz.region) >> 20,
+            sz.alloc.div_ceil(1 << 20),
+            sz.block,
+            sz.alloc.div_ceil(1 << 20),
+        )));
+    }
+    let co = Peers::new(p, rank, n)?;
+    run_on(p, &co, mem, o, &sz.params, Instant::now())
+}
+
+/// The client processes of a run and this one's place among them: they
+/// meet before every measurement (a keeper barrier), and each hands its
+/// part of it to rank 0, which merges them. A process alone uses no
+/// keeper.
+pub struct Peers<'a> {
+    p: &'a Patronus,
+    rank: usize,
+    n: usize,
+    seq: std::cell::Cell<u64>,
+}
+
+impl<'a> Peers<'a> {
+    /// This process alone.
+    pub fn alone(p: &'a Patronus) -> Peers<'a> {
+        Peers {
+            p,
+            rank: 0,
+            n: 1,
+            seq: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Rank `rank` of `n` client processes.
+    pub fn new(p: &'a Patronus, rank: usize, n: usize) -> Result<Peers<'a>> {
+        if rank >= n {
+            return Err(Error::Invalid(format!(
+                "bench ycsb: rank {rank} of {n} client processes"
+            )));
+        }
+        Ok(Peers {
+            rank,
+            n,
+            ..Peers::alone(p)
+        })
+    }
+
+    fn next(&self) -> u64 {
+        let s = self.seq.get();
+        self.seq.set(s + 1);
+        s
+    }
+
+    /// Waits until every client process got here.
+    fn meet(&self) -> Result<()> {
+        let s = self.next();
+        if self.n > 1 {
+            self.p
+                .keeper_barrier_n(&format!("ycsb/meet/{s}"), self.n as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Every process's part of a measurement, at rank 0 (the others get
+    /// their own part back).
+    fn gather(&self, part: Part) -> Result<Vec<Part>> {
+        let s = self.next();
+        if self.n == 1 {
+            return Ok(vec![part]);
+        }
+        let js = serde_json::to_vec(&part).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.p.put(&format!("ycsb/part/{s}/{}", self.rank), &js)?;
+        if self.rank != 0 {
+            return Ok(vec![part]);
+        }
+        (0..self.n)
+            .map(|r| {
+                let v = self.p.get(&format!("ycsb/part/{s}/{r}"))?;
+                serde_json::from_slice(&v).map_err(|e| {
+                    Error::Invalid(format!("bench ycsb: client process {r}'s results: {e}"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// One process's part of a measurement, as it travels through the keeper.
+#[derive(Serialize, Deserialize)]
+struct Part {
+    ops: [u64; 4],
+    misses: u64,
+    secs: f64,
+    /// Per operation type: (latency ns, count) of the recorded values.
+    hist: Vec<Vec<(u64, u64)>>,
+}
+
+impl Part {
+    fn of(t: &Tally, secs: f64) -> Part {
+        Part {
+            ops: t.ops,
+            misses: t.misses,
+            secs,
+            hist: t
+                .hist
+                .iter()
+                .map(|h| {
+                    h.iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The parts merged: operations and latencies of all, the longest
+    /// time, and how many parts.
+    fn merge(parts: &[Part]) -> Result<(Tally, f64, u64)> {
+        let mut t = Tally::new()?;
+        let mut secs = 0f64;
+        for p in parts {
+            for (i, h) in p.hist.iter().enumerate().take(4) {
+                for &(v, c) in h {
+                    let _ = t.hist[i].record_n(v.max(1), c);
+                }
+                t.ops[i] += p.ops[i];
+            }
+            t.misses += p.misses;
+            secs = secs.max(p.secs);
+        }
+        Ok((t, secs, parts.len() as u64))
+    }
+}
+
+/// Runs YCSB with the memory node and `processes` client nodes each in a
+/// process of its own, through memcached (`keeper`, or one started for
+/// the run): `exe serve` with the buffers the run needs and `exe client
+/// ... ycsb` per client node; the rows client rank 0 merged (on its
+/// stdout as JSON). Every child is killed and reaped on any error, and
+/// the whole run is bounded in time.
+pub fn run_processes(
+    o: &Opts,
+    processes: u16,
+    exe: &std::path::Path,
+    keeper: Option<String>,
+) -> Result<Vec<YcsbRecord>> {
+    use std::io::{BufReader, Read};
+    use std::process::{Child, Command, Stdio};
+    let sz = sizes(o)?;
+    if processes == 0 {
+        return Err(Error::Invalid(
+            "bench ycsb: at least one client process".into(),
+        ));
+    }
+    let mut own = None;
+    let keeper = match keeper {
+        Some(k) => k,
+        None => {
+            let m = super::start_memcached()?;
+            let url = m.1.clone();
+            own = Some(m);
+            url
+        }
+    };
+    let cluster = format!(
+        "ycsb-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    let machines = (processes + 1).to_string();
+    let mib = |b: u64| b.div_ceil(1 << 20).to_string();
+    let node = |threads: usize| -> Vec<String> {
+        [
+            "--keeper",
+            &keeper,
+            "--fabric",
+            "shm",
+            "--machines",
+            &machines,
+            "--cluster",
+            &cluster,
+            "--threads",
+            &(threads + 2).to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    struct Reap(Vec<Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut kids = Reap(Vec::new());
+    let mut serve = vec!["serve".to_string()];
+    serve.extend(node(o.threads));
+    serve.extend([
+        "--lease-buffer-mib".into(),
+        mib(lease_buffer_for(sz.region)),
+        "--alloc-buffer-mib".into(),
+        mib(sz.alloc),
+        "--alloc-class".into(),
+        sz.block.to_string(),
+        "--alloc-quota-mib".into(),
+        mib(sz.alloc),
+        "--allow-universal-rkey".into(),
+    ]);
+    kids.0.push(
+        Command::new(exe)
+            .args(&serve)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::io(format!("spawning {} serve", exe.display()), e))?,
+    );
+    let mut client = vec!["client".to_string()];
+    client.extend(node(o.threads));
+    client.extend(
+        [
+            "ycsb",
+            "--json",
+            "--records",
+            &o.records.to_string(),
+            "--value-size",
+            &o.value_size.to_string(),
+            "--threads",
+            &o.threads.to_string(),
+            "--inflight",
+            &o.inflight.to_string(),
+            "--seconds",
+            &o.budget.as_secs_f64().to_string(),
+            "--rounds",
+            &o.rounds.to_string(),
+            "--dist",
+            match (
+                o.dists.contains(&Dist::Zipfian),
+                o.dists.contains(&Dist::Uniform),
+            ) {
+                (true, true) => "both",
+                (false, true) => "uniform",
+                _ => "zipfian",
+            },
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    for w in &o.workloads {
+        client.extend(["--workload".to_string(), w.to_string()]);
+    }
+    if !o.handles {
+        client.push("--no-handles".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for _ in 0..processes {
+        let mut c = Command::new(exe)
+            .args(&client)
+            .stdout(Stdio::piped())
+            .stderr(if o.progress {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .map_err(|e| Error::io(format!("spawning {} client", exe.display()), e))?;
+        let so = c.stdout.take();
+        kids.0.push(c);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if let Some(so) = so {
+                let mut all = String::new();
+                let _ = BufReader::new(so).read_to_string(&mut all);
+                let _ = tx.send(all);
+            }
+        });
+    }
+    drop(tx);
+    // Bounded: start-up and loading, then every cell's time with slack.
+    let cells = (o.workloads.len() * o.dists.len() + if o.handles { 2 } else { 0 })
+        * o.rounds.max(1)
+        * MODES.len();
+    let limit = Duration::from_secs(180 + o.records / 5_000)
+        + (o.budget + Duration::from_secs(10)) * cells as u32;
+    let t0 = Instant::now();
+    let mut outs = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        let mut running = false;
+        for (i, c) in kids.0.iter_mut().enumerate().skip(1) {
+            match c.try_wait() {
+                Ok(Some(st)) if !st.success() => {
+                    failed.push(format!("client process {i} exited with {st}"))
+                }
+                Ok(Some(_)) => {}
+                _ => running = true,
+            }
+        }
+        if !failed.is_empty() {
+            break;
+        }
+        if !running {
+            break;
+        }
+        if t0.elapsed() > limit {
+            failed.push(format!("client processes still running after {limit:?}"));
+            break;
+        }
+        if let Ok(Some(st)) = kids.0[0].try_wait() {
+            failed.push(format!("the memory node exited early with {st}"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !failed.is_empty() {
+        return Err(Error::Invalid(format!("bench ycsb: {}", failed.join("; "))));
+    }
+    while let Ok(s) = rx.recv_timeout(Duration::from_secs(10)) {
+        outs.push(s);
+    }
+    // The memory node ends once every client finished.
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = kids.0[0].try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(kids);
+    drop(own);
+    let mut recs = Vec::new();
+    for l in outs.iter().flat_map(|s| s.lines()) {
+        if let Ok(r) = serde_json::from_str::<YcsbRecord>(l) {
+            recs.push(r);
+        }
+    }
+    if recs.is_empty() {
+        return Err(Error::Invalid(
+            "bench ycsb: the client processes reported no rows".into(),
+        ));
+    }
+    Ok(recs)
+}
+
+fn run_on(
+    client: &Patronus,
+    co: &Peers,
+    mem: u16,
+    o: &Opts,
+    params: &KvParams,
+    t0: Instant,
+) -> Result<Vec<YcsbRecord>> {
+    // Rank 0 speaks for the run.
+    let quiet;
+    let o = if co.rank == 0 {
+        o
+    } else {
+        quiet = Opts {
+            progress: false,
+            ..o.clone()
+        };
+        &quiet
+    };
     let sh = Shared {
+        mem,
         records: o.records,
-        next_insert: AtomicU64::new(o.records),
+        inserts: AtomicU64::new(0),
+        rank: co.rank as u64,
+        stride: co.n as u64,
         acked: AtomicU64::new(o.records),
         version: AtomicU64::new(1),
     };
-    {
+    if co.rank == 0 {
         let mut ct = client.register_client_thread()?;
-        let mut t = KvTable::create(&mut ct, 0, 0, params.clone(), Protection::Lease)?;
+        let mut t = KvTable::create(&mut ct, mem, 0, params.clone(), Protection::Lease)?;
         t.relinquish(&mut ct)?;
     }
-    load(client, o, params, t0)?;
+    co.meet()?;
+    // This process's share of the records.
+    let share = (co.rank as u64 * o.records / co.n as u64)
+        ..((co.rank as u64 + 1) * o.records / co.n as u64);
+    load(client, &sh, share, o, params, t0)?;
+    co.meet()?;
     let mut out = Vec::new();
     // D inserts: it runs last.
     let mut ws = o.workloads.clone();
@@ -604,9 +1062,9 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
         for &dist in &o.dists {
             // Per mode: every round's samples, and per round the rate of
             // each operation type and of all.
-            let mut acc: Vec<(Tally, f64, Vec<[f64; 5]>)> = Vec::new();
+            let mut acc: Vec<(Tally, f64, Vec<[f64; 5]>, u64)> = Vec::new();
             for _ in MODES {
-                acc.push((Tally::new()?, 0.0, Vec::new()));
+                acc.push((Tally::new()?, 0.0, Vec::new(), 0));
             }
             for round in 0..o.rounds.max(1) {
                 for k in 0..MODES.len() {
@@ -623,7 +1081,9 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
                             o.rounds.max(1)
                         ),
                     );
+                    co.meet()?;
                     let (t, secs) = cell(client, o, params, &sh, w, dist, mode)?;
+                    let (t, secs, procs) = Part::merge(&co.gather(Part::of(&t, secs))?)?;
                     let s = secs.max(1e-9);
                     let mut r = [0f64; 5];
                     for (i, x) in r.iter_mut().take(4).enumerate() {
@@ -633,18 +1093,23 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
                     acc[mi].0.merge(&t);
                     acc[mi].1 += secs;
                     acc[mi].2.push(r);
+                    acc[mi].3 = procs;
                 }
             }
             let first = out.len();
-            for (mi, (t, secs, rates)) in acc.iter().enumerate() {
-                out.extend(rows(w, dist, MODES[mi], t, *secs, rates)?);
+            for (mi, (t, secs, rates, procs)) in acc.iter().enumerate() {
+                out.extend(rows(w, dist, MODES[mi], t, *secs, rates, *procs)?);
             }
             ratios(&mut out[first..]);
         }
     }
     if o.handles {
         for shape in ["bootstrap", "mortgage"] {
-            let mut acc: Vec<Option<(YcsbRecord, Histogram<u64>)>> = vec![None, None, None, None];
+            // Per mode: cycles, seconds and latencies over all rounds.
+            let mut acc: Vec<(Tally, f64, u64)> = Vec::new();
+            for _ in MODES {
+                acc.push((Tally::new()?, 0.0, 0));
+            }
             for round in 0..o.rounds.max(1) {
                 for k in 0..MODES.len() {
                     let mi = (k + round) % MODES.len();
@@ -654,55 +1119,73 @@ fn run_on(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result
                         t0,
                         &format!("{shape} {} (round {})", mode_name(mode), round + 1),
                     );
-                    let (r, h) = handles(client, o, params, &sh, shape, mode)?;
-                    acc[mi] = Some(match acc[mi].take() {
-                        None => (r, h),
-                        Some((mut a, mut ah)) => {
-                            let secs = a.ops as f64 / (a.mops * 1e6).max(1e-12)
-                                + r.ops as f64 / (r.mops * 1e6).max(1e-12);
-                            a.ops += r.ops;
-                            a.mops = a.ops as f64 / secs.max(1e-9) / 1e6;
-                            a.mops_pooled = a.mops;
-                            let _ = ah.add(&h);
-                            a.p50_ns = ah.value_at_quantile(0.5);
-                            a.p99_ns = ah.value_at_quantile(0.99);
-                            (a, ah)
-                        }
-                    });
+                    co.meet()?;
+                    let (t, secs) = handles(client, o, params, &sh, shape, mode)?;
+                    let (t, secs, procs) = Part::merge(&co.gather(Part::of(&t, secs))?)?;
+                    acc[mi].0.merge(&t);
+                    acc[mi].1 += secs;
+                    acc[mi].2 = procs;
                 }
             }
             let first = out.len();
-            out.extend(acc.into_iter().flatten().map(|(r, _)| r));
+            for (mi, (t, secs, procs)) in acc.iter().enumerate() {
+                let n = t.ops[0];
+                let rate = n as f64 / secs.max(1e-9) / 1e6;
+                out.push(YcsbRecord {
+                    workload: shape.into(),
+                    dist: if shape == "mortgage" { "zipfian" } else { "-" }.into(),
+                    mode: mode_name(MODES[mi]).into(),
+                    op: "handle".into(),
+                    ops: n,
+                    mops: rate,
+                    mops_pooled: rate,
+                    vs_unprotected: 0.0,
+                    p50_ns: t.hist[0].value_at_quantile(0.5),
+                    p99_ns: t.hist[0].value_at_quantile(0.99),
+                    misses: 0,
+                    processes: *procs,
+                });
+            }
             ratios(&mut out[first..]);
         }
     }
     say(o, t0, "done");
-    Ok(out)
+    Ok(if co.rank == 0 { out } else { Vec::new() })
 }
 
-/// Loads the records from `threads` threads, `put_many` 64 at a time.
-fn load(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result<()> {
+/// Loads records `share` from `threads` threads, `put_many` 64 at a
+/// time.
+fn load(
+    client: &Patronus,
+    sh: &Shared,
+    share: std::ops::Range<u64>,
+    o: &Opts,
+    params: &KvParams,
+    t0: Instant,
+) -> Result<()> {
     let loaded = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
-    let per = o.records.div_ceil(o.threads as u64);
+    let total = share.end - share.start;
+    let per = total.div_ceil(o.threads as u64);
     let started = Instant::now();
     std::thread::scope(|s| -> Result<()> {
         let hs: Vec<_> = (0..o.threads as u64)
             .map(|ti| {
                 let (loaded, stop) = (&loaded, &stop);
+                let from = share.start;
                 s.spawn(move || -> Result<()> {
                     let r = (|| {
                         let mut ct = client.register_client_thread()?;
                         let mut t = KvTable::open(
                             &mut ct,
-                            0,
+                            sh.mem,
                             0,
                             params.clone(),
                             Protection::Lease,
                             Access::ReadWrite,
                         )?;
-                        let end = ((ti + 1) * per).min(o.records);
-                        let mut n = ti * per;
+                        let end = (from + (ti + 1) * per).min(from + total);
+                        let mut n = from + ti * per;
                         while n < end && !stop.load(Ordering::Relaxed) {
                             let m = (n + 64).min(end);
                             let ks: Vec<Vec<u8>> = (n..m).map(key_of).collect();
@@ -733,8 +1216,7 @@ fn load(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result<(
                     o,
                     t0,
                     &format!(
-                        "loading: {n}/{} records ({:.0} records/s)",
-                        o.records,
+                        "loading: {n}/{total} records ({:.0} records/s)",
                         n as f64 / started.elapsed().as_secs_f64()
                     ),
                 );
@@ -750,8 +1232,7 @@ fn load(client: &Patronus, o: &Opts, params: &KvParams, t0: Instant) -> Result<(
         o,
         t0,
         &format!(
-            "loaded {} records in {:.1} s",
-            o.records,
+            "loaded {total} records in {:.1} s",
             started.elapsed().as_secs_f64()
         ),
     );
@@ -780,7 +1261,7 @@ fn cell(
                 s.spawn(move || -> Result<()> {
                     let mut ct = client.register_client_thread()?;
                     let opened =
-                        KvTable::open(&mut ct, 0, 0, params.clone(), mode, Access::ReadWrite);
+                        KvTable::open(&mut ct, sh.mem, 0, params.clone(), mode, Access::ReadWrite);
                     // Every thread reaches the barrier, opened or not.
                     start.wait();
                     let mut t = opened?;
@@ -826,6 +1307,7 @@ fn rows(
     tally: &Tally,
     secs: f64,
     rates: &[[f64; 5]],
+    processes: u64,
 ) -> Result<Vec<YcsbRecord>> {
     let secs = secs.max(1e-9);
     let median = |i: usize| {
@@ -849,6 +1331,7 @@ fn rows(
         p50_ns: p50,
         p99_ns: p99,
         misses: tally.misses,
+        processes,
     };
     let mut all = Tally::new()?;
     for i in 0..4 {
@@ -878,8 +1361,9 @@ fn rows(
 }
 
 /// The bootstrap (open + close, no I/O) or mortgage (open, 8 operations
-/// of YCSB-A, close) shape: handle cycles per second from `threads`
-/// threads for `budget`.
+/// of YCSB-A, close) shape: `threads` threads cycling handles for
+/// `budget`; the cycles and their latencies (as the first operation type
+/// of a tally), and the time taken.
 fn handles(
     client: &Patronus,
     o: &Opts,
@@ -887,7 +1371,7 @@ fn handles(
     sh: &Shared,
     shape: &str,
     mode: Protection,
-) -> Result<(YcsbRecord, Histogram<u64>)> {
+) -> Result<(Tally, f64)> {
     let total = Mutex::new((
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| Error::Invalid(format!("histogram: {e}")))?,
@@ -910,8 +1394,14 @@ fn handles(
                     };
                     while Instant::now() < until {
                         let t0 = Instant::now();
-                        let mut t =
-                            KvTable::open(&mut ct, 0, 0, params.clone(), mode, Access::ReadWrite)?;
+                        let mut t = KvTable::open(
+                            &mut ct,
+                            sh.mem,
+                            0,
+                            params.clone(),
+                            mode,
+                            Access::ReadWrite,
+                        )?;
                         let r = if shape == "mortgage" {
                             worker(
                                 &mut ct,
@@ -952,20 +1442,10 @@ fn handles(
     let (h, n) = total
         .into_inner()
         .map_err(|_| Error::Invalid("tally lock".into()))?;
-    let rec = YcsbRecord {
-        workload: shape.into(),
-        dist: if shape == "mortgage" { "zipfian" } else { "-" }.into(),
-        mode: mode_name(mode).into(),
-        op: "handle".into(),
-        ops: n,
-        mops: n as f64 / secs / 1e6,
-        mops_pooled: n as f64 / secs / 1e6,
-        vs_unprotected: 0.0,
-        p50_ns: h.value_at_quantile(0.5),
-        p99_ns: h.value_at_quantile(0.99),
-        misses: 0,
-    };
-    Ok((rec, h))
+    let mut t = Tally::new()?;
+    t.ops[0] = n;
+    t.hist[0] = h;
+    Ok((t, secs))
 }
 
 /// Fills `vs_unprotected` of a cell's rows.
