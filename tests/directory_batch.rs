@@ -21,6 +21,8 @@ use patronus::lease::{AcquireStatus as St, Rc};
 use patronus::node::{Config, Patronus};
 use patronus::server::Directory;
 
+mod common;
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -52,14 +54,7 @@ fn with_cluster(
         rpc_timeout: PATIENCE,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..machines)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
+    let mut nodes = common::cluster::start_nodes(&cfg);
     let server = nodes.remove(0);
     let mut d = server.register_server_thread().unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &mut d, &nodes)));
@@ -334,14 +329,7 @@ fn under_load_passes_batch_and_gc_still_revokes() {
         rpc_timeout: PATIENCE,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..3)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
+    let mut nodes = common::cluster::start_nodes(&cfg);
     let server = nodes.remove(0);
     let clients = &nodes;
     let mut d = server.register_server_thread().unwrap();

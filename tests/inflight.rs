@@ -17,6 +17,8 @@ use patronus::lease::msg::AdminOp;
 use patronus::lease::Rc;
 use patronus::node::{Config, Patronus};
 
+mod common;
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -47,33 +49,7 @@ fn with_nodes(dirs: u16, max_inflight: u32, f: impl FnOnce(&Patronus, &Patronus)
         max_inflight,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
-    let client = nodes.pop().unwrap();
-    let server = nodes.pop().unwrap();
-    thread::scope(|s| {
-        let hs: Vec<_> = (0..dirs)
-            .map(|_| {
-                let mut d = server.register_server_thread().unwrap();
-                s.spawn(move || d.server_serve(0))
-            })
-            .collect();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &client)));
-        server.finished(0).unwrap();
-        client.finished(0).unwrap();
-        for h in hs {
-            h.join().unwrap().unwrap();
-        }
-        if let Err(p) = r {
-            std::panic::resume_unwind(p);
-        }
-    });
+    common::cluster::with_cluster(cfg, |server, clients| f(server, &clients[0]));
 }
 
 /// Waits for exactly `n` completions (10 s at most), each user_data once.

@@ -22,6 +22,8 @@ use patronus::lease::Rc;
 use patronus::node::{Config, Patronus};
 use patronus::Error;
 
+mod common;
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 /// Lease terms are measured in milliseconds: one cluster at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -37,13 +39,7 @@ fn with_cluster(
     f: impl FnOnce(&Patronus, &[Patronus]),
 ) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PATRONUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    common::cluster::init_tracing();
     let mut cfg = Config {
         machine_nr: machines,
         dir_nr: 1,
@@ -69,28 +65,7 @@ fn with_cluster(
         ..Config::default()
     };
     tweak(&mut cfg);
-    let hs: Vec<_> = (0..machines)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
-    let server = nodes.remove(0);
-    thread::scope(|s| {
-        let mut d = server.register_server_thread().unwrap();
-        let h = s.spawn(move || d.server_serve(0));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
-        server.finished(0).unwrap();
-        for n in &nodes {
-            n.finished(0).unwrap();
-        }
-        h.join().unwrap().unwrap();
-        if let Err(p) = r {
-            std::panic::resume_unwind(p);
-        }
-    });
+    common::cluster::with_cluster(cfg, f);
 }
 
 /// A table that splits early: 4 groups (64 slots) per subtable.

@@ -14,6 +14,8 @@ use patronus::lease::pr::{self, Word, MAX_UNITS};
 use patronus::lease::{AcquireStatus as St, Lease, Rc};
 use patronus::node::{Config, Patronus};
 
+mod common;
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -40,28 +42,7 @@ fn with_cluster(
         ..Config::default()
     };
     tweak(&mut cfg);
-    let hs: Vec<_> = (0..machines)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
-    let server = nodes.remove(0);
-    thread::scope(|s| {
-        let mut d = server.register_server_thread().unwrap();
-        let h = s.spawn(move || d.server_serve(0));
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
-        server.finished(0).unwrap();
-        for n in &nodes {
-            n.finished(0).unwrap();
-        }
-        h.join().unwrap().unwrap();
-        if let Err(p) = r {
-            std::panic::resume_unwind(p);
-        }
-    });
+    common::cluster::with_cluster(cfg, f);
 }
 
 /// A forged lease whose "object" is `l`'s protection region, reached with

@@ -15,6 +15,9 @@ use patronus::lease::msg::AdminOp;
 use patronus::lease::{AcquireStatus as St, Rc};
 use patronus::node::{Config, Patronus};
 
+#[path = "../common/mod.rs"]
+mod common;
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 /// The tests measure expiry in milliseconds: one cluster at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -33,13 +36,7 @@ fn with_cluster_cfg(
     f: impl FnOnce(&Patronus, &[Patronus]),
 ) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PATRONUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    common::cluster::init_tracing();
     let name = format!(
         "lease-core-{}-{}",
         std::process::id(),
@@ -59,35 +56,9 @@ fn with_cluster_cfg(
         ..Config::default()
     };
     tweak(&mut cfg);
-    let hs: Vec<_> = (0..machines)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
-    eprintln!("cluster epsilon {} ns", nodes[0].epsilon());
-    let server = nodes.remove(0);
-    thread::scope(|s| {
-        let servers: Vec<_> = (0..dirs)
-            .map(|_| {
-                let mut d = server.register_server_thread().unwrap();
-                s.spawn(move || d.server_serve(0))
-            })
-            .collect();
-        // A failing test body must still stop the server threads.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
-        server.finished(0).unwrap();
-        for n in &nodes {
-            n.finished(0).unwrap();
-        }
-        for h in servers {
-            h.join().unwrap().unwrap();
-        }
-        if let Err(p) = r {
-            std::panic::resume_unwind(p);
-        }
+    common::cluster::with_cluster(cfg, |server, nodes| {
+        eprintln!("cluster epsilon {} ns", server.epsilon());
+        f(server, nodes)
     });
 }
 
