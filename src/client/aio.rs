@@ -178,11 +178,6 @@ impl AsyncThread {
         self.t.borrow_mut().take()
     }
 
-    /// True when `tag` is one of this executor's calls in flight.
-    pub(crate) fn owns(&self, tag: u64) -> bool {
-        self.calls.borrow().contains_key(&tag)
-    }
-
     /// The client thread back (calls still in flight complete and are
     /// dropped at its next poll).
     pub fn into_inner(self) -> ClientThread {
@@ -229,33 +224,43 @@ impl AsyncThread {
             None => return Ok(0),
         };
         let n = got.len();
-        let mut wake = Vec::with_capacity(n);
-        {
-            let mut calls = self.calls.borrow_mut();
-            for c in got {
-                let tag = c.user_data;
-                match calls.remove(&tag) {
-                    Some(Slot::Waiting(w)) => {
-                        calls.insert(tag, Slot::Done(Box::new(c)));
-                        wake.push(w);
-                    }
-                    Some(Slot::Abandoned) => {}
-                    Some(Slot::Done(d)) => {
-                        calls.insert(tag, Slot::Done(d));
-                    }
-                    // Not posted through this wrapper (a post_* on the
-                    // inner thread).
-                    None => stray(c),
-                }
+        for c in got {
+            if let Err(c) = self.accept(c) {
+                stray(c);
             }
         }
         if n > 0 {
-            wake.append(&mut self.blocked.borrow_mut());
-        }
-        for w in wake {
-            w.wake();
+            let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
+            for w in blocked {
+                w.wake();
+            }
         }
         Ok(n)
+    }
+
+    /// Hands a completion polled elsewhere to the task whose call it
+    /// completes; gives it back when it is none of this executor's calls.
+    pub(crate) fn accept(&self, c: Completion) -> std::result::Result<(), Completion> {
+        let tag = c.user_data;
+        let waker = {
+            let mut calls = self.calls.borrow_mut();
+            match calls.remove(&tag) {
+                Some(Slot::Waiting(w)) => {
+                    calls.insert(tag, Slot::Done(Box::new(c)));
+                    w
+                }
+                Some(Slot::Abandoned) => return Ok(()),
+                Some(Slot::Done(d)) => {
+                    calls.insert(tag, Slot::Done(d));
+                    return Ok(());
+                }
+                // Not posted through this wrapper (a post_* on the inner
+                // thread, or another executor's).
+                None => return Err(c),
+            }
+        };
+        waker.wake();
+        Ok(())
     }
 
     /// Runs `fut` to completion on this thread: polls it, and whenever it

@@ -25,7 +25,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class GAddr(ctypes.Structure):
