@@ -225,7 +225,7 @@ impl AsyncThread {
         };
         let n = got.len();
         for c in got {
-            if let Err(c) = self.accept(c) {
+            if let Some(c) = self.accept(c) {
                 stray(c);
             }
         }
@@ -240,7 +240,7 @@ impl AsyncThread {
 
     /// Hands a completion polled elsewhere to the task whose call it
     /// completes; gives it back when it is none of this executor's calls.
-    pub(crate) fn accept(&self, c: Completion) -> std::result::Result<(), Completion> {
+    pub(crate) fn accept(&self, c: Completion) -> Option<Completion> {
         let tag = c.user_data;
         let waker = {
             let mut calls = self.calls.borrow_mut();
@@ -249,18 +249,18 @@ impl AsyncThread {
                     calls.insert(tag, Slot::Done(Box::new(c)));
                     w
                 }
-                Some(Slot::Abandoned) => return Ok(()),
+                Some(Slot::Abandoned) => return None,
                 Some(Slot::Done(d)) => {
                     calls.insert(tag, Slot::Done(d));
-                    return Ok(());
+                    return None;
                 }
                 // Not posted through this wrapper (a post_* on the inner
                 // thread, or another executor's).
-                None => return Err(c),
+                None => return Some(c),
             }
         };
         waker.wake();
-        Ok(())
+        None
     }
 
     /// Runs `fut` to completion on this thread: polls it, and whenever it

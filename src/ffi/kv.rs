@@ -681,7 +681,7 @@ fn drive(
         .unwrap_or_default();
     let keep: Vec<Completion> = mailed
         .into_iter()
-        .filter_map(|c| h.engine.accept(c).err())
+        .filter_map(|c| h.engine.accept(c))
         .collect();
     if !keep.is_empty() {
         let _ = MAILBOX.try_with(|m| m.borrow_mut().extend(keep));
