@@ -19,7 +19,7 @@
  * The C ABI version this library implements (bumped on incompatible
  * changes); bindings compare it with what they were written for.
  */
-#define PATRONUS_ABI_VERSION 4
+#define PATRONUS_ABI_VERSION 5
 
 /**
  * No server GC task; the lease never expires (client deadline infinite).
