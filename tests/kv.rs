@@ -1348,9 +1348,19 @@ fn async_ops_on_one_thread_are_in_flight_together_and_byte_exact() {
                 let want = (i % 2 == 1).then(|| vals[i].clone());
                 assert_eq!(g.unwrap(), want, "key {i} after the deletes");
             }
+            // Puts of one key racing on one thread settle to one entry
+            // holding one of the values.
+            let same: Vec<Vec<u8>> = (0..16u64).map(|i| pattern(100 + i, 40)).collect();
+            for r in at.block_on(join_all(same.iter().map(|v| t.put_async(&at, b"same", v)))) {
+                r.unwrap();
+            }
+            let v = at.block_on(t.get_async(&at, b"same")).unwrap().unwrap();
+            assert!(same.contains(&v), "a value nobody put: {v:?}");
             // The blocking API sees the same table.
             let mut ct = at.into_inner();
             let mut t = t;
+            assert_eq!(t.entries_of(&mut ct, b"same").unwrap(), 1);
+            assert_eq!(t.get(&mut ct, b"same").unwrap(), Some(v));
             assert_eq!(t.get(&mut ct, &keys[1]).unwrap(), Some(vals[1].clone()));
             assert_eq!(t.get(&mut ct, &keys[0]).unwrap(), None);
             t.relinquish(&mut ct).unwrap();
