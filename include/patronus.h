@@ -1386,7 +1386,9 @@ patronus_rc_t patronus_kv_del_many(patronus_t *p,
  * `cap` bytes), which must stay valid until the completion is polled.
  * PATRONUS_RC_RETRY when the handle holds `PATRONUS_KV_MAX_POSTED`
  * operations not yet polled; PATRONUS_RC_INVALID for bad arguments
- * (nothing queued).
+ * (nothing queued). Until all its posted operations are polled, the
+ * handle's blocking calls (get, put, del, the many-key calls,
+ * relinquish) return PATRONUS_RC_INVALID.
  */
 patronus_rc_t patronus_kv_post_get(patronus_t *p,
                                    patronus_kv_t *kv,
@@ -1447,8 +1449,8 @@ size_t patronus_kv_wait(patronus_t *p,
 size_t patronus_kv_posted(patronus_kv_t *kv);
 
 /**
- * Frees the handle's spare blocks and gives its leases back (none of its
- * posted operations may be queued: PATRONUS_RC_INVALID): every later
+ * Frees the handle's spare blocks and gives its leases back (it may have
+ * no posted operations not yet polled: PATRONUS_RC_INVALID): every later
  * access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
  * relinquished", before anything is sent; the memory node refuses the old
  * keys as well). The handle stays valid (free it with `patronus_kv_free`).

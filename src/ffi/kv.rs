@@ -264,8 +264,8 @@ fn with_kv<T>(
         }
         let queued = h.ops.len() + h.done.len();
         match Rc::get_mut(&mut h.table) {
-            Some(t) => f(t, c),
-            None => Err(crate::Error::Invalid(format!(
+            Some(t) if queued == 0 => f(t, c),
+            _ => Err(crate::Error::Invalid(format!(
                 "kv has {queued} posted operations not yet polled: poll them (patronus_kv_poll) \
                  before its blocking calls"
             ))),
@@ -740,7 +740,9 @@ fn post_op(
 /// `cap` bytes), which must stay valid until the completion is polled.
 /// PATRONUS_RC_RETRY when the handle holds `PATRONUS_KV_MAX_POSTED`
 /// operations not yet polled; PATRONUS_RC_INVALID for bad arguments
-/// (nothing queued).
+/// (nothing queued). Until all its posted operations are polled, the
+/// handle's blocking calls (get, put, del, the many-key calls,
+/// relinquish) return PATRONUS_RC_INVALID.
 #[no_mangle]
 pub extern "C" fn patronus_kv_post_get(
     p: *mut patronus_t,
@@ -918,8 +920,8 @@ pub extern "C" fn patronus_kv_posted(kv: *mut patronus_kv_t) -> usize {
     })
 }
 
-/// Frees the handle's spare blocks and gives its leases back (none of its
-/// posted operations may be queued: PATRONUS_RC_INVALID): every later
+/// Frees the handle's spare blocks and gives its leases back (it may have
+/// no posted operations not yet polled: PATRONUS_RC_INVALID): every later
 /// access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
 /// relinquished", before anything is sent; the memory node refuses the old
 /// keys as well). The handle stays valid (free it with `patronus_kv_free`).

@@ -274,6 +274,39 @@ int main(void) {
             EXPECT(comp[j].rc == PATRONUS_RC_OK && comp[j].value_len == 7 &&
                    comp[j].user_data >= 9000 && comp[j].user_data < 9000 + queued);
         EXPECT(patronus_kv_wait(p, kv, comp, 4, 1000000ull) == 0);
+
+        /* Posted kv operations share the thread with patronus_post_*
+         * calls: whichever poll meets the other's completion hands it
+         * over. */
+        patronus_lease_t *l =
+            patronus_get_rlease(p, 0, 0, patronus_gaddr(0, 4096), 0, 64, 0, PATRONUS_ACQUIRE_NO_GC);
+        EXPECT(l != NULL && patronus_lease_success(l));
+        if (l && patronus_lease_success(l)) {
+            char rb[64];
+            patronus_completion_t gc[2];
+            size_t g = 0;
+            /* The kv handle's polling meets the read's completion. */
+            EXPECT(patronus_post_read(p, l, rb, sizeof rb, 0, 0, 77) == PATRONUS_RC_OK);
+            EXPECT(patronus_kv_post_get(p, kv, pk[2], pkl[2], pout[2], 128, 88) == PATRONUS_RC_OK);
+            EXPECT(poll_all(p, kv, comp, 1) == 1);
+            EXPECT(comp[0].user_data == 88 && comp[0].rc == PATRONUS_RC_OK);
+            for (int round = 0; round < 200 && g < 1; round++)
+                g += patronus_wait(p, gc + g, 1 - g, 100000000ull);
+            EXPECT(g == 1 && gc[0].user_data == 77 && gc[0].rc == PATRONUS_RC_OK);
+            /* patronus_wait meets the kv calls' completions. */
+            EXPECT(patronus_kv_post_get(p, kv, pk[2], pkl[2], pout[2], 128, 89) == PATRONUS_RC_OK);
+            EXPECT(patronus_post_read(p, l, rb, sizeof rb, 0, 0, 78) == PATRONUS_RC_OK);
+            g = 0;
+            for (int round = 0; round < 200 && g < 1; round++)
+                g += patronus_wait(p, gc + g, 1 - g, 100000000ull);
+            EXPECT(g == 1 && gc[0].user_data == 78 && gc[0].rc == PATRONUS_RC_OK);
+            EXPECT(poll_all(p, kv, comp, 1) == 1);
+            EXPECT(comp[0].user_data == 89 && comp[0].rc == PATRONUS_RC_OK &&
+                   comp[0].value_len == 7 && memcmp(pout[2], pv[2], 7) == 0);
+            EXPECT(patronus_inflight(p) == 0);
+            EXPECT(patronus_relinquish(p, l, 0, 0) == PATRONUS_RC_OK);
+        }
+        patronus_lease_free(l);
     }
 
     /* A handle belongs to the thread that made it. */
