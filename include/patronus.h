@@ -19,7 +19,7 @@
  * The C ABI version this library implements (bumped on incompatible
  * changes); bindings compare it with what they were written for.
  */
-#define PATRONUS_ABI_VERSION 4
+#define PATRONUS_ABI_VERSION 5
 
 /**
  * No server GC task; the lease never expires (client deadline infinite).
@@ -182,6 +182,27 @@
  * Access: get, put, del (write leases).
  */
 #define PATRONUS_KV_READ_WRITE 1
+
+/**
+ * Posted operations a handle holds at most (queued and completed but
+ * not yet polled); a post past it returns PATRONUS_RC_RETRY.
+ */
+#define PATRONUS_KV_MAX_POSTED 64
+
+/**
+ * `patronus_kv_completion_t::op` of a posted get.
+ */
+#define PATRONUS_KV_OP_GET 0
+
+/**
+ * `patronus_kv_completion_t::op` of a posted put.
+ */
+#define PATRONUS_KV_OP_PUT 1
+
+/**
+ * `patronus_kv_completion_t::op` of a posted del.
+ */
+#define PATRONUS_KV_OP_DEL 2
 
 /**
  * Return codes. Values equal the original `RC` (0..=10) plus
@@ -490,6 +511,32 @@ typedef struct {
    */
   size_t value_len;
 } patronus_kv_item_t;
+
+/**
+ * One completed posted kv operation.
+ */
+typedef struct {
+  /**
+   * The tag given to the post call.
+   */
+  uint64_t user_data;
+  /**
+   * What the blocking call would have returned: get PATRONUS_RC_OK (the
+   * value was copied to the buffer given at post), PATRONUS_RC_NOT_FOUND
+   * or PATRONUS_RC_NO_MEM (it did not fit: nothing copied); put
+   * PATRONUS_RC_OK; del PATRONUS_RC_OK (it was there) or
+   * PATRONUS_RC_NOT_FOUND; or the failure's code.
+   */
+  patronus_rc_t rc;
+  /**
+   * `PATRONUS_KV_OP_GET`, `_PUT` or `_DEL`.
+   */
+  uint32_t op;
+  /**
+   * Get: the value's length (also when it did not fit); else 0.
+   */
+  size_t value_len;
+} patronus_kv_completion_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1333,7 +1380,77 @@ patronus_rc_t patronus_kv_del_many(patronus_t *p,
                                    bool *existed_out);
 
 /**
- * Frees the handle's spare blocks and gives its leases back: every later
+ * Queues a get of `key` (1 to 64 bytes, copied) on the handle and returns
+ * at once; its completion (`patronus_kv_poll`) says as
+ * `patronus_kv_get` would, and its value is copied into `buf` (at most
+ * `cap` bytes), which must stay valid until the completion is polled.
+ * PATRONUS_RC_RETRY when the handle holds `PATRONUS_KV_MAX_POSTED`
+ * operations not yet polled; PATRONUS_RC_INVALID for bad arguments
+ * (nothing queued). Until all its posted operations are polled, the
+ * handle's blocking calls (get, put, del, the many-key calls,
+ * relinquish) return PATRONUS_RC_INVALID.
+ */
+patronus_rc_t patronus_kv_post_get(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const char *key,
+                                   size_t key_len,
+                                   char *buf,
+                                   size_t cap,
+                                   uint64_t user_data);
+
+/**
+ * Queues a put of `key` (1 to 64 bytes) to `value_len` bytes at `value`
+ * (both copied: the caller may reuse them at once) and returns at once;
+ * as `patronus_kv_post_get` otherwise.
+ */
+patronus_rc_t patronus_kv_post_put(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const char *key,
+                                   size_t key_len,
+                                   const char *value,
+                                   size_t value_len,
+                                   uint64_t user_data);
+
+/**
+ * Queues a del of `key` (1 to 64 bytes, copied) and returns at once; its
+ * completion is PATRONUS_RC_OK when the key was there, NOT_FOUND when not.
+ * As `patronus_kv_post_get` otherwise.
+ */
+patronus_rc_t patronus_kv_post_del(patronus_t *p,
+                                   patronus_kv_t *kv,
+                                   const char *key,
+                                   size_t key_len,
+                                   uint64_t user_data);
+
+/**
+ * Drives the handle's posted operations (never blocks) and stores up to
+ * `max` of the finished ones in `out`, each exactly once; returns how many
+ * it stored (0 with the last error set for bad arguments).
+ */
+size_t patronus_kv_poll(patronus_t *p,
+                        patronus_kv_t *kv,
+                        patronus_kv_completion_t *out,
+                        size_t max);
+
+/**
+ * As `patronus_kv_poll`, but waits until at least one operation finished
+ * or `timeout_ns` passed (returns at once when none is queued).
+ */
+size_t patronus_kv_wait(patronus_t *p,
+                        patronus_kv_t *kv,
+                        patronus_kv_completion_t *out,
+                        size_t max,
+                        uint64_t timeout_ns);
+
+/**
+ * Posted operations of the handle not yet polled (queued or finished); 0
+ * for a NULL handle.
+ */
+size_t patronus_kv_posted(patronus_kv_t *kv);
+
+/**
+ * Frees the handle's spare blocks and gives its leases back (it may have
+ * no posted operations not yet polled: PATRONUS_RC_INVALID): every later
  * access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
  * relinquished", before anything is sent; the memory node refuses the old
  * keys as well). The handle stays valid (free it with `patronus_kv_free`).
@@ -1343,7 +1460,8 @@ patronus_rc_t patronus_kv_relinquish(patronus_t *p, patronus_kv_t *kv);
 /**
  * Frees a handle (without relinquishing: leases not given back last
  * until their term, or, without a term, until the memory node goes).
- * Consumes `kv`. NULL is a no-op.
+ * Posted operations not yet polled are dropped (their calls' completions
+ * are discarded). Consumes `kv`. NULL is a no-op.
  */
 void patronus_kv_free(patronus_kv_t *kv);
 

@@ -143,7 +143,11 @@ const API_VALUES: &[(&str, u64)] = &[
     ("PATRONUS_KV_UNPROTECTED", 3),
     ("PATRONUS_KV_READ_ONLY", 0),
     ("PATRONUS_KV_READ_WRITE", 1),
-    ("PATRONUS_ABI_VERSION", 4),
+    ("PATRONUS_KV_MAX_POSTED", 64),
+    ("PATRONUS_KV_OP_GET", 0),
+    ("PATRONUS_KV_OP_PUT", 1),
+    ("PATRONUS_KV_OP_DEL", 2),
+    ("PATRONUS_ABI_VERSION", 5),
     ("PATRONUS_RC_OK", 0),
     ("PATRONUS_RC_NOT_FOUND", 1),
     ("PATRONUS_RC_NO_MEM", 2),
@@ -209,6 +213,7 @@ int main(void) {
     CHECK(PATRONUS_RC_LEASE_LOCAL_EXPIRED_ERR == 8); CHECK(PATRONUS_RC_MOCK_CRASHED == 9);
     CHECK(PATRONUS_RC_RESERVED == 10); CHECK(PATRONUS_RC_INTERNAL == 11);
     CHECK(sizeof(patronus_gaddr_t) == 8);
+    CHECK(sizeof(patronus_kv_completion_t) == 24);
     patronus_gaddr_t g = patronus_gaddr(3, 4096);
     CHECK(patronus_gaddr_node(g) == 3 && patronus_gaddr_offset(g) == 4096 && !patronus_gaddr_is_null(g));
     CHECK(g.val == ((uint64_t)3 << 48 | 4096));
@@ -228,7 +233,7 @@ int main(void) {
     CHECK(strcmp(patronus_rc_str(PATRONUS_RC_RDMA_PROTECTION_ERR), "RDMA protection error") == 0);
     CHECK(strcmp(patronus_rc_str(99), "unknown return code") == 0);
     CHECK(strcmp(patronus_rc_str(-1), "unknown return code") == 0);
-    CHECK(patronus_abi_version() == 4);
+    CHECK(patronus_abi_version() == 5);
     printf("ok\n");
     return 0;
 }

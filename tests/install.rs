@@ -72,7 +72,7 @@ fn c_program_links_against_the_cargo_profile_dir() {
         .arg("-o")
         .arg(&exe));
     let out = ok(run_clean(&exe).env("LD_LIBRARY_PATH", profile_dir()));
-    assert!(out.contains("patronus ABI 4: ok"), "{out}");
+    assert!(out.contains("patronus ABI 5: ok"), "{out}");
     // What the loader looks for is a file cargo made.
     let d = dynamic_section(&exe);
     assert!(d.contains("[libpatronus.so]"), "{d}");
@@ -109,7 +109,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .arg("-o")
         .arg(&exe)
         .args(flags.split_whitespace()));
-    assert!(ok(&mut run_clean(&exe)).contains("patronus ABI 4: ok"));
+    assert!(ok(&mut run_clean(&exe)).contains("patronus ABI 5: ok"));
     let d = dynamic_section(&exe);
     assert!(d.contains("[libpatronus.so.0]"), "{d}");
     // The examples' Makefile (pkg-config), out of tree.
@@ -132,7 +132,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
         .arg(&build)
         .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())));
     ok(Command::new("cmake").arg("--build").arg(&build));
-    assert!(ok(&mut run_clean(&build.join("version"))).contains("patronus ABI 4: ok"));
+    assert!(ok(&mut run_clean(&build.join("version"))).contains("patronus ABI 5: ok"));
     assert!(ok(&mut run_clean(&build.join("quickstart"))).contains("quickstart: ok"));
     assert!(ok(run_clean(&build.join("kv")).args(["2", "50"])).contains("100 of 100 keys"));
     let _ = std::fs::remove_dir_all(&tmp);

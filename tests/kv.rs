@@ -4,7 +4,11 @@
 //! protection: a read-only handle cannot modify the table, a relinquished
 //! or expired handle cannot touch it, and a client that dies holding the
 //! resize lock (before or in the middle of a split) loses it at its
-//! lease's end, after which another client finishes the split.
+//! lease's end, after which another client finishes the split. The async
+//! forms (`get_async`, `put_async`, `del_async` on an `AsyncThread`): many
+//! operations in flight on one thread (observed), byte-exact, against a
+//! model beside a node using the blocking API, splitting, and refused for a
+//! read-only handle.
 //!
 //! `PATRONUS_KV_OPS` sets the model test's operation count (default
 //! 20 000; issue 15 asks for 100 000).
@@ -15,7 +19,8 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use patronus::client::ClientThread;
+use futures::future::join_all;
+use patronus::client::{AsyncThread, ClientThread};
 use patronus::kv::{Access, KvParams, KvTable, Protection, SplitPhase, MAX_KEY, MAX_VALUE};
 use patronus::lease::flags::rw;
 use patronus::lease::Rc;
@@ -1008,7 +1013,7 @@ fn kv_rates_by_mode() {
                     .unwrap();
             }
             t.relinquish(&mut ct).unwrap();
-            let mut base = [0f64; 3];
+            let mut base = [0f64; 4];
             for mode in modes {
                 let mut t =
                     KvTable::open(&mut ct, 0, 0, params.clone(), mode, Access::ReadWrite).unwrap();
@@ -1040,18 +1045,33 @@ fn kv_rates_by_mode() {
                     t.put(&mut ct, k.as_bytes(), &[8u8; 64]).unwrap();
                 }
                 let put = m as f64 / t0.elapsed().as_secs_f64();
+                // 16 async gets in flight together on the one thread.
+                let at = AsyncThread::new(ct);
+                let t0 = Instant::now();
+                for _ in 0..n / 16 {
+                    let ks: Vec<String> = (0..16)
+                        .map(|_| format!("user{:012}", rng.below(keys)))
+                        .collect();
+                    let got =
+                        at.block_on(join_all(ks.iter().map(|k| t.get_async(&at, k.as_bytes()))));
+                    assert!(got.iter().all(|g| matches!(g, Ok(Some(_)))));
+                }
+                let asy = (n / 16 * 16) as f64 / t0.elapsed().as_secs_f64();
+                ct = at.into_inner();
                 if mode == Protection::Unprotected {
-                    base = [get, many, put];
+                    base = [get, many, put, asy];
                 }
                 eprintln!(
                     "{mode:?}: get {:.0}/s ({:.2}x), get_many(16) {:.0}/s ({:.2}x), put {:.0}/s \
-                     ({:.2}x)",
+                     ({:.2}x), get_async x16 {:.0}/s ({:.2}x)",
                     get,
                     get / base[0],
                     many,
                     many / base[1],
                     put,
-                    put / base[2]
+                    put / base[2],
+                    asy,
+                    asy / base[3]
                 );
                 t.relinquish(&mut ct).unwrap();
             }
@@ -1232,6 +1252,337 @@ fn concurrent_posted_inserts_of_the_same_keys_leave_one_value() {
                     "round {r} key {j}: handles disagree: {vs:?}"
                 );
             }
+        },
+    );
+}
+
+// ---- Async forms: many table operations in flight on one thread. ----
+
+/// Runs `fut` on `at` and returns its output with the most calls the
+/// thread had in flight at once, sampled after every poll of `fut`.
+fn run_counting<T>(at: &AsyncThread, fut: impl std::future::Future<Output = T>) -> (T, usize) {
+    let mut fut = std::pin::pin!(fut);
+    let mut most = 0;
+    let out = at.block_on(futures::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        most = most.max(at.with(|t| t.inflight()));
+        r
+    }));
+    (out, most)
+}
+
+/// A value of `len` bytes that names `tag` in every byte position.
+fn pattern(tag: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (tag as u8).wrapping_mul(31).wrapping_add(i as u8) ^ (i >> 8) as u8)
+        .collect()
+}
+
+#[test]
+fn async_ops_on_one_thread_are_in_flight_together_and_byte_exact() {
+    with_cluster(
+        2,
+        |_| {},
+        |_server, clients| {
+            let mut ct = clients[0].register_client_thread().unwrap();
+            let params = KvParams {
+                groups: 16,
+                max_depth: 6,
+                ..small_params()
+            };
+            let t = KvTable::create(&mut ct, 0, 0, params, Protection::Lease).unwrap();
+            let at = AsyncThread::new(ct);
+            let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("akey-{i}").into_bytes()).collect();
+            let vals: Vec<Vec<u8>> = (0..64u64)
+                .map(|i| pattern(i, [0, 1, 7, 100, 300, 4000][i as usize % 6]))
+                .collect();
+            let (put, most_put) = run_counting(
+                &at,
+                join_all(keys.iter().zip(&vals).map(|(k, v)| t.put_async(&at, k, v))),
+            );
+            for r in put {
+                r.unwrap();
+            }
+            let (got, most_get) =
+                run_counting(&at, join_all(keys.iter().map(|k| t.get_async(&at, k))));
+            for ((k, v), g) in keys.iter().zip(&vals).zip(got) {
+                assert_eq!(
+                    g.unwrap().as_deref(),
+                    Some(&v[..]),
+                    "{}",
+                    String::from_utf8_lossy(k)
+                );
+            }
+            eprintln!("calls in flight at once: puts {most_put}, gets {most_get}");
+            assert!(
+                most_get > 8,
+                "async gets did not overlap: {most_get} at once"
+            );
+            assert!(
+                most_put > 8,
+                "async puts did not overlap: {most_put} at once"
+            );
+            // Deletes of every other key (and of keys never there), then
+            // updates, all interleaved.
+            let dels: Vec<Vec<u8>> = keys
+                .iter()
+                .step_by(2)
+                .cloned()
+                .chain((0..8).map(|i| format!("absent-{i}").into_bytes()))
+                .collect();
+            let was = at.block_on(join_all(dels.iter().map(|k| t.del_async(&at, k))));
+            let was: Vec<bool> = was.into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!(was.iter().filter(|&&w| w).count(), 32);
+            assert!(
+                was[32..].iter().all(|&w| !w),
+                "absent keys reported deleted"
+            );
+            let got = at.block_on(join_all(keys.iter().map(|k| t.get_async(&at, k))));
+            for (i, g) in got.into_iter().enumerate() {
+                let want = (i % 2 == 1).then(|| vals[i].clone());
+                assert_eq!(g.unwrap(), want, "key {i} after the deletes");
+            }
+            // Puts of one key racing on one thread settle to one entry
+            // holding one of the values.
+            let same: Vec<Vec<u8>> = (0..16u64).map(|i| pattern(100 + i, 40)).collect();
+            for r in at.block_on(join_all(same.iter().map(|v| t.put_async(&at, b"same", v)))) {
+                r.unwrap();
+            }
+            let v = at.block_on(t.get_async(&at, b"same")).unwrap().unwrap();
+            assert!(same.contains(&v), "a value nobody put: {v:?}");
+            // The blocking API sees the same table.
+            let mut ct = at.into_inner();
+            let mut t = t;
+            assert_eq!(t.entries_of(&mut ct, b"same").unwrap(), 1);
+            assert_eq!(t.get(&mut ct, b"same").unwrap(), Some(v));
+            assert_eq!(t.get(&mut ct, &keys[1]).unwrap(), Some(vals[1].clone()));
+            assert_eq!(t.get(&mut ct, &keys[0]).unwrap(), None);
+            t.relinquish(&mut ct).unwrap();
+        },
+    );
+}
+
+#[test]
+fn async_ops_interleaved_with_a_blocking_node_match_the_model() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let params = small_params();
+            let mut c0 = clients[0].register_client_thread().unwrap();
+            let t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
+            let rounds = 150;
+            thread::scope(|s| {
+                // Node 2, blocking API, its own keys.
+                let p1 = params.clone();
+                let sync_side = s.spawn(move || {
+                    let mut ct = clients[1].register_client_thread().unwrap();
+                    let mut t =
+                        KvTable::open(&mut ct, 0, 0, p1, Protection::Lease, Access::ReadWrite)
+                            .unwrap();
+                    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+                    let mut rng = Rng(0x5eed_0001);
+                    for i in 0..rounds * 8 {
+                        let k = format!("sync-{}", rng.below(300)).into_bytes();
+                        match rng.below(3) {
+                            0 => assert_eq!(t.get(&mut ct, &k).unwrap().as_ref(), model.get(&k)),
+                            1 => {
+                                let v = value_for(&mut rng, i);
+                                t.put(&mut ct, &k, &v).unwrap();
+                                model.insert(k, v);
+                            }
+                            _ => {
+                                assert_eq!(t.del(&mut ct, &k).unwrap(), model.remove(&k).is_some())
+                            }
+                        }
+                    }
+                    t.relinquish(&mut ct).unwrap();
+                    model
+                });
+                // Node 1, async API: rounds of 16 operations on distinct
+                // keys, all in flight together on one thread.
+                let at = AsyncThread::new(c0);
+                let t = &t0;
+                let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+                let mut rng = Rng(0x5eed_0002);
+                let mut most = 0;
+                for round in 0..rounds {
+                    let mut ks: Vec<Vec<u8>> = Vec::new();
+                    while ks.len() < 16 {
+                        let k = format!("async-{}", rng.below(300)).into_bytes();
+                        if !ks.contains(&k) {
+                            ks.push(k);
+                        }
+                    }
+                    enum Op {
+                        Get,
+                        Put(Vec<u8>),
+                        Del,
+                    }
+                    let ops: Vec<Op> = (0..16)
+                        .map(|j| match rng.below(3) {
+                            0 => Op::Get,
+                            1 => Op::Put(value_for(&mut rng, round * 16 + j)),
+                            _ => Op::Del,
+                        })
+                        .collect();
+                    enum Out {
+                        Got(Option<Vec<u8>>),
+                        Put,
+                        Deleted(bool),
+                    }
+                    let futs = ks.iter().zip(&ops).map(|(k, op)| {
+                        let at = &at;
+                        async move {
+                            Ok::<_, Error>(match op {
+                                Op::Get => Out::Got(t.get_async(at, k).await?),
+                                Op::Put(v) => {
+                                    t.put_async(at, k, v).await?;
+                                    Out::Put
+                                }
+                                Op::Del => Out::Deleted(t.del_async(at, k).await?),
+                            })
+                        }
+                    });
+                    let (outs, m) = run_counting(&at, join_all(futs));
+                    most = most.max(m);
+                    for ((k, op), out) in ks.into_iter().zip(ops).zip(outs) {
+                        match (op, out.unwrap()) {
+                            (Op::Get, Out::Got(v)) => {
+                                assert_eq!(v.as_ref(), model.get(&k), "round {round}: get")
+                            }
+                            (Op::Put(v), Out::Put) => {
+                                model.insert(k, v);
+                            }
+                            (Op::Del, Out::Deleted(was)) => {
+                                assert_eq!(was, model.remove(&k).is_some(), "round {round}: del")
+                            }
+                            _ => unreachable!(),
+                        }
+                    }
+                }
+                assert!(most > 1, "the async operations never overlapped");
+                let sync_model = sync_side.join().unwrap();
+                // Everything, both sides' keys, read back through the
+                // async handle in one go.
+                let all: Vec<(&Vec<u8>, &Vec<u8>)> =
+                    model.iter().chain(sync_model.iter()).collect();
+                let got = at.block_on(join_all(all.iter().map(|(k, _)| t.get_async(&at, k))));
+                for ((k, v), g) in all.iter().zip(got) {
+                    assert_eq!(
+                        g.unwrap().as_ref(),
+                        Some(*v),
+                        "{}",
+                        String::from_utf8_lossy(k)
+                    );
+                }
+                eprintln!("async handle: {:?}, most in flight {most}", t.stats());
+                let mut c0 = at.into_inner();
+                let mut t0 = t0;
+                // Keys deleted on either side stay deleted.
+                for i in 0..300 {
+                    for side in ["async", "sync"] {
+                        let k = format!("{side}-{i}").into_bytes();
+                        let m = if side == "async" { &model } else { &sync_model };
+                        assert_eq!(t0.get(&mut c0, &k).unwrap().as_ref(), m.get(&k));
+                    }
+                }
+                t0.relinquish(&mut c0).unwrap();
+            });
+        },
+    );
+}
+
+#[test]
+fn async_puts_split_full_subtables() {
+    with_cluster(
+        2,
+        |_| {},
+        |_server, clients| {
+            let mut ct = clients[0].register_client_thread().unwrap();
+            let t = KvTable::create(&mut ct, 0, 0, small_params(), Protection::Lease).unwrap();
+            let at = AsyncThread::new(ct);
+            let depth0 = t.global_depth();
+            let n = 600u64;
+            let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("split-{i}").into_bytes()).collect();
+            for chunk in keys.chunks(32) {
+                let rs = at.block_on(join_all(chunk.iter().map(|k| t.put_async(&at, k, k))));
+                for r in rs {
+                    r.unwrap();
+                }
+            }
+            let st = t.stats();
+            eprintln!("{st:?}, depth {depth0} -> {}", t.global_depth());
+            assert!(st.splits > 0, "600 keys in 128 slots did not split");
+            assert!(t.global_depth() > depth0);
+            let got = at.block_on(join_all(keys.iter().map(|k| t.get_async(&at, k))));
+            for (k, g) in keys.iter().zip(got) {
+                assert_eq!(g.unwrap().as_ref(), Some(k));
+            }
+            let mut ct = at.into_inner();
+            let mut t = t;
+            t.relinquish(&mut ct).unwrap();
+        },
+    );
+}
+
+#[test]
+fn async_writes_of_a_read_only_handle_are_refused() {
+    with_cluster(
+        3,
+        |_| {},
+        |_server, clients| {
+            let keys = 100;
+            let mut cw = clients[0].register_client_thread().unwrap();
+            let mut w = KvTable::create(&mut cw, 0, 0, small_params(), Protection::Lease).unwrap();
+            fill(&mut w, &mut cw, keys);
+            let mut cr = clients[1].register_client_thread().unwrap();
+            let before = table_sum(&mut w, &mut cw, keys);
+            let r = KvTable::open(
+                &mut cr,
+                0,
+                0,
+                small_params(),
+                Protection::Lease,
+                Access::ReadOnly,
+            )
+            .unwrap();
+            let at = AsyncThread::new(cr);
+            assert_eq!(
+                refused_rc(at.block_on(r.put_async(&at, b"key-7", b"forged"))),
+                Rc::RdmaProtectionErr,
+                "async update through a read lease"
+            );
+            assert_eq!(
+                refused_rc(at.block_on(r.put_async(&at, b"new-key", b"forged"))),
+                Rc::RdmaProtectionErr,
+                "async insert through a read lease"
+            );
+            assert_eq!(
+                refused_rc(at.block_on(r.del_async(&at, b"key-8"))),
+                Rc::RdmaProtectionErr,
+                "async delete through a read lease"
+            );
+            // Together: every one refused.
+            let forged: Vec<Vec<u8>> = (0..8).map(|i| format!("forged-{i}").into_bytes()).collect();
+            let rs = at.block_on(join_all(forged.iter().enumerate().map(|(i, v)| {
+                r.put_async(&at, if i % 2 == 0 { b"key-9" } else { b"new-9" }, v)
+            })));
+            for x in rs {
+                assert_eq!(refused_rc(x), Rc::RdmaProtectionErr);
+            }
+            // The reader still reads, and nothing changed.
+            assert_eq!(
+                at.block_on(r.get_async(&at, b"key-7")).unwrap().as_deref(),
+                Some(&b"value-7"[..])
+            );
+            assert_eq!(at.block_on(r.get_async(&at, b"new-key")).unwrap(), None);
+            let mut cr = at.into_inner();
+            let mut r = r;
+            assert_eq!(table_sum(&mut r, &mut cr, keys), before);
+            assert_eq!(table_sum(&mut w, &mut cw, keys), before);
+            r.relinquish(&mut cr).unwrap();
+            w.relinquish(&mut cw).unwrap();
         },
     );
 }

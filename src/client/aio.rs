@@ -39,7 +39,9 @@ enum Slot {
 
 /// A client thread whose calls are futures (see the module docs).
 pub struct AsyncThread {
-    t: RefCell<ClientThread>,
+    /// None only while a crate-internal owner (the C posted kv forms) has
+    /// taken the thread back between its polls.
+    t: RefCell<Option<ClientThread>>,
     calls: RefCell<HashMap<u64, Slot>>,
     /// Tasks whose post met the thread's limit: woken by the next
     /// completion.
@@ -48,7 +50,7 @@ pub struct AsyncThread {
 }
 
 /// A posted (or to be posted) call.
-struct CallFuture<'a, F> {
+pub(crate) struct CallFuture<'a, F> {
     at: &'a AsyncThread,
     post: Option<F>,
     tag: u64,
@@ -80,8 +82,13 @@ where
             at.next.set(tag);
             let posted = {
                 let mut t = at.t.borrow_mut();
+                let Some(t) = t.as_mut() else {
+                    return Poll::Ready(Err(crate::Error::Invalid(
+                        "async call: no client thread attached".into(),
+                    )));
+                };
                 // The closure is needed again if the thread is full.
-                let r = post_once(&mut t, tag, post);
+                let r = post_once(t, tag, post);
                 match r {
                     Ok(None) => None,
                     Ok(Some(back)) => Some(back),
@@ -141,26 +148,58 @@ impl AsyncThread {
     /// Wraps a registered client thread.
     pub fn new(t: ClientThread) -> AsyncThread {
         AsyncThread {
-            t: RefCell::new(t),
+            t: RefCell::new(Some(t)),
             calls: RefCell::new(HashMap::new()),
             blocked: RefCell::new(Vec::new()),
             next: Cell::new(0),
         }
     }
 
+    /// An executor without its thread (see [`AsyncThread::attach`]); its
+    /// calls' tags start above `first_tag`, so that they can share the
+    /// thread with calls posted under other tags.
+    pub(crate) fn detached(first_tag: u64) -> AsyncThread {
+        AsyncThread {
+            t: RefCell::new(None),
+            calls: RefCell::new(HashMap::new()),
+            blocked: RefCell::new(Vec::new()),
+            next: Cell::new(first_tag),
+        }
+    }
+
+    /// Gives the executor its thread (for as long as its futures are
+    /// polled); the calls in flight stay known across detach and attach.
+    pub(crate) fn attach(&self, t: ClientThread) {
+        *self.t.borrow_mut() = Some(t);
+    }
+
+    /// Takes the thread back out (None when it was not attached).
+    pub(crate) fn detach(&self) -> Option<ClientThread> {
+        self.t.borrow_mut().take()
+    }
+
     /// The client thread back (calls still in flight complete and are
     /// dropped at its next poll).
     pub fn into_inner(self) -> ClientThread {
-        self.t.into_inner()
+        self.t
+            .into_inner()
+            .expect("an AsyncThread made by new() keeps its thread")
     }
 
     /// Blocking access to the client thread between awaits (e.g. for a
     /// call without an async form). Panics if a call is being posted.
     pub fn with<R>(&self, f: impl FnOnce(&mut ClientThread) -> R) -> R {
-        f(&mut self.t.borrow_mut())
+        f(self
+            .t
+            .borrow_mut()
+            .as_mut()
+            .expect("an AsyncThread made by new() keeps its thread"))
     }
 
-    fn call<F>(&self, post: F) -> CallFuture<'_, F>
+    /// A future that posts its call with `post(thread, tag)` when first
+    /// polled (again later when the thread was at its limit) and resolves
+    /// with the call's completion.
+    pub(crate) fn call<F>(&self, post: F) -> CallFuture<'_, F>
     where
         F: FnOnce(&mut ClientThread, u64) -> Result<Post>,
     {
@@ -174,32 +213,54 @@ impl AsyncThread {
     /// Polls the thread's completions once and wakes the tasks they
     /// belong to; returns how many arrived.
     pub fn progress(&self) -> Result<usize> {
-        let got = self.t.borrow_mut().poll(64)?;
+        self.progress_with(|_| {})
+    }
+
+    /// As [`AsyncThread::progress`]; completions of calls not posted
+    /// through this executor go to `stray`.
+    pub(crate) fn progress_with(&self, mut stray: impl FnMut(Completion)) -> Result<usize> {
+        let got = match self.t.borrow_mut().as_mut() {
+            Some(t) => t.poll(64)?,
+            None => return Ok(0),
+        };
         let n = got.len();
-        let mut wake = Vec::with_capacity(n);
-        {
-            let mut calls = self.calls.borrow_mut();
-            for c in got {
-                let tag = c.user_data;
-                match calls.remove(&tag) {
-                    Some(Slot::Waiting(w)) => {
-                        calls.insert(tag, Slot::Done(Box::new(c)));
-                        wake.push(w);
-                    }
-                    Some(Slot::Abandoned) => {}
-                    // Not posted through this wrapper (a post_* on the
-                    // inner thread): kept for nobody, dropped.
-                    Some(Slot::Done(_)) | None => {}
-                }
+        for c in got {
+            if let Some(c) = self.accept(c) {
+                stray(c);
             }
         }
         if n > 0 {
-            wake.append(&mut self.blocked.borrow_mut());
-        }
-        for w in wake {
-            w.wake();
+            let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
+            for w in blocked {
+                w.wake();
+            }
         }
         Ok(n)
+    }
+
+    /// Hands a completion polled elsewhere to the task whose call it
+    /// completes; gives it back when it is none of this executor's calls.
+    pub(crate) fn accept(&self, c: Completion) -> Option<Completion> {
+        let tag = c.user_data;
+        let waker = {
+            let mut calls = self.calls.borrow_mut();
+            match calls.remove(&tag) {
+                Some(Slot::Waiting(w)) => {
+                    calls.insert(tag, Slot::Done(Box::new(c)));
+                    w
+                }
+                Some(Slot::Abandoned) => return None,
+                Some(Slot::Done(d)) => {
+                    calls.insert(tag, Slot::Done(d));
+                    return None;
+                }
+                // Not posted through this wrapper (a post_* on the inner
+                // thread, or another executor's).
+                None => return Some(c),
+            }
+        };
+        waker.wake();
+        None
     }
 
     /// Runs `fut` to completion on this thread: polls it, and whenever it
@@ -350,6 +411,34 @@ impl AsyncThread {
             .await?;
         c.apply(lease);
         Ok((c.result?, c.value))
+    }
+
+    /// Async [`ClientThread::alloc`]: the block's buffer offset, or None
+    /// when the allocator has nothing.
+    pub async fn alloc(&self, node: u16, dir: u16, size: u64, hint: u64) -> Result<Option<u64>> {
+        let c = self
+            .call(|t, tag| t.post_alloc(node, dir, size, hint, tag))
+            .await?;
+        let value = c.value;
+        let l = c.into_lease()?;
+        if l.status != crate::lease::AcquireStatus::Success as u8 {
+            return Ok(None);
+        }
+        Ok(Some(value))
+    }
+
+    /// Async [`ClientThread::dealloc`].
+    pub async fn dealloc(
+        &self,
+        node: u16,
+        dir: u16,
+        offset: u64,
+        size: u64,
+        hint: u64,
+    ) -> Result<Rc> {
+        self.call(|t, tag| t.post_dealloc(node, dir, offset, size, hint, tag))
+            .await?
+            .result
     }
 
     /// Async batch commit: the code and per operation its result.

@@ -252,7 +252,7 @@ pub extern "C" fn patronus_rc_str(rc: i32) -> *const c_char {
 
 /// The C ABI version this library implements (bumped on incompatible
 /// changes); bindings compare it with what they were written for.
-pub const PATRONUS_ABI_VERSION: u32 = 4;
+pub const PATRONUS_ABI_VERSION: u32 = 5;
 
 /// Returns `PATRONUS_ABI_VERSION` of the loaded library. Never fails.
 #[no_mangle]

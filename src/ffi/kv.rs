@@ -6,20 +6,40 @@
 //! leases are bound to that thread's connections): every call must come
 //! from that OS thread, with the same `patronus_t`, or it fails with
 //! PATRONUS_RC_INVALID.
+//!
+//! Posted forms: `patronus_kv_post_get/put/del` queue an operation on the
+//! handle (the async table code of `src/kv`, as a future owned by the
+//! handle) and return at once; `patronus_kv_poll` and `patronus_kv_wait`
+//! drive the handle's queued operations on the thread's client thread
+//! (lent to the handle's executor for the duration of the call) and
+//! return their completions. Their calls carry tags with
+//! [`POSTED_KV_TAG`] set, so that they share the thread with
+//! `patronus_post_*` calls: completions one side polls for the other are
+//! handed over (`patronus_poll` mails kv ones to a thread-local mailbox that
+//! every handle's polling reads; a handle's polling leaves the others to
+//! the next `patronus_poll`).
 
 #![allow(non_camel_case_types)]
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::c_char;
-use std::time::Duration;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use super::boundary::guard;
-use super::error::{Failure, FfiResult, PatronusRc};
+use futures::future::LocalBoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::boundary::{guard, guard_or};
+use super::error::{rc_of, Failure, FfiResult, PatronusRc};
 use super::handle::{
     box_free, box_into_raw, bytes, copy_out, out_slice, patronus_kv_t, patronus_t, read_in,
     req_str, try_mut, value_out, write_out,
 };
-use super::registry::{self, with_client};
-use crate::client::ClientThread;
+use super::registry::{self, with_client, with_client_slot};
+use crate::client::{AsyncThread, ClientThread, Completion};
 use crate::kv::{Access, KvParams, KvTable, Protection, MAX_KEY, MAX_VALUE};
 
 /// Protection mode: one-sided through Patronus leases' memory windows.
@@ -90,13 +110,83 @@ impl patronus_kv_params_t {
     }
 }
 
+/// Posted operations a handle holds at most (queued and completed but
+/// not yet polled); a post past it returns PATRONUS_RC_RETRY.
+pub const PATRONUS_KV_MAX_POSTED: usize = 64;
+/// `patronus_kv_completion_t::op` of a posted get.
+pub const PATRONUS_KV_OP_GET: u32 = 0;
+/// `patronus_kv_completion_t::op` of a posted put.
+pub const PATRONUS_KV_OP_PUT: u32 = 1;
+/// `patronus_kv_completion_t::op` of a posted del.
+pub const PATRONUS_KV_OP_DEL: u32 = 2;
+
+/// One completed posted kv operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct patronus_kv_completion_t {
+    /// The tag given to the post call.
+    pub user_data: u64,
+    /// What the blocking call would have returned: get PATRONUS_RC_OK (the
+    /// value was copied to the buffer given at post), PATRONUS_RC_NOT_FOUND
+    /// or PATRONUS_RC_NO_MEM (it did not fit: nothing copied); put
+    /// PATRONUS_RC_OK; del PATRONUS_RC_OK (it was there) or
+    /// PATRONUS_RC_NOT_FOUND; or the failure's code.
+    pub rc: PatronusRc,
+    /// `PATRONUS_KV_OP_GET`, `_PUT` or `_DEL`.
+    pub op: u32,
+    /// Get: the value's length (also when it did not fit); else 0.
+    pub value_len: usize,
+}
+
+/// Tags of the calls of posted kv operations have this bit set (and a
+/// per-handle range below it); `patronus_post_*` tickets never do.
+pub(crate) const POSTED_KV_TAG: u64 = 1 << 63;
+
+/// Next per-handle tag range (2^40 calls each).
+static NEXT_RANGE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Completions of posted kv calls polled by someone else than their
+    /// handle (`patronus_poll`, another handle's polling).
+    static MAILBOX: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Leaves a posted kv call's completion for its handle.
+pub(crate) fn mail(c: Completion) {
+    let _ = MAILBOX.try_with(|m| m.borrow_mut().push(c));
+}
+
+/// What a posted operation produced.
+enum Outcome {
+    /// The value (or None), for the buffer (address, capacity).
+    Got(Option<Vec<u8>>, usize, usize),
+    Put,
+    Deleted(bool),
+}
+
+/// A finished posted operation.
+struct Done {
+    user_data: u64,
+    op: u32,
+    result: crate::Result<Outcome>,
+}
+
 /// What a `patronus_kv_t` stands for.
 pub(crate) struct KvHandle {
-    table: KvTable,
+    /// Shared with the handle's queued operations (so that the blocking
+    /// calls need none queued).
+    table: Rc<KvTable>,
     /// The `patronus_t` it was made with.
     node: usize,
     /// The client thread (id) it belongs to.
     thread: u16,
+    /// The executor of the queued operations; it holds the client thread
+    /// only while they are driven.
+    engine: Rc<AsyncThread>,
+    /// Queued operations.
+    ops: FuturesUnordered<LocalBoxFuture<'static, Done>>,
+    /// Finished, not yet polled.
+    done: VecDeque<Done>,
 }
 
 fn mode_of(mode: u32) -> FfiResult<Protection> {
@@ -137,10 +227,14 @@ fn make(
     open: impl FnOnce(&mut ClientThread) -> crate::Result<KvTable>,
 ) -> FfiResult<*mut patronus_kv_t> {
     let (table, thread) = with_client(p, |c| open(c).map(|t| (t, c.get_thread_id())))??;
+    let range = NEXT_RANGE.fetch_add(1, Ordering::Relaxed) & ((1 << 23) - 1);
     Ok(box_into_raw::<patronus_kv_t>(KvHandle {
-        table,
+        table: Rc::new(table),
         node: p as usize,
         thread,
+        engine: Rc::new(AsyncThread::detached(POSTED_KV_TAG | range << 40)),
+        ops: FuturesUnordered::new(),
+        done: VecDeque::new(),
     }))
 }
 
@@ -168,7 +262,14 @@ fn with_kv<T>(
                 c.get_thread_id()
             )));
         }
-        f(&mut h.table, c)
+        let queued = h.ops.len() + h.done.len();
+        match Rc::get_mut(&mut h.table) {
+            Some(t) if queued == 0 => f(t, c),
+            _ => Err(crate::Error::Invalid(format!(
+                "kv has {queued} posted operations not yet polled: poll them (patronus_kv_poll) \
+                 before its blocking calls"
+            ))),
+        }
     })??)
 }
 
@@ -514,7 +615,313 @@ pub extern "C" fn patronus_kv_del_many(
     })
 }
 
-/// Frees the handle's spare blocks and gives its leases back: every later
+/// Runs `f` with the handle, the slot of the calling thread's client
+/// thread and its posted calls, after the checks of `with_kv`.
+fn with_kv_slot<T>(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    f: impl FnOnce(&mut KvHandle, &mut Option<ClientThread>, &mut super::posted::Table) -> FfiResult<T>,
+) -> FfiResult<T> {
+    if p.is_null() {
+        return Err(Failure::null("p"));
+    }
+    let h = try_mut(kv, "kv")?;
+    if h.node != p as usize {
+        return Err(Failure::invalid(
+            "kv was made with another patronus_t than p",
+        ));
+    }
+    with_client_slot(p, |slot, posted| {
+        let id = slot.as_ref().map(|c| c.get_thread_id());
+        if id != Some(h.thread) {
+            return Err(Failure::invalid(format!(
+                "kv belongs to client thread {} (the thread that made it), not to this thread \
+                 {id:?}",
+                h.thread
+            )));
+        }
+        f(h, slot, posted)
+    })?
+}
+
+/// Gives the client thread back to its slot, whatever happens while it is
+/// lent to a handle's executor.
+struct Lent<'a> {
+    slot: &'a mut Option<ClientThread>,
+    engine: &'a AsyncThread,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.engine.detach() {
+            *self.slot = Some(t);
+        }
+    }
+}
+
+/// Lends the client thread to the handle's executor and drives the queued
+/// operations (posting their next calls) until no more completions
+/// arrive; finished operations go to `h.done`. Never blocks.
+fn drive(
+    h: &mut KvHandle,
+    slot: &mut Option<ClientThread>,
+    posted: &mut super::posted::Table,
+) -> FfiResult<()> {
+    let Some(ct) = slot.take() else {
+        return Err(Failure::invalid("this thread's client thread is lent out"));
+    };
+    h.engine.attach(ct);
+    let _lent = Lent {
+        slot,
+        engine: &h.engine,
+    };
+    // Completions of this handle's calls that others polled.
+    let mailed: Vec<Completion> = MAILBOX
+        .try_with(|m| std::mem::take(&mut *m.borrow_mut()))
+        .unwrap_or_default();
+    let keep: Vec<Completion> = mailed
+        .into_iter()
+        .filter_map(|c| h.engine.accept(c))
+        .collect();
+    if !keep.is_empty() {
+        let _ = MAILBOX.try_with(|m| m.borrow_mut().extend(keep));
+    }
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    for _ in 0..64 {
+        while let Poll::Ready(Some(d)) = h.ops.poll_next_unpin(&mut cx) {
+            h.done.push_back(d);
+        }
+        let n = h.engine.progress_with(|c| {
+            if c.user_data & POSTED_KV_TAG != 0 {
+                mail(c);
+            } else {
+                posted.stray.push(c);
+            }
+        })?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Queues the operation `op` makes (after the handle's checks) and starts
+/// it: PATRONUS_RC_RETRY when the handle holds `PATRONUS_KV_MAX_POSTED`.
+fn post_op(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    op: u32,
+    user_data: u64,
+    make: impl FnOnce(Rc<KvTable>, Rc<AsyncThread>) -> LocalBoxFuture<'static, crate::Result<Outcome>>,
+) -> FfiResult<PatronusRc> {
+    with_kv_slot(p, kv, |h, slot, posted| {
+        if h.ops.len() + h.done.len() >= PATRONUS_KV_MAX_POSTED {
+            return Ok(PatronusRc::PATRONUS_RC_RETRY);
+        }
+        let fut = make(h.table.clone(), h.engine.clone());
+        h.ops.push(Box::pin(async move {
+            Done {
+                user_data,
+                op,
+                result: fut.await,
+            }
+        }));
+        // Its first calls go out now; a failure shows in its completion.
+        if let Err(f) = drive(h, slot, posted) {
+            tracing::debug!("patronus_kv_post: driving the queued operations: {}", f.msg);
+        }
+        Ok(PatronusRc::PATRONUS_RC_OK)
+    })
+}
+
+/// Queues a get of `key` (1 to 64 bytes, copied) on the handle and returns
+/// at once; its completion (`patronus_kv_poll`) says as
+/// `patronus_kv_get` would, and its value is copied into `buf` (at most
+/// `cap` bytes), which must stay valid until the completion is polled.
+/// PATRONUS_RC_RETRY when the handle holds `PATRONUS_KV_MAX_POSTED`
+/// operations not yet polled; PATRONUS_RC_INVALID for bad arguments
+/// (nothing queued). Until all its posted operations are polled, the
+/// handle's blocking calls (get, put, del, the many-key calls,
+/// relinquish) return PATRONUS_RC_INVALID.
+#[no_mangle]
+pub extern "C" fn patronus_kv_post_get(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+    buf: *mut c_char,
+    cap: usize,
+    user_data: u64,
+) -> PatronusRc {
+    guard("patronus_kv_post_get", || {
+        let k = key_arg(key, key_len)?.to_vec();
+        if buf.is_null() && cap > 0 {
+            return Err(Failure::null("buf"));
+        }
+        let (at, cap) = (buf as usize, cap);
+        post_op(p, kv, PATRONUS_KV_OP_GET, user_data, move |t, e| {
+            Box::pin(async move {
+                let v = t.get_async(&e, &k).await?;
+                Ok(Outcome::Got(v, at, cap))
+            })
+        })
+    })
+}
+
+/// Queues a put of `key` (1 to 64 bytes) to `value_len` bytes at `value`
+/// (both copied: the caller may reuse them at once) and returns at once;
+/// as `patronus_kv_post_get` otherwise.
+#[no_mangle]
+pub extern "C" fn patronus_kv_post_put(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+    value: *const c_char,
+    value_len: usize,
+    user_data: u64,
+) -> PatronusRc {
+    guard("patronus_kv_post_put", || {
+        let k = key_arg(key, key_len)?.to_vec();
+        if value_len > MAX_VALUE {
+            return Err(Failure::invalid(format!(
+                "value_len {value_len} is above {MAX_VALUE}"
+            )));
+        }
+        let v = bytes(value, value_len, "value")?.to_vec();
+        post_op(p, kv, PATRONUS_KV_OP_PUT, user_data, move |t, e| {
+            Box::pin(async move {
+                t.put_async(&e, &k, &v).await?;
+                Ok(Outcome::Put)
+            })
+        })
+    })
+}
+
+/// Queues a del of `key` (1 to 64 bytes, copied) and returns at once; its
+/// completion is PATRONUS_RC_OK when the key was there, NOT_FOUND when not.
+/// As `patronus_kv_post_get` otherwise.
+#[no_mangle]
+pub extern "C" fn patronus_kv_post_del(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    key: *const c_char,
+    key_len: usize,
+    user_data: u64,
+) -> PatronusRc {
+    guard("patronus_kv_post_del", || {
+        let k = key_arg(key, key_len)?.to_vec();
+        post_op(p, kv, PATRONUS_KV_OP_DEL, user_data, move |t, e| {
+            Box::pin(async move { Ok(Outcome::Deleted(t.del_async(&e, &k).await?)) })
+        })
+    })
+}
+
+/// The C completion of a finished operation (a get's value copied out).
+fn complete(d: Done) -> patronus_kv_completion_t {
+    use PatronusRc::*;
+    let (rc, value_len) = match d.result {
+        Ok(Outcome::Got(Some(v), at, cap)) => {
+            if v.len() > cap {
+                (PATRONUS_RC_NO_MEM, v.len())
+            } else {
+                copy_out(&v, at as *mut u8, cap);
+                (PATRONUS_RC_OK, v.len())
+            }
+        }
+        Ok(Outcome::Got(None, ..)) | Ok(Outcome::Deleted(false)) => (PATRONUS_RC_NOT_FOUND, 0),
+        Ok(Outcome::Put) | Ok(Outcome::Deleted(true)) => (PATRONUS_RC_OK, 0),
+        Err(e) => (rc_of(&e), 0),
+    };
+    patronus_kv_completion_t {
+        user_data: d.user_data,
+        rc,
+        op: d.op,
+        value_len,
+    }
+}
+
+fn kv_collect(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    out: *mut patronus_kv_completion_t,
+    max: usize,
+    timeout: Option<Duration>,
+) -> FfiResult<usize> {
+    if max == 0 {
+        return Ok(0);
+    }
+    let dst = out_slice(out, max, "out")?;
+    with_kv_slot(p, kv, |h, slot, posted| {
+        let until = timeout.map(|d| Instant::now() + d);
+        let mut spins = 0u32;
+        loop {
+            drive(h, slot, posted)?;
+            if !h.done.is_empty() || h.ops.is_empty() {
+                break;
+            }
+            match until {
+                Some(u) if Instant::now() < u => {
+                    spins += 1;
+                    if spins > 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                _ => break,
+            }
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(d) = h.done.pop_front() else { break };
+            dst[n] = complete(d);
+            n += 1;
+        }
+        Ok(n)
+    })
+}
+
+/// Drives the handle's posted operations (never blocks) and stores up to
+/// `max` of the finished ones in `out`, each exactly once; returns how many
+/// it stored (0 with the last error set for bad arguments).
+#[no_mangle]
+pub extern "C" fn patronus_kv_poll(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    out: *mut patronus_kv_completion_t,
+    max: usize,
+) -> usize {
+    guard_or("patronus_kv_poll", 0, || kv_collect(p, kv, out, max, None))
+}
+
+/// As `patronus_kv_poll`, but waits until at least one operation finished
+/// or `timeout_ns` passed (returns at once when none is queued).
+#[no_mangle]
+pub extern "C" fn patronus_kv_wait(
+    p: *mut patronus_t,
+    kv: *mut patronus_kv_t,
+    out: *mut patronus_kv_completion_t,
+    max: usize,
+    timeout_ns: u64,
+) -> usize {
+    guard_or("patronus_kv_wait", 0, || {
+        kv_collect(p, kv, out, max, Some(Duration::from_nanos(timeout_ns)))
+    })
+}
+
+/// Posted operations of the handle not yet polled (queued or finished); 0
+/// for a NULL handle.
+#[no_mangle]
+pub extern "C" fn patronus_kv_posted(kv: *mut patronus_kv_t) -> usize {
+    guard_or("patronus_kv_posted", 0, || {
+        let h = try_mut(kv, "kv")?;
+        Ok(h.ops.len() + h.done.len())
+    })
+}
+
+/// Frees the handle's spare blocks and gives its leases back (it may have
+/// no posted operations not yet polled: PATRONUS_RC_INVALID): every later
 /// access through `kv` fails (PATRONUS_RC_INVALID, "the lease was
 /// relinquished", before anything is sent; the memory node refuses the old
 /// keys as well). The handle stays valid (free it with `patronus_kv_free`).
@@ -528,7 +935,8 @@ pub extern "C" fn patronus_kv_relinquish(p: *mut patronus_t, kv: *mut patronus_k
 
 /// Frees a handle (without relinquishing: leases not given back last
 /// until their term, or, without a term, until the memory node goes).
-/// Consumes `kv`. NULL is a no-op.
+/// Posted operations not yet polled are dropped (their calls' completions
+/// are discarded). Consumes `kv`. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn patronus_kv_free(kv: *mut patronus_kv_t) {
     guard("patronus_kv_free", || {

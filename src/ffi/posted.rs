@@ -74,6 +74,9 @@ pub(crate) struct Table {
     calls: HashMap<u64, Pending>,
     /// Completions being delivered (kept: polling allocates nothing).
     got: Vec<Completion>,
+    /// Completions of these posted calls that a kv handle's polling took
+    /// from the thread (delivered by the next `patronus_poll`).
+    pub(crate) stray: Vec<Completion>,
 }
 
 /// Posts through `f` under a fresh ticket and records `pending` on success.
@@ -186,12 +189,22 @@ fn collect(
     with_client_table(p, |c, t| {
         let mut got = std::mem::take(&mut t.got);
         got.clear();
+        // Completions a kv handle's polling took from the thread first.
+        let early = t.stray.len().min(max);
+        got.extend(t.stray.drain(..early));
+        let room = max - got.len();
         let r = match timeout {
-            None => c.poll_into(&mut got, max).map(|_| ()),
-            Some(d) => c.wait(max, d).map(|v| got.extend(v)),
+            _ if room == 0 => Ok(()),
+            Some(d) if got.is_empty() => c.wait(room, d).map(|v| got.extend(v)),
+            _ => c.poll_into(&mut got, room).map(|_| ()),
         };
         let mut n = 0;
         for x in got.drain(..) {
+            if x.user_data & super::kv::POSTED_KV_TAG != 0 {
+                // A posted kv operation's call: its handle takes it.
+                super::kv::mail(x);
+                continue;
+            }
             if let Some(cc) = deliver(t, c, x) {
                 dst[n] = cc;
                 n += 1;

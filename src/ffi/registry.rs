@@ -135,6 +135,30 @@ pub(crate) fn with_client<T>(
     with_client_table(p, |c, _| f(c))
 }
 
+/// As [`with_client_table`], with the slot that holds the client thread
+/// (which `f` may lend out, and must put back).
+pub(crate) fn with_client_slot<T>(
+    p: *const patronus_t,
+    f: impl FnOnce(&mut Option<ClientThread>, &mut super::posted::Table) -> T,
+) -> FfiResult<T> {
+    let addr = not_null(p)?;
+    if let Some(roles) = my_roles(addr) {
+        let mut s = roles.state.lock();
+        if s.released {
+            return Err(freed());
+        }
+        let s = &mut *s;
+        if s.client.is_some() {
+            return Ok(f(&mut s.client, &mut s.posted));
+        }
+    }
+    let n = node(p)?;
+    Err(Failure::invalid(format!(
+        "this thread is not a client thread of node {} (call patronus_register_client_thread first)",
+        n.node.get_node_id()
+    )))
+}
+
 /// Runs `f` with the calling thread's client thread of `p` and its table
 /// of posted calls.
 pub(crate) fn with_client_table<T>(

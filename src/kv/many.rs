@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Instant;
 
+use super::io::{ready, Blocking};
 use super::layout::{self, slot, Hashes, GROUP_BYTES};
 use super::{post_all, Groups, KvTable};
 use crate::client::ClientThread;
@@ -115,7 +116,12 @@ impl KvTable {
             Err(e) => {
                 // Nothing was installed: the blocks are spare again.
                 for (b, &off) in blocks.iter().zip(&offs) {
-                    self.spare.entry(b.len()).or_default().push(off);
+                    self.st
+                        .get_mut()
+                        .spare
+                        .entry(b.len())
+                        .or_default()
+                        .push(off);
                 }
                 return Err(e);
             }
@@ -154,10 +160,10 @@ impl KvTable {
                     state[i] = 1;
                     if old != 0 {
                         let owner = plan[i].map_or(0, |p| p.2);
-                        self.free_block(ct, old, owner);
+                        ready(self.free_block(&Blocking::new(ct), old, owner));
                     }
                 }
-                Ok(_) => self.stats.retries += 1,
+                Ok(_) => self.st.get_mut().stats.retries += 1,
                 Err(e) => {
                     state[i] = 2;
                     first_err.get_or_insert(e);
@@ -173,7 +179,7 @@ impl KvTable {
                 // were never reachable: free them.
                 for i in 0..items.len() {
                     if state[i] != 1 {
-                        self.free_block(ct, mines[i], self.me);
+                        ready(self.free_block(&Blocking::new(ct), mines[i], self.me));
                     }
                 }
                 return Err(e);
@@ -185,7 +191,7 @@ impl KvTable {
                 continue;
             }
             let at = plan[i].map_or(0, |p| p.0);
-            let r = self.settle(ct, items[i].0, &hs[i], at, mines[i], until);
+            let r = ready(self.settle(&Blocking::new(ct), items[i].0, &hs[i], at, mines[i], until));
             match r {
                 Ok(true) => {}
                 Ok(false) => state[i] = 0,
@@ -198,22 +204,28 @@ impl KvTable {
             match state[i] {
                 0 => {
                     let mut installed = false;
-                    let r = self.install(ct, items[i].0, &hs[i], mines[i], &mut installed);
+                    let r = ready(self.install(
+                        &Blocking::new(ct),
+                        items[i].0,
+                        &hs[i],
+                        mines[i],
+                        &mut installed,
+                    ));
                     if let Err(e) = r {
                         if !installed {
-                            self.free_block(ct, mines[i], self.me);
+                            ready(self.free_block(&Blocking::new(ct), mines[i], self.me));
                         }
                         first_err.get_or_insert(e);
                         continue;
                     }
                 }
                 2 => {
-                    self.free_block(ct, mines[i], self.me);
+                    ready(self.free_block(&Blocking::new(ct), mines[i], self.me));
                     continue;
                 }
                 _ => {}
             }
-            self.tick(ct);
+            ready(self.tick(&Blocking::new(ct)));
         }
         match first_err {
             Some(e) => Err(e),
@@ -251,10 +263,10 @@ impl KvTable {
             match r {
                 Ok(o) if o == w => {
                     out[i] = true;
-                    self.free_block(ct, w, owner);
+                    ready(self.free_block(&Blocking::new(ct), w, owner));
                 }
                 Ok(_) => {
-                    self.stats.retries += 1;
+                    self.st.get_mut().stats.retries += 1;
                     again[i] = true;
                 }
                 Err(e) => {
@@ -271,7 +283,7 @@ impl KvTable {
                 let was = self.del(ct, k)?;
                 out[i] |= was;
             } else if out[i] {
-                self.tick(ct);
+                ready(self.tick(&Blocking::new(ct)));
             }
         }
         Ok(out)
@@ -289,7 +301,7 @@ impl KvTable {
         let mut reqs = Vec::with_capacity(2 * hs.len());
         let mut per = Vec::with_capacity(hs.len());
         for h in hs {
-            let s = self.subtable_of(ct, h)?;
+            let s = ready(self.subtable_of(&Blocking::new(ct), h))?;
             let (g1, g2) = h.groups(self.geo.groups);
             let ats: Vec<u64> = std::iter::once(g1)
                 .chain(g2)
@@ -410,7 +422,7 @@ impl KvTable {
         let mut reqs = Vec::with_capacity(2 * inst.len());
         let mut n = Vec::with_capacity(inst.len());
         for &i in inst {
-            let s = self.subtable_of(ct, &hs[i])?;
+            let s = ready(self.subtable_of(&Blocking::new(ct), &hs[i]))?;
             let (g1, g2) = hs[i].groups(self.geo.groups);
             let before = reqs.len();
             reqs.extend(
@@ -448,7 +460,7 @@ impl KvTable {
         }
         let (node, dir, hint) = (self.node, self.dir, self.params.alloc_hint);
         for (&size, &n) in &need {
-            let have = self.spare.get(&size).map_or(0, Vec::len);
+            let have = self.st.get_mut().spare.get(&size).map_or(0, Vec::len);
             if have >= n {
                 continue;
             }
@@ -462,7 +474,7 @@ impl KvTable {
                         .as_ref()
                         .is_some_and(|l| l.status == crate::lease::AcquireStatus::Success as u8)
             });
-            let spare = self.spare.entry(size).or_default();
+            let spare = self.st.get_mut().spare.entry(size).or_default();
             spare.extend(got.map(|c| c.value));
             if spare.len() < n {
                 return Err(Error::NoMem(format!(
@@ -475,7 +487,9 @@ impl KvTable {
         Ok(blocks
             .iter()
             .map(|b| {
-                self.spare
+                self.st
+                    .get_mut()
+                    .spare
                     .get_mut(&b.len())
                     .and_then(Vec::pop)
                     .unwrap_or_default()
@@ -491,13 +505,13 @@ impl KvTable {
             at.push(self.kv_range(off, b.len())?);
         }
         let flag = self.flag;
-        let kv = &mut self.kv;
+        let kv = self.kv.get_mut();
         let cs = post_all(ct, writes.len(), |ct, i| {
             ct.post_write(kv, writes[i as usize].1, at[i as usize], flag, i)
         })?;
         let mut err = None;
         for c in cs {
-            c.apply(&mut self.kv);
+            c.apply(self.kv.get_mut());
             match c.result {
                 Ok(Rc::Ok) => {}
                 Ok(rc) => {
@@ -523,7 +537,7 @@ impl KvTable {
         reqs: &[(u64, u64, u64)],
     ) -> Result<Vec<Result<u64>>> {
         let flag = self.flag;
-        let table = &mut self.table;
+        let table = self.table.get_mut();
         let cs = post_all(ct, reqs.len(), |ct, i| {
             let (at, cmp, swap) = reqs[i as usize];
             ct.post_cas(table, at, cmp, swap, flag, i)
@@ -532,7 +546,7 @@ impl KvTable {
             .map(|_| Err(Error::Invalid("kv: a CAS without a completion".into())))
             .collect();
         for c in cs {
-            c.apply(&mut self.table);
+            c.apply(self.table.get_mut());
             let i = c.user_data as usize;
             let r = match c.result {
                 Ok(Rc::Ok) => Ok(c.value),

@@ -144,12 +144,36 @@
 //! [`KvTable::put_many`] and [`KvTable::del_many`] post the calls of many
 //! keys together, in waves (`src/kv/many.rs`).
 //!
-//! Not yet here (issue 15): async forms, reclaiming retired subtables.
+//! # Async forms
+//!
+//! The protocol above is written once, as async fns over the calls it
+//! makes (`src/kv/io.rs`). [`KvTable::get_async`], [`KvTable::put_async`]
+//! and [`KvTable::del_async`] run it on an [`AsyncThread`]: each call is
+//! posted and awaited, so that any number of operations of a handle
+//! (`join_all`, `FuturesUnordered`) are in flight together on one thread,
+//! each going through its own steps (group READs, block READs, CAS,
+//! allocation, a split or the wait for one). The blocking `get`, `put` and
+//! `del` run the same code over the thread's blocking calls, whose futures
+//! are ready at once. The C posted forms (`patronus_kv_post_*`,
+//! `patronus_kv_poll`) drive these futures on the handle's thread.
+//!
+//! ```no_run
+//! # fn demo(kv: &patronus::kv::KvTable, at: &patronus::client::AsyncThread)
+//! #     -> patronus::Result<()> {
+//! use futures::future::join_all;
+//! let keys: Vec<Vec<u8>> = (0..32).map(|i| format!("k{i}").into_bytes()).collect();
+//! let values = at.block_on(join_all(keys.iter().map(|k| kv.get_async(at, k))));
+//! # let _ = values; Ok(()) }
+//! ```
+//!
+//! Not yet here (issue 15): reclaiming retired subtables.
 
+mod io;
 pub mod layout;
 mod many;
 mod resize;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -157,11 +181,12 @@ pub use layout::{Geometry, Hashes, MAX_BLOCK, MAX_KEY, MAX_VALUE};
 #[doc(hidden)]
 pub use resize::SplitPhase;
 
-use crate::client::{Batch, ClientThread, Lease, Post};
+use crate::client::{AsyncThread, Batch, ClientThread, Lease, Post};
 use crate::lease::flags::{acquire, modify, rw};
-use crate::lease::{AcquireStatus as St, Rc};
+use crate::lease::Rc;
 use crate::node::Patronus;
 use crate::{Error, Result};
+use io::{ready, Blocking, KvIo};
 use layout::{hdr, slot, sub, GROUP_BYTES, SLOTS_PER_GROUP};
 
 /// How a handle reaches the table (see the module docs).
@@ -271,7 +296,10 @@ pub struct KvStats {
 }
 
 /// A handle on a table: one per client thread (it holds that thread's
-/// leases).
+/// leases). Its operations borrow it shared (`&self`) for the async forms,
+/// several of which run at once on one [`AsyncThread`]; what they change
+/// (the directory cache, counters, spare and queued blocks, the leases'
+/// state) sits in cells borrowed between awaits only.
 pub struct KvTable {
     node: u16,
     dir: u16,
@@ -280,26 +308,34 @@ pub struct KvTable {
     params: KvParams,
     geo: Geometry,
     /// Lease over the table region.
-    table: Lease,
+    table: RefCell<Lease>,
     /// Lease over the allocation buffer (the KV blocks).
-    kv: Lease,
+    kv: RefCell<Lease>,
     /// Buffer offset where `kv` starts.
     kv_base: u64,
+    /// Bytes of the `kv` lease.
+    kv_size: u64,
     /// RW flags of every access.
     flag: u64,
+    /// This client node (the owner written into the blocks it allocates).
+    me: u16,
+    /// Reused for the candidate groups' READs (blocking path).
+    batch: RefCell<Batch>,
+    st: RefCell<KvState>,
+}
+
+/// What a handle's operations change.
+#[derive(Default)]
+struct KvState {
     /// Cached directory: subtable index + 1 per entry.
     dir_cache: Vec<u64>,
     depth: u32,
     stats: KvStats,
-    /// This client node (the owner written into the blocks it allocates).
-    me: u16,
     /// Puts and dels since this handle last looked at its free ring.
     since_drain: u32,
     /// A ring position found unwritten (a producer between its FAA and
     /// its WRITE, or dead there), and since when.
     stalled: Option<(u64, Instant)>,
-    /// Reused for the candidate groups' READs.
-    batch: Batch,
     /// Blocks allocated ahead, by size.
     spare: HashMap<usize, Vec<u64>>,
     /// Slot words of replaced or removed blocks, freed [`FREE_BATCH`] at
@@ -357,21 +393,22 @@ impl KvTable {
                 params.initial_depth, params.max_depth
             )));
         }
-        let mut t = KvTable::with_leases(ct, node, dir, params, geo, mode, Access::ReadWrite)?;
+        let t = KvTable::with_leases(ct, node, dir, params, geo, mode, Access::ReadWrite)?;
+        let io = Blocking::new(ct);
         let init = 1u64 << t.params.initial_depth;
         // Directory, subtable headers and the first subtables, zeroed and
         // then filled; the magic last.
-        t.t_write(ct, 0, &vec![0u8; geo.subtables() as usize])?;
+        ready(t.t_write(&io, 0, &vec![0u8; geo.subtables() as usize]))?;
         let zero = vec![0u8; geo.sub_bytes() as usize];
         for s in 0..init {
-            t.t_write(ct, geo.subtable(s), &zero)?;
+            ready(t.t_write(&io, geo.subtable(s), &zero))?;
         }
         let entries: Vec<u64> = (1..=init).collect();
-        t.t_write(ct, geo.dir(), &layout::bytes_of(&entries))?;
+        ready(t.t_write(&io, geo.dir(), &layout::bytes_of(&entries)))?;
         let heads: Vec<u64> = (0..init)
             .map(|s| sub::pack(t.params.initial_depth, s))
             .collect();
-        t.t_write(ct, geo.sub_headers(), &layout::bytes_of(&heads))?;
+        ready(t.t_write(&io, geo.sub_headers(), &layout::bytes_of(&heads)))?;
         let h = [
             layout::MAGIC,
             geo.groups,
@@ -381,14 +418,14 @@ impl KvTable {
             t.params.initial_depth as u64,
             init,
         ];
-        t.t_write(ct, 8, &layout::bytes_of(&h[1..]))?;
-        t.t_write(
-            ct,
+        ready(t.t_write(&io, 8, &layout::bytes_of(&h[1..])))?;
+        ready(t.t_write(
+            &io,
             hdr::RING_NODES,
             &layout::bytes_of(&[geo.ring_nodes, geo.ring_len]),
-        )?;
-        t.t_write(ct, 0, &h[0].to_le_bytes())?;
-        t.load_directory(ct)?;
+        ))?;
+        ready(t.t_write(&io, 0, &h[0].to_le_bytes()))?;
+        ready(t.load_directory(&io))?;
         Ok(t)
     }
 
@@ -416,7 +453,7 @@ impl KvTable {
             Access::ReadOnly,
             layout::HEADER,
         )?;
-        let h = probe.t_read(ct, 0, layout::HEADER as usize);
+        let h = ready(probe.t_read(&Blocking::new(ct), 0, layout::HEADER as usize));
         probe.relinquish(ct)?;
         let h: Vec<u64> = layout::words(&h?).collect();
         if h[0] != layout::MAGIC {
@@ -435,8 +472,8 @@ impl KvTable {
         p.free_ring_nodes = geo.ring_nodes;
         p.free_ring_len = geo.ring_len;
         p.initial_depth = h[4] as u32;
-        let mut t = KvTable::with_leases(ct, node, dir, p, geo, mode, access)?;
-        t.load_directory(ct)?;
+        let t = KvTable::with_leases(ct, node, dir, p, geo, mode, access)?;
+        ready(t.load_directory(&Blocking::new(ct)))?;
         Ok(t)
     }
 
@@ -565,6 +602,7 @@ impl KvTable {
                 l
             }
         };
+        let kv_size = kv.size;
         Ok(KvTable {
             node,
             dir,
@@ -572,19 +610,14 @@ impl KvTable {
             access,
             params,
             geo,
-            table,
-            kv,
+            table: RefCell::new(table),
+            kv: RefCell::new(kv),
             kv_base,
+            kv_size,
             flag,
-            dir_cache: Vec::new(),
-            depth: 0,
-            stats: KvStats::default(),
             me: ct.node_id(),
-            since_drain: 0,
-            stalled: None,
-            batch: Batch::new(),
-            spare: HashMap::new(),
-            to_free: Vec::new(),
+            batch: RefCell::new(Batch::new()),
+            st: RefCell::new(KvState::default()),
         })
     }
 
@@ -594,14 +627,14 @@ impl KvTable {
     /// [`ALLOC_AHEAD`] spare blocks per size and [`FREE_BATCH`] queued
     /// frees allocated.)
     pub fn relinquish(&mut self, ct: &mut ClientThread) -> Result<()> {
-        self.free_all(ct);
+        ready(self.free_all(&Blocking::new(ct)));
         let f = if self.mode == Protection::Mr {
             modify::USE_MR
         } else {
             0
         };
-        let a = ct.relinquish(&mut self.table, 0, f);
-        let b = ct.relinquish(&mut self.kv, 0, f);
+        let a = ct.relinquish(self.table.get_mut(), 0, f);
+        let b = ct.relinquish(self.kv.get_mut(), 0, f);
         for (r, what) in [(a, "table"), (b, "kv blocks")] {
             match r? {
                 Rc::Ok => {}
@@ -633,17 +666,17 @@ impl KvTable {
 
     /// The global depth as last read.
     pub fn global_depth(&self) -> u32 {
-        self.depth
+        self.st.borrow().depth
     }
 
     /// Counters of this handle.
     pub fn stats(&self) -> KvStats {
-        self.stats
+        self.st.borrow().stats
     }
 
     /// Deadline of the handle's table lease (i64::MAX: none).
     pub fn lease_deadline(&self) -> i64 {
-        self.table.ddl.min(self.kv.ddl)
+        self.table.borrow().ddl.min(self.kv.borrow().ddl)
     }
 
     /// Test hook: extra RW flags on every access (e.g.
@@ -658,23 +691,24 @@ impl KvTable {
     /// relinquished its leases.
     #[doc(hidden)]
     pub fn forge_live(&mut self) {
-        self.table.live = true;
-        self.kv.live = true;
+        self.table.get_mut().live = true;
+        self.kv.get_mut().live = true;
     }
 
     /// Slots that hold `key` (1 after any put settles; more only while
     /// concurrent inserts of the key are settling). For tests.
     #[doc(hidden)]
     pub fn entries_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<usize> {
+        let io = Blocking::new(ct);
         let h = Hashes::of(key);
         let until = Instant::now() + self.params.patience;
         loop {
-            let g = self.read_groups(ct, &h)?;
+            let g = ready(self.read_groups(&io, &h))?;
             if g.frozen {
-                self.await_split(ct, &h, g.sub, until)?;
+                ready(self.await_split(&io, &h, g.sub, until))?;
                 continue;
             }
-            match self.search(ct, &g, key, &h)? {
+            match ready(self.search(&io, &g, key, &h))? {
                 Found::Hit { later, .. } => return Ok(1 + later.len()),
                 Found::Miss => return Ok(0),
                 Found::Again => self.again(until, "entries_of")?,
@@ -705,8 +739,9 @@ impl KvTable {
             )?
             .ok_or_else(|| Error::NoMem("kv insert_unsettled: no block".into()))?;
         let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
-        self.kv_write(ct, off, &block)?;
-        let g = self.read_groups(ct, &h)?;
+        let io = Blocking::new(ct);
+        ready(self.kv_write(&io, off, &block))?;
+        let g = ready(self.read_groups(&io, &h))?;
         let at = g
             .slots
             .iter()
@@ -714,7 +749,7 @@ impl KvTable {
             .nth(skip)
             .map(|&(a, _)| a)
             .ok_or_else(|| Error::NoMem("kv insert_unsettled: no such empty slot".into()))?;
-        if self.t_cas(ct, at, 0, mine)? != 0 {
+        if ready(self.t_cas(&io, at, 0, mine))? != 0 {
             return Err(Error::Invalid(
                 "kv insert_unsettled: the slot filled".into(),
             ));
@@ -724,16 +759,28 @@ impl KvTable {
 
     /// The value of `key`, or None.
     pub fn get(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        ready(self.get_in(&Blocking::new(ct), key))
+    }
+
+    /// [`KvTable::get`] as a future on an [`AsyncThread`]: many of them
+    /// (of this handle, with `join_all` or `FuturesUnordered`) keep their
+    /// calls in flight together on the one thread, each going through its
+    /// own steps. The thread must be the one the handle was made on.
+    pub async fn get_async(&self, at: &AsyncThread, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_in(at, key).await
+    }
+
+    async fn get_in(&self, io: &impl KvIo, key: &[u8]) -> Result<Option<Vec<u8>>> {
         layout::check_kv(key, None)?;
         let h = Hashes::of(key);
         let until = Instant::now() + self.params.patience;
         loop {
-            let g = self.read_groups(ct, &h)?;
+            let g = self.read_groups(io, &h).await?;
             if g.frozen {
-                self.await_split(ct, &h, g.sub, until)?;
+                self.await_split(io, &h, g.sub, until).await?;
                 continue;
             }
-            match self.search(ct, &g, key, &h)? {
+            match self.search(io, &g, key, &h).await? {
                 Found::Hit { value, .. } => return Ok(Some(value)),
                 Found::Miss => return Ok(None),
                 Found::Again => self.again(until, "get")?,
@@ -765,7 +812,7 @@ impl KvTable {
         for k in keys {
             layout::check_kv(k, None)?;
             let h = Hashes::of(k);
-            let s = self.subtable_of(ct, &h)?;
+            let s = ready(self.subtable_of(&Blocking::new(ct), &h))?;
             let (g1, g2) = h.groups(self.geo.groups);
             let mut ats = vec![self.geo.group(s, g1)];
             ats.extend(g2.map(|g| self.geo.group(s, g)));
@@ -826,7 +873,7 @@ impl KvTable {
             match found {
                 Some(v) => out.push(Some(v)),
                 None if unsure => {
-                    self.stats.retries += 1;
+                    self.st.get_mut().stats.retries += 1;
                     out.push(self.get(ct, k)?);
                 }
                 None => out.push(None),
@@ -850,14 +897,22 @@ impl KvTable {
             .map(|&(off, len)| if kv { self.kv_range(off, len) } else { Ok(off) })
             .collect::<Result<_>>()?;
         let flag = self.flag;
-        let lease = if kv { &mut self.kv } else { &mut self.table };
+        let lease = if kv {
+            self.kv.get_mut()
+        } else {
+            self.table.get_mut()
+        };
         let cs = post_all(ct, reqs.len(), |ct, i| {
             ct.post_read(lease, reqs[i as usize].1, at[i as usize], flag, i)
         })?;
         let mut out = vec![Vec::new(); reqs.len()];
         let mut err: Option<Error> = None;
         for c in cs {
-            c.apply(if kv { &mut self.kv } else { &mut self.table });
+            c.apply(if kv {
+                self.kv.get_mut()
+            } else {
+                self.table.get_mut()
+            });
             let i = c.user_data as usize;
             match c.result {
                 Ok(Rc::Ok) if i < out.len() => out[i] = c.data,
@@ -879,28 +934,50 @@ impl KvTable {
 
     /// Sets `key` to `value` (insert or update).
     pub fn put(&mut self, ct: &mut ClientThread, key: &[u8], value: &[u8]) -> Result<()> {
+        ready(self.put_in(&Blocking::new(ct), key, value))
+    }
+
+    /// [`KvTable::put`] as a future on an [`AsyncThread`] (see
+    /// [`KvTable::get_async`]); a put that finds its candidate groups full
+    /// splits the subtable as the blocking one does.
+    pub async fn put_async(&self, at: &AsyncThread, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_in(at, key, value).await
+    }
+
+    async fn put_in(&self, io: &impl KvIo, key: &[u8], value: &[u8]) -> Result<()> {
         layout::check_kv(key, Some(value))?;
         let h = Hashes::of(key);
         let block = layout::encode_block(key, value, self.me);
-        let off = self.alloc_block(ct, block.len())?;
+        let off = self.alloc_block(io, block.len()).await?;
         let mine = slot::pack(h.fp(), (block.len() / layout::BLOCK_UNIT) as u64, off);
         let mut installed = false;
-        let r = self
-            .kv_write(ct, off, &block)
-            .and_then(|()| self.install(ct, key, &h, mine, &mut installed));
+        let mut r = self.kv_write(io, off, &block).await;
+        if r.is_ok() {
+            r = self.install(io, key, &h, mine, &mut installed).await;
+        }
         if r.is_err() && !installed {
             // Never reachable from the table: free it. (Once installed, a
             // later error leaves it in place: it is the key's value.)
-            self.free_block(ct, mine, self.me);
+            self.free_block(io, mine, self.me).await;
         }
         if r.is_ok() {
-            self.tick(ct);
+            self.tick(io).await;
         }
         r
     }
 
     /// Removes `key`; true when it was there.
     pub fn del(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<bool> {
+        ready(self.del_in(&Blocking::new(ct), key))
+    }
+
+    /// [`KvTable::del`] as a future on an [`AsyncThread`] (see
+    /// [`KvTable::get_async`]).
+    pub async fn del_async(&self, at: &AsyncThread, key: &[u8]) -> Result<bool> {
+        self.del_in(at, key).await
+    }
+
+    async fn del_in(&self, io: &impl KvIo, key: &[u8]) -> Result<bool> {
         layout::check_kv(key, None)?;
         let h = Hashes::of(key);
         let until = Instant::now() + self.params.patience;
@@ -908,12 +985,12 @@ impl KvTable {
         // CAS on a later duplicate goes on from a fresh read).
         let mut removed = false;
         'again: loop {
-            let g = self.read_groups(ct, &h)?;
+            let g = self.read_groups(io, &h).await?;
             if g.frozen {
-                self.await_split(ct, &h, g.sub, until)?;
+                self.await_split(io, &h, g.sub, until).await?;
                 continue;
             }
-            let (at, word, owner, later) = match self.search(ct, &g, key, &h)? {
+            let (at, word, owner, later) = match self.search(io, &g, key, &h).await? {
                 Found::Miss => return Ok(removed),
                 Found::Again => {
                     self.again(until, "del")?;
@@ -928,22 +1005,22 @@ impl KvTable {
                 } => (at, word, owner, later),
             };
             for (a, w, o) in std::iter::once((at, word, owner)).chain(later) {
-                if self.t_cas(ct, a, w, 0)? != w {
+                if self.t_cas(io, a, w, 0).await? != w {
                     self.again(until, "del")?;
                     continue 'again;
                 }
                 removed = true;
-                self.free_block(ct, w, o);
+                self.free_block(io, w, o).await;
             }
-            self.tick(ct);
+            self.tick(io).await;
             return Ok(true);
         }
     }
 
     /// Puts `mine` (a written block) in place for `key`.
-    fn install(
-        &mut self,
-        ct: &mut ClientThread,
+    async fn install(
+        &self,
+        io: &impl KvIo,
         key: &[u8],
         h: &Hashes,
         mine: u64,
@@ -951,12 +1028,12 @@ impl KvTable {
     ) -> Result<()> {
         let until = Instant::now() + self.params.patience;
         loop {
-            let g = self.read_groups(ct, h)?;
+            let g = self.read_groups(io, h).await?;
             if g.frozen {
-                self.await_split(ct, h, g.sub, until)?;
+                self.await_split(io, h, g.sub, until).await?;
                 continue;
             }
-            let (at, old, owner) = match self.search(ct, &g, key, h)? {
+            let (at, old, owner) = match self.search(io, &g, key, h).await? {
                 Found::Again => {
                     self.again(until, "put")?;
                     continue;
@@ -968,20 +1045,20 @@ impl KvTable {
                     Some(at) => (at, 0, 0),
                     None => {
                         // Both candidate groups are full: split.
-                        self.split(ct, g.sub)?;
+                        self.split(io, g.sub).await?;
                         continue;
                     }
                 },
             };
-            if self.t_cas(ct, at, old, mine)? != old {
+            if self.t_cas(io, at, old, mine).await? != old {
                 self.again(until, "put")?;
                 continue;
             }
             *installed = true;
             if old != 0 {
-                self.free_block(ct, old, owner);
+                self.free_block(io, old, owner).await;
             }
-            if self.settle(ct, key, h, at, mine, until)? {
+            if self.settle(io, key, h, at, mine, until).await? {
                 return Ok(());
             }
             // `mine` was taken back out: install it again.
@@ -994,9 +1071,9 @@ impl KvTable {
     /// key, or, when the key also sits in an earlier slot (a concurrent
     /// insert), takes `mine` back out (false: install it again, as an
     /// update of that slot).
-    fn settle(
-        &mut self,
-        ct: &mut ClientThread,
+    async fn settle(
+        &self,
+        io: &impl KvIo,
         key: &[u8],
         h: &Hashes,
         at: u64,
@@ -1004,14 +1081,14 @@ impl KvTable {
         until: Instant,
     ) -> Result<bool> {
         loop {
-            let g = self.read_groups(ct, h)?;
+            let g = self.read_groups(io, h).await?;
             if g.frozen {
                 // The split copies whatever is there; look again in the
                 // subtable that now holds the key.
-                self.await_split(ct, h, g.sub, until)?;
+                self.await_split(io, h, g.sub, until).await?;
                 continue;
             }
-            let (first, later) = match self.search(ct, &g, key, h)? {
+            let (first, later) = match self.search(io, &g, key, h).await? {
                 Found::Again => {
                     self.again(until, "put")?;
                     continue;
@@ -1024,9 +1101,9 @@ impl KvTable {
             };
             if first.1 == mine {
                 for (a, w, o) in later {
-                    self.stats.dups_settled += 1;
-                    if self.t_cas(ct, a, w, 0)? == w {
-                        self.free_block(ct, w, o);
+                    self.st.borrow_mut().stats.dups_settled += 1;
+                    if self.t_cas(io, a, w, 0).await? == w {
+                        self.free_block(io, w, o).await;
                     }
                 }
                 return Ok(true);
@@ -1035,14 +1112,14 @@ impl KvTable {
                 // Someone replaced or removed `mine`: that call came later.
                 return Ok(true);
             }
-            self.stats.dups_settled += 1;
+            self.st.borrow_mut().stats.dups_settled += 1;
             // An earlier slot holds the key: take `mine` back (from
             // wherever it is now) and update that one instead.
             let a = later
                 .iter()
                 .find(|&&(_, w, _)| w == mine)
                 .map_or(at, |&(a, _, _)| a);
-            return Ok(self.t_cas(ct, a, mine, 0)? != mine);
+            return Ok(self.t_cas(io, a, mine, 0).await? != mine);
         }
     }
 
@@ -1065,8 +1142,8 @@ impl KvTable {
 
     /// READs the key's two candidate groups (through the cached
     /// directory).
-    fn read_groups(&mut self, ct: &mut ClientThread, h: &Hashes) -> Result<Groups> {
-        let s = self.subtable_of(ct, h)?;
+    async fn read_groups(&self, io: &impl KvIo, h: &Hashes) -> Result<Groups> {
+        let s = self.subtable_of(io, h).await?;
         let (g1, g2) = h.groups(self.geo.groups);
         let mut slots = Vec::with_capacity(2 * SLOTS_PER_GROUP as usize);
         let mut frozen = false;
@@ -1074,7 +1151,7 @@ impl KvTable {
             .chain(g2)
             .map(|g| self.geo.group(s, g))
             .collect();
-        let bufs = self.t_read_many(ct, &ats, GROUP_BYTES as usize)?;
+        let bufs = self.t_read_many(io, &ats, GROUP_BYTES as usize).await?;
         for (&at, b) in ats.iter().zip(&bufs) {
             for (i, w) in layout::words(b).enumerate() {
                 frozen |= w & slot::FROZEN != 0;
@@ -1090,13 +1167,7 @@ impl KvTable {
 
     /// Looks for `key` among the groups' slots, reading the blocks whose
     /// fingerprint matches.
-    fn search(
-        &mut self,
-        ct: &mut ClientThread,
-        g: &Groups,
-        key: &[u8],
-        h: &Hashes,
-    ) -> Result<Found> {
+    async fn search(&self, io: &impl KvIo, g: &Groups, key: &[u8], h: &Hashes) -> Result<Found> {
         let mut first: Option<(u64, u64, Vec<u8>, u16)> = None;
         let mut later = Vec::new();
         let mut others = Vec::new();
@@ -1104,7 +1175,7 @@ impl KvTable {
             if slot::is_empty(w) || slot::fp(w) != h.fp() {
                 continue;
             }
-            let b = self.kv_read(ct, slot::off(w), slot::len(w))?;
+            let b = self.kv_read(io, slot::off(w), slot::len(w)).await?;
             match layout::decode_block(&b) {
                 // Torn, or freed and being reused: the slot has moved on.
                 None => return Ok(Found::Again),
@@ -1124,7 +1195,7 @@ impl KvTable {
             // this key's old block, freed and reused after the slot moved
             // on: check that those slots still hold what was read.
             for (at, w) in others {
-                let now = self.t_read(ct, at, 8)?;
+                let now = self.t_read(io, at, 8).await?;
                 if layout::words(&now).next() != Some(w) {
                     return Ok(Found::Again);
                 }
@@ -1144,20 +1215,20 @@ impl KvTable {
 
     /// The subtable the cached directory names for `h` (the directory is
     /// read when nothing is cached).
-    fn subtable_of(&mut self, ct: &mut ClientThread, h: &Hashes) -> Result<u64> {
-        if self.dir_cache.is_empty() {
-            self.load_directory(ct)?;
+    async fn subtable_of(&self, io: &impl KvIo, h: &Hashes) -> Result<u64> {
+        if self.st.borrow().dir_cache.is_empty() {
+            self.load_directory(io).await?;
         }
-        let e = self.dir_cache[h.dir_index(self.depth) as usize];
+        let e = self.dir_entry(h);
         if e == 0 || e > self.geo.max_subtables {
-            self.load_directory(ct)?;
-            let e = self.dir_cache[h.dir_index(self.depth) as usize];
+            self.load_directory(io).await?;
+            let e = self.dir_entry(h);
             if e == 0 || e > self.geo.max_subtables {
                 return Err(Error::Invalid(format!(
                     "kv table at node {} offset {:#x}: directory entry {} is {e} (corrupt)",
                     self.node,
                     self.params.base,
-                    h.dir_index(self.depth)
+                    h.dir_index(self.global_depth())
                 )));
             }
             return Ok(e - 1);
@@ -1165,24 +1236,34 @@ impl KvTable {
         Ok(e - 1)
     }
 
+    /// The cached directory's entry for `h`.
+    fn dir_entry(&self, h: &Hashes) -> u64 {
+        let st = self.st.borrow();
+        st.dir_cache
+            .get(h.dir_index(st.depth) as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Reads the global depth, then the directory's entries up to it.
-    fn load_directory(&mut self, ct: &mut ClientThread) -> Result<()> {
-        let mut d = self.t_word(ct, hdr::GLOBAL_DEPTH)?;
+    async fn load_directory(&self, io: &impl KvIo) -> Result<()> {
+        let mut d = self.t_word(io, hdr::GLOBAL_DEPTH).await?;
         loop {
-            self.stats.dir_loads += 1;
+            self.st.borrow_mut().stats.dir_loads += 1;
             if d > self.geo.max_depth as u64 {
                 return Err(Error::Invalid(format!(
                     "kv table at node {} offset {:#x}: global depth {d} above max {}",
                     self.node, self.params.base, self.geo.max_depth
                 )));
             }
-            let b = self.t_read(ct, self.geo.dir(), 8usize << d)?;
+            let b = self.t_read(io, self.geo.dir(), 8usize << d).await?;
             // A split that doubled the directory meanwhile may have
             // rewritten the lower half for the new depth: read again.
-            let d2 = self.t_word(ct, hdr::GLOBAL_DEPTH)?;
+            let d2 = self.t_word(io, hdr::GLOBAL_DEPTH).await?;
             if d2 == d {
-                self.dir_cache = layout::words(&b).collect();
-                self.depth = d as u32;
+                let mut st = self.st.borrow_mut();
+                st.dir_cache = layout::words(&b).collect();
+                st.depth = d as u32;
                 return Ok(());
             }
             d = d2;
@@ -1192,25 +1273,19 @@ impl KvTable {
     /// Waits until the directory no longer sends `h` to subtable `s` (a
     /// split retires it); past the lock's term, a read-write handle takes
     /// the resize lock and finishes the split itself.
-    fn await_split(
-        &mut self,
-        ct: &mut ClientThread,
-        h: &Hashes,
-        s: u64,
-        until: Instant,
-    ) -> Result<()> {
-        self.stats.retries += 1;
+    async fn await_split(&self, io: &impl KvIo, h: &Hashes, s: u64, until: Instant) -> Result<()> {
+        self.st.borrow_mut().stats.retries += 1;
         let t0 = Instant::now();
         let help_after = Duration::from_nanos(self.params.lock_ns);
         loop {
-            self.load_directory(ct)?;
-            if self.subtable_of(ct, h)? != s {
+            self.load_directory(io).await?;
+            if self.subtable_of(io, h).await? != s {
                 return Ok(());
             }
             if self.access == Access::ReadWrite && t0.elapsed() >= help_after {
                 // The splitter may be dead: take the lock (once its lease
                 // ends) and finish what it recorded.
-                self.split(ct, s)?;
+                self.split(io, s).await?;
                 continue;
             }
             if Instant::now() >= until {
@@ -1220,13 +1295,13 @@ impl KvTable {
                     self.node, self.params.base, self.params.patience
                 )));
             }
-            std::thread::sleep(Duration::from_micros(50));
+            io.pause(Duration::from_micros(50)).await;
         }
     }
 
     /// Counts a retry; fails once `until` has passed.
-    fn again(&mut self, until: Instant, what: &str) -> Result<()> {
-        self.stats.retries += 1;
+    fn again(&self, until: Instant, what: &str) -> Result<()> {
+        self.st.borrow_mut().stats.retries += 1;
         if Instant::now() >= until {
             return Err(Error::Timeout(format!(
                 "kv {what} on node {} offset {:#x}: no progress for {:?} (contention)",
@@ -1238,170 +1313,151 @@ impl KvTable {
 
     /// A block of `size` bytes: a spare one, or [`ALLOC_AHEAD`] new ones
     /// allocated with their calls in flight together (one at a time when
-    /// the thread has other calls in flight).
-    fn alloc_block(&mut self, ct: &mut ClientThread, size: usize) -> Result<u64> {
-        if let Some(off) = self.spare.get_mut(&size).and_then(Vec::pop) {
+    /// a blocking thread has other calls in flight).
+    async fn alloc_block(&self, io: &impl KvIo, size: usize) -> Result<u64> {
+        let spare = self.st.borrow_mut().spare.get_mut(&size).and_then(Vec::pop);
+        if let Some(off) = spare {
             return Ok(off);
         }
         let (node, dir, hint) = (self.node, self.dir, self.params.alloc_hint);
-        let mut got = Vec::new();
-        if ct.inflight() == 0 {
-            let cs = post_all(ct, ALLOC_AHEAD, |ct, i| {
-                ct.post_alloc(node, dir, size as u64, hint, i)
-            })?;
-            for c in cs {
-                if matches!(c.result, Ok(Rc::Ok))
-                    && c.lease
-                        .as_ref()
-                        .is_some_and(|l| l.status == St::Success as u8)
-                {
-                    got.push(c.value);
-                }
-            }
-        } else if let Some(off) = ct.alloc(node, dir, size as u64, hint)? {
-            got.push(off);
-        }
+        let mut got = io
+            .alloc_blocks(node, dir, size as u64, hint, ALLOC_AHEAD)
+            .await?;
         let first = got.pop().ok_or_else(|| {
             Error::NoMem(format!(
                 "kv put: node {node} dir {dir} has no free block of {size} bytes (allocator hint \
                  {hint})"
             ))
         })?;
-        self.spare.entry(size).or_default().extend(got);
+        self.st
+            .borrow_mut()
+            .spare
+            .entry(size)
+            .or_default()
+            .extend(got);
         Ok(first)
     }
 
     /// Queues the block a replaced or removed slot word pointed at for
     /// freeing, when this node allocated it (`owner`); another node's
-    /// block is counted as leaked (the memory node would refuse the free).
-    fn free_block(&mut self, ct: &mut ClientThread, w: u64, owner: u16) {
+    /// block goes back to it through its free ring, or is counted as
+    /// leaked (the memory node would refuse the free).
+    async fn free_block(&self, io: &impl KvIo, w: u64, owner: u16) {
         if owner != self.me {
-            if self.hand_back(ct, w, owner).unwrap_or(false) {
-                self.stats.handed_back += 1;
+            let back = self.hand_back(io, w, owner).await.unwrap_or(false);
+            let mut st = self.st.borrow_mut();
+            if back {
+                st.stats.handed_back += 1;
             } else {
-                self.stats.leaked += 1;
+                st.stats.leaked += 1;
             }
             return;
         }
-        self.to_free.push(w);
-        if self.to_free.len() >= FREE_BATCH {
-            self.flush_frees(ct);
+        let full = {
+            let mut st = self.st.borrow_mut();
+            st.to_free.push(w);
+            st.to_free.len() >= FREE_BATCH
+        };
+        if full {
+            self.flush_frees(io).await;
         }
     }
 
     /// Frees the queued blocks with their calls in flight together;
     /// blocks of other nodes (refused by the memory node) are counted as
     /// leaked.
-    fn flush_frees(&mut self, ct: &mut ClientThread) {
+    async fn flush_frees(&self, io: &impl KvIo) {
         let (node, dir, hint) = (self.node, self.dir, self.params.alloc_hint);
         let blocks: Vec<(u64, u64)> = self
+            .st
+            .borrow_mut()
             .to_free
             .drain(..)
             .map(|w| (slot::off(w), slot::len(w) as u64))
             .collect();
-        let mut leaked = 0;
-        if ct.inflight() == 0 {
-            match post_all(ct, blocks.len(), |ct, i| {
-                let (off, len) = blocks[i as usize];
-                ct.post_dealloc(node, dir, off, len, hint, i)
-            }) {
-                Ok(cs) => {
-                    leaked += blocks.len() - cs.len();
-                    for c in cs {
-                        if !matches!(c.result, Ok(Rc::Ok)) {
-                            tracing::debug!(?c.result, "kv: block not freed");
-                            leaked += 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("kv: frees failed: {e}");
-                    leaked += blocks.len();
-                }
-            }
-        } else {
-            for (off, len) in blocks {
-                if !matches!(ct.dealloc(node, dir, off, len, hint), Ok(Rc::Ok)) {
-                    leaked += 1;
-                }
-            }
+        if blocks.is_empty() {
+            return;
         }
-        self.stats.leaked += leaked as u64;
+        let leaked = io.dealloc_blocks(node, dir, hint, &blocks).await;
+        self.st.borrow_mut().stats.leaked += leaked as u64;
     }
 
     /// Puts another node's block in that node's free ring: reserves a
     /// position with a FAA on the ring's tail and WRITEs the entry with
     /// the position's lap. False when the owner has no ring or its ring is
     /// full.
-    fn hand_back(&mut self, ct: &mut ClientThread, w: u64, owner: u16) -> Result<bool> {
+    async fn hand_back(&self, io: &impl KvIo, w: u64, owner: u16) -> Result<bool> {
         let (nodes, len) = (self.geo.ring_nodes, self.geo.ring_len);
         if owner as u64 >= nodes {
             return Ok(false);
         }
         let base = self.geo.ring(owner as u64);
-        let ht: Vec<u64> = layout::words(&self.t_read(ct, base, 16)?).collect();
+        let ht: Vec<u64> = layout::words(&self.t_read(io, base, 16).await?).collect();
         if ht[1].wrapping_sub(ht[0]) >= len {
             return Ok(false);
         }
-        let pos = match ct.faa(&mut self.table, base + 8, 1, self.flag)? {
-            (Rc::Ok, old) => old,
-            (rc, _) => return Err(self.refused(rc, "free ring FAA", base + 8)),
-        };
+        let pos = self.t_faa(io, base + 8, 1).await?;
         let e = slot::pack(
             (pos / len) as u8,
             (slot::len(w) / layout::BLOCK_UNIT) as u64,
             slot::off(w),
         ) | layout::RING_VALID;
-        self.t_write(ct, base + 16 + 8 * (pos % len), &e.to_le_bytes())?;
+        self.t_write(io, base + 16 + 8 * (pos % len), &e.to_le_bytes())
+            .await?;
         Ok(true)
     }
 
     /// Takes the entries other nodes put in this node's free ring (a CAS
     /// on the head claims them) and queues their blocks for freeing.
-    fn drain_ring(&mut self, ct: &mut ClientThread) -> Result<()> {
-        self.since_drain = 0;
+    async fn drain_ring(&self, io: &impl KvIo) -> Result<()> {
+        self.st.borrow_mut().since_drain = 0;
         let (nodes, len) = (self.geo.ring_nodes, self.geo.ring_len);
         if self.me as u64 >= nodes || self.access != Access::ReadWrite {
             return Ok(());
         }
         let base = self.geo.ring(self.me as u64);
-        let ht: Vec<u64> = layout::words(&self.t_read(ct, base, 16)?).collect();
+        let ht: Vec<u64> = layout::words(&self.t_read(io, base, 16).await?).collect();
         let (head, tail) = (ht[0], ht[1]);
         if head == tail {
             return Ok(());
         }
-        let es: Vec<u64> = layout::words(&self.t_read(ct, base + 16, 8 * len as usize)?).collect();
+        let es: Vec<u64> =
+            layout::words(&self.t_read(io, base + 16, 8 * len as usize).await?).collect();
         let mut p = head;
         let mut got = Vec::new();
-        while p < tail && p < head + len {
-            let e = es[(p % len) as usize];
-            let lap = (p / len) as u8;
-            if e & layout::RING_VALID != 0 && slot::fp(e) == lap {
-                got.push(e & !layout::RING_VALID & !(0xff << 55));
-            } else if e & layout::RING_VALID != 0 && slot::fp(e) == lap.wrapping_add(1) {
-                // A producer of the next lap wrote over it (the ring was
-                // full): that block is lost to the ring.
-                self.stats.leaked += 1;
-            } else {
-                // Not written yet; a producer that died after its FAA
-                // would block the ring: skip it after a second.
-                match self.stalled {
-                    Some((q, t0)) if q == p && t0.elapsed() > Duration::from_secs(1) => {}
-                    Some((q, _)) if q == p => break,
-                    _ => {
-                        self.stalled = Some((p, Instant::now()));
-                        break;
+        {
+            let mut st = self.st.borrow_mut();
+            while p < tail && p < head + len {
+                let e = es[(p % len) as usize];
+                let lap = (p / len) as u8;
+                if e & layout::RING_VALID != 0 && slot::fp(e) == lap {
+                    got.push(e & !layout::RING_VALID & !(0xff << 55));
+                } else if e & layout::RING_VALID != 0 && slot::fp(e) == lap.wrapping_add(1) {
+                    // A producer of the next lap wrote over it (the ring
+                    // was full): that block is lost to the ring.
+                    st.stats.leaked += 1;
+                } else {
+                    // Not written yet; a producer that died after its FAA
+                    // would block the ring: skip it after a second.
+                    match st.stalled {
+                        Some((q, t0)) if q == p && t0.elapsed() > Duration::from_secs(1) => {}
+                        Some((q, _)) if q == p => break,
+                        _ => {
+                            st.stalled = Some((p, Instant::now()));
+                            break;
+                        }
                     }
                 }
+                p += 1;
             }
-            p += 1;
         }
         if p == head {
             return Ok(());
         }
-        if self.t_cas(ct, base, head, p)? == head {
-            self.stats.returned += got.len() as u64;
-            self.to_free.extend(got);
+        if self.t_cas(io, base, head, p).await? == head {
+            let mut st = self.st.borrow_mut();
+            st.stats.returned += got.len() as u64;
+            st.to_free.extend(got);
         }
         Ok(())
     }
@@ -1409,8 +1465,9 @@ impl KvTable {
     /// Takes what other nodes handed back through this node's free ring
     /// and frees it (also done every 64 puts and dels, and at relinquish).
     pub fn drain_free_ring(&mut self, ct: &mut ClientThread) -> Result<()> {
-        self.drain_ring(ct)?;
-        self.flush_frees(ct);
+        let io = Blocking::new(ct);
+        ready(self.drain_ring(&io))?;
+        ready(self.flush_frees(&io));
         Ok(())
     }
 
@@ -1423,37 +1480,41 @@ impl KvTable {
         owner: u16,
     ) -> Result<u64> {
         let base = self.geo.ring(owner as u64);
-        match ct.faa(&mut self.table, base + 8, 1, self.flag)? {
-            (Rc::Ok, pos) => Ok(pos),
-            (rc, _) => Err(self.refused(rc, "free ring FAA", base + 8)),
-        }
+        ready(self.t_faa(&Blocking::new(ct), base + 8, 1))
     }
 
     /// Counts a put or del; every 64, looks at this node's free ring.
-    fn tick(&mut self, ct: &mut ClientThread) {
-        self.since_drain += 1;
-        if self.since_drain >= 64 {
-            if let Err(e) = self.drain_ring(ct) {
+    async fn tick(&self, io: &impl KvIo) {
+        let due = {
+            let mut st = self.st.borrow_mut();
+            st.since_drain += 1;
+            st.since_drain >= 64
+        };
+        if due {
+            if let Err(e) = self.drain_ring(io).await {
                 tracing::debug!("kv: free ring: {e}");
             }
-            if self.to_free.len() >= FREE_BATCH {
-                self.flush_frees(ct);
+            if self.st.borrow().to_free.len() >= FREE_BATCH {
+                self.flush_frees(io).await;
             }
         }
     }
 
     /// Frees the queued and the spare blocks.
-    fn free_all(&mut self, ct: &mut ClientThread) {
-        if let Err(e) = self.drain_ring(ct) {
+    async fn free_all(&self, io: &impl KvIo) {
+        if let Err(e) = self.drain_ring(io).await {
             tracing::debug!("kv: free ring: {e}");
         }
-        for (size, offs) in std::mem::take(&mut self.spare) {
-            let units = (size / layout::BLOCK_UNIT) as u64;
-            for off in offs {
-                self.to_free.push(slot::pack(0, units, off));
+        {
+            let mut st = self.st.borrow_mut();
+            for (size, offs) in std::mem::take(&mut st.spare) {
+                let units = (size / layout::BLOCK_UNIT) as u64;
+                for off in offs {
+                    st.to_free.push(slot::pack(0, units, off));
+                }
             }
         }
-        self.flush_frees(ct);
+        self.flush_frees(io).await;
     }
 
     fn refused(&self, rc: Rc, what: &str, off: u64) -> Error {
@@ -1466,75 +1527,71 @@ impl KvTable {
         }
     }
 
-    fn t_read(&mut self, ct: &mut ClientThread, off: u64, len: usize) -> Result<Vec<u8>> {
-        let mut b = vec![0u8; len];
-        match ct.read(&mut self.table, &mut b, off, self.flag)? {
-            Rc::Ok => Ok(b),
-            rc => Err(self.refused(rc, "table read", off)),
+    async fn t_read(&self, io: &impl KvIo, off: u64, len: usize) -> Result<Vec<u8>> {
+        match io.read(&self.table, len, off, self.flag).await? {
+            (Rc::Ok, b) => Ok(b),
+            (rc, _) => Err(self.refused(rc, "table read", off)),
         }
     }
 
     /// READs `len` bytes at each of `ats`: in one batch where the leases
     /// never expire and the mode is one-sided, else one by one.
-    fn t_read_many(
-        &mut self,
-        ct: &mut ClientThread,
-        ats: &[u64],
-        len: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        let batch = ats.len() > 1
-            && self.table.live
-            && self.table.never_expires()
-            && self.flag & (rw::USE_TWO_SIDED | rw::WITH_AUTO_EXTEND) == 0;
+    async fn t_read_many(&self, io: &impl KvIo, ats: &[u64], len: usize) -> Result<Vec<Vec<u8>>> {
+        let batch = ats.len() > 1 && {
+            let t = self.table.borrow();
+            t.live
+                && t.never_expires()
+                && self.flag & (rw::USE_TWO_SIDED | rw::WITH_AUTO_EXTEND) == 0
+        };
         if !batch {
-            return ats.iter().map(|&at| self.t_read(ct, at, len)).collect();
-        }
-        for &at in ats {
-            match ct.prepare_read(&mut self.batch, &self.table, len, at, self.flag) {
-                Ok(Rc::Ok) => {}
-                r => {
-                    // Nothing half-prepared stays for the next batch.
-                    self.batch = Batch::new();
-                    return Err(match r {
-                        Ok(rc) => self.refused(rc, "batched table read", at),
-                        Err(e) => e,
-                    });
-                }
+            let mut out = Vec::with_capacity(ats.len());
+            for &at in ats {
+                out.push(self.t_read(io, at, len).await?);
             }
+            return Ok(out);
         }
-        match ct.commit(&mut self.batch)? {
-            Rc::Ok => Ok((0..ats.len())
-                .map(|i| self.batch.result(i).unwrap_or_default().to_vec())
-                .collect()),
-            rc => Err(self.refused(rc, "batched table read", ats[0])),
+        match io
+            .read_batch(&self.batch, &self.table, ats, len, self.flag)
+            .await?
+        {
+            Ok(bufs) => Ok(bufs),
+            Err((rc, at)) => Err(self.refused(rc, "batched table read", at)),
         }
     }
 
-    fn t_word(&mut self, ct: &mut ClientThread, off: u64) -> Result<u64> {
-        let b = self.t_read(ct, off, 8)?;
+    async fn t_word(&self, io: &impl KvIo, off: u64) -> Result<u64> {
+        let b = self.t_read(io, off, 8).await?;
         let w = layout::words(&b).next().unwrap_or(0);
         Ok(w)
     }
 
-    fn t_write(&mut self, ct: &mut ClientThread, off: u64, src: &[u8]) -> Result<()> {
-        match ct.write(&mut self.table, src, off, self.flag)? {
+    async fn t_write(&self, io: &impl KvIo, off: u64, src: &[u8]) -> Result<()> {
+        match io.write(&self.table, src, off, self.flag).await? {
             Rc::Ok => Ok(()),
             rc => Err(self.refused(rc, "table write", off)),
         }
     }
 
     /// CAS on a table word; returns the old value.
-    fn t_cas(&mut self, ct: &mut ClientThread, off: u64, cmp: u64, swap: u64) -> Result<u64> {
-        match ct.cas(&mut self.table, off, cmp, swap, self.flag)? {
+    async fn t_cas(&self, io: &impl KvIo, off: u64, cmp: u64, swap: u64) -> Result<u64> {
+        match io.cas(&self.table, off, cmp, swap, self.flag).await? {
             (Rc::Ok, old) => Ok(old),
             (rc, _) => Err(self.refused(rc, "table CAS", off)),
+        }
+    }
+
+    /// FAA on a table word (a free ring's tail); returns the old value.
+    async fn t_faa(&self, io: &impl KvIo, off: u64, add: i64) -> Result<u64> {
+        match io.faa(&self.table, off, add, self.flag).await? {
+            (Rc::Ok, old) => Ok(old),
+            (rc, _) => Err(self.refused(rc, "free ring FAA", off)),
         }
     }
 
     /// The block at buffer offset `off` (inside the kv lease).
     fn kv_range(&self, off: u64, len: usize) -> Result<u64> {
         off.checked_sub(self.kv_base)
-            .filter(|r| r.saturating_add(len as u64) <= self.kv.size)
+            .filter(|r| r.saturating_add(len as u64) <= self.kv_size)
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "kv table at node {} offset {:#x}: block {off:#x}+{len} outside the \
@@ -1544,18 +1601,17 @@ impl KvTable {
             })
     }
 
-    fn kv_read(&mut self, ct: &mut ClientThread, off: u64, len: usize) -> Result<Vec<u8>> {
+    async fn kv_read(&self, io: &impl KvIo, off: u64, len: usize) -> Result<Vec<u8>> {
         let r = self.kv_range(off, len)?;
-        let mut b = vec![0u8; len];
-        match ct.read(&mut self.kv, &mut b, r, self.flag)? {
-            Rc::Ok => Ok(b),
-            rc => Err(self.refused(rc, "block read", off)),
+        match io.read(&self.kv, len, r, self.flag).await? {
+            (Rc::Ok, b) => Ok(b),
+            (rc, _) => Err(self.refused(rc, "block read", off)),
         }
     }
 
-    fn kv_write(&mut self, ct: &mut ClientThread, off: u64, src: &[u8]) -> Result<()> {
+    async fn kv_write(&self, io: &impl KvIo, off: u64, src: &[u8]) -> Result<()> {
         let r = self.kv_range(off, src.len())?;
-        match ct.write(&mut self.kv, src, r, self.flag)? {
+        match io.write(&self.kv, src, r, self.flag).await? {
             Rc::Ok => Ok(()),
             rc => Err(self.refused(rc, "block write", off)),
         }

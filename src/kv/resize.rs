@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::io::{ready, Blocking, KvIo};
 use super::layout::{self, hdr, slot, sub, Hashes, SLOTS_PER_GROUP};
 use super::{Access, KvTable};
 
@@ -26,9 +27,13 @@ impl KvTable {
     /// holds it (until `patience`); dropping the returned lease without
     /// relinquishing it keeps the lock until the term ends.
     pub fn lock_resize(&mut self, ct: &mut ClientThread) -> Result<Lease> {
+        ready(self.lock_resize_in(&Blocking::new(ct)))
+    }
+
+    async fn lock_resize_in(&self, io: &impl KvIo) -> Result<Lease> {
         let until = Instant::now() + self.params.patience;
         loop {
-            if let Some(l) = self.try_lock_resize(ct)? {
+            if let Some(l) = self.try_lock_resize_in(io).await? {
                 return Ok(l);
             }
             if Instant::now() >= until {
@@ -37,26 +42,32 @@ impl KvTable {
                     self.node, self.params.base, self.params.patience
                 )));
             }
-            std::thread::sleep(Duration::from_micros(100));
+            io.pause(Duration::from_micros(100)).await;
         }
     }
 
     /// One attempt at the resize lock (None: someone holds it).
     pub fn try_lock_resize(&mut self, ct: &mut ClientThread) -> Result<Option<Lease>> {
+        ready(self.try_lock_resize_in(&Blocking::new(ct)))
+    }
+
+    async fn try_lock_resize_in(&self, io: &impl KvIo) -> Result<Option<Lease>> {
         if self.access != Access::ReadWrite {
             return Err(Error::Invalid(
                 "kv resize needs a read-write handle".to_string(),
             ));
         }
-        let l = ct.get_wlease(
-            self.node,
-            self.dir,
-            self.params.base + hdr::LOCK,
-            0,
-            8,
-            self.params.lock_ns.max(1),
-            acquire::WITH_CONFLICT_DETECT,
-        )?;
+        let l = io
+            .get_wlease(
+                self.node,
+                self.dir,
+                self.params.base + hdr::LOCK,
+                0,
+                8,
+                self.params.lock_ns.max(1),
+                acquire::WITH_CONFLICT_DETECT,
+            )
+            .await?;
         if l.success() {
             return Ok(Some(l));
         }
@@ -75,8 +86,12 @@ impl KvTable {
     }
 
     /// Gives the resize lock back.
-    pub fn unlock_resize(&mut self, ct: &mut ClientThread, mut lock: Lease) -> Result<()> {
-        match ct.relinquish(&mut lock, 0, 0)? {
+    pub fn unlock_resize(&mut self, ct: &mut ClientThread, lock: Lease) -> Result<()> {
+        ready(self.unlock_resize_in(&Blocking::new(ct), lock))
+    }
+
+    async fn unlock_resize_in(&self, io: &impl KvIo, mut lock: Lease) -> Result<()> {
+        match io.relinquish(&mut lock, 0, 0).await? {
             Rc::Ok => Ok(()),
             rc => Err(Error::Refused {
                 rc,
@@ -88,9 +103,10 @@ impl KvTable {
     /// Splits the subtable `key` hashes to now (a resize by hand).
     pub fn split_subtable_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<()> {
         let h = Hashes::of(key);
-        self.load_directory(ct)?;
-        let s = self.subtable_of(ct, &h)?;
-        self.split(ct, s)
+        let io = Blocking::new(ct);
+        ready(self.load_directory(&io))?;
+        let s = ready(self.subtable_of(&io, &h))?;
+        ready(self.split(&io, s))
     }
 
     /// Test hook: a client that dies in the middle of a split. Takes the
@@ -107,55 +123,56 @@ impl KvTable {
         phase: SplitPhase,
     ) -> Result<()> {
         let h = Hashes::of(key);
-        self.load_directory(ct)?;
-        let s = self.subtable_of(ct, &h)?;
-        let mut lock = self.lock_resize(ct)?;
-        let (a, b) = self.plan_split(ct, s)?.ok_or_else(|| {
+        let io = Blocking::new(ct);
+        ready(self.load_directory(&io))?;
+        let s = ready(self.subtable_of(&io, &h))?;
+        let mut lock = ready(self.lock_resize_in(&io))?;
+        let (a, b) = ready(self.plan_split(&io, s))?.ok_or_else(|| {
             Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
         })?;
-        self.run_split(ct, s, a, b, &mut lock, Some(phase))?;
+        ready(self.run_split(&io, s, a, b, &mut lock, Some(phase)))?;
         drop(lock);
-        self.load_directory(ct)?;
+        ready(self.load_directory(&io))?;
         Ok(())
     }
 
     /// Splits subtable `s` unless someone already did: takes the lock,
     /// finishes a pending split first, then splits `s` if it is still live.
-    pub(super) fn split(&mut self, ct: &mut ClientThread, s: u64) -> Result<()> {
-        let mut lock = self.lock_resize(ct)?;
-        let r = self.split_locked(ct, s, &mut lock);
-        let u = self.unlock_resize(ct, lock);
-        self.load_directory(ct)?;
+    pub(super) async fn split(&self, io: &impl KvIo, s: u64) -> Result<()> {
+        let mut lock = self.lock_resize_in(io).await?;
+        let r = self.split_locked(io, s, &mut lock).await;
+        let u = self.unlock_resize_in(io, lock).await;
+        self.load_directory(io).await?;
         r.and(u)
     }
 
-    fn split_locked(&mut self, ct: &mut ClientThread, s: u64, lock: &mut Lease) -> Result<()> {
-        self.finish_pending(ct, lock)?;
-        if let Some((a, b)) = self.plan_split(ct, s)? {
-            self.run_split(ct, s, a, b, lock, None)?;
+    async fn split_locked(&self, io: &impl KvIo, s: u64, lock: &mut Lease) -> Result<()> {
+        self.finish_pending(io, lock).await?;
+        if let Some((a, b)) = self.plan_split(io, s).await? {
+            self.run_split(io, s, a, b, lock, None).await?;
         }
         Ok(())
     }
 
     /// Completes the split the header records, if any.
-    fn finish_pending(&mut self, ct: &mut ClientThread, lock: &mut Lease) -> Result<()> {
-        let b = self.t_read(ct, hdr::PENDING_S, 24)?;
+    async fn finish_pending(&self, io: &impl KvIo, lock: &mut Lease) -> Result<()> {
+        let b = self.t_read(io, hdr::PENDING_S, 24).await?;
         let w: Vec<u64> = layout::words(&b).collect();
         if w[0] != 0 {
-            self.run_split(ct, w[0] - 1, w[1], w[2], lock, None)?;
+            self.run_split(io, w[0] - 1, w[1], w[2], lock, None).await?;
         }
         Ok(())
     }
 
     /// Records a split of `s` into two new subtables (None when `s` is
     /// retired already).
-    fn plan_split(&mut self, ct: &mut ClientThread, s: u64) -> Result<Option<(u64, u64)>> {
-        let sh = self.t_word(ct, self.geo.sub_header(s))?;
+    async fn plan_split(&self, io: &impl KvIo, s: u64) -> Result<Option<(u64, u64)>> {
+        let sh = self.t_word(io, self.geo.sub_header(s)).await?;
         if sh & sub::VALID == 0 || sh & sub::RETIRED != 0 {
             return Ok(None);
         }
         let l = sub::depth(sh);
-        let g = self.t_word(ct, hdr::GLOBAL_DEPTH)? as u32;
+        let g = self.t_word(io, hdr::GLOBAL_DEPTH).await? as u32;
         if l >= self.geo.max_depth || (l == g && g >= self.geo.max_depth) {
             return Err(Error::NoMem(format!(
                 "kv table at node {} offset {:#x} is full: subtable {s} has local depth {l}, \
@@ -163,22 +180,25 @@ impl KvTable {
                 self.node, self.params.base, self.geo.max_depth
             )));
         }
-        let next = self.t_word(ct, hdr::NEXT_SUBTABLE)?;
+        let next = self.t_word(io, hdr::NEXT_SUBTABLE).await?;
         if next + 2 > self.geo.max_subtables {
             return Err(Error::NoMem(format!(
                 "kv table at node {} offset {:#x}: no room for two more subtables ({next} of {})",
                 self.node, self.params.base, self.geo.max_subtables
             )));
         }
-        self.t_write(ct, hdr::NEXT_SUBTABLE, &(next + 2).to_le_bytes())?;
-        self.t_write(ct, hdr::PENDING_A, &layout::bytes_of(&[next, next + 1]))?;
-        self.t_write(ct, hdr::PENDING_S, &(s + 1).to_le_bytes())?;
+        self.t_write(io, hdr::NEXT_SUBTABLE, &(next + 2).to_le_bytes())
+            .await?;
+        self.t_write(io, hdr::PENDING_A, &layout::bytes_of(&[next, next + 1]))
+            .await?;
+        self.t_write(io, hdr::PENDING_S, &(s + 1).to_le_bytes())
+            .await?;
         Ok(Some((next, next + 1)))
     }
 
     /// Keeps the lock alive between phases; an error when it was lost.
-    fn keep_lock(&mut self, ct: &mut ClientThread, lock: &mut Lease) -> Result<()> {
-        match ct.extend(lock, self.params.lock_ns.max(1), 0) {
+    async fn keep_lock(&self, io: &impl KvIo, lock: &mut Lease) -> Result<()> {
+        match io.extend(lock, self.params.lock_ns.max(1), 0).await {
             Ok(Rc::Ok) => Ok(()),
             r => Err(Error::Refused {
                 rc: r.as_ref().map_or(Rc::Invalid, |rc| *rc),
@@ -192,15 +212,15 @@ impl KvTable {
     }
 
     /// CASes every slot of `s` to frozen; returns the frozen words.
-    fn freeze(&mut self, ct: &mut ClientThread, s: u64, lock: &mut Lease) -> Result<Vec<u64>> {
-        self.keep_lock(ct, lock)?;
+    async fn freeze(&self, io: &impl KvIo, s: u64, lock: &mut Lease) -> Result<Vec<u64>> {
+        self.keep_lock(io, lock).await?;
         let base = self.geo.subtable(s);
-        let b = self.t_read(ct, base, self.geo.sub_bytes() as usize)?;
+        let b = self.t_read(io, base, self.geo.sub_bytes() as usize).await?;
         let mut ws: Vec<u64> = layout::words(&b).collect();
         for (i, w) in ws.iter_mut().enumerate() {
             let at = base + 8 * i as u64;
             while *w & slot::FROZEN == 0 {
-                let old = self.t_cas(ct, at, *w, *w | slot::FROZEN)?;
+                let old = self.t_cas(io, at, *w, *w | slot::FROZEN).await?;
                 if old == *w {
                     *w |= slot::FROZEN;
                 } else {
@@ -216,37 +236,39 @@ impl KvTable {
     /// step can be redone, except that once the directory names `a` or `b`
     /// they are live (clients update them and free the blocks `s` still
     /// points at), so a redo then only finishes the directory.
-    fn run_split(
-        &mut self,
-        ct: &mut ClientThread,
+    async fn run_split(
+        &self,
+        io: &impl KvIo,
         s: u64,
         a: u64,
         b: u64,
         lock: &mut Lease,
         die_after: Option<SplitPhase>,
     ) -> Result<()> {
-        let sh = self.t_word(ct, self.geo.sub_header(s))?;
+        let sh = self.t_word(io, self.geo.sub_header(s)).await?;
         let (l, suffix) = (sub::depth(sh), sub::suffix(sh));
-        let g = self.t_word(ct, hdr::GLOBAL_DEPTH)? as u32;
-        let d = self.t_read(ct, self.geo.dir(), 8usize << g)?;
+        let g = self.t_word(io, hdr::GLOBAL_DEPTH).await? as u32;
+        let d = self.t_read(io, self.geo.dir(), 8usize << g).await?;
         let published = layout::words(&d).any(|e| e == a + 1 || e == b + 1);
         if !published {
-            self.fill_halves(ct, s, a, b, l, suffix, lock)?;
+            self.fill_halves(io, s, a, b, l, suffix, lock).await?;
             if die_after == Some(SplitPhase::Frozen) {
                 return Ok(());
             }
         }
-        self.publish_split(ct, s, a, b, l, lock)?;
+        self.publish_split(io, s, a, b, l, lock).await?;
         if die_after == Some(SplitPhase::Published) {
             return Ok(());
         }
         self.t_write(
-            ct,
+            io,
             self.geo.sub_header(s),
             &(sh | sub::RETIRED).to_le_bytes(),
-        )?;
-        self.t_write(ct, hdr::PENDING_S, &0u64.to_le_bytes())?;
-        self.stats.splits += 1;
+        )
+        .await?;
+        self.t_write(io, hdr::PENDING_S, &0u64.to_le_bytes())
+            .await?;
+        self.st.borrow_mut().stats.splits += 1;
         tracing::debug!(s, a, b, depth = l + 1, "kv: split");
         Ok(())
     }
@@ -254,9 +276,9 @@ impl KvTable {
     /// Freezes `s` and writes its entries into `a` (hash bit l = 0) and `b`
     /// with their headers.
     #[allow(clippy::too_many_arguments)]
-    fn fill_halves(
-        &mut self,
-        ct: &mut ClientThread,
+    async fn fill_halves(
+        &self,
+        io: &impl KvIo,
         s: u64,
         a: u64,
         b: u64,
@@ -264,15 +286,15 @@ impl KvTable {
         suffix: u64,
         lock: &mut Lease,
     ) -> Result<()> {
-        let ws = self.freeze(ct, s, lock)?;
-        self.keep_lock(ct, lock)?;
+        let ws = self.freeze(io, s, lock).await?;
+        self.keep_lock(io, lock).await?;
         let n = ws.len();
         let (mut wa, mut wb) = (vec![0u64; n], vec![0u64; n]);
         for (i, &w) in ws.iter().enumerate() {
             if slot::is_empty(w) {
                 continue;
             }
-            let blk = self.kv_read(ct, slot::off(w), slot::len(w))?;
+            let blk = self.kv_read(io, slot::off(w), slot::len(w)).await?;
             let Some((key, _)) = layout::decode_block(&blk) else {
                 return Err(Error::Invalid(format!(
                     "kv split of subtable {s}: slot {i} points at a block that does not check \
@@ -291,35 +313,39 @@ impl KvTable {
             }
         }
         debug_assert_eq!(n as u64, self.geo.groups * SLOTS_PER_GROUP);
-        self.t_write(ct, self.geo.subtable(a), &layout::bytes_of(&wa))?;
-        self.t_write(ct, self.geo.subtable(b), &layout::bytes_of(&wb))?;
+        self.t_write(io, self.geo.subtable(a), &layout::bytes_of(&wa))
+            .await?;
+        self.t_write(io, self.geo.subtable(b), &layout::bytes_of(&wb))
+            .await?;
         let heads = [
             sub::pack(l + 1, suffix),
             sub::pack(l + 1, suffix | (1 << l)),
         ];
-        self.t_write(ct, self.geo.sub_header(a), &heads[0].to_le_bytes())?;
-        self.t_write(ct, self.geo.sub_header(b), &heads[1].to_le_bytes())?;
+        self.t_write(io, self.geo.sub_header(a), &heads[0].to_le_bytes())
+            .await?;
+        self.t_write(io, self.geo.sub_header(b), &heads[1].to_le_bytes())
+            .await?;
         Ok(())
     }
 
     /// Points the directory's entries of `s` at `a` and `b`.
     #[allow(clippy::too_many_arguments)]
-    fn publish_split(
-        &mut self,
-        ct: &mut ClientThread,
+    async fn publish_split(
+        &self,
+        io: &impl KvIo,
         s: u64,
         a: u64,
         b: u64,
         l: u32,
         lock: &mut Lease,
     ) -> Result<()> {
-        self.keep_lock(ct, lock)?;
+        self.keep_lock(io, lock).await?;
         // The directory. Doubling writes the new upper half first (entries
         // of `s` there hold keys with bit l = 1: `b`), then the depth, then
         // the lower half; readers read the depth again after the entries,
         // so none pairs the old depth with the new lower half.
-        let g = self.t_word(ct, hdr::GLOBAL_DEPTH)? as u32;
-        let d = self.t_read(ct, self.geo.dir(), 8usize << g)?;
+        let g = self.t_word(io, hdr::GLOBAL_DEPTH).await? as u32;
+        let d = self.t_read(io, self.geo.dir(), 8usize << g).await?;
         let mut e: Vec<u64> = layout::words(&d).collect();
         let g2 = if l >= g { g + 1 } else { g };
         if g2 > g {
@@ -327,15 +353,18 @@ impl KvTable {
                 .iter()
                 .map(|&x| if x == s + 1 { b + 1 } else { x })
                 .collect();
-            self.t_write(ct, self.geo.dir_entry(1 << g), &layout::bytes_of(&upper))?;
-            self.t_write(ct, hdr::GLOBAL_DEPTH, &(g2 as u64).to_le_bytes())?;
+            self.t_write(io, self.geo.dir_entry(1 << g), &layout::bytes_of(&upper))
+                .await?;
+            self.t_write(io, hdr::GLOBAL_DEPTH, &(g2 as u64).to_le_bytes())
+                .await?;
         }
         for (i, x) in e.iter_mut().enumerate() {
             if *x == s + 1 {
                 *x = if (i >> l) & 1 == 0 { a + 1 } else { b + 1 };
             }
         }
-        self.t_write(ct, self.geo.dir(), &layout::bytes_of(&e))?;
+        self.t_write(io, self.geo.dir(), &layout::bytes_of(&e))
+            .await?;
         Ok(())
     }
 }

@@ -53,6 +53,17 @@ static void *other_thread(void *arg) {
     return NULL;
 }
 
+
+/* Waits (bounded: 20 s) until `want` posted kv operations completed;
+ * stores them in out[] and returns how many came. */
+static size_t poll_all(patronus_t *p, patronus_kv_t *kv, patronus_kv_completion_t *out,
+                       size_t want) {
+    size_t got = 0;
+    for (int round = 0; round < 200 && got < want; round++)
+        got += patronus_kv_wait(p, kv, out + got, want - got, 100000000ull);
+    return got;
+}
+
 int main(void) {
     patronus_config_t conf;
     patronus_config_init(&conf);
@@ -160,6 +171,143 @@ int main(void) {
     for (int i = 0; i < 8; i++) EXPECT(!existed[i]);
     EXPECT(patronus_kv_get(p, kv, "many-0", 6, out, sizeof out, &len) == PATRONUS_RC_NOT_FOUND);
     EXPECT(patronus_kv_get(p, kv, "many-8", 6, out, sizeof out, &len) == PATRONUS_RC_OK);
+
+
+    /* Posted operations: queued on the handle, driven and completed by
+     * patronus_kv_poll/wait; each user_data completes exactly once. */
+    {
+        enum { P = 32 };
+        static char pk[P][16], pv[P][128], pout[P][128];
+        static patronus_kv_completion_t comp[2 * PATRONUS_KV_MAX_POSTED];
+        int seen[P];
+        size_t pkl[P];
+        /* Bad arguments: INVALID, nothing queued. */
+        EXPECT(patronus_kv_post_get(p, kv, NULL, 3, pout[0], 128, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_get(p, kv, "k", 1, NULL, 8, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_get(p, kv, longkey, 65, pout[0], 128, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_put(p, kv, "k", 0, "v", 1, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_put(p, kv, "k", 1, NULL, 5, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_del(p, NULL, "k", 1, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_post_del(NULL, kv, "k", 1, 1) == PATRONUS_RC_INVALID);
+        EXPECT(patronus_kv_posted(kv) == 0);
+        EXPECT(patronus_kv_poll(p, kv, NULL, 4) == 0);
+        EXPECT(patronus_last_error() != NULL);
+        EXPECT(patronus_kv_poll(p, kv, comp, 4) == 0);
+        /* 32 puts in flight together. */
+        for (int i = 0; i < P; i++) {
+            pkl[i] = (size_t)snprintf(pk[i], sizeof pk[i], "post-%d", i);
+            fill(pv[i], 1 + (size_t)i * 3, 2000 + i);
+            EXPECT(patronus_kv_post_put(p, kv, pk[i], pkl[i], pv[i], 1 + (size_t)i * 3,
+                                        1000 + (uint64_t)i) == PATRONUS_RC_OK);
+        }
+        EXPECT(patronus_kv_posted(kv) == P);
+        /* The blocking calls wait until the posted ones are polled. */
+        EXPECT(patronus_kv_get(p, kv, "key-9", 5, out, sizeof out, &len) == PATRONUS_RC_INVALID);
+        memset(seen, 0, sizeof seen);
+        size_t n = poll_all(p, kv, comp, P);
+        EXPECT(n == P);
+        for (size_t j = 0; j < n; j++) {
+            uint64_t u = comp[j].user_data;
+            EXPECT(u >= 1000 && u < 1000 + P);
+            if (u < 1000 || u >= 1000 + P) continue;
+            seen[u - 1000]++;
+            EXPECT(comp[j].rc == PATRONUS_RC_OK && comp[j].op == PATRONUS_KV_OP_PUT);
+        }
+        for (int i = 0; i < P; i++) EXPECT(seen[i] == 1);
+        EXPECT(patronus_kv_posted(kv) == 0);
+        /* 32 gets and dels mixed: odd keys deleted, even keys read (key 4
+         * into a 2-byte buffer: NO_MEM; one absent key: NOT_FOUND). */
+        memset(pout, 0, sizeof pout);
+        for (int i = 0; i < P; i++) {
+            uint64_t u = 5000 + (uint64_t)i;
+            if (i % 2) {
+                EXPECT(patronus_kv_post_del(p, kv, pk[i], pkl[i], u) == PATRONUS_RC_OK);
+            } else if (i == 30) {
+                EXPECT(patronus_kv_post_get(p, kv, "post-absent", 11, pout[i], 128, u) ==
+                       PATRONUS_RC_OK);
+            } else {
+                EXPECT(patronus_kv_post_get(p, kv, pk[i], pkl[i], pout[i], i == 4 ? 2 : 128, u) ==
+                       PATRONUS_RC_OK);
+            }
+        }
+        memset(seen, 0, sizeof seen);
+        n = poll_all(p, kv, comp, P);
+        EXPECT(n == P);
+        for (size_t j = 0; j < n; j++) {
+            uint64_t u = comp[j].user_data;
+            EXPECT(u >= 5000 && u < 5000 + P);
+            if (u < 5000 || u >= 5000 + P) continue;
+            int i = (int)(u - 5000);
+            seen[i]++;
+            size_t vl = 1 + (size_t)i * 3;
+            if (i % 2) {
+                EXPECT(comp[j].op == PATRONUS_KV_OP_DEL && comp[j].rc == PATRONUS_RC_OK);
+            } else if (i == 30) {
+                EXPECT(comp[j].op == PATRONUS_KV_OP_GET && comp[j].rc == PATRONUS_RC_NOT_FOUND);
+            } else if (i == 4) {
+                EXPECT(comp[j].rc == PATRONUS_RC_NO_MEM && comp[j].value_len == vl);
+                EXPECT(pout[i][0] == 0 && pout[i][1] == 0);
+            } else {
+                EXPECT(comp[j].op == PATRONUS_KV_OP_GET && comp[j].rc == PATRONUS_RC_OK);
+                EXPECT(comp[j].value_len == vl && memcmp(pout[i], pv[i], vl) == 0);
+            }
+        }
+        for (int i = 0; i < P; i++) EXPECT(seen[i] == 1);
+        EXPECT(patronus_kv_get(p, kv, pk[1], pkl[1], out, sizeof out, &len) ==
+               PATRONUS_RC_NOT_FOUND);
+        EXPECT(patronus_kv_get(p, kv, pk[2], pkl[2], out, sizeof out, &len) == PATRONUS_RC_OK);
+        /* Past the per-handle limit: RETRY, nothing queued; all the queued
+         * ones still complete. */
+        size_t queued = 0;
+        patronus_rc_t rc = PATRONUS_RC_OK;
+        while (queued <= PATRONUS_KV_MAX_POSTED) {
+            rc = patronus_kv_post_get(p, kv, pk[2], pkl[2], pout[2], 128, 9000 + queued);
+            if (rc != PATRONUS_RC_OK) break;
+            queued++;
+        }
+        EXPECT(rc == PATRONUS_RC_RETRY);
+        EXPECT(queued == PATRONUS_KV_MAX_POSTED);
+        EXPECT(patronus_kv_posted(kv) == PATRONUS_KV_MAX_POSTED);
+        n = poll_all(p, kv, comp, queued);
+        EXPECT(n == queued);
+        for (size_t j = 0; j < n; j++)
+            EXPECT(comp[j].rc == PATRONUS_RC_OK && comp[j].value_len == 7 &&
+                   comp[j].user_data >= 9000 && comp[j].user_data < 9000 + queued);
+        EXPECT(patronus_kv_wait(p, kv, comp, 4, 1000000ull) == 0);
+
+        /* Posted kv operations share the thread with patronus_post_*
+         * calls: whichever poll meets the other's completion hands it
+         * over. */
+        patronus_lease_t *l =
+            patronus_get_rlease(p, 0, 0, patronus_gaddr(0, 4096), 0, 64, 0, PATRONUS_ACQUIRE_NO_GC);
+        EXPECT(l != NULL && patronus_lease_success(l));
+        if (l && patronus_lease_success(l)) {
+            char rb[64];
+            patronus_completion_t gc[2];
+            size_t g = 0;
+            /* The kv handle's polling meets the read's completion. */
+            EXPECT(patronus_post_read(p, l, rb, sizeof rb, 0, 0, 77) == PATRONUS_RC_OK);
+            EXPECT(patronus_kv_post_get(p, kv, pk[2], pkl[2], pout[2], 128, 88) == PATRONUS_RC_OK);
+            EXPECT(poll_all(p, kv, comp, 1) == 1);
+            EXPECT(comp[0].user_data == 88 && comp[0].rc == PATRONUS_RC_OK);
+            for (int round = 0; round < 200 && g < 1; round++)
+                g += patronus_wait(p, gc + g, 1 - g, 100000000ull);
+            EXPECT(g == 1 && gc[0].user_data == 77 && gc[0].rc == PATRONUS_RC_OK);
+            /* patronus_wait meets the kv calls' completions. */
+            EXPECT(patronus_kv_post_get(p, kv, pk[2], pkl[2], pout[2], 128, 89) == PATRONUS_RC_OK);
+            EXPECT(patronus_post_read(p, l, rb, sizeof rb, 0, 0, 78) == PATRONUS_RC_OK);
+            g = 0;
+            for (int round = 0; round < 200 && g < 1; round++)
+                g += patronus_wait(p, gc + g, 1 - g, 100000000ull);
+            EXPECT(g == 1 && gc[0].user_data == 78 && gc[0].rc == PATRONUS_RC_OK);
+            EXPECT(poll_all(p, kv, comp, 1) == 1);
+            EXPECT(comp[0].user_data == 89 && comp[0].rc == PATRONUS_RC_OK &&
+                   comp[0].value_len == 7 && memcmp(pout[2], pv[2], 7) == 0);
+            EXPECT(patronus_inflight(p) == 0);
+            EXPECT(patronus_relinquish(p, l, 0, 0) == PATRONUS_RC_OK);
+        }
+        patronus_lease_free(l);
+    }
 
     /* A handle belongs to the thread that made it. */
     struct other o = {p, kv, PATRONUS_RC_OK};

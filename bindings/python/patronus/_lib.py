@@ -25,7 +25,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class GAddr(ctypes.Structure):
@@ -96,6 +96,17 @@ class KvParams(ctypes.Structure):
         ("lock_ns", c_uint64),
         ("alloc_hint", c_uint64),
         ("patience_ms", c_uint64),
+    ]
+
+
+class KvCompletion(ctypes.Structure):
+    """patronus_kv_completion_t."""
+
+    _fields_ = [
+        ("user_data", c_uint64),
+        ("rc", ctypes.c_int),
+        ("op", c_uint32),
+        ("value_len", c_size_t),
     ]
 
 
@@ -227,6 +238,12 @@ DECLS = [
     ("patronus_kv_put_many", [P, KV, KVI, usize], RC_T),
     ("patronus_kv_get_many", [P, KV, KVI, usize, POINTER(usize)], RC_T),
     ("patronus_kv_del_many", [P, KV, KVI, usize, POINTER(c_bool)], RC_T),
+    ("patronus_kv_post_get", [P, KV, BUF, usize, BUF, usize, u64], RC_T),
+    ("patronus_kv_post_put", [P, KV, BUF, usize, BUF, usize, u64], RC_T),
+    ("patronus_kv_post_del", [P, KV, BUF, usize, u64], RC_T),
+    ("patronus_kv_poll", [P, KV, POINTER(KvCompletion), usize], usize),
+    ("patronus_kv_wait", [P, KV, POINTER(KvCompletion), usize, u64], usize),
+    ("patronus_kv_posted", [KV], usize),
     ("patronus_kv_relinquish", [P, KV], RC_T),
     ("patronus_kv_free", [KV], None),
 ]

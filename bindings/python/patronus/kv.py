@@ -11,6 +11,15 @@ b'42'
 >>> r = KvTable.open(p, 0, 0, access=Access.READ_ONLY, base=4096)  # doctest: +SKIP
 >>> r.put(b"alice", b"0")     # raises ProtectionError        # doctest: +SKIP
 
+Posted forms keep many operations of a handle in flight together on its
+thread: ``post_get``, ``post_put`` and ``post_delete`` queue one and
+return at once (False when the handle holds ``MAX_POSTED`` not yet
+polled), ``poll`` and ``wait`` drive them and return ``KvCompletion``s:
+
+>>> for i in range(32): t.post_get(b"key-%d" % i, user_data=i)  # doctest: +SKIP
+>>> done = []                                                    # doctest: +SKIP
+>>> while len(done) < 32: done += t.wait()                       # doctest: +SKIP
+
 Failures raise the package's ``PatronusError`` subclasses: a refused
 change through a read-only or relinquished handle ``ProtectionError`` (or
 ``InvalidArgument`` for a relinquished handle, refused before anything is
@@ -25,12 +34,17 @@ import weakref
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import RC, InvalidArgument, Patronus, PatronusError, check, last_error
-from ._lib import LIB, KvItem, KvParams
+from ._lib import LIB, KvCompletion as _CKvCompletion, KvItem, KvParams
 
-__all__ = ["Access", "KvTable", "Mode", "MAX_KEY", "params", "region_bytes"]
+__all__ = ["Access", "KvCompletion", "KvTable", "Mode", "MAX_KEY", "MAX_POSTED", "params",
+           "region_bytes"]
 
 #: Largest key in bytes.
 MAX_KEY = 64
+#: Posted operations a handle holds at most (``PATRONUS_KV_MAX_POSTED``).
+MAX_POSTED = 64
+#: A buffer every value fits in (values are at most 8 048 bytes).
+_VALUE_CAP = 8192
 
 Bytes = Union[bytes, bytearray, memoryview]
 
@@ -87,6 +101,34 @@ def _free(h):
     LIB.patronus_kv_free(h)
 
 
+class KvCompletion:
+    """One finished posted operation: ``user_data`` (the caller's tag),
+    ``op`` ("get", "put" or "delete"), ``rc`` (an ``RC``: what the blocking
+    call would have returned: NOT_FOUND for an absent key), ``value`` (a
+    get's bytes, else None) and ``error`` (the ``PatronusError`` the
+    blocking call would have raised, else None)."""
+
+    __slots__ = ("user_data", "op", "rc", "value", "error")
+
+    def __init__(self, user_data, op, rc, value=None, error=None):
+        self.user_data = user_data
+        self.op = op
+        self.rc = rc
+        self.value = value
+        self.error = error
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == RC.OK
+
+    def __repr__(self):
+        return (f"KvCompletion(user_data={self.user_data!r}, op={self.op!r}, "
+                f"rc={self.rc.name}, value={self.value!r})")
+
+
+_OPS = {0: "get", 1: "put", 2: "delete"}
+
+
 class KvTable:
     """A handle on a protected hash table. Make it with ``create``,
     ``open`` or ``open_published``; a context manager that relinquishes
@@ -100,6 +142,9 @@ class KvTable:
         self._node = node
         self._h = handle
         self._fin = weakref.finalize(self, _free, handle)
+        # Posted operations: ticket -> (user_data, key buffer, value buffer).
+        self._posted: Dict[int, tuple] = {}
+        self._ticket = 0
 
     # construction ----------------------------------------------------------
 
@@ -269,3 +314,72 @@ class KvTable:
             else:
                 out.append(outs[i].raw[:n])
         return out
+
+    # posted operations -------------------------------------------------------
+
+    def _post(self, fn, args, user_data, keep) -> bool:
+        self._ticket += 1
+        rc = fn(self._node._node(), self._handle(), *args, self._ticket)
+        if rc == RC.RETRY:
+            return False
+        check(rc)
+        self._posted[self._ticket] = (user_data, keep)
+        return True
+
+    def post_get(self, key: Bytes, user_data=None) -> bool:
+        """Queues a get of ``key`` (its completion's ``value`` is the value,
+        or None and ``rc`` NOT_FOUND); False when the handle holds
+        ``MAX_POSTED`` operations not yet polled (nothing queued)."""
+        k = _key(key)
+        buf = ctypes.create_string_buffer(_VALUE_CAP)
+        return self._post(LIB.patronus_kv_post_get, (k, len(k), buf, _VALUE_CAP), user_data,
+                          buf)
+
+    def post_put(self, key: Bytes, value: Bytes, user_data=None) -> bool:
+        """Queues a put (key and value are copied at once); as ``post_get``."""
+        k, v = _key(key), bytes(value)
+        return self._post(LIB.patronus_kv_post_put, (k, len(k), v, len(v)), user_data, None)
+
+    def post_delete(self, key: Bytes, user_data=None) -> bool:
+        """Queues a delete (``rc`` OK when the key was there, NOT_FOUND
+        when not); as ``post_get``."""
+        k = _key(key)
+        return self._post(LIB.patronus_kv_post_del, (k, len(k)), user_data, None)
+
+    post_del = post_delete
+
+    def posted(self) -> int:
+        """Posted operations not yet polled."""
+        return LIB.patronus_kv_posted(self._handle())
+
+    def _completions(self, cs, n) -> List[KvCompletion]:
+        out = []
+        for i in range(n):
+            c = cs[i]
+            user_data, buf = self._posted.pop(c.user_data, (c.user_data, None))
+            rc = RC(c.rc)
+            op = _OPS.get(c.op, "?")
+            value = buf.raw[: c.value_len] if op == "get" and rc == RC.OK else None
+            err = None
+            if rc not in (RC.OK, RC.NOT_FOUND):
+                err = PatronusError(rc, f"posted kv {op}: {rc.name}")
+            out.append(KvCompletion(user_data, op, rc, value, err))
+        return out
+
+    def poll(self, max: int = 64) -> List[KvCompletion]:
+        """Drives the posted operations and returns the finished ones (at
+        most ``max``), without waiting."""
+        cs = (_CKvCompletion * max)()
+        n = LIB.patronus_kv_poll(self._node._node(), self._handle(), cs, max) if max else 0
+        if not n and last_error():
+            raise InvalidArgument(RC.INVALID, last_error())
+        return self._completions(cs, n)
+
+    def wait(self, max: int = 64, timeout_ns: int = 1_000_000_000) -> List[KvCompletion]:
+        """As ``poll``, but waits up to ``timeout_ns`` for at least one."""
+        cs = (_CKvCompletion * max)()
+        n = LIB.patronus_kv_wait(self._node._node(), self._handle(), cs, max,
+                                 timeout_ns) if max else 0
+        if not n and last_error():
+            raise InvalidArgument(RC.INVALID, last_error())
+        return self._completions(cs, n)

@@ -33,6 +33,7 @@ CTYPES = {
     "const void*": ctypes.c_void_p,
     "size_t*": ctypes.POINTER(ctypes.c_size_t),
     "patronus_completion_t*": ctypes.POINTER(_lib.Completion),
+    "patronus_kv_completion_t*": ctypes.POINTER(_lib.KvCompletion),
     "patronus_kv_t*": _lib.KV,
     "patronus_kv_params_t*": _lib.KVP,
     "const patronus_kv_params_t*": _lib.KVP,

@@ -36,7 +36,7 @@ def test_pip_install_in_a_fresh_venv_bundles_the_library(tmp_path):
         [py, "-c", "import patronus, patronus._lib as l; print(l.LIB_PATH, patronus.ABI_VERSION)"],
         check=True, capture_output=True, text=True, env=env, cwd=str(tmp_path))
     path, abi = out.stdout.split()
-    assert path.startswith(str(venv)) and abi == "4", out.stdout
+    assert path.startswith(str(venv)) and abi == "5", out.stdout
     # The suite against the installed package (conftest checks it is that one).
     suite = subprocess.run(
         [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "bindings" / "python" / "tests")],
