@@ -151,9 +151,26 @@ thread_local! {
     static MAILBOX: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Leaves a posted kv call's completion for its handle.
+/// Tag ranges of the handles that exist: a completion of a freed
+/// handle's call is dropped, not kept for nobody.
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn live_ranges() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u64>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The handle tag range of a posted kv call's tag.
+fn range_of(user_data: u64) -> u64 {
+    (user_data >> 40) & ((1 << 23) - 1)
+}
+
+/// Leaves a posted kv call's completion for its handle (dropped when the
+/// handle was freed).
 pub(crate) fn mail(c: Completion) {
-    let _ = MAILBOX.try_with(|m| m.borrow_mut().push(c));
+    if live_ranges().contains(&range_of(c.user_data)) {
+        let _ = MAILBOX.try_with(|m| m.borrow_mut().push(c));
+    }
 }
 
 /// What a posted operation produced.
@@ -187,6 +204,14 @@ pub(crate) struct KvHandle {
     ops: FuturesUnordered<LocalBoxFuture<'static, Done>>,
     /// Finished, not yet polled.
     done: VecDeque<Done>,
+    /// Its calls' tag range.
+    range: u64,
+}
+
+impl Drop for KvHandle {
+    fn drop(&mut self) {
+        live_ranges().remove(&self.range);
+    }
 }
 
 fn mode_of(mode: u32) -> FfiResult<Protection> {
@@ -228,6 +253,7 @@ fn make(
 ) -> FfiResult<*mut patronus_kv_t> {
     let (table, thread) = with_client(p, |c| open(c).map(|t| (t, c.get_thread_id())))??;
     let range = NEXT_RANGE.fetch_add(1, Ordering::Relaxed) & ((1 << 23) - 1);
+    live_ranges().insert(range);
     Ok(box_into_raw::<patronus_kv_t>(KvHandle {
         table: Rc::new(table),
         node: p as usize,
@@ -235,6 +261,7 @@ fn make(
         engine: Rc::new(AsyncThread::detached(POSTED_KV_TAG | range << 40)),
         ops: FuturesUnordered::new(),
         done: VecDeque::new(),
+        range,
     }))
 }
 
@@ -679,10 +706,14 @@ fn drive(
     let mailed: Vec<Completion> = MAILBOX
         .try_with(|m| std::mem::take(&mut *m.borrow_mut()))
         .unwrap_or_default();
-    let keep: Vec<Completion> = mailed
-        .into_iter()
-        .filter_map(|c| h.engine.accept(c))
-        .collect();
+    let keep: Vec<Completion> = {
+        let live = live_ranges();
+        mailed
+            .into_iter()
+            .filter_map(|c| h.engine.accept(c))
+            .filter(|c| live.contains(&range_of(c.user_data)))
+            .collect()
+    };
     if !keep.is_empty() {
         let _ = MAILBOX.try_with(|m| m.borrow_mut().extend(keep));
     }
