@@ -166,7 +166,12 @@
 //! # let _ = values; Ok(()) }
 //! ```
 //!
-//! Not yet here (issue 15): reclaiming retired subtables.
+//! Retired subtables are not reused: a client whose directory cache is
+//! older than a split may still READ a retired subtable (it then finds its
+//! slots frozen and reloads the directory), so reusing one would need a
+//! grace period every client has passed, which one-sided clients cannot
+//! announce. The region is sized for every split up to `max_depth`
+//! instead (at most twice what the live subtables need).
 
 mod io;
 pub mod layout;
