@@ -1306,6 +1306,17 @@ impl ClientThread {
         }
         // Calls posted before it on this QP completed without a signal of
         // their own (in order, and successfully: a failure completes).
+        // Their staging pages were just written by the fabric: their loads
+        // are started together here rather than one by one as each call
+        // reads its data.
+        if wc.status == WcStatus::Success {
+            for &id in self.calls.fifo[qp].iter() {
+                self.stage.prefetch((id & 0xffff_ffff) * SMALL as u64);
+                if id == wc.wr_id {
+                    break;
+                }
+            }
+        }
         let mut n = 0;
         while let Some(&front) = self.calls.fifo[qp].front() {
             if front == wc.wr_id {
