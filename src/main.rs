@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use patronus::bench::inflight::Layout;
 use patronus::bench::{self, fabric};
 use patronus::fabric::soft::LinkKind;
 
@@ -27,6 +28,17 @@ enum FabricArg {
     /// RDMA hardware (build with --features verbs); `bench lease` only.
     Verbs,
     All,
+}
+
+/// Where `bench inflight` runs the memory node.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LayoutArg {
+    /// In this process.
+    Inproc,
+    /// In a child process.
+    Process,
+    /// Both, one set of rows each.
+    Both,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +85,8 @@ enum Cmd {
     Floor { args: Vec<String> },
     #[command(name = "__bench-node", hide = true)]
     BenchNode { link: String },
+    #[command(name = "__inflight-node", hide = true)]
+    InflightNode { args: Vec<String> },
     #[command(name = "__soak-client", hide = true)]
     SoakClient { args: String },
 }
@@ -366,6 +380,15 @@ enum BenchCmd {
         /// best (for a busy host: the run least disturbed by others).
         #[arg(long, default_value_t = 1)]
         best_of: usize,
+        /// Where the memory node runs: inproc (this process), process (a
+        /// child process of this binary), or both (both sets of rows).
+        #[arg(long, value_enum, default_value = "inproc")]
+        layout: LayoutArg,
+        /// The keeper the process layout's two nodes meet through
+        /// (memcached://HOST:PORT; default: a private memcached started
+        /// for the run).
+        #[arg(long)]
+        keeper: Option<String>,
     },
     /// YCSB core workloads A, B, C, D, F on the protected hash table
     /// (src/kv), every protection mode side by side (unprotected, lease,
@@ -890,6 +913,8 @@ fn main() -> ExitCode {
                     depths,
                     only,
                     best_of,
+                    layout,
+                    keeper,
                 },
         } => (|| {
             let fabrics = match f {
@@ -908,6 +933,13 @@ fn main() -> ExitCode {
                     depths: depths.iter().map(|&d| d as usize).collect(),
                     only: only.clone(),
                     best_of,
+                    layouts: match layout {
+                        LayoutArg::Inproc => vec![Layout::InProc],
+                        LayoutArg::Process => vec![Layout::Process],
+                        LayoutArg::Both => vec![Layout::InProc, Layout::Process],
+                    },
+                    keeper: keeper.clone(),
+                    exe: None,
                 };
                 recs.extend(patronus::bench::inflight::run(&o)?);
             }
@@ -984,6 +1016,9 @@ fn main() -> ExitCode {
             Ok(true)
         })(),
         Cmd::Floor { args } => fabric::floor_main(&args).map(|_| true).map_err(Into::into),
+        Cmd::InflightNode { args } => patronus::bench::inflight::node_main(&args)
+            .map(|_| true)
+            .map_err(Into::into),
         Cmd::BenchNode { link } => link
             .parse::<LinkKind>()
             .map_err(patronus::Error::from)

@@ -551,3 +551,156 @@ fn bench_ycsb_across_processes_merges_both_clients() {
     }
     assert!(recs.iter().all(|r| r["processes"] == 2), "{text}");
 }
+
+/// Live `__inflight-node` processes (memory nodes of `bench inflight
+/// --layout process`) started by the bench process `pid` (its cluster
+/// names carry its pid).
+fn inflight_nodes_of(pid: u32) -> Vec<u32> {
+    let tag = format!("bench-inflight-{pid}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("__inflight-node") && c.contains(&tag)
+            })
+        })
+        .collect()
+}
+
+/// `bench inflight --layout both`: the same scenarios in-process and with
+/// the memory node in a child process (through a private memcached), each
+/// layout's rows against its own 1-in-flight rate; the child is gone when
+/// the bench returns.
+#[test]
+fn bench_inflight_process_layout_runs_beside_inproc_and_reaps_its_node() {
+    let child = patronus()
+        .args([
+            "bench",
+            "inflight",
+            "--layout",
+            "both",
+            "--only",
+            "read",
+            "--only",
+            "cycle-0bind",
+            "--only",
+            "floor",
+            "--depth",
+            "1",
+            "--depth",
+            "4",
+            "--seconds",
+            "0.05",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    for layout in ["inproc", "process"] {
+        for scenario in ["read", "cycle-0bind", "floor"] {
+            for depth in [1, 4] {
+                let r = recs
+                    .iter()
+                    .find(|r| {
+                        r["layout"] == layout && r["scenario"] == scenario && r["inflight"] == depth
+                    })
+                    .unwrap_or_else(|| panic!("no {layout} {scenario} @{depth} row:\n{text}"));
+                assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+                assert!(r["vs_one"].as_f64().unwrap() > 0.0, "{r}");
+            }
+        }
+    }
+    assert_eq!(inflight_nodes_of(pid), Vec::<u32>::new());
+}
+
+/// A process layout that cannot form its cluster (an unreachable keeper)
+/// fails in bounded time, and its memory node process does not outlive it.
+#[test]
+fn bench_inflight_process_layout_failure_is_bounded_and_reaps_its_node() {
+    let t0 = std::time::Instant::now();
+    let child = patronus()
+        .args([
+            "bench",
+            "inflight",
+            "--layout",
+            "process",
+            "--keeper",
+            "memcached://127.0.0.1:1",
+            "--only",
+            "read",
+            "--depth",
+            "1",
+            "--seconds",
+            "0.05",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(inflight_nodes_of(pid), Vec::<u32>::new());
+}
+
+/// The memory node process of the process layout stops by itself when
+/// the bench process is killed (it exits once its stdin closes).
+#[test]
+fn bench_inflight_memory_node_process_dies_with_its_parent() {
+    let mut child = patronus()
+        .args([
+            "bench",
+            "inflight",
+            "--layout",
+            "process",
+            "--only",
+            "read",
+            "--depth",
+            "1",
+            "--seconds",
+            "30",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let t0 = std::time::Instant::now();
+    while inflight_nodes_of(pid).is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no memory node process appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t1 = std::time::Instant::now();
+    while !inflight_nodes_of(pid).is_empty() {
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(10),
+            "the memory node outlived its parent by 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -772,3 +772,62 @@ mod asynch {
         .await
     }
 }
+
+/// A posted call whose directory never answers (no server thread serves
+/// it) completes once, as RDMA_EXECUTION_ERR, after the RPC timeout and
+/// not before: the engine stamps each call's deadline in the first round
+/// after its post, with one clock read per round.
+#[test]
+fn an_unanswered_posted_call_times_out_after_the_rpc_timeout() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let timeout = Duration::from_millis(300);
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 1,
+        cluster: format!(
+            "inflight-silent-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: "shm".into(),
+        keeper: None,
+        rpc_timeout: timeout,
+        ..Config::default()
+    };
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cfg.clone();
+            thread::spawn(move || Patronus::new(c).expect("node"))
+        })
+        .collect();
+    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    nodes.sort_by_key(|n| n.get_node_id());
+    let mut c = nodes[1].register_client_thread().unwrap();
+    // The thread computes a while between its post and its first poll:
+    // the timeout runs from that poll, the call is not failed at once.
+    assert_eq!(
+        c.post_get_rlease(0, 0, 0, 0, 64, 0, acquire::NO_GC, 7)
+            .unwrap(),
+        Post::Posted
+    );
+    thread::sleep(timeout * 2);
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        got = c.wait(8, Duration::from_millis(50)).unwrap();
+    }
+    let waited = t0.elapsed();
+    assert_eq!(got.len(), 1, "after {waited:?}");
+    assert_eq!(got[0].user_data, 7);
+    assert_eq!(got[0].rc(), Rc::RdmaExecutionErr);
+    assert!(
+        waited >= timeout - Duration::from_millis(20),
+        "failed after {waited:?}, before the {timeout:?} timeout ran out"
+    );
+    assert_eq!(c.inflight(), 0);
+    drop(c);
+    for n in &nodes {
+        n.finished(0).unwrap();
+    }
+}

@@ -360,6 +360,37 @@ fn interleaved(
     Ok((fab, flo))
 }
 
+/// A QP of a soft NIC in this process (with a `buf`-byte local buffer)
+/// connected to a memory node in a child process (`exe __bench-node`):
+/// the side, the node's 1 MiB region (address, rkey) and the child, which
+/// is killed and reaped when dropped (and exits once its stdin closes).
+pub(crate) fn remote_side(
+    exe: &std::path::Path,
+    link: LinkKind,
+    buf: usize,
+) -> Result<(Side, u64, u32, ChildProc)> {
+    let mut node = ChildProc::spawn(exe, &["__bench-node", link_name(link)])?;
+    let r = node.line()?;
+    let parse = |i: usize| -> Result<u64> {
+        r.get(i)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Invalid("bench node REGION line".into()))
+    };
+    let (addr, rkey) = (parse(1)?, parse(2)? as u32);
+    let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
+        link,
+        ..SoftConfig::default()
+    })?);
+    let pd = nic.alloc_pd()?;
+    let c = Side::new(nic, pd, buf)?;
+    node.send(&hex::encode(c.qp.endpoint().encode()))?;
+    let ep = node.line()?;
+    c.qp.connect(&endpoint_from_hex(
+        ep.get(1).map(String::as_str).unwrap_or(""),
+    )?)?;
+    Ok((c, addr, rkey, node))
+}
+
 /// The benchmark's client: a QP of a soft NIC in this process connected
 /// to a memory node (`__bench-node`) in another.
 struct FabricSide {
@@ -372,25 +403,7 @@ struct FabricSide {
 
 impl FabricSide {
     fn start(o: &Opts, link: LinkKind) -> Result<FabricSide> {
-        let mut node = ChildProc::spawn(&o.exe, &["__bench-node", link_name(link)])?;
-        let r = node.line()?;
-        let parse = |i: usize| -> Result<u64> {
-            r.get(i)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::Invalid("bench node REGION line".into()))
-        };
-        let (addr, rkey) = (parse(1)?, parse(2)? as u32);
-        let nic: Arc<dyn Nic> = Arc::new(SoftNic::open(SoftConfig {
-            link,
-            ..SoftConfig::default()
-        })?);
-        let pd = nic.alloc_pd()?;
-        let c = Side::new(nic, pd, 64 * 4096)?;
-        node.send(&hex::encode(c.qp.endpoint().encode()))?;
-        let ep = node.line()?;
-        c.qp.connect(&endpoint_from_hex(
-            ep.get(1).map(String::as_str).unwrap_or(""),
-        )?)?;
+        let (c, addr, rkey, node) = remote_side(&o.exe, link, 64 * 4096)?;
         Ok(FabricSide {
             c,
             addr,

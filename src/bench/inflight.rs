@@ -1,6 +1,10 @@
 //! `patronus bench inflight`: calls in flight per client thread (issue 12).
-//! On an in-process two-node cluster (memory node on its own server
-//! thread, one client thread), for 1, 4, 16 and 32 calls in flight:
+//! On a two-node cluster, for 1, 4, 16 and 32 calls in flight, in one or
+//! both layouts: `inproc` (both nodes in this process, the memory node's
+//! directory on its own server thread) and `process` (the memory node in a
+//! child process of the same binary, `__inflight-node`, meeting this one
+//! through a keeper: `--keeper`, or a private memcached started for the
+//! run; the child is killed and reaped on every exit path):
 //! - `read`: 64 B READs through one lease (posted calls);
 //! - `cycle-2bind`, `cycle-1bind`, `cycle-0bind`: lease cycles (acquire +
 //!   relinquish) with the default two binds, NO_BIND_PR (one), NO_BIND_ANY
@@ -12,11 +16,12 @@
 //!   cycles with two binds) from two client threads with `inflight` cycles
 //!   each: a node-wide rate, not a per-thread one;
 //!
-//! plus the soft fabric's own pipelined 64 B READ rate between two NICs of
-//! this process: one signalled request per post (the `floor` row), and
+//! plus the soft fabric's own pipelined 64 B READ rate between two NICs (of
+//! this process, or of this process and a child in the `process` layout):
+//! one signalled request per post (the `floor` row), and
 //! every free place posted as one chain signalled once (`floor-chain`, as
 //! the engine posts). Every rate is reported against the same scenario's
-//! 1-in-flight rate of the same run.
+//! and layout's 1-in-flight rate of the same run.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,13 +30,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::{ChildProc, LocalMemcached};
 use crate::client::{AsyncThread, ClientThread, Lease, Post};
-use crate::fabric::conformance::Pair;
+use crate::fabric::conformance::{Pair, Side};
 use crate::fabric::soft::{LinkKind, SoftConfig, SoftNic};
 use crate::fabric::{Nic, SendWr, Wc, WrOp};
 use crate::lease::flags::acquire;
 use crate::lease::Rc;
-use crate::node::Config;
+use crate::node::{Config, Patronus};
 use crate::{Error, Result};
 
 /// What to run.
@@ -48,6 +54,33 @@ pub struct Opts {
     /// Measurements per scenario and depth; the best one is reported (on
     /// a busy host the best is the one least disturbed). 0 counts as 1.
     pub best_of: usize,
+    /// Layouts to measure, in order (empty: in-process only).
+    pub layouts: Vec<Layout>,
+    /// The keeper of the `process` layout (`memcached://HOST:PORT`); None
+    /// starts a private memcached for the run.
+    pub keeper: Option<String>,
+    /// The `patronus` executable the `process` layout runs the memory node
+    /// with (None: this executable).
+    pub exe: Option<std::path::PathBuf>,
+}
+
+/// Where the memory node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Both nodes in this process.
+    InProc,
+    /// The memory node in a child process.
+    Process,
+}
+
+impl Layout {
+    /// "inproc" or "process".
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::InProc => "inproc",
+            Layout::Process => "process",
+        }
+    }
 }
 
 /// One measured rate.
@@ -59,11 +92,13 @@ pub struct InflightRecord {
     pub scenario: String,
     /// Fabric.
     pub fabric: String,
+    /// "inproc" (memory node in this process) or "process" (in a child).
+    pub layout: String,
     /// Calls in flight on the thread.
     pub inflight: usize,
     /// Million calls (or tasks, or cycles) per second on one thread.
     pub mops: f64,
-    /// `mops` over the same scenario's 1-in-flight rate.
+    /// `mops` over the same scenario's (and layout's) 1-in-flight rate.
     pub vs_one: f64,
     /// Calls (tasks, cycles) completed.
     pub ops: u64,
@@ -112,9 +147,10 @@ fn reads(c: &mut ClientThread, l: &mut Lease, depth: usize, budget: Duration) ->
 }
 
 /// Keeps `depth` lease cycles in flight, each on its own object (objects
-/// from `first` on).
+/// from `first` on) of memory node `srv`.
 fn cycles(
     c: &mut ClientThread,
+    srv: u16,
     flag: u64,
     depth: usize,
     budget: Duration,
@@ -136,7 +172,7 @@ fn cycles(
             running = t0.elapsed() < budget;
         }
         while let Some(k) = free.pop().filter(|_| running) {
-            let p = c.post_get_wlease(0, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
+            let p = c.post_get_wlease(srv, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
             if p == Post::Retry {
                 free.push(k);
                 break;
@@ -188,14 +224,15 @@ fn cycles(
     }
 }
 
-/// `depth` async tasks, each looping acquire, 16 reads, relinquish.
-fn tasks(t: &AsyncThread, depth: usize, budget: Duration) -> Result<u64> {
+/// `depth` async tasks, each looping acquire, 16 reads, relinquish (on
+/// memory node `srv`).
+fn tasks(t: &AsyncThread, srv: u16, depth: usize, budget: Duration) -> Result<u64> {
     let t0 = Instant::now();
     let one = |k: usize| async move {
         let mut n = 0u64;
         while t0.elapsed() < budget {
             let mut l = t
-                .get_rlease(0, 0, k as u64 * 4096, 0, 64, 0, acquire::NO_GC)
+                .get_rlease(srv, 0, k as u64 * 4096, 0, 64, 0, acquire::NO_GC)
                 .await?;
             if !l.success() {
                 return Err(Error::Invalid(format!(
@@ -229,14 +266,59 @@ fn floor_pair(link: LinkKind) -> Result<Pair> {
     Ok(Pair::new(a, b, 1 << 16)?)
 }
 
+/// A client QP of the soft fabric and the remote region it reads: two
+/// NICs of this process, or a memory node in a child process.
+struct FloorTarget {
+    side: Side,
+    raddr: u64,
+    rkey: u32,
+    /// What keeps the remote end alive: the pair, or the child.
+    _pair: Option<Box<Pair>>,
+    _child: Option<ChildProc>,
+}
+
+impl FloorTarget {
+    fn open(layout: Layout, link: LinkKind, exe: &std::path::Path) -> Result<FloorTarget> {
+        Ok(match layout {
+            Layout::InProc => {
+                let p = floor_pair(link)?;
+                let side = Side {
+                    nic: p.client.nic.clone(),
+                    pd: p.client.pd,
+                    cq: p.client.cq.clone(),
+                    qp: p.client.qp.clone(),
+                    buf: p.client.buf.clone(),
+                };
+                FloorTarget {
+                    raddr: p.region.addr(),
+                    rkey: p.region.rkey(),
+                    side,
+                    _pair: Some(Box::new(p)),
+                    _child: None,
+                }
+            }
+            Layout::Process => {
+                let (side, raddr, rkey, child) = super::fabric::remote_side(exe, link, 1 << 16)?;
+                FloorTarget {
+                    side,
+                    raddr,
+                    rkey,
+                    _pair: None,
+                    _child: Some(child),
+                }
+            }
+        })
+    }
+}
+
 /// The soft fabric's pipelined 64 B READ rate with `depth` outstanding.
-fn floor(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
-    let (raddr, rkey) = (p.region.addr(), p.region.rkey());
+fn floor(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
+    let (raddr, rkey) = (p.raddr, p.rkey);
     let post = |slot: u64| {
-        p.client.qp.post_send(&[SendWr {
+        p.side.qp.post_send(&[SendWr {
             wr_id: slot,
             op: WrOp::Read {
-                local: p.client.sge(slot * 64, 64),
+                local: p.side.sge(slot * 64, 64),
                 raddr,
                 rkey,
             },
@@ -259,7 +341,7 @@ fn floor(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
             post(out as u64)?;
             out += 1;
         }
-        let n = p.client.cq.poll(&mut wc);
+        let n = p.side.cq.poll(&mut wc);
         for w in &wc[..n] {
             if !w.status.is_ok() {
                 return Err(Error::Invalid(format!("floor read: {w:?}")));
@@ -276,8 +358,8 @@ fn floor(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
 /// As [`floor`], posting every free place as one chain with only its last
 /// request signalled (what the engine's doorbell batching does): the
 /// fabric's best pipelined rate.
-fn floor_chain(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
-    let (raddr, rkey) = (p.region.addr(), p.region.rkey());
+fn floor_chain(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
+    let (raddr, rkey) = (p.raddr, p.rkey);
     let t0 = Instant::now();
     let mut out = 0usize;
     let mut done = 0u64;
@@ -297,18 +379,18 @@ fn floor_chain(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
                 wrs.push(SendWr {
                     wr_id: i as u64,
                     op: WrOp::Read {
-                        local: p.client.sge((i % 1024) as u64 * 64, 64),
+                        local: p.side.sge((i % 1024) as u64 * 64, 64),
                         raddr,
                         rkey,
                     },
                     signaled: i + 1 == depth,
                 });
             }
-            p.client.qp.post_send(&wrs)?;
+            p.side.qp.post_send(&wrs)?;
             chains.push_back(wrs.len());
             out = depth;
         }
-        let n = p.client.cq.poll(&mut wc);
+        let n = p.side.cq.poll(&mut wc);
         for w in &wc[..n] {
             if !w.status.is_ok() {
                 return Err(Error::Invalid(format!("floor read: {w:?}")));
@@ -323,46 +405,184 @@ fn floor_chain(p: &Pair, depth: usize, budget: Duration) -> Result<u64> {
     }
 }
 
-/// Runs every scenario at every depth.
+/// The two-node cluster of a run (`keeper`: None for the in-process one).
+fn node_config(fabric: &str, cluster: String, keeper: Option<String>) -> Config {
+    Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 2,
+        cluster,
+        fabric: fabric.into(),
+        keeper,
+        leases_per_dir: 4096,
+        lease_quota_per_thread: 1024,
+        max_inflight: 64,
+        // A node that never joins fails the run in bounded time.
+        keeper_timeout: Duration::from_secs(20),
+        ..Config::default()
+    }
+}
+
+fn cluster_name() -> String {
+    format!(
+        "bench-inflight-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn link_of(fabric: &str) -> Result<LinkKind> {
+    match fabric {
+        "shm" => Ok(LinkKind::Shm),
+        "tcp" => Ok(LinkKind::Tcp),
+        f => Err(Error::Invalid(format!(
+            "bench inflight: fabric {f}: shm or tcp"
+        ))),
+    }
+}
+
+/// Runs every scenario at every depth, in every layout asked for.
 pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
-    let link = match o.fabric.as_str() {
-        "shm" => LinkKind::Shm,
-        "tcp" => LinkKind::Tcp,
-        f => {
-            return Err(Error::Invalid(format!(
-                "bench inflight: fabric {f}: shm or tcp"
-            )))
-        }
+    let link = link_of(&o.fabric)?;
+    let layouts = if o.layouts.is_empty() {
+        vec![Layout::InProc]
+    } else {
+        o.layouts.clone()
     };
+    let mut out: Vec<InflightRecord> = Vec::new();
+    for l in layouts {
+        match l {
+            Layout::InProc => run_inproc(o, link, &mut out)?,
+            Layout::Process => run_process(o, link, &mut out)?,
+        }
+    }
+    let ones: Vec<(String, String, f64)> = out
+        .iter()
+        .filter(|r| r.inflight == 1)
+        .map(|r| (r.layout.clone(), r.scenario.clone(), r.mops))
+        .collect();
+    for r in &mut out {
+        if let Some((_, _, one)) = ones
+            .iter()
+            .find(|(l, s, _)| *l == r.layout && *s == r.scenario)
+        {
+            r.vs_one = r.mops / one.max(1e-12);
+        }
+    }
+    Ok(out)
+}
+
+/// Both nodes in this process; the memory node's directory on a thread.
+fn run_inproc(o: &Opts, link: LinkKind, out: &mut Vec<InflightRecord>) -> Result<()> {
+    let cfg = node_config(&o.fabric, cluster_name(), None);
+    let nodes = super::start_nodes(&cfg)?;
+    let (server, client) = (&nodes[0], &nodes[1]);
+    let mut dir = server.register_server_thread()?;
+    let srv = server.get_node_id();
+    let exe = std::path::PathBuf::new();
+    std::thread::scope(|s| {
+        let h = s.spawn(move || dir.server_serve(0));
+        let r = measure(
+            o,
+            client,
+            srv,
+            || FloorTarget::open(Layout::InProc, link, &exe),
+            Layout::InProc,
+            out,
+        );
+        let _ = server.finished(0);
+        let _ = client.finished(0);
+        let served = h
+            .join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
+        served?;
+        r
+    })
+}
+
+/// The memory node in a child process (`__inflight-node`), this process
+/// the client node. The child is killed and reaped on every path out.
+fn run_process(o: &Opts, link: LinkKind, out: &mut Vec<InflightRecord>) -> Result<()> {
+    let exe = match &o.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().map_err(|e| Error::io("current_exe", e))?,
+    };
+    let mut _mc = None;
+    let keeper = match &o.keeper {
+        Some(k) => k.clone(),
+        None => _mc.insert(LocalMemcached::start()?).url.clone(),
+    };
+    let cluster = cluster_name();
+    let mut child = ChildProc::spawn(&exe, &["__inflight-node", &o.fabric, &keeper, &cluster])?;
+    let client = Patronus::new(node_config(&o.fabric, cluster, Some(keeper)))?;
+    let srv = 1 - client.get_node_id().min(1);
+    let r = measure(
+        o,
+        &client,
+        srv,
+        || FloorTarget::open(Layout::Process, link, &exe),
+        Layout::Process,
+        out,
+    );
+    let fin = client.finished(0);
+    // The memory node stops once both nodes finished (or, past the bound,
+    // is killed); dropping `child` kills it on the error paths above.
+    let clean = child.wait_exit(Duration::from_secs(10))?;
+    drop(client);
+    r?;
+    fin?;
+    if !clean {
+        return Err(Error::Invalid(
+            "bench inflight: the memory node process did not stop cleanly".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Child of the `process` layout: a memory node (`__inflight-node FABRIC
+/// KEEPER CLUSTER`) serving one directory until both nodes finished. It
+/// exits at once when its stdin closes (the parent went away).
+pub fn node_main(args: &[String]) -> Result<()> {
+    let [fabric, keeper, cluster] = args else {
+        return Err(Error::Invalid(
+            "usage: __inflight-node FABRIC KEEPER CLUSTER".into(),
+        ));
+    };
+    std::thread::spawn(|| {
+        let mut l = String::new();
+        while matches!(std::io::stdin().read_line(&mut l), Ok(n) if n > 0) {
+            l.clear();
+        }
+        std::process::exit(3);
+    });
+    let p = Patronus::new(node_config(fabric, cluster.clone(), Some(keeper.clone())))?;
+    super::say(&format!("NODE {}", p.get_node_id()));
+    let mut d = p.register_server_thread()?;
+    d.server_serve(0)?;
+    super::say("DONE");
+    Ok(())
+}
+
+/// Every scenario at every depth against memory node `srv`, from client
+/// node `client`; the floors against what `floor_target` opens.
+fn measure(
+    o: &Opts,
+    client: &Patronus,
+    srv: u16,
+    floor_target: impl FnOnce() -> Result<FloorTarget>,
+    layout: Layout,
+    out: &mut Vec<InflightRecord>,
+) -> Result<()> {
     let depths: Vec<usize> = if o.depths.is_empty() {
         vec![1, 4, 16, 32]
     } else {
         o.depths.clone()
     };
-    let cfg = Config {
-        machine_nr: 2,
-        dir_nr: 1,
-        client_threads: 2,
-        cluster: format!(
-            "bench-inflight-{}-{}",
-            std::process::id(),
-            RUN.fetch_add(1, Ordering::Relaxed)
-        ),
-        fabric: o.fabric.clone(),
-        keeper: None,
-        leases_per_dir: 4096,
-        lease_quota_per_thread: 1024,
-        max_inflight: 64,
-        ..Config::default()
-    };
-    let nodes = super::start_nodes(&cfg)?;
-    let (server, client) = (&nodes[0], &nodes[1]);
-    let mut dir = server.register_server_thread()?;
-    let mut out: Vec<InflightRecord> = Vec::new();
     let mut push = |scenario: &str, inflight: usize, ops: u64, secs: f64| {
         out.push(InflightRecord {
             scenario: scenario.into(),
             fabric: o.fabric.clone(),
+            layout: layout.name().into(),
             inflight,
             mops: ops as f64 / secs / 1e6,
             vs_one: 0.0,
@@ -378,102 +598,83 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
         }
         Ok(top)
     };
-    std::thread::scope(|s| {
-        let h = s.spawn(move || dir.server_serve(0));
-        let r = (|| -> Result<()> {
-            let mut c = client.register_client_thread()?;
-            let mut l = c.get_rlease(0, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?;
-            for &d in depths.iter().filter(|_| want("read")) {
-                let n = best(&mut || reads(&mut c, &mut l, d, o.budget))?;
-                push("read", d, n, secs);
-            }
-            c.relinquish(&mut l, 0, 0)?;
-            for (name, flag) in [
-                ("cycle-2bind", 0),
-                ("cycle-1bind", acquire::NO_BIND_PR),
-                ("cycle-0bind", acquire::NO_BIND_ANY),
-            ] {
-                for &d in depths.iter().filter(|_| want(name)) {
-                    let n = best(&mut || cycles(&mut c, flag, d, o.budget, 0))?;
-                    push(name, d, n, secs);
-                }
-            }
-            let t = AsyncThread::new(c);
-            for &d in depths.iter().filter(|_| want("task")) {
-                let n = best(&mut || tasks(&t, d, o.budget))?;
-                push("task", d, n, secs);
-            }
-            drop(t);
-            // The memory node's acquire rate: both client threads, each
-            // with `d` lease cycles (two binds) in flight; one in flight per
-            // thread is how a node was driven before calls in flight (one
-            // request per directory pass).
-            for &d in depths.iter().filter(|_| want("node-acquire")) {
-                let n = best(&mut || {
-                    std::thread::scope(|s2| -> Result<u64> {
-                        let hs: Vec<_> = (0..2u64)
-                            .map(|t| {
-                                s2.spawn(move || -> Result<u64> {
-                                    let mut c = client.register_client_thread()?;
-                                    cycles(&mut c, 0, d, o.budget, 64 + t * 64)
-                                })
-                            })
-                            .collect();
-                        let mut sum = 0;
-                        for h in hs {
-                            sum += h
-                                .join()
-                                .map_err(|_| Error::Invalid("client thread panicked".into()))??;
-                        }
-                        Ok(sum)
-                    })
-                })?;
-                push("node-acquire", d, n, secs);
-            }
-            let p = floor_pair(link)?;
-            for &d in depths.iter().filter(|_| want("floor")) {
-                let n = best(&mut || floor(&p, d, o.budget))?;
-                push("floor", d, n, secs);
-            }
-            for &d in depths.iter().filter(|_| want("floor-chain")) {
-                let n = best(&mut || floor_chain(&p, d, o.budget))?;
-                push("floor-chain", d, n, secs);
-            }
-            Ok(())
-        })();
-        let _ = server.finished(0);
-        let _ = client.finished(0);
-        let served = h
-            .join()
-            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
-        served?;
-        r
-    })?;
-    let ones: Vec<(String, f64)> = out
-        .iter()
-        .filter(|r| r.inflight == 1)
-        .map(|r| (r.scenario.clone(), r.mops))
-        .collect();
-    for r in &mut out {
-        if let Some((_, one)) = ones.iter().find(|(s, _)| *s == r.scenario) {
-            r.vs_one = r.mops / one.max(1e-12);
+    let mut c = client.register_client_thread()?;
+    if want("read") {
+        let mut l = c.get_rlease(srv, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?;
+        for &d in &depths {
+            let n = best(&mut || reads(&mut c, &mut l, d, o.budget))?;
+            push("read", d, n, secs);
+        }
+        c.relinquish(&mut l, 0, 0)?;
+    }
+    for (name, flag) in [
+        ("cycle-2bind", 0),
+        ("cycle-1bind", acquire::NO_BIND_PR),
+        ("cycle-0bind", acquire::NO_BIND_ANY),
+    ] {
+        for &d in depths.iter().filter(|_| want(name)) {
+            let n = best(&mut || cycles(&mut c, srv, flag, d, o.budget, 0))?;
+            push(name, d, n, secs);
         }
     }
-    Ok(out)
+    let t = AsyncThread::new(c);
+    for &d in depths.iter().filter(|_| want("task")) {
+        let n = best(&mut || tasks(&t, srv, d, o.budget))?;
+        push("task", d, n, secs);
+    }
+    drop(t);
+    // The memory node's acquire rate: both client threads, each with `d`
+    // lease cycles (two binds) in flight; one in flight per thread is how
+    // a node was driven before calls in flight (one request per directory
+    // pass).
+    for &d in depths.iter().filter(|_| want("node-acquire")) {
+        let n = best(&mut || {
+            std::thread::scope(|s2| -> Result<u64> {
+                let hs: Vec<_> = (0..2u64)
+                    .map(|t| {
+                        s2.spawn(move || -> Result<u64> {
+                            let mut c = client.register_client_thread()?;
+                            cycles(&mut c, srv, 0, d, o.budget, 64 + t * 64)
+                        })
+                    })
+                    .collect();
+                let mut sum = 0;
+                for h in hs {
+                    sum += h
+                        .join()
+                        .map_err(|_| Error::Invalid("client thread panicked".into()))??;
+                }
+                Ok(sum)
+            })
+        })?;
+        push("node-acquire", d, n, secs);
+    }
+    if want("floor") || want("floor-chain") {
+        let p = floor_target()?;
+        for &d in depths.iter().filter(|_| want("floor")) {
+            let n = best(&mut || floor(&p, d, o.budget))?;
+            push("floor", d, n, secs);
+        }
+        for &d in depths.iter().filter(|_| want("floor-chain")) {
+            let n = best(&mut || floor_chain(&p, d, o.budget))?;
+            push("floor-chain", d, n, secs);
+        }
+    }
+    Ok(())
 }
 
 /// A table: one row per scenario and depth.
 pub fn print_table(w: &mut dyn Write, recs: &[InflightRecord]) -> std::io::Result<()> {
     writeln!(
         w,
-        "{:<12} {:<5} {:>9} {:>12} {:>9} {:>10}",
-        "scenario", "fab", "inflight", "Mops/thread", "vs 1", "ops"
+        "{:<12} {:<5} {:<7} {:>9} {:>12} {:>9} {:>10}",
+        "scenario", "fab", "layout", "inflight", "Mops/thread", "vs 1", "ops"
     )?;
     for r in recs {
         writeln!(
             w,
-            "{:<12} {:<5} {:>9} {:>12.3} {:>8.2}x {:>10}",
-            r.scenario, r.fabric, r.inflight, r.mops, r.vs_one, r.ops
+            "{:<12} {:<5} {:<7} {:>9} {:>12.3} {:>8.2}x {:>10}",
+            r.scenario, r.fabric, r.layout, r.inflight, r.mops, r.vs_one, r.ops
         )?;
     }
     Ok(())

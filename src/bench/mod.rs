@@ -311,6 +311,112 @@ impl ChildProc {
             .and_then(|_| self.stdin.flush())
             .map_err(|e| Error::io("writing to child", e))
     }
+
+    /// Waits up to `limit` for the child to exit by itself; past it the
+    /// child is killed. Either way it is reaped. Returns whether it exited
+    /// by itself and successfully.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<bool> {
+        let t0 = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Ok(st.success()),
+                Ok(None) if t0.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    self.child
+                        .wait()
+                        .map_err(|e| Error::io("reaping a child", e))?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(Error::io("waiting for a child", e)),
+            }
+        }
+    }
+}
+
+/// A private memcached on a free loopback port (the keeper of a benchmark
+/// cluster whose nodes are separate processes), killed and reaped on drop.
+pub struct LocalMemcached {
+    child: Child,
+    /// `memcached://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl LocalMemcached {
+    /// Starts `memcached` (from PATH, /usr/bin or /usr/local/bin) and waits
+    /// until it accepts connections (at most 5 s per attempt, 3 attempts).
+    pub fn start() -> Result<LocalMemcached> {
+        let bin = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain(["/usr/bin".into(), "/usr/local/bin".into()])
+            .map(|d| d.join("memcached"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Invalid(
+                    "memcached not found: the separate-process layout needs a keeper (install \
+                     memcached, or pass --keeper memcached://HOST:PORT)"
+                        .into(),
+                )
+            })?;
+        // memcached refuses to run as root without -u (/proc/self belongs
+        // to this process's effective user).
+        let root = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata("/proc/self").map_err(|e| Error::io("/proc/self", e))?,
+        ) == 0;
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::io("picking a loopback port", e))?
+                .port();
+            let mut cmd = Command::new(&bin);
+            let p = port.to_string();
+            cmd.args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-U",
+                "0",
+                "-t",
+                "1",
+                "-m",
+                "16",
+            ]);
+            if root {
+                cmd.args(["-u", "root"]);
+            }
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| Error::io(format!("spawning {}", bin.display()), e))?;
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(LocalMemcached {
+                        child,
+                        url: format!("memcached://127.0.0.1:{port}"),
+                    });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: another one
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Err(Error::Invalid(format!("{} did not start", bin.display())))
+    }
+}
+
+impl Drop for LocalMemcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ChildProc {

@@ -48,6 +48,9 @@ const WR_PER_QP: usize = 256;
 /// Work requests collected for one data QP before they are posted as one
 /// chain (doorbell batching; the chain is also posted at the next poll).
 const DOORBELL: usize = 16;
+/// Consecutive polls that found nothing after which a poll yields the
+/// core once (see [`ClientThread::poll_into`]).
+const YIELD_EVERY: u32 = 256;
 /// READ buffers a thread keeps for reuse ([`ClientThread::recycle`]).
 const POOLED: usize = 256;
 
@@ -424,8 +427,9 @@ struct Call {
     internal: bool,
     op: Op,
     wait: Wait,
-    /// CLOCK_MONOTONIC_COARSE ns (a few ns to read; deadlines are
-    /// seconds, its tick is milliseconds).
+    /// CLOCK_MONOTONIC_COARSE ns (deadlines are seconds, its tick is
+    /// milliseconds); 0 until the call's step is stamped by the first
+    /// round after it was posted (see `Calls::stamp`).
     deadline: i64,
 }
 
@@ -454,6 +458,10 @@ pub(super) struct Calls {
     wr_out: Vec<usize>,
     large_owner: Option<u32>,
     next_deadline: Option<i64>,
+    /// Calls posted to the fabric since the last round, whose deadline
+    /// that round stamps: one clock read per round, not per post (a
+    /// call's timeout runs from the first round after its post).
+    stamp: Vec<u32>,
     /// Calls posted to the fabric at once (not waiting in the backlog),
     /// highest seen (a statistic for tests).
     pub(super) peak: usize,
@@ -469,6 +477,8 @@ pub(super) struct Calls {
     fifo: Vec<VecDeque<u64>>,
     /// READ buffers given back by [`ClientThread::recycle`].
     pool: Vec<Vec<u8>>,
+    /// Polls in a row that returned nothing while calls were out.
+    empty_polls: u32,
 }
 
 impl Calls {
@@ -487,6 +497,7 @@ impl Calls {
             wr_out: vec![0; dirs],
             large_owner: None,
             next_deadline: None,
+            stamp: Vec::with_capacity(n),
             peak: 0,
             wc: [Wc::default(); 32],
             pend: (0..dirs)
@@ -496,6 +507,7 @@ impl Calls {
                 .map(|_| VecDeque::with_capacity(WR_PER_QP))
                 .collect(),
             pool: Vec::new(),
+            empty_polls: 0,
         }
     }
 
@@ -730,6 +742,17 @@ impl ClientThread {
         if n > 0 {
             self.calls.user -= n;
             out.extend(self.calls.ready.drain(..n));
+            self.calls.empty_polls = 0;
+        } else if self.calls.user > 0 {
+            // A thread that polls in a tight loop while its calls are out
+            // gives its core away now and then: the thread that answers
+            // them (a soft NIC's, or a directory's) may be queued behind
+            // it on the same core, and a busy host otherwise serves one
+            // round trip per scheduler slice (milliseconds).
+            self.calls.empty_polls += 1;
+            if self.calls.empty_polls % YIELD_EVERY == 0 {
+                std::thread::yield_now();
+            }
         }
         Ok(n)
     }
@@ -830,16 +853,10 @@ impl ClientThread {
                 // (finished blocking calls hold their slot only briefly).
                 let active = self.calls.in_flight() - self.calls.backlog.len();
                 self.calls.peak = self.calls.peak.max(active);
-                let d =
-                    coarse_now().saturating_add(
-                        self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64,
-                    );
-                if self.calls.next_deadline.is_none_or(|n| d < n) {
-                    self.calls.next_deadline = Some(d);
-                }
                 if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
                     call.wait = w;
-                    call.deadline = d;
+                    call.deadline = 0;
+                    self.calls.stamp.push(idx);
                 }
                 if let Wait::Wr { qp, .. } = w {
                     if self.calls.pend[qp].len() >= DOORBELL {
@@ -1109,6 +1126,16 @@ impl ClientThread {
         let mut n = 0;
         // Requests made since the last round go out as one chain per QP.
         self.flush_all();
+        // One clock read per round: deadlines of the calls posted since
+        // the last one, and the check against the nearest deadline.
+        let now = if self.calls.stamp.is_empty() && self.calls.next_deadline.is_none() {
+            0
+        } else {
+            coarse_now()
+        };
+        if !self.calls.stamp.is_empty() {
+            self.stamp_deadlines(now);
+        }
         // Data QPs.
         loop {
             let k = self.data_cq.poll(&mut self.calls.wc);
@@ -1152,7 +1179,7 @@ impl ClientThread {
             }
         }
         if let Some(d) = self.calls.next_deadline {
-            if coarse_now() >= d {
+            if now >= d {
                 n += self.expire()?;
             }
         }
@@ -1195,6 +1222,33 @@ impl ClientThread {
         started
     }
 
+    /// Gives the calls posted since the last round their deadline.
+    fn stamp_deadlines(&mut self, now: i64) {
+        let d = now
+            .saturating_add(self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64)
+            .max(1);
+        let Calls {
+            stamp,
+            slots,
+            next_deadline,
+            ..
+        } = &mut self.calls;
+        let mut any = false;
+        for idx in stamp.drain(..) {
+            // A slot listed twice, or finished (and maybe reused) since,
+            // is stamped at most once per step.
+            if let Some(c) = slots[idx as usize].call.as_mut() {
+                if c.deadline == 0 && c.wait != Wait::Backlog {
+                    c.deadline = d;
+                    any = true;
+                }
+            }
+        }
+        if any && next_deadline.is_none_or(|n| d < n) {
+            *next_deadline = Some(d);
+        }
+    }
+
     /// Fails calls past their deadline: an RPC without reply times out; a
     /// work request without completion is treated as failed at the NIC.
     fn expire(&mut self) -> Result<usize> {
@@ -1203,8 +1257,8 @@ impl ClientThread {
         let mut late = Vec::new();
         for (i, s) in self.calls.slots.iter().enumerate() {
             let Some(c) = &s.call else { continue };
-            if c.wait == Wait::Backlog {
-                continue;
+            if c.wait == Wait::Backlog || c.deadline == 0 {
+                continue; // not posted, or stamped by the next round
             }
             if c.deadline <= now {
                 late.push((i as u32, c.wait));
@@ -1252,6 +1306,17 @@ impl ClientThread {
         }
         // Calls posted before it on this QP completed without a signal of
         // their own (in order, and successfully: a failure completes).
+        // Their staging pages were just written by the fabric: their loads
+        // are started together here rather than one by one as each call
+        // reads its data.
+        if wc.status == WcStatus::Success {
+            for &id in self.calls.fifo[qp].iter() {
+                self.stage.prefetch((id & 0xffff_ffff) * SMALL as u64);
+                if id == wc.wr_id {
+                    break;
+                }
+            }
+        }
         let mut n = 0;
         while let Some(&front) = self.calls.fifo[qp].front() {
             if front == wc.wr_id {

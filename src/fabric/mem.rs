@@ -285,6 +285,26 @@ impl Mr {
         Ok(())
     }
 
+    /// Starts loading the cache line at `off` into this core's cache (a
+    /// hint: a NIC or another core wrote it and the caller reads it soon,
+    /// so several such loads overlap instead of stalling one after the
+    /// other). An offset outside the region does nothing.
+    #[inline]
+    pub fn prefetch(&self, off: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if let Ok(p) = self.ptr_at(off, 1, "prefetch") {
+            // SAFETY: a prefetch has no architectural effect (it cannot
+            // fault), and `p` points into this region anyway.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    p as *const i8,
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Copies `src` to `off`.
     pub fn write(&self, off: u64, src: &[u8]) -> Result<()> {
         let p = self.ptr_at(off, src.len() as u64, "write")?;
