@@ -187,6 +187,15 @@ impl NodeArgs {
     }
 }
 
+/// Where `kv-split-die` stops its split.
+#[derive(Clone, Copy, ValueEnum)]
+enum PhaseArg {
+    /// The subtable frozen, the new subtables filled.
+    Frozen,
+    /// The directory names the new subtables; the split still pending.
+    Published,
+}
+
 #[derive(Subcommand, Clone)]
 enum WorkloadCmd {
     /// Concurrent FAA under write leases; prints faa_total=.
@@ -221,6 +230,27 @@ enum WorkloadCmd {
     /// every client node of the cluster: each loads its share, all run
     /// every cell together, the lowest client node prints the merged rows.
     Ycsb(YcsbArgs),
+    /// Creates a small hash table, fills it, dies in the middle of a
+    /// split holding the resize lock (prints died lock_ddl_ns=), idles
+    /// until killed (fault tests; see kv-recover).
+    KvSplitDie {
+        #[arg(long, default_value_t = 150)]
+        keys: u64,
+        #[arg(long, default_value_t = 1000)]
+        lock_ms: u64,
+        #[arg(long, value_enum, default_value = "frozen")]
+        phase: PhaseArg,
+        #[arg(long, default_value_t = 60)]
+        idle_s: u64,
+    },
+    /// Waits for kv-split-die's node to die (keys died, killed), finishes
+    /// its split, checks every key (prints recovered_late_ms=, kv_checked=).
+    KvRecover {
+        #[arg(long, default_value_t = 150)]
+        keys: u64,
+        #[arg(long, default_value_t = 1000)]
+        lock_ms: u64,
+    },
     /// Rounds of acquire / FAA / pattern write + read-verify / relinquish
     /// for a bounded time, tolerating errors; prints counts (fault tests).
     FaultLoop {
@@ -274,6 +304,21 @@ impl From<WorkloadCmd> for patronus::app::Workload {
                 opts: a.opts(),
                 json: a.json,
             },
+            WorkloadCmd::KvSplitDie {
+                keys,
+                lock_ms,
+                phase,
+                idle_s,
+            } => W::KvSplitDie {
+                keys,
+                lock_ms,
+                phase: match phase {
+                    PhaseArg::Frozen => patronus::kv::SplitPhase::Frozen,
+                    PhaseArg::Published => patronus::kv::SplitPhase::Published,
+                },
+                idle_s,
+            },
+            WorkloadCmd::KvRecover { keys, lock_ms } => W::KvRecover { keys, lock_ms },
             WorkloadCmd::FaultLoop {
                 seconds,
                 rounds,

@@ -264,3 +264,78 @@ fn two_processes_on_one_host_keep_epsilon_at_the_floor_under_load() {
         "epsilon {srv_eps} / {c_eps} ns"
     );
 }
+
+/// The original's bench_race_rdma_expand_fault_tolerance, with real
+/// processes: a client process creates the protected hash table, fills
+/// it, takes the resize lock and stops in the middle of a split (the
+/// subtable frozen, or the new subtables published with the split still
+/// pending), and is SIGKILLed holding the lock. A second client process
+/// then writes into the frozen subtable: its put waits for the lock, gets
+/// it when the dead process's lease ends (its term plus epsilon, plus the
+/// GC's polling on a loaded host), finishes the split and goes on; every
+/// key reads back exactly and the table keeps splitting.
+#[test]
+fn client_killed_mid_resize_loses_the_lock_at_its_lease_end() {
+    // The holder extends its lock between the split's phases: the lock's
+    // deadline is two or three terms after it was taken.
+    let lock_ms = 700u64;
+    for phase in ["frozen", "published"] {
+        let mc = Memcached::start();
+        let cl = unique(&format!("mp-kvdie-{phase}"));
+        let base = node_args(&mc.url, &cl, "3");
+        let mut srv = Proc::start("serve", &[&["serve"], &base[..]].concat());
+        let lock = lock_ms.to_string();
+        let die = ["kv-split-die", "--lock-ms", &lock, "--phase", phase];
+        let mut a = Proc::start("dying", &[&["client"], &base[..], &die[..]].concat());
+        let rec = ["kv-recover", "--lock-ms", &lock];
+        let mut b = Proc::start("survivor", &[&["client"], &base[..], &rec[..]].concat());
+        assert_eq!(a.wait_for("kv_filled", T), "150");
+        a.wait_for("lock_ddl_ns", T);
+        a.kill();
+        let k = MemcachedKeeper::connect(&mc.url, Duration::from_secs(2)).unwrap();
+        k.put(&format!("patronus/{cl}/0/user/killed"), b"1")
+            .unwrap();
+        let put_late: f64 = b.wait_for("put_late_ms", T).parse().unwrap();
+        let late: f64 = b.wait_for("recovered_late_ms", T).parse().unwrap();
+        let before: f64 = b.wait_for("started_before_ddl_ms", T).parse().unwrap();
+        let splits: u64 = b.wait_for("splits", T).parse().unwrap();
+        let eps_ms = b.wait_for("epsilon_ns", T).parse::<f64>().unwrap() / 1e6;
+        eprintln!(
+            "{phase}: the survivor started {before:.1} ms before the dead holder's lock \
+             deadline; its put came back {put_late:.1} ms and its split {late:.1} ms after it \
+             (epsilon {eps_ms:.3} ms), {splits} splits"
+        );
+        if phase == "frozen" {
+            assert!(
+                put_late >= -eps_ms,
+                "a put into the frozen subtable came back {:.1} ms before the lock was free",
+                -put_late
+            );
+        }
+        // The survivor asked while the lock was still held: it had to wait.
+        assert!(
+            before > 0.0,
+            "the survivor started after the lock's deadline: the test proves nothing"
+        );
+        assert!(
+            late >= -eps_ms,
+            "the lock came free {:.1} ms before its holder's lease ended",
+            -late
+        );
+        assert!(
+            late <= eps_ms + 500.0,
+            "the lock came free {late:.1} ms after the deadline"
+        );
+        // The dead node's split (finished by the survivor) and its own.
+        assert!(
+            splits >= 2,
+            "the survivor must have finished the dead node's split and its own"
+        );
+        assert_eq!(b.wait_for("kv_checked", T), "150");
+        assert_eq!(b.wait_for("kv_more", T), "200");
+        assert!(b.wait_exit(T).success());
+        // The killed node never calls finished(): the memory node stops by
+        // itself, non-zero, once its heartbeat stood still.
+        assert!(!srv.wait_exit(Duration::from_secs(30)).success());
+    }
+}

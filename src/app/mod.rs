@@ -66,6 +66,56 @@ pub enum Workload {
         /// JSON lines instead of the table.
         json: bool,
     },
+    /// A client that dies in the middle of a resize (the original's
+    /// bench_race_rdma_expand_fault_tolerance): creates the protected hash
+    /// table ([`kv_fault_params`]) on the first memory node in lease mode,
+    /// puts `key-i` = `value-i` for i below `keys` (`kv_filled=`), then
+    /// takes the resize lock (term `lock_ms`), splits the subtable of
+    /// `key-5` up to `phase` and stops there without unlocking: says
+    /// `died lock_ddl_ns=` (the lock's deadline on the memory node's
+    /// clock) and idles until killed (at most `idle_s` seconds).
+    KvSplitDie {
+        /// Keys filled before the split.
+        keys: u64,
+        /// Term of the resize lock.
+        lock_ms: u64,
+        /// Where the split stops.
+        phase: crate::kv::SplitPhase,
+        /// Longest idle time before exiting on its own.
+        idle_s: u64,
+    },
+    /// The survivor of [`Workload::KvSplitDie`]: opens the table once it is
+    /// filled, waits for the application keys `died` (the dead node's
+    /// lock deadline) and `killed`, then puts `key-5` (into a frozen
+    /// subtable the put needs the resize lock; after a published split it
+    /// does not) and splits `key-5`'s subtable (which needs the lock, and
+    /// finishes a pending split first). Reports, against the lock's
+    /// deadline on the memory node's clock, `put_late_ms=` (when the put
+    /// came back) and `recovered_late_ms=` (when the split did), and
+    /// `started_before_ddl_ms=`, `splits=`; then checks every key
+    /// (`kv_checked=`) and that the table still takes puts that split it
+    /// (`kv_more=`).
+    KvRecover {
+        /// Keys the dead node filled.
+        keys: u64,
+        /// Term of the resize lock.
+        lock_ms: u64,
+    },
+}
+
+/// The hash table of the `kv-split-die` / `kv-recover` workloads: a small
+/// table (2 subtables of 4 combined buckets) that splits after a few
+/// hundred keys, at buffer offset 4 KiB.
+pub fn kv_fault_params(lock_ms: u64) -> crate::kv::KvParams {
+    crate::kv::KvParams {
+        base: 4096,
+        groups: 4,
+        initial_depth: 1,
+        max_depth: 10,
+        lock_ns: lock_ms.max(1) * 1_000_000,
+        patience: Duration::from_millis(lock_ms) + Duration::from_secs(20),
+        ..crate::kv::KvParams::default()
+    }
 }
 
 /// What the `fault-loop` workload does. Each round: a write lease on the
@@ -415,6 +465,101 @@ pub fn client(mut cfg: Config, key: u64, workload: Workload) -> Result<()> {
             say(format_args!("multi_ok={n} memory_nodes={}", servers.len()));
         }
         Workload::FaultLoop(f) => fault_loop(&p, s, &f)?,
+        Workload::KvSplitDie {
+            keys,
+            lock_ms,
+            phase,
+            idle_s,
+        } => {
+            use crate::kv::{KvTable, Protection};
+            let mut c = p.register_client_thread()?;
+            let mut t = KvTable::create(&mut c, s, 0, kv_fault_params(lock_ms), Protection::Lease)?;
+            for i in 0..keys {
+                t.put(
+                    &mut c,
+                    format!("key-{i}").as_bytes(),
+                    format!("value-{i}").as_bytes(),
+                )?;
+            }
+            p.put("kv_filled", b"1")?;
+            say(format_args!("kv_filled={keys}"));
+            let ddl = t.split_and_die(&mut c, b"key-5", phase)?;
+            p.put("died", ddl.to_string().as_bytes())?;
+            say(format_args!("died lock_ddl_ns={ddl}"));
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(idle_s) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return Ok(()); // normally killed before this
+        }
+        Workload::KvRecover { keys, lock_ms } => {
+            use crate::kv::{Access, KvTable, Protection};
+            let mut c = p.register_client_thread()?;
+            p.get("kv_filled")?;
+            let mut t = KvTable::open(
+                &mut c,
+                s,
+                0,
+                kv_fault_params(lock_ms),
+                Protection::Lease,
+                Access::ReadWrite,
+            )?;
+            let died = p.get("died")?;
+            let ddl: i64 = std::str::from_utf8(&died)
+                .ok()
+                .and_then(|d| d.trim().parse().ok())
+                .ok_or_else(|| Error::Invalid(format!("bad died value {died:?}")))?;
+            p.get("killed")?;
+            let started = p.now();
+            // Into a frozen subtable the put waits for the lock; after a
+            // published split it goes to the new subtables at once.
+            t.put(&mut c, b"key-5", b"after the crash")?;
+            let put_at = p.now();
+            // A split of key-5's subtable takes the lock in either case
+            // (finishing the dead node's pending split first, if any).
+            t.split_subtable_of(&mut c, b"key-5")?;
+            let at = p.now();
+            say(format_args!(
+                "put_late_ms={:.3} recovered_late_ms={:.3} started_before_ddl_ms={:.3} splits={} \
+                 epsilon_ns={}",
+                (put_at - ddl) as f64 / 1e6,
+                (at - ddl) as f64 / 1e6,
+                (ddl - started) as f64 / 1e6,
+                t.stats().splits,
+                p.epsilon()
+            ));
+            let mut checked = 0;
+            for i in 0..keys {
+                let k = format!("key-{i}");
+                let want = if i == 5 {
+                    b"after the crash".to_vec()
+                } else {
+                    format!("value-{i}").into_bytes()
+                };
+                let got = t.get(&mut c, k.as_bytes())?;
+                if got.as_deref() != Some(&want[..]) {
+                    return Err(Error::Invalid(format!(
+                        "{k}: {got:?} after the recovery, wanted {want:?}"
+                    )));
+                }
+                checked += 1;
+            }
+            say(format_args!("kv_checked={checked}"));
+            let splits = t.stats().splits;
+            for i in 0..200u64 {
+                t.put(&mut c, format!("more-{i}").as_bytes(), b"x")?;
+            }
+            for i in 0..200u64 {
+                if t.get(&mut c, format!("more-{i}").as_bytes())?.is_none() {
+                    return Err(Error::Invalid(format!("more-{i} lost")));
+                }
+            }
+            say(format_args!(
+                "kv_more=200 splits_after={}",
+                t.stats().splits - splits
+            ));
+            t.relinquish(&mut c)?;
+        }
         Workload::Ycsb { opts, json } => {
             let me = p.get_node_id();
             let others: Vec<u16> = (0..machines).filter(|n| !servers.contains(n)).collect();

@@ -114,14 +114,16 @@ impl KvTable {
     /// `phase` without unlocking (the lock lease is dropped
     /// unrelinquished): [`SplitPhase::Frozen`] leaves the subtable frozen,
     /// [`SplitPhase::Published`] leaves the directory pointing at the new
-    /// subtables with the split still recorded as pending.
+    /// subtables with the split still recorded as pending. Returns the
+    /// lock lease's deadline (the memory node's clock, ns): the lock is
+    /// held until then.
     #[doc(hidden)]
     pub fn split_and_die(
         &mut self,
         ct: &mut ClientThread,
         key: &[u8],
         phase: SplitPhase,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let h = Hashes::of(key);
         let io = Blocking::new(ct);
         ready(self.load_directory(&io))?;
@@ -131,9 +133,10 @@ impl KvTable {
             Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
         })?;
         ready(self.run_split(&io, s, a, b, &mut lock, Some(phase)))?;
+        let ddl = lock.ddl;
         drop(lock);
         ready(self.load_directory(&io))?;
-        Ok(())
+        Ok(ddl)
     }
 
     /// Splits subtable `s` unless someone already did: takes the lock,
