@@ -103,6 +103,22 @@ impl Rng {
     }
 }
 
+/// The model tests' operation count: `PATRONUS_KV_OPS`, or 100 000.
+fn kv_ops() -> u64 {
+    std::env::var("PATRONUS_KV_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Creates the table of `params` on node 0 from `node` and lets go of the
+/// creating handle (the test's threads open their own).
+fn create_table(node: &Patronus, params: &KvParams, mode: Protection) {
+    let mut c0 = node.register_client_thread().unwrap();
+    let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), mode).unwrap();
+    t0.relinquish(&mut c0).unwrap();
+}
+
 fn value_for(rng: &mut Rng, tag: u64) -> Vec<u8> {
     let len = match rng.below(50) {
         0 => 4096,
@@ -134,10 +150,7 @@ fn model_run(machines: u16, threads: usize, ops: u64, mode: Protection, universa
         |c| c.allow_universal_rkey = universal,
         |_server, clients| {
             let params = small_params();
-            let mut c0 = clients[0].register_client_thread().unwrap();
-            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), mode).unwrap();
-            t0.relinquish(&mut c0).unwrap();
-            drop(c0);
+            create_table(&clients[0], &params, mode);
             let per = ops / (clients.len() * threads) as u64;
             let splits = AtomicU64::new(0);
             let t_start = Instant::now();
@@ -255,11 +268,7 @@ fn model_run(machines: u16, threads: usize, ops: u64, mode: Protection, universa
 
 #[test]
 fn model_random_ops_4_threads_2_nodes_lease_mode() {
-    let ops = std::env::var("PATRONUS_KV_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    model_run(3, 2, ops, Protection::Lease, false);
+    model_run(3, 2, kv_ops(), Protection::Lease, false);
 }
 
 /// One logged operation of [`shared_keys_every_get_is_linearizable`].
@@ -294,19 +303,13 @@ fn shared_value(id: u64) -> Vec<u8> {
 /// property. Each put writes a value no other put writes.
 #[test]
 fn shared_keys_every_get_is_linearizable() {
-    let ops: u64 = std::env::var("PATRONUS_KV_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let ops = kv_ops();
     with_cluster(
         3,
         |_| {},
         |_server, clients| {
             let params = small_params();
-            let mut c0 = clients[0].register_client_thread().unwrap();
-            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
-            t0.relinquish(&mut c0).unwrap();
-            drop(c0);
+            create_table(&clients[0], &params, Protection::Lease);
             let threads = 2usize;
             let per = ops / (clients.len() * threads) as u64;
             let key_name = |k: u32| format!("shared-{k}").into_bytes();
@@ -754,10 +757,7 @@ fn splits_during_concurrent_puts_lose_nothing() {
                 initial_depth: 0,
                 ..small_params()
             };
-            let mut c0 = clients[0].register_client_thread().unwrap();
-            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
-            t0.relinquish(&mut c0).unwrap();
-            drop(c0);
+            create_table(&clients[0], &params, Protection::Lease);
             let keys = 300u64;
             let done = AtomicU64::new(0);
             let forced = AtomicU64::new(0);
@@ -1279,10 +1279,7 @@ fn posted_puts_and_dels_match_the_model() {
         |_| {},
         |_server, clients| {
             let params = small_params();
-            let mut c0 = clients[0].register_client_thread().unwrap();
-            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
-            t0.relinquish(&mut c0).unwrap();
-            drop(c0);
+            create_table(&clients[0], &params, Protection::Lease);
             let splits = AtomicU64::new(0);
             thread::scope(|s| {
                 for (ni, n) in clients.iter().enumerate() {
@@ -1373,10 +1370,7 @@ fn concurrent_posted_inserts_of_the_same_keys_leave_one_value() {
                 groups: 2,
                 ..small_params()
             };
-            let mut c0 = clients[0].register_client_thread().unwrap();
-            let mut t0 = KvTable::create(&mut c0, 0, 0, params.clone(), Protection::Lease).unwrap();
-            t0.relinquish(&mut c0).unwrap();
-            drop(c0);
+            create_table(&clients[0], &params, Protection::Lease);
             let rounds = 30u64;
             let bar = Barrier::new(4);
             let seen = std::sync::Mutex::new(HashMap::<(u64, usize), Vec<Vec<u8>>>::new());
