@@ -4,7 +4,9 @@
 //! protection: a read-only handle cannot modify the table, a relinquished
 //! or expired handle cannot touch it, and a client that dies holding the
 //! resize lock (before or in the middle of a split) loses it at its
-//! lease's end, after which another client finishes the split. The async
+//! lease's end, after which another client finishes the split, and one
+//! descheduled past its term in the middle of a split cannot overwrite
+//! what was written after the takeover. The async
 //! forms (`get_async`, `put_async`, `del_async` on an `AsyncThread`): many
 //! operations in flight on one thread (observed), byte-exact, against a
 //! model beside a node using the blocking API, splitting, and refused for a
@@ -19,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -487,7 +488,7 @@ fn concurrent_inserts_of_one_key_leave_one_value() {
             t0.relinquish(&mut c0).unwrap();
             drop(c0);
             let rounds = 60u64;
-            let bar = Barrier::new(4);
+            let bar = common::Rendezvous::new(4, Duration::from_secs(60));
             let dups = AtomicU64::new(0);
             thread::scope(|s| {
                 for n in clients {
@@ -1172,6 +1173,109 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
     );
 }
 
+/// A resize-lock holder descheduled past its lock's term in the middle
+/// of a split (simulated: it pauses 600 ms between computing the new
+/// subtables and writing them; the term is 50 ms) must not overwrite what
+/// the next holder and the writers after it wrote. Its late writes go
+/// through the lock's lease, which the memory node has revoked by then, so
+/// they are refused: by the local expiry check, and with that check off
+/// by the memory node (the window is gone). Every key keeps the value
+/// written after the takeover. (With the split's writes through the
+/// table's own lease, the late holder puts the old entries back.)
+#[test]
+fn a_late_resize_lock_holder_cannot_overwrite_the_table() {
+    for nic_only in [false, true] {
+        with_cluster(
+            3,
+            |_| {},
+            |_server, clients| {
+                let params = KvParams {
+                    lock_ns: 50_000_000,
+                    ..small_params()
+                };
+                let keys = 150;
+                let mut ca = clients[0].register_client_thread().unwrap();
+                let mut a =
+                    KvTable::create(&mut ca, 0, 0, params.clone(), Protection::Lease).unwrap();
+                fill(&mut a, &mut ca, keys);
+                let mut cb = clients[1].register_client_thread().unwrap();
+                let mut b = KvTable::open(
+                    &mut cb,
+                    0,
+                    0,
+                    params.clone(),
+                    Protection::Lease,
+                    Access::ReadWrite,
+                )
+                .unwrap();
+                let splits_before = a.stats().splits;
+                a.stall_splits(Some(Duration::from_millis(600)));
+                if nic_only {
+                    a.add_rw_flags(rw::NO_LOCAL_EXPIRE_CHECK);
+                }
+                thread::scope(|s| {
+                    let late = s.spawn(move || {
+                        let r = a.split_subtable_of(&mut ca, b"key-5");
+                        (r, a.stats())
+                    });
+                    // A holds the lock (B may take it first while A asks:
+                    // then B lets it go at once).
+                    wait_until("the late holder takes the resize lock", || {
+                        match b.try_lock_resize(&mut cb).unwrap() {
+                            None => true,
+                            Some(l) => {
+                                b.unlock_resize(&mut cb, l).unwrap();
+                                false
+                            }
+                        }
+                    });
+                    // B rewrites every key: those of the subtable A froze
+                    // wait for the lock, take it when A's term ends and
+                    // finish A's split.
+                    for i in 0..keys {
+                        b.put(
+                            &mut cb,
+                            format!("key-{i}").as_bytes(),
+                            format!("v2-{i}").as_bytes(),
+                        )
+                        .unwrap();
+                    }
+                    assert!(b.stats().splits >= 1, "B must have finished A's split");
+                    assert!(
+                        !late.is_finished(),
+                        "the late holder woke before B was done: the test proves nothing"
+                    );
+                    let (r, st) = late.join().unwrap();
+                    let want = if nic_only {
+                        Rc::RdmaProtectionErr
+                    } else {
+                        Rc::LeaseLocalExpiredErr
+                    };
+                    assert_eq!(refused_rc(r), want, "the late holder's split");
+                    assert_eq!(
+                        st.splits, splits_before,
+                        "the late holder finished no split"
+                    );
+                });
+                for i in 0..keys {
+                    let k = format!("key-{i}");
+                    assert_eq!(
+                        b.get(&mut cb, k.as_bytes()).unwrap(),
+                        Some(format!("v2-{i}").into_bytes()),
+                        "{k} after the late holder woke (check on the memory node: {nic_only})"
+                    );
+                }
+                // The table goes on splitting.
+                for i in 0..200 {
+                    b.put(&mut cb, format!("more-{i}").as_bytes(), b"x")
+                        .unwrap();
+                }
+                b.relinquish(&mut cb).unwrap();
+            },
+        );
+    }
+}
+
 /// Rough rates per protection mode on one client thread (not a
 /// benchmark: see `patronus bench ycsb`). Run with
 /// `cargo test --test kv -- --ignored --nocapture kv_rates`.
@@ -1372,7 +1476,7 @@ fn concurrent_posted_inserts_of_the_same_keys_leave_one_value() {
             };
             create_table(&clients[0], &params, Protection::Lease);
             let rounds = 30u64;
-            let bar = Barrier::new(4);
+            let bar = common::Rendezvous::new(4, Duration::from_secs(60));
             let seen = std::sync::Mutex::new(HashMap::<(u64, usize), Vec<Vec<u8>>>::new());
             thread::scope(|s| {
                 for n in clients {

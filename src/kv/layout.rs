@@ -31,7 +31,9 @@ pub mod hdr {
     pub const PENDING_A: u64 = 64;
     /// Pending split: index of the new subtable for hash bit 1.
     pub const PENDING_B: u64 = 72;
-    /// The resize lock's word: the key of the conflict-detecting lease.
+    /// Reserved (0). The resize lock is a conflict-detecting lease keyed on
+    /// the table's base offset that covers the whole region (see the `kv`
+    /// module docs), not a lease on this word.
     pub const LOCK: u64 = 80;
     /// Client nodes with a free ring (node ids below this).
     pub const RING_NODES: u64 = 88;

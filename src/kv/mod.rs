@@ -16,7 +16,7 @@
 //!          +16 max global depth        +56 pending split: S + 1 (0: none)
 //!          +24 max subtables           +64 pending split: A (bit 0 half)
 //!          +32 initial depth           +72 pending split: B (bit 1 half)
-//!                                      +80 resize lock word (lease key)
+//!                                      +80 reserved (0)
 //!                                      +88 free rings: client nodes
 //!                                      +96 free rings: entries each (L)
 //! 128    directory: 2^max_depth words, entry i = subtable index + 1
@@ -88,11 +88,20 @@
 //! subtable S (local depth l) is split into two new subtables A and B of
 //! depth l + 1 (keys whose hash bit l is 0 go to A, the others to B;
 //! the directory doubles first when l equals the global depth). The
-//! splitter holds the *resize lock*: a write lease acquired with
-//! `WITH_CONFLICT_DETECT` on the header's lock word, with term
-//! `KvParams::lock_ns` (extended between phases). A client that dies
-//! while holding it loses the lock when that term ends (plus the cluster's
-//! epsilon), when the memory node's GC collects the lease. The split
+//! splitter holds the *resize lock*: a write lease over the table region
+//! acquired with `WITH_CONFLICT_DETECT` (its conflict key is the table's
+//! base offset), with term `KvParams::lock_ns` (extended between phases).
+//! A client that dies while holding it loses the lock when that term ends
+//! (plus the cluster's epsilon), when the memory node's GC collects the
+//! lease. Every write and CAS of a split goes through the lock's own
+//! window, not the handle's table lease: a holder that is descheduled past
+//! its term and wakes up after another client took the lock over (and
+//! writers went on in the new subtables) is refused, by its local expiry
+//! check or by the memory node, whose GC unbinds the window before it
+//! releases the conflict lock, instead of writing stale subtables or
+//! directory entries over theirs. A split refused so is not an error of
+//! the put that needed it: the put looks again (counted in
+//! [`KvStats::locks_lost`]). The split
 //! records itself in the header (pending S, A, B), then CASes every slot
 //! of S to frozen (from then on no CAS on S succeeds, and every reader or
 //! writer that meets a frozen slot waits for the directory to move on),
@@ -298,6 +307,11 @@ pub struct KvStats {
     /// handle's puts settled: later ones cleared, or its own entry taken
     /// back to update the earlier one.
     pub dups_settled: u64,
+    /// Splits this handle started whose resize lock ran out of its term
+    /// before the split was done (a descheduled holder on a loaded host):
+    /// the split is recorded in the header, so the operation that needed
+    /// it takes the lock again and the next holder finishes it.
+    pub locks_lost: u64,
 }
 
 /// A handle on a table: one per client thread (it holds that thread's
@@ -347,6 +361,13 @@ struct KvState {
     /// a time (which also gives readers that read a slot just before it
     /// moved on a grace period before the block is reused).
     to_free: Vec<u64>,
+    /// The split under way found its resize lock run out (set by
+    /// `keep_lock`, taken by `split_once`; one split of a handle holds
+    /// the lock at a time).
+    lock_lost: bool,
+    /// Test hook: a split pauses this long between computing the new
+    /// subtables and writing them (a holder descheduled past its term).
+    stall: Option<Duration>,
 }
 
 /// Blocks of one size allocated per allocation round (calls in flight).
@@ -690,6 +711,14 @@ impl KvTable {
     #[doc(hidden)]
     pub fn add_rw_flags(&mut self, flag: u64) {
         self.flag |= flag;
+    }
+
+    /// Test hook: this handle's splits pause for `d` after computing the
+    /// new subtables and before writing them, as a holder descheduled past
+    /// its lock's term would.
+    #[doc(hidden)]
+    pub fn stall_splits(&mut self, d: Option<Duration>) {
+        self.st.get_mut().stall = d;
     }
 
     /// Test hook: a hostile client that keeps using its rkeys after it
@@ -1050,7 +1079,8 @@ impl KvTable {
                     Some(at) => (at, 0, 0),
                     None => {
                         // Both candidate groups are full: split.
-                        self.split(io, g.sub).await?;
+                        self.split_or_retry(io, g.sub).await?;
+                        self.again(until, "put")?;
                         continue;
                     }
                 },
@@ -1290,8 +1320,10 @@ impl KvTable {
             if self.access == Access::ReadWrite && t0.elapsed() >= help_after {
                 // The splitter may be dead: take the lock (once its lease
                 // ends) and finish what it recorded.
-                self.split(io, s).await?;
-                continue;
+                self.split_or_retry(io, s).await?;
+                if Instant::now() < until {
+                    continue;
+                }
             }
             if Instant::now() >= until {
                 return Err(Error::Timeout(format!(

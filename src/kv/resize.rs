@@ -1,11 +1,16 @@
 //! Splitting a subtable under the resize lock (extendible hashing; see
 //! the module docs of `kv` for the protocol).
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use super::io::{ready, Blocking, KvIo};
 use super::layout::{self, hdr, slot, sub, Hashes, SLOTS_PER_GROUP};
 use super::{Access, KvTable};
+use crate::client::{ClientThread, Lease};
+use crate::lease::flags::{acquire, rw};
+use crate::lease::{AcquireStatus, Rc};
+use crate::{Error, Result};
 
 /// Where [`KvTable::split_and_die`] stops.
 #[doc(hidden)]
@@ -16,10 +21,20 @@ pub enum SplitPhase {
     /// After the directory names the new subtables.
     Published,
 }
-use crate::client::{ClientThread, Lease};
-use crate::lease::flags::acquire;
-use crate::lease::{AcquireStatus, Rc};
-use crate::{Error, Result};
+
+/// A split stopped because its resize lock ran out of its term (see
+/// [`KvTable::split_or_retry`]); other errors pass through as `Other`.
+enum SplitErr {
+    LockLost(Error),
+    Other(Error),
+}
+use SplitErr::{LockLost, Other};
+
+impl From<Error> for SplitErr {
+    fn from(e: Error) -> Self {
+        Other(e)
+    }
+}
 
 impl KvTable {
     /// Takes the resize lock: a write lease with conflict detection on the
@@ -61,9 +76,9 @@ impl KvTable {
             .get_wlease(
                 self.node,
                 self.dir,
-                self.params.base + hdr::LOCK,
+                self.params.base,
                 0,
-                8,
+                self.geo.total(),
                 self.params.lock_ns.max(1),
                 acquire::WITH_CONFLICT_DETECT,
             )
@@ -78,9 +93,7 @@ impl KvTable {
             rc: Rc::Invalid,
             ctx: format!(
                 "kv resize lock at node {} offset {:#x}: acquire status {}",
-                self.node,
-                self.params.base + hdr::LOCK,
-                l.status
+                self.node, self.params.base, l.status
             ),
         })
     }
@@ -128,12 +141,12 @@ impl KvTable {
         let io = Blocking::new(ct);
         ready(self.load_directory(&io))?;
         let s = ready(self.subtable_of(&io, &h))?;
-        let mut lock = ready(self.lock_resize_in(&io))?;
-        let (a, b) = ready(self.plan_split(&io, s))?.ok_or_else(|| {
+        let lock = RefCell::new(ready(self.lock_resize_in(&io))?);
+        let (a, b) = ready(self.plan_split(&io, s, &lock))?.ok_or_else(|| {
             Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
         })?;
-        ready(self.run_split(&io, s, a, b, &mut lock, Some(phase)))?;
-        let ddl = lock.ddl;
+        ready(self.run_split(&io, s, a, b, &lock, Some(phase)))?;
+        let ddl = lock.borrow().ddl;
         drop(lock);
         ready(self.load_directory(&io))?;
         Ok(ddl)
@@ -142,23 +155,57 @@ impl KvTable {
     /// Splits subtable `s` unless someone already did: takes the lock,
     /// finishes a pending split first, then splits `s` if it is still live.
     pub(super) async fn split(&self, io: &impl KvIo, s: u64) -> Result<()> {
-        let mut lock = self.lock_resize_in(io).await?;
-        let r = self.split_locked(io, s, &mut lock).await;
-        let u = self.unlock_resize_in(io, lock).await;
-        self.load_directory(io).await?;
-        r.and(u)
+        match self.split_once(io, s).await {
+            Ok(()) => Ok(()),
+            Err(LockLost(e) | Other(e)) => Err(e),
+        }
     }
 
-    async fn split_locked(&self, io: &impl KvIo, s: u64, lock: &mut Lease) -> Result<()> {
+    /// As [`KvTable::split`] for an operation that needs the split and
+    /// retries: a resize lock that ran out of its term in the middle (its
+    /// holder descheduled past `lock_ns` on a loaded host) is not an error
+    /// of the operation. What the split did stays recorded in the header;
+    /// the operation looks again and whoever holds the lock next (this
+    /// handle, usually) finishes it.
+    pub(super) async fn split_or_retry(&self, io: &impl KvIo, s: u64) -> Result<()> {
+        match self.split_once(io, s).await {
+            Ok(()) => Ok(()),
+            Err(LockLost(e)) => {
+                self.st.borrow_mut().stats.locks_lost += 1;
+                tracing::debug!(s, "kv: the resize lock ran out during a split: {e}");
+                Ok(())
+            }
+            Err(Other(e)) => Err(e),
+        }
+    }
+
+    async fn split_once(&self, io: &impl KvIo, s: u64) -> std::result::Result<(), SplitErr> {
+        let lock = RefCell::new(self.lock_resize_in(io).await?);
+        let r = self.split_locked(io, s, &lock).await;
+        if std::mem::take(&mut self.st.borrow_mut().lock_lost) {
+            // The lock is gone: nothing to unlock. Read the directory
+            // again (the split may have published).
+            let e = r
+                .err()
+                .unwrap_or_else(|| Error::Invalid("kv resize lock lost".into()));
+            self.load_directory(io).await?;
+            return Err(LockLost(e));
+        }
+        let u = self.unlock_resize_in(io, lock.into_inner()).await;
+        self.load_directory(io).await?;
+        Ok(r.and(u)?)
+    }
+
+    async fn split_locked(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> Result<()> {
         self.finish_pending(io, lock).await?;
-        if let Some((a, b)) = self.plan_split(io, s).await? {
+        if let Some((a, b)) = self.plan_split(io, s, lock).await? {
             self.run_split(io, s, a, b, lock, None).await?;
         }
         Ok(())
     }
 
     /// Completes the split the header records, if any.
-    async fn finish_pending(&self, io: &impl KvIo, lock: &mut Lease) -> Result<()> {
+    async fn finish_pending(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
         let b = self.t_read(io, hdr::PENDING_S, 24).await?;
         let w: Vec<u64> = layout::words(&b).collect();
         if w[0] != 0 {
@@ -169,7 +216,12 @@ impl KvTable {
 
     /// Records a split of `s` into two new subtables (None when `s` is
     /// retired already).
-    async fn plan_split(&self, io: &impl KvIo, s: u64) -> Result<Option<(u64, u64)>> {
+    async fn plan_split(
+        &self,
+        io: &impl KvIo,
+        s: u64,
+        lock: &RefCell<Lease>,
+    ) -> Result<Option<(u64, u64)>> {
         let sh = self.t_word(io, self.geo.sub_header(s)).await?;
         if sh & sub::VALID == 0 || sh & sub::RETIRED != 0 {
             return Ok(None);
@@ -190,21 +242,37 @@ impl KvTable {
                 self.node, self.params.base, self.geo.max_subtables
             )));
         }
-        self.t_write(io, hdr::NEXT_SUBTABLE, &(next + 2).to_le_bytes())
+        self.l_write(io, lock, hdr::NEXT_SUBTABLE, &(next + 2).to_le_bytes())
             .await?;
-        self.t_write(io, hdr::PENDING_A, &layout::bytes_of(&[next, next + 1]))
-            .await?;
-        self.t_write(io, hdr::PENDING_S, &(s + 1).to_le_bytes())
+        self.l_write(
+            io,
+            lock,
+            hdr::PENDING_A,
+            &layout::bytes_of(&[next, next + 1]),
+        )
+        .await?;
+        self.l_write(io, lock, hdr::PENDING_S, &(s + 1).to_le_bytes())
             .await?;
         Ok(Some((next, next + 1)))
     }
 
-    /// Keeps the lock alive between phases; an error when it was lost.
-    async fn keep_lock(&self, io: &impl KvIo, lock: &mut Lease) -> Result<()> {
-        match io.extend(lock, self.params.lock_ns.max(1), 0).await {
+    /// Keeps the lock alive between phases; an error when it was lost
+    /// (noted for [`KvTable::split_or_retry`] when the extension was
+    /// refused, not when the call failed).
+    async fn keep_lock(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
+        let mut l = lock.borrow().clone();
+        let r = io.extend(&mut l, self.params.lock_ns.max(1), 0).await;
+        *lock.borrow_mut() = l;
+        match r {
             Ok(Rc::Ok) => Ok(()),
             r => Err(Error::Refused {
-                rc: r.as_ref().map_or(Rc::Invalid, |rc| *rc),
+                rc: match &r {
+                    Ok(rc) => {
+                        self.st.borrow_mut().lock_lost = true;
+                        *rc
+                    }
+                    Err(_) => Rc::Invalid,
+                },
                 ctx: format!(
                     "kv resize lock at node {} offset {:#x} could not be extended ({r:?}): the \
                      split stops; the next holder finishes it",
@@ -215,7 +283,7 @@ impl KvTable {
     }
 
     /// CASes every slot of `s` to frozen; returns the frozen words.
-    async fn freeze(&self, io: &impl KvIo, s: u64, lock: &mut Lease) -> Result<Vec<u64>> {
+    async fn freeze(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> Result<Vec<u64>> {
         self.keep_lock(io, lock).await?;
         let base = self.geo.subtable(s);
         let b = self.t_read(io, base, self.geo.sub_bytes() as usize).await?;
@@ -223,7 +291,7 @@ impl KvTable {
         for (i, w) in ws.iter_mut().enumerate() {
             let at = base + 8 * i as u64;
             while *w & slot::FROZEN == 0 {
-                let old = self.t_cas(io, at, *w, *w | slot::FROZEN).await?;
+                let old = self.l_cas(io, lock, at, *w, *w | slot::FROZEN).await?;
                 if old == *w {
                     *w |= slot::FROZEN;
                 } else {
@@ -245,7 +313,7 @@ impl KvTable {
         s: u64,
         a: u64,
         b: u64,
-        lock: &mut Lease,
+        lock: &RefCell<Lease>,
         die_after: Option<SplitPhase>,
     ) -> Result<()> {
         let sh = self.t_word(io, self.geo.sub_header(s)).await?;
@@ -263,13 +331,14 @@ impl KvTable {
         if die_after == Some(SplitPhase::Published) {
             return Ok(());
         }
-        self.t_write(
+        self.l_write(
             io,
+            lock,
             self.geo.sub_header(s),
             &(sh | sub::RETIRED).to_le_bytes(),
         )
         .await?;
-        self.t_write(io, hdr::PENDING_S, &0u64.to_le_bytes())
+        self.l_write(io, lock, hdr::PENDING_S, &0u64.to_le_bytes())
             .await?;
         self.st.borrow_mut().stats.splits += 1;
         tracing::debug!(s, a, b, depth = l + 1, "kv: split");
@@ -287,7 +356,7 @@ impl KvTable {
         b: u64,
         l: u32,
         suffix: u64,
-        lock: &mut Lease,
+        lock: &RefCell<Lease>,
     ) -> Result<()> {
         let ws = self.freeze(io, s, lock).await?;
         self.keep_lock(io, lock).await?;
@@ -316,17 +385,21 @@ impl KvTable {
             }
         }
         debug_assert_eq!(n as u64, self.geo.groups * SLOTS_PER_GROUP);
-        self.t_write(io, self.geo.subtable(a), &layout::bytes_of(&wa))
+        let stall = self.st.borrow().stall;
+        if let Some(d) = stall {
+            io.pause(d).await;
+        }
+        self.l_write(io, lock, self.geo.subtable(a), &layout::bytes_of(&wa))
             .await?;
-        self.t_write(io, self.geo.subtable(b), &layout::bytes_of(&wb))
+        self.l_write(io, lock, self.geo.subtable(b), &layout::bytes_of(&wb))
             .await?;
         let heads = [
             sub::pack(l + 1, suffix),
             sub::pack(l + 1, suffix | (1 << l)),
         ];
-        self.t_write(io, self.geo.sub_header(a), &heads[0].to_le_bytes())
+        self.l_write(io, lock, self.geo.sub_header(a), &heads[0].to_le_bytes())
             .await?;
-        self.t_write(io, self.geo.sub_header(b), &heads[1].to_le_bytes())
+        self.l_write(io, lock, self.geo.sub_header(b), &heads[1].to_le_bytes())
             .await?;
         Ok(())
     }
@@ -340,7 +413,7 @@ impl KvTable {
         a: u64,
         b: u64,
         l: u32,
-        lock: &mut Lease,
+        lock: &RefCell<Lease>,
     ) -> Result<()> {
         self.keep_lock(io, lock).await?;
         // The directory. Doubling writes the new upper half first (entries
@@ -356,9 +429,14 @@ impl KvTable {
                 .iter()
                 .map(|&x| if x == s + 1 { b + 1 } else { x })
                 .collect();
-            self.t_write(io, self.geo.dir_entry(1 << g), &layout::bytes_of(&upper))
-                .await?;
-            self.t_write(io, hdr::GLOBAL_DEPTH, &(g2 as u64).to_le_bytes())
+            self.l_write(
+                io,
+                lock,
+                self.geo.dir_entry(1 << g),
+                &layout::bytes_of(&upper),
+            )
+            .await?;
+            self.l_write(io, lock, hdr::GLOBAL_DEPTH, &(g2 as u64).to_le_bytes())
                 .await?;
         }
         for (i, x) in e.iter_mut().enumerate() {
@@ -366,8 +444,55 @@ impl KvTable {
                 *x = if (i >> l) & 1 == 0 { a + 1 } else { b + 1 };
             }
         }
-        self.t_write(io, self.geo.dir(), &layout::bytes_of(&e))
+        self.l_write(io, lock, self.geo.dir(), &layout::bytes_of(&e))
             .await?;
         Ok(())
+    }
+
+    /// The flags of a split's writes: the handle's, but always through
+    /// the lock's window (never the universal rkey), and never extended
+    /// by themselves (the lock's term is what fences a late holder).
+    fn lock_flag(&self) -> u64 {
+        self.flag & !(rw::USE_UNIVERSAL_RKEY | rw::WITH_AUTO_EXTEND)
+    }
+
+    /// A split's WRITE into the table, through the resize lock's lease: a
+    /// holder descheduled past its term is refused (locally, or by the
+    /// memory node once the lease is revoked) instead of overwriting what
+    /// the next holder and the writers after it wrote. A refusal means the
+    /// lock is lost.
+    async fn l_write(
+        &self,
+        io: &impl KvIo,
+        lock: &RefCell<Lease>,
+        off: u64,
+        src: &[u8],
+    ) -> Result<()> {
+        match io.write(lock, src, off, self.lock_flag()).await? {
+            Rc::Ok => Ok(()),
+            rc => {
+                self.st.borrow_mut().lock_lost = true;
+                Err(self.refused(rc, "split write through the resize lock", off))
+            }
+        }
+    }
+
+    /// A split's CAS on a table word through the resize lock's lease (see
+    /// [`KvTable::l_write`]); returns the old value.
+    async fn l_cas(
+        &self,
+        io: &impl KvIo,
+        lock: &RefCell<Lease>,
+        off: u64,
+        cmp: u64,
+        swap: u64,
+    ) -> Result<u64> {
+        match io.cas(lock, off, cmp, swap, self.lock_flag()).await? {
+            (Rc::Ok, old) => Ok(old),
+            (rc, _) => {
+                self.st.borrow_mut().lock_lost = true;
+                Err(self.refused(rc, "split CAS through the resize lock", off))
+            }
+        }
     }
 }

@@ -351,3 +351,49 @@ impl Drop for Hogs {
         }
     }
 }
+
+/// A barrier for test threads that fails instead of hanging: a thread
+/// that waits longer than the deadline (because another participant
+/// panicked or is stuck) panics, naming the rendezvous, so a failing
+/// worker fails its test rather than leaving the others waiting forever.
+pub struct Rendezvous {
+    n: usize,
+    deadline: Duration,
+    state: std::sync::Mutex<(usize, u64)>,
+    cv: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    pub fn new(n: usize, deadline: Duration) -> Rendezvous {
+        Rendezvous {
+            n,
+            deadline,
+            state: std::sync::Mutex::new((0, 0)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until `n` threads have called `wait` in this round.
+    pub fn wait(&self) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let round = g.1;
+        g.0 += 1;
+        if g.0 == self.n {
+            *g = (0, round + 1);
+            self.cv.notify_all();
+            return;
+        }
+        let (g, t) = self
+            .cv
+            .wait_timeout_while(g, self.deadline, |s| s.1 == round)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !t.timed_out() || g.1 != round,
+            "rendezvous of {} threads: {} arrived in round {round} within {:?} (another \
+             participant failed or is stuck)",
+            self.n,
+            g.0,
+            self.deadline
+        );
+    }
+}
