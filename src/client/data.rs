@@ -2,7 +2,7 @@
 //! the local expiry check (`now + epsilon < deadline`), auto-extension, the
 //! lease cache, and recovery of the data QP after a failed request.
 
-use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared, SMALL};
+use super::calls::{Completion, DataKind, DataOp, DataRare, Op, Post, PreExtend, Prepared, SMALL};
 use super::ClientThread;
 use crate::fabric::ConnPsns;
 use crate::lease::flags::rw;
@@ -261,9 +261,13 @@ impl ClientThread {
             total,
             done: 0,
             data,
-            pre: pre.map(Box::new),
-            cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
-            units: None,
+            rare: (pre.is_some() || flag & rw::WITH_CACHE != 0).then(|| {
+                Box::new(DataRare {
+                    pre,
+                    cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
+                    units: None,
+                })
+            }),
             ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
                 .then_some(lease.ddl),
             auto: flag & rw::WITH_AUTO_EXTEND != 0 && !lease.never_expires(),
@@ -286,7 +290,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         if flag & rw::WITH_CACHE != 0 {
@@ -294,7 +298,7 @@ impl ClientThread {
             if lease.cache.lookup(offset, &mut data) {
                 let mut c = done(Rc::Ok);
                 c.data = data;
-                return Ok(Prepared::Done(c));
+                return Ok(Prepared::Done(Box::new(c)));
             }
         }
         let staged = blocking && len <= SMALL && flag & rw::WITH_CACHE == 0;
@@ -322,7 +326,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         // Cached bytes of the range are stale from now on (a WITH_CACHE
@@ -355,7 +359,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         lease.cache.invalidate(offset, 8);
