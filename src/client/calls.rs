@@ -831,6 +831,9 @@ impl ClientThread {
         self.calls.ready.drain(..n).collect()
     }
 
+    /// Puts a call into a free slot and starts it. Inlined, so that the
+    /// prepared call is moved once, straight into its slot.
+    #[inline(always)]
     fn enqueue(&mut self, op: Op, user_data: u64, internal: bool) -> u32 {
         let idx = self
             .calls
@@ -844,6 +847,12 @@ impl ClientThread {
             wait: Wait::Backlog,
             deadline: 0,
         });
+        self.launch(idx);
+        idx
+    }
+
+    /// Starts the call just put into slot `idx`.
+    fn launch(&mut self, idx: u32) {
         // Post at once when the backlog is empty (order is kept otherwise).
         if self.calls.backlog.is_empty() {
             if !self.start(idx) {
@@ -853,7 +862,6 @@ impl ClientThread {
             self.calls.backlog.push_back(idx);
             self.drain_backlog();
         }
-        idx
     }
 
     /// Posts call `idx`'s next step if its resources are there; false
