@@ -182,7 +182,7 @@ impl ClientThread {
     fn prep_commit(&mut self, b: &mut Batch) -> Result<Prepared> {
         b.results.clear();
         let Some((node, dir)) = b.target.take() else {
-            return Ok(Prepared::Done(done(Rc::Ok)));
+            return Ok(Prepared::Done(Box::new(done(Rc::Ok))));
         };
         let kinds = std::mem::take(&mut b.kinds);
         let wrs = std::mem::take(&mut b.wrs);
@@ -202,15 +202,16 @@ impl ClientThread {
         Ok(Prepared::Op(Op::Data(DataOp {
             node,
             dir,
-            kind: DataKind::Batch { wrs, outs },
+            kind: DataKind::Batch {
+                wrs: wrs.into_boxed_slice(),
+                outs,
+            },
             raddr: 0,
             rkey: 0,
             total: used as usize,
             done: 0,
             data: image,
-            pre: None,
-            cache: None,
-            units: None,
+            rare: None,
             ddl: None,
             auto: false,
             staged: false,

@@ -192,12 +192,14 @@ pub(crate) fn rc_of(e: &Error) -> Rc {
 /// decided (an expired lease, a cache hit, a NO_RPC lease).
 pub(super) enum Prepared {
     Op(Op),
-    Done(Completion),
+    /// Boxed: a prepared call is returned by value on every post.
+    Done(Box<Completion>),
 }
 
 /// What a call does.
 pub(super) enum Op {
-    Rpc(RpcOp),
+    /// Boxed: an RPC's state is large and an RPC costs microseconds.
+    Rpc(Box<RpcOp>),
     Data(DataOp),
 }
 
@@ -337,8 +339,8 @@ pub(super) enum DataKind {
     /// A committed batch: its chain (local offsets relative to the
     /// staging area) and per operation (result bytes, staging offset).
     Batch {
-        wrs: Vec<WrOp>,
-        outs: Vec<(usize, u64)>,
+        wrs: Box<[WrOp]>,
+        outs: Box<[(usize, u64)]>,
     },
 }
 
@@ -369,12 +371,9 @@ pub(super) struct DataOp {
     pub done: usize,
     /// READ: the data so far; WRITE: the source.
     pub data: Vec<u8>,
-    /// Boxed: rare, and a call is moved into its slot.
-    pub pre: Option<Box<PreExtend>>,
-    /// WITH_CACHE: the lease offset to cache at.
-    pub cache: Option<u64>,
-    /// Set once the auto-extension was honoured.
-    pub units: Option<u32>,
+    /// Auto-extension and cache state: boxed, rare, and a call is moved
+    /// into its slot (a `DataOp` of at most 128 bytes is moved inline).
+    pub rare: Option<Box<DataRare>>,
     /// The lease's deadline when the call was checked against it locally:
     /// a refusal once that deadline is in doubt means the lease ran out
     /// while the call was in flight (LEASE_LOCAL_EXPIRED_ERR).
@@ -388,7 +387,22 @@ pub(super) struct DataOp {
     pub staged: bool,
 }
 
+/// The rare parts of a one-sided call (WITH_AUTO_EXTEND, WITH_CACHE).
+#[derive(Default)]
+pub(super) struct DataRare {
+    pub pre: Option<PreExtend>,
+    /// WITH_CACHE: the lease offset to cache at.
+    pub cache: Option<u64>,
+    /// Set once the auto-extension was honoured.
+    pub units: Option<u32>,
+}
+
 impl DataOp {
+    /// The auto-extension still to be posted before the access.
+    fn pre(&self) -> Option<&PreExtend> {
+        self.rare.as_deref().and_then(|r| r.pre.as_ref())
+    }
+
     /// True when the call stages through the large buffer.
     fn large(&self) -> bool {
         match &self.kind {
@@ -449,7 +463,9 @@ pub(super) struct Calls {
     free: Vec<u32>,
     /// Posted calls not yet polled (finished ones included).
     user: usize,
-    ready: VecDeque<Completion>,
+    /// Finished calls in completion order (a Vec: a poll that takes them
+    /// all swaps it with the caller's empty vector).
+    ready: Vec<Completion>,
     backlog: VecDeque<u32>,
     /// Calls waiting for an RPC reply (a reply finds its call by the
     /// slot index in its RPC id: no map).
@@ -490,7 +506,7 @@ impl Calls {
             slots: (0..n).map(|_| Slot::default()).collect(),
             free: (0..n as u32).rev().collect(),
             user: 0,
-            ready: VecDeque::new(),
+            ready: Vec::new(),
             backlog: VecDeque::new(),
             rpcs: 0,
             rpc_out: vec![0; dirs],
@@ -551,7 +567,7 @@ impl Calls {
                 continue;
             }
             new(&mut d.rkey);
-            if let Some(p) = d.pre.as_mut() {
+            if let Some(p) = d.rare.as_mut().and_then(|r| r.pre.as_mut()) {
                 new(&mut p.rkey);
             }
             if let DataKind::Batch { wrs, .. } = &mut d.kind {
@@ -616,10 +632,11 @@ impl ClientThread {
             return Ok(Post::Retry);
         }
         match prep(self)? {
-            Prepared::Done(mut c) => {
+            Prepared::Done(c) => {
+                let mut c = *c;
                 c.user_data = user_data;
                 self.calls.user += 1;
-                self.calls.ready.push_back(c);
+                self.calls.ready.push(c);
             }
             Prepared::Op(op) => {
                 self.calls.user += 1;
@@ -672,7 +689,7 @@ impl ClientThread {
                 if matches!(c.result, Ok(Rc::Ok)) && c.data.len() == dst.len() {
                     dst.copy_from_slice(&c.data);
                 }
-                return Ok(c);
+                return Ok(*c);
             }
             Prepared::Op(op) => op,
         };
@@ -741,7 +758,12 @@ impl ClientThread {
         let n = max.min(self.calls.ready.len());
         if n > 0 {
             self.calls.user -= n;
-            out.extend(self.calls.ready.drain(..n));
+            if out.is_empty() && n == self.calls.ready.len() {
+                // All of them into an empty vector: no copy.
+                std::mem::swap(out, &mut self.calls.ready);
+            } else {
+                out.extend(self.calls.ready.drain(..n));
+            }
             self.calls.empty_polls = 0;
         } else if self.calls.user > 0 {
             // A thread that polls in a tight loop while its calls are out
@@ -809,6 +831,9 @@ impl ClientThread {
         self.calls.ready.drain(..n).collect()
     }
 
+    /// Puts a call into a free slot and starts it. Inlined, so that the
+    /// prepared call is moved once, straight into its slot.
+    #[inline(always)]
     fn enqueue(&mut self, op: Op, user_data: u64, internal: bool) -> u32 {
         let idx = self
             .calls
@@ -822,6 +847,12 @@ impl ClientThread {
             wait: Wait::Backlog,
             deadline: 0,
         });
+        self.launch(idx);
+        idx
+    }
+
+    /// Starts the call just put into slot `idx`.
+    fn launch(&mut self, idx: u32) {
         // Post at once when the backlog is empty (order is kept otherwise).
         if self.calls.backlog.is_empty() {
             if !self.start(idx) {
@@ -831,7 +862,6 @@ impl ClientThread {
             self.calls.backlog.push_back(idx);
             self.drain_backlog();
         }
-        idx
     }
 
     /// Posts call `idx`'s next step if its resources are there; false
@@ -929,7 +959,7 @@ impl ClientThread {
         if large && large_owner.is_some_and(|o| o != idx) {
             return Ok(None);
         }
-        let wrs = if d.pre.is_some() { 1 } else { d.wrs() };
+        let wrs = if d.pre().is_some() { 1 } else { d.wrs() };
         if wr_out[qp] + wrs > WR_PER_QP {
             return Ok(None);
         }
@@ -946,7 +976,7 @@ impl ClientThread {
         };
         let chunk = if large { DATA_BUF } else { SMALL };
         // Staging first: nothing is queued if it fails.
-        match (&d.pre, &d.kind) {
+        match (d.pre(), &d.kind) {
             (None, DataKind::Write) => {
                 let n = (d.total - d.done).min(chunk);
                 mr.write(base, &d.data[d.done..d.done + n])?;
@@ -971,7 +1001,7 @@ impl ClientThread {
                 signaled: false,
             })
         };
-        if let Some(p) = &d.pre {
+        if let Some(p) = d.pre() {
             one(WrOp::Cas {
                 local: local(0, 8),
                 raddr: p.raddr,
@@ -1092,18 +1122,21 @@ impl ClientThread {
     /// Ends call `idx` with `c` (its tag and internal flag are the call's).
     fn finish(&mut self, idx: u32, mut c: Completion) {
         let slot = &mut self.calls.slots[idx as usize];
-        let Some(call) = slot.call.take() else {
+        let Some(call) = slot.call.as_ref() else {
             return;
         };
-        self.release_wait(call.wait);
+        let (wait, user_data, internal) = (call.wait, call.user_data, call.internal);
+        // Dropped in place (the call is large: not moved out).
+        slot.call = None;
+        self.release_wait(wait);
         if self.calls.large_owner == Some(idx) {
             self.calls.large_owner = None;
         }
-        c.user_data = call.user_data;
-        if call.internal {
+        c.user_data = user_data;
+        if internal {
             self.calls.slots[idx as usize].done = Some(c);
         } else {
-            self.calls.ready.push_back(c);
+            self.calls.ready.push(c);
             self.calls.free.push(idx);
         }
     }
@@ -1301,21 +1334,24 @@ impl ClientThread {
         else {
             return Ok(0);
         };
-        if !self.calls.fifo[qp].contains(&wc.wr_id) {
-            return Ok(0);
-        }
         // Calls posted before it on this QP completed without a signal of
         // their own (in order, and successfully: a failure completes).
         // Their staging pages were just written by the fabric: their loads
         // are started together here rather than one by one as each call
-        // reads its data.
-        if wc.status == WcStatus::Success {
-            for &id in self.calls.fifo[qp].iter() {
+        // reads its data (in the same pass that finds the request).
+        let ok = wc.status == WcStatus::Success;
+        let mut found = false;
+        for &id in self.calls.fifo[qp].iter() {
+            if ok {
                 self.stage.prefetch((id & 0xffff_ffff) * SMALL as u64);
-                if id == wc.wr_id {
-                    break;
-                }
             }
+            if id == wc.wr_id {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Ok(0);
         }
         let mut n = 0;
         while let Some(&front) = self.calls.fifo[qp].front() {
@@ -1375,7 +1411,7 @@ impl ClientThread {
         }
         let (ddl, revive, auto) = match self.calls.slots[idx as usize].call.as_ref().map(|c| &c.op)
         {
-            Some(Op::Data(d)) => (d.ddl, d.pre.is_some(), d.auto),
+            Some(Op::Data(d)) => (d.ddl, d.pre().is_some(), d.auto),
             _ => (None, false, false),
         };
         if revive {
@@ -1475,11 +1511,13 @@ impl ClientThread {
             } else {
                 (&self.stage, idx as u64 * SMALL as u64)
             };
-            if let Some(p) = d.pre.take() {
+            if let Some(p) = d.rare.as_mut().and_then(|r| r.pre.take()) {
                 let found = Word::unpack(mr.load_u64(base)?);
                 rtt = Some(p.posted.elapsed());
                 if found == p.from {
-                    d.units = Some(p.to.units);
+                    if let Some(r) = d.rare.as_mut() {
+                        r.units = Some(p.to.units);
+                    }
                     c.upd().auto_step = Some(p.step.saturating_mul(2).min(1 << 10));
                     again = true;
                 } else if p.required || found.is_closed() {
@@ -1549,19 +1587,20 @@ impl ClientThread {
                 }
             }
             if !again {
-                if let Some(u) = d.units {
+                if let Some(u) = d.rare.as_ref().and_then(|r| r.units) {
                     let x = c.upd();
                     x.units = x.units.or(Some(u));
                 }
                 match &d.kind {
                     DataKind::Read => {
                         c.data = std::mem::take(&mut d.data);
-                        if d.cache.is_some() {
-                            c.upd().cache_insert = d.cache;
+                        let cache = d.rare.as_ref().and_then(|r| r.cache);
+                        if cache.is_some() {
+                            c.upd().cache_insert = cache;
                         }
                     }
                     DataKind::Write => {
-                        if let Some(off) = d.cache {
+                        if let Some(off) = d.rare.as_ref().and_then(|r| r.cache) {
                             c.upd().cache_write = Some((off, std::mem::take(&mut d.data)));
                         }
                     }
@@ -1601,7 +1640,7 @@ impl ClientThread {
         let mut again = false;
         let mut magic = false;
         let mut c = Completion::new(0, Ok(Rc::Ok));
-        match r {
+        match &mut **r {
             RpcOp::Acquire {
                 write,
                 node,
@@ -1834,8 +1873,9 @@ mod tests {
     use super::*;
 
     /// Completions and calls are moved through queues and slots per call:
-    /// rare parts (a lease, what a lease learns, an auto-extension) are
-    /// boxed so that the common ones stay small.
+    /// rare parts (a lease, what a lease learns, an auto-extension, a
+    /// cache offset, a batch's requests, an RPC's state, a call decided at
+    /// post time) are boxed so that the common ones stay small.
     #[test]
     fn completions_and_calls_stay_small() {
         assert!(
@@ -1844,9 +1884,16 @@ mod tests {
             std::mem::size_of::<Completion>()
         );
         assert!(
-            std::mem::size_of::<Call>() <= 224,
+            std::mem::size_of::<Call>() <= 176,
             "{}",
             std::mem::size_of::<Call>()
+        );
+        // Posting moves a prepared call a few times: at most 128 bytes is
+        // moved inline rather than through a memcpy call.
+        assert!(
+            std::mem::size_of::<Prepared>() <= 128,
+            "{}",
+            std::mem::size_of::<Prepared>()
         );
     }
 }

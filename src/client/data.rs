@@ -2,7 +2,7 @@
 //! the local expiry check (`now + epsilon < deadline`), auto-extension, the
 //! lease cache, and recovery of the data QP after a failed request.
 
-use super::calls::{Completion, DataKind, DataOp, Op, Post, PreExtend, Prepared, SMALL};
+use super::calls::{Completion, DataKind, DataOp, DataRare, Op, Post, PreExtend, Prepared, SMALL};
 use super::ClientThread;
 use crate::fabric::ConnPsns;
 use crate::lease::flags::rw;
@@ -143,15 +143,13 @@ impl ClientThread {
     }
 
     /// Whether an access may go ahead (with an auto-extension posted
-    /// before it), or what it returns at once.
+    /// before it), or what it returns at once. Inlined: without
+    /// auto-extension (the common case) its answer is small and known
+    /// to the caller, and nothing large is returned through memory.
+    #[inline]
     fn check_rw(&self, lease: &Lease, flag: u64) -> Result<Check> {
-        if flag & !rw::ALL != 0 {
-            return Err(Error::Invalid(format!("unknown RW flag bits {flag:#x}")));
-        }
-        if !lease.live {
-            return Err(Error::Invalid(
-                "the lease was relinquished or never granted".into(),
-            ));
+        if flag & !rw::ALL != 0 || !lease.live {
+            return Err(bad_access(lease, flag));
         }
         let expired = flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && self.expired(lease);
         if flag & rw::WITH_AUTO_EXTEND == 0 || lease.never_expires() {
@@ -161,6 +159,13 @@ impl ClientThread {
                 Check::Go(None)
             });
         }
+        self.check_auto(lease, expired)
+    }
+
+    /// [`ClientThread::check_rw`] for WITH_AUTO_EXTEND on a lease that
+    /// expires: extend before the access when its time runs short.
+    #[inline(never)]
+    fn check_auto(&self, lease: &Lease, expired: bool) -> Result<Check> {
         // Auto-extend acts once the time left falls to a margin of epsilon
         // (the clocks' disagreement) plus the largest of two units, half the
         // time the lease has been held for, four extension round trips as
@@ -240,7 +245,9 @@ impl ClientThread {
         )
     }
 
+    /// A one-sided call (built in the caller's return place: inlined).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn data_op(
         &self,
         lease: &Lease,
@@ -250,6 +257,7 @@ impl ClientThread {
         data: Vec<u8>,
         flag: u64,
         pre: Option<PreExtend>,
+        staged: bool,
     ) -> Prepared {
         let (raddr, rkey) = self.remote(lease, offset, flag);
         Prepared::Op(Op::Data(DataOp {
@@ -261,13 +269,17 @@ impl ClientThread {
             total,
             done: 0,
             data,
-            pre: pre.map(Box::new),
-            cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
-            units: None,
+            rare: (pre.is_some() || flag & rw::WITH_CACHE != 0).then(|| {
+                Box::new(DataRare {
+                    pre,
+                    cache: (flag & rw::WITH_CACHE != 0).then_some(offset),
+                    units: None,
+                })
+            }),
             ddl: (flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires())
                 .then_some(lease.ddl),
             auto: flag & rw::WITH_AUTO_EXTEND != 0 && !lease.never_expires(),
-            staged: false,
+            staged,
         }))
     }
 
@@ -286,7 +298,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         if flag & rw::WITH_CACHE != 0 {
@@ -294,7 +306,7 @@ impl ClientThread {
             if lease.cache.lookup(offset, &mut data) {
                 let mut c = done(Rc::Ok);
                 c.data = data;
-                return Ok(Prepared::Done(c));
+                return Ok(Prepared::Done(Box::new(c)));
             }
         }
         let staged = blocking && len <= SMALL && flag & rw::WITH_CACHE == 0;
@@ -303,11 +315,7 @@ impl ClientThread {
         } else {
             self.read_buf(len)
         };
-        let mut p = self.data_op(lease, DataKind::Read, offset, len, data, flag, pre);
-        if let Prepared::Op(Op::Data(d)) = &mut p {
-            d.staged = staged;
-        }
-        Ok(p)
+        Ok(self.data_op(lease, DataKind::Read, offset, len, data, flag, pre, staged))
     }
 
     fn prep_write(
@@ -322,7 +330,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         // Cached bytes of the range are stale from now on (a WITH_CACHE
@@ -336,6 +344,7 @@ impl ClientThread {
             src.to_vec(),
             flag,
             pre,
+            false,
         ))
     }
 
@@ -355,7 +364,7 @@ impl ClientThread {
         }
         self.refresh_keys(lease);
         let pre = match self.check_rw(lease, flag)? {
-            Check::Stop(rc) => return Ok(Prepared::Done(done(rc))),
+            Check::Stop(rc) => return Ok(Prepared::Done(Box::new(done(rc)))),
             Check::Go(p) => p,
         };
         lease.cache.invalidate(offset, 8);
@@ -368,7 +377,16 @@ impl ClientThread {
             DataKind::Faa { add: a0 }
         };
         // Atomics never go through the cache.
-        Ok(self.data_op(lease, kind, offset, 8, vec![], flag & !rw::WITH_CACHE, pre))
+        Ok(self.data_op(
+            lease,
+            kind,
+            offset,
+            8,
+            vec![],
+            flag & !rw::WITH_CACHE,
+            pre,
+            false,
+        ))
     }
 
     /// Reads `dst.len()` bytes at `offset` of the leased object.
@@ -491,4 +509,17 @@ enum Check {
 /// A call decided at post time.
 pub(super) fn done(rc: Rc) -> Completion {
     Completion::new(0, Ok(rc))
+}
+
+/// The error of an access with unknown flag bits or a lease that is not
+/// live (out of line: the check is inlined into every access).
+#[cold]
+#[inline(never)]
+fn bad_access(lease: &Lease, flag: u64) -> Error {
+    if flag & !rw::ALL != 0 {
+        Error::Invalid(format!("unknown RW flag bits {flag:#x}"))
+    } else {
+        debug_assert!(!lease.live);
+        Error::Invalid("the lease was relinquished or never granted".into())
+    }
 }

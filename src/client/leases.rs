@@ -34,10 +34,10 @@ impl ClientThread {
             let base = self.sh.peer(node)?.layout.region(BufOff(offset));
             let mut c = done(Rc::Ok);
             c.lease = Some(Box::new(Lease::local(node, dir, base, size, write)));
-            return Ok(Prepared::Done(c));
+            return Ok(Prepared::Done(Box::new(c)));
         }
         self.check_dir(node, dir)?;
-        Ok(Prepared::Op(Op::Rpc(RpcOp::Acquire {
+        Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Acquire {
             write,
             node,
             dir,
@@ -51,7 +51,7 @@ impl ClientThread {
             attempts: 0,
             then,
             got: None,
-        })))
+        }))))
     }
 
     /// Acquires a read (`write = false`) or write lease on `[offset,
@@ -227,7 +227,7 @@ impl ClientThread {
     ) -> Result<Prepared> {
         let addr = self.sh.peer(node)?.layout.region(BufOff(offset));
         self.check_dir(node, dir)?;
-        Ok(Prepared::Op(Op::Rpc(RpcOp::Dealloc {
+        Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Dealloc {
             node,
             dir,
             req: ModifyReq {
@@ -241,7 +241,7 @@ impl ClientThread {
                 dir,
             },
             offset,
-        })))
+        }))))
     }
 
     /// Turns a read lease into a write lease on the same range: acquires
@@ -302,14 +302,14 @@ impl ClientThread {
             )));
         }
         if !lease.live {
-            return Ok(Prepared::Done(done(Rc::Ok)));
+            return Ok(Prepared::Done(Box::new(done(Rc::Ok))));
         }
         lease.release();
         self.forget_keys(lease);
         if flag & modify::NO_RPC != 0 || !lease.has_server_context() {
-            return Ok(Prepared::Done(done(Rc::Ok)));
+            return Ok(Prepared::Done(Box::new(done(Rc::Ok))));
         }
-        Ok(Prepared::Op(Op::Rpc(RpcOp::Relinquish {
+        Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Relinquish {
             node: lease.node,
             dir: lease.dir,
             req: ModifyReq {
@@ -322,7 +322,7 @@ impl ClientThread {
                 size: lease.size,
                 dir: lease.dir,
             },
-        })))
+        }))))
     }
 
     /// Gives a lease back; the memory node revokes its windows before it
@@ -351,9 +351,7 @@ impl ClientThread {
             total: 8,
             done: 0,
             data: Vec::new(),
-            pre: None,
-            cache: None,
-            units: None,
+            rare: None,
             // The extension was sent against the deadline the lease had:
             // refused once that deadline is in doubt, the GC's close won
             // the race (the lease expired in flight), not a protection
@@ -379,7 +377,7 @@ impl ClientThread {
         if !lease.live {
             return Err(refused("rpc_extend", lease, Refusal::NoTerm));
         }
-        Ok(Prepared::Op(Op::Rpc(RpcOp::Extend {
+        Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Extend {
             node: lease.node,
             dir: lease.dir,
             req: ModifyReq {
@@ -392,7 +390,7 @@ impl ClientThread {
                 size: 0,
                 dir: lease.dir,
             },
-        })))
+        }))))
     }
 
     /// Two-sided extension.

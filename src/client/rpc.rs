@@ -114,11 +114,11 @@ impl ClientThread {
     /// reply value (e.g. live leases for [`AdminOp::Stats`]).
     pub fn admin(&mut self, node: u16, dir: u16, op: AdminOp, arg: u64) -> Result<i64> {
         self.check_dir(node, dir)?;
-        let c = self.run(Ok(Prepared::Op(Op::Rpc(RpcOp::Admin {
+        let c = self.run(Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Admin {
             node,
             dir,
             req: AdminReq { op, arg, dir },
-        }))))?;
+        })))))?;
         c.result?;
         Ok(c.value as i64)
     }

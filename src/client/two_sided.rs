@@ -23,7 +23,7 @@ impl ClientThread {
         data: Vec<u8>,
     ) -> Result<Prepared> {
         self.check_dir(lease.node, lease.dir)?;
-        Ok(Prepared::Op(Op::Rpc(RpcOp::Mem {
+        Ok(Prepared::Op(Op::Rpc(Box::new(RpcOp::Mem {
             node: lease.node,
             dir: lease.dir,
             req: MemReq {
@@ -40,7 +40,7 @@ impl ClientThread {
             total: size,
             done: 0,
             data,
-        })))
+        }))))
     }
 
     pub(super) fn prep_rpc_read(
