@@ -1174,8 +1174,9 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
 }
 
 /// A resize-lock holder descheduled past its lock's term in the middle
-/// of a split (simulated: it pauses 600 ms between computing the new
-/// subtables and writing them; the term is 50 ms) must not overwrite what
+/// of a split (simulated: it stops between computing the new subtables
+/// and writing them until the other client is done; the term is 50 ms)
+/// must not overwrite what
 /// the next holder and the writers after it wrote. Its late writes go
 /// through the lock's lease, which the memory node has revoked by then, so
 /// they are refused: by the local expiry check, and with that check off
@@ -1209,25 +1210,28 @@ fn a_late_resize_lock_holder_cannot_overwrite_the_table() {
                 )
                 .unwrap();
                 let splits_before = a.stats().splits;
-                a.stall_splits(Some(Duration::from_millis(600)));
+                // A stops inside its split until B is done (B's puts wait
+                // out A's term, take the lock over and finish the split).
+                let b_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                {
+                    let (b_done, stalled) = (b_done.clone(), stalled.clone());
+                    a.stall_splits(Some(Box::new(move || {
+                        stalled.store(true, Ordering::SeqCst);
+                        wait_until("B rewrites every key", || b_done.load(Ordering::SeqCst));
+                    })));
+                }
                 if nic_only {
                     a.add_rw_flags(rw::NO_LOCAL_EXPIRE_CHECK);
                 }
                 thread::scope(|s| {
                     let late = s.spawn(move || {
-                        let r = a.split_subtable_of(&mut ca, b"key-5");
+                        let r = a.try_split_subtable_of(&mut ca, b"key-5");
                         (r, a.stats())
                     });
-                    // A holds the lock (B may take it first while A asks:
-                    // then B lets it go at once).
-                    wait_until("the late holder takes the resize lock", || {
-                        match b.try_lock_resize(&mut cb).unwrap() {
-                            None => true,
-                            Some(l) => {
-                                b.unlock_resize(&mut cb, l).unwrap();
-                                false
-                            }
-                        }
+                    // A holds the lock and has frozen the subtable.
+                    wait_until("the late holder stops inside its split", || {
+                        stalled.load(Ordering::SeqCst)
                     });
                     // B rewrites every key: those of the subtable A froze
                     // wait for the lock, take it when A's term ends and
@@ -1241,10 +1245,7 @@ fn a_late_resize_lock_holder_cannot_overwrite_the_table() {
                         .unwrap();
                     }
                     assert!(b.stats().splits >= 1, "B must have finished A's split");
-                    assert!(
-                        !late.is_finished(),
-                        "the late holder woke before B was done: the test proves nothing"
-                    );
+                    b_done.store(true, Ordering::SeqCst);
                     let (r, st) = late.join().unwrap();
                     let want = if nic_only {
                         Rc::RdmaProtectionErr

@@ -365,9 +365,9 @@ struct KvState {
     /// `keep_lock`, taken by `split_once`; one split of a handle holds
     /// the lock at a time).
     lock_lost: bool,
-    /// Test hook: a split pauses this long between computing the new
-    /// subtables and writing them (a holder descheduled past its term).
-    stall: Option<Duration>,
+    /// Test hook: a split calls this between computing the new subtables
+    /// and writing them (a holder descheduled past its term).
+    stall: Option<Box<dyn FnMut() + Send>>,
 }
 
 /// Blocks of one size allocated per allocation round (calls in flight).
@@ -713,12 +713,12 @@ impl KvTable {
         self.flag |= flag;
     }
 
-    /// Test hook: this handle's splits pause for `d` after computing the
-    /// new subtables and before writing them, as a holder descheduled past
-    /// its lock's term would.
+    /// Test hook: this handle's splits call `f` (which may block as long
+    /// as it likes) after computing the new subtables and before writing
+    /// them, as a holder descheduled past its lock's term would stop there.
     #[doc(hidden)]
-    pub fn stall_splits(&mut self, d: Option<Duration>) {
-        self.st.get_mut().stall = d;
+    pub fn stall_splits(&mut self, f: Option<Box<dyn FnMut() + Send>>) {
+        self.st.get_mut().stall = f;
     }
 
     /// Test hook: a hostile client that keeps using its rkeys after it

@@ -113,13 +113,44 @@ impl KvTable {
         }
     }
 
-    /// Splits the subtable `key` hashes to now (a resize by hand).
+    /// Splits the subtable `key` hashes to now (a resize by hand). A lock
+    /// that runs out of its term in the middle (a holder descheduled on a
+    /// loaded host) is taken again and the split finished, until
+    /// `KvParams::patience` has passed.
     pub fn split_subtable_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<()> {
+        let until = Instant::now() + self.params.patience;
+        loop {
+            match self.split_subtable_once(ct, key) {
+                Err(LockLost(e)) => {
+                    self.st.get_mut().stats.locks_lost += 1;
+                    if Instant::now() >= until {
+                        return Err(e);
+                    }
+                }
+                Err(Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// One attempt of [`KvTable::split_subtable_of`]: a lost lock is an
+    /// error (test hook: what a late holder is told).
+    #[doc(hidden)]
+    pub fn try_split_subtable_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<()> {
+        self.split_subtable_once(ct, key)
+            .map_err(|(LockLost(e) | Other(e))| e)
+    }
+
+    fn split_subtable_once(
+        &mut self,
+        ct: &mut ClientThread,
+        key: &[u8],
+    ) -> std::result::Result<(), SplitErr> {
         let h = Hashes::of(key);
         let io = Blocking::new(ct);
         ready(self.load_directory(&io))?;
         let s = ready(self.subtable_of(&io, &h))?;
-        ready(self.split(&io, s))
+        ready(self.split_once(&io, s))
     }
 
     /// Test hook: a client that dies in the middle of a split. Takes the
@@ -152,17 +183,9 @@ impl KvTable {
         Ok(ddl)
     }
 
-    /// Splits subtable `s` unless someone already did: takes the lock,
-    /// finishes a pending split first, then splits `s` if it is still live.
-    pub(super) async fn split(&self, io: &impl KvIo, s: u64) -> Result<()> {
-        match self.split_once(io, s).await {
-            Ok(()) => Ok(()),
-            Err(LockLost(e) | Other(e)) => Err(e),
-        }
-    }
-
-    /// As [`KvTable::split`] for an operation that needs the split and
-    /// retries: a resize lock that ran out of its term in the middle (its
+    /// Splits subtable `s` unless someone already did (takes the lock,
+    /// finishes a pending split first, then splits `s` if it is still
+    /// live), for an operation that needs the split and retries: a resize lock that ran out of its term in the middle (its
     /// holder descheduled past `lock_ns` on a loaded host) is not an error
     /// of the operation. What the split did stays recorded in the header;
     /// the operation looks again and whoever holds the lock next (this
@@ -257,28 +280,21 @@ impl KvTable {
     }
 
     /// Keeps the lock alive between phases; an error when it was lost
-    /// (noted for [`KvTable::split_or_retry`] when the extension was
-    /// refused, not when the call failed).
+    /// (noted for [`KvTable::split_or_retry`]).
     async fn keep_lock(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
         let mut l = lock.borrow().clone();
         let r = io.extend(&mut l, self.params.lock_ns.max(1), 0).await;
         *lock.borrow_mut() = l;
         match r {
             Ok(Rc::Ok) => Ok(()),
-            r => Err(Error::Refused {
-                rc: match &r {
-                    Ok(rc) => {
-                        self.st.borrow_mut().lock_lost = true;
-                        *rc
-                    }
-                    Err(_) => Rc::Invalid,
-                },
+            r => Err(self.lost_lock(Error::Refused {
+                rc: r.as_ref().map_or(Rc::Invalid, |rc| *rc),
                 ctx: format!(
                     "kv resize lock at node {} offset {:#x} could not be extended ({r:?}): the \
                      split stops; the next holder finishes it",
                     self.node, self.params.base
                 ),
-            }),
+            })),
         }
     }
 
@@ -385,9 +401,8 @@ impl KvTable {
             }
         }
         debug_assert_eq!(n as u64, self.geo.groups * SLOTS_PER_GROUP);
-        let stall = self.st.borrow().stall;
-        if let Some(d) = stall {
-            io.pause(d).await;
+        if let Some(f) = self.st.borrow_mut().stall.as_mut() {
+            f();
         }
         self.l_write(io, lock, self.geo.subtable(a), &layout::bytes_of(&wa))
             .await?;
@@ -468,12 +483,12 @@ impl KvTable {
         off: u64,
         src: &[u8],
     ) -> Result<()> {
-        match io.write(lock, src, off, self.lock_flag()).await? {
-            Rc::Ok => Ok(()),
-            rc => {
-                self.st.borrow_mut().lock_lost = true;
-                Err(self.refused(rc, "split write through the resize lock", off))
+        match io.write(lock, src, off, self.lock_flag()).await {
+            Ok(Rc::Ok) => Ok(()),
+            Ok(rc) => {
+                Err(self.lost_lock(self.refused(rc, "split write through the resize lock", off)))
             }
+            Err(e) => Err(self.lost_lock(e)),
         }
     }
 
@@ -487,12 +502,22 @@ impl KvTable {
         cmp: u64,
         swap: u64,
     ) -> Result<u64> {
-        match io.cas(lock, off, cmp, swap, self.lock_flag()).await? {
-            (Rc::Ok, old) => Ok(old),
-            (rc, _) => {
-                self.st.borrow_mut().lock_lost = true;
-                Err(self.refused(rc, "split CAS through the resize lock", off))
+        match io.cas(lock, off, cmp, swap, self.lock_flag()).await {
+            Ok((Rc::Ok, old)) => Ok(old),
+            Ok((rc, _)) => {
+                Err(self.lost_lock(self.refused(rc, "split CAS through the resize lock", off)))
             }
+            Err(e) => Err(self.lost_lock(e)),
         }
+    }
+
+    /// Notes that the split under way lost its lock (`e` says how: a
+    /// refusal, locally or by the memory node; in `rpc` mode the memory
+    /// node's "no live lease" comes back as an error, not a code). Any
+    /// failure of a write through the lock counts: a retry that finds the
+    /// fabric broken fails at taking the lock again.
+    fn lost_lock(&self, e: Error) -> Error {
+        self.st.borrow_mut().lock_lost = true;
+        e
     }
 }
