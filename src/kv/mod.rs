@@ -90,7 +90,9 @@
 //! the directory doubles first when l equals the global depth). The
 //! splitter holds the *resize lock*: a write lease over the table region
 //! acquired with `WITH_CONFLICT_DETECT` (its conflict key is the table's
-//! base offset), with term `KvParams::lock_ns` (extended between phases).
+//! base offset), with term `KvParams::lock_ns` (extended between phases;
+//! a handle whose splits lost the lock doubles the term for its next
+//! attempts, up to 64x, until a split completes).
 //! A client that dies while holding it loses the lock when that term ends
 //! (plus the cluster's epsilon), when the memory node's GC collects the
 //! lease. Every write and CAS of a split goes through the lock's own
@@ -368,7 +370,15 @@ struct KvState {
     /// Test hook: a split calls this between computing the new subtables
     /// and writing them (a holder descheduled past its term).
     stall: Option<Box<dyn FnMut() + Send>>,
+    /// Splits of this handle in a row whose lock ran out: each doubles the
+    /// lock's term (up to [`LOCK_BACKOFF_MAX`] doublings), so that a split
+    /// on a loaded host finishes; a split that completes resets it.
+    lock_backoff: u32,
 }
+
+/// Most doublings of the resize lock's term after splits that lost it
+/// (64 x `KvParams::lock_ns`).
+pub const LOCK_BACKOFF_MAX: u32 = 6;
 
 /// Blocks of one size allocated per allocation round (calls in flight).
 pub const ALLOC_AHEAD: usize = 8;

@@ -79,7 +79,7 @@ impl KvTable {
                 self.params.base,
                 0,
                 self.geo.total(),
-                self.params.lock_ns.max(1),
+                self.lock_term(),
                 acquire::WITH_CONFLICT_DETECT,
             )
             .await?;
@@ -122,7 +122,6 @@ impl KvTable {
         loop {
             match self.split_subtable_once(ct, key) {
                 Err(LockLost(e)) => {
-                    self.st.get_mut().stats.locks_lost += 1;
                     if Instant::now() >= until {
                         return Err(e);
                     }
@@ -194,7 +193,6 @@ impl KvTable {
         match self.split_once(io, s).await {
             Ok(()) => Ok(()),
             Err(LockLost(e)) => {
-                self.st.borrow_mut().stats.locks_lost += 1;
                 tracing::debug!(s, "kv: the resize lock ran out during a split: {e}");
                 Ok(())
             }
@@ -206,6 +204,11 @@ impl KvTable {
         let lock = RefCell::new(self.lock_resize_in(io).await?);
         let r = self.split_locked(io, s, &lock).await;
         if std::mem::take(&mut self.st.borrow_mut().lock_lost) {
+            {
+                let mut st = self.st.borrow_mut();
+                st.stats.locks_lost += 1;
+                st.lock_backoff = (st.lock_backoff + 1).min(super::LOCK_BACKOFF_MAX);
+            }
             // The lock is gone: nothing to unlock. Read the directory
             // again (the split may have published).
             let e = r
@@ -213,6 +216,9 @@ impl KvTable {
                 .unwrap_or_else(|| Error::Invalid("kv resize lock lost".into()));
             self.load_directory(io).await?;
             return Err(LockLost(e));
+        }
+        if r.is_ok() {
+            self.st.borrow_mut().lock_backoff = 0;
         }
         let u = self.unlock_resize_in(io, lock.into_inner()).await;
         self.load_directory(io).await?;
@@ -279,11 +285,18 @@ impl KvTable {
         Ok(Some((next, next + 1)))
     }
 
+    /// The resize lock's term: `lock_ns`, doubled for each split in a row
+    /// that lost it.
+    fn lock_term(&self) -> u64 {
+        let k = self.st.borrow().lock_backoff.min(super::LOCK_BACKOFF_MAX);
+        self.params.lock_ns.max(1).saturating_mul(1 << k)
+    }
+
     /// Keeps the lock alive between phases; an error when it was lost
     /// (noted for [`KvTable::split_or_retry`]).
     async fn keep_lock(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
         let mut l = lock.borrow().clone();
-        let r = io.extend(&mut l, self.params.lock_ns.max(1), 0).await;
+        let r = io.extend(&mut l, self.lock_term(), 0).await;
         *lock.borrow_mut() = l;
         match r {
             Ok(Rc::Ok) => Ok(()),
@@ -378,9 +391,16 @@ impl KvTable {
         self.keep_lock(io, lock).await?;
         let n = ws.len();
         let (mut wa, mut wb) = (vec![0u64; n], vec![0u64; n]);
+        let mut read = 0;
         for (i, &w) in ws.iter().enumerate() {
             if slot::is_empty(w) {
                 continue;
+            }
+            // Reading every block of a subtable one by one is the split's
+            // longest phase: the lock is extended along the way.
+            read += 1;
+            if read % 16 == 0 {
+                self.keep_lock(io, lock).await?;
             }
             let blk = self.kv_read(io, slot::off(w), slot::len(w)).await?;
             let Some((key, _)) = layout::decode_block(&blk) else {
