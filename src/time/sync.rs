@@ -295,17 +295,30 @@ impl TimeSyncer {
         }
     }
 
+    /// Posts `op` and waits for it. A failure other than a timeout (a
+    /// completion error, a QP not ready: on a loaded host a start-up's
+    /// first reads can meet either) recovers the QP in place and tries
+    /// again until the syncer's timeout; a timeout (the parent did not
+    /// answer for all of it) is returned at once.
     fn post_wait(&self, op: WrOp) -> Result<()> {
-        let r = self.post_wait_once(op);
-        if r.is_err() {
+        let t0 = Instant::now();
+        loop {
+            let r = self.post_wait_once(op);
+            let Err(e) = r else {
+                return Ok(());
+            };
             // Recover the QP in place so the next attempt can succeed once
             // the parent is reachable again.
             let _ = self.qp.reset();
             let mut wc = [Wc::default(); 8];
             while self.cq.poll(&mut wc) > 0 {}
             let _ = self.qp.connect(&self.remote);
+            if matches!(e, Error::Timeout(_)) || t0.elapsed() >= self.timeout {
+                return Err(e);
+            }
+            tracing::debug!("time sync: retrying after {e}");
+            std::thread::sleep(Duration::from_micros(500));
         }
-        r
     }
 
     fn post_wait_once(&self, op: WrOp) -> Result<()> {
