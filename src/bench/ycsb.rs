@@ -568,16 +568,22 @@ pub fn sizes(o: &Opts) -> Result<Sizes> {
     for &w in &o.workloads {
         mix(w)?;
     }
-    let params = table_params(o.records);
-    let region = params.region_bytes()?;
-    // Blocks: header 8 + key (<= 24) + value + checksum 8, in 64 B units.
-    let block = (16 + 24 + o.value_size).div_ceil(64) as u64 * 64;
     let inserts = if o.workloads.contains(&'d') {
-        // D inserts 5 % of its operations; generously sized.
-        (o.records / 2).max(200_000)
+        // D inserts 5 % of its operations: room for what a thread doing
+        // 1 M operations per second (about twice what the soft fabric
+        // does) inserts in every cell of D, and never less than half the
+        // records or 200 000. The table is sized for them too (a table
+        // sized for the records alone filled up in a short run).
+        let cells = (o.rounds * 4 * o.dists.len().max(1)) as f64;
+        let est = 0.05e6 * o.threads as f64 * o.budget.as_secs_f64() * cells;
+        (o.records / 2).max(200_000).max(est.ceil() as u64)
     } else {
         0
     };
+    let params = table_params(o.records + inserts);
+    let region = params.region_bytes()?;
+    // Blocks: header 8 + key (<= 24) + value + checksum 8, in 64 B units.
+    let block = (16 + 24 + o.value_size).div_ceil(64) as u64 * 64;
     let alloc = (o.records + inserts) * block * 2 + (64 << 20);
     Ok(Sizes {
         params,
