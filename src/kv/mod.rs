@@ -363,10 +363,6 @@ struct KvState {
     /// a time (which also gives readers that read a slot just before it
     /// moved on a grace period before the block is reused).
     to_free: Vec<u64>,
-    /// The split under way found its resize lock run out (set by
-    /// `keep_lock`, taken by `split_once`; one split of a handle holds
-    /// the lock at a time).
-    lock_lost: bool,
     /// Test hook: a split calls this between computing the new subtables
     /// and writing them (a holder descheduled past its term).
     stall: Option<Box<dyn FnMut() + Send>>,

@@ -22,8 +22,9 @@ pub enum SplitPhase {
     Published,
 }
 
-/// A split stopped because its resize lock ran out of its term (see
-/// [`KvTable::split_or_retry`]); other errors pass through as `Other`.
+/// Why a split stopped: its resize lock ran out of its term (a write
+/// through the lock refused, or its extension; see
+/// [`KvTable::split_or_retry`]), or anything else.
 enum SplitErr {
     LockLost(Error),
     Other(Error),
@@ -35,6 +36,17 @@ impl From<Error> for SplitErr {
         Other(e)
     }
 }
+
+impl SplitErr {
+    fn into_error(self) -> Error {
+        match self {
+            LockLost(e) | Other(e) => e,
+        }
+    }
+}
+
+/// What a step of a split returns: a lost lock told apart from the rest.
+type SplitResult<T> = std::result::Result<T, SplitErr>;
 
 impl KvTable {
     /// Takes the resize lock: a write lease with conflict detection on the
@@ -137,7 +149,7 @@ impl KvTable {
     #[doc(hidden)]
     pub fn try_split_subtable_of(&mut self, ct: &mut ClientThread, key: &[u8]) -> Result<()> {
         self.split_subtable_once(ct, key)
-            .map_err(|(LockLost(e) | Other(e))| e)
+            .map_err(SplitErr::into_error)
     }
 
     fn split_subtable_once(
@@ -172,10 +184,12 @@ impl KvTable {
         ready(self.load_directory(&io))?;
         let s = ready(self.subtable_of(&io, &h))?;
         let lock = RefCell::new(ready(self.lock_resize_in(&io))?);
-        let (a, b) = ready(self.plan_split(&io, s, &lock))?.ok_or_else(|| {
-            Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
-        })?;
-        ready(self.run_split(&io, s, a, b, &lock, Some(phase)))?;
+        let (a, b) = ready(self.plan_split(&io, s, &lock))
+            .map_err(SplitErr::into_error)?
+            .ok_or_else(|| {
+                Error::Invalid(format!("kv split_and_die: subtable {s} is already retired"))
+            })?;
+        ready(self.run_split(&io, s, a, b, &lock, Some(phase))).map_err(SplitErr::into_error)?;
         let ddl = lock.borrow().ddl;
         drop(lock);
         ready(self.load_directory(&io))?;
@@ -184,11 +198,12 @@ impl KvTable {
 
     /// Splits subtable `s` unless someone already did (takes the lock,
     /// finishes a pending split first, then splits `s` if it is still
-    /// live), for an operation that needs the split and retries: a resize lock that ran out of its term in the middle (its
-    /// holder descheduled past `lock_ns` on a loaded host) is not an error
-    /// of the operation. What the split did stays recorded in the header;
-    /// the operation looks again and whoever holds the lock next (this
-    /// handle, usually) finishes it.
+    /// live), for an operation that needs the split and retries: a resize
+    /// lock that ran out of its term in the middle (its holder descheduled
+    /// past `lock_ns` on a loaded host) is not an error of the operation.
+    /// What the split did stays recorded in the header; the operation
+    /// looks again and whoever holds the lock next (this handle, usually)
+    /// finishes it.
     pub(super) async fn split_or_retry(&self, io: &impl KvIo, s: u64) -> Result<()> {
         match self.split_once(io, s).await {
             Ok(()) => Ok(()),
@@ -200,32 +215,32 @@ impl KvTable {
         }
     }
 
-    async fn split_once(&self, io: &impl KvIo, s: u64) -> std::result::Result<(), SplitErr> {
+    async fn split_once(&self, io: &impl KvIo, s: u64) -> SplitResult<()> {
         let lock = RefCell::new(self.lock_resize_in(io).await?);
         let r = self.split_locked(io, s, &lock).await;
-        if std::mem::take(&mut self.st.borrow_mut().lock_lost) {
-            {
-                let mut st = self.st.borrow_mut();
-                st.stats.locks_lost += 1;
-                st.lock_backoff = (st.lock_backoff + 1).min(super::LOCK_BACKOFF_MAX);
+        {
+            let mut st = self.st.borrow_mut();
+            match &r {
+                Err(LockLost(_)) => {
+                    st.stats.locks_lost += 1;
+                    st.lock_backoff = (st.lock_backoff + 1).min(super::LOCK_BACKOFF_MAX);
+                }
+                Ok(()) => st.lock_backoff = 0,
+                Err(Other(_)) => {}
             }
-            // The lock is gone: nothing to unlock. Read the directory
-            // again (the split may have published).
-            let e = r
-                .err()
-                .unwrap_or_else(|| Error::Invalid("kv resize lock lost".into()));
-            self.load_directory(io).await?;
-            return Err(LockLost(e));
         }
-        if r.is_ok() {
-            self.st.borrow_mut().lock_backoff = 0;
-        }
-        let u = self.unlock_resize_in(io, lock.into_inner()).await;
+        // A lost lock is gone: nothing to unlock.
+        let u = match &r {
+            Err(LockLost(_)) => Ok(()),
+            _ => self.unlock_resize_in(io, lock.into_inner()).await,
+        };
+        // Read the directory again (the split may have published).
         self.load_directory(io).await?;
-        Ok(r.and(u)?)
+        r?;
+        Ok(u?)
     }
 
-    async fn split_locked(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> Result<()> {
+    async fn split_locked(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> SplitResult<()> {
         self.finish_pending(io, lock).await?;
         if let Some((a, b)) = self.plan_split(io, s, lock).await? {
             self.run_split(io, s, a, b, lock, None).await?;
@@ -234,7 +249,7 @@ impl KvTable {
     }
 
     /// Completes the split the header records, if any.
-    async fn finish_pending(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
+    async fn finish_pending(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> SplitResult<()> {
         let b = self.t_read(io, hdr::PENDING_S, 24).await?;
         let w: Vec<u64> = layout::words(&b).collect();
         if w[0] != 0 {
@@ -250,7 +265,7 @@ impl KvTable {
         io: &impl KvIo,
         s: u64,
         lock: &RefCell<Lease>,
-    ) -> Result<Option<(u64, u64)>> {
+    ) -> SplitResult<Option<(u64, u64)>> {
         let sh = self.t_word(io, self.geo.sub_header(s)).await?;
         if sh & sub::VALID == 0 || sh & sub::RETIRED != 0 {
             return Ok(None);
@@ -258,18 +273,18 @@ impl KvTable {
         let l = sub::depth(sh);
         let g = self.t_word(io, hdr::GLOBAL_DEPTH).await? as u32;
         if l >= self.geo.max_depth || (l == g && g >= self.geo.max_depth) {
-            return Err(Error::NoMem(format!(
+            return Err(Other(Error::NoMem(format!(
                 "kv table at node {} offset {:#x} is full: subtable {s} has local depth {l}, \
                  the most the directory allows (max depth {})",
                 self.node, self.params.base, self.geo.max_depth
-            )));
+            ))));
         }
         let next = self.t_word(io, hdr::NEXT_SUBTABLE).await?;
         if next + 2 > self.geo.max_subtables {
-            return Err(Error::NoMem(format!(
+            return Err(Other(Error::NoMem(format!(
                 "kv table at node {} offset {:#x}: no room for two more subtables ({next} of {})",
                 self.node, self.params.base, self.geo.max_subtables
-            )));
+            ))));
         }
         self.l_write(io, lock, hdr::NEXT_SUBTABLE, &(next + 2).to_le_bytes())
             .await?;
@@ -294,13 +309,13 @@ impl KvTable {
 
     /// Keeps the lock alive between phases; an error when it was lost
     /// (noted for [`KvTable::split_or_retry`]).
-    async fn keep_lock(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> Result<()> {
+    async fn keep_lock(&self, io: &impl KvIo, lock: &RefCell<Lease>) -> SplitResult<()> {
         let mut l = lock.borrow().clone();
         let r = io.extend(&mut l, self.lock_term(), 0).await;
         *lock.borrow_mut() = l;
         match r {
             Ok(Rc::Ok) => Ok(()),
-            r => Err(self.lost_lock(Error::Refused {
+            r => Err(LockLost(Error::Refused {
                 rc: r.as_ref().map_or(Rc::Invalid, |rc| *rc),
                 ctx: format!(
                     "kv resize lock at node {} offset {:#x} could not be extended ({r:?}): the \
@@ -312,7 +327,7 @@ impl KvTable {
     }
 
     /// CASes every slot of `s` to frozen; returns the frozen words.
-    async fn freeze(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> Result<Vec<u64>> {
+    async fn freeze(&self, io: &impl KvIo, s: u64, lock: &RefCell<Lease>) -> SplitResult<Vec<u64>> {
         self.keep_lock(io, lock).await?;
         let base = self.geo.subtable(s);
         let b = self.t_read(io, base, self.geo.sub_bytes() as usize).await?;
@@ -344,7 +359,7 @@ impl KvTable {
         b: u64,
         lock: &RefCell<Lease>,
         die_after: Option<SplitPhase>,
-    ) -> Result<()> {
+    ) -> SplitResult<()> {
         let sh = self.t_word(io, self.geo.sub_header(s)).await?;
         let (l, suffix) = (sub::depth(sh), sub::suffix(sh));
         let g = self.t_word(io, hdr::GLOBAL_DEPTH).await? as u32;
@@ -386,7 +401,7 @@ impl KvTable {
         l: u32,
         suffix: u64,
         lock: &RefCell<Lease>,
-    ) -> Result<()> {
+    ) -> SplitResult<()> {
         let ws = self.freeze(io, s, lock).await?;
         self.keep_lock(io, lock).await?;
         let n = ws.len();
@@ -404,11 +419,11 @@ impl KvTable {
             }
             let blk = self.kv_read(io, slot::off(w), slot::len(w)).await?;
             let Some((key, _)) = layout::decode_block(&blk) else {
-                return Err(Error::Invalid(format!(
+                return Err(Other(Error::Invalid(format!(
                     "kv split of subtable {s}: slot {i} points at a block that does not check \
                      ({:#x})",
                     slot::off(w)
-                )));
+                ))));
             };
             let h = Hashes::of(key);
             let live = w & !slot::FROZEN;
@@ -449,7 +464,7 @@ impl KvTable {
         b: u64,
         l: u32,
         lock: &RefCell<Lease>,
-    ) -> Result<()> {
+    ) -> SplitResult<()> {
         self.keep_lock(io, lock).await?;
         // The directory. Doubling writes the new upper half first (entries
         // of `s` there hold keys with bit l = 1: `b`), then the depth, then
@@ -494,21 +509,25 @@ impl KvTable {
     /// A split's WRITE into the table, through the resize lock's lease: a
     /// holder descheduled past its term is refused (locally, or by the
     /// memory node once the lease is revoked) instead of overwriting what
-    /// the next holder and the writers after it wrote. A refusal means the
-    /// lock is lost.
+    /// the next holder and the writers after it wrote. Any failure counts
+    /// as a lost lock (in `rpc` mode the memory node's "no live lease"
+    /// comes back as an error, not a code); a retry that finds the fabric
+    /// broken fails at taking the lock again.
     async fn l_write(
         &self,
         io: &impl KvIo,
         lock: &RefCell<Lease>,
         off: u64,
         src: &[u8],
-    ) -> Result<()> {
+    ) -> SplitResult<()> {
         match io.write(lock, src, off, self.lock_flag()).await {
             Ok(Rc::Ok) => Ok(()),
-            Ok(rc) => {
-                Err(self.lost_lock(self.refused(rc, "split write through the resize lock", off)))
-            }
-            Err(e) => Err(self.lost_lock(e)),
+            Ok(rc) => Err(LockLost(self.refused(
+                rc,
+                "split write through the resize lock",
+                off,
+            ))),
+            Err(e) => Err(LockLost(e)),
         }
     }
 
@@ -521,23 +540,15 @@ impl KvTable {
         off: u64,
         cmp: u64,
         swap: u64,
-    ) -> Result<u64> {
+    ) -> SplitResult<u64> {
         match io.cas(lock, off, cmp, swap, self.lock_flag()).await {
             Ok((Rc::Ok, old)) => Ok(old),
-            Ok((rc, _)) => {
-                Err(self.lost_lock(self.refused(rc, "split CAS through the resize lock", off)))
-            }
-            Err(e) => Err(self.lost_lock(e)),
+            Ok((rc, _)) => Err(LockLost(self.refused(
+                rc,
+                "split CAS through the resize lock",
+                off,
+            ))),
+            Err(e) => Err(LockLost(e)),
         }
-    }
-
-    /// Notes that the split under way lost its lock (`e` says how: a
-    /// refusal, locally or by the memory node; in `rpc` mode the memory
-    /// node's "no live lease" comes back as an error, not a code). Any
-    /// failure of a write through the lock counts: a retry that finds the
-    /// fabric broken fails at taking the lock again.
-    fn lost_lock(&self, e: Error) -> Error {
-        self.st.borrow_mut().lock_lost = true;
-        e
     }
 }
