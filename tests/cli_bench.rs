@@ -12,7 +12,11 @@ fn patronus() -> Command {
 /// Runs `patronus ARGS` (a `--json` benchmark), which must succeed; returns
 /// its output and the records, one JSON object per line.
 fn json_records(args: &[&str]) -> (String, Vec<serde_json::Value>) {
-    let out = patronus().args(args).output().unwrap();
+    records_of(patronus().args(args).output().unwrap())
+}
+
+/// The JSON lines of a successful run's stdout (and the text).
+fn records_of(out: std::process::Output) -> (String, Vec<serde_json::Value>) {
     assert!(
         out.status.success(),
         "{}",
@@ -24,6 +28,18 @@ fn json_records(args: &[&str]) -> (String, Vec<serde_json::Value>) {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
     (text, recs)
+}
+
+/// Runs `patronus args` to its end, output captured: its pid and output.
+fn run_with_pid(args: &[&str]) -> (u32, std::process::Output) {
+    let child = patronus()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
 }
 
 #[test]
@@ -575,42 +591,26 @@ fn inflight_nodes_of(pid: u32) -> Vec<u32> {
 /// the bench returns.
 #[test]
 fn bench_inflight_process_layout_runs_beside_inproc_and_reaps_its_node() {
-    let child = patronus()
-        .args([
-            "bench",
-            "inflight",
-            "--layout",
-            "both",
-            "--only",
-            "read",
-            "--only",
-            "cycle-0bind",
-            "--only",
-            "floor",
-            "--depth",
-            "1",
-            "--depth",
-            "4",
-            "--seconds",
-            "0.05",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let recs: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let (pid, out) = run_with_pid(&[
+        "bench",
+        "inflight",
+        "--layout",
+        "both",
+        "--only",
+        "read",
+        "--only",
+        "cycle-0bind",
+        "--only",
+        "floor",
+        "--depth",
+        "1",
+        "--depth",
+        "4",
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
+    let (text, recs) = records_of(out);
     for layout in ["inproc", "process"] {
         for scenario in ["read", "cycle-0bind", "floor"] {
             for depth in [1, 4] {
@@ -633,27 +633,20 @@ fn bench_inflight_process_layout_runs_beside_inproc_and_reaps_its_node() {
 #[test]
 fn bench_inflight_process_layout_failure_is_bounded_and_reaps_its_node() {
     let t0 = std::time::Instant::now();
-    let child = patronus()
-        .args([
-            "bench",
-            "inflight",
-            "--layout",
-            "process",
-            "--keeper",
-            "memcached://127.0.0.1:1",
-            "--only",
-            "read",
-            "--depth",
-            "1",
-            "--seconds",
-            "0.05",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = run_with_pid(&[
+        "bench",
+        "inflight",
+        "--layout",
+        "process",
+        "--keeper",
+        "memcached://127.0.0.1:1",
+        "--only",
+        "read",
+        "--depth",
+        "1",
+        "--seconds",
+        "0.05",
+    ]);
     assert!(!out.status.success());
     assert!(
         t0.elapsed() < std::time::Duration::from_secs(60),

@@ -795,14 +795,7 @@ fn an_unanswered_posted_call_times_out_after_the_rpc_timeout() {
         rpc_timeout: timeout,
         ..Config::default()
     };
-    let hs: Vec<_> = (0..2)
-        .map(|_| {
-            let c = cfg.clone();
-            thread::spawn(move || Patronus::new(c).expect("node"))
-        })
-        .collect();
-    let mut nodes: Vec<Patronus> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    nodes.sort_by_key(|n| n.get_node_id());
+    let nodes = common::cluster::start_nodes(&cfg);
     let mut c = nodes[1].register_client_thread().unwrap();
     // The thread computes a while between its post and its first poll:
     // the timeout runs from that poll, the call is not failed at once.

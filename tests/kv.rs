@@ -638,15 +638,18 @@ fn limits_of_keys_and_values() {
 
 /// A lease-protected table created by a thread of client node 0 and opened
 /// read-write by a thread of client node 1.
-fn two_writers(clients: &[Patronus]) -> (ClientThread, KvTable, ClientThread, KvTable) {
+fn two_writers(
+    clients: &[Patronus],
+    params: &KvParams,
+) -> (ClientThread, KvTable, ClientThread, KvTable) {
     let mut ca = clients[0].register_client_thread().unwrap();
     let mut cb = clients[1].register_client_thread().unwrap();
-    let a = KvTable::create(&mut ca, 0, 0, small_params(), Protection::Lease).unwrap();
+    let a = KvTable::create(&mut ca, 0, 0, params.clone(), Protection::Lease).unwrap();
     let b = KvTable::open(
         &mut cb,
         0,
         0,
-        small_params(),
+        params.clone(),
         Protection::Lease,
         Access::ReadWrite,
     )
@@ -663,7 +666,7 @@ fn blocks_replaced_by_other_nodes_come_back_to_their_owner() {
         3,
         |_| {},
         |_server, clients| {
-            let (mut ca, mut a, mut cb, mut b) = two_writers(clients);
+            let (mut ca, mut a, mut cb, mut b) = two_writers(clients, &small_params());
             let keys = 40u64;
             let rounds = 30u64;
             for r in 0..rounds {
@@ -713,7 +716,7 @@ fn a_dead_free_ring_producer_is_skipped() {
         3,
         |_| {},
         |_server, clients| {
-            let (mut ca, mut a, mut cb, mut b) = two_writers(clients);
+            let (mut ca, mut a, mut cb, mut b) = two_writers(clients, &small_params());
             let keys = 20u64;
             fill(&mut a, &mut ca, keys);
             let owner = clients[0].get_node_id();
@@ -1035,19 +1038,8 @@ fn dead_resize_lock_holder_loses_the_lock_at_its_lease_end() {
                 ..small_params()
             };
             let keys = 150;
-            let mut ca = clients[0].register_client_thread().unwrap();
-            let mut a = KvTable::create(&mut ca, 0, 0, params.clone(), Protection::Lease).unwrap();
+            let (mut ca, mut a, mut cb, mut b) = two_writers(clients, &params);
             fill(&mut a, &mut ca, keys);
-            let mut cb = clients[1].register_client_thread().unwrap();
-            let mut b = KvTable::open(
-                &mut cb,
-                0,
-                0,
-                params.clone(),
-                Protection::Lease,
-                Access::ReadWrite,
-            )
-            .unwrap();
             let nb = &clients[1];
 
             // 1. A takes the lock and dies (the lease is dropped, never
@@ -1195,20 +1187,8 @@ fn a_late_resize_lock_holder_cannot_overwrite_the_table() {
                     ..small_params()
                 };
                 let keys = 150;
-                let mut ca = clients[0].register_client_thread().unwrap();
-                let mut a =
-                    KvTable::create(&mut ca, 0, 0, params.clone(), Protection::Lease).unwrap();
+                let (mut ca, mut a, mut cb, mut b) = two_writers(clients, &params);
                 fill(&mut a, &mut ca, keys);
-                let mut cb = clients[1].register_client_thread().unwrap();
-                let mut b = KvTable::open(
-                    &mut cb,
-                    0,
-                    0,
-                    params.clone(),
-                    Protection::Lease,
-                    Access::ReadWrite,
-                )
-                .unwrap();
                 let splits_before = a.stats().splits;
                 // A stops inside its split until B is done (B's puts wait
                 // out A's term, take the lock over and finish the split).

@@ -477,26 +477,17 @@ fn run_inproc(o: &Opts, link: LinkKind, out: &mut Vec<InflightRecord>) -> Result
     let cfg = node_config(&o.fabric, cluster_name(), None);
     let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
-    let mut dir = server.register_server_thread()?;
     let srv = server.get_node_id();
     let exe = std::path::PathBuf::new();
-    std::thread::scope(|s| {
-        let h = s.spawn(move || dir.server_serve(0));
-        let r = measure(
+    super::with_served_dir(server, client, || {
+        measure(
             o,
             client,
             srv,
             || FloorTarget::open(Layout::InProc, link, &exe),
             Layout::InProc,
             out,
-        );
-        let _ = server.finished(0);
-        let _ = client.finished(0);
-        let served = h
-            .join()
-            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
-        served?;
-        r
+        )
     })
 }
 

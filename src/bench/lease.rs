@@ -92,34 +92,23 @@ pub fn run(o: &Opts) -> Result<Vec<LeaseRecord>> {
     };
     let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
-    let mut dir = server.register_server_thread()?;
-    std::thread::scope(|s| {
-        let h = s.spawn(move || dir.server_serve(0));
-        let r = (|| {
-            let mut c = client.register_client_thread()?;
-            let mut out = Vec::new();
-            type Group = fn(&mut ClientThread, &Opts, &mut Vec<LeaseRecord>) -> Result<()>;
-            let groups: [(&str, Group); GROUPS as usize] = [
-                ("basic", basic),
-                ("cycle16", concurrent),
-                ("extend", extend),
-                ("recovery", recovery),
-                ("overhead", overhead),
-            ];
-            for (name, g) in groups {
-                o.progress.running(format!("{} {name}", o.fabric));
-                g(&mut c, o, &mut out)?;
-                o.progress.step_done();
-            }
-            Ok(out)
-        })();
-        let _ = server.finished(0);
-        let _ = client.finished(0);
-        let served = h
-            .join()
-            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
-        served?;
-        r
+    super::with_served_dir(server, client, || {
+        let mut c = client.register_client_thread()?;
+        let mut out = Vec::new();
+        type Group = fn(&mut ClientThread, &Opts, &mut Vec<LeaseRecord>) -> Result<()>;
+        let groups: [(&str, Group); GROUPS as usize] = [
+            ("basic", basic),
+            ("cycle16", concurrent),
+            ("extend", extend),
+            ("recovery", recovery),
+            ("overhead", overhead),
+        ];
+        for (name, g) in groups {
+            o.progress.running(format!("{} {name}", o.fabric));
+            g(&mut c, o, &mut out)?;
+            o.progress.step_done();
+        }
+        Ok(out)
     })
 }
 

@@ -453,6 +453,27 @@ pub(crate) fn start_nodes(cfg: &crate::node::Config) -> Result<Vec<crate::node::
     Ok(nodes)
 }
 
+/// Runs `f` (on the client node) while the memory node `server` serves
+/// its first directory on a thread of its own; then both nodes finish,
+/// and a failure of the directory (an error, a panic) is returned before
+/// `f`'s result.
+pub(crate) fn with_served_dir<T>(
+    server: &crate::node::Patronus,
+    client: &crate::node::Patronus,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let mut dir = server.register_server_thread()?;
+    std::thread::scope(|s| {
+        let h = s.spawn(move || dir.server_serve(0));
+        let r = f();
+        let _ = server.finished(0);
+        let _ = client.finished(0);
+        h.join()
+            .map_err(|_| Error::Invalid("server thread panicked".into()))??;
+        r
+    })
+}
+
 /// A memcached started for the run, stopped on drop.
 pub(crate) struct OwnMemcached(Child, pub(crate) String);
 

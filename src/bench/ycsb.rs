@@ -637,19 +637,9 @@ pub fn run(o: &Opts) -> Result<Vec<YcsbRecord>> {
     );
     let nodes = super::start_nodes(&cfg)?;
     let (server, client) = (&nodes[0], &nodes[1]);
-    let mut dir = server.register_server_thread()?;
-    let out = std::thread::scope(|s| {
-        let h = s.spawn(move || dir.server_serve(0));
-        let r = run_on(client, &Peers::alone(client), 0, o, &sz.params, t0);
-        let _ = server.finished(0);
-        let _ = client.finished(0);
-        let served = h
-            .join()
-            .map_err(|_| Error::Invalid("server thread panicked".into()))?;
-        served?;
-        r
-    })?;
-    Ok(out)
+    super::with_served_dir(server, client, || {
+        run_on(client, &Peers::alone(client), 0, o, &sz.params, t0)
+    })
 }
 
 /// One client process of a multi-process run (`patronus client ...
