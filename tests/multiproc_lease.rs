@@ -276,9 +276,9 @@ fn two_processes_on_one_host_keep_epsilon_at_the_floor_under_load() {
 /// key reads back exactly and the table keeps splitting.
 #[test]
 fn client_killed_mid_resize_loses_the_lock_at_its_lease_end() {
-    // The holder extends its lock between the split's phases: the lock's
-    // deadline is two or three terms after it was taken.
-    let lock_ms = 700u64;
+    // The holder extends its lock between the split's phases and every 16
+    // block reads: the lock's deadline is several terms after it was taken.
+    let lock_ms = 400u64;
     for phase in ["frozen", "published"] {
         let mc = Memcached::start();
         let cl = unique(&format!("mp-kvdie-{phase}"));
@@ -333,6 +333,8 @@ fn client_killed_mid_resize_loses_the_lock_at_its_lease_end() {
         );
         assert_eq!(b.wait_for("kv_checked", T), "150");
         assert_eq!(b.wait_for("kv_more", T), "200");
+        let more_splits: u64 = b.wait_for("splits_after", T).parse().unwrap();
+        assert!(more_splits >= 1, "200 more puts did not split the table");
         assert!(b.wait_exit(T).success());
         // The killed node never calls finished(): the memory node stops by
         // itself, non-zero, once its heartbeat stood still.

@@ -90,7 +90,8 @@
 //! the directory doubles first when l equals the global depth). The
 //! splitter holds the *resize lock*: a write lease over the table region
 //! acquired with `WITH_CONFLICT_DETECT` (its conflict key is the table's
-//! base offset), with term `KvParams::lock_ns` (extended between phases;
+//! base offset), with term `KvParams::lock_ns` (extended by a term
+//! between phases and every 16 block reads while filling;
 //! a handle whose splits lost the lock doubles the term for its next
 //! attempts, up to 64x, until a split completes).
 //! A client that dies while holding it loses the lock when that term ends
