@@ -403,91 +403,106 @@ fn cycle_rate(c: &mut patronus::client::ClientThread, win: Duration) -> f64 {
 /// A client floods its own RPC connection to the directory with garbage
 /// 4 KiB messages (what no authentication can stop): the directory takes
 /// messages round-robin across connections and a connection's receive slots
-/// are its credit, so an honest client keeps at least half its acquire
-/// rate (median of paired ratios 0.64-1.09 in 8 runs on the 2-core VM;
-/// with the old first-come queue 0.34-0.79, failing 2 of 5: the unit tests
-/// in `fabric::msg` prove the order deterministically). The flooder
-/// yields between bursts, a remote peer in spirit: what is measured is the
-/// directory's scheduling more than the cores this 2-core machine shares.
+/// are its credit, so an honest client's request waits for at most one
+/// garbage message however deep the flood's queue is. Asserted on the
+/// directory's own counters (deterministic: a directory that serves the
+/// longest queue first fails it with waits of tens of messages), with the
+/// honest client's acquire rate alone and during the flood reported. That
+/// rate once was the assertion (at least half the rate alone); it measured
+/// the cores this 2-core machine shares once RPC round trips got fast
+/// (215 K cycles/s alone, 91 K/s during the flood: three busy threads on
+/// two cores).
 #[test]
 fn a_flooding_client_gets_its_share_of_the_directory() {
-    with_cluster(
-        3,
-        |_| {},
-        |_srv, clients| {
-            let mut honest = clients[0].register_client_thread().unwrap();
-            let mut hostile = clients[1].register_client_thread().unwrap();
-            let stop = std::sync::atomic::AtomicBool::new(false);
-            let on = std::sync::atomic::AtomicBool::new(false);
-            let sent = AtomicU64::new(0);
-            thread::scope(|s| {
-                s.spawn(|| {
-                    // Bursts of 64, then the core is offered to others (at the
-                    // lowest priority the flood slows to where any queue keeps
-                    // up, and the test would show nothing).
-                    let garbage = vec![0xeeu8; 4096];
-                    let t0 = Instant::now();
-                    while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
-                        if !on.load(Ordering::Relaxed) {
-                            thread::sleep(Duration::from_millis(1));
-                            continue;
-                        }
-                        for _ in 0..64 {
-                            if hostile.raw_rpc_send(0, 0, &garbage).is_ok() {
-                                sent.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        thread::yield_now();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Config {
+        machine_nr: 3,
+        dir_nr: 1,
+        client_threads: 4,
+        cluster: format!("hostile-flood-{}", std::process::id()),
+        fabric: "shm".into(),
+        keeper: None,
+        leases_per_dir: 256,
+        ..Config::default()
+    };
+    let sent = AtomicU64::new(0);
+    let during_cycles = AtomicU64::new(0);
+    let stats = common::cluster::with_cluster_stats(cfg, |_srv, clients| {
+        let mut honest = clients[0].register_client_thread().unwrap();
+        let mut hostile = clients[1].register_client_thread().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let on = std::sync::atomic::AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                // Bursts of 64, then the core is offered to others (at the
+                // lowest priority the flood slows to where any queue keeps
+                // up, and the test would show nothing).
+                let garbage = vec![0xeeu8; 4096];
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                    if !on.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(1));
+                        continue;
                     }
-                });
-                let win = Duration::from_millis(200);
-                // One round: 7 paired windows (alone, then during the flood).
-                let round = |honest: &mut patronus::client::ClientThread| {
-                    let (mut alone, mut during, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-                    for _ in 0..7 {
-                        on.store(false, Ordering::Relaxed);
-                        thread::sleep(Duration::from_millis(20));
-                        alone.push(cycle_rate(honest, win));
-                        on.store(true, Ordering::Relaxed);
-                        let s0 = sent.load(Ordering::Relaxed);
-                        assert!(eventually(Duration::from_secs(10), || sent
-                            .load(Ordering::Relaxed)
-                            > s0 + 1000));
-                        let s1 = sent.load(Ordering::Relaxed);
-                        during.push(cycle_rate(honest, win));
-                        ratio.push(during[during.len() - 1] / alone[alone.len() - 1]);
-                        let flood = sent.load(Ordering::Relaxed) - s1;
-                        eprintln!("window: {flood} garbage messages sent");
+                    for _ in 0..64 {
+                        if hostile.raw_rpc_send(0, 0, &garbage).is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    (alone, during, ratio)
-                };
-                // A second round only when the first falls short: on this
-                // shared 2-core VM a round's median was once 0.49 with the
-                // fair queue (the deterministic order is proven by the unit
-                // tests in `fabric::msg`; this checks it end to end).
-                let (mut alone, mut during, mut ratio) = round(&mut honest);
-                let med = |v: &mut Vec<f64>| {
-                    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    v[v.len() / 2]
-                };
-                let med0 = med(&mut ratio.clone());
-                if med0 < 0.5 {
-                    eprintln!("first round: median paired ratio {med0:.2}; one more round");
-                    (alone, during, ratio) = round(&mut honest);
+                    thread::yield_now();
                 }
-                stop.store(true, Ordering::Relaxed);
-                let (a, d, r) = (med(&mut alone), med(&mut during), med(&mut ratio));
-                eprintln!("honest acquire+relinquish: {a:.0}/s alone, {d:.0}/s during the flood (median of paired ratios {r:.2})");
-                assert!(
-                    sent.load(Ordering::Relaxed) > 20_000,
-                    "the flood sent only {} messages",
-                    sent.load(Ordering::Relaxed)
-                );
-                assert!(
-                    r >= 0.5,
-                    "honest rate {d:.0}/s during the flood vs {a:.0}/s alone (paired {r:.2})"
-                );
             });
-        },
+            let win = Duration::from_millis(200);
+            let (mut alone, mut during) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                on.store(false, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(20));
+                alone.push(cycle_rate(&mut honest, win));
+                on.store(true, Ordering::Relaxed);
+                let s0 = sent.load(Ordering::Relaxed);
+                assert!(eventually(Duration::from_secs(10), || sent
+                    .load(Ordering::Relaxed)
+                    > s0 + 1000));
+                let r = cycle_rate(&mut honest, win);
+                during_cycles.fetch_add((r * win.as_secs_f64()) as u64, Ordering::Relaxed);
+                during.push(r);
+            }
+            stop.store(true, Ordering::Relaxed);
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v[v.len() / 2]
+            };
+            eprintln!(
+                "honest acquire+relinquish: {:.0}/s alone, {:.0}/s during the flood (medians)",
+                med(&mut alone),
+                med(&mut during)
+            );
+        });
+    });
+    let st = stats[0];
+    eprintln!(
+        "directory: {} garbage messages sent, most queued for one client {}, most other messages taken while one waited {}",
+        sent.load(Ordering::Relaxed),
+        st.max_queue,
+        st.max_head_wait
+    );
+    assert!(
+        sent.load(Ordering::Relaxed) > 20_000,
+        "the flood sent only {} messages",
+        sent.load(Ordering::Relaxed)
+    );
+    // The flood filled its credit: a first-come or longest-first directory
+    // would have made the honest request wait behind all of it.
+    assert!(st.max_queue >= 4, "the flood never queued deep: {st:?}");
+    // Each honest request waited for at most the one other busy client's
+    // message (its own slots hold at most one request at a time).
+    assert!(
+        st.max_head_wait <= 1,
+        "a request waited for {} messages of others: {st:?}",
+        st.max_head_wait
+    );
+    assert!(
+        during_cycles.load(Ordering::Relaxed) >= 100,
+        "the honest client was starved during the flood"
     );
 }

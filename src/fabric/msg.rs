@@ -64,6 +64,15 @@ pub struct Messenger {
     /// (`listed`); a peer may be listed with a queue `recv_match` emptied.
     ready: VecDeque<usize>,
     listed: Vec<bool>,
+    /// Messages taken so far (all peers).
+    taken: u64,
+    /// Per peer, `taken` when its oldest queued message became the oldest.
+    head_since: Vec<u64>,
+    /// Most messages of other peers taken while one peer's oldest message
+    /// waited (see [`Messenger::max_head_wait`]).
+    max_head_wait: u64,
+    /// Most messages one peer had queued at once.
+    max_queue: u64,
     wc: [Wc; 32],
     max_qps: usize,
     /// Message buffers given back ([`Messenger::give_back`]).
@@ -90,6 +99,10 @@ impl Messenger {
             queues: std::mem::take(&mut self.queues),
             ready: std::mem::take(&mut self.ready),
             listed: std::mem::take(&mut self.listed),
+            taken: self.taken,
+            head_since: std::mem::take(&mut self.head_since),
+            max_head_wait: self.max_head_wait,
+            max_queue: self.max_queue,
             wc: self.wc,
             max_qps: self.max_qps,
             pool: Vec::new(),
@@ -127,6 +140,10 @@ impl Messenger {
             queues: Vec::new(),
             ready: VecDeque::new(),
             listed: Vec::new(),
+            taken: 0,
+            head_since: Vec::new(),
+            max_head_wait: 0,
+            max_queue: 0,
             wc: [Wc::default(); 32],
             max_qps,
             pool: Vec::new(),
@@ -152,6 +169,7 @@ impl Messenger {
         self.backlog.push(VecDeque::new());
         self.queues.push(VecDeque::new());
         self.listed.push(false);
+        self.head_since.push(0);
         for s in 0..self.per_qp {
             self.post_recv(i, s)?;
         }
@@ -305,7 +323,11 @@ impl Messenger {
                     None => vec![0u8; len],
                 };
                 self.recv_mr.read(idx * SLOT as u64, &mut data)?;
+                if self.queues[peer].is_empty() {
+                    self.head_since[peer] = self.taken;
+                }
                 self.queues[peer].push_back((slot, Incoming { peer, data }));
+                self.max_queue = self.max_queue.max(self.queues[peer].len() as u64);
                 if !self.listed[peer] {
                     self.listed[peer] = true;
                     self.ready.push_back(peer);
@@ -333,6 +355,12 @@ impl Messenger {
     /// Takes the next message of `peer`'s queue, posting its slot again.
     fn take_msg(&mut self, peer: usize, pos: usize) -> Option<Incoming> {
         let (slot, inc) = self.queues.get_mut(peer)?.remove(pos)?;
+        if pos == 0 {
+            let waited = self.taken - self.head_since[peer];
+            self.max_head_wait = self.max_head_wait.max(waited);
+            self.head_since[peer] = self.taken + 1;
+        }
+        self.taken += 1;
         self.repost(peer, slot);
         Some(inc)
     }
@@ -364,6 +392,19 @@ impl Messenger {
             data.clear();
             self.pool.push(data);
         }
+    }
+
+    /// The most messages of other peers taken while one peer's oldest
+    /// queued message waited: the fairness the round-robin order keeps (at
+    /// most the number of other peers with messages queued, one each).
+    pub fn max_head_wait(&self) -> u64 {
+        self.max_head_wait
+    }
+
+    /// The most messages one peer had queued here at once (at most its
+    /// receive slots: its credit).
+    pub fn max_queue(&self) -> u64 {
+        self.max_queue
     }
 
     /// Messages received and not yet taken (all peers).
@@ -603,6 +644,25 @@ mod tests {
             }
         }
         assert_eq!(got, (1..16).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_queued_message_waits_for_one_message_of_each_other_peer() {
+        let (mut m, s) = setup(3);
+        for i in 0..5 {
+            s[0].send(i);
+        }
+        s[1].send(10);
+        s[2].send(20);
+        wait_queued(&mut m, 7);
+        assert_eq!(m.max_queue(), 5);
+        let order: Vec<usize> = (0..7)
+            .map(|_| m.try_recv().unwrap().unwrap().peer)
+            .collect();
+        assert_eq!(order, vec![0, 1, 2, 0, 0, 0, 0]);
+        // Peer 2's message waited for one of peer 0 and one of peer 1; each
+        // later message of peer 0 waited for none once it was the oldest.
+        assert_eq!(m.max_head_wait(), 2);
     }
 
     #[test]

@@ -283,7 +283,11 @@ impl Directory {
 
     /// Counters of this directory's passes.
     pub fn stats(&self) -> DirStats {
-        self.stats
+        DirStats {
+            max_head_wait: self.msgr.max_head_wait(),
+            max_queue: self.msgr.max_queue(),
+            ..self.stats
+        }
     }
 
     /// Requests received and not yet served (drains the RPC completion

@@ -65,6 +65,13 @@ pub struct DirStats {
     pub failed_wrs: u64,
     /// Flushed window operations posted again after a QP reset.
     pub reposted_wrs: u64,
+    /// Most requests of other clients the directory took while one
+    /// client's oldest request waited (its fairness: one per other client
+    /// with requests queued, however fast any of them sends).
+    pub max_head_wait: u64,
+    /// Most requests of one client queued at once (at most its receive
+    /// slots).
+    pub max_queue: u64,
     /// Time `server_serve` spent in passes that did work (the directory's
     /// busy time; `busy_ns / requests` is its cost per request).
     pub busy_ns: u64,

@@ -7,6 +7,7 @@
 use std::thread;
 
 use patronus::node::{Config, Patronus};
+use patronus::server::DirStats;
 
 /// Test logs at `PATRONUS_LOG` (default warn), once per process.
 pub fn init_tracing() {
@@ -38,13 +39,19 @@ pub fn start_nodes(cfg: &Config) -> Vec<Patronus> {
 /// and the client nodes (1..). Then every node finishes and the
 /// directories end; a panic of `f` is raised again after that.
 pub fn with_cluster(cfg: Config, f: impl FnOnce(&Patronus, &[Patronus])) {
+    with_cluster_stats(cfg, f);
+}
+
+/// As [`with_cluster`], returning the counters of the directories (in the
+/// order they registered) as they were when they ended.
+pub fn with_cluster_stats(cfg: Config, f: impl FnOnce(&Patronus, &[Patronus])) -> Vec<DirStats> {
     let mut nodes = start_nodes(&cfg);
     let server = nodes.remove(0);
     thread::scope(|s| {
         let servers: Vec<_> = (0..cfg.dir_nr)
             .map(|_| {
                 let mut d = server.register_server_thread().unwrap();
-                s.spawn(move || d.server_serve(0))
+                s.spawn(move || d.server_serve(0).map(|_| d.stats()))
             })
             .collect();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&server, &nodes)));
@@ -52,11 +59,13 @@ pub fn with_cluster(cfg: Config, f: impl FnOnce(&Patronus, &[Patronus])) {
         for n in &nodes {
             n.finished(0).unwrap();
         }
-        for h in servers {
-            h.join().unwrap().unwrap();
-        }
+        let stats = servers
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect();
         if let Err(p) = r {
             std::panic::resume_unwind(p);
         }
-    });
+        stats
+    })
 }

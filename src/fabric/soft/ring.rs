@@ -184,6 +184,12 @@ impl Producer {
         self.r.tail().store(self.tail, Ordering::Relaxed);
     }
 
+    /// Slots written so far (the producer index).
+    #[inline]
+    pub fn written(&self) -> u64 {
+        self.tail
+    }
+
     /// Slots written and not yet consumed, as last seen.
     pub fn in_flight(&self) -> u64 {
         self.tail - self.head_seen

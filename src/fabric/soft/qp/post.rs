@@ -255,6 +255,10 @@ impl QpInner {
     }
 
     fn post_locked(&self, sq: &mut SendSide, wrs: &[SendWr]) -> Result<()> {
+        let reqs = match sq.out.as_deref() {
+            Some(Out::Shm(o)) => o.req.written(),
+            _ => 0,
+        };
         let mut res = Ok(());
         for wr in wrs {
             if let Err(e) = self.post_one(sq, wr) {
@@ -263,10 +267,16 @@ impl QpInner {
             }
         }
         match sq.out.as_deref_mut() {
-            Some(Out::Shm(o)) => {
+            // Only one-sided requests go to the target's responder; a SEND
+            // goes to the message ring, which the receiving QP's own poller
+            // drains: waking a parked responder for it (which then spins
+            // and yields for a while) only takes a core from the threads
+            // that do the work.
+            Some(Out::Shm(o)) if o.req.written() != reqs => {
                 o.req.publish();
                 o.kick();
             }
+            Some(Out::Shm(_)) => {}
             Some(Out::Tcp(f)) => {
                 let broken = f.flush().is_err();
                 let first_open = sq.pending.iter().position(|p| p.status.is_none());
