@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{ClientThread, DATA_BUF};
 use crate::fabric::{FabricError, Mr, SendWr, Sge, Wc, WcStatus, WrOp};
+use crate::lease::flags::rw;
 use crate::lease::msg::{
     self, AcquireReq, AdminReq, Header, MemOp, MemReq, ModifyReq, Msg, MsgType,
 };
@@ -644,6 +645,92 @@ impl ClientThread {
             }
         }
         Ok(Post::Posted)
+    }
+
+    /// The posted small READ as most calls are (no cache, no
+    /// auto-extension, not two-sided; the backlog empty and the QP with
+    /// room): checked, written into its slot and chained in one step,
+    /// leaving the engine exactly as the general path would. None: nothing
+    /// was done, the general path takes the call (and reports what is
+    /// wrong with it).
+    #[inline]
+    pub(super) fn post_read_lean(
+        &mut self,
+        lease: &Lease,
+        len: usize,
+        offset: u64,
+        flag: u64,
+        user_data: u64,
+    ) -> Option<Post> {
+        let c = &self.calls;
+        if flag & !rw::NO_LOCAL_EXPIRE_CHECK != 0
+            || len == 0
+            || len > SMALL
+            || !lease.live
+            || c.user >= c.max
+            || !c.backlog.is_empty()
+        {
+            return None;
+        }
+        let qp = self.sh.dir_index(lease.node, lease.dir);
+        if c.wr_out.get(qp).is_none_or(|&n| n >= WR_PER_QP) {
+            return None;
+        }
+        let checked = flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires();
+        if checked && !self.sh.clock.before_deadline(lease.ddl) {
+            return None;
+        }
+        let (raddr, rkey) = self.remote(lease, offset, 0);
+        let data = self.read_buf(len);
+        let lkey = self.stage.lkey();
+        let calls = &mut self.calls;
+        let idx = calls.free.pop()?;
+        let slot = &mut calls.slots[idx as usize];
+        slot.seq = slot.seq.wrapping_add(1);
+        let id = wr_id(idx, slot.seq);
+        slot.call = Some(Call {
+            user_data,
+            internal: false,
+            op: Op::Data(DataOp {
+                node: lease.node,
+                dir: lease.dir,
+                kind: DataKind::Read,
+                raddr,
+                rkey,
+                total: len,
+                done: 0,
+                data,
+                rare: None,
+                ddl: checked.then_some(lease.ddl),
+                auto: false,
+                staged: false,
+            }),
+            wait: Wait::Wr { qp, wrs: 1 },
+            deadline: 0,
+        });
+        calls.user += 1;
+        calls.stamp.push(idx);
+        calls.wr_out[qp] += 1;
+        calls.fifo[qp].push_back(id);
+        calls.pend[qp].push(SendWr {
+            wr_id: id,
+            op: WrOp::Read {
+                local: Sge {
+                    lkey,
+                    offset: idx as u64 * SMALL as u64,
+                    len: len as u32,
+                },
+                raddr,
+                rkey,
+            },
+            signaled: false,
+        });
+        let active = calls.slots.len() - calls.free.len();
+        calls.peak = calls.peak.max(active);
+        if calls.pend[qp].len() >= DOORBELL {
+            self.flush_qp(qp);
+        }
+        Some(Post::Posted)
     }
 
     /// Runs a prepared call to its end (a blocking call): other calls in
@@ -1382,6 +1469,34 @@ impl ClientThread {
             return Ok(0);
         }
         let idx = (id & 0xffff_ffff) as u32;
+        // A posted small READ in one request (most completions): its
+        // bytes go from the staging page straight into its buffer, and
+        // the completion straight into the ready queue.
+        if let Some(Call {
+            op: Op::Data(d),
+            wait: Wait::Wr { qp, wrs },
+            user_data,
+            internal: false,
+            ..
+        }) = self.calls.slots[idx as usize].call.as_mut()
+        {
+            if matches!(d.kind, DataKind::Read)
+                && d.rare.is_none()
+                && !d.staged
+                && d.done == 0
+                && d.total <= SMALL
+                && d.data.len() == d.total
+            {
+                self.stage.read(idx as u64 * SMALL as u64, &mut d.data)?;
+                let mut c = Completion::new(*user_data, Ok(Rc::Ok));
+                c.data = std::mem::take(&mut d.data);
+                self.calls.wr_out[*qp] -= *wrs;
+                self.calls.slots[idx as usize].call = None;
+                self.calls.ready.push(c);
+                self.calls.free.push(idx);
+                return Ok(1);
+            }
+        }
         let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
             return Ok(0);
         };

@@ -452,6 +452,9 @@ impl ClientThread {
         flag: u64,
         user_data: u64,
     ) -> Result<Post> {
+        if let Some(p) = self.post_read_lean(lease, len, offset, flag, user_data) {
+            return Ok(p);
+        }
         self.post(user_data, |t| t.prep_read(lease, len, offset, flag, false))
     }
 
