@@ -418,7 +418,8 @@ enum BenchCmd {
         #[arg(long = "depth", value_parser = clap::value_parser!(u64).range(1..=64))]
         depths: Vec<u64>,
         /// Scenarios to run (repeatable; default all): read, cycle-2bind,
-        /// cycle-1bind, cycle-0bind, task, node-acquire, floor, floor-chain.
+        /// cycle-1bind, cycle-0bind, task, node-acquire, floor, floor-chain,
+        /// floor-api.
         #[arg(long = "only")]
         only: Vec<String>,
         /// Measure each scenario and depth this many times and report the

@@ -19,8 +19,10 @@
 //! plus the soft fabric's own pipelined 64 B READ rate between two NICs (of
 //! this process, or of this process and a child in the `process` layout):
 //! one signalled request per post (the `floor` row), and
-//! every free place posted as one chain signalled once (`floor-chain`, as
-//! the engine posts). Every rate is reported against the same scenario's
+//! every free place posted as one chain signalled once (`floor-chain`), and
+//! chains of 16 with the least bookkeeping a posted READ needs (a slot, a
+//! completion carrying its bytes: `floor-api`, what the engine's READ could
+//! cost at best). Every rate is reported against the same scenario's
 //! and layout's 1-in-flight rate of the same run.
 
 use std::io::Write;
@@ -405,6 +407,108 @@ fn floor_chain(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
     }
 }
 
+/// What one posted READ's completion carries at the least: its tag, its
+/// status and its bytes (padded to the engine's `Completion`, 128 bytes).
+struct MinCompletion {
+    user_data: u64,
+    ok: bool,
+    data: Vec<u8>,
+    _rest: [u64; 10],
+}
+
+/// As [`floor_chain`] with the least bookkeeping a posted READ needs: a
+/// slot (its staging place) from a free list, the request chained (16 per
+/// chain, the last one signalled) and remembered in posting order, and on
+/// a completion every READ before it finished: its bytes copied into a
+/// recycled buffer of a completion pushed to a ready vector, which the
+/// caller swaps out, reads and recycles. No lease check, deadline or
+/// recovery: what the engine's READ could cost at best (`floor-api`).
+fn floor_api(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
+    const CHAIN: usize = 16;
+    let (raddr, rkey) = (p.raddr, p.rkey);
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    let mut wc = [Wc::default(); 32];
+    let mut free: Vec<u32> = (0..depth as u32).rev().collect();
+    let mut order: std::collections::VecDeque<(u32, u64)> = Default::default();
+    let mut pend: Vec<SendWr> = Vec::with_capacity(CHAIN);
+    let mut ready: Vec<MinCompletion> = Vec::with_capacity(64);
+    let mut got: Vec<MinCompletion> = Vec::with_capacity(64);
+    let mut pool: Vec<Vec<u8>> = Vec::new();
+    let mut tag = 0u64;
+    let mut k = 0u32;
+    let mut running = true;
+    loop {
+        k = k.wrapping_add(1);
+        if running && k % 64 == 0 {
+            running = t0.elapsed() < budget;
+        }
+        // The caller's posts: a slot each, chained.
+        while running {
+            let Some(slot) = free.pop() else { break };
+            tag += 1;
+            pend.push(SendWr {
+                wr_id: slot as u64,
+                op: WrOp::Read {
+                    local: p.side.sge(slot as u64 * 64, 64),
+                    raddr,
+                    rkey,
+                },
+                signaled: false,
+            });
+            order.push_back((slot, tag));
+            if pend.len() >= CHAIN {
+                if let Some(l) = pend.last_mut() {
+                    l.signaled = true;
+                }
+                p.side.qp.post_send(&pend)?;
+                pend.clear();
+            }
+        }
+        // The caller's poll: the rest of the chain out, then completions
+        // in order.
+        if let Some(l) = pend.last_mut() {
+            l.signaled = true;
+            p.side.qp.post_send(&pend)?;
+            pend.clear();
+        }
+        let n = p.side.cq.poll(&mut wc);
+        for w in &wc[..n] {
+            if !w.status.is_ok() {
+                return Err(Error::Invalid(format!("floor read: {w:?}")));
+            }
+            while let Some((slot, user_data)) = order.pop_front() {
+                let mut data = pool.pop().unwrap_or_default();
+                data.resize(64, 0);
+                p.side.buf.read(slot as u64 * 64, &mut data)?;
+                ready.push(MinCompletion {
+                    user_data,
+                    ok: true,
+                    data,
+                    _rest: [0; 10],
+                });
+                free.push(slot);
+                if slot as u64 == w.wr_id {
+                    break;
+                }
+            }
+        }
+        std::mem::swap(&mut got, &mut ready);
+        for c in got.drain(..) {
+            if !c.ok || c.user_data == 0 {
+                return Err(Error::Invalid("floor-api: a bad completion".into()));
+            }
+            done += 1;
+            let mut v = c.data;
+            v.clear();
+            pool.push(v);
+        }
+        if !running && order.is_empty() {
+            return Ok(done);
+        }
+    }
+}
+
 /// The two-node cluster of a run (`keeper`: None for the in-process one).
 fn node_config(fabric: &str, cluster: String, keeper: Option<String>) -> Config {
     Config {
@@ -640,7 +744,7 @@ fn measure(
         })?;
         push("node-acquire", d, n, secs);
     }
-    if want("floor") || want("floor-chain") {
+    if want("floor") || want("floor-chain") || want("floor-api") {
         let p = floor_target()?;
         for &d in depths.iter().filter(|_| want("floor")) {
             let n = best(&mut || floor(&p, d, o.budget))?;
@@ -649,6 +753,10 @@ fn measure(
         for &d in depths.iter().filter(|_| want("floor-chain")) {
             let n = best(&mut || floor_chain(&p, d, o.budget))?;
             push("floor-chain", d, n, secs);
+        }
+        for &d in depths.iter().filter(|_| want("floor-api")) {
+            let n = best(&mut || floor_api(&p, d, o.budget))?;
+            push("floor-api", d, n, secs);
         }
     }
     Ok(())
