@@ -102,6 +102,9 @@ pub struct InflightRecord {
     pub mops: f64,
     /// `mops` over the same scenario's (and layout's) 1-in-flight rate.
     pub vs_one: f64,
+    /// READ rows: `mops` over the `floor-chain` rate of the same depth and
+    /// layout, measured right after it (0 when that floor was not run).
+    pub vs_floor: f64,
     /// Calls (tasks, cycles) completed.
     pub ops: u64,
 }
@@ -444,25 +447,26 @@ fn floor_api(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
             running = t0.elapsed() < budget;
         }
         // The caller's posts: a slot each, chained.
-        while running {
-            let Some(slot) = free.pop() else { break };
-            tag += 1;
-            pend.push(SendWr {
-                wr_id: slot as u64,
-                op: WrOp::Read {
-                    local: p.side.sge(slot as u64 * 64, 64),
-                    raddr,
-                    rkey,
-                },
-                signaled: false,
-            });
-            order.push_back((slot, tag));
-            if pend.len() >= CHAIN {
-                if let Some(l) = pend.last_mut() {
-                    l.signaled = true;
+        if running {
+            while let Some(slot) = free.pop() {
+                tag += 1;
+                pend.push(SendWr {
+                    wr_id: slot as u64,
+                    op: WrOp::Read {
+                        local: p.side.sge(slot as u64 * 64, 64),
+                        raddr,
+                        rkey,
+                    },
+                    signaled: false,
+                });
+                order.push_back((slot, tag));
+                if pend.len() >= CHAIN {
+                    if let Some(l) = pend.last_mut() {
+                        l.signaled = true;
+                    }
+                    p.side.qp.post_send(&pend)?;
+                    pend.clear();
                 }
-                p.side.qp.post_send(&pend)?;
-                pend.clear();
             }
         }
         // The caller's poll: the rest of the chain out, then completions
@@ -565,6 +569,11 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
         .filter(|r| r.inflight == 1)
         .map(|r| (r.layout.clone(), r.scenario.clone(), r.mops))
         .collect();
+    let chains: Vec<(String, usize, f64)> = out
+        .iter()
+        .filter(|r| r.scenario == "floor-chain")
+        .map(|r| (r.layout.clone(), r.inflight, r.mops))
+        .collect();
     for r in &mut out {
         if let Some((_, _, one)) = ones
             .iter()
@@ -572,7 +581,19 @@ pub fn run(o: &Opts) -> Result<Vec<InflightRecord>> {
         {
             r.vs_one = r.mops / one.max(1e-12);
         }
+        if r.scenario == "read" {
+            if let Some((_, _, f)) = chains
+                .iter()
+                .find(|(l, d, _)| *l == r.layout && *d == r.inflight)
+            {
+                r.vs_floor = r.mops / f.max(1e-12);
+            }
+        }
     }
+    // Grouped by layout and scenario for the table (READ and the floors
+    // were measured interleaved).
+    let rank = |s: &str| SCENARIOS.iter().position(|x| *x == s).unwrap_or(usize::MAX);
+    out.sort_by_key(|r| (r.layout != "inproc", rank(&r.scenario), r.inflight));
     Ok(out)
 }
 
@@ -681,6 +702,7 @@ fn measure(
             inflight,
             mops: ops as f64 / secs / 1e6,
             vs_one: 0.0,
+            vs_floor: 0.0,
             ops,
         })
     };
@@ -694,12 +716,43 @@ fn measure(
         Ok(top)
     };
     let mut c = client.register_client_thread()?;
+    // READ and the fabric's floors depth by depth, back to back: this
+    // host's speed changes between minutes (see the README), and READ is
+    // judged against the floors of the same minute.
+    let floors = want("floor") || want("floor-chain") || want("floor-api");
+    let mut open = Some(floor_target);
+    let mut ft = None;
+    let mut l = None;
     if want("read") {
-        let mut l = c.get_rlease(srv, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?;
-        for &d in &depths {
-            let n = best(&mut || reads(&mut c, &mut l, d, o.budget))?;
+        l = Some(c.get_rlease(srv, 0, 1 << 20, 0, 64, 0, acquire::NO_GC)?);
+    }
+    for &d in &depths {
+        if let Some(l) = l.as_mut() {
+            let n = best(&mut || reads(&mut c, l, d, o.budget))?;
             push("read", d, n, secs);
         }
+        if !floors {
+            continue;
+        }
+        if let Some(f) = open.take() {
+            ft = Some(f()?);
+        }
+        let p = ft.as_ref().expect("opened above");
+        if want("floor") {
+            let n = best(&mut || floor(p, d, o.budget))?;
+            push("floor", d, n, secs);
+        }
+        if want("floor-chain") {
+            let n = best(&mut || floor_chain(p, d, o.budget))?;
+            push("floor-chain", d, n, secs);
+        }
+        if want("floor-api") {
+            let n = best(&mut || floor_api(p, d, o.budget))?;
+            push("floor-api", d, n, secs);
+        }
+    }
+    drop(ft);
+    if let Some(mut l) = l {
         c.relinquish(&mut l, 0, 0)?;
     }
     for (name, flag) in [
@@ -744,36 +797,39 @@ fn measure(
         })?;
         push("node-acquire", d, n, secs);
     }
-    if want("floor") || want("floor-chain") || want("floor-api") {
-        let p = floor_target()?;
-        for &d in depths.iter().filter(|_| want("floor")) {
-            let n = best(&mut || floor(&p, d, o.budget))?;
-            push("floor", d, n, secs);
-        }
-        for &d in depths.iter().filter(|_| want("floor-chain")) {
-            let n = best(&mut || floor_chain(&p, d, o.budget))?;
-            push("floor-chain", d, n, secs);
-        }
-        for &d in depths.iter().filter(|_| want("floor-api")) {
-            let n = best(&mut || floor_api(&p, d, o.budget))?;
-            push("floor-api", d, n, secs);
-        }
-    }
     Ok(())
 }
+
+/// Every scenario, in table order.
+pub const SCENARIOS: [&str; 9] = [
+    "read",
+    "cycle-2bind",
+    "cycle-1bind",
+    "cycle-0bind",
+    "task",
+    "node-acquire",
+    "floor",
+    "floor-chain",
+    "floor-api",
+];
 
 /// A table: one row per scenario and depth.
 pub fn print_table(w: &mut dyn Write, recs: &[InflightRecord]) -> std::io::Result<()> {
     writeln!(
         w,
-        "{:<12} {:<5} {:<7} {:>9} {:>12} {:>9} {:>10}",
-        "scenario", "fab", "layout", "inflight", "Mops/thread", "vs 1", "ops"
+        "{:<12} {:<5} {:<7} {:>9} {:>12} {:>9} {:>10} {:>9}",
+        "scenario", "fab", "layout", "inflight", "Mops/thread", "vs 1", "ops", "vs chain"
     )?;
     for r in recs {
+        let vs_floor = if r.vs_floor > 0.0 {
+            format!("{:.2}x", r.vs_floor)
+        } else {
+            String::new()
+        };
         writeln!(
             w,
-            "{:<12} {:<5} {:<7} {:>9} {:>12.3} {:>8.2}x {:>10}",
-            r.scenario, r.fabric, r.layout, r.inflight, r.mops, r.vs_one, r.ops
+            "{:<12} {:<5} {:<7} {:>9} {:>12.3} {:>8.2}x {:>10} {:>9}",
+            r.scenario, r.fabric, r.layout, r.inflight, r.mops, r.vs_one, r.ops, vs_floor
         )?;
     }
     Ok(())
