@@ -115,20 +115,44 @@ fn bad(what: &str, rc: Rc) -> Error {
     Error::Invalid(format!("bench inflight: {what} returned {rc:?}"))
 }
 
+/// A measurement's time budget, read from the clock every 64th round (a
+/// clock read costs about what a poll does): true while it runs, and false
+/// for good once it ran out.
+struct Budget {
+    t0: Instant,
+    budget: Duration,
+    round: u32,
+    running: bool,
+}
+
+impl Budget {
+    fn new(budget: Duration) -> Budget {
+        Budget {
+            t0: Instant::now(),
+            budget,
+            round: 0,
+            running: true,
+        }
+    }
+
+    /// Counts a round; whether the budget still runs.
+    fn running(&mut self) -> bool {
+        self.round = self.round.wrapping_add(1);
+        if self.running && self.round % 64 == 0 {
+            self.running = self.t0.elapsed() < self.budget;
+        }
+        self.running
+    }
+}
+
 /// Keeps `depth` 64 B READs in flight on one lease for `budget`.
 fn reads(c: &mut ClientThread, l: &mut Lease, depth: usize, budget: Duration) -> Result<u64> {
-    let t0 = Instant::now();
+    let mut b = Budget::new(budget);
     let mut done = 0u64;
     // Completions are polled into one vector and their buffers recycled:
     // the loop allocates nothing per READ.
     let mut got = Vec::with_capacity(64);
-    let mut k = 0u32;
-    loop {
-        // The clock every 64th round (a read costs about what a poll does).
-        k = k.wrapping_add(1);
-        if k % 64 == 0 && t0.elapsed() >= budget {
-            break;
-        }
+    while b.running() {
         while c.inflight() < depth {
             if c.post_read(l, 64, 0, 0, 0)? == Post::Retry {
                 break;
@@ -161,21 +185,15 @@ fn cycles(
     budget: Duration,
     first: u64,
 ) -> Result<u64> {
-    let t0 = Instant::now();
     let mut done = 0u64;
     let mut free: Vec<u64> = (0..depth as u64).collect();
     let mut held: Vec<Option<Lease>> = (0..depth).map(|_| None).collect();
     let obj = |k: u64| (first + k) * 4096;
     let mut got = Vec::with_capacity(64);
     let mut nheld = 0usize;
-    let mut round = 0u32;
-    let mut running = true;
+    let mut b = Budget::new(budget);
     loop {
-        // The clock every 64th round (it costs about what a poll does).
-        round = round.wrapping_add(1);
-        if running && round % 64 == 0 {
-            running = t0.elapsed() < budget;
-        }
+        let running = b.running();
         while let Some(k) = free.pop().filter(|_| running) {
             let p = c.post_get_wlease(srv, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
             if p == Post::Retry {
@@ -330,18 +348,12 @@ fn floor(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
             signaled: true,
         }])
     };
-    let t0 = Instant::now();
     let mut out = 0usize;
     let mut done = 0u64;
     let mut wc = [Wc::default(); 32];
-    let mut k = 0u32;
-    let mut running = true;
+    let mut b = Budget::new(budget);
     loop {
-        // The clock every 64th round, as the engine's `read` loop.
-        k = k.wrapping_add(1);
-        if running && k % 64 == 0 {
-            running = t0.elapsed() < budget;
-        }
+        let running = b.running();
         while running && out < depth {
             post(out as u64)?;
             out += 1;
@@ -365,19 +377,14 @@ fn floor(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
 /// fabric's best pipelined rate.
 fn floor_chain(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
     let (raddr, rkey) = (p.raddr, p.rkey);
-    let t0 = Instant::now();
     let mut out = 0usize;
     let mut done = 0u64;
     let mut wc = [Wc::default(); 32];
     let mut chains: std::collections::VecDeque<usize> = Default::default();
     let mut wrs: Vec<SendWr> = Vec::with_capacity(depth);
-    let mut k = 0u32;
-    let mut running = true;
+    let mut b = Budget::new(budget);
     loop {
-        k = k.wrapping_add(1);
-        if running && k % 64 == 0 {
-            running = t0.elapsed() < budget;
-        }
+        let running = b.running();
         if running && out < depth {
             wrs.clear();
             for i in out..depth {
@@ -429,7 +436,6 @@ struct MinCompletion {
 fn floor_api(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
     const CHAIN: usize = 16;
     let (raddr, rkey) = (p.raddr, p.rkey);
-    let t0 = Instant::now();
     let mut done = 0u64;
     let mut wc = [Wc::default(); 32];
     let mut free: Vec<u32> = (0..depth as u32).rev().collect();
@@ -439,13 +445,9 @@ fn floor_api(p: &FloorTarget, depth: usize, budget: Duration) -> Result<u64> {
     let mut got: Vec<MinCompletion> = Vec::with_capacity(64);
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut tag = 0u64;
-    let mut k = 0u32;
-    let mut running = true;
+    let mut b = Budget::new(budget);
     loop {
-        k = k.wrapping_add(1);
-        if running && k % 64 == 0 {
-            running = t0.elapsed() < budget;
-        }
+        let running = b.running();
         // The caller's posts: a slot each, chained.
         if running {
             while let Some(slot) = free.pop() {
