@@ -18,8 +18,8 @@
 //! # let _ = (bytes, old); Ok(()) }
 //! ```
 
+use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -31,7 +31,7 @@ use crate::Result;
 
 enum Slot {
     Waiting(Waker),
-    Done(Box<Completion>),
+    Done(Completion),
     /// Its future was dropped before the call completed (e.g. the losing
     /// side of a `select`): the completion is dropped when it arrives.
     Abandoned,
@@ -42,7 +42,10 @@ pub struct AsyncThread {
     /// None only while a crate-internal owner (the C posted kv forms) has
     /// taken the thread back between its polls.
     t: RefCell<Option<ClientThread>>,
-    calls: RefCell<HashMap<u64, Slot>>,
+    calls: RefCell<FxHashMap<u64, Slot>>,
+    /// The completions of one progress round (reused: nothing allocated
+    /// per round).
+    got: RefCell<Vec<Completion>>,
     /// Tasks whose post met the thread's limit: woken by the next
     /// completion.
     blocked: RefCell<Vec<Waker>>,
@@ -115,7 +118,7 @@ where
         match calls.remove(&self.tag) {
             Some(Slot::Done(c)) => {
                 self.tag = 0;
-                Poll::Ready(Ok(*c))
+                Poll::Ready(Ok(c))
             }
             Some(Slot::Waiting(_) | Slot::Abandoned) | None => {
                 calls.insert(self.tag, Slot::Waiting(cx.waker().clone()));
@@ -149,7 +152,8 @@ impl AsyncThread {
     pub fn new(t: ClientThread) -> AsyncThread {
         AsyncThread {
             t: RefCell::new(Some(t)),
-            calls: RefCell::new(HashMap::new()),
+            calls: RefCell::new(FxHashMap::default()),
+            got: RefCell::new(Vec::with_capacity(64)),
             blocked: RefCell::new(Vec::new()),
             next: Cell::new(0),
         }
@@ -161,7 +165,8 @@ impl AsyncThread {
     pub(crate) fn detached(first_tag: u64) -> AsyncThread {
         AsyncThread {
             t: RefCell::new(None),
-            calls: RefCell::new(HashMap::new()),
+            calls: RefCell::new(FxHashMap::default()),
+            got: RefCell::new(Vec::with_capacity(64)),
             blocked: RefCell::new(Vec::new()),
             next: Cell::new(first_tag),
         }
@@ -219,16 +224,17 @@ impl AsyncThread {
     /// As [`AsyncThread::progress`]; completions of calls not posted
     /// through this executor go to `stray`.
     pub(crate) fn progress_with(&self, mut stray: impl FnMut(Completion)) -> Result<usize> {
-        let got = match self.t.borrow_mut().as_mut() {
-            Some(t) => t.poll(64)?,
+        let mut got = std::mem::take(&mut *self.got.borrow_mut());
+        let n = match self.t.borrow_mut().as_mut() {
+            Some(t) => t.poll_into(&mut got, 64)?,
             None => return Ok(0),
         };
-        let n = got.len();
-        for c in got {
+        for c in got.drain(..) {
             if let Some(c) = self.accept(c) {
                 stray(c);
             }
         }
+        *self.got.borrow_mut() = got;
         if n > 0 {
             let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
             for w in blocked {
@@ -244,16 +250,16 @@ impl AsyncThread {
         let tag = c.user_data;
         let waker = {
             let mut calls = self.calls.borrow_mut();
-            match calls.remove(&tag) {
-                Some(Slot::Waiting(w)) => {
-                    calls.insert(tag, Slot::Done(Box::new(c)));
-                    w
-                }
-                Some(Slot::Abandoned) => return None,
-                Some(Slot::Done(d)) => {
-                    calls.insert(tag, Slot::Done(d));
+            match calls.get_mut(&tag) {
+                Some(slot @ Slot::Waiting(_)) => match std::mem::replace(slot, Slot::Done(c)) {
+                    Slot::Waiting(w) => w,
+                    _ => return None,
+                },
+                Some(Slot::Abandoned) => {
+                    calls.remove(&tag);
                     return None;
                 }
+                Some(Slot::Done(_)) => return None,
                 // Not posted through this wrapper (a post_* on the inner
                 // thread, or another executor's).
                 None => return Some(c),
