@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use patronus::client::{ClientThread, Lease};
+use patronus::client::{ClientThread, Lease, Post};
 use patronus::lease::flags::{acquire, modify, rw};
 use patronus::lease::msg::AdminOp;
 use patronus::lease::{AcquireStatus as St, Rc};

@@ -174,3 +174,77 @@ fn a_lease_expiring_across_a_rekey_is_not_resurrected() {
         assert_eq!(c.read(&mut keep, &mut b, 0, 0).unwrap(), Rc::Ok);
     });
 }
+
+/// Posted READs (the engine's lean lane) in flight when a refused one
+/// resets their QP, where windows die on reset: the READs the reset
+/// flushed are posted again with their leases' new rkeys and complete
+/// byte-exact, the refused one alone fails, each completes exactly once,
+/// and posted READs made after the reset use the new keys.
+#[test]
+fn posted_reads_in_flight_across_a_rekey_complete_byte_exact() {
+    with_cluster_cfg(2, 1, die_on_reset, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let n = 32;
+        let bad = 16;
+        let mut leases = Vec::new();
+        for i in 0..n {
+            srv.buffer_write(64 * i as u64, &pattern(i)).unwrap();
+            let l = c
+                .get_lease(R, 0, 0, 64 * i as u64, 64, 0, acquire::NO_GC)
+                .unwrap();
+            assert!(l.success(), "lease {i}: {}", l.ec());
+            leases.push(l);
+        }
+        let wait_all = |c: &mut ClientThread, want: usize| {
+            let mut got = std::collections::HashMap::new();
+            let t0 = Instant::now();
+            while got.len() < want && t0.elapsed() < Duration::from_secs(10) {
+                for x in c.wait(64, Duration::from_secs(1)).unwrap() {
+                    let tag = x.user_data;
+                    assert!(got.insert(tag, x).is_none(), "call {tag} completed twice");
+                }
+            }
+            assert_eq!(got.len(), want, "completions");
+            assert_eq!(c.inflight(), 0);
+            got
+        };
+        // 16 READs, then one past its lease's end (refused), then 15 more:
+        // the refused one heads the second chain, the rest are flushed.
+        for (i, l) in leases.iter_mut().enumerate() {
+            let (len, off) = if i == bad { (16, 56) } else { (64, 0) };
+            assert_eq!(c.post_read(l, len, off, 0, i as u64).unwrap(), Post::Posted);
+        }
+        let got = wait_all(&mut c, n);
+        for i in 0..n {
+            let x = &got[&(i as u64)];
+            if i == bad {
+                assert_eq!(x.rc(), Rc::RdmaProtectionErr, "the READ past the end");
+                continue;
+            }
+            assert_eq!(x.rc(), Rc::Ok, "READ {i}");
+            assert_eq!(x.data, pattern(i), "READ {i}");
+        }
+        assert_eq!(
+            c.rekeyed_generations(0, 0).len(),
+            n,
+            "every live lease re-keyed"
+        );
+        // After the reset: posted READs on the new keys.
+        for (i, l) in leases.iter_mut().enumerate() {
+            assert_eq!(
+                c.post_read(l, 64, 0, 0, 1000 + i as u64).unwrap(),
+                Post::Posted
+            );
+        }
+        let got = wait_all(&mut c, n);
+        for i in 0..n {
+            let x = &got[&(1000 + i as u64)];
+            assert_eq!(x.rc(), Rc::Ok, "READ {i} after the reset");
+            assert_eq!(x.data, pattern(i), "READ {i} after the reset");
+        }
+        for l in leases.iter_mut() {
+            assert_eq!(c.relinquish(l, 0, 0).unwrap(), Rc::Ok);
+        }
+        assert_eq!(c.admin(0, 0, AdminOp::Stats, 0).unwrap(), 0);
+    });
+}
