@@ -676,8 +676,8 @@ impl ClientThread {
         if c.wr_out.get(qp).is_none_or(|&n| n >= WR_PER_QP) {
             return None;
         }
-        let checked = flag & rw::NO_LOCAL_EXPIRE_CHECK == 0 && !lease.never_expires();
-        if checked && !self.sh.clock.before_deadline(lease.ddl) {
+        let checked = flag & rw::NO_LOCAL_EXPIRE_CHECK == 0;
+        if checked && self.expired(lease) {
             return None;
         }
         let (raddr, rkey) = self.remote(lease, offset, 0);
@@ -701,15 +701,14 @@ impl ClientThread {
                 done: 0,
                 data,
                 rare: None,
-                ddl: checked.then_some(lease.ddl),
+                ddl: (checked && !lease.never_expires()).then_some(lease.ddl),
                 auto: false,
                 staged: false,
             }),
-            wait: Wait::Wr { qp, wrs: 1 },
+            wait: Wait::Backlog,
             deadline: 0,
         });
         calls.user += 1;
-        calls.stamp.push(idx);
         calls.wr_out[qp] += 1;
         calls.fifo[qp].push_back(id);
         calls.pend[qp].push(SendWr {
@@ -725,11 +724,7 @@ impl ClientThread {
             },
             signaled: false,
         });
-        let active = calls.slots.len() - calls.free.len();
-        calls.peak = calls.peak.max(active);
-        if calls.pend[qp].len() >= DOORBELL {
-            self.flush_qp(qp);
-        }
+        self.posted(idx, Wait::Wr { qp, wrs: 1 });
         Some(Post::Posted)
     }
 
@@ -966,20 +961,7 @@ impl ClientThread {
         };
         match posted {
             Ok(Some(w)) => {
-                // Posted to the fabric now: every call not in the backlog
-                // (finished blocking calls hold their slot only briefly).
-                let active = self.calls.in_flight() - self.calls.backlog.len();
-                self.calls.peak = self.calls.peak.max(active);
-                if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
-                    call.wait = w;
-                    call.deadline = 0;
-                    self.calls.stamp.push(idx);
-                }
-                if let Wait::Wr { qp, .. } = w {
-                    if self.calls.pend[qp].len() >= DOORBELL {
-                        self.flush_qp(qp);
-                    }
-                }
+                self.posted(idx, w);
                 true
             }
             Ok(None) => {
@@ -991,6 +973,28 @@ impl ClientThread {
             Err(e) => {
                 self.finish(idx, Completion::new(0, Err(e)));
                 true
+            }
+        }
+    }
+
+    /// Call `idx`'s step went to the fabric (or into its QP's pending
+    /// chain) and now waits for `w`: its deadline is stamped by the next
+    /// round, the peak counts it, and a chain of [`DOORBELL`] requests is
+    /// posted at once.
+    #[inline]
+    fn posted(&mut self, idx: u32, w: Wait) {
+        // Every call not in the backlog (finished blocking calls hold
+        // their slot only briefly).
+        let active = self.calls.in_flight() - self.calls.backlog.len();
+        self.calls.peak = self.calls.peak.max(active);
+        if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
+            call.wait = w;
+            call.deadline = 0;
+            self.calls.stamp.push(idx);
+        }
+        if let Wait::Wr { qp, .. } = w {
+            if self.calls.pend[qp].len() >= DOORBELL {
+                self.flush_qp(qp);
             }
         }
     }

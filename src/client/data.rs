@@ -14,7 +14,7 @@ use crate::{Error, Result};
 pub(super) const SPIN_FOR: std::time::Duration = std::time::Duration::from_micros(20);
 
 impl ClientThread {
-    fn expired(&self, lease: &Lease) -> bool {
+    pub(super) fn expired(&self, lease: &Lease) -> bool {
         !lease.never_expires() && !self.sh.clock.before_deadline(lease.ddl)
     }
 
