@@ -194,11 +194,13 @@ fn cycles(
     let mut b = Budget::new(budget);
     loop {
         let running = b.running();
-        while let Some(k) = free.pop().filter(|_| running) {
-            let p = c.post_get_wlease(srv, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
-            if p == Post::Retry {
-                free.push(k);
-                break;
+        if running {
+            while let Some(k) = free.pop() {
+                let p = c.post_get_wlease(srv, 0, obj(k), 0, 64, 0, flag | acquire::NO_GC, k)?;
+                if p == Post::Retry {
+                    free.push(k);
+                    break;
+                }
             }
         }
         if c.inflight() == 0 && !running {
