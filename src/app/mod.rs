@@ -330,10 +330,17 @@ pub fn client(mut cfg: Config, key: u64, workload: Workload) -> Result<()> {
             let keep_alive = |c: &mut crate::client::ClientThread,
                               held: &mut Vec<crate::client::Lease>|
              -> Result<()> {
-                let mut out = 0usize;
-                let absorb = |got: Vec<crate::client::Completion>,
-                              held: &mut Vec<crate::client::Lease>|
+                // Waits for the next completions (within the RPC timeout
+                // every call ends) and applies them; returns how many.
+                let reap = |c: &mut crate::client::ClientThread,
+                            held: &mut Vec<crate::client::Lease>|
                  -> Result<usize> {
+                    let got = c.wait(64, Duration::from_secs(5))?;
+                    if got.is_empty() {
+                        return Err(Error::Invalid(
+                            "hold: no extension completed within 5 s".into(),
+                        ));
+                    }
                     for x in &got {
                         let i = x.user_data as usize;
                         let l = &mut held[i];
@@ -352,6 +359,7 @@ pub fn client(mut cfg: Config, key: u64, workload: Workload) -> Result<()> {
                     }
                     Ok(got.len())
                 };
+                let mut out = 0usize;
                 for i in 0..held.len() {
                     if held[i].ddl - p.now() >= (term_ns / 2) as i64 {
                         continue;
@@ -359,19 +367,12 @@ pub fn client(mut cfg: Config, key: u64, workload: Workload) -> Result<()> {
                     while c.post_extend(&mut held[i], term_ns / 2, 0, i as u64)?
                         == crate::client::Post::Retry
                     {
-                        let got = c.wait(64, Duration::from_secs(5))?;
-                        out -= absorb(got, held)?;
+                        out -= reap(c, held)?;
                     }
                     out += 1;
                 }
                 while out > 0 {
-                    let got = c.wait(64, Duration::from_secs(5))?;
-                    if got.is_empty() {
-                        return Err(Error::Invalid(format!(
-                            "hold: {out} extensions did not complete within 5 s"
-                        )));
-                    }
-                    out -= absorb(got, held)?;
+                    out -= reap(c, held)?;
                 }
                 Ok(())
             };
