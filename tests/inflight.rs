@@ -773,6 +773,90 @@ mod asynch {
     }
 }
 
+/// A memory node whose NIC stops answering one-sided requests (its
+/// responder stalls in a serve hook): every READ posted to it completes
+/// once, as RDMA_EXECUTION_ERR, once its data QP made no progress for the
+/// RPC timeout, and not before (and all of them then, not one per
+/// timeout); the QP is recovered in place, and once the
+/// responder answers again READs complete byte-exact. Posted READs carry no
+/// deadline of their own: the engine times a QP's front request.
+#[test]
+fn a_data_qp_without_progress_fails_its_calls_after_the_rpc_timeout() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let timeout = Duration::from_millis(300);
+    let cfg = Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 1,
+        cluster: format!(
+            "inflight-stall-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: "shm".into(),
+        keeper: None,
+        rpc_timeout: timeout,
+        // The memory node's NIC carries no hook of the time exposer: the
+        // test's is the only one.
+        time_parent_node_id: 1,
+        ..Config::default()
+    };
+    common::cluster::with_cluster(cfg, |srv, clients| {
+        let mut c = clients[0].register_client_thread().unwrap();
+        let mut l = c.get_rlease(0, 0, 0, 0, 4096, 0, acquire::NO_GC).unwrap();
+        let want = pattern(3, 4096);
+        srv.buffer_write(0, &want).unwrap();
+        let check = |got: &HashMap<u64, Completion>, base: u64, n: u64| {
+            for i in 0..n {
+                let x = &got[&(base + i)];
+                assert_eq!(x.rc(), Rc::Ok, "read {i}");
+                let o = i as usize * 64;
+                assert!(x.data == want[o..o + 64], "read {i} differs");
+            }
+        };
+        for i in 0..8 {
+            posted(c.post_read(&mut l, 64, i * 64, 0, i));
+        }
+        check(&collect(&mut c, 8), 0, 8);
+
+        // The responder stalls when it next takes requests (bounded: 10 s).
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f = frozen.clone();
+        srv.nic().set_serve_hook(Some(std::sync::Arc::new(move || {
+            let t0 = Instant::now();
+            while f.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(10) {
+                thread::sleep(Duration::from_millis(1));
+            }
+        })));
+        let t0 = Instant::now();
+        for i in 0..8 {
+            posted(c.post_read(&mut l, 64, i * 64, 0, 100 + i));
+        }
+        let got = collect(&mut c, 8);
+        let waited = t0.elapsed();
+        for i in 0..8 {
+            assert_eq!(got[&(100 + i)].rc(), Rc::RdmaExecutionErr, "read {i}");
+        }
+        assert!(
+            waited >= timeout - Duration::from_millis(20),
+            "failed after {waited:?}, before the {timeout:?} timeout ran out"
+        );
+        assert!(
+            waited < timeout * 3,
+            "failed after {waited:?}: one call per {timeout:?} timeout?"
+        );
+        frozen.store(false, Ordering::Release);
+        srv.nic().set_serve_hook(None);
+
+        // Recovered in place: the same lease reads byte-exact again.
+        for i in 0..8 {
+            posted(c.post_read(&mut l, 64, i * 64, 0, 200 + i));
+        }
+        check(&collect(&mut c, 8), 200, 8);
+        c.relinquish(&mut l, 0, 0).unwrap();
+    });
+}
+
 /// A posted call whose directory never answers (no server thread serves
 /// it) completes once, as RDMA_EXECUTION_ERR, after the RPC timeout and
 /// not before: the engine stamps each call's deadline in the first round

@@ -442,9 +442,11 @@ struct Call {
     internal: bool,
     op: Op,
     wait: Wait,
-    /// CLOCK_MONOTONIC_COARSE ns (deadlines are seconds, its tick is
-    /// milliseconds); 0 until the call's step is stamped by the first
-    /// round after it was posted (see `Calls::stamp`).
+    /// An RPC's deadline, CLOCK_MONOTONIC_COARSE ns (deadlines are
+    /// seconds, its tick is milliseconds); 0 until the call's step is
+    /// stamped by the first round after it was posted (see
+    /// `Calls::stamp`). A work request's deadline is its QP's (see
+    /// `Calls::since`).
     deadline: i64,
 }
 
@@ -475,10 +477,23 @@ pub(super) struct Calls {
     wr_out: Vec<usize>,
     large_owner: Option<u32>,
     next_deadline: Option<i64>,
-    /// Calls posted to the fabric since the last round, whose deadline
-    /// that round stamps: one clock read per round, not per post (a
-    /// call's timeout runs from the first round after its post).
+    /// RPCs sent since the last round, whose deadline that round stamps:
+    /// one clock read per round, not per post (a call's timeout runs from
+    /// the first round after its post).
     stamp: Vec<u32>,
+    /// Per data QP: since when (CLOCK_MONOTONIC_COARSE ns, stamped by the
+    /// first round that saw it; 0: not yet, or nothing outstanding) the
+    /// request at the front of its `fifo` waits. RC completes in order, so
+    /// the front is the request whose deadline comes first; it fails when
+    /// its QP made no progress for `rpc_timeout` (the calls behind it are
+    /// posted again after the recovery, with time of their own). No
+    /// per-call stamp: a posted READ costs no clock and no deadline
+    /// bookkeeping.
+    since: Vec<i64>,
+    /// The earliest `since + rpc_timeout` over the data QPs.
+    data_deadline: Option<i64>,
+    /// Some QP's front changed since the last round (restamp `since`).
+    fronts_moved: bool,
     /// Calls posted to the fabric at once (not waiting in the backlog),
     /// highest seen (a statistic for tests).
     pub(super) peak: usize,
@@ -515,6 +530,9 @@ impl Calls {
             large_owner: None,
             next_deadline: None,
             stamp: Vec::with_capacity(n),
+            since: vec![0; dirs],
+            data_deadline: None,
+            fronts_moved: false,
             peak: 0,
             wc: [Wc::default(); 32],
             pend: (0..dirs)
@@ -681,7 +699,6 @@ impl ClientThread {
             return None;
         }
         let (raddr, rkey) = self.remote(lease, offset, 0);
-        let data = self.read_buf(len);
         let lkey = self.stage.lkey();
         let calls = &mut self.calls;
         let idx = calls.free.pop()?;
@@ -699,17 +716,22 @@ impl ClientThread {
                 rkey,
                 total: len,
                 done: 0,
-                data,
+                // Taken from the pool when the data is there (see
+                // `data_ok`): nothing to zero now.
+                data: Vec::new(),
                 rare: None,
                 ddl: (checked && !lease.never_expires()).then_some(lease.ddl),
                 auto: false,
                 staged: false,
             }),
-            wait: Wait::Backlog,
+            wait: Wait::Wr { qp, wrs: 1 },
             deadline: 0,
         });
         calls.user += 1;
         calls.wr_out[qp] += 1;
+        if calls.fifo[qp].is_empty() {
+            calls.fronts_moved = true;
+        }
         calls.fifo[qp].push_back(id);
         calls.pend[qp].push(SendWr {
             wr_id: id,
@@ -724,7 +746,7 @@ impl ClientThread {
             },
             signaled: false,
         });
-        self.posted(idx, Wait::Wr { qp, wrs: 1 });
+        self.posted_wr(qp);
         Some(Post::Posted)
     }
 
@@ -978,25 +1000,40 @@ impl ClientThread {
     }
 
     /// Call `idx`'s step went to the fabric (or into its QP's pending
-    /// chain) and now waits for `w`: its deadline is stamped by the next
-    /// round, the peak counts it, and a chain of [`DOORBELL`] requests is
-    /// posted at once.
+    /// chain) and now waits for `w`: an RPC's deadline is stamped by the
+    /// next round (a request's is its QP's), the peak counts it, and a
+    /// chain of [`DOORBELL`] requests is posted at once.
     #[inline]
     fn posted(&mut self, idx: u32, w: Wait) {
+        if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
+            call.wait = w;
+            call.deadline = 0;
+            if matches!(w, Wait::Rpc { .. }) {
+                self.calls.stamp.push(idx);
+            }
+        }
+        match w {
+            Wait::Wr { qp, .. } => self.posted_wr(qp),
+            _ => self.count_peak(),
+        }
+    }
+
+    /// A request went into data QP `qp`'s pending chain: counted in the
+    /// peak, and a chain of [`DOORBELL`] requests is posted at once.
+    #[inline]
+    fn posted_wr(&mut self, qp: usize) {
+        self.count_peak();
+        if self.calls.pend[qp].len() >= DOORBELL {
+            self.flush_qp(qp);
+        }
+    }
+
+    #[inline]
+    fn count_peak(&mut self) {
         // Every call not in the backlog (finished blocking calls hold
         // their slot only briefly).
         let active = self.calls.in_flight() - self.calls.backlog.len();
         self.calls.peak = self.calls.peak.max(active);
-        if let Some(call) = self.calls.slots[idx as usize].call.as_mut() {
-            call.wait = w;
-            call.deadline = 0;
-            self.calls.stamp.push(idx);
-        }
-        if let Wait::Wr { qp, .. } = w {
-            if self.calls.pend[qp].len() >= DOORBELL {
-                self.flush_qp(qp);
-            }
-        }
     }
 
     fn start_rpc(&mut self, idx: u32) -> Result<Option<Wait>> {
@@ -1036,6 +1073,7 @@ impl ClientThread {
             large_owner,
             pend,
             fifo,
+            fronts_moved,
             ..
         } = &mut self.calls;
         let slot = &mut slots[idx as usize];
@@ -1145,6 +1183,9 @@ impl ClientThread {
                 }
             }
         }
+        if fifo[qp].is_empty() {
+            *fronts_moved = true;
+        }
         fifo[qp].push_back(id);
         wr_out[qp] += wrs;
         Ok(Some(Wait::Wr { qp, wrs }))
@@ -1168,6 +1209,7 @@ impl ClientThread {
             let mut ids: Vec<u64> = q.iter().map(|w| w.wr_id).collect();
             ids.dedup();
             q.clear();
+            self.calls.fronts_moved = true;
             let msg = e.to_string();
             for id in ids {
                 if let Some(k) = self.calls.fifo[qp].iter().rposition(|&x| x == id) {
@@ -1252,13 +1294,21 @@ impl ClientThread {
         self.flush_all();
         // One clock read per round: deadlines of the calls posted since
         // the last one, and the check against the nearest deadline.
-        let now = if self.calls.stamp.is_empty() && self.calls.next_deadline.is_none() {
+        let c = &self.calls;
+        let now = if c.stamp.is_empty()
+            && c.next_deadline.is_none()
+            && !c.fronts_moved
+            && c.data_deadline.is_none()
+        {
             0
         } else {
             coarse_now()
         };
         if !self.calls.stamp.is_empty() {
             self.stamp_deadlines(now);
+        }
+        if self.calls.fronts_moved {
+            self.stamp_fronts(now);
         }
         // Data QPs.
         loop {
@@ -1305,6 +1355,11 @@ impl ClientThread {
         if let Some(d) = self.calls.next_deadline {
             if now >= d {
                 n += self.expire()?;
+            }
+        }
+        if let Some(d) = self.calls.data_deadline {
+            if now >= d {
+                n += self.expire_fronts(now)?;
             }
         }
         if !self.calls.backlog.is_empty() {
@@ -1362,7 +1417,7 @@ impl ClientThread {
             // A slot listed twice, or finished (and maybe reused) since,
             // is stamped at most once per step.
             if let Some(c) = slots[idx as usize].call.as_mut() {
-                if c.deadline == 0 && c.wait != Wait::Backlog {
+                if c.deadline == 0 && matches!(c.wait, Wait::Rpc { .. }) {
                     c.deadline = d;
                     any = true;
                 }
@@ -1373,16 +1428,85 @@ impl ClientThread {
         }
     }
 
-    /// Fails calls past their deadline: an RPC without reply times out; a
-    /// work request without completion is treated as failed at the NIC.
+    /// Stamps the data QPs whose front request changed since the last
+    /// round (see `Calls::since`) and finds the earliest data deadline.
+    fn stamp_fronts(&mut self, now: i64) {
+        let t = self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64;
+        let Calls {
+            fifo,
+            since,
+            data_deadline,
+            fronts_moved,
+            ..
+        } = &mut self.calls;
+        let mut next: Option<i64> = None;
+        for (q, s) in fifo.iter().zip(since.iter_mut()) {
+            if q.is_empty() {
+                *s = 0;
+                continue;
+            }
+            if *s == 0 {
+                *s = now.max(1);
+            }
+            let d = s.saturating_add(t);
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        *data_deadline = next;
+        *fronts_moved = false;
+    }
+
+    /// A data QP whose front request got no completion for `rpc_timeout`
+    /// (the QP made no progress that long) is treated as failed at the
+    /// NIC, as retries exceeded would: it is recovered in place and every
+    /// call waiting on it completes as RDMA_EXECUTION_ERR (its peer did
+    /// not answer; a call is never left waiting for one that stopped).
+    fn expire_fronts(&mut self, now: i64) -> Result<usize> {
+        let t = self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64;
+        let mut n = 0;
+        for qp in 0..self.calls.fifo.len() {
+            let s = self.calls.since[qp];
+            if s == 0 || s.saturating_add(t) > now {
+                continue;
+            }
+            self.calls.since[qp] = 0;
+            // The calls waiting on it (entries of calls that ended
+            // otherwise are passed over), in posting order.
+            let mut waiting: Vec<u32> = Vec::new();
+            for &id in &self.calls.fifo[qp] {
+                let idx = (id & 0xffff_ffff) as u32;
+                if self.seq_matches(id) && !waiting.contains(&idx) {
+                    waiting.push(idx);
+                }
+            }
+            let Some((&front, rest)) = waiting.split_first() else {
+                self.calls.fifo[qp].clear();
+                continue;
+            };
+            // Recovers the QP, fails the front, and queues the rest to be
+            // posted again: they fail too instead.
+            self.data_failed(front, qp, None)?;
+            self.calls.backlog.retain(|i| !rest.contains(i));
+            for &idx in rest {
+                self.finish(idx, Completion::new(0, Ok(Rc::RdmaExecutionErr)));
+            }
+            n += waiting.len();
+        }
+        // Restamped (and the next deadline found) by the next round.
+        self.calls.data_deadline = None;
+        self.calls.fronts_moved = true;
+        Ok(n)
+    }
+
+    /// Fails RPCs past their deadline (no reply). Work requests have their
+    /// QP's deadline (see [`ClientThread::expire_fronts`]).
     fn expire(&mut self) -> Result<usize> {
         let now = coarse_now();
         let mut next: Option<i64> = None;
         let mut late = Vec::new();
         for (i, s) in self.calls.slots.iter().enumerate() {
             let Some(c) = &s.call else { continue };
-            if c.wait == Wait::Backlog || c.deadline == 0 {
-                continue; // not posted, or stamped by the next round
+            if !matches!(c.wait, Wait::Rpc { .. }) || c.deadline == 0 {
+                continue; // not an RPC out, or stamped by the next round
             }
             if c.deadline <= now {
                 late.push((i as u32, c.wait));
@@ -1407,8 +1531,7 @@ impl ClientThread {
                         ),
                     );
                 }
-                Wait::Wr { qp, .. } => self.data_failed(*idx, qp, None)?,
-                Wait::Backlog => {}
+                Wait::Wr { .. } | Wait::Backlog => {}
             }
         }
         Ok(late.len())
@@ -1444,6 +1567,9 @@ impl ClientThread {
         if !found {
             return Ok(0);
         }
+        // The QP made progress: its next front waits from the next round.
+        self.calls.since[qp] = 0;
+        self.calls.fronts_moved = true;
         let mut n = 0;
         while let Some(&front) = self.calls.fifo[qp].front() {
             if front == wc.wr_id {
@@ -1489,11 +1615,19 @@ impl ClientThread {
                 && !d.staged
                 && d.done == 0
                 && d.total <= SMALL
-                && d.data.len() == d.total
+                && (d.data.is_empty() || d.data.len() == d.total)
             {
-                self.stage.read(idx as u64 * SMALL as u64, &mut d.data)?;
+                let at = idx as u64 * SMALL as u64;
                 let mut c = Completion::new(*user_data, Ok(Rc::Ok));
-                c.data = std::mem::take(&mut d.data);
+                if d.data.is_empty() {
+                    // The lean lane's: a recycled buffer, appended to (not
+                    // zeroed first).
+                    c.data = self.calls.pool.pop().unwrap_or_default();
+                    self.stage.read_append(at, d.total, &mut c.data)?;
+                } else {
+                    self.stage.read(at, &mut d.data)?;
+                    c.data = std::mem::take(&mut d.data);
+                }
                 self.calls.wr_out[*qp] -= *wrs;
                 self.calls.slots[idx as usize].call = None;
                 self.calls.ready.push(c);
@@ -1585,6 +1719,8 @@ impl ClientThread {
         self.calls.pend[qp].clear();
         // In posting order (the order they are posted again in).
         let order: Vec<u64> = self.calls.fifo[qp].drain(..).collect();
+        self.calls.since[qp] = 0;
+        self.calls.fronts_moved = true;
         let mut again = Vec::new();
         for id in order {
             let i = (id & 0xffff_ffff) as u32;
@@ -1654,6 +1790,9 @@ impl ClientThread {
                 let chunk = if large { DATA_BUF } else { SMALL };
                 match &d.kind {
                     DataKind::Read => {
+                        if !d.staged && d.data.len() < d.total {
+                            d.data.resize(d.total, 0);
+                        }
                         let n = (d.total - d.done).min(chunk);
                         let at = d.done;
                         if d.staged && !large {

@@ -285,6 +285,15 @@ impl Mr {
         Ok(())
     }
 
+    /// Appends the `len` bytes at `off` to `dst` (nothing is zeroed first).
+    pub fn read_append(&self, off: u64, len: usize, dst: &mut Vec<u8>) -> Result<()> {
+        let p = self.ptr_at(off, len as u64, "read")?;
+        // SAFETY: p is valid for len bytes (checked by ptr_at); the slice
+        // lives only for the copy, into memory the NIC never hands out.
+        dst.extend_from_slice(unsafe { std::slice::from_raw_parts(p, len) });
+        Ok(())
+    }
+
     /// Starts loading the cache line at `off` into this core's cache (a
     /// hint: a NIC or another core wrote it and the caller reads it soon,
     /// so several such loads overlap instead of stalling one after the

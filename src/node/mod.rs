@@ -52,7 +52,7 @@ pub struct Patronus {
     /// node's clock through them for the node's whole life.
     _time_qps: Vec<Option<(Arc<dyn Qp>, QpEndpoint)>>,
     _keys: RegionKeys,
-    _nic: Arc<dyn Nic>,
+    nic: Arc<dyn Nic>,
 }
 
 /// The narrow keys a node registers over its region for peers: read-only
@@ -287,7 +287,7 @@ impl Patronus {
             _time: time,
             _time_qps: m.time_qps,
             _keys: keys,
-            _nic: nic,
+            nic,
         })
     }
 
@@ -384,6 +384,13 @@ impl Patronus {
     #[doc(hidden)]
     pub fn region_key(&self) -> (u64, u32) {
         (self.region.addr(), self.region.rkey())
+    }
+
+    /// This node's NIC. Exposed for fault tests, which stall its
+    /// responder through a serve hook ([`Nic::set_serve_hook`]).
+    #[doc(hidden)]
+    pub fn nic(&self) -> &Arc<dyn Nic> {
+        &self.nic
     }
 
     /// What this node published about its memory (keys and layout).
