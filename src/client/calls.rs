@@ -1595,10 +1595,14 @@ impl ClientThread {
     /// The request `id` completed successfully (if its call still waits
     /// for it): the call takes its next step or finishes.
     fn data_ok(&mut self, id: u64) -> Result<usize> {
-        if !self.seq_matches(id) {
+        let idx = (id & 0xffff_ffff) as u32;
+        let Some(slot) = self.calls.slots.get_mut(idx as usize) else {
+            return Ok(0);
+        };
+        // Only the request the call posted last, while it waits for it.
+        if slot.seq != (id >> 32) as u32 {
             return Ok(0);
         }
-        let idx = (id & 0xffff_ffff) as u32;
         // A posted small READ in one request (most completions): its
         // bytes go from the staging page straight into its buffer, and
         // the completion straight into the ready queue.
@@ -1608,7 +1612,7 @@ impl ClientThread {
             user_data,
             internal: false,
             ..
-        }) = self.calls.slots[idx as usize].call.as_mut()
+        }) = slot.call.as_mut()
         {
             if matches!(d.kind, DataKind::Read)
                 && d.rare.is_none()
@@ -1618,26 +1622,40 @@ impl ClientThread {
                 && (d.data.is_empty() || d.data.len() == d.total)
             {
                 let at = idx as u64 * SMALL as u64;
-                let mut c = Completion::new(*user_data, Ok(Rc::Ok));
-                if d.data.is_empty() {
+                let (qp, wrs, user_data) = (*qp, *wrs, *user_data);
+                let data = if d.data.is_empty() {
                     // The lean lane's: a recycled buffer, appended to (not
                     // zeroed first).
-                    c.data = self.calls.pool.pop().unwrap_or_default();
-                    self.stage.read_append(at, d.total, &mut c.data)?;
+                    let mut v = self.calls.pool.pop().unwrap_or_default();
+                    self.stage.read_append(at, d.total, &mut v)?;
+                    v
                 } else {
                     self.stage.read(at, &mut d.data)?;
-                    c.data = std::mem::take(&mut d.data);
-                }
-                self.calls.wr_out[*qp] -= *wrs;
-                self.calls.slots[idx as usize].call = None;
-                self.calls.ready.push(c);
+                    std::mem::take(&mut d.data)
+                };
+                slot.call = None;
+                self.calls.wr_out[qp] -= wrs;
                 self.calls.free.push(idx);
+                // Built in its place in the queue.
+                self.calls.ready.push(Completion {
+                    user_data,
+                    result: Ok(Rc::Ok),
+                    value: 0,
+                    lease: None,
+                    data,
+                    batch: Vec::new(),
+                    update: None,
+                    staged: None,
+                });
                 return Ok(1);
             }
         }
-        let Some(call) = self.calls.slots[idx as usize].call.as_mut() else {
+        let Some(call) = slot.call.as_mut() else {
             return Ok(0);
         };
+        if !matches!(call.wait, Wait::Wr { .. }) {
+            return Ok(0);
+        }
         if let Wait::Wr { qp, wrs } = call.wait {
             call.wait = Wait::Backlog;
             self.calls.wr_out[qp] -= wrs;
