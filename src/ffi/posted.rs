@@ -9,7 +9,6 @@
 //! handle learns what the call learnt (an extension's deadline, cached
 //! bytes), and acquisitions hand out a new lease handle.
 
-use std::collections::HashMap;
 use std::ffi::c_char;
 use std::time::Duration;
 
@@ -60,6 +59,53 @@ enum Sink {
     Batch(Vec<(usize, usize)>),
 }
 
+#[derive(Default)]
+struct Place {
+    generation: u32,
+    call: Option<Pending>,
+}
+
+impl Table {
+    /// The ticket the next recorded call gets (nothing is taken yet).
+    fn next_ticket(&self) -> u64 {
+        let (i, g) = match self.free.last() {
+            Some(&i) => (i, self.calls[i as usize].generation),
+            None => (self.calls.len() as u32, 0),
+        };
+        // Generations stay below 2^31: bit 63 marks kv handles' calls.
+        let g = g.wrapping_add(1) & 0x7fff_ffff;
+        (g as u64) << 32 | i as u64
+    }
+
+    /// Records `p` under `ticket` (from [`Table::next_ticket`], nothing
+    /// recorded in between).
+    fn record(&mut self, ticket: u64, p: Pending) {
+        let i = (ticket & 0xffff_ffff) as usize;
+        if i == self.calls.len() {
+            self.calls.push(Place::default());
+        } else {
+            self.free.pop();
+        }
+        let place = &mut self.calls[i];
+        place.generation = (ticket >> 32) as u32;
+        place.call = Some(p);
+        self.out += 1;
+    }
+
+    /// Takes the call of `ticket` (None: no such call is out).
+    fn take(&mut self, ticket: u64) -> Option<Pending> {
+        let i = (ticket & 0xffff_ffff) as u32;
+        let place = self.calls.get_mut(i as usize)?;
+        if place.generation != (ticket >> 32) as u32 {
+            return None;
+        }
+        let p = place.call.take()?;
+        self.free.push(i);
+        self.out -= 1;
+        Some(p)
+    }
+}
+
 struct Pending {
     user_data: u64,
     /// The `patronus_lease_t *` the call was given (0: none).
@@ -70,8 +116,15 @@ struct Pending {
 /// The calling thread's posted calls on one node.
 #[derive(Default)]
 pub(crate) struct Table {
-    next: u64,
-    calls: HashMap<u64, Pending>,
+    /// Posted calls by ticket: place `ticket & 0xffff_ffff` holds the call
+    /// while it is out, under the generation in the ticket's high bits (a
+    /// place's generation moves on each time it is used, so a ticket never
+    /// names a later call). No hashing per post and per completion.
+    calls: Vec<Place>,
+    /// Free places (a stack: the most recently freed is reused first).
+    free: Vec<u32>,
+    /// Calls out.
+    out: usize,
     /// Completions being delivered (kept: polling allocates nothing).
     got: Vec<Completion>,
     /// Completions of these posted calls that a kv handle's polling took
@@ -88,12 +141,11 @@ fn post(
     f: impl FnOnce(&mut ClientThread, u64) -> crate::Result<Post>,
 ) -> FfiResult<PatronusRc> {
     with_client_table(p, |c, t| {
-        t.next += 1;
-        let ticket = t.next;
+        let ticket = t.next_ticket();
         match f(c, ticket)? {
             Post::Retry => Ok(PatronusRc::PATRONUS_RC_RETRY),
             Post::Posted => {
-                t.calls.insert(
+                t.record(
                     ticket,
                     Pending {
                         user_data,
@@ -113,7 +165,7 @@ fn deliver(
     ct: &mut ClientThread,
     mut c: Completion,
 ) -> Option<patronus_completion_t> {
-    let pd = t.calls.remove(&c.user_data)?;
+    let pd = t.take(c.user_data)?;
     let given = pd.lease as *mut patronus_lease_t;
     if !given.is_null() {
         if let Ok(l) = try_mut(given, "lease") {
@@ -217,7 +269,7 @@ fn collect(
         // A wait that took only kv handles' completions (or ones delivered
         // to nobody) waits on for the rest of its time, while calls of
         // its own are out.
-        if n > 0 || left.is_none_or(|l| l.is_zero()) || t.calls.is_empty() {
+        if n > 0 || left.is_none_or(|l| l.is_zero()) || t.out == 0 {
             return Ok(n);
         }
     })?

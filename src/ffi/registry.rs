@@ -166,15 +166,20 @@ pub(crate) fn with_client_table<T>(
     f: impl FnOnce(&mut ClientThread, &mut super::posted::Table) -> T,
 ) -> FfiResult<T> {
     let addr = not_null(p)?;
-    if let Some(roles) = my_roles(addr) {
-        let mut s = roles.state.lock();
+    // Run inside the thread's entry (no reference count round trip per
+    // call: every posted call and poll comes through here).
+    let mut f = Some(f);
+    let done = with_entry(addr, |e| {
+        let mut s = e.roles.state.lock();
         if s.released {
-            return Err(freed());
+            return Some(Err(freed()));
         }
         let s = &mut *s;
-        if let Some(c) = s.client.as_mut() {
-            return Ok(f(c, &mut s.posted));
-        }
+        let c = s.client.as_mut()?;
+        f.take().map(|f| Ok(f(c, &mut s.posted)))
+    });
+    if let Some(Some(r)) = done {
+        return r;
     }
     let n = node(p)?;
     Err(Failure::invalid(format!(
