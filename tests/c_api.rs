@@ -139,7 +139,7 @@ fn test_api_c_under_address_sanitizer() {
 }
 
 #[test]
-fn examples_quickstart_and_kv() {
+fn examples_quickstart_kv_and_inflight() {
     let q = build(&root().join("examples-c/quickstart.c"), "quickstart", &[]);
     let out = run(&q, &[], &[]);
     assert!(
@@ -153,6 +153,14 @@ fn examples_quickstart_and_kv() {
         out.contains("450 of 450 keys read back, absent key absent"),
         "{out}"
     );
+    // Posted READs from C: 32 in flight, every one byte-exact.
+    let inf = build(&root().join("examples-c/inflight.c"), "inflight", &[]);
+    let out = run(&inf, &["32", "0.3"], &[]);
+    assert!(
+        out.contains("32 READs of 64 B in flight") && out.contains("all byte-exact"),
+        "{out}"
+    );
+    assert!(out.contains("inflight: ok"), "{out}");
 }
 
 #[test]

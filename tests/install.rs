@@ -115,7 +115,13 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
     // The examples' Makefile (pkg-config), out of tree.
     let mk = tmp.join("make");
     std::fs::create_dir_all(&mk).unwrap();
-    for f in ["Makefile", "version.c", "quickstart.c", "kv.c"] {
+    for f in [
+        "Makefile",
+        "version.c",
+        "quickstart.c",
+        "kv.c",
+        "inflight.c",
+    ] {
         std::fs::copy(root().join("examples-c").join(f), mk.join(f)).unwrap();
     }
     ok(Command::new("make")
@@ -135,6 +141,7 @@ fn installed_tree_builds_with_pkg_config_and_cmake() {
     assert!(ok(&mut run_clean(&build.join("version"))).contains("patronus ABI 5: ok"));
     assert!(ok(&mut run_clean(&build.join("quickstart"))).contains("quickstart: ok"));
     assert!(ok(run_clean(&build.join("kv")).args(["2", "50"])).contains("100 of 100 keys"));
+    assert!(ok(run_clean(&build.join("inflight")).args(["8", "0.2"])).contains("inflight: ok"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
