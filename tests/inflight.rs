@@ -773,6 +773,27 @@ mod asynch {
     }
 }
 
+/// Two nodes (memory node 0, one client thread on node 1) with a short RPC
+/// timeout. Node 1 is the time parent: the memory node's NIC carries no
+/// serve hook of the time exposer, so a test may set its own.
+fn timeout_cfg(what: &str, timeout: Duration) -> Config {
+    Config {
+        machine_nr: 2,
+        dir_nr: 1,
+        client_threads: 1,
+        cluster: format!(
+            "inflight-{what}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ),
+        fabric: "shm".into(),
+        keeper: None,
+        rpc_timeout: timeout,
+        time_parent_node_id: 1,
+        ..Config::default()
+    }
+}
+
 /// A memory node whose NIC stops answering one-sided requests (its
 /// responder stalls in a serve hook): every READ posted to it completes
 /// once, as RDMA_EXECUTION_ERR, once its data QP made no progress for the
@@ -784,24 +805,7 @@ mod asynch {
 fn a_data_qp_without_progress_fails_its_calls_after_the_rpc_timeout() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let timeout = Duration::from_millis(300);
-    let cfg = Config {
-        machine_nr: 2,
-        dir_nr: 1,
-        client_threads: 1,
-        cluster: format!(
-            "inflight-stall-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ),
-        fabric: "shm".into(),
-        keeper: None,
-        rpc_timeout: timeout,
-        // The memory node's NIC carries no hook of the time exposer: the
-        // test's is the only one.
-        time_parent_node_id: 1,
-        ..Config::default()
-    };
-    common::cluster::with_cluster(cfg, |srv, clients| {
+    common::cluster::with_cluster(timeout_cfg("stall", timeout), |srv, clients| {
         let mut c = clients[0].register_client_thread().unwrap();
         let mut l = c.get_rlease(0, 0, 0, 0, 4096, 0, acquire::NO_GC).unwrap();
         let want = pattern(3, 4096);
@@ -859,27 +863,13 @@ fn a_data_qp_without_progress_fails_its_calls_after_the_rpc_timeout() {
 
 /// A posted call whose directory never answers (no server thread serves
 /// it) completes once, as RDMA_EXECUTION_ERR, after the RPC timeout and
-/// not before: the engine stamps each call's deadline in the first round
+/// not before: the engine stamps each RPC's deadline in the first round
 /// after its post, with one clock read per round.
 #[test]
 fn an_unanswered_posted_call_times_out_after_the_rpc_timeout() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let timeout = Duration::from_millis(300);
-    let cfg = Config {
-        machine_nr: 2,
-        dir_nr: 1,
-        client_threads: 1,
-        cluster: format!(
-            "inflight-silent-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ),
-        fabric: "shm".into(),
-        keeper: None,
-        rpc_timeout: timeout,
-        ..Config::default()
-    };
-    let nodes = common::cluster::start_nodes(&cfg);
+    let nodes = common::cluster::start_nodes(&timeout_cfg("silent", timeout));
     let mut c = nodes[1].register_client_thread().unwrap();
     // The thread computes a while between its post and its first poll:
     // the timeout runs from that poll, the call is not failed at once.
