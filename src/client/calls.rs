@@ -484,9 +484,9 @@ pub(super) struct Calls {
     /// Per data QP: since when (CLOCK_MONOTONIC_COARSE ns, stamped by the
     /// first round that saw it; 0: not yet, or nothing outstanding) the
     /// request at the front of its `fifo` waits. RC completes in order, so
-    /// the front is the request whose deadline comes first; it fails when
-    /// its QP made no progress for `rpc_timeout` (the calls behind it are
-    /// posted again after the recovery, with time of their own). No
+    /// the front is the request whose deadline comes first; when its QP
+    /// made no progress for `rpc_timeout`, the QP is recovered and every
+    /// call waiting on it fails (see [`ClientThread::expire_fronts`]). No
     /// per-call stamp: a posted READ costs no clock and no deadline
     /// bookkeeping.
     since: Vec<i64>,
