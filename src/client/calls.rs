@@ -561,8 +561,18 @@ impl Calls {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE in ns.
 impl Calls {
+    /// Call step `id` now waits on data QP `qp` for `wrs` requests: in
+    /// posting order behind the others there (a new front is stamped by
+    /// the next round).
+    fn enter(&mut self, qp: usize, id: u64, wrs: usize) {
+        if self.fifo[qp].is_empty() {
+            self.fronts_moved = true;
+        }
+        self.fifo[qp].push_back(id);
+        self.wr_out[qp] += wrs;
+    }
+
     /// Puts new rkeys (old → new) into every call on (node, dir) that is
     /// waiting or about to be posted again: its request, its
     /// auto-extension and a batch's requests.
@@ -604,6 +614,7 @@ impl Calls {
     }
 }
 
+/// CLOCK_MONOTONIC_COARSE in ns.
 fn coarse_now() -> i64 {
     crate::fabric::monotonic_coarse_ns()
 }
@@ -728,11 +739,7 @@ impl ClientThread {
             deadline: 0,
         });
         calls.user += 1;
-        calls.wr_out[qp] += 1;
-        if calls.fifo[qp].is_empty() {
-            calls.fronts_moved = true;
-        }
-        calls.fifo[qp].push_back(id);
+        calls.enter(qp, id, 1);
         calls.pend[qp].push(SendWr {
             wr_id: id,
             op: WrOp::Read {
@@ -1072,8 +1079,6 @@ impl ClientThread {
             wr_out,
             large_owner,
             pend,
-            fifo,
-            fronts_moved,
             ..
         } = &mut self.calls;
         let slot = &mut slots[idx as usize];
@@ -1183,11 +1188,7 @@ impl ClientThread {
                 }
             }
         }
-        if fifo[qp].is_empty() {
-            *fronts_moved = true;
-        }
-        fifo[qp].push_back(id);
-        wr_out[qp] += wrs;
+        self.calls.enter(qp, id, wrs);
         Ok(Some(Wait::Wr { qp, wrs }))
     }
 
@@ -1403,9 +1404,7 @@ impl ClientThread {
 
     /// Gives the calls posted since the last round their deadline.
     fn stamp_deadlines(&mut self, now: i64) {
-        let d = now
-            .saturating_add(self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64)
-            .max(1);
+        let d = now.saturating_add(self.timeout_ns()).max(1);
         let Calls {
             stamp,
             slots,
@@ -1428,10 +1427,15 @@ impl ClientThread {
         }
     }
 
+    /// `rpc_timeout` in ns (the unit of the engine's deadlines).
+    fn timeout_ns(&self) -> i64 {
+        self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64
+    }
+
     /// Stamps the data QPs whose front request changed since the last
     /// round (see `Calls::since`) and finds the earliest data deadline.
     fn stamp_fronts(&mut self, now: i64) {
-        let t = self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64;
+        let t = self.timeout_ns();
         let Calls {
             fifo,
             since,
@@ -1461,7 +1465,7 @@ impl ClientThread {
     /// call waiting on it completes as RDMA_EXECUTION_ERR (its peer did
     /// not answer; a call is never left waiting for one that stopped).
     fn expire_fronts(&mut self, now: i64) -> Result<usize> {
-        let t = self.sh.cfg.rpc_timeout.as_nanos().min(i64::MAX as u128) as i64;
+        let t = self.timeout_ns();
         let mut n = 0;
         for qp in 0..self.calls.fifo.len() {
             let s = self.calls.since[qp];
@@ -1469,27 +1473,16 @@ impl ClientThread {
                 continue;
             }
             self.calls.since[qp] = 0;
-            // The calls waiting on it (entries of calls that ended
-            // otherwise are passed over), in posting order.
-            let mut waiting: Vec<u32> = Vec::new();
-            for &id in &self.calls.fifo[qp] {
-                let idx = (id & 0xffff_ffff) as u32;
-                if self.seq_matches(id) && !waiting.contains(&idx) {
-                    waiting.push(idx);
-                }
-            }
-            let Some((&front, rest)) = waiting.split_first() else {
+            // Entries of calls that ended otherwise need no recovery.
+            if !self.calls.fifo[qp].iter().any(|&id| self.seq_matches(id)) {
                 self.calls.fifo[qp].clear();
                 continue;
-            };
-            // Recovers the QP, fails the front, and queues the rest to be
-            // posted again: they fail too instead.
-            self.data_failed(front, qp, None)?;
-            self.calls.backlog.retain(|i| !rest.contains(i));
-            for &idx in rest {
+            }
+            let waiting = self.recover_qp(qp)?;
+            n += waiting.len();
+            for idx in waiting {
                 self.finish(idx, Completion::new(0, Ok(Rc::RdmaExecutionErr)));
             }
-            n += waiting.len();
         }
         // Restamped (and the next deadline found) by the next round.
         self.calls.data_deadline = None;
@@ -1585,7 +1578,8 @@ impl ClientThread {
         if wc.status == WcStatus::WrFlushErr {
             // Flushed without an error of its own: the QP broke under it
             // (e.g. the peer reset); recover and post it again.
-            self.recover_qp(qp, None)?;
+            let again = self.recover_qp(qp)?;
+            self.repost(again);
             return Ok(n + 1);
         }
         self.data_failed(idx, qp, Some(wc.status))?;
@@ -1672,7 +1666,9 @@ impl ClientThread {
     /// retries exceeded, a fatal NIC error) failed to execute, whatever its
     /// lease.
     fn data_failed(&mut self, idx: u32, qp: usize, status: Option<WcStatus>) -> Result<()> {
-        self.recover_qp(qp, Some(idx))?;
+        let mut again = self.recover_qp(qp)?;
+        again.retain(|&i| i != idx);
+        self.repost(again);
         if !matches!(
             status,
             Some(WcStatus::RemAccessErr | WcStatus::RemInvReqErr)
@@ -1725,9 +1721,11 @@ impl ClientThread {
         }
     }
 
-    /// Resets and reconnects data QP `qp` in place; every call waiting on
-    /// it except `failed` is posted again (its requests never executed).
-    fn recover_qp(&mut self, qp: usize, failed: Option<u32>) -> Result<()> {
+    /// Resets and reconnects data QP `qp` in place. Returns the calls that
+    /// were waiting on it, in posting order, back in the backlog state:
+    /// the caller posts again those whose requests never executed
+    /// ([`ClientThread::repost`]) and ends the others.
+    fn recover_qp(&mut self, qp: usize) -> Result<Vec<u32>> {
         let (node, dir) = (
             (qp / self.sh.cfg.dir_nr as usize) as u16,
             (qp % self.sh.cfg.dir_nr as usize) as u16,
@@ -1739,13 +1737,11 @@ impl ClientThread {
         let order: Vec<u64> = self.calls.fifo[qp].drain(..).collect();
         self.calls.since[qp] = 0;
         self.calls.fronts_moved = true;
-        let mut again = Vec::new();
-        for id in order {
-            let i = (id & 0xffff_ffff) as u32;
-            if Some(i) != failed && self.seq_matches(id) {
-                again.push(i);
-            }
-        }
+        let waiting: Vec<u32> = order
+            .into_iter()
+            .filter(|&id| self.seq_matches(id))
+            .map(|id| (id & 0xffff_ffff) as u32)
+            .collect();
         for s in self.calls.slots.iter_mut() {
             let Some(c) = s.call.as_mut() else { continue };
             if let Wait::Wr { qp: q, wrs } = c.wait {
@@ -1758,11 +1754,15 @@ impl ClientThread {
             }
         }
         self.recover_data_qp(node, dir)?;
-        // Re-posted first, in their order, ahead of calls not yet posted.
-        for idx in again.into_iter().rev() {
+        Ok(waiting)
+    }
+
+    /// Posts `calls` again (after a recovery), first and in their order,
+    /// ahead of calls not yet posted.
+    fn repost(&mut self, calls: Vec<u32>) {
+        for idx in calls.into_iter().rev() {
             self.calls.backlog.push_front(idx);
         }
-        Ok(())
     }
 
     fn on_data_done(&mut self, idx: u32) -> Result<()> {

@@ -141,22 +141,9 @@ pub(crate) fn with_client_slot<T>(
     p: *const patronus_t,
     f: impl FnOnce(&mut Option<ClientThread>, &mut super::posted::Table) -> T,
 ) -> FfiResult<T> {
-    let addr = not_null(p)?;
-    if let Some(roles) = my_roles(addr) {
-        let mut s = roles.state.lock();
-        if s.released {
-            return Err(freed());
-        }
-        let s = &mut *s;
-        if s.client.is_some() {
-            return Ok(f(&mut s.client, &mut s.posted));
-        }
-    }
-    let n = node(p)?;
-    Err(Failure::invalid(format!(
-        "this thread is not a client thread of node {} (call patronus_register_client_thread first)",
-        n.node.get_node_id()
-    )))
+    with_client_state(p, |s| {
+        s.client.is_some().then(|| f(&mut s.client, &mut s.posted))
+    })
 }
 
 /// Runs `f` with the calling thread's client thread of `p` and its table
@@ -165,18 +152,27 @@ pub(crate) fn with_client_table<T>(
     p: *const patronus_t,
     f: impl FnOnce(&mut ClientThread, &mut super::posted::Table) -> T,
 ) -> FfiResult<T> {
+    with_client_state(p, |s| {
+        let c = s.client.as_mut()?;
+        Some(f(c, &mut s.posted))
+    })
+}
+
+/// Runs `f` on the calling thread's role state on `p`, inside its
+/// registry entry (no reference-count round trip: every call of a client
+/// thread comes through here); `f` returns None when the thread holds no
+/// client thread there.
+fn with_client_state<T>(
+    p: *const patronus_t,
+    f: impl FnOnce(&mut RoleState) -> Option<T>,
+) -> FfiResult<T> {
     let addr = not_null(p)?;
-    // Run inside the thread's entry (no reference count round trip per
-    // call: every posted call and poll comes through here).
-    let mut f = Some(f);
     let done = with_entry(addr, |e| {
         let mut s = e.roles.state.lock();
         if s.released {
             return Some(Err(freed()));
         }
-        let s = &mut *s;
-        let c = s.client.as_mut()?;
-        f.take().map(|f| Ok(f(c, &mut s.posted)))
+        f(&mut s).map(Ok)
     });
     if let Some(Some(r)) = done {
         return r;
